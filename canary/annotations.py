@@ -1,0 +1,97 @@
+"""The opt-in annotations a model owner puts on an InferenceService.
+
+These keys are read, never written: KServe copies InferenceService annotations onto the
+predictor's revision template, so writing state here would mint revisions (DESIGN.md §2).
+Operators should add these keys to KServe's ``serviceAnnotationDisallowedList``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from canary.policy import DNS_LABEL
+
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "CHALLENGER",
+    "ENABLED",
+    "KNOWN_KEYS",
+    "METRIC_PROFILE",
+    "POLICY",
+    "AnnotationError",
+    "OptIn",
+    "parse_annotations",
+]
+
+ANNOTATION_PREFIX = "kserve-canary.io/"
+ENABLED = ANNOTATION_PREFIX + "enabled"
+POLICY = ANNOTATION_PREFIX + "policy"
+CHALLENGER = ANNOTATION_PREFIX + "challenger"
+METRIC_PROFILE = ANNOTATION_PREFIX + "metric-profile"
+KNOWN_KEYS = (ENABLED, POLICY, CHALLENGER, METRIC_PROFILE)
+METRIC_PROFILES = ("knative-otel", "knative-opencensus", "istio", "kserve-model-server")
+
+# An InferenceService name is a DNS-1035 label (it prefixes Service names).
+_ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class AnnotationError(ValueError):
+    """A malformed kserve-canary annotation. ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class OptIn:
+    enabled: bool
+    policy: str = "default"
+    challenger: str | None = None
+    metric_profile: str | None = None
+
+
+def parse_annotations(annotations: Mapping[str, str] | None) -> OptIn:
+    """Read the opt-in from an InferenceService's annotations.
+
+    An object without ``kserve-canary.io/enabled`` is not opted in. Every malformed key is
+    reported with the key, the bad value and what is allowed, so a PolicyInvalid event can
+    tell the model owner exactly what to fix.
+    """
+    values = dict(annotations or {})
+    problems: list[str] = []
+    for key in sorted(values):
+        if key.startswith(ANNOTATION_PREFIX) and key not in KNOWN_KEYS:
+            problems.append(
+                f"{key}: unknown kserve-canary annotation; allowed: {', '.join(KNOWN_KEYS)}"
+            )
+
+    raw_enabled = values.get(ENABLED)
+    enabled = False
+    if raw_enabled is not None:
+        if raw_enabled not in ("true", "false"):
+            problems.append(f'{ENABLED}: got {raw_enabled!r}; allowed: "true" or "false"')
+        enabled = raw_enabled == "true"
+
+    policy = values.get(POLICY, "default")
+    if not DNS_LABEL.match(policy) or len(policy) > 63:
+        problems.append(
+            f"{POLICY}: got {policy!r}; allowed: a policy name (lowercase letters, digits, '-')"
+        )
+
+    challenger = values.get(CHALLENGER)
+    if challenger is not None and (not _ISVC_NAME.match(challenger) or len(challenger) > 63):
+        problems.append(
+            f"{CHALLENGER}: got {challenger!r}; allowed: the name of an InferenceService in the "
+            "same namespace (a DNS-1035 label)"
+        )
+
+    profile = values.get(METRIC_PROFILE)
+    if profile is not None and profile not in METRIC_PROFILES:
+        problems.append(f"{METRIC_PROFILE}: got {profile!r}; allowed: {', '.join(METRIC_PROFILES)}")
+
+    if problems:
+        raise AnnotationError(problems)
+    return OptIn(enabled=enabled, policy=policy, challenger=challenger, metric_profile=profile)

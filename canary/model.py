@@ -1,0 +1,364 @@
+"""Values the rollout state machine works on: state, observations and actions.
+
+All of them are frozen dataclasses. Nothing here does I/O; the state serialises to a JSON
+document (``to_document`` / ``from_document``) that the audit store keeps in its
+``rollouts`` table, which is where rollout state lives (never on the InferenceService).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+__all__ = [
+    "ACTIVE_PHASES",
+    "TERMINAL_PHASES",
+    "Action",
+    "AnalysisVerdict",
+    "ApprovalDecision",
+    "ApprovalState",
+    "CloseChange",
+    "CommandKind",
+    "EmitEvent",
+    "EventReason",
+    "ManualCommand",
+    "Observation",
+    "Phase",
+    "RecordAudit",
+    "RejectCommand",
+    "RequestApproval",
+    "Revision",
+    "RolloutState",
+    "ServiceDeleted",
+    "ServiceObserved",
+    "SetMirror",
+    "SetTraffic",
+    "Tick",
+    "TrafficView",
+    "Verdict",
+]
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"  # new revision detected; waiting for it to become ready
+    SHADOWING = "Shadowing"  # live traffic mirrored to the canary; responses discarded
+    PROGRESSING = "Progressing"  # the canary serves steps[step_index] percent
+    PAUSED = "Paused"  # held for a human
+    AWAITING_APPROVAL = "AwaitingApproval"
+    PROMOTING = "Promoting"  # the promotion is written; waiting to see it in status
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"  # the rollback is written; waiting to see it in status
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"  # cannot continue and no traffic action is possible
+    SUPERSEDED = "Superseded"  # a newer revision replaced this canary
+    ABORTED = "Aborted"  # rolled back on a human's command
+
+
+TERMINAL_PHASES = frozenset(
+    {Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, Phase.SUPERSEDED, Phase.ABORTED}
+)
+ACTIVE_PHASES = frozenset(Phase) - TERMINAL_PHASES
+
+
+class Verdict(StrEnum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+class EventReason(StrEnum):
+    """Kubernetes Event reasons, one per kind of decision."""
+
+    ROLLOUT_STARTED = "RolloutStarted"
+    STEP_ADVANCED = "StepAdvanced"
+    ANALYSIS_FAILED = "AnalysisFailed"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    APPROVED = "Approved"
+    APPROVAL_REJECTED = "ApprovalRejected"
+    APPROVAL_EXPIRED = "ApprovalExpired"
+    PROMOTING = "Promoting"
+    PROMOTED = "Promoted"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    POLICY_INVALID = "PolicyInvalid"
+    REVISION_NOT_READY = "RevisionNotReady"
+    SUPERSEDED = "Superseded"
+    PAUSED = "Paused"
+    RESUMED = "Resumed"
+    WAITING_FOR_WINDOW = "WaitingForWindow"
+    TRAFFIC_NOT_CONVERGED = "TrafficNotConverged"
+    TRAFFIC_DRIFT = "TrafficDrift"
+    SERVICE_DELETED = "ServiceDeleted"
+    SHADOW_STARTED = "ShadowStarted"
+    COMMAND_REJECTED = "CommandRejected"
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A model version as the cluster names it.
+
+    ``name`` is the Knative revision name, or in Standard mode the canary entry's name plus
+    a digest of its predictor spec. ``storage_uri`` is the model location.
+    """
+
+    name: str
+    storage_uri: str | None = None
+    artifact_digest: str | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# Observations
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrafficView:
+    """What the InferenceService says right now, reduced to what a rollout needs.
+
+    The Kubernetes layer builds this for either KServe mode. ``canary_percent`` is the
+    *effective* share each revision serves (from status); ``spec_percent`` is what the spec
+    commands for the latest revision, normalised by the router (in Knative mode an unset
+    ``canaryTrafficPercent`` means 100). ``converged`` is decided by the router as in
+    KSERVE.md §3 (never from observedGeneration).
+    """
+
+    latest: Revision  # the newest revision the spec asks for (Knative: latestCreatedRevision)
+    stable: Revision | None  # the rolled-out revision (Knative: latestRolledoutRevision)
+    split: dict[str, int]  # effective share per revision name, from status
+    spec_percent: int  # the share the spec commands for `latest` (Knative: unset means 100)
+    converged: bool
+    latest_ready: bool
+    latest_failed: bool = False  # RevisionFailed / BlockedByFailedLoad
+    failure_message: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+
+    def share(self, revision: str) -> int:
+        """The effective share of live traffic ``revision`` serves now."""
+        return self.split.get(revision, 0)
+
+
+@dataclass(frozen=True)
+class ServiceObserved:
+    view: TrafficView
+    kind: Literal["service"] = "service"
+
+
+@dataclass(frozen=True)
+class ServiceDeleted:
+    kind: Literal["deleted"] = "deleted"
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Only time has passed."""
+
+    kind: Literal["tick"] = "tick"
+
+
+@dataclass(frozen=True)
+class AnalysisVerdict:
+    """The combined verdict of the gating checks for one step of one canary revision.
+
+    ``sufficient_data`` is False when any gating check lacked data or minimum samples; the
+    machine never promotes on such a verdict, whatever it says.
+    """
+
+    verdict: Verdict
+    revision: str
+    step_index: int
+    evaluated_at: datetime
+    sufficient_data: bool
+    summary: str = ""
+    fast_fail: bool = False
+    kind: Literal["verdict"] = "verdict"
+
+
+@dataclass(frozen=True)
+class ApprovalDecision:
+    """A decision the approval gate has already verified with the change system."""
+
+    approved: bool
+    revision: str
+    approver: str
+    decided_at: datetime
+    change_number: str | None = None
+    comment: str = ""
+    kind: Literal["approval"] = "approval"
+
+
+class CommandKind(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class ManualCommand:
+    command: CommandKind
+    actor: str
+    reason: str
+    kind: Literal["command"] = "command"
+
+
+Observation = (
+    ServiceObserved | ServiceDeleted | Tick | AnalysisVerdict | ApprovalDecision | ManualCommand
+)
+
+# ---------------------------------------------------------------------------------------
+# Actions
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetTraffic:
+    """Give the canary ``percent`` of live traffic.
+
+    ``purpose`` lets a router write each case the safe way for its KServe mode: a
+    promotion or a rollback is not merely a number in Standard mode (KSERVE.md §2.5).
+    """
+
+    revision: str
+    percent: int
+    purpose: Literal["start", "step", "promote", "rollback", "reassert"]
+    kind: Literal["set_traffic"] = "set_traffic"
+
+
+@dataclass(frozen=True)
+class SetMirror:
+    """Mirror ``percent`` of live traffic to the canary (0 removes the mirror)."""
+
+    revision: str
+    percent: int
+    kind: Literal["set_mirror"] = "set_mirror"
+
+
+@dataclass(frozen=True)
+class RequestApproval:
+    revision: str
+    step_index: int
+    percent: int
+    deadline: datetime
+    risk_owner_group: str
+    kind: Literal["request_approval"] = "request_approval"
+
+
+@dataclass(frozen=True)
+class CloseChange:
+    change_number: str | None
+    close_code: Literal["successful", "successful_issues", "unsuccessful", "cancelled"]
+    note: str
+    kind: Literal["close_change"] = "close_change"
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    reason: EventReason
+    message: str
+    type: Literal["Normal", "Warning"] = "Normal"
+    kind: Literal["event"] = "event"
+
+
+@dataclass(frozen=True)
+class RecordAudit:
+    """A decision for the audit trail. ``action`` uses the names in DESIGN.md §6."""
+
+    action: str
+    reason: str
+    actor: str = "controller"
+    details: tuple[tuple[str, str], ...] = ()
+    kind: Literal["audit"] = "audit"
+
+
+@dataclass(frozen=True)
+class RejectCommand:
+    """A manual command that does not fit the phase; the caller shows ``reason``."""
+
+    command: CommandKind
+    actor: str
+    reason: str
+    kind: Literal["reject"] = "reject"
+
+
+Action = (
+    SetTraffic | SetMirror | RequestApproval | CloseChange | EmitEvent | RecordAudit | RejectCommand
+)
+
+# ---------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalState:
+    step_index: int
+    requested_at: datetime
+    deadline: datetime
+    status: Literal["pending", "approved", "rejected", "expired"] = "pending"
+    approver: str | None = None
+    decided_at: datetime | None = None
+    change_number: str | None = None
+
+
+@dataclass(frozen=True)
+class LastVerdict:
+    verdict: Verdict
+    step_index: int
+    evaluated_at: datetime
+    sufficient_data: bool
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    rollout_id: str
+    namespace: str
+    name: str
+    policy: str
+    phase: Phase
+    canary: Revision
+    stable: Revision | None
+    created_at: datetime
+    phase_entered_at: datetime
+    step_index: int = 0
+    target_percent: int = 0
+    step_reached_at: datetime | None = None  # when the status first showed the step's split
+    traffic_requested_at: datetime | None = None  # when the current target was written
+    paused_from: Phase | None = None
+    pause_reason: str | None = None
+    approval: ApprovalState | None = None
+    last_verdict: LastVerdict | None = None
+    last_view: TrafficView | None = None
+    waiting_for: str | None = None  # why the rollout is not moving, for `canary status`
+    outcome: str | None = None  # why a terminal phase was reached
+    rollback_reason: str | None = None
+    aborted_by: str | None = None  # set when a human's abort caused the rollback
+    next_check_at: datetime | None = None
+    history: tuple[str, ...] = field(default=())  # phases visited, for status and tests
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+    def with_phase(self, phase: Phase, now: datetime) -> RolloutState:
+        if phase is self.phase:
+            return self
+        return replace(self, phase=phase, phase_entered_at=now, history=(*self.history, phase))
+
+    def to_document(self) -> dict[str, Any]:
+        result: dict[str, Any] = _STATE_ADAPTER.dump_python(self, mode="json")
+        return result
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> RolloutState:
+        return _STATE_ADAPTER.validate_python(document)
+
+
+_STATE_ADAPTER: TypeAdapter[RolloutState] = TypeAdapter(RolloutState)

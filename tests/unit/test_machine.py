@@ -1,0 +1,609 @@
+"""The rollout state machine, rule by rule. Every test drives the pure ``step`` function
+with an explicit clock and checks what a user would see: traffic written, phase, events,
+audit records, and the reason a command was refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from canary import machine
+from canary.model import (
+    TERMINAL_PHASES,
+    CloseChange,
+    CommandKind,
+    ManualCommand,
+    Phase,
+    RequestApproval,
+    RolloutState,
+    ServiceObserved,
+    Tick,
+    Verdict,
+)
+from tests.unit.rollout_driver import (
+    APPROVAL,
+    T0,
+    Driver,
+    make_policy,
+    progressing,
+    promoted_view,
+    reach,
+    view,
+)
+
+MIN = timedelta(minutes=1)
+
+
+def test_healthy_canary_walks_every_step_and_is_promoted() -> None:
+    d = Driver().start(spec=0)  # a model change applied without a percent
+    assert d.phase() is Phase.PENDING
+    assert d.traffic() == [(10, "start")], "the first write pins the canary to the first step"
+    assert d.events() == ["RolloutStarted"]
+
+    d.see(10, ready=False)
+    assert d.phase() is Phase.PENDING
+    d.see(10)  # ready, status shows 10 %
+    assert d.phase() is Phase.PROGRESSING
+    assert d.audits() == ["traffic.shifted"]
+
+    written = []
+    minute = 0
+    for percent in (25, 50):
+        minute += 1
+        d.at(minute * MIN).verdict()
+        minute += 4
+        d.at(minute * MIN)
+        written += d.traffic()
+        assert d.traffic() == [(percent, "step")]
+        assert d.audits() == ["rollout.step_advanced"]
+        d.see(percent)
+        assert d.state is not None
+        assert d.state.step_reached_at == d.now
+    minute += 1
+    d.at(minute * MIN).verdict()
+    minute += 4
+    d.at(minute * MIN)
+    assert d.phase() is Phase.PROMOTING
+    assert d.traffic() == [(100, "promote")]
+    d.apply(ServiceObserved(promoted_view()))
+    assert d.phase() is Phase.SUCCEEDED
+    assert d.events() == ["Promoted"]
+    assert d.audits() == ["promoted"]
+    assert written == [(25, "step"), (50, "step")]
+    assert d.state is not None
+    assert d.state.next_check_at is None
+    assert list(d.state.history) == ["Pending", "Progressing", "Promoting", "Succeeded"]
+
+
+def test_a_rollout_needs_a_stable_revision() -> None:
+    first = view(100, latest="r1", stable="r1")
+    no_stable = first.__class__(**{**first.__dict__, "stable": None})
+    with pytest.raises(ValueError, match="first deployment"):
+        machine.start("x", "ns", "m", no_stable, make_policy(), T0)
+
+
+def test_naive_clock_is_refused() -> None:
+    d = progressing()
+    assert d.state is not None
+    with pytest.raises(ValueError, match="timezone-aware"):
+        machine.step(d.state, Tick(), d.policy, datetime(2026, 11, 23, 10, 0))  # noqa: DTZ001
+
+
+# --- a step is reached only when the observed traffic matches ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("observed", "reached"),
+    [
+        pytest.param({"spec": 10, "share": 0}, False, id="spec-written-status-not-yet"),
+        pytest.param({"spec": 10, "converged": False}, False, id="not-converged"),
+        pytest.param({"spec": 10, "ready": False}, False, id="revision-not-ready"),
+        pytest.param({"spec": 25, "share": 25}, False, id="someone-else's-percent"),
+        pytest.param({"spec": 10}, True, id="status-shows-the-split"),
+    ],
+)
+def test_first_step_counts_only_when_status_shows_it(
+    observed: dict[str, int | bool], reached: bool
+) -> None:
+    d = Driver().start()
+    d.apply(ServiceObserved(view(**observed)))  # type: ignore[arg-type]
+    assert (d.phase() is Phase.PROGRESSING) is reached
+
+
+def test_later_step_waits_for_status_then_times_out_into_rollback() -> None:
+    d = progressing()
+    d.at(MIN).verdict().at(5 * MIN)
+    assert d.traffic() == [(25, "step")]
+    d.see(25, share=10)  # spec written, Knative still routing the old split
+    assert d.state is not None
+    assert d.state.step_reached_at is None
+    d.at(6 * MIN)
+    assert d.phase() is Phase.PROGRESSING
+    d.at(7 * MIN)  # trafficTimeout of 2m since the write
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.traffic() == [(0, "rollback")]
+    assert "TrafficNotConverged" in d.events()
+
+
+# --- analysis verdicts ------------------------------------------------------------------
+
+
+def test_failed_verdict_rolls_back_at_once_and_completes_when_status_shows_zero() -> None:
+    d = progressing()
+    d.at(MIN).verdict(Verdict.FAILED)
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.traffic() == [(0, "rollback")]
+    assert d.events() == ["AnalysisFailed", "RollingBack"]
+    d.see(0, share=5)  # not yet
+    assert d.phase() is Phase.ROLLING_BACK
+    d.see(0)
+    assert d.phase() is Phase.ROLLED_BACK
+    assert d.audits() == ["rolled_back"]
+    assert d.state is not None
+    assert "analysis failed" in (d.state.outcome or "")
+
+
+def test_inconclusive_pauses_for_a_human_and_resume_needs_fresh_evidence() -> None:
+    d = progressing()
+    d.at(MIN).verdict(Verdict.INCONCLUSIVE)
+    assert d.phase() is Phase.PAUSED
+    assert d.events() == ["Paused"]
+    d.at(30 * MIN)
+    assert d.phase() is Phase.PAUSED, "a paused rollout waits for a human, not the clock"
+    d.command(CommandKind.RESUME, "metrics fixed")
+    assert d.phase() is Phase.PROGRESSING
+    assert d.state is not None
+    assert d.state.step_reached_at == d.now
+    d.at(33 * MIN).verdict()
+    assert d.traffic() == [], "the hold restarts at resume"
+    d.at(35 * MIN)
+    assert d.traffic() == [(25, "step")]
+
+
+def test_error_verdict_holds_and_never_promotes() -> None:
+    d = progressing(make_policy(steps=[10, 100]))
+    d.at(MIN).verdict(Verdict.ERROR)
+    assert d.phase() is Phase.PAUSED
+    d.at(60 * MIN)
+    assert d.traffic() == []
+
+
+@pytest.mark.parametrize(
+    "verdict_kwargs",
+    [
+        pytest.param({"revision": "r0"}, id="another-revision"),
+        pytest.param({"step": 2}, id="another-step"),
+        pytest.param({"at": T0 - MIN}, id="taken-before-the-step-was-reached"),
+    ],
+)
+def test_stale_verdicts_do_not_advance(verdict_kwargs: dict[str, object]) -> None:
+    d = progressing()
+    d.at(MIN).verdict(**verdict_kwargs)  # type: ignore[arg-type]
+    d.at(5 * MIN)
+    assert d.traffic() == []
+    assert d.phase() is Phase.PROGRESSING
+
+
+def test_a_failed_verdict_from_an_earlier_step_still_rolls_back() -> None:
+    d = progressing()
+    d.at(MIN).verdict().at(5 * MIN).see(25)
+    d.verdict(Verdict.FAILED, step=0)
+    assert d.phase() is Phase.ROLLING_BACK
+
+
+def test_no_data_never_promotes_and_pauses_at_the_step_deadline() -> None:
+    d = progressing(make_policy(steps=[10, 100]))
+    for minute in range(1, 15):
+        d.at(minute * MIN).verdict(sufficient=False)
+        assert d.traffic() == [], f"advanced on no data at minute {minute}"
+    d.at(15 * MIN)  # maxStepDuration defaults to 3 x stepHold
+    assert d.phase() is Phase.PAUSED
+    assert d.state is not None
+    assert "never promoting without evidence" in (d.state.pause_reason or "")
+
+
+def test_evidence_arriving_after_the_hold_advances_at_once() -> None:
+    d = progressing()
+    d.at(7 * MIN)
+    assert d.traffic() == []
+    assert d.state is not None
+    assert "passing analysis" in (d.state.waiting_for or "")
+    d.verdict()
+    assert d.traffic() == [(25, "step")]
+
+
+# --- revision readiness -----------------------------------------------------------------
+
+
+def test_revision_that_never_becomes_ready_is_rolled_back_at_the_timeout() -> None:
+    d = Driver().start()
+    d.see(10, ready=False)
+    d.at(9 * MIN)
+    assert d.phase() is Phase.PENDING
+    d.at(10 * MIN)
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.events() == ["RevisionNotReady", "RollingBack"]
+    assert d.traffic() == [(0, "rollback")]
+    d.see(0, ready=False)
+    assert d.phase() is Phase.ROLLED_BACK
+
+
+def test_failed_revision_is_rolled_back_without_waiting_for_the_timeout() -> None:
+    d = Driver().start()
+    d.see(10, ready=False, failed=True)
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.state is not None
+    assert "container exited" in (d.state.rollback_reason or "")
+
+
+# --- supersede --------------------------------------------------------------------------
+
+
+def test_newer_revision_mid_canary_supersedes_and_restarts_at_first_step() -> None:
+    d = progressing()
+    d.at(MIN).verdict().at(5 * MIN).see(25)
+    d.see(25, latest="r3", ready=False, share=0)
+    assert d.phase() is Phase.SUPERSEDED
+    assert d.events() == ["Superseded"]
+    assert d.traffic() == [], "the old rollout writes nothing; the new one sets step 1"
+
+    new_state, actions = machine.start(
+        "ro-2", "fraud", "scorer", view(25, latest="r3", ready=False, share=0), d.policy, d.now
+    )
+    assert new_state.phase is Phase.PENDING
+    assert new_state.canary.name == "r3"
+    assert d.traffic(actions) == [(10, "start")]
+
+
+def test_supersede_while_shadowing_removes_the_mirror() -> None:
+    d = reach(Phase.SHADOWING)
+    d.see(0, latest="r3")
+    assert d.phase() is Phase.SUPERSEDED
+    assert d.mirrors() == [0]
+
+
+# --- approvals --------------------------------------------------------------------------
+
+
+def test_approval_requested_before_gated_step_then_promotes_when_approved() -> None:
+    d = reach(Phase.AWAITING_APPROVAL)
+    requests = [a for a in d.actions if isinstance(a, RequestApproval)]
+    assert len(requests) == 1
+    assert requests[0].percent == 100
+    assert requests[0].deadline == d.now + timedelta(hours=8)
+    assert d.traffic() == []
+    d.at(6 * MIN).decide(approved=True)
+    assert d.phase() is Phase.PROMOTING
+    assert d.traffic() == [(100, "promote")]
+    d.apply(ServiceObserved(promoted_view()))
+    closes = [a for a in d.actions if isinstance(a, CloseChange)]
+    assert [(c.change_number, c.close_code) for c in closes] == [("CHG0001", "successful")]
+
+
+def test_rejected_approval_rolls_back_and_closes_the_change_unsuccessful() -> None:
+    d = reach(Phase.AWAITING_APPROVAL)
+    d.decide(approved=False, approver="carol@bank")
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.audits()[0] == "approval.rejected"
+    d.see(0)
+    assert d.phase() is Phase.ROLLED_BACK
+    closes = [a for a in d.actions if isinstance(a, CloseChange)]
+    assert [c.close_code for c in closes] == ["unsuccessful"]
+
+
+@pytest.mark.parametrize(
+    ("on_expiry", "phase"),
+    [("hold", Phase.PAUSED), ("rollback", Phase.ROLLING_BACK)],
+)
+def test_expired_approval_follows_the_policy(on_expiry: str, phase: Phase) -> None:
+    policy = make_policy(steps=[10, 100], approval={**APPROVAL, "onExpiry": on_expiry})
+    d = progressing(policy)
+    d.at(MIN).verdict().at(5 * MIN)
+    assert d.phase() is Phase.AWAITING_APPROVAL
+    d.at(5 * MIN + timedelta(hours=8))
+    assert d.phase() is phase
+    assert "approval.expired" in d.audits()
+    assert any(isinstance(a, CloseChange) and a.close_code == "cancelled" for a in d.actions)
+
+
+def test_resume_after_expiry_requests_a_new_approval() -> None:
+    d = progressing(make_policy(steps=[10, 100], approval=APPROVAL))
+    d.at(MIN).verdict().at(5 * MIN).at(5 * MIN + timedelta(hours=8))
+    assert d.phase() is Phase.PAUSED
+    d.command(CommandKind.RESUME, "risk owner back from holiday")
+    assert d.phase() is Phase.AWAITING_APPROVAL
+    assert [a.kind for a in d.actions if isinstance(a, RequestApproval)] == ["request_approval"]
+
+
+def test_approval_for_another_revision_is_ignored() -> None:
+    d = reach(Phase.AWAITING_APPROVAL)
+    assert d.state is not None
+    from canary.model import ApprovalDecision
+
+    d.apply(ApprovalDecision(True, "r9", "mallory", d.now))
+    assert d.phase() is Phase.AWAITING_APPROVAL
+    assert d.state.approval is not None
+    assert d.state.approval.status == "pending"
+
+
+def test_failed_analysis_while_awaiting_approval_rolls_back() -> None:
+    d = reach(Phase.AWAITING_APPROVAL)
+    d.verdict(Verdict.FAILED)
+    assert d.phase() is Phase.ROLLING_BACK
+
+
+# --- promotion windows ------------------------------------------------------------------
+
+
+def test_window_closing_during_the_hold_defers_the_step_to_the_next_window() -> None:
+    schedule = {
+        "timezone": "Europe/London",
+        "windows": [
+            {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "09:00", "end": "10:05"}
+        ],
+    }
+    d = progressing(make_policy(schedule=schedule))  # T0 is Monday 10:00 in London (UTC+0)
+    d.at(MIN).verdict().at(5 * MIN)  # 10:05: the window has just closed (its end is exclusive)
+    assert d.traffic() == []
+    assert d.state is not None
+    tuesday_nine = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    assert d.state.next_check_at == tuesday_nine
+    d.at(timedelta(hours=3))
+    assert d.traffic() == []
+    assert d.phase() is Phase.PROGRESSING, "passing evidence waits for the window, no pause"
+    d.at(tuesday_nine - T0)
+    assert d.traffic() == [(25, "step")]
+
+
+def test_outside_the_window_the_rollout_waits_and_says_until_when() -> None:
+    schedule = {"timezone": "UTC", "windows": [{"start": "12:00", "end": "13:00"}]}
+    d = progressing(make_policy(schedule=schedule))
+    d.at(MIN).verdict().at(5 * MIN)
+    assert d.traffic() == []
+    assert d.events() == ["WaitingForWindow"]
+    assert d.state is not None
+    assert d.state.next_check_at == datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert "next opens 2026-11-23T12:00:00+00:00" in (d.state.waiting_for or "")
+    d.at(timedelta(minutes=30))
+    assert d.events() == [], "the wait is announced once"
+    d.at(timedelta(hours=2))  # 12:00 UTC
+    assert d.traffic() == [(25, "step")]
+
+
+def test_freeze_blocks_advancing_but_never_a_rollback() -> None:
+    schedule = {
+        "freezes": [
+            {"start": "2026-11-23T00:00:00Z", "end": "2026-11-24T00:00:00Z", "reason": "close"}
+        ]
+    }
+    d = progressing(make_policy(schedule=schedule))
+    d.at(MIN).verdict().at(5 * MIN)
+    assert d.traffic() == []
+    assert d.state is not None
+    assert "change freeze (close)" in (d.state.waiting_for or "")
+    d.verdict(Verdict.FAILED)
+    assert d.traffic() == [(0, "rollback")]
+
+
+def test_manual_promote_outside_the_window_is_refused() -> None:
+    schedule = {"timezone": "UTC", "windows": [{"start": "12:00", "end": "13:00"}]}
+    d = progressing(make_policy(schedule=schedule))
+    d.command(CommandKind.PROMOTE, "urgent")
+    assert d.phase() is Phase.PROGRESSING
+    assert "not allowed now" in (d.rejection() or "")
+
+
+# --- manual commands in every phase ----------------------------------------------------
+
+ACCEPT = "accepted"
+COMMAND_TABLE: dict[Phase, dict[CommandKind, tuple[str, Phase | str]]] = {
+    Phase.PENDING: {
+        CommandKind.PAUSE: (ACCEPT, Phase.PAUSED),
+        CommandKind.RESUME: ("rejected", "not paused"),
+        CommandKind.PROMOTE: ("rejected", "not ready"),
+        CommandKind.ABORT: (ACCEPT, Phase.ROLLING_BACK),
+    },
+    Phase.SHADOWING: {
+        CommandKind.PAUSE: (ACCEPT, Phase.PAUSED),
+        CommandKind.RESUME: ("rejected", "not paused"),
+        CommandKind.PROMOTE: ("rejected", "no live traffic"),
+        # the canary serves 0 % while shadowing, so the rollback is complete at once
+        CommandKind.ABORT: (ACCEPT, Phase.ABORTED),
+    },
+    Phase.PROGRESSING: {
+        CommandKind.PAUSE: (ACCEPT, Phase.PAUSED),
+        CommandKind.RESUME: ("rejected", "not paused"),
+        CommandKind.PROMOTE: (ACCEPT, Phase.PROMOTING),
+        CommandKind.ABORT: (ACCEPT, Phase.ROLLING_BACK),
+    },
+    Phase.PAUSED: {
+        CommandKind.PAUSE: ("rejected", "already paused"),
+        CommandKind.RESUME: (ACCEPT, Phase.PROGRESSING),
+        CommandKind.PROMOTE: (ACCEPT, Phase.PROMOTING),
+        CommandKind.ABORT: (ACCEPT, Phase.ROLLING_BACK),
+    },
+    Phase.AWAITING_APPROVAL: {
+        CommandKind.PAUSE: (ACCEPT, Phase.PAUSED),
+        CommandKind.RESUME: ("rejected", "not paused"),
+        CommandKind.PROMOTE: ("rejected", "requires an approved change"),
+        CommandKind.ABORT: (ACCEPT, Phase.ROLLING_BACK),
+    },
+    Phase.PROMOTING: {
+        CommandKind.PAUSE: ("rejected", "cannot be paused"),
+        CommandKind.RESUME: ("rejected", "not paused"),
+        CommandKind.PROMOTE: ("rejected", "already promoting"),
+        CommandKind.ABORT: ("rejected", "promotion has been written"),
+    },
+    Phase.ROLLING_BACK: {
+        CommandKind.PAUSE: ("rejected", "cannot be paused"),
+        CommandKind.RESUME: ("rejected", "not paused"),
+        CommandKind.PROMOTE: ("rejected", "rollback is in progress"),
+        CommandKind.ABORT: ("rejected", "already rolling back"),
+    },
+    **{
+        terminal: dict.fromkeys(CommandKind, ("rejected", "already finished"))
+        for terminal in TERMINAL_PHASES
+    },
+}
+
+
+def test_command_table_covers_every_phase_and_command() -> None:
+    assert set(COMMAND_TABLE) == set(Phase)
+    assert all(set(row) == set(CommandKind) for row in COMMAND_TABLE.values())
+
+
+@pytest.mark.parametrize(
+    ("phase", "kind"),
+    [(phase, kind) for phase in Phase for kind in CommandKind],
+    ids=lambda v: str(v.value),
+)
+def test_manual_command_in_every_phase(phase: Phase, kind: CommandKind) -> None:
+    d = reach(phase)
+    before = d.state
+    outcome, expected = COMMAND_TABLE[phase][kind]
+    d.command(kind, "operator decision")
+    if outcome == ACCEPT:
+        assert d.phase() is expected
+        assert f"manual.{kind.value}" in d.audits()
+        assert d.rejection() is None
+        if kind is CommandKind.ABORT:
+            assert d.traffic() == [(0, "rollback")]
+    else:
+        assert d.state == before, "a refused command changes nothing"
+        assert isinstance(expected, str)
+        assert expected in (d.rejection() or ""), d.rejection()
+        assert d.audits() == ["manual.rejected"]
+        assert d.events() == ["CommandRejected"]
+        assert d.traffic() == []
+
+
+def test_a_command_without_a_reason_is_refused() -> None:
+    d = progressing()
+    d.command(CommandKind.PAUSE, "   ")
+    assert d.phase() is Phase.PROGRESSING
+    assert "reason is required" in (d.rejection() or "")
+
+
+def test_abort_ends_in_aborted_with_the_actor_recorded() -> None:
+    d = progressing().command(CommandKind.ABORT, "wrong model")
+    d.see(0)
+    assert d.phase() is Phase.ABORTED
+    assert d.state is not None
+    assert d.state.aborted_by == "bob@bank"
+    assert "aborted by bob@bank: wrong model" in (d.state.outcome or "")
+
+
+def test_manual_promote_requires_an_approved_change_under_an_approval_policy() -> None:
+    d = progressing(make_policy(approval=APPROVAL))
+    d.command(CommandKind.PROMOTE, "looks fine")
+    assert "requires an approved change" in (d.rejection() or "")
+
+
+# --- the rest of the phases -------------------------------------------------------------
+
+
+def test_deleting_the_inference_service_stops_the_rollout() -> None:
+    d = progressing().delete()
+    assert d.phase() is Phase.FAILED
+    assert d.events() == ["ServiceDeleted"]
+    assert d.traffic() == []
+
+
+@pytest.mark.parametrize("phase", sorted(TERMINAL_PHASES))
+def test_terminal_phases_ignore_everything_but_report_commands(phase: Phase) -> None:
+    d = reach(phase)
+    before = d.state
+    d.at(24 * 60 * MIN).see(100).verdict(Verdict.FAILED).delete()
+    assert d.state == before
+    assert d.actions == ()
+
+
+def test_outside_change_to_the_percent_is_put_back() -> None:
+    d = progressing()
+    d.see(100, share=100)  # a GitOps sync cleared canaryTrafficPercent
+    assert d.traffic() == [(10, "reassert")]
+    assert d.events() == ["TrafficDrift"]
+    d.see(100, share=100)
+    assert d.traffic() == [], "reported once; the engine retries a failing write"
+
+
+def test_stuck_promotion_is_written_again_never_abandoned() -> None:
+    d = reach(Phase.PROMOTING)
+    d.at(7 * MIN)
+    assert d.traffic() == [(100, "promote")]
+    assert d.phase() is Phase.PROMOTING
+    d.at(9 * MIN)
+    assert d.traffic() == [(100, "promote")]
+
+
+def test_stuck_rollback_is_written_again() -> None:
+    d = reach(Phase.ROLLING_BACK)
+    d.at(3 * MIN)
+    assert d.traffic() == [(0, "rollback")]
+    assert d.phase() is Phase.ROLLING_BACK
+
+
+def test_shadow_first_mirrors_then_starts_the_canary_after_a_passing_comparison() -> None:
+    d = Driver(make_policy(shadow={"enabled": True, "duration": "10m"})).start(spec=10)
+    assert d.traffic() == [(0, "start")], "while shadowing the canary gets no live traffic"
+    d.see(0)
+    assert d.phase() is Phase.SHADOWING
+    assert d.mirrors() == [100]
+    d.at(5 * MIN).verdict(step=machine.SHADOW_STEP)
+    assert d.phase() is Phase.SHADOWING
+    d.at(10 * MIN)
+    assert d.phase() is Phase.PROGRESSING
+    assert d.mirrors() == [0]
+    assert d.traffic() == [(10, "start")]
+
+
+def test_failed_shadow_comparison_rolls_back_and_removes_the_mirror() -> None:
+    d = reach(Phase.SHADOWING)
+    d.verdict(Verdict.FAILED, step=machine.SHADOW_STEP)
+    assert d.phase() is Phase.ROLLED_BACK, "no live traffic to move: done at once"
+    assert d.mirrors() == [0]
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [
+        (Phase.PENDING, T0 + timedelta(minutes=10)),
+        (Phase.PROGRESSING, T0 + timedelta(minutes=5)),
+        (Phase.PAUSED, None),
+        (Phase.AWAITING_APPROVAL, T0 + timedelta(minutes=5, hours=8)),
+        (Phase.PROMOTING, T0 + timedelta(minutes=7)),
+        (Phase.ROLLING_BACK, T0 + timedelta(minutes=3)),
+        (Phase.SUCCEEDED, None),
+    ],
+)
+def test_next_check_is_the_next_moment_a_rule_can_fire(
+    phase: Phase, expected: datetime | None
+) -> None:
+    d = reach(phase)
+    assert d.state is not None
+    assert d.state.next_check_at == expected
+
+
+@pytest.mark.parametrize("phase", list(Phase))
+def test_state_survives_a_round_trip_through_its_stored_document(phase: Phase) -> None:
+    d = reach(phase)
+    assert d.state is not None
+    restored = RolloutState.from_document(d.state.to_document())
+    assert restored == d.state
+    # and the machine carries on identically from the restored state
+    later = d.now + timedelta(minutes=3)
+    assert machine.step(restored, Tick(), d.policy, later) == machine.step(
+        d.state, Tick(), d.policy, later
+    )
+
+
+def test_every_refusal_and_decision_is_audited_with_its_actor() -> None:
+    d = progressing()
+    d.apply(ManualCommand(CommandKind.PAUSE, "dana@bank", "check dashboards"))
+    from canary.model import RecordAudit
+
+    audit = [a for a in d.actions if isinstance(a, RecordAudit)]
+    assert [(a.action, a.actor, a.reason) for a in audit] == [
+        ("manual.pause", "dana@bank", "check dashboards")
+    ]

@@ -1,0 +1,1 @@
+"""Canary analysis: metric providers, checks and verdicts (pure, apart from providers)."""

@@ -1,0 +1,1 @@
+"""Approval gates: change requests, signed webhooks and their verification."""

@@ -323,8 +323,16 @@ class PromotionWindow(_Model):
     @field_validator("days", mode="before")
     @classmethod
     def _lower_days(cls, value: object) -> object:
+        # Accept full day names ("Monday") as well as the three-letter form.
+        full = {
+            "monday": "mon", "tuesday": "tue", "wednesday": "wed", "thursday": "thu",
+            "friday": "fri", "saturday": "sat", "sunday": "sun",
+        }  # fmt: skip
         if isinstance(value, list | tuple):
-            return tuple(str(d).strip().lower()[:3] if isinstance(d, str) else d for d in value)
+            return tuple(
+                full.get(d.strip().lower(), d.strip().lower()) if isinstance(d, str) else d
+                for d in value
+            )
         return value
 
     @model_validator(mode="after")
@@ -604,9 +612,9 @@ class PolicyProblem:
 
     def __str__(self) -> str:
         where = self.source + (f": policy {self.policy!r}" if self.policy else "")
-        field = f" field {self.path}" if self.path else ""
+        field = f" field {self.path}:" if self.path else ""
         shown = "" if self.value is _MISSING else f" (got {_show(self.value)})"
-        return f"{where}:{field}: {self.message}{shown}"
+        return f"{where}:{field} {self.message}{shown}"
 
 
 class PolicyError(Exception):

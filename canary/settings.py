@@ -1,0 +1,143 @@
+"""Controller settings: environment variables (prefix ``KSC_``), an optional YAML config file,
+and secrets held as ``SecretStr`` so they never reach logs or reprs.
+
+Precedence, highest first: explicit arguments, ``KSC_*`` environment variables, the config
+file (``KSC_CONFIG_FILE`` or ``--config``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("ksc_config_file", default=None)
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message names the setting and the fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KSC_",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    environment: Literal["production", "development"] = Field(
+        default="production",
+        description="production logs JSON; development logs for a console.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///kserve-canary.db"),
+        description="SQLAlchemy URL of the audit database. SQLite (a file) is the embedded "
+        "default; use postgresql+psycopg://… in production.",
+    )
+    policy_path: Path = Field(
+        default=Path("/etc/kserve-canary/policies"),
+        description="A policy YAML file or a directory of them (a mounted ConfigMap).",
+    )
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Namespaces to watch; empty means all namespaces.",
+    )
+    prometheus_url: str = "http://prometheus.monitoring:9090"
+    prometheus_bearer_token: SecretStr | None = None
+    servicenow_url: str | None = None
+    servicenow_user: str | None = None
+    servicenow_password: SecretStr | None = None
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description="Signing secrets for approval webhooks (comma-separated); several allow "
+        "rotation.",
+    )
+    http_port: int = Field(default=8443, ge=1, le=65535)
+    lease_name: str = "kserve-canary-leader"
+    lease_namespace: str = "kserve-canary"
+    lease_duration_seconds: int = Field(default=15, ge=5)
+    audit_retention_days: int = Field(
+        default=7 * 365,
+        ge=25 * 31,
+        description="How long audit records must be kept. Reg B requires 25 months; many "
+        "firms keep 7 years. There is no delete API; this drives archiving only.",
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get() or os.environ.get("KSC_CONFIG_FILE")
+        if config_file:
+            sources.append(InitSettingsSource(settings_cls, _read_config_file(Path(config_file))))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path}: invalid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: must be a mapping of setting names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one readable SettingsError."""
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in err["loc"])
+            secret = any(word in name for word in ("secret", "password", "token", "url"))
+            shown = "" if err["type"] == "missing" or secret else f" (got {err.get('input')!r})"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown setting"
+            lines.append(f"setting {name}: {message}{shown}")
+        raise SettingsError("; ".join(lines)) from None
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -1,0 +1,124 @@
+"""Opt-in annotations and controller settings."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from canary.annotations import AnnotationError, OptIn, parse_annotations
+from canary.log import configure_logging, get_logger
+from canary.settings import SettingsError, load_settings
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        ({}, OptIn(enabled=False)),
+        (None, OptIn(enabled=False)),
+        ({"kserve-canary.io/enabled": "true"}, OptIn(enabled=True)),
+        ({"kserve-canary.io/enabled": "false"}, OptIn(enabled=False)),
+        (
+            {"kserve-canary.io/enabled": "true", "kserve-canary.io/policy": "credit-decisioning"},
+            OptIn(enabled=True, policy="credit-decisioning"),
+        ),
+        (
+            {"kserve-canary.io/enabled": "true", "kserve-canary.io/challenger": "scorer-v3"},
+            OptIn(enabled=True, challenger="scorer-v3"),
+        ),
+        (
+            {"kserve-canary.io/enabled": "true", "kserve-canary.io/metric-profile": "istio"},
+            OptIn(enabled=True, metric_profile="istio"),
+        ),
+        ({"serving.kserve.io/deploymentMode": "Standard"}, OptIn(enabled=False)),
+    ],
+)
+def test_valid_annotations(annotations: dict[str, str] | None, expected: OptIn) -> None:
+    assert parse_annotations(annotations) == expected
+
+
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        ({"kserve-canary.io/enabled": "yes"}, "kserve-canary.io/enabled: got 'yes'; allowed: "),
+        ({"kserve-canary.io/enabled": "True"}, '"true" or "false"'),
+        ({"kserve-canary.io/policy": "Credit_Policy"}, "kserve-canary.io/policy: got"),
+        ({"kserve-canary.io/challenger": "9lives"}, "a DNS-1035 label"),
+        ({"kserve-canary.io/metric-profile": "datadog"}, "allowed: knative-otel"),
+        ({"kserve-canary.io/polciy": "x"}, "kserve-canary.io/polciy: unknown"),
+    ],
+)
+def test_malformed_annotations_name_key_value_and_allowed(
+    annotations: dict[str, str], message: str
+) -> None:
+    with pytest.raises(AnnotationError) as caught:
+        parse_annotations(annotations)
+    assert message in str(caught.value)
+
+
+def test_every_bad_annotation_is_reported_at_once() -> None:
+    with pytest.raises(AnnotationError) as caught:
+        parse_annotations({"kserve-canary.io/enabled": "1", "kserve-canary.io/policy": "A"})
+    assert len(caught.value.problems) == 2
+
+
+def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "database-url: postgresql+psycopg://ksc:hunter2@db/audit\n"
+        "namespaces: [fraud, credit]\n"
+        "log_level: debug\n"
+    )
+    monkeypatch.setenv("KSC_LOG_LEVEL", "warning")  # the environment beats the file
+    monkeypatch.setenv("KSC_WEBHOOK_SECRETS", "old-secret,new-secret")
+    settings = load_settings(config)
+    assert settings.log_level == "warning"
+    assert settings.namespaces == ("fraud", "credit")
+    assert [s.get_secret_value() for s in settings.webhook_secrets] == ["old-secret", "new-secret"]
+    assert "hunter2" not in repr(settings)
+    assert "old-secret" not in repr(settings)
+    assert settings.database_url.get_secret_value().endswith("@db/audit")
+
+
+def test_settings_errors_name_the_setting_and_hide_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KSC_HTTP_PORT", "99999")
+    with pytest.raises(SettingsError, match=r"setting http_port: .*65535.*\(got '99999'\)"):
+        load_settings()
+    monkeypatch.delenv("KSC_HTTP_PORT")
+    config = tmp_path / "c.yaml"
+    config.write_text("databse_url: x\n")
+    with pytest.raises(SettingsError, match="setting databse_url: unknown setting"):
+        load_settings(config)
+    config.write_text("- not a mapping\n")
+    with pytest.raises(SettingsError, match="must be a mapping"):
+        load_settings(config)
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_audit_retention_cannot_go_below_reg_b() -> None:
+    with pytest.raises(SettingsError, match="audit_retention_days"):
+        load_settings(audit_retention_days=30)
+
+
+@pytest.mark.parametrize("environment", ["production", "development"])
+def test_logs_carry_dotted_events_and_fields(environment: str) -> None:
+    stream = io.StringIO()
+    configure_logging(environment, "info", stream=stream)  # type: ignore[arg-type]
+    get_logger("engine").info("rollout.step_advanced", rollout="ro-1", percent=25)
+    get_logger("engine").debug("rollout.noise")
+    out = stream.getvalue()
+    assert "rollout.noise" not in out
+    if environment == "production":
+        record = json.loads(out.strip())
+        assert record["event"] == "rollout.step_advanced"
+        assert record["percent"] == 25
+        assert record["component"] == "engine"
+        assert record["level"] == "info"
+    else:
+        assert "rollout.step_advanced" in out
+        assert "percent=25" in out

@@ -1,0 +1,275 @@
+"""SQLAlchemy models of the audit database.
+
+Tables are created by the Alembic migrations in ``migrations/`` only; these models are the
+reference the migrations are checked against (``tests/integration/test_migrations.py``).
+
+Append-only (protected by triggers): ``audit_log``, ``measurements``, ``webhook_deliveries``.
+Mutable controller state: ``rollouts``, ``approvals``, ``leader_fence``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    CHAR,
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:
+    from sqlalchemy.sql.type_api import _BindProcessorType
+
+__all__ = [
+    "APPEND_ONLY_TABLES",
+    "ApprovalModel",
+    "AuditLog",
+    "Base",
+    "LeaderFenceRow",
+    "MeasurementRow",
+    "RolloutModel",
+    "SafeFloat",
+    "UTCDateTime",
+    "WebhookDeliveryRow",
+]
+
+APPEND_ONLY_TABLES = ("audit_log", "measurements", "webhook_deliveries")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that always comes back as an aware UTC datetime.
+
+    Naive datetimes are rejected on the way in. SQLite has no zone support, so values are
+    stored there as naive UTC and tagged as UTC when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()} cannot be stored")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class SafeFloat(TypeDecorator[float]):
+    """A double that keeps NaN on SQLite (which would otherwise store NaN as NULL).
+
+    On SQLite NaN is bound as the text ``'NaN'`` (kept as TEXT by SQLite's dynamic typing)
+    and read back as a float NaN. PostgreSQL stores NaN natively.
+    """
+
+    impl = Double()
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> _BindProcessorType[float] | None:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            if value is None:
+                return None
+            number = float(value)
+            return "NaN" if math.isnan(number) else number
+
+        return process
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> float | None:
+        if value is None:
+            return None
+        return float(value)  # float("NaN") is NaN
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class AuditLog(Base):
+    """One hash-chained audit record. ``body`` is the exact hashed canonical JSON text
+    (``Text``, never JSON/JSONB, which would reorder keys); the other columns after
+    ``body`` are projections of it for querying, checked by ``AuditStore.verify``."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    prev_hash: Mapped[str] = mapped_column(CHAR(64))
+    record_hash: Mapped[str] = mapped_column(CHAR(64), unique=True)
+    body: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    action: Mapped[str] = mapped_column(Text)
+    actor_kind: Mapped[str] = mapped_column(Text)
+    actor_id: Mapped[str] = mapped_column(Text)
+    rollout_id: Mapped[str | None] = mapped_column(Text)
+    namespace: Mapped[str | None] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(Text)
+    canary_revision: Mapped[str | None] = mapped_column(Text)
+    stable_revision: Mapped[str | None] = mapped_column(Text)
+    change_number: Mapped[str | None] = mapped_column(Text)
+    correlation_id: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("seq >= 1", name="seq_positive"),
+        Index("ix_audit_log_target_time", "namespace", "name", "recorded_at"),
+        Index("ix_audit_log_rollout_id", "rollout_id"),
+        Index("ix_audit_log_action", "action"),
+        Index("ix_audit_log_recorded_at", "recorded_at"),
+    )
+
+
+class MeasurementRow(Base):
+    """One metric evaluation, position ``position`` in record ``audit_seq``'s list."""
+
+    __tablename__ = "measurements"
+
+    audit_seq: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("audit_log.seq"), primary_key=True, autoincrement=False
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rollout_id: Mapped[str | None] = mapped_column(Text)
+    check_name: Mapped[str] = mapped_column(Text)
+    evaluated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    query: Mapped[str] = mapped_column(Text)
+    prometheus_url: Mapped[str] = mapped_column(Text)
+    response_digest: Mapped[str] = mapped_column(Text)
+    canary_value: Mapped[float | None] = mapped_column(SafeFloat)
+    baseline_value: Mapped[float | None] = mapped_column(SafeFloat)
+    canary_samples: Mapped[int | None] = mapped_column(BigInteger)
+    baseline_samples: Mapped[int | None] = mapped_column(BigInteger)
+    statistic: Mapped[float | None] = mapped_column(SafeFloat)
+    threshold: Mapped[float | None] = mapped_column(SafeFloat)
+    verdict: Mapped[str] = mapped_column(Text)
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON text
+
+    __table_args__ = (
+        Index("ix_measurements_rollout_check_time", "rollout_id", "check_name", "evaluated_at"),
+    )
+
+
+class WebhookDeliveryRow(Base):
+    """A received webhook, deduplicated on ``webhook_id``."""
+
+    __tablename__ = "webhook_deliveries"
+
+    webhook_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(Text)
+    payload_digest: Mapped[str] = mapped_column(Text)
+    signature_valid: Mapped[bool] = mapped_column(Boolean)
+    outcome: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_webhook_deliveries_received_at", "received_at"),)
+
+
+class RolloutModel(Base):
+    """The controller's live state for one rollout (mutable, optimistic ``version``)."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    namespace: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    isvc_uid: Mapped[str | None] = mapped_column(Text)
+    policy_name: Mapped[str] = mapped_column(Text)
+    mode: Mapped[str] = mapped_column(Text)
+    phase: Mapped[str] = mapped_column(Text)
+    step_index: Mapped[int] = mapped_column(Integer)
+    canary_revision: Mapped[str | None] = mapped_column(Text)
+    stable_revision: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    active: Mapped[bool] = mapped_column(Boolean)
+    version: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("mode IN ('knative', 'standard')", name="mode"),
+        CheckConstraint("version >= 1", name="version_positive"),
+        Index("ix_rollouts_next_check_at", "next_check_at"),
+        Index(
+            "uq_rollouts_active_target",
+            "namespace",
+            "name",
+            unique=True,
+            postgresql_where=text("active"),
+            sqlite_where=text("active"),
+        ),
+    )
+
+
+class ApprovalModel(Base):
+    """One approval gate instance, keyed by (rollout, revision, step)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(Text, ForeignKey("rollouts.id"))
+    revision: Mapped[str] = mapped_column(Text)
+    step_index: Mapped[int] = mapped_column(Integer)
+    gate: Mapped[str] = mapped_column(Text)
+    change_number: Mapped[str | None] = mapped_column(Text)
+    change_sys_id: Mapped[str | None] = mapped_column(Text)
+    risk_owner_group: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(Text)
+    approver: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    close_code: Mapped[str | None] = mapped_column(Text)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "revision", "step_index"),
+        CheckConstraint("gate IN ('webhook', 'servicenow')", name="gate"),
+        CheckConstraint(
+            "state IN ('pending', 'approved', 'rejected', 'expired', 'cancelled')", name="state"
+        ),
+        Index("ix_approvals_state_deadline", "state", "deadline"),
+    )
+
+
+class LeaderFenceRow(Base):
+    """The highest leader epoch seen per lease; fenced commits must match it exactly."""
+
+    __tablename__ = "leader_fence"
+
+    lease_name: Mapped[str] = mapped_column(Text, primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(Text)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)

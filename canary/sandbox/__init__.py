@@ -1,0 +1,1 @@
+"""Test-bed helpers that run real services (PostgreSQL) in private sandboxes."""

@@ -1,0 +1,138 @@
+"""The Alembic migrations on both backends: up, down, up again, and agreement with the models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+
+from canary.audit import AuditStore, alembic_config, schema_differences, upgrade_to_head
+from tests.integration.conftest import Database
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+TABLES = {
+    "audit_log",
+    "measurements",
+    "webhook_deliveries",
+    "rollouts",
+    "approvals",
+    "leader_fence",
+}
+APPEND_ONLY = ("audit_log", "measurements", "webhook_deliveries")
+
+
+def expected_triggers(kind: str) -> set[str]:
+    suffixes = (
+        ("append_only", "no_truncate") if kind == "postgresql" else ("no_update", "no_delete")
+    )
+    return {f"{table}_{suffix}" for table in APPEND_ONLY for suffix in suffixes}
+
+
+def reject_function_exists(db: Database) -> bool:
+    rows = db.query("SELECT 1 FROM pg_proc WHERE proname = 'ksc_reject_audit_change'")
+    return bool(rows)
+
+
+def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) -> None:
+    assert empty_db.tables() == set()
+    upgrade_to_head(empty_db.url)
+    assert empty_db.tables() == TABLES | {"alembic_version"}
+    assert empty_db.triggers() == expected_triggers(empty_db.kind)
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0001",)]
+    if empty_db.kind == "postgresql":
+        assert reject_function_exists(empty_db)
+
+
+def test_upgrading_twice_changes_nothing(db: Database) -> None:
+    with AuditStore.from_url(db.url) as store:
+        store.claim_epoch("lease", "pod-a", 1, _t0())
+    upgrade_to_head(db.url)
+    assert db.tables() == TABLES | {"alembic_version"}
+    with AuditStore.from_url(db.url) as store:
+        assert store.current_fence("lease") is not None
+
+
+def test_downgrade_to_base_removes_everything_and_upgrade_restores_it(db: Database) -> None:
+    command.downgrade(alembic_config(db.url), "base")
+    assert db.tables() == {"alembic_version"}
+    assert db.query("SELECT version_num FROM alembic_version") == []
+    assert db.triggers() == set()
+    if db.kind == "postgresql":
+        assert not reject_function_exists(db)
+
+    upgrade_to_head(db.url)
+    assert db.tables() == TABLES | {"alembic_version"}
+    assert db.triggers() == expected_triggers(db.kind)
+    with AuditStore.from_url(db.url) as store:
+        assert store.head()[0] == 0
+        assert store.claim_epoch("lease", "pod-a", 1, _t0())
+    assert schema_differences(db.url) == []
+
+
+def test_models_and_migrations_agree(db: Database) -> None:
+    assert schema_differences(db.url) == []
+
+
+def test_schema_drift_is_reported(db: Database) -> None:
+    db.query("DROP INDEX ix_audit_log_action")
+    differences = schema_differences(db.url)
+    assert len(differences) == 1
+    assert "ix_audit_log_action" in differences[0]
+
+
+def _alembic(*args: str, env_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "KSC_DATABASE_URL"}
+    if env_url is not None:
+        env["KSC_DATABASE_URL"] = env_url
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+        cwd="/",  # the ini locates the migrations itself
+    )
+
+
+def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
+    empty_db: Database,
+) -> None:
+    upgraded = _alembic("-x", f"url={empty_db.url}", "upgrade", "head")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert empty_db.tables() == TABLES | {"alembic_version"}
+
+    current = _alembic("current", env_url=empty_db.url)
+    assert current.returncode == 0, current.stderr
+    assert "0001 (head)" in current.stdout
+
+
+def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:
+    result = _alembic("current")
+    assert result.returncode != 0
+    assert "no database URL: pass `-x url=...`, set KSC_DATABASE_URL" in result.stderr
+
+
+def test_offline_sql_for_postgresql_includes_the_append_only_triggers() -> None:
+    # No server needed: this is the script a DBA can review and apply by hand.
+    result = _alembic(
+        "-x", "url=postgresql+psycopg://dba@db.invalid/audit", "upgrade", "head", "--sql"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CREATE FUNCTION ksc_reject_audit_change()" in result.stdout
+    for table in APPEND_ONLY:
+        assert f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}" in (
+            result.stdout
+        )
+        assert f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}" in result.stdout
+
+
+def _t0() -> datetime:
+    return datetime(2026, 11, 23, tzinfo=UTC)

@@ -1,0 +1,100 @@
+# kserve-canary developer entry points.
+#
+#   make test   install what is missing (venv, Debian packages), then lint, types,
+#               import contracts and every test. A second run reinstalls nothing.
+#   make demo   the controller on the local test bed (arrives with the controller work).
+#
+# Everything a fresh machine needs is installed from here; nothing is assumed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The venv is rebuilt only when the lock or the package metadata change.
+VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests run for real. PostgreSQL's server binaries live in
+# /usr/lib/postgresql/<major>/bin; the test harness starts its own private cluster.
+PG_SERVER := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
+
+.PHONY: help
+help:
+	@echo "make test   lint, types, import contracts and all tests (installs what is missing)"
+	@echo "make demo   the controller on the local test bed (not available yet)"
+	@echo "make lint | typecheck | contracts | unit | integration   the parts of make test"
+	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
+
+# --- installation ---------------------------------------------------------------------------
+
+$(VENV_STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version)'
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV_STAMP)
+
+.PHONY: system-deps
+system-deps:
+ifeq ($(PG_SERVER),)
+	@echo "installing Debian's postgresql (server binaries for the test harness)"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null
+endif
+
+.PHONY: deps
+deps: venv system-deps
+
+# --- checks ---------------------------------------------------------------------------------
+
+.PHONY: lint
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: typecheck
+typecheck: venv
+	$(BIN)/mypy
+
+.PHONY: contracts
+contracts: venv
+	$(BIN)/lint-imports
+
+.PHONY: unit
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+.PHONY: integration
+integration: deps
+	$(BIN)/python -m pytest tests/integration
+
+.PHONY: test
+test: deps lint typecheck contracts
+	$(BIN)/python -m pytest
+
+# --- the product on the test bed ------------------------------------------------------------
+
+.PHONY: demo
+demo:
+	@echo "make demo runs the controller on the local test bed; it arrives with the controller" >&2
+	@echo "work (issue #4). Until then: 'make test', and 'canary --help' in .venv/bin." >&2
+	@exit 2
+
+# --- maintenance ----------------------------------------------------------------------------
+
+.PHONY: lock
+lock: venv
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
+		-o requirements.lock pyproject.toml
+
+.PHONY: clean
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info

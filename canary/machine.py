@@ -27,6 +27,7 @@ from canary.model import (
     AnalysisVerdict,
     ApprovalDecision,
     ApprovalState,
+    ChangeOpened,
     CloseChange,
     CommandKind,
     EmitEvent,
@@ -175,6 +176,8 @@ def step(
         state = _on_verdict(state, observation, now, actions)
     elif isinstance(observation, ApprovalDecision):
         state = _on_approval(state, observation, now, actions)
+    elif isinstance(observation, ChangeOpened):
+        state = _on_change_opened(state, observation, actions)
     elif isinstance(observation, ManualCommand):
         state = _on_command(state, observation, policy, now, actions)
 
@@ -289,6 +292,23 @@ def _on_verdict(
         return state
     kind = "inconclusive" if verdict.verdict is Verdict.INCONCLUSIVE else "could not be evaluated"
     return _pause(state, f"analysis {kind}: {verdict.summary}", now, actions, actor="controller")
+
+
+def _on_change_opened(
+    state: RolloutState, opened: ChangeOpened, actions: list[Action]
+) -> RolloutState:
+    approval = state.approval
+    if opened.revision != state.canary.name or approval is None or approval.status != "pending":
+        return state
+    actions.append(
+        _audit(
+            "approval.change_opened",
+            f"change {opened.change_number} opened for approval",
+            change_number=opened.change_number,
+            revision=state.canary.name,
+        )
+    )
+    return replace(state, approval=replace(approval, change_number=opened.change_number))
 
 
 def _on_approval(
@@ -872,8 +892,12 @@ def _resume(
         waiting_for=None,
         last_verdict=None,  # a resumed step needs fresh evidence
     )
-    if back_to is Phase.PROGRESSING and resumed.step_reached_at is not None:
-        resumed = replace(resumed, step_reached_at=now)
+    if back_to is Phase.PROGRESSING:
+        # The hold restarts; a split still on its way gets a fresh traffic timeout.
+        if resumed.step_reached_at is not None:
+            resumed = replace(resumed, step_reached_at=now)
+        else:
+            resumed = replace(resumed, traffic_requested_at=now)
     if back_to is Phase.AWAITING_APPROVAL and (
         resumed.approval is None or resumed.approval.status in {"expired", "rejected"}
     ):

@@ -21,6 +21,7 @@ __all__ = [
     "AnalysisVerdict",
     "ApprovalDecision",
     "ApprovalState",
+    "ChangeOpened",
     "CloseChange",
     "CommandKind",
     "EmitEvent",
@@ -193,6 +194,16 @@ class ApprovalDecision:
     kind: Literal["approval"] = "approval"
 
 
+@dataclass(frozen=True)
+class ChangeOpened:
+    """The approval gate opened a change request for a pending approval."""
+
+    revision: str
+    change_number: str
+    opened_at: datetime
+    kind: Literal["change_opened"] = "change_opened"
+
+
 class CommandKind(StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
@@ -209,7 +220,13 @@ class ManualCommand:
 
 
 Observation = (
-    ServiceObserved | ServiceDeleted | Tick | AnalysisVerdict | ApprovalDecision | ManualCommand
+    ServiceObserved
+    | ServiceDeleted
+    | Tick
+    | AnalysisVerdict
+    | ApprovalDecision
+    | ChangeOpened
+    | ManualCommand
 )
 
 # ---------------------------------------------------------------------------------------
@@ -252,6 +269,10 @@ class RequestApproval:
 
 @dataclass(frozen=True)
 class CloseChange:
+    """Close the rollout's change request. ``successful``, ``successful_issues`` and
+    ``unsuccessful`` are ServiceNow close codes; ``cancelled`` cancels a change whose
+    approval no longer matters (superseded, expired, the InferenceService deleted)."""
+
     change_number: str | None
     close_code: Literal["successful", "successful_issues", "unsuccessful", "cancelled"]
     note: str

@@ -11,6 +11,7 @@ import pytest
 from canary import machine
 from canary.model import (
     TERMINAL_PHASES,
+    ChangeOpened,
     CloseChange,
     CommandKind,
     ManualCommand,
@@ -279,6 +280,30 @@ def test_approval_requested_before_gated_step_then_promotes_when_approved() -> N
     d.apply(ServiceObserved(promoted_view()))
     closes = [a for a in d.actions if isinstance(a, CloseChange)]
     assert [(c.change_number, c.close_code) for c in closes] == [("CHG0001", "successful")]
+
+
+def test_the_opened_change_is_remembered_and_cancelled_if_superseded() -> None:
+    d = reach(Phase.AWAITING_APPROVAL)
+    d.apply(ChangeOpened("r2", "CHG0042", d.now))
+    assert d.audits() == ["approval.change_opened"]
+    assert d.state is not None
+    assert d.state.approval is not None
+    assert d.state.approval.change_number == "CHG0042"
+    d.see(10, latest="r3", ready=False, share=0)
+    assert d.phase() is Phase.SUPERSEDED
+    closes = [(a.change_number, a.close_code) for a in d.actions if isinstance(a, CloseChange)]
+    assert closes == [("CHG0042", "cancelled")]
+
+
+def test_resuming_a_step_whose_split_never_showed_gets_a_fresh_traffic_timeout() -> None:
+    d = progressing()
+    d.at(MIN).verdict().at(5 * MIN)  # 25 % written, status not there yet
+    d.command(CommandKind.PAUSE, "hold on")
+    d.at(60 * MIN).command(CommandKind.RESUME, "go on")
+    assert d.phase() is Phase.PROGRESSING, "not rolled back for time spent paused"
+    d.see(25)
+    assert d.state is not None
+    assert d.state.step_reached_at == d.now
 
 
 def test_rejected_approval_rolls_back_and_closes_the_change_unsuccessful() -> None:

@@ -1,0 +1,1 @@
+"""Kubernetes access: the only package that imports the kubernetes client."""

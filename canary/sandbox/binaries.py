@@ -1,0 +1,279 @@
+"""Build, or reuse, the kube-apiserver and etcd binaries of the local test bed.
+
+The Go sources live in ``deploy/testbed/`` (one Go module per binary). They are compiled once
+per machine into a cache outside the repository::
+
+    $KSC_TESTBED_CACHE/<key>/bin/{kube-apiserver,etcd}
+    (default root: ${XDG_CACHE_HOME:-~/.cache}/kserve-canary/testbed)
+
+``<key>`` names the Kubernetes and etcd versions and ends in a short hash of the Go sources
+(``go.mod``, ``go.sum``, ``*.go``), so changed sources rebuild and unchanged ones are reused.
+Reuse only reads those few files and checks that the binaries exist: ``go`` is not run.
+A file lock serialises concurrent builders; binaries appear by atomic rename, complete or not
+at all.
+
+    binaries = ensure_built(log=print_to_stderr)
+    binaries.kube_apiserver, binaries.etcd
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "BINARY_NAMES",
+    "Binaries",
+    "BuildError",
+    "cache_key",
+    "cache_root",
+    "ensure_built",
+    "source_dir",
+]
+
+BINARY_NAMES = ("kube-apiserver", "etcd")
+# The Go module (under deploy/testbed/) that builds each binary, and the module whose
+# required version is that binary's version.
+_VERSION_MODULES = {
+    "kube-apiserver": ("kubernetes", "k8s.io/kubernetes"),
+    "etcd": ("etcd", "go.etcd.io/etcd/server/v3"),
+}
+# kube-apiserver reports its version (GET /version, kubectl version) from variables that
+# Kubernetes' own release build sets with -X; without them it says v0.0.0-master.
+_K8S_VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+_EXPECTED_TIME = {"kube-apiserver": "several minutes", "etcd": "about a minute"}
+_BUILD_TIMEOUT = 3600.0
+_TAIL_LINES = 40
+
+
+class BuildError(RuntimeError):
+    """The test-bed binaries could not be built (or Go is missing)."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Paths of the built binaries and the versions they were built from."""
+
+    kube_apiserver: Path
+    etcd: Path
+    versions: dict[str, str]
+
+
+def _stderr_line(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def source_dir() -> Path:
+    """``deploy/testbed`` of this checkout (``KSC_TESTBED_SRC`` overrides)."""
+    override = os.environ.get("KSC_TESTBED_SRC")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "deploy" / "testbed"
+
+
+def cache_root() -> Path:
+    """``$KSC_TESTBED_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/kserve-canary/testbed``."""
+    override = os.environ.get("KSC_TESTBED_CACHE")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "kserve-canary" / "testbed"
+
+
+def _source_files(src: Path) -> list[Path]:
+    files: list[Path] = []
+    for binary in BINARY_NAMES:
+        module = src / binary
+        if not (module / "go.mod").is_file():
+            raise BuildError(
+                f"the Go sources of {binary} are missing: no {module / 'go.mod'}. "
+                "Run from a checkout of kserve-canary, or set KSC_TESTBED_SRC to its "
+                "deploy/testbed directory."
+            )
+        files.extend(
+            path
+            for path in sorted(module.iterdir())
+            if path.is_file() and (path.name in {"go.mod", "go.sum"} or path.suffix == ".go")
+        )
+    return files
+
+
+def _versions(src: Path) -> dict[str, str]:
+    versions: dict[str, str] = {}
+    for binary, (label, module_path) in _VERSION_MODULES.items():
+        go_mod = (src / binary / "go.mod").read_text(encoding="utf-8")
+        match = re.search(rf"^\s*(?:require\s+)?{re.escape(module_path)}\s+(v\S+)", go_mod, re.M)
+        if match is None:
+            raise BuildError(f"{src / binary / 'go.mod'} does not require {module_path}")
+        versions[label] = match.group(1)
+    return versions
+
+
+def _ldflags(binary: str, versions: dict[str, str]) -> str:
+    flags = ["-s", "-w"]
+    if binary == "kube-apiserver":
+        version = versions["kubernetes"]
+        match = re.match(r"v(\d+)\.(\d+)\.", version)
+        major, minor = match.groups() if match else ("", "")
+        values = {
+            "gitVersion": version,
+            "gitMajor": major,
+            "gitMinor": minor,
+            "gitTreeState": "clean",
+            "gitCommit": "",
+        }
+        flags += [
+            f"-X={package}.{name}={value}"
+            for package in _K8S_VERSION_PACKAGES
+            for name, value in values.items()
+        ]
+    return " ".join(flags)
+
+
+def cache_key(src: Path | None = None) -> tuple[str, dict[str, str]]:
+    """The cache directory name for these sources, and the versions they pin."""
+    src = src or source_dir()
+    versions = _versions(src)
+    digest = hashlib.sha256()
+    for binary in BINARY_NAMES:  # how they are built is part of what they are
+        digest.update(f"{binary}: {_ldflags(binary, versions)}\0".encode())
+    for path in _source_files(src):
+        digest.update(path.relative_to(src).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    machine = f"{sys.platform}-{platform.machine().lower()}"
+    key = (
+        f"k8s-{versions['kubernetes']}-etcd-{versions['etcd']}-{machine}-{digest.hexdigest()[:12]}"
+    )
+    return key, versions
+
+
+def _present(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+@contextmanager
+def _locked(lock_path: Path, log: Callable[[str], None]) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another process is building the test-bed binaries; waiting for it ({lock_path})")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _tail(text: str, lines: int = _TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _build_one(
+    go: str, binary: str, module_dir: Path, target: Path, ldflags: str, log: Callable[[str], None]
+) -> None:
+    temp = target.with_name(f".{binary}.tmp-{os.getpid()}")
+    command = [
+        go,
+        "build",
+        "-trimpath",
+        "-buildvcs=false",
+        f"-ldflags={ldflags}",
+        "-o",
+        str(temp),
+        ".",
+    ]
+    env = dict(os.environ, CGO_ENABLED="0")
+    shown = f"cd {shlex.quote(str(module_dir))} && CGO_ENABLED=0 {shlex.join(command)}"
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            command,
+            cwd=module_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=_BUILD_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        temp.unlink(missing_ok=True)
+        output = exc.output if isinstance(exc.output, str) else ""
+        raise BuildError(
+            f"building {binary} took longer than {_BUILD_TIMEOUT:.0f} s\n"
+            f"command: {shown}\n{_tail(output)}"
+        ) from None
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise BuildError(f"could not run Go to build {binary}: {exc}\ncommand: {shown}") from None
+    if result.returncode != 0 or not _present(temp):
+        temp.unlink(missing_ok=True)
+        raise BuildError(
+            f"building {binary} failed (exit status {result.returncode})\n"
+            f"command: {shown}\n"
+            f"last lines of Go's output:\n{_tail(result.stdout)}"
+        )
+    os.replace(temp, target)
+    log(f"built {binary} in {time.monotonic() - started:.0f} s → {target}")
+
+
+def ensure_built(*, log: Callable[[str], None] = _stderr_line) -> Binaries:
+    """Return the test-bed binaries, building whichever are missing from the cache.
+
+    Raises :class:`BuildError` if Go is not installed or a build fails (with the command and
+    the tail of Go's output).
+    """
+    src = source_dir()
+    key, versions = cache_key(src)
+    bin_dir = cache_root() / key / "bin"
+    paths = {binary: bin_dir / binary for binary in BINARY_NAMES}
+    binaries = Binaries(
+        kube_apiserver=paths["kube-apiserver"], etcd=paths["etcd"], versions=versions
+    )
+    if all(_present(path) for path in paths.values()):
+        return binaries
+
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError(
+            "Go is not on PATH: the test bed builds kube-apiserver and etcd from source "
+            f"({src}). Install Go {_required_go(src)} or newer (https://go.dev/dl/) and retry."
+        )
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(bin_dir.parent / "build.lock", log):
+        # Another process may have built them while this one waited for the lock.
+        for binary, path in paths.items():
+            if _present(path):
+                continue
+            label, _module = _VERSION_MODULES[binary]
+            log(
+                f"building {binary} {versions[label]} (first time on this machine for these "
+                f"sources, {_EXPECTED_TIME[binary]})…"
+            )
+            _build_one(go, binary, src / binary, path, _ldflags(binary, versions), log)
+    return binaries
+
+
+def _required_go(src: Path) -> str:
+    go_mod = (src / "kube-apiserver" / "go.mod").read_text(encoding="utf-8")
+    match = re.search(r"^go\s+(\S+)", go_mod, re.M)
+    return match.group(1) if match else "(see deploy/testbed/*/go.mod)"

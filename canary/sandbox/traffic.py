@@ -1,0 +1,827 @@
+"""Simulated model traffic: requests per InferenceService, metrics under KServe's real names.
+
+The test-bed orchestrator tells a :class:`TrafficSimulator` how each InferenceService routes
+its traffic (``set_routes``, ``set_mirror``); the simulator generates requests at the rate the
+:class:`~canary.sandbox.behaviour.BehaviourBook` gives, draws each one's latency, status and
+fraud decision from the target model's behaviour, and counts them the way a real pod would.
+
+Every routed revision (Knative mode) or Deployment (Standard mode) is its own scrape target,
+as each real pod is: one loopback HTTP server serves ``/metrics/<namespace>/<name>`` from a
+per-target :class:`~prometheus_client.CollectorRegistry`, and a ``file_sd`` JSON file lists
+the targets with the labels a PodMonitor's relabeling would add (``namespace``, ``pod``,
+``container``, ``revision`` or ``app``, and a distinct ``instance``).
+
+One endpoint carries the series of every metric profile at once, as if KServe's metric
+aggregation (queue-proxy, model server and sidecar on one port) were on:
+
+=====================  ============================================================
+profile                series (labels)
+=====================  ============================================================
+knative-otel           ``kn_serving_invocation_duration_seconds`` (http_response_status_code),
+                       ``http_server_request_duration_seconds`` (http_request_method,
+                       http_response_status_code), ``target_info`` (kn_revision_name,
+                       kn_configuration_name, kn_service_name, k8s_pod_name,
+                       k8s_namespace_name). Knative targets only.
+knative-opencensus     ``revision_request_count``, ``revision_request_latencies`` in ms
+                       (namespace_name, configuration_name, revision_name, response_code,
+                       response_code_class). Knative targets only.
+istio                  ``istio_requests_total``, ``istio_request_duration_milliseconds``
+                       (reporter="destination", destination_workload,
+                       destination_workload_namespace, response_code)
+kserve-model-server    ``request_predict_seconds`` (model_name)
+business               ``fraud_decisions_total`` (decision, outcome), ``fraud_score``
+=====================  ============================================================
+
+Simplifications: every latency histogram of a request records the same duration (no
+queue-proxy or sidecar overhead is added); errors are HTTP 500 with the same latency
+distribution as successes and carry no fraud decision; a series for a status code appears
+when the first request with that code is served, as with the real exporters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from canary.log import get_logger
+from canary.sandbox.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
+
+__all__ = [
+    "FRAUD_SCORE_BUCKETS",
+    "LATENCY_BUCKETS_SECONDS",
+    "RequestCounts",
+    "Target",
+    "TrafficSimulator",
+]
+
+_log = get_logger("sandbox.traffic")
+
+
+def _e24_bounds(first_decade: int, last_decade: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """E24 preferred numbers (24 per decade, each about 10 % above the last), in seconds and
+    in milliseconds, from ``10**first_decade`` s up to and including ``10**last_decade`` s.
+
+    Both tuples are computed from integer microseconds, so the millisecond bounds are the
+    exact decimal numbers (1.1, 1.2, ...) rather than products with rounding noise."""
+    mantissas = (10, 11, 12, 13, 15, 16, 18, 20, 22, 24, 27, 30, 33, 36, 39, 43, 47, 51, 56,
+                 62, 68, 75, 82, 91)  # fmt: skip
+    micros = [m * 10 ** (d + 5) for d in range(first_decade, last_decade) for m in mantissas]
+    micros.append(10 ** (last_decade + 6))
+    return tuple(us / 1e6 for us in micros), tuple(us / 1e3 for us in micros)
+
+
+LATENCY_BUCKETS_SECONDS, LATENCY_BUCKETS_MS = _e24_bounds(-3, 1)
+"""Upper bounds of every latency histogram: the E24 series from 1 ms to 10 s (97 buckets, a
+ratio of about 1.1 between neighbours; the millisecond histograms use the same bounds ×1000).
+
+These are much finer than what real deployments expose. OpenTelemetry's recommended
+``http.server.request.duration`` bounds, for example, jump 5, 10, 25, 50, 75, 100, 250 ms, and
+Istio's default millisecond bounds (1, 5, 10, 25, 50, 100, 250, ...) are as coarse, so
+``histogram_quantile`` on a real cluster can be off by tens of percent. Here the
+interpolation error of ``histogram_quantile(0.99, ...)`` over a lognormal is at most 3 % for
+p99 between 5 ms and 2 s when the median is at most 0.6 × p99 (4 % at 0.7 ×, 6 % at 0.8 ×,
+9 % at 0.9 ×), which leaves room for sampling error in a 10 % tolerance. Like Knative's, the
+bounds stop at 10 s."""
+
+FRAUD_SCORE_BUCKETS: tuple[float, ...] = tuple(i / 20 for i in range(1, 21))
+"""Upper bounds of the ``fraud_score`` histogram: 0.05, 0.10, ..., 1.0."""
+
+_STATUS_OK = 200
+_STATUS_ERROR = 500
+_KNATIVE_REVISION_SUFFIX = re.compile(r"-\d{5}$")
+_POD_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
+_MAX_TICK_SECONDS = 2.0  # after a stall, generate at most this much traffic at once
+_SCORE_OUTCOMES = ("true_positive", "false_negative", "false_positive", "true_negative")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an InferenceService sends a share of its traffic.
+
+    ``revision`` is the Knative revision name (``scorer-predictor-00002``) in Knative mode,
+    or the Deployment name (``scorer-predictor``, ``scorer-canary-predictor``) in Standard
+    mode. ``storage_uri`` selects the model's behaviour in the :class:`BehaviourBook`."""
+
+    revision: str
+    percent: int
+    storage_uri: str | None = None
+    mode: Literal["knative", "standard"] = "knative"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.percent <= 100:
+            raise ValueError(f"percent must be within 0..100, got {self.percent}")
+        if not self.revision or "/" in self.revision:
+            raise ValueError(f"invalid revision or workload name {self.revision!r}")
+
+
+@dataclass(frozen=True)
+class RequestCounts:
+    """What one target has served since its (simulated) pod started."""
+
+    requests: int
+    errors: int
+    mirrored: int  # of ``requests``, how many were shadow copies
+
+    @property
+    def error_ratio(self) -> float:
+        return self.errors / self.requests if self.requests else math.nan
+
+
+def _generated(seed: str, length: int) -> str:
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "".join(_POD_ALPHABET[b % len(_POD_ALPHABET)] for b in digest[:length])
+
+
+@dataclass
+class _Endpoint:
+    """One simulated pod: its identity, its counters, and its registry."""
+
+    namespace: str
+    isvc: str
+    name: str  # revision (Knative) or Deployment (Standard)
+    storage_uri: str | None
+    mode: Literal["knative", "standard"]
+    pod_ip: str
+    lock: threading.Lock
+    requests: int = 0
+    errors: int = 0
+    mirrored: int = 0
+    latency_counts: dict[int, list[int]] = field(default_factory=dict)  # per status, per bucket
+    latency_sums: dict[int, float] = field(default_factory=dict)
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    score_counts: list[int] = field(default_factory=lambda: [0] * (len(FRAUD_SCORE_BUCKETS) + 1))
+    score_sum: float = 0.0
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    @cached_property
+    def pod(self) -> str:
+        """``<deployment>-<replicaset hash>-<suffix>``, stable for one model version."""
+        seed = f"{self.namespace}/{self.name}/{self.storage_uri}"
+        return f"{self.workload}-{_generated(seed, 10)}-{_generated(seed + '/pod', 5)}"
+
+    @property
+    def workload(self) -> str:
+        """Istio's ``destination_workload``: the Deployment name."""
+        return f"{self.name}-deployment" if self.mode == "knative" else self.name
+
+    @property
+    def configuration(self) -> str:
+        return _KNATIVE_REVISION_SUFFIX.sub("", self.name)
+
+    @property
+    def path(self) -> str:
+        return f"/metrics/{self.namespace}/{self.name}"
+
+    def scrape_labels(self) -> dict[str, str]:
+        """Target labels as a PodMonitor's relabeling would add them."""
+        labels = {"namespace": self.namespace, "pod": self.pod}
+        if self.mode == "knative":
+            labels.update(container="queue-proxy", revision=self.name)
+            port = 9091
+        else:
+            labels.update(container="kserve-container", app=f"isvc.{self.name}")
+            port = 8080
+        labels["instance"] = f"{self.pod_ip}:{port}"
+        return labels
+
+    def counts(self) -> RequestCounts:
+        with self.lock:
+            return RequestCounts(self.requests, self.errors, self.mirrored)
+
+
+def _go_float(value: float) -> str:
+    """A bound as Go clients print ``le`` (``1``, ``0.005``), not Python's ``1.0``."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
+_LE_SECONDS = (*map(_go_float, LATENCY_BUCKETS_SECONDS), "+Inf")
+_LE_MS = (*map(_go_float, LATENCY_BUCKETS_MS), "+Inf")
+_LE_SCORE = (*map(_go_float, FRAUD_SCORE_BUCKETS), "+Inf")
+
+
+def _cumulative(counts: Sequence[int], le: Sequence[str]) -> list[tuple[str, float]]:
+    """Per-bucket counts (the last one above every bound) as cumulative ``(le, count)``."""
+    return list(zip(le, map(float, accumulate(counts)), strict=True))
+
+
+class _EndpointCollector(Collector):
+    """Renders one endpoint's counters as the metric families of every profile."""
+
+    def __init__(self, endpoint: _Endpoint) -> None:
+        self._ep = endpoint
+
+    def collect(self) -> Iterator[Metric]:
+        ep = self._ep
+        with ep.lock:
+            latency = {code: list(counts) for code, counts in sorted(ep.latency_counts.items())}
+            sums = dict(ep.latency_sums)
+            decisions = dict(sorted(ep.decisions.items()))
+            scores = list(ep.score_counts)
+            score_sum = ep.score_sum
+        per_code = [
+            (str(code), counts, sums[code], _cumulative(counts, _LE_SECONDS))
+            for code, counts in latency.items()
+        ]
+        if ep.mode == "knative":
+            yield from self._knative_otel(per_code)
+            yield from self._knative_opencensus(latency, sums)
+        yield from self._istio(latency, sums)
+        yield from self._model_server(latency, sums)
+        yield from self._business(decisions, scores, score_sum)
+
+    def _knative_otel(
+        self, per_code: list[tuple[str, list[int], float, list[tuple[str, float]]]]
+    ) -> Iterator[Metric]:
+        ep = self._ep
+        info = GaugeMetricFamily(
+            "target_info",
+            "Target metadata",
+            labels=[
+                "k8s_namespace_name",
+                "k8s_pod_name",
+                "kn_configuration_name",
+                "kn_revision_name",
+                "kn_service_name",
+            ],
+        )
+        info.add_metric([ep.namespace, ep.pod, ep.configuration, ep.name, ep.configuration], 1)
+        yield info
+        invocation = HistogramMetricFamily(
+            "kn_serving_invocation_duration_seconds",
+            "The duration of task execution.",
+            labels=["http_response_status_code"],
+        )
+        server = HistogramMetricFamily(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            labels=["http_request_method", "http_response_status_code"],
+        )
+        for code, _counts, total, buckets in per_code:
+            invocation.add_metric([code], buckets, total)
+            server.add_metric(["POST", code], buckets, total)
+        yield invocation
+        yield server
+
+    def _knative_opencensus(
+        self, latency: dict[int, list[int]], sums: dict[int, float]
+    ) -> Iterator[Metric]:
+        ep = self._ep
+        names = [
+            "namespace_name",
+            "configuration_name",
+            "revision_name",
+            "response_code",
+            "response_code_class",
+        ]
+        # OpenCensus' exporter names this counter without ``_total``; prometheus_client's
+        # counter family would add the suffix, so it is exposed untyped under its real name.
+        count = Metric("revision_request_count", "The number of requests", "unknown")
+        latencies = HistogramMetricFamily(
+            "revision_request_latencies", "The response latencies", labels=names
+        )
+        for code, counts in latency.items():
+            values = [ep.namespace, ep.configuration, ep.name, str(code), f"{code // 100}xx"]
+            count.add_sample("revision_request_count", dict(zip(names, values, strict=True)),
+                             float(sum(counts)))  # fmt: skip
+            latencies.add_metric(values, _cumulative(counts, _LE_MS), sums[code] * 1000.0)
+        yield count
+        yield latencies
+
+    def _istio(self, latency: dict[int, list[int]], sums: dict[int, float]) -> Iterator[Metric]:
+        ep = self._ep
+        names = [
+            "reporter",
+            "destination_workload",
+            "destination_workload_namespace",
+            "response_code",
+        ]
+        total = CounterMetricFamily("istio_requests", "Total requests.", labels=names)
+        duration = HistogramMetricFamily(
+            "istio_request_duration_milliseconds", "Request duration.", labels=names
+        )
+        for code, counts in latency.items():
+            values = ["destination", ep.workload, ep.namespace, str(code)]
+            total.add_metric(values, float(sum(counts)))
+            duration.add_metric(values, _cumulative(counts, _LE_MS), sums[code] * 1000.0)
+        yield total
+        yield duration
+
+    def _model_server(
+        self, latency: dict[int, list[int]], sums: dict[int, float]
+    ) -> Iterator[Metric]:
+        predict = HistogramMetricFamily(
+            "request_predict_seconds", "predict request latency", labels=["model_name"]
+        )
+        if latency:
+            merged = [sum(column) for column in zip(*latency.values(), strict=True)]
+            predict.add_metric(
+                [self._ep.isvc],
+                _cumulative(merged, _LE_SECONDS),
+                sum(sums.values()),
+            )
+        yield predict
+
+    def _business(
+        self, decisions: dict[tuple[str, str], int], scores: list[int], score_sum: float
+    ) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "fraud_decisions", "Fraud decisions by true outcome.", labels=["decision", "outcome"]
+        )
+        for (decision, outcome), count in decisions.items():
+            family.add_metric([decision, outcome], float(count))
+        yield family
+        score = HistogramMetricFamily("fraud_score", "Fraud score of each decision.")
+        if decisions:
+            score.add_metric([], _cumulative(scores, _LE_SCORE), score_sum)
+        yield score
+
+
+@dataclass(frozen=True)
+class _Service:
+    """Routing of one InferenceService."""
+
+    targets: tuple[Target, ...] = ()
+    mirror: Target | None = None
+    mirror_percent: int = 0
+
+
+BehaviourSource = BehaviourBook | BehaviourWatcher | Callable[[], BehaviourBook]
+
+
+class TrafficSimulator:
+    """Generates requests for InferenceServices and exposes each target's metrics.
+
+    ``behaviour`` is a fixed book, a :class:`BehaviourWatcher` (re-read when the file
+    changes) or any callable returning the current book. ``tick(dt)`` generates ``dt``
+    seconds of traffic; ``start()`` does that from a background thread every
+    ``tick_interval`` seconds and serves the metrics. Inject ``rng`` for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        behaviour: BehaviourSource,
+        sd_file: Path,
+        *,
+        rng: random.Random | None = None,
+        host: str = "127.0.0.1",
+        tick_interval: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(behaviour, BehaviourBook):
+            book = behaviour
+            self._behaviour: Callable[[], BehaviourBook] = lambda: book
+        elif isinstance(behaviour, BehaviourWatcher):
+            self._behaviour = behaviour.current
+        else:
+            self._behaviour = behaviour
+        self._sd_file = sd_file
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - simulation
+        self._host = host
+        self._tick_interval = tick_interval
+        self._clock = clock
+        self._lock = threading.RLock()  # routes and endpoint membership; ticks hold it
+        self._services: dict[tuple[str, str], _Service] = {}
+        self._endpoints: dict[tuple[str, str], _Endpoint] = {}
+        self._carry: dict[tuple[str, str], float] = {}  # fractions of a request left over
+        self._next_ip = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._ticks = 0
+        self._generated = 0
+        self._tick_seconds = 0.0  # thread CPU time spent in tick()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the traffic simulator is not serving; call bind() or start()")
+        port: int = self._server.server_address[1]
+        return port
+
+    @property
+    def sd_file(self) -> Path:
+        return self._sd_file
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def stats(self) -> dict[str, float]:
+        """Ticks run, requests generated, and CPU seconds the ticks used (thread time)."""
+        with self._lock:
+            return {
+                "ticks": self._ticks,
+                "requests": self._generated,
+                "tick_cpu_seconds": self._tick_seconds,
+            }
+
+    # ------------------------------------------------------------------ routing
+
+    def set_routes(self, namespace: str, isvc: str, targets: Sequence[Target]) -> None:
+        """Route ``isvc``'s traffic to ``targets`` by their percent (replacing any earlier
+        routes). Targets no longer listed disappear, as their pods would; a target listed at
+        0 % stays up and receives nothing. A revision listed twice (Knative allows that, e.g.
+        once as ``latestRevision`` and once by a tag) gets the sum of its percents."""
+        merged: dict[str, Target] = {}
+        for target in targets:
+            seen = merged.get(target.revision)
+            if seen is None:
+                merged[target.revision] = target
+            elif (seen.storage_uri, seen.mode) != (target.storage_uri, target.mode):
+                raise ValueError(
+                    f"{namespace}/{isvc} lists {target.revision} twice with different models"
+                )
+            else:
+                merged[target.revision] = replace(seen, percent=seen.percent + target.percent)
+        with self._lock:
+            current = self._services.get((namespace, isvc), _Service())
+            self._update(namespace, isvc, replace(current, targets=tuple(merged.values())))
+
+    def clear_routes(self, namespace: str, isvc: str) -> None:
+        """Forget ``isvc``: no more traffic, and its targets (mirror included) disappear."""
+        with self._lock:
+            self._update(namespace, isvc, None)
+
+    def set_mirror(self, namespace: str, isvc: str, target: Target | None, percent: int) -> None:
+        """Also send a copy of ``percent`` % of ``isvc``'s live requests to ``target`` (whose
+        own ``percent`` is ignored). The copies count on the mirror target only; the primary
+        targets' metrics do not change. ``target=None`` stops mirroring."""
+        if not 0 <= percent <= 100:
+            raise ValueError(f"mirror percent must be within 0..100, got {percent}")
+        with self._lock:
+            current = self._services.get((namespace, isvc), _Service())
+            share = percent if target is not None else 0
+            self._update(namespace, isvc, replace(current, mirror=target, mirror_percent=share))
+
+    def routes(self, namespace: str, isvc: str) -> tuple[Target, ...]:
+        with self._lock:
+            service = self._services.get((namespace, isvc))
+            return service.targets if service is not None else ()
+
+    def registry(self, namespace: str, name: str) -> CollectorRegistry:
+        """The registry a target's scrape reads (``name``: revision or Deployment)."""
+        with self._lock:
+            return self._endpoint(namespace, name).registry
+
+    def counts(self, namespace: str, name: str) -> RequestCounts:
+        """Requests and errors a target has served so far."""
+        with self._lock:
+            endpoint = self._endpoint(namespace, name)
+        return endpoint.counts()
+
+    def scrape_targets(self) -> list[dict[str, Any]]:
+        """The ``file_sd`` entries: one per target, or none while not serving."""
+        if self._server is None:
+            return []
+        address = f"{self._host}:{self.port}"
+        with self._lock:
+            endpoints = sorted(self._endpoints.values(), key=lambda e: (e.namespace, e.name))
+            return [
+                {
+                    "targets": [address],
+                    "labels": {"__metrics_path__": ep.path, **ep.scrape_labels()},
+                }
+                for ep in endpoints
+            ]
+
+    def _endpoint(self, namespace: str, name: str) -> _Endpoint:
+        try:
+            return self._endpoints[(namespace, name)]
+        except KeyError:
+            raise KeyError(f"no target {name!r} in namespace {namespace!r}") from None
+
+    def _update(self, namespace: str, isvc: str, service: _Service | None) -> None:
+        """Replace one service's routing, then create endpoints for new targets, drop those
+        no longer routed or mirrored, and rewrite the service-discovery file. Nothing changes
+        if the new routing is refused. Callers hold the lock."""
+        services = dict(self._services)
+        if service is None:
+            services.pop((namespace, isvc), None)
+            self._carry.pop((namespace, isvc), None)
+        else:
+            services[(namespace, isvc)] = service
+        wanted: dict[tuple[str, str], tuple[str, Target]] = {}
+        for (ns, name), routing in services.items():
+            members = list(routing.targets)
+            if routing.mirror is not None:
+                members.append(routing.mirror)
+            for target in members:
+                key = (ns, target.revision)
+                owner = wanted.get(key)
+                if owner is not None and owner[0] != name:
+                    raise ValueError(
+                        f"{ns}/{target.revision} is routed by both {owner[0]} and {name}"
+                    )
+                if owner is not None and owner[1].storage_uri != target.storage_uri:
+                    raise ValueError(
+                        f"{ns}/{target.revision} is listed with two storage URIs: "
+                        f"{owner[1].storage_uri} and {target.storage_uri}"
+                    )
+                wanted[key] = (name, target)
+        self._services = services
+        for key in list(self._endpoints):
+            current = self._endpoints[key]
+            spec = wanted.get(key)
+            if spec is None or (spec[0], spec[1].storage_uri, spec[1].mode) != (
+                current.isvc,
+                current.storage_uri,
+                current.mode,
+            ):
+                del self._endpoints[key]  # the pod goes away (or is replaced)
+        for key, (name, target) in wanted.items():
+            if key not in self._endpoints:
+                self._endpoints[key] = self._new_endpoint(key[0], name, target)
+        if self._server is not None:
+            self._write_sd_file()
+
+    def _new_endpoint(self, namespace: str, isvc: str, target: Target) -> _Endpoint:
+        self._next_ip += 1
+        ip = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 2}"
+        endpoint = _Endpoint(
+            namespace, isvc, target.revision, target.storage_uri, target.mode, ip, threading.Lock()
+        )
+        endpoint.registry.register(_EndpointCollector(endpoint))
+        return endpoint
+
+    def _write_sd_file(self) -> None:
+        """Replace the service-discovery file atomically (Prometheus never reads half)."""
+        entries = self.scrape_targets()
+        self._sd_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._sd_file.parent, prefix=".targets-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(entries, handle, indent=2, sort_keys=True)
+            os.chmod(tmp, 0o644)  # Prometheus may run as another user
+            os.replace(tmp, self._sd_file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # ------------------------------------------------------------------ traffic
+
+    def tick(self, dt_seconds: float) -> int:
+        """Generate ``dt_seconds`` of traffic for every InferenceService; returns how many
+        requests (mirrored copies included) were generated."""
+        if dt_seconds < 0:
+            raise ValueError("dt_seconds must not be negative")
+        started = time.thread_time()
+        book = self._behaviour()
+        generated = 0
+        with self._lock:
+            for (namespace, isvc), service in self._services.items():
+                generated += self._tick_service(book, namespace, isvc, service, dt_seconds)
+            self._ticks += 1
+            self._generated += generated
+            self._tick_seconds += time.thread_time() - started
+        return generated
+
+    def _tick_service(
+        self, book: BehaviourBook, namespace: str, isvc: str, service: _Service, dt: float
+    ) -> int:
+        carry = self._carry.get((namespace, isvc), 0.0) + book.rate_for(namespace, isvc) * dt
+        live = int(carry)
+        self._carry[(namespace, isvc)] = carry - live
+        routed = [t for t in service.targets if t.percent > 0]
+        if live == 0 or not routed:
+            return 0
+        shares = self._split(live, [t.percent for t in routed])
+        for target, count in zip(routed, shares, strict=True):
+            if count:
+                endpoint = self._endpoints[(namespace, target.revision)]
+                self._serve(endpoint, book.for_model(target.storage_uri), count, mirrored=False)
+        mirrored = 0
+        if service.mirror is not None and service.mirror_percent > 0:
+            mirrored = self._binomial(live, service.mirror_percent / 100)
+            if mirrored:
+                endpoint = self._endpoints[(namespace, service.mirror.revision)]
+                behaviour = book.for_model(service.mirror.storage_uri)
+                self._serve(endpoint, behaviour, mirrored, mirrored=True)
+        return live + mirrored
+
+    def _split(self, n: int, percents: Sequence[int]) -> list[int]:
+        """A multinomial draw: ``n`` requests over targets weighted by ``percents``."""
+        if len(percents) == 1:
+            return [n]
+        cumulative: list[float] = []
+        running = 0.0
+        for percent in percents:
+            running += percent
+            cumulative.append(running)
+        shares = [0] * len(percents)
+        rnd = self._rng.random
+        for _ in range(n):
+            shares[bisect_right(cumulative, rnd() * running)] += 1
+        return shares
+
+    def _binomial(self, n: int, p: float) -> int:
+        if p >= 1:
+            return n
+        rnd = self._rng.random
+        return sum(1 for _ in range(n) if rnd() < p)
+
+    def _serve(self, ep: _Endpoint, behaviour: ModelBehaviour, n: int, *, mirrored: bool) -> None:
+        """Serve ``n`` requests on ``ep``: latency, status and fraud decision for each. This is
+        the hot loop, so it works on local variables and updates the endpoint once."""
+        rnd = self._rng.random
+        gauss = self._rng.gauss
+        exp = math.exp
+        mu, sigma = behaviour.latency.mu, behaviour.latency.sigma
+        error_rate = behaviour.error_rate
+        biz = behaviour.business
+        fraud_rate, detection, false_pos = (
+            biz.fraud_rate,
+            biz.detection_rate,
+            biz.false_positive_rate,
+        )
+        decline_mean, approve_mean, score_sd = (
+            biz.decline_score_mean,
+            biz.approve_score_mean,
+            biz.score_stddev,
+        )
+        bounds, score_bounds = LATENCY_BUCKETS_SECONDS, FRAUD_SCORE_BUCKETS
+        size = len(bounds) + 1
+        ok_counts, error_counts = [0] * size, [0] * size
+        ok_sum = error_sum = score_sum = 0.0
+        errors = 0
+        outcomes = [0, 0, 0, 0]  # indexes into _SCORE_OUTCOMES
+        scores = [0] * (len(score_bounds) + 1)
+        for _ in range(n):
+            seconds = exp(mu + sigma * gauss(0.0, 1.0))
+            index = bisect_left(bounds, seconds)
+            if rnd() < error_rate:
+                error_counts[index] += 1
+                error_sum += seconds
+                errors += 1
+                continue
+            ok_counts[index] += 1
+            ok_sum += seconds
+            if rnd() < fraud_rate:
+                decline = rnd() < detection
+                outcomes[0 if decline else 1] += 1
+            else:
+                decline = rnd() < false_pos
+                outcomes[2 if decline else 3] += 1
+            score = gauss(decline_mean if decline else approve_mean, score_sd)
+            score = 0.0 if score < 0.0 else min(score, 1.0)
+            scores[bisect_left(score_bounds, score)] += 1
+            score_sum += score
+        with ep.lock:
+            ep.requests += n
+            ep.errors += errors
+            if mirrored:
+                ep.mirrored += n
+            for code, counts, total in (
+                (_STATUS_OK, ok_counts, ok_sum),
+                (_STATUS_ERROR, error_counts, error_sum),
+            ):
+                if not any(counts):
+                    continue
+                target = ep.latency_counts.setdefault(code, [0] * size)
+                for i, count in enumerate(counts):
+                    if count:
+                        target[i] += count
+                ep.latency_sums[code] = ep.latency_sums.get(code, 0.0) + total
+            if n > errors:
+                for i, outcome in enumerate(_SCORE_OUTCOMES):
+                    if outcomes[i]:
+                        decision = "decline" if i in (0, 2) else "approve"
+                        key = (decision, outcome)
+                        ep.decisions[key] = ep.decisions.get(key, 0) + outcomes[i]
+                for i, count in enumerate(scores):
+                    ep.score_counts[i] += count
+                ep.score_sum += score_sum
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def bind(self, port: int = 0) -> int:
+        """Open the metrics server's socket (without serving yet) and write the
+        service-discovery file; returns the port. ``start`` calls this."""
+        if self._server is None:
+            self._server = _MetricsServer((self._host, port), self)
+            with self._lock:
+                self._write_sd_file()
+        return self.port
+
+    def start(self, port: int = 0) -> TrafficSimulator:
+        """Serve metrics on ``port`` (0: a free one) and generate traffic in the background."""
+        if self.running:
+            return self
+        self.bind(port)
+        assert self._server is not None
+        self._stopping.clear()
+        server = self._server
+        self._threads = [
+            threading.Thread(target=server.serve_forever, args=(0.1,), name="traffic-metrics"),
+            threading.Thread(target=self._run, name="traffic-ticks"),
+        ]
+        for thread in self._threads:
+            thread.start()
+        _log.info("traffic.started", port=self.port, sd_file=str(self._sd_file))
+        return self
+
+    def stop(self) -> None:
+        """Stop generating and serving; empty the service-discovery file. Joins every thread
+        this simulator started and closes its socket."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            if self._threads:
+                server.shutdown()
+            server.server_close()  # joins the request threads
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads = []
+        if server is not None:
+            with self._lock:
+                self._write_sd_file()  # an empty list: Prometheus drops the targets
+
+    def __enter__(self) -> TrafficSimulator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        last = self._clock()
+        last_failure = ""
+        while not self._stopping.wait(self._tick_interval):
+            now = self._clock()
+            elapsed, last = min(now - last, _MAX_TICK_SECONDS), now
+            try:
+                self.tick(elapsed)
+                last_failure = ""
+            except Exception as exc:  # e.g. a half-edited behaviour file: keep ticking
+                if repr(exc) != last_failure:  # log each new failure once, not 5 times a second
+                    last_failure = repr(exc)
+                    _log.exception("traffic.tick_failed")
+
+    def exposition(self, path: str) -> bytes | None:
+        """The text a scrape of ``path`` (``/metrics/<namespace>/<name>``) returns, or None."""
+        parts = unquote(path.split("?", 1)[0]).strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "metrics":
+            return None
+        with self._lock:
+            endpoint = self._endpoints.get((parts[1], parts[2]))
+        if endpoint is None:
+            return None
+        return generate_latest(endpoint.registry)
+
+
+class _MetricsServer(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins the request threads
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], simulator: TrafficSimulator) -> None:
+        self.simulator = simulator
+        super().__init__(address, _MetricsHandler)
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    server: _MetricsServer
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            body: bytes | None = b"ok\n"
+        else:
+            body = self.server.simulator.exposition(self.path)
+        if body is None:
+            self.send_error(404, "no such target")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape would drown the simulator's log

@@ -18,13 +18,19 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real. PostgreSQL's server binaries live in
 # /usr/lib/postgresql/<major>/bin; the test harness starts its own private cluster.
+# Prometheus is started by the test bed on a private port; openssl makes its certificates.
 PG_SERVER := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
+MISSING_DEBS := $(if $(PG_SERVER),,postgresql) \
+	$(if $(wildcard /usr/bin/prometheus),,prometheus) \
+	$(if $(shell command -v openssl),,openssl)
+MISSING_DEBS := $(strip $(MISSING_DEBS))
 
 .PHONY: help
 help:
 	@echo "make test   lint, types, import contracts and all tests (installs what is missing)"
 	@echo "make demo   the controller on the local test bed (not available yet)"
 	@echo "make lint | typecheck | contracts | unit | integration   the parts of make test"
+	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -42,15 +48,22 @@ venv: $(VENV_STAMP)
 
 .PHONY: system-deps
 system-deps:
-ifeq ($(PG_SERVER),)
-	@echo "installing Debian's postgresql (server binaries for the test harness)"
+ifneq ($(MISSING_DEBS),)
+	@echo "installing Debian packages: $(MISSING_DEBS)"
 	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql >/dev/null
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MISSING_DEBS) >/dev/null
+	@ls /usr/lib/postgresql/*/bin/postgres /usr/bin/prometheus >/dev/null
 endif
+	@command -v go >/dev/null || { echo "Go (1.26 or newer) is needed to build the test bed's kube-apiserver and etcd; this machine has none" >&2; exit 1; }
+
+# kube-apiserver and etcd, compiled from Go modules once per machine into a cache outside
+# the repository (several minutes the first time; a second run only checks the cache).
+.PHONY: testbed-binaries
+testbed-binaries: venv system-deps
+	$(BIN)/canary sandbox build
 
 .PHONY: deps
-deps: venv system-deps
+deps: venv system-deps testbed-binaries
 
 # --- checks ---------------------------------------------------------------------------------
 
@@ -86,6 +99,14 @@ demo:
 	@echo "make demo runs the controller on the local test bed; it arrives with the controller" >&2
 	@echo "work (issue #4). Until then: 'make test', and 'canary --help' in .venv/bin." >&2
 	@exit 2
+
+.PHONY: sandbox-up
+sandbox-up: deps
+	$(BIN)/canary sandbox up
+
+.PHONY: sandbox-down
+sandbox-down: venv
+	$(BIN)/canary sandbox down
 
 # --- maintenance ----------------------------------------------------------------------------
 

@@ -141,5 +141,96 @@ def db_upgrade(database_url: str | None) -> None:
     click.echo("database schema is at the newest revision")
 
 
+# --- the local test bed ---------------------------------------------------------------------
+
+sandbox_dir_option = click.option(
+    "--dir",
+    "work_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="KSC_SANDBOX_DIR",
+    show_envvar=True,
+    help="Where the sandbox keeps its state, logs and kubeconfig.",
+)
+
+
+@main.group()
+def sandbox() -> None:
+    """The local test bed: kube-apiserver + etcd, KServe and traffic simulators, Prometheus."""
+
+
+@sandbox.command("build")
+def sandbox_build() -> None:
+    """Build (or reuse) the kube-apiserver and etcd binaries for this machine."""
+    from canary.sandbox.binaries import BuildError, ensure_built
+
+    try:
+        binaries = ensure_built(log=lambda line: click.echo(line, err=True))
+    except BuildError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    click.echo(f"kube-apiserver: {binaries.kube_apiserver}")
+    click.echo(f"etcd:           {binaries.etcd}")
+
+
+@sandbox.command("up")
+@sandbox_dir_option
+def sandbox_up(work_dir: Path | None) -> None:
+    """Start the test bed in the background and print how to reach it."""
+    from canary.sandbox.testbed import Testbed, default_sandbox_dir
+
+    directory = work_dir or default_sandbox_dir()
+    status = Testbed.status_of(directory)
+    if status is not None and all(status.values()):
+        click.echo(f"the sandbox in {directory} is already up; `canary sandbox down` stops it")
+        return
+    if status is not None:
+        Testbed.stop_from_state(directory)  # remains of a half-dead sandbox
+    testbed = Testbed(directory, detach=True, log=lambda line: click.echo(line, err=True))
+    try:
+        testbed.up()
+    except Exception as exc:  # every part reports a specific reason
+        click.echo(f"error: the sandbox could not start: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    timings = testbed.timings
+    click.echo(f"sandbox up in {timings.total:.1f} s" if timings else "sandbox up")
+    click.echo(f"  export KUBECONFIG={testbed.kubeconfig_path}")
+    click.echo(f"  Prometheus: {testbed.prometheus_url}")
+    click.echo(f"  model behaviour: {testbed.behaviour_path}")
+    click.echo(f"  logs: {directory}")
+
+
+@sandbox.command("down")
+@sandbox_dir_option
+def sandbox_down(work_dir: Path | None) -> None:
+    """Stop every process of the test bed; nothing is left running."""
+    from canary.sandbox.testbed import Testbed, default_sandbox_dir
+
+    directory = work_dir or default_sandbox_dir()
+    if Testbed.stop_from_state(directory):
+        click.echo("sandbox stopped")
+    else:
+        click.echo(f"no sandbox in {directory}")
+
+
+@sandbox.command("status")
+@sandbox_dir_option
+def sandbox_status(work_dir: Path | None) -> None:
+    """Show which parts of the test bed are running. Exits 1 if any is down."""
+    from canary.sandbox.testbed import Testbed, default_sandbox_dir
+
+    directory = work_dir or default_sandbox_dir()
+    status = Testbed.status_of(directory)
+    if status is None:
+        click.echo(f"no sandbox in {directory}")
+        sys.exit(EXIT_BAD)
+    state = Testbed.read_state(directory) or {}
+    for part, running in status.items():
+        click.echo(f"{part:24} {'running' if running else 'DOWN'}")
+    click.echo(f"KUBECONFIG={state.get('kubeconfig')}")
+    click.echo(f"Prometheus {state.get('prometheus_url')}")
+    if not all(status.values()):
+        sys.exit(EXIT_BAD)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -19,7 +19,9 @@ import psycopg
 import pytest
 
 from canary.audit import AuditStore, upgrade_to_head
+from canary.k8s.client import KubeClient
 from canary.sandbox.postgres import PostgresServer, PostgresUnavailable
+from canary.sandbox.testbed import Testbed
 
 BACKENDS = ("sqlite", "postgresql")
 _names = itertools.count(1)
@@ -140,3 +142,36 @@ def db_url(db: Database) -> str:
 def store(db: Database) -> Iterator[AuditStore]:
     with AuditStore.from_url(db.url) as audit_store:
         yield audit_store
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    """The whole local test bed (kube-apiserver + etcd with the real CRDs, the KServe and
+    traffic simulators, Prometheus), started once per session with the same code as
+    `canary sandbox up`. If any part cannot start, every test using it FAILS."""
+    bed = Testbed(tmp_path_factory.mktemp("testbed"), detach=False)
+    problem: str | None = None
+    try:
+        bed.up()
+    except Exception as exc:  # any part: binaries, cluster, CRDs, simulators, Prometheus
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        pytest.fail(
+            f"the test bed is required by these tests and could not start:\n{problem}",
+            pytrace=False,
+        )
+    try:
+        yield bed
+    finally:
+        bed.down()
+
+
+@pytest.fixture
+def kube(testbed: Testbed) -> KubeClient:
+    return testbed.kube
+
+
+@pytest.fixture
+def namespace(testbed: Testbed, request: pytest.FixtureRequest) -> str:
+    """A fresh namespace for one test."""
+    return testbed.namespace(f"t{next(_names)}-{request.node.name[:30]}")

@@ -1,0 +1,65 @@
+"""The simulator process of the test bed: KServe and model traffic, wired together.
+
+``python -m canary.sandbox.simulators --kubeconfig K --behaviour B --sd-file F --ready-file R``
+
+The KServe simulator writes InferenceService status; every time the effective split of an
+InferenceService changes, the traffic simulator is told where requests now go. The process
+runs until SIGTERM or SIGINT, then stops both cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from canary.k8s.client import KubeClient
+from canary.log import configure_logging, get_logger
+from canary.sandbox.behaviour import BehaviourWatcher
+from canary.sandbox.kserve.controller import KServeSimulator, SplitTarget
+from canary.sandbox.traffic import Target, TrafficSimulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="canary.sandbox.simulators")
+    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser.add_argument("--behaviour", required=True, type=Path)
+    parser.add_argument("--sd-file", required=True, type=Path)
+    parser.add_argument("--ready-file", required=True, type=Path)
+    parser.add_argument("--standard-routing", choices=["v0.20", "weighted"], default="v0.20")
+    args = parser.parse_args(argv)
+
+    configure_logging("production", "info")
+    log = get_logger("sandbox.simulators")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    traffic = TrafficSimulator(BehaviourWatcher(args.behaviour), sd_file=args.sd_file)
+    kube = KubeClient.from_kubeconfig(args.kubeconfig)
+
+    def on_split(namespace: str, name: str, targets: list[SplitTarget]) -> None:
+        routes = [Target(t.target, t.percent, t.storage_uri, t.mode) for t in targets]
+        traffic.set_routes(namespace, name, routes)
+
+    kserve = KServeSimulator(
+        kube,
+        BehaviourWatcher(args.behaviour),
+        standard_routing=args.standard_routing,
+        on_split_change=on_split,
+    )
+    traffic.start()
+    kserve.start()
+    args.ready_file.write_text(str(traffic.port))
+    log.info("sandbox.simulators_ready", metrics_port=traffic.port)
+    stop.wait()
+    log.info("sandbox.simulators_stopping")
+    kserve.stop()
+    traffic.stop()
+    kube.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,366 @@
+"""The local test bed: what `canary sandbox up` starts and what the test suite runs on.
+
+Real: etcd and kube-apiserver (built from Go modules), the real CRDs from ``../shared/crds``,
+Prometheus and PostgreSQL from Debian. Simulated, in one Python process: KServe (status
+written exactly as v0.20.0 would) and the model traffic (per-revision metrics under the real
+names). The same ``Testbed`` class serves the CLI (detached, stopped later by ``down``) and
+the pytest session fixture (children of the test process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from canary.k8s.client import CRD, KubeClient, Unavailable
+from canary.sandbox.behaviour import BehaviourBook
+from canary.sandbox.binaries import ensure_built
+from canary.sandbox.cluster import Cluster
+from canary.sandbox.prometheus import PrometheusServer
+
+__all__ = ["Testbed", "TestbedError", "default_crd_dir", "default_sandbox_dir"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FIELD_MANAGER = "kserve-canary-sandbox"
+NAMESPACES = ("kserve-canary", "models")
+CRD_FILES = (
+    "serving.kserve.io_inferenceservices.yaml",
+    "virtualservices.networking.istio.io.yaml",
+    "gateway.networking.k8s.io_httproutes.yaml",
+)
+
+
+class TestbedError(RuntimeError):
+    """A part of the test bed could not start; the message says which and why."""
+
+    __test__ = False  # not a pytest test class
+
+
+def default_crd_dir() -> Path:
+    """``$KSC_CRD_DIR``, else ``../shared/crds`` next to the project root."""
+    override = os.environ.get("KSC_CRD_DIR")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "crds"
+
+
+def default_sandbox_dir() -> Path:
+    override = os.environ.get("KSC_SANDBOX_DIR")
+    if override:
+        return Path(override)
+    return Path(tempfile.gettempdir()) / f"kserve-canary-sandbox-{os.getuid()}"
+
+
+def _load_yaml(path: Path) -> Any:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the KServe CRD is 2 MB
+    with path.open("rb") as handle:
+        return yaml.load(handle, Loader=loader)  # noqa: S506 - a safe loader
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Timings:
+    binaries: float
+    cluster: float
+    crds: float
+    simulators: float
+    prometheus: float
+
+    @property
+    def total(self) -> float:
+        return self.binaries + self.cluster + self.crds + self.simulators + self.prometheus
+
+
+class Testbed:
+    """Starts and stops every part of the test bed in ``work_dir``."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        detach: bool = False,
+        crd_dir: Path | None = None,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.work_dir = work_dir
+        self.detach = detach
+        self.crd_dir = crd_dir or default_crd_dir()
+        self._log = log
+        self.cluster: Cluster | None = None
+        self.prometheus: PrometheusServer | None = None
+        self._simulators: subprocess.Popen[bytes] | None = None
+        self._kube: KubeClient | None = None
+        self.timings: Timings | None = None
+
+    # --- paths -----------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.work_dir / "state.json"
+
+    @property
+    def behaviour_path(self) -> Path:
+        return self.work_dir / "behaviour.yaml"
+
+    @property
+    def sd_file(self) -> Path:
+        return self.work_dir / "targets.json"
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        assert self.cluster is not None, "the test bed is not up"
+        return self.cluster.kubeconfig_path
+
+    @property
+    def kube(self) -> KubeClient:
+        if self._kube is None:
+            self._kube = KubeClient.from_kubeconfig(self.kubeconfig_path)
+        return self._kube
+
+    @property
+    def prometheus_url(self) -> str:
+        assert self.prometheus is not None, "the test bed is not up"
+        return self.prometheus.url
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def up(self) -> Testbed:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not self.crd_dir.is_dir():
+            raise TestbedError(
+                f"CRD directory {self.crd_dir} not found; set KSC_CRD_DIR or check out "
+                "../shared next to the project"
+            )
+        try:
+            return self._up()
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self) -> Testbed:
+        t0 = time.monotonic()
+        binaries = ensure_built(log=self._log)
+        t1 = time.monotonic()
+        self._log("starting etcd and kube-apiserver")
+        self.cluster = Cluster(self.work_dir / "cluster", binaries, detach=self.detach)
+        self.cluster.start()
+        t2 = time.monotonic()
+        self._log("installing CRDs and namespaces")
+        self.install_crds()
+        for namespace in NAMESPACES:
+            self.kube.ensure_namespace(namespace)
+        if not self.behaviour_path.exists():
+            BehaviourBook().save(self.behaviour_path)
+        t3 = time.monotonic()
+        self._log("starting the KServe and traffic simulators")
+        self._start_simulators()
+        t4 = time.monotonic()
+        self._log("starting Prometheus")
+        self.prometheus = PrometheusServer(self.work_dir / "prometheus", self.sd_file,
+                                           detach=self.detach)  # fmt: skip
+        self.prometheus.start()
+        t5 = time.monotonic()
+        self.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+        self._write_state()
+        return self
+
+    def install_crds(self, timeout: float = 60) -> None:
+        names = []
+        for file_name in CRD_FILES:
+            path = self.crd_dir / file_name
+            if not path.is_file():
+                raise TestbedError(f"CRD file {path} is missing")
+            for document in _as_documents(_load_yaml(path)):
+                # The full InferenceService CRD is too large for client-side apply's
+                # last-applied annotation; server-side apply has no such limit.
+                self.kube.apply(CRD, None, document, field_manager=FIELD_MANAGER, force=True)
+                names.append(document["metadata"]["name"])
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while not self.kube.crd_established(name):
+                if time.monotonic() > deadline:
+                    raise TestbedError(f"CRD {name} was not Established within {timeout:.0f} s")
+                time.sleep(0.05)
+
+    def _start_simulators(self, timeout: float = 30) -> None:
+        ready = self.work_dir / "simulators.ready"
+        ready.unlink(missing_ok=True)
+        log = (self.work_dir / "simulators.log").open("ab")
+        command = [
+            sys.executable, "-m", "canary.sandbox.simulators",
+            "--kubeconfig", str(self.kubeconfig_path),
+            "--behaviour", str(self.behaviour_path),
+            "--sd-file", str(self.sd_file),
+            "--ready-file", str(ready),
+        ]  # fmt: skip
+        self._simulators = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.detach,
+            env={**os.environ, "KSC_ENVIRONMENT": "production"},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self._simulators.poll() is not None:
+                raise TestbedError(
+                    "the simulators exited during start-up:\n"
+                    + _tail(self.work_dir / "simulators.log")
+                )
+            if time.monotonic() > deadline:
+                raise TestbedError(
+                    f"the simulators were not ready within {timeout:.0f} s:\n"
+                    + _tail(self.work_dir / "simulators.log")
+                )
+            time.sleep(0.05)
+
+    def _write_state(self) -> None:
+        assert self.cluster is not None
+        assert self.prometheus is not None
+        assert self._simulators is not None
+        state = {
+            "work_dir": str(self.work_dir),
+            "kubeconfig": str(self.cluster.kubeconfig_path),
+            "server": self.cluster.server,
+            "prometheus_url": self.prometheus.url,
+            "behaviour": str(self.behaviour_path),
+            "cluster": self.cluster.state(),
+            "prometheus": self.prometheus.state(),
+            "simulators_pid": self._simulators.pid,
+        }
+        self.state_path.write_text(json.dumps(state, indent=2))
+
+    def down(self) -> None:
+        if self._kube is not None:
+            self._kube.close()
+            self._kube = None
+        if self.prometheus is not None:
+            self.prometheus.stop()
+            self.prometheus = None
+        if self._simulators is not None:
+            _stop_process(self._simulators.pid, self._simulators)
+            self._simulators = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+        self.state_path.unlink(missing_ok=True)
+
+    def namespace(self, name: str) -> str:
+        """Create a namespace (a valid DNS label derived from ``name``) and return its name."""
+        label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].rstrip("-") or "ns"
+        self.kube.ensure_namespace(label)
+        return label
+
+    # --- behaviour -------------------------------------------------------------------------
+
+    def behaviour(self) -> BehaviourBook:
+        return BehaviourBook.load(self.behaviour_path)
+
+    def set_behaviour(self, book: BehaviourBook) -> None:
+        book.save(self.behaviour_path)
+
+    # --- another process's sandbox ---------------------------------------------------------
+
+    @staticmethod
+    def read_state(work_dir: Path) -> dict[str, Any] | None:
+        path = work_dir / "state.json"
+        if not path.exists():
+            return None
+        state: dict[str, Any] = json.loads(path.read_text())
+        return state
+
+    @staticmethod
+    def status_of(work_dir: Path) -> dict[str, bool] | None:
+        state = Testbed.read_state(work_dir)
+        if state is None:
+            return None
+        return {
+            "kube-apiserver + etcd": Cluster.is_running(state["cluster"]),
+            "simulators": _pid_alive(int(state["simulators_pid"])),
+            "prometheus": PrometheusServer.is_running(state["prometheus"]),
+        }
+
+    @staticmethod
+    def stop_from_state(work_dir: Path) -> bool:
+        """Stop a detached sandbox; False if there was none."""
+        state = Testbed.read_state(work_dir)
+        if state is None:
+            return False
+        PrometheusServer.stop_from_state(state["prometheus"])
+        _stop_process(int(state["simulators_pid"]), None)
+        Cluster.stop_from_state(state["cluster"])
+        (work_dir / "state.json").unlink(missing_ok=True)
+        return True
+
+    def api_ready(self) -> bool:
+        try:
+            self.kube.list(CRD, None)
+        except Unavailable:
+            return False
+        return True
+
+
+def _as_documents(loaded: Any) -> list[dict[str, Any]]:
+    if isinstance(loaded, dict) and loaded.get("kind") == "List":
+        return list(loaded.get("items", []))
+    if isinstance(loaded, dict):
+        return [loaded]
+    raise TestbedError("a CRD file must hold a CustomResourceDefinition")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_process(pid: int, process: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
+    """SIGTERM, wait, then SIGKILL; returns when the process is gone."""
+    if process is not None and process.poll() is not None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        elif not _pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if process is not None:
+        process.wait(timeout=10)
+
+
+def remove_work_dir(work_dir: Path) -> None:
+    shutil.rmtree(work_dir, ignore_errors=True)

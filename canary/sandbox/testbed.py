@@ -36,6 +36,7 @@ __all__ = ["Testbed", "TestbedError", "default_crd_dir", "default_sandbox_dir"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIELD_MANAGER = "kserve-canary-sandbox"
 NAMESPACES = ("kserve-canary", "models")
+SIMULATORS_MODULE = "canary.sandbox.simulators"
 CRD_FILES = (
     "serving.kserve.io_inferenceservices.yaml",
     "virtualservices.networking.istio.io.yaml",
@@ -66,16 +67,6 @@ def _load_yaml(path: Path) -> Any:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the KServe CRD is 2 MB
     with path.open("rb") as handle:
         return yaml.load(handle, Loader=loader)  # noqa: S506 - a safe loader
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -209,7 +200,7 @@ class Testbed:
         ready.unlink(missing_ok=True)
         log = (self.work_dir / "simulators.log").open("ab")
         command = [
-            sys.executable, "-m", "canary.sandbox.simulators",
+            sys.executable, "-m", SIMULATORS_MODULE,
             "--kubeconfig", str(self.kubeconfig_path),
             "--behaviour", str(self.behaviour_path),
             "--sd-file", str(self.sd_file),
@@ -299,7 +290,7 @@ class Testbed:
             return None
         return {
             "kube-apiserver + etcd": Cluster.is_running(state["cluster"]),
-            "simulators": _pid_alive(int(state["simulators_pid"])),
+            "simulators": _is_simulators(int(state["simulators_pid"])),
             "prometheus": PrometheusServer.is_running(state["prometheus"]),
         }
 
@@ -338,9 +329,22 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def _is_simulators(pid: int) -> bool:
+    """Whether ``pid`` is still our simulator process (and not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return SIMULATORS_MODULE.encode() in cmdline
+
+
 def _stop_process(pid: int, process: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
-    """SIGTERM, wait, then SIGKILL; returns when the process is gone."""
+    """SIGTERM, wait, then SIGKILL; returns when the process is gone. Without a Popen
+    handle (another process started it), a pid that is no longer the simulators is left
+    alone."""
     if process is not None and process.poll() is not None:
+        return
+    if process is None and not _is_simulators(pid):
         return
     try:
         os.kill(pid, signal.SIGTERM)
@@ -351,7 +355,7 @@ def _stop_process(pid: int, process: subprocess.Popen[bytes] | None, grace: floa
         if process is not None:
             if process.poll() is not None:
                 return
-        elif not _pid_alive(pid):
+        elif not _is_simulators(pid):  # a zombie has no command line either
             return
         time.sleep(0.05)
     try:

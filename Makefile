@@ -31,6 +31,7 @@ help:
 	@echo "make demo   the controller on the local test bed (not available yet)"
 	@echo "make lint | typecheck | contracts | unit | integration   the parts of make test"
 	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
+	@echo "make bench-sandbox   time the test bed's start and stop"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -99,6 +100,12 @@ demo:
 	@echo "make demo runs the controller on the local test bed; it arrives with the controller" >&2
 	@echo "work (issue #4). Until then: 'make test', and 'canary --help' in .venv/bin." >&2
 	@exit 2
+
+# --- benchmarks (figures go into the README) ---------------------------------------------------
+
+.PHONY: bench-sandbox
+bench-sandbox: deps
+	$(BIN)/python bench/sandbox_startup.py --runs 3
 
 .PHONY: sandbox-up
 sandbox-up: deps

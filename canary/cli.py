@@ -174,7 +174,15 @@ def sandbox_build() -> None:
 
 @sandbox.command("up")
 @sandbox_dir_option
-def sandbox_up(work_dir: Path | None) -> None:
+@click.option(
+    "--standard-routing",
+    type=click.Choice(["v0.20", "weighted"]),
+    default="v0.20",
+    show_default=True,
+    help="Standard mode as KServe v0.20.0 (canary weights route nothing) or as later KServe "
+    "(Ready canaries get their trafficPercent).",
+)
+def sandbox_up(work_dir: Path | None, standard_routing: str) -> None:
     """Start the test bed in the background and print how to reach it."""
     from canary.sandbox.testbed import Testbed, default_sandbox_dir
 
@@ -185,7 +193,12 @@ def sandbox_up(work_dir: Path | None) -> None:
         return
     if status is not None:
         Testbed.stop_from_state(directory)  # remains of a half-dead sandbox
-    testbed = Testbed(directory, detach=True, log=lambda line: click.echo(line, err=True))
+    testbed = Testbed(
+        directory,
+        detach=True,
+        standard_routing="weighted" if standard_routing == "weighted" else "v0.20",
+        log=lambda line: click.echo(line, err=True),
+    )
     try:
         testbed.up()
     except Exception as exc:  # every part reports a specific reason

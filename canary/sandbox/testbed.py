@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -93,10 +93,14 @@ class Testbed:
         *,
         detach: bool = False,
         crd_dir: Path | None = None,
+        standard_routing: Literal["v0.20", "weighted"] = "v0.20",
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.work_dir = work_dir
         self.detach = detach
+        # "weighted" simulates KServe after v0.20 (#5912, #5984): Standard-mode canaries that
+        # are Ready get their trafficPercent through the HTTPRoute (KSERVE.md §2.4).
+        self.standard_routing = standard_routing
         self.crd_dir = crd_dir or default_crd_dir()
         self._log = log
         self.cluster: Cluster | None = None
@@ -205,6 +209,7 @@ class Testbed:
             "--behaviour", str(self.behaviour_path),
             "--sd-file", str(self.sd_file),
             "--ready-file", str(ready),
+            "--standard-routing", self.standard_routing,
         ]  # fmt: skip
         self._simulators = subprocess.Popen(
             command,

@@ -30,7 +30,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -45,6 +44,14 @@ from typing import Any
 import yaml
 
 from canary.sandbox.binaries import Binaries
+from canary.sandbox.processes import (
+    ProcessStillRunning,
+    alive,
+    free_ports,
+    start_time,
+    tail,
+    terminate,
+)
 
 __all__ = [
     "ADMIN_GROUP",
@@ -59,8 +66,8 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 CONTEXT_NAME = "kserve-canary-sandbox"
 
 _LOG_TAIL_LINES = 40
-_TERM_GRACE = 15.0  # seconds between SIGTERM and SIGKILL
-_KILL_WAIT = 5.0
+# SIGTERM, then SIGKILL if still running 15 s later
+_STOP_SIGNALS = ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0))
 _POLL = 0.05
 _PORT_ATTEMPTS = 3
 _CERT_DAYS = 365
@@ -111,85 +118,13 @@ class _Process:
 # ---------------------------------------------------------------------- process helpers
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a process, or None if there is none."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[19])
-
-
-def _alive(pid: int, start_time: int | None) -> bool:
-    """The process exists, is not a zombie, and is the one that was started (not a reuse)."""
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in {"Z", "X"}:
-        return False
-    return start_time is None or stat[1] == start_time
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status if ``pid`` is a child of this process (no zombie left)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _gone(pid: int, start_time: int | None, popen: subprocess.Popen[bytes] | None) -> bool:
-    """Whether the process has exited (and, if it is our child, been reaped)."""
-    if popen is not None:
-        return popen.poll() is not None
-    _reap(pid)
-    return not _alive(pid, start_time)
-
-
-def _wait_gone(
-    pid: int, start_time: int | None, popen: subprocess.Popen[bytes] | None, timeout: float
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while not _gone(pid, start_time, popen):
-        if time.monotonic() >= deadline:
-            return False
-        if popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=_POLL)
-        else:
-            time.sleep(_POLL)
-    return True
-
-
 def _terminate(
-    name: str, pid: int, start_time: int | None, popen: subprocess.Popen[bytes] | None
+    name: str, pid: int, started: int | None, popen: subprocess.Popen[bytes] | None
 ) -> None:
-    """SIGTERM, then SIGKILL after a bounded wait; return once the process is gone."""
-    for sig, wait in ((signal.SIGTERM, _TERM_GRACE), (signal.SIGKILL, _KILL_WAIT)):
-        if _gone(pid, start_time, popen):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        if _wait_gone(pid, start_time, popen, wait):
-            return
-    raise ClusterError(f"{name} (pid {pid}) is still running after SIGKILL")
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(the log is empty)"
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct loopback ports that were free a moment ago."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        terminate(pid, started, popen, signals=_STOP_SIGNALS, name=name)
+    except ProcessStillRunning as exc:
+        raise ClusterError(str(exc)) from None
 
 
 def _http_get(
@@ -266,7 +201,7 @@ class Cluster:
     @property
     def running(self) -> bool:
         return bool(self._processes) and all(
-            _alive(proc.pid, proc.start_time) for proc in self._processes.values()
+            alive(proc.pid, proc.start_time) for proc in self._processes.values()
         )
 
     def _port(self, name: str) -> int:
@@ -323,7 +258,7 @@ class Cluster:
             self._atexit = True
         try:
             for attempt in range(_PORT_ATTEMPTS):
-                etcd_client, etcd_peer, apiserver = _free_ports(3)
+                etcd_client, etcd_peer, apiserver = free_ports(3)
                 self._ports = {
                     "etcd_client": etcd_client,
                     "etcd_peer": etcd_peer,
@@ -380,7 +315,7 @@ class Cluster:
         """Whether every process recorded in ``state`` is still alive."""
         processes: dict[str, Any] = state.get("processes", {})
         return bool(processes) and all(
-            _alive(int(entry["pid"]), entry.get("start_time")) for entry in processes.values()
+            alive(int(entry["pid"]), entry.get("start_time")) for entry in processes.values()
         )
 
     @staticmethod
@@ -471,8 +406,7 @@ class Cluster:
                 start_new_session=self._detach,
                 close_fds=True,
             )
-        stat = _proc_stat(popen.pid)
-        proc = _Process(name, command, log_path, popen.pid, stat[1] if stat else None, popen)
+        proc = _Process(name, command, log_path, popen.pid, start_time(popen.pid), popen)
         self._processes[name] = proc
         return proc
 
@@ -502,7 +436,8 @@ class Cluster:
     def _failure(proc: _Process, summary: str) -> ClusterError:
         return ClusterError(
             f"{summary}\ncommand: {shlex.join(proc.command)}\n"
-            f"last {_LOG_TAIL_LINES} lines of {proc.log_path}:\n{_tail(proc.log_path)}"
+            f"last {_LOG_TAIL_LINES} lines of {proc.log_path}:\n"
+            f"{tail(proc.log_path, _LOG_TAIL_LINES)}"
         )
 
     # ------------------------------------------------------------------ certificates and config

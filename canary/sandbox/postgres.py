@@ -18,7 +18,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,11 +26,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from canary.sandbox.processes import free_port, tail, terminate
+
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_postgres_bin"]
 
 DEBIAN_GLOB = "/usr/lib/postgresql/*/bin"
 REQUIRED_BINARIES = ("initdb", "postgres", "pg_isready", "createdb", "dropdb")
 SUPERUSER = "postgres"
+# PostgreSQL's own shutdown modes: fast (SIGINT), then immediate (SIGQUIT), then kill.
+_STOP_SIGNALS = ((signal.SIGINT, 30.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -70,13 +73,6 @@ def find_postgres_bin() -> Path:
         f"{', '.join(looked)}. Install the Debian package postgresql (make test does this), "
         "or set KSC_PG_BIN to a directory that contains them."
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PostgresServer:
@@ -168,7 +164,7 @@ class PostgresServer:
                 self._initdb(bin_dir)
             attempts = 1 if self._fixed_port is not None else 3
             for attempt in range(attempts):
-                self._port = self._fixed_port or _free_port()
+                self._port = self._fixed_port or free_port()
                 try:
                     self._launch(bin_dir)
                     return self
@@ -193,17 +189,8 @@ class PostgresServer:
     def _terminate(self) -> None:
         """Stop the server process: fast shutdown (SIGINT), then immediate, then kill."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            try:
-                process.send_signal(sig)
-                process.wait(timeout=wait)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if process is not None:
+            terminate(process.pid, None, process, signals=_STOP_SIGNALS, name="postgres")
 
     # ------------------------------------------------------------------ databases
 
@@ -327,11 +314,7 @@ class PostgresServer:
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the server log."""
-        try:
-            text = self._log_path.read_text(errors="replace")
-        except OSError:
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self._log_path, lines)
 
     def _launch(self, bin_dir: Path) -> None:
         log = self._log_path

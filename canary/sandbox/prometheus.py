@@ -16,12 +16,10 @@ given the dict ``state()`` returned.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -33,6 +31,8 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+
+from canary.sandbox.processes import alive, free_port, start_time, tail, terminate
 
 __all__ = ["DEFAULT_BIN", "JOB_NAME", "PrometheusServer", "PrometheusUnavailable"]
 
@@ -58,26 +58,6 @@ def find_prometheus_bin() -> Path:
         "package (`apt-get install --no-install-recommends prometheus`; make test does this), "
         "or set KSC_PROMETHEUS_BIN to a prometheus binary."
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to recognise a reused pid;
-    None if there is no such process or it is a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
 
 
 class PrometheusServer:
@@ -182,7 +162,7 @@ class PrometheusServer:
             atexit.register(self.stop)
         attempts = 1 if self._fixed_port else 3
         for attempt in range(attempts):
-            self._port = self._fixed_port or _free_port()
+            self._port = self._fixed_port or free_port()
             try:
                 self._launch(binary, timeout)
                 return self
@@ -198,24 +178,11 @@ class PrometheusServer:
         process, self._process = self._process, None
         self._port = None
         atexit.unregister(self.stop)
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            try:
-                process.send_signal(sig)
-                process.wait(timeout=wait)
-                return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if process is not None:
+            terminate(process.pid, None, process, signals=_signals(grace), name="prometheus")
 
     def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path, lines)
 
     def _command(self, binary: Path) -> list[str]:
         return [
@@ -296,7 +263,7 @@ class PrometheusServer:
             raise RuntimeError("Prometheus is not running")
         return {
             "pid": self._process.pid,
-            "start_ticks": _process_start_ticks(self._process.pid),
+            "start_time": start_time(self._process.pid),
             "port": self.port,
             "url": self.url,
             "work_dir": str(self.work_dir),
@@ -305,8 +272,8 @@ class PrometheusServer:
     @staticmethod
     def is_running(state: dict[str, Any]) -> bool:
         """Whether the server described by ``state`` is still alive (not a reused pid)."""
-        ticks = _process_start_ticks(int(state["pid"]))
-        return ticks is not None and ticks == state.get("start_ticks")
+        started = state.get("start_time")
+        return started is not None and alive(int(state["pid"]), started)
 
     @staticmethod
     def stop_from_state(state: dict[str, Any], grace: float = 10) -> bool:
@@ -314,13 +281,10 @@ class PrometheusServer:
         ``grace`` seconds. False if it was not running."""
         if not PrometheusServer.is_running(state):
             return False
-        pid = int(state["pid"])
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not PrometheusServer.is_running(state):
-                    return True
-                time.sleep(_POLL_SECONDS)
-        return not PrometheusServer.is_running(state)
+        terminate(int(state["pid"]), state["start_time"], signals=_signals(grace),
+                  name="prometheus")  # fmt: skip
+        return True
+
+
+def _signals(grace: float) -> tuple[tuple[signal.Signals, float], ...]:
+    return ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0))

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,7 @@ from canary.k8s.client import CRD, KubeClient, Unavailable
 from canary.sandbox.behaviour import BehaviourBook
 from canary.sandbox.binaries import ensure_built
 from canary.sandbox.cluster import Cluster
+from canary.sandbox.processes import alive, start_time, tail, terminate
 from canary.sandbox.prometheus import PrometheusServer
 
 __all__ = ["Testbed", "TestbedError", "default_crd_dir", "default_sandbox_dir"]
@@ -224,12 +223,12 @@ class Testbed:
             if self._simulators.poll() is not None:
                 raise TestbedError(
                     "the simulators exited during start-up:\n"
-                    + _tail(self.work_dir / "simulators.log")
+                    + tail(self.work_dir / "simulators.log")
                 )
             if time.monotonic() > deadline:
                 raise TestbedError(
                     f"the simulators were not ready within {timeout:.0f} s:\n"
-                    + _tail(self.work_dir / "simulators.log")
+                    + tail(self.work_dir / "simulators.log")
                 )
             time.sleep(0.05)
 
@@ -246,6 +245,7 @@ class Testbed:
             "cluster": self.cluster.state(),
             "prometheus": self.prometheus.state(),
             "simulators_pid": self._simulators.pid,
+            "simulators_start_time": start_time(self._simulators.pid),
         }
         self.state_path.write_text(json.dumps(state, indent=2))
 
@@ -257,7 +257,7 @@ class Testbed:
             self.prometheus.stop()
             self.prometheus = None
         if self._simulators is not None:
-            _stop_process(self._simulators.pid, self._simulators)
+            terminate(self._simulators.pid, None, self._simulators, name="simulators")
             self._simulators = None
         if self.cluster is not None:
             self.cluster.stop()
@@ -295,7 +295,7 @@ class Testbed:
             return None
         return {
             "kube-apiserver + etcd": Cluster.is_running(state["cluster"]),
-            "simulators": _is_simulators(int(state["simulators_pid"])),
+            "simulators": alive(int(state["simulators_pid"]), state["simulators_start_time"]),
             "prometheus": PrometheusServer.is_running(state["prometheus"]),
         }
 
@@ -306,7 +306,8 @@ class Testbed:
         if state is None:
             return False
         PrometheusServer.stop_from_state(state["prometheus"])
-        _stop_process(int(state["simulators_pid"]), None)
+        terminate(int(state["simulators_pid"]), state["simulators_start_time"],
+                  name="simulators")  # fmt: skip
         Cluster.stop_from_state(state["cluster"])
         (work_dir / "state.json").unlink(missing_ok=True)
         return True
@@ -325,51 +326,3 @@ def _as_documents(loaded: Any) -> list[dict[str, Any]]:
     if isinstance(loaded, dict):
         return [loaded]
     raise TestbedError("a CRD file must hold a CustomResourceDefinition")
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _is_simulators(pid: int) -> bool:
-    """Whether ``pid`` is still our simulator process (and not a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return SIMULATORS_MODULE.encode() in cmdline
-
-
-def _stop_process(pid: int, process: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
-    """SIGTERM, wait, then SIGKILL; returns when the process is gone. Without a Popen
-    handle (another process started it), a pid that is no longer the simulators is left
-    alone."""
-    if process is not None and process.poll() is not None:
-        return
-    if process is None and not _is_simulators(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if process is not None:
-            if process.poll() is not None:
-                return
-        elif not _is_simulators(pid):  # a zombie has no command line either
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    if process is not None:
-        process.wait(timeout=10)
-
-
-def remove_work_dir(work_dir: Path) -> None:
-    shutil.rmtree(work_dir, ignore_errors=True)

@@ -45,6 +45,7 @@ from canary.sandbox.kserve.status import (
     IsvcStatus,
     PodView,
     TrafficTarget,
+    mark_stopped,
     propagate_model_status,
     set_condition,
 )
@@ -811,16 +812,7 @@ def reconcile_isvc(
     if not stop:
         _propagate_status(status, snapshot)
     if stop:
-        predictor_ready = status.conditions.get(PREDICTOR_READY)
-        if not (
-            predictor_ready is not None
-            and predictor_ready.status == FALSE
-            and predictor_ready.reason == "Stopped"
-        ):
-            status.wipe()
-            set_condition(
-                status.conditions, PREDICTOR_READY, Condition(PREDICTOR_READY, FALSE, "Stopped")
-            )
+        mark_stopped(status)
     else:
         component = status.component("predictor")
         propagate_model_status(

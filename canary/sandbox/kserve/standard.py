@@ -40,6 +40,7 @@ from canary.sandbox.kserve.status import (
     Condition,
     IsvcStatus,
     PodView,
+    mark_stopped,
     propagate_model_status,
     set_condition,
 )
@@ -598,16 +599,7 @@ def reconcile_isvc(
         world = reconcile_canaries(world)
 
     if stop:
-        predictor_ready = status.conditions.get(PREDICTOR_READY)
-        if not (
-            predictor_ready is not None
-            and predictor_ready.status == FALSE
-            and predictor_ready.reason == "Stopped"
-        ):
-            status.wipe()
-            set_condition(
-                status.conditions, PREDICTOR_READY, Condition(PREDICTOR_READY, FALSE, "Stopped")
-            )
+        mark_stopped(status)
     else:
         propagate_model_status(
             status,

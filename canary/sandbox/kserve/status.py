@@ -555,6 +555,22 @@ class PodView:
     exit_code: int = 1
 
 
+def mark_stopped(status: IsvcStatus) -> None:
+    """``serving.kserve.io/stop``: wipe the status once and report PredictorReady False
+    with reason Stopped (both modes do the same, KSERVE.md §1.5 notes)."""
+    predictor_ready = status.conditions.get(PREDICTOR_READY)
+    already = (
+        predictor_ready is not None
+        and predictor_ready.status == FALSE
+        and predictor_ready.reason == "Stopped"
+    )
+    if not already:
+        status.wipe()
+        set_condition(
+            status.conditions, PREDICTOR_READY, Condition(PREDICTOR_READY, FALSE, "Stopped")
+        )
+
+
 def propagate_model_status(
     status: IsvcStatus,
     component: ComponentStatus,

@@ -67,7 +67,33 @@ class Settings(BaseSettings):
         description="Signing secrets for approval webhooks (comma-separated); several allow "
         "rotation.",
     )
-    http_port: int = Field(default=8443, ge=1, le=65535)
+    http_port: int = Field(default=8443, ge=0, le=65535, description="0 picks a free port.")
+    http_host: str = "0.0.0.0"  # noqa: S104 - the pod's address; probes and webhooks reach it
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="Serving certificate (PEM). The apiserver calls admission webhooks over "
+        "HTTPS only, so production sets it; without it the server speaks plain HTTP.",
+    )
+    tls_key_file: Path | None = None
+    kubeconfig: Path | None = Field(
+        default=None, description="Kubeconfig file; empty means the default loading rules."
+    )
+    identity: str | None = Field(
+        default=None,
+        description="This replica's name in the leader Lease and the audit trail "
+        "(default: hostname-pid; in a pod, set it to the pod name).",
+    )
+    resync_seconds: int = Field(
+        default=300, ge=10, description="Full relist of InferenceServices, whatever the watch says."
+    )
+    standard_weights: Literal["own-httproute", "kserve-native"] = Field(
+        default="own-httproute",
+        description="Standard mode: split traffic with our own HTTPRoute (KServe v0.20), or "
+        "through spec.canary[].trafficPercent where KServe routes it (after v0.20).",
+    )
+    metric_profile: Literal[
+        "knative-otel", "knative-opencensus", "istio", "kserve-model-server"
+    ] = "knative-otel"
     lease_name: str = "kserve-canary-leader"
     lease_namespace: str = "kserve-canary"
     lease_duration_seconds: int = Field(default=15, ge=5)

@@ -53,6 +53,8 @@ __all__ = [
     "AuditEntry",
     "AuditRecord",
     "ChainReport",
+    "CommandRow",
+    "CommandState",
     "Fence",
     "Measurement",
     "ModelRef",
@@ -548,3 +550,32 @@ class ChainReport:
     head_hash: str
     first_bad_seq: int | None
     problem: str | None
+
+
+CommandState = Literal["pending", "accepted", "rejected", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRow:
+    """A manual command (pause, resume, promote, abort, start) queued for the leader.
+
+    Any replica or the CLI inserts it as ``pending``; the leader carries it out and records
+    the result in the same transaction as the audit records it causes. ``args`` holds the
+    command's parameters (for ``start``: the new ``storage_uri``).
+    """
+
+    id: str
+    namespace: str
+    name: str
+    command: str
+    actor: str
+    reason: str
+    args: Mapping[str, Any] = field(hash=False)
+    requested_at: datetime
+    state: CommandState = "pending"
+    result: str | None = None
+    decided_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware("CommandRow.requested_at", self.requested_at)
+        _require_aware("CommandRow.decided_at", self.decided_at)

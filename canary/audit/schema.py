@@ -41,6 +41,7 @@ __all__ = [
     "ApprovalModel",
     "AuditLog",
     "Base",
+    "CommandModel",
     "LeaderFenceRow",
     "MeasurementRow",
     "RolloutModel",
@@ -273,3 +274,30 @@ class LeaderFenceRow(Base):
     epoch: Mapped[int] = mapped_column(BigInteger)
     holder: Mapped[str] = mapped_column(Text)
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CommandModel(Base):
+    """A manual command queued for the leader (mutable: its state moves once, from
+    ``pending`` to a result). The audit trail of what it caused is in ``audit_log``."""
+
+    __tablename__ = "commands"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    namespace: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(Text)
+    command: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(
+            "command IN ('pause', 'resume', 'promote', 'abort', 'start')", name="command"
+        ),
+        CheckConstraint("state IN ('pending', 'accepted', 'rejected', 'failed')", name="state"),
+        Index("ix_commands_state_requested_at", "state", "requested_at"),
+    )

@@ -45,6 +45,8 @@ from canary.audit.records import (
     AuditEntry,
     AuditRecord,
     ChainReport,
+    CommandRow,
+    CommandState,
     Fence,
     Measurement,
     RolloutRow,
@@ -61,6 +63,7 @@ from canary.audit.schema import (
     ApprovalModel,
     AuditLog,
     Base,
+    CommandModel,
     LeaderFenceRow,
     MeasurementRow,
     RolloutModel,
@@ -326,6 +329,22 @@ def _rollout_from(m: Mapping[Any, Any]) -> RolloutRow:
     )
 
 
+def _command_from(m: Mapping[Any, Any]) -> CommandRow:
+    return CommandRow(
+        id=m["id"],
+        namespace=m["namespace"],
+        name=m["name"],
+        command=m["command"],
+        actor=m["actor"],
+        reason=m["reason"],
+        args=m["args"],
+        requested_at=m["requested_at"],
+        state=m["state"],
+        result=m["result"],
+        decided_at=m["decided_at"],
+    )
+
+
 def _approval_values(row: ApprovalRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -449,6 +468,7 @@ class AuditStore:
         fence: Fence | None = None,
         rollout: RolloutRow | None = None,
         expected_version: int | None = None,
+        command: tuple[str, CommandState, str, datetime] | None = None,
     ) -> list[AuditRecord]:
         """Append ``entries`` and write ``rollout`` in one transaction (all or nothing).
 
@@ -457,6 +477,9 @@ class AuditStore:
         * ``rollout`` with ``expected_version=None`` inserts a new rollout (version 1);
           with ``expected_version=n`` it updates the stored rollout only if its version is
           ``n`` (it becomes ``n + 1``), else :class:`StaleRollout`.
+        * ``command``: ``(id, state, result, at)`` settles a pending manual command in the
+          same transaction, so a command is carried out exactly once (a command that is no
+          longer pending raises :class:`StaleRollout`).
         """
         if rollout is None and expected_version is not None:
             raise ValueError("expected_version given without a rollout")
@@ -467,6 +490,8 @@ class AuditStore:
             self._lock_head(conn)
             if rollout is not None:
                 self._write_rollout(conn, rollout, expected_version)
+            if command is not None:
+                self._settle_command(conn, *command)
             return self._append(conn, items)
 
     def append(
@@ -573,6 +598,21 @@ class AuditStore:
             raise
         if updated is None:
             raise StaleRollout(f"rollout {rollout.id} changed concurrently")
+
+    @staticmethod
+    def _settle_command(
+        conn: Connection, command_id: str, state: CommandState, result: str, at: datetime
+    ) -> None:
+        if state == "pending":
+            raise ValueError("a command is settled as accepted, rejected or failed")
+        settled = conn.execute(
+            update(CommandModel)
+            .where(CommandModel.id == command_id, CommandModel.state == "pending")
+            .values(state=state, result=result, decided_at=at)
+            .returning(CommandModel.id)
+        ).first()
+        if settled is None:
+            raise StaleRollout(f"command {command_id} is not pending any more")
 
     @staticmethod
     def _ensure_single_active(conn: Connection, rollout: RolloutRow) -> None:
@@ -760,6 +800,87 @@ class AuditStore:
                 )
             ).first()
         return None if row is None else _rollout_from(row._mapping)
+
+    def last_rollout_for(self, namespace: str, name: str) -> RolloutRow | None:
+        """The most recently created rollout of an InferenceService, active or finished."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(RolloutModel.__table__)
+                .where(RolloutModel.namespace == namespace, RolloutModel.name == name)
+                .order_by(RolloutModel.created_at.desc(), RolloutModel.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _rollout_from(row._mapping)
+
+    def rollouts(
+        self,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        active: bool | None = None,
+        limit: int = 200,
+    ) -> list[RolloutRow]:
+        """Rollouts, newest first, optionally filtered."""
+        query = select(RolloutModel.__table__)
+        if namespace is not None:
+            query = query.where(RolloutModel.namespace == namespace)
+        if name is not None:
+            query = query.where(RolloutModel.name == name)
+        if active is not None:
+            query = query.where(RolloutModel.active.is_(active))
+        query = query.order_by(RolloutModel.created_at.desc(), RolloutModel.id.desc())
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query.limit(limit)).all()
+        return [_rollout_from(row._mapping) for row in rows]
+
+    # -------------------------------------------------------------------------- commands
+
+    def submit_command(self, command: CommandRow) -> CommandRow:
+        """Queue a manual command for the leader (state ``pending``)."""
+        if command.state != "pending":
+            raise ValueError("a new command must be pending")
+        with self._tx(write=True) as conn:
+            conn.execute(
+                insert(CommandModel).values(
+                    id=command.id,
+                    namespace=command.namespace,
+                    name=command.name,
+                    command=command.command,
+                    actor=command.actor,
+                    reason=command.reason,
+                    args=dict(command.args),
+                    requested_at=command.requested_at,
+                    state="pending",
+                    result=None,
+                    decided_at=None,
+                )
+            )
+        return command
+
+    def pending_commands(self, limit: int = 100) -> list[CommandRow]:
+        """Pending commands, oldest first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(CommandModel.__table__)
+                .where(CommandModel.state == "pending")
+                .order_by(CommandModel.requested_at, CommandModel.id)
+                .limit(limit)
+            ).all()
+        return [_command_from(row._mapping) for row in rows]
+
+    def get_command(self, command_id: str) -> CommandRow | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(CommandModel.__table__).where(CommandModel.id == command_id)
+            ).first()
+        return None if row is None else _command_from(row._mapping)
+
+    def settle_command(
+        self, command_id: str, state: CommandState, result: str, at: datetime
+    ) -> None:
+        """Record a command's result when it caused no audit records of its own."""
+        with self._tx(write=True) as conn:
+            self._settle_command(conn, command_id, state, result, at)
 
     def measurements_for(self, rollout_id: str) -> list[StoredMeasurement]:
         """Measurements of a rollout, by evaluation time then record order."""

@@ -1,0 +1,320 @@
+"""PromQL for each check, per metric profile and deployment mode (KSERVE.md §4).
+
+PURE. :func:`plan` turns a check and a subject into a :class:`QueryPlan`: the value query
+and the sample-count query. A built-in check's value query is ONE query grouped by the
+profile's identity label, selecting canary and baseline with one regex matcher, so it
+returns both series and the number of queries does not grow with revisions. Latencies are
+always in seconds (the millisecond histograms of Istio and OpenCensus are divided by 1000).
+
+=====================  ================================  ===================================
+profile                identity label (Knative/Standard)  series
+=====================  ================================  ===================================
+knative-otel           ``revision`` (Knative only)        ``http_server_request_duration_
+                                                          seconds_count`` (requests, 5xx),
+                                                          ``kn_serving_invocation_duration_
+                                                          seconds`` (latency)
+knative-opencensus     ``revision_name`` (Knative only)   ``revision_request_count``,
+                                                          ``revision_request_latencies`` (ms)
+istio                  ``destination_workload``:          ``istio_requests_total``,
+                       ``<revision>-deployment`` /        ``istio_request_duration_
+                       ``<deployment>``                   milliseconds``
+kserve-model-server    ``revision`` / ``app`` =           ``request_predict_seconds``; no
+                       ``isvc.<deployment>``              status code, so no error rate
+=====================  ================================  ===================================
+
+The ``namespace``, ``container``, ``revision`` and ``app`` labels are scrape-time labels
+(a PodMonitor's relabeling), as KSERVE.md §4 assumes.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Literal
+
+from analysis.types import CheckDefinition, Subject
+
+__all__ = [
+    "TEMPLATE_VARIABLES",
+    "QueryPlan",
+    "Unit",
+    "identity",
+    "plan",
+    "promql_duration",
+    "regex_escape",
+    "render_template",
+    "string_literal",
+]
+
+TEMPLATE_VARIABLES = (
+    "namespace",
+    "isvc",
+    "revision",
+    "canary_revision",
+    "baseline_revision",
+    "window",
+)
+
+Side = Literal["canary", "baseline"]
+
+
+class Unit(StrEnum):
+    """What a check's values measure; used to write them in messages."""
+
+    SECONDS = "seconds"
+    RATIO = "ratio"
+    PER_SECOND = "per-second"
+    NUMBER = "number"
+
+
+_BUILTIN_UNITS = {
+    "error-rate": Unit.RATIO,
+    "latency-p99": Unit.SECONDS,
+    "request-rate": Unit.PER_SECOND,
+}
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """The queries of one check for one subject.
+
+    A built-in check has ``value``: one query whose series carry ``identity_label`` equal to
+    ``canary_id`` or ``baseline_id``. A custom check has ``canary_value`` and
+    ``baseline_value``: its template rendered for each side, one series each. ``samples``
+    is always a grouped query: requests per side in the window."""
+
+    check: str
+    unit: Unit
+    identity_label: str
+    canary_id: str
+    baseline_id: str
+    samples: str
+    value: str | None = None
+    canary_value: str | None = None
+    baseline_value: str | None = None
+
+    @property
+    def queries(self) -> tuple[str, ...]:
+        """Every query of the plan, in the order they are sent."""
+        values = (self.value, self.canary_value, self.baseline_value)
+        return (*(query for query in values if query is not None), self.samples)
+
+
+# --- PromQL text --------------------------------------------------------------------------
+
+_RE2_SPECIAL = frozenset("\\.+*?()|[]{}^$")
+
+
+def regex_escape(text: str) -> str:
+    """``text`` as a literal inside a (RE2) regular expression."""
+    return "".join("\\" + char if char in _RE2_SPECIAL else char for char in text)
+
+
+def string_literal(text: str) -> str:
+    """``text`` as a double-quoted PromQL string."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def promql_duration(window: timedelta) -> str:
+    """A positive duration in PromQL's syntax, in its largest whole unit: ``90s``, ``2m``,
+    ``1h``, ``1500ms``."""
+    millis, remainder = divmod(window, timedelta(milliseconds=1))
+    if millis <= 0 or remainder:
+        raise ValueError(f"a PromQL window must be a positive whole number of ms, got {window}")
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1_000)):
+        if millis % size == 0:
+            return f"{millis // size}{unit}"
+    return f"{millis}ms"
+
+
+# --- profiles -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Series:
+    """Where one profile keeps its request counter and latency histogram, in one mode."""
+
+    identity_label: str
+    requests: str  # a counter of requests (a histogram's _count counts too)
+    request_matchers: tuple[str, ...]  # besides the identity matcher
+    errors: str | None  # the matcher that keeps 5xx responses; None: no status code
+    histogram: str  # base name: _bucket and _count are appended
+    latency_matchers: tuple[str, ...]
+    milliseconds: bool
+
+
+def identity(subject: Subject, revision: str) -> str:
+    """The identity label's value for ``revision`` under the subject's profile and mode."""
+    if subject.metric_profile == "istio" and subject.mode == "knative":
+        return f"{revision}-deployment"
+    if subject.metric_profile == "kserve-model-server" and subject.mode == "standard":
+        return f"isvc.{revision}"
+    return revision
+
+
+def _series(subject: Subject) -> _Series:
+    profile, mode = subject.metric_profile, subject.mode
+    namespace = string_literal(subject.namespace)
+    if profile in {"knative-otel", "knative-opencensus"} and mode != "knative":
+        raise ValueError(
+            f"metric profile {profile} reads Knative's queue-proxy, which Standard-mode "
+            "InferenceServices do not have; use istio or kserve-model-server"
+        )
+    if profile == "knative-otel":
+        return _Series(
+            identity_label="revision",
+            requests="http_server_request_duration_seconds_count",
+            request_matchers=(f"namespace={namespace}", 'container="queue-proxy"'),
+            errors='http_response_status_code=~"5.."',
+            histogram="kn_serving_invocation_duration_seconds",
+            latency_matchers=(f"namespace={namespace}",),
+            milliseconds=False,
+        )
+    if profile == "knative-opencensus":
+        return _Series(
+            identity_label="revision_name",
+            requests="revision_request_count",
+            request_matchers=(f"namespace_name={namespace}",),
+            errors='response_code_class="5xx"',
+            histogram="revision_request_latencies",
+            latency_matchers=(f"namespace_name={namespace}",),
+            milliseconds=True,
+        )
+    if profile == "istio":
+        matchers = ('reporter="destination"', f"destination_workload_namespace={namespace}")
+        return _Series(
+            identity_label="destination_workload",
+            requests="istio_requests_total",
+            request_matchers=matchers,
+            errors='response_code=~"5.."',
+            histogram="istio_request_duration_milliseconds",
+            latency_matchers=matchers,
+            milliseconds=True,
+        )
+    if profile == "kserve-model-server":
+        return _Series(
+            identity_label="revision" if mode == "knative" else "app",
+            requests="request_predict_seconds_count",
+            request_matchers=(f"namespace={namespace}",),
+            errors=None,
+            histogram="request_predict_seconds",
+            latency_matchers=(f"namespace={namespace}",),
+            milliseconds=False,
+        )
+    raise ValueError(f"unknown metric profile {profile!r}")
+
+
+class _Builder:
+    """The PromQL of one profile for one subject."""
+
+    def __init__(self, subject: Subject) -> None:
+        self.subject = subject
+        self.series = _series(subject)
+        self.canary_id = identity(subject, subject.canary_revision)
+        self.baseline_id = identity(subject, subject.baseline_revision)
+        self.window = promql_duration(subject.window)
+        both = f"{regex_escape(self.canary_id)}|{regex_escape(self.baseline_id)}"
+        self.identity_matcher = f"{self.series.identity_label}=~{string_literal(both)}"
+
+    def _selector(self, matchers: tuple[str, ...], *extra: str) -> str:
+        return "{" + ",".join((*matchers, self.identity_matcher, *extra)) + "}"
+
+    def _sum(self, function: str, metric: str, selector: str, by: str = "") -> str:
+        labels = self.series.identity_label + by
+        return f"sum by ({labels}) ({function}({metric}{selector}[{self.window}]))"
+
+    def request_rate(self) -> str:
+        s = self.series
+        return self._sum("rate", s.requests, self._selector(s.request_matchers))
+
+    def request_count(self) -> str:
+        s = self.series
+        return self._sum("increase", s.requests, self._selector(s.request_matchers))
+
+    def error_rate(self) -> str:
+        s = self.series
+        if s.errors is None:
+            raise ValueError(
+                f"the error-rate check is not available with metric profile "
+                f"{self.subject.metric_profile}: its series carry no status code; use "
+                "istio, or a custom query on a metric that counts errors"
+            )
+        errors = self._sum("rate", s.requests, self._selector(s.request_matchers, s.errors))
+        total = self.request_rate()
+        # A revision without a single 5xx has no 5xx series; `or total * 0` gives it 0
+        # rather than dropping it from the result (which would read as "no data").
+        return f"({errors} or ({total} * 0)) / {total}"
+
+    def latency_p99(self) -> str:
+        s = self.series
+        buckets = self._sum(
+            "rate", f"{s.histogram}_bucket", self._selector(s.latency_matchers), by=", le"
+        )
+        query = f"histogram_quantile(0.99, {buckets})"
+        return f"{query} / 1000" if s.milliseconds else query
+
+    def latency_count(self) -> str:
+        s = self.series
+        return self._sum("increase", f"{s.histogram}_count", self._selector(s.latency_matchers))
+
+    def variables(self, revision: str) -> dict[str, str]:
+        subject = self.subject
+        return {
+            "namespace": subject.namespace,
+            "isvc": subject.isvc,
+            "revision": revision,
+            "canary_revision": subject.canary_revision,
+            "baseline_revision": subject.baseline_revision,
+            "window": self.window,
+        }
+
+
+def render_template(template: str, variables: dict[str, str]) -> str:
+    """Fill a custom query's ``${name}`` variables; unknown ones are a ValueError."""
+    try:
+        return string.Template(template).substitute(variables)
+    except KeyError as exc:
+        raise ValueError(
+            f"unknown template variable ${{{exc.args[0]}}}; allowed: "
+            + ", ".join(f"${{{name}}}" for name in TEMPLATE_VARIABLES)
+        ) from None
+    except ValueError as exc:  # a "$" that is not a variable
+        raise ValueError(f"invalid query template: {exc}") from None
+
+
+def plan(check: CheckDefinition, subject: Subject) -> QueryPlan:
+    """The queries for ``check`` on ``subject``. A ValueError names what is not possible
+    (a built-in the profile cannot measure, a Knative profile in Standard mode, a bad
+    template)."""
+    build = _Builder(subject)
+    if check.query is not None:
+        return QueryPlan(
+            check=check.name,
+            unit=Unit.NUMBER,
+            identity_label=build.series.identity_label,
+            canary_id=build.canary_id,
+            baseline_id=build.baseline_id,
+            samples=build.request_count(),
+            canary_value=render_template(check.query, build.variables(subject.canary_revision)),
+            baseline_value=render_template(check.query, build.variables(subject.baseline_revision)),
+        )
+    if check.builtin == "error-rate":
+        value, samples = build.error_rate(), build.request_count()
+    elif check.builtin == "latency-p99":
+        value, samples = build.latency_p99(), build.latency_count()
+    elif check.builtin == "request-rate":
+        value, samples = build.request_rate(), build.request_count()
+    else:
+        raise ValueError(f"check {check.name!r}: unknown built-in {check.builtin!r}")
+    return QueryPlan(
+        check=check.name,
+        unit=_BUILTIN_UNITS[check.builtin],
+        identity_label=build.series.identity_label,
+        canary_id=build.canary_id,
+        baseline_id=build.baseline_id,
+        samples=samples,
+        value=value,
+    )

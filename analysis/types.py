@@ -1,0 +1,357 @@
+"""The values canary analysis works on: what to check, on which revisions, what was read,
+and what was concluded.
+
+PURE: frozen dataclasses, enums and exception types; no I/O. The controller builds
+:class:`CheckDefinition` and :class:`Subject` from its policy and InferenceService, keeps
+the :class:`CheckMemory` of each check between evaluations, and receives a
+:class:`StepAnalysis`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import ClassVar, Literal, get_args
+
+__all__ = [
+    "BUILTIN_CHECKS",
+    "METRIC_PROFILES",
+    "BadQuery",
+    "CheckDefinition",
+    "CheckEvaluation",
+    "CheckMemory",
+    "DetailValue",
+    "Direction",
+    "Infinite",
+    "MetricError",
+    "MetricProfile",
+    "Mode",
+    "MultipleSeries",
+    "NoData",
+    "NoDataPolicy",
+    "NotANumber",
+    "Outcome",
+    "ProviderError",
+    "QueryResult",
+    "Reading",
+    "Series",
+    "StepAnalysis",
+    "Subject",
+    "Unreachable",
+]
+
+Direction = Literal["lowerIsBetter", "higherIsBetter"]
+NoDataPolicy = Literal["inconclusive", "fail", "pass"]
+Mode = Literal["knative", "standard"]
+MetricProfile = Literal["knative-otel", "knative-opencensus", "istio", "kserve-model-server"]
+DetailValue = str | int | float | bool | None
+
+METRIC_PROFILES: tuple[MetricProfile, ...] = get_args(MetricProfile)
+BUILTIN_CHECKS: Mapping[str, Direction] = {
+    "error-rate": "lowerIsBetter",
+    "latency-p99": "lowerIsBetter",
+    "request-rate": "higherIsBetter",
+}
+"""The built-in checks and their natural direction (the same table as the policy's)."""
+
+
+class Outcome(StrEnum):
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    INCONCLUSIVE = "Inconclusive"
+    ERROR = "Error"
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class MetricError(Exception):
+    """A metric could not be read as one finite number per revision.
+
+    ``query`` is the PromQL concerned, when known; ``raw_digest`` the SHA-256 of the raw
+    response body when there was one (a refusal from Prometheus is evidence too)."""
+
+    kind: ClassVar[str] = "error"
+
+    def __init__(
+        self, message: str, *, query: str | None = None, raw_digest: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.query = query
+        self.raw_digest = raw_digest
+
+
+class NoData(MetricError):
+    """The query returned no series (for this revision)."""
+
+    kind = "no-data"
+
+
+class NotANumber(MetricError):
+    """A series' value is NaN, typically 0/0 or a quantile over no observations."""
+
+    kind = "not-a-number"
+
+
+class Infinite(MetricError):
+    """A series' value is +Inf or -Inf."""
+
+    kind = "infinite"
+
+
+class MultipleSeries(MetricError):
+    """Several series where one was expected: the query is ambiguous, so it is not read."""
+
+    kind = "multiple-series"
+
+
+class Unreachable(MetricError):
+    """The metric server did not answer (connection refused, timeout, 5xx after retries)."""
+
+    kind = "unreachable"
+
+
+class BadQuery(MetricError):
+    """The metric server refused the query, or it cannot be built for this subject."""
+
+    kind = "bad-query"
+
+
+class ProviderError(MetricError):
+    """Any other unusable answer: refused credentials, a body that is not the API's JSON."""
+
+    kind = "provider-error"
+
+
+# --- what to check, on what ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckDefinition:
+    """One check of a policy, as the analysis needs it (the engine converts the policy's
+    ``CheckSpec``). Exactly one of ``builtin`` and ``query`` is set.
+
+    ``query`` is a PromQL template (``${namespace}``, ``${isvc}``, ``${revision}``,
+    ``${canary_revision}``, ``${baseline_revision}``, ``${window}``) that returns one series
+    for ``${revision}``; it runs once for the canary and once for the baseline.
+    ``relative_tolerance`` is a fraction (0.1: 10 % worse than the baseline fails);
+    ``hard_limit`` is an SLO ceiling in the check's unit (seconds for latency) that fails
+    the check at the first evaluation beyond it, whatever the limits and sample counts."""
+
+    name: str
+    builtin: str | None
+    query: str | None
+    direction: Direction
+    absolute_limit: float | None = None
+    relative_tolerance: float | None = None
+    hard_limit: float | None = None
+    min_samples: int = 100
+    on_no_data: NoDataPolicy = "inconclusive"
+    failure_limit: int = 0
+    inconclusive_limit: int = 0
+    consecutive_error_limit: int = 4
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if (self.builtin is None) == (self.query is None):
+            problems.append("set exactly one of builtin and query")
+        if self.builtin is not None and self.builtin not in BUILTIN_CHECKS:
+            problems.append(
+                f"unknown built-in {self.builtin!r}; allowed: {', '.join(BUILTIN_CHECKS)}"
+            )
+        if self.direction not in get_args(Direction):
+            problems.append(f"direction must be lowerIsBetter or higherIsBetter, got "
+                            f"{self.direction!r}")  # fmt: skip
+        limits = (self.absolute_limit, self.relative_tolerance, self.hard_limit)
+        if all(limit is None for limit in limits):
+            problems.append("set at least one of absolute_limit, relative_tolerance, hard_limit")
+        if any(limit is not None and not math.isfinite(limit) for limit in limits):
+            problems.append("limits must be finite numbers")
+        if self.relative_tolerance is not None and not self.relative_tolerance > 0:
+            problems.append(f"relative_tolerance must be > 0, got {self.relative_tolerance}")
+        if self.on_no_data not in get_args(NoDataPolicy):
+            problems.append(f"on_no_data must be inconclusive, fail or pass, got "
+                            f"{self.on_no_data!r}")  # fmt: skip
+        counts = {
+            "min_samples": self.min_samples,
+            "failure_limit": self.failure_limit,
+            "inconclusive_limit": self.inconclusive_limit,
+            "consecutive_error_limit": self.consecutive_error_limit,
+        }
+        problems += [f"{key} must be >= 0, got {v}" for key, v in counts.items() if v < 0]
+        if problems:
+            raise ValueError(f"check {self.name!r}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The two things compared, and how their metrics are named.
+
+    Knative mode: revision names (``scorer-predictor-00002`` vs ``scorer-predictor-00001``).
+    Standard mode: Deployment (= Service) names (``scorer-canary-predictor`` vs
+    ``scorer-predictor``). ``window`` is the range of the rate queries."""
+
+    namespace: str
+    isvc: str
+    mode: Mode
+    canary_revision: str
+    baseline_revision: str
+    metric_profile: str
+    window: timedelta
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("namespace", "isvc", "canary_revision", "baseline_revision"):
+            if not getattr(self, name):
+                problems.append(f"{name} must not be empty")
+        if self.canary_revision and self.canary_revision == self.baseline_revision:
+            problems.append(f"canary and baseline are the same ({self.canary_revision!r})")
+        if self.mode not in get_args(Mode):
+            problems.append(f"mode must be knative or standard, got {self.mode!r}")
+        if self.metric_profile not in METRIC_PROFILES:
+            problems.append(f"unknown metric profile {self.metric_profile!r}; allowed: "
+                            f"{', '.join(METRIC_PROFILES)}")  # fmt: skip
+        if self.window <= timedelta(0):
+            problems.append(f"window must be positive, got {self.window}")
+        if problems:
+            raise ValueError("analysis subject: " + "; ".join(problems))
+
+
+# --- what was read ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of an instant-vector result. ``value`` may be NaN or ±Inf."""
+
+    labels: Mapping[str, str]
+    value: float
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """A provider's answer: the series, the SHA-256 of the raw response and where from."""
+
+    series: tuple[Series, ...]
+    raw_digest: str
+    url: str
+
+    def single(self, query: str | None = None) -> Series:
+        """The one series; MultipleSeries if there are several, NoData if none."""
+        if not self.series:
+            raise NoData("the query returned no series", query=query, raw_digest=self.raw_digest)
+        if len(self.series) > 1:
+            raise MultipleSeries(
+                f"the query returned {len(self.series)} series where one was expected",
+                query=query,
+                raw_digest=self.raw_digest,
+            )
+        return self.series[0]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one check read: the canary's and the baseline's value and sample counts.
+
+    ``None`` as a value means that side has no series (no data). ``error`` set means the
+    check could not be read at all (NoData for both sides, NotANumber, Infinite,
+    MultipleSeries, Unreachable, BadQuery, ProviderError); the other fields are then
+    ignored. Sample counts are requests in the window; ``None`` means unknown (treated as
+    none). Values may be NaN or ±Inf here; the assessment turns those into errors."""
+
+    canary: float | None = None
+    baseline: float | None = None
+    canary_samples: int | None = None
+    baseline_samples: int | None = None
+    error: MetricError | None = None
+
+    @classmethod
+    def failed(cls, error: MetricError) -> Reading:
+        return cls(error=error)
+
+
+# --- what was concluded -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckMemory:
+    """Per-check counters carried from one evaluation to the next (the engine persists
+    them). A Successful evaluation resets all three; an evaluation that is still collecting
+    data (no data in grace, too few samples) leaves them as they were."""
+
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    consecutive_errors: int = 0
+
+    def bump(self, outcome: Outcome) -> CheckMemory:
+        """The counters after one more evaluation with ``outcome``."""
+        if outcome is Outcome.SUCCESSFUL:
+            return CheckMemory()
+        if outcome is Outcome.FAILED:
+            return replace(self, consecutive_failures=self.consecutive_failures + 1)
+        if outcome is Outcome.INCONCLUSIVE:
+            return replace(self, consecutive_inconclusive=self.consecutive_inconclusive + 1)
+        return replace(self, consecutive_errors=self.consecutive_errors + 1)
+
+
+@dataclass(frozen=True)
+class CheckEvaluation:
+    """One check evaluated once, with its evidence.
+
+    ``outcome`` is this evaluation alone; ``gating_outcome`` is after the check's limits and
+    is what the step verdict uses (a dry-run check's is computed but not combined).
+    ``sufficient`` is True only when this evaluation is evidence that the check passes
+    (enough canary samples, a real comparison); a step never advances without it.
+    ``query`` holds every PromQL sent for the check (joined by newlines), and
+    ``response_digest`` the SHA-256 of the raw response (of the newline-joined response
+    digests when there were several). ``fast_fail`` marks a hard-limit failure."""
+
+    check: str
+    evaluated_at: datetime
+    outcome: Outcome
+    gating_outcome: Outcome
+    sufficient: bool
+    query: str
+    prometheus_url: str
+    response_digest: str
+    canary_value: float | None
+    baseline_value: float | None
+    canary_samples: int | None
+    baseline_samples: int | None
+    statistic: float | None
+    threshold: float | None
+    dry_run: bool
+    message: str
+    detail: Mapping[str, DetailValue] = field(default_factory=dict)
+    fast_fail: bool = False
+
+
+@dataclass(frozen=True)
+class StepAnalysis:
+    """Every check of one evaluation round, and the step verdict they give.
+
+    ``verdict`` combines the gating outcomes of the checks that are not dry runs: any
+    Failed gives Failed, else any Error gives Error, else any Inconclusive gives
+    Inconclusive, else Successful. ``sufficient_data`` is True only when every such check
+    is sufficient (and there is at least one): no data never promotes. ``memory`` is the
+    updated counters of every check, for the next evaluation."""
+
+    evaluated_at: datetime
+    evaluations: tuple[CheckEvaluation, ...]
+    verdict: Outcome
+    sufficient_data: bool
+    fast_fail: bool
+    summary: str
+    memory: Mapping[str, CheckMemory]
+
+    def evaluation(self, check: str) -> CheckEvaluation:
+        """The evaluation of the check named ``check``."""
+        for evaluation in self.evaluations:
+            if evaluation.check == check:
+                return evaluation
+        raise KeyError(f"no evaluation of a check named {check!r}")

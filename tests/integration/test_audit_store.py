@@ -33,7 +33,7 @@ from canary.audit import (
     entry_body,
     upgrade_to_head,
 )
-from tests.integration.conftest import Database
+from tests.conftest import Database
 
 pytestmark = pytest.mark.integration
 

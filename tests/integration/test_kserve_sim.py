@@ -37,7 +37,7 @@ T = TypeVar("T")
 
 
 class BedLike(Protocol):
-    """The session fixture ``testbed`` from tests/integration/conftest.py, as used here."""
+    """The session fixture ``testbed`` from tests/conftest.py, as used here."""
 
     kube: KubeClient
     behaviour_path: Path

@@ -12,7 +12,7 @@ import pytest
 from alembic import command
 
 from canary.audit import AuditStore, alembic_config, schema_differences, upgrade_to_head
-from tests.integration.conftest import Database
+from tests.conftest import Database
 
 pytestmark = pytest.mark.integration
 

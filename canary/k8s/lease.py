@@ -100,6 +100,11 @@ class LeaseElector:
         self.identity = identity
         self.duration = duration
         self._clock = clock
+        # Whether THIS elector holds the Lease. A Lease that names our identity but that we
+        # never acquired belongs to an earlier incarnation (a restarted pod keeps its name):
+        # we take it over as a new holder, so the epoch grows and that incarnation, should
+        # it still be running, is fenced out.
+        self._held = False
 
     # --- the two halves of one attempt -----------------------------------------------------
 
@@ -122,14 +127,15 @@ class LeaseElector:
         spec: Mapping[str, Any] = observed.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         transitions = int(spec.get("leaseTransitions") or 0)
-        if holder == self.identity:
+        if holder == self.identity and self._held:
             acquired = spec.get("acquireTime")
             acquired_at = parse_micro_time(acquired) if acquired else now
             changes: dict[str, Any] = {"renewTime": format_micro_time(now)}
             if not acquired:
                 changes["acquireTime"] = format_micro_time(now)
             return self._replace(observed, changes, transitions, acquired_at, now)
-        if holder and not self._expired(spec, now):
+        if holder and holder != self.identity and not self._expired(spec, now):
+            self._held = False
             return None
         changes = {
             "holderIdentity": self.identity,
@@ -165,6 +171,7 @@ class LeaseElector:
             self._kube.replace(LEASE, self.namespace, self.name, body)
         except (Conflict, NotFound):
             return False
+        self._held = False
         return True
 
     # --- helpers ---------------------------------------------------------------------------
@@ -205,6 +212,7 @@ class LeaseElector:
             self._kube.create(LEASE, self.namespace, body)
         except AlreadyExists:
             return None
+        self._held = True
         return Leadership(self.identity, 1, now, now)
 
     def _replace(
@@ -225,5 +233,7 @@ class LeaseElector:
         try:
             self._kube.replace(LEASE, self.namespace, self.name, body)
         except (Conflict, NotFound):
+            self._held = False
             return None
+        self._held = True
         return Leadership(self.identity, transitions + 1, acquired_at, now)

@@ -186,3 +186,18 @@ def note(at: datetime, holder: str, epoch: int) -> AuditEntry:
         reason=f"written by {holder}",
         leader_epoch=epoch,
     )
+
+
+def test_a_restarted_replica_with_the_same_name_takes_over_with_a_new_epoch(
+    kube: KubeClient, namespace: str, clock: FakeClock
+) -> None:
+    """A pod killed and restarted keeps its name. Its new process must not inherit the old
+    epoch: the old process (if it were somehow still running) has to be fenced out."""
+    before = leading(elector(kube, namespace, clock, "pod-a").try_acquire_or_renew())
+    clock.advance(timedelta(seconds=1))  # well before the Lease expires
+    restarted = elector(kube, namespace, clock, "pod-a")
+    after = leading(restarted.try_acquire_or_renew())
+    assert after.epoch == before.epoch + 1
+    assert after.acquired_at == clock.now
+    clock.advance(timedelta(seconds=1))
+    assert leading(restarted.try_acquire_or_renew()).epoch == after.epoch  # then it renews

@@ -30,6 +30,7 @@ __all__ = [
     "HTTP_ROUTE",
     "INFERENCE_SERVICE",
     "LEASE",
+    "MUTATING_WEBHOOK_CONFIGURATION",
     "NAMESPACE",
     "VIRTUAL_SERVICE",
     "AlreadyExists",
@@ -80,6 +81,9 @@ EVENT = ResourceKind("", "v1", "events", "Event")
 LEASE = ResourceKind("coordination.k8s.io", "v1", "leases", "Lease")
 CRD = ResourceKind("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                    "CustomResourceDefinition", namespaced=False)  # fmt: skip
+MUTATING_WEBHOOK_CONFIGURATION = ResourceKind(
+    "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+    "MutatingWebhookConfiguration", namespaced=False)  # fmt: skip
 
 
 class KubeError(Exception):

@@ -1,0 +1,107 @@
+"""``POST /admission/inferenceservices``: the mutating admission webhook.
+
+The apiserver sends an ``admission.k8s.io/v1`` AdmissionReview; :func:`canary.admission.review`
+decides and :func:`canary.admission.response_for` builds the answer. Every replica serves
+it: the decision needs only the request and the policies, never the leader's state.
+
+When the decision cannot be taken (the policies cannot be loaded, a bug), the answer comes
+from :func:`canary.admission.failure`: an object that is not opted in is never blocked by
+our trouble, and an opted-in update is refused with a clear message rather than let
+through unchecked. A body that is not an AdmissionReview at all gets 400.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from canary.admission import (
+    ADMISSION_PATH,
+    DEFAULT_RULES,
+    AdmissionDecision,
+    TemplateRules,
+    failure,
+    response_for,
+    review,
+)
+from canary.log import get_logger
+from canary.metrics import ControllerMetrics
+from canary.policy import PolicySet
+
+__all__ = ["ADMISSION_PATH", "router"]
+
+log = get_logger("canary.api.admission")
+
+
+def decide(
+    request: Mapping[str, Any], policies: Callable[[], PolicySet], rules: TemplateRules
+) -> AdmissionDecision:
+    """Review ``request``; never raises."""
+    try:
+        try:
+            policy_set = policies()
+        except Exception as exc:  # any loader failure is answered, not raised
+            # Without policies an update that needs the first step cannot be decided; one
+            # that does not (or an object not opted in) still can.
+            decision = review(request, PolicySet([], {}), rules=rules)
+            if decision.allowed:
+                return decision
+            return failure(request, f"the rollout policies could not be loaded ({exc})")
+        return review(request, policy_set, rules=rules)
+    except Exception as exc:  # a bug must still produce an answer
+        log.exception("admission.internal_error", uid=str(request.get("uid") or ""))
+        return failure(request, f"internal error ({type(exc).__name__}: {exc})")
+
+
+def router(
+    policies: Callable[[], PolicySet],
+    metrics: ControllerMetrics,
+    *,
+    rules: TemplateRules = DEFAULT_RULES,
+) -> APIRouter:
+    routes = APIRouter(tags=["admission"])
+
+    @routes.post(ADMISSION_PATH)
+    async def admit(http_request: Request) -> JSONResponse:
+        body = await http_request.body()
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or not isinstance(document.get("request"), dict):
+            metrics.record_admission("error")
+            return JSONResponse(
+                {"error": "the body must be an admission.k8s.io/v1 AdmissionReview with a request"},
+                status_code=400,
+            )
+        request: dict[str, Any] = document["request"]
+        decision = await run_in_threadpool(decide, request, policies, rules)
+        metrics.record_admission(decision.result)
+        _log(request, decision)
+        return JSONResponse(response_for(document, decision))
+
+    return routes
+
+
+def _log(request: Mapping[str, Any], decision: AdmissionDecision) -> None:
+    fields = {
+        "uid": str(request.get("uid") or ""),
+        "operation": str(request.get("operation") or ""),
+        "namespace": str(request.get("namespace") or ""),
+        "name": str(request.get("name") or ""),
+        "result": decision.result,
+    }
+    if decision.result == "error":
+        log.error("admission.failed", message=decision.message, **fields)
+    elif decision.result == "denied":
+        log.info("admission.denied", message=decision.message, **fields)
+    elif decision.result == "patched":
+        log.info("admission.patched", patch=list(decision.patch), warnings=list(decision.warnings),
+                 **fields)  # fmt: skip
+    else:
+        log.debug("admission.allowed", message=decision.message, **fields)

@@ -1,0 +1,161 @@
+"""The MutatingWebhookConfiguration that sends InferenceService updates to our webhook.
+
+One webhook, ``inferenceservices.kserve-canary.io``, in a configuration named
+``kserve-canary``:
+
+* **UPDATE only.** The webhook changes nothing on CREATE (KServe ignores
+  ``canaryTrafficPercent`` on a first deployment, KSERVE.md §1.3), so registering CREATE
+  would only make creating an opted-in InferenceService fail while the controller is down.
+* **Narrow scope** (DESIGN.md §2, "Scope that webhook narrowly"): ``failurePolicy: Fail``
+  means an outage of the controller blocks every update the webhook matches, so a CEL
+  ``matchConditions`` entry keeps it to objects whose ``kserve-canary.io/enabled``
+  annotation is exactly ``"true"`` in the *new* object, and an optional
+  ``namespaceSelector`` narrows it further. An update that removes the opt-in (or sets it
+  to ``"false"``) is not sent: opting out is the model owner's way to deploy without a
+  canary.
+* ``sideEffects: None`` (dry runs are fine), ``admissionReviewVersions: ["v1"]``, a short
+  ``timeoutSeconds`` (the decision is pure and fast), and ``reinvocationPolicy: IfNeeded``
+  so that a webhook that runs after ours and changes the object has it checked again.
+* The apiserver calls mutating webhook configurations in the order of their names, so
+  ``kserve-canary`` runs after KServe's ``inferenceservice.serving.kserve.io`` defaulter and
+  sees the object in the ``model:`` form it stores (see :mod:`canary.admission`).
+
+The configuration is written by server-side apply with our field manager, so re-running
+:func:`ensure_webhook_configuration` is idempotent and replaces what an earlier version of
+the controller wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from canary.admission import ADMISSION_PATH
+from canary.k8s.client import MUTATING_WEBHOOK_CONFIGURATION, KubeClient, NotFound
+
+__all__ = [
+    "CONFIGURATION_NAME",
+    "FIELD_MANAGER",
+    "MATCH_OPTED_IN",
+    "WEBHOOK_NAME",
+    "ServiceReference",
+    "delete_webhook_configuration",
+    "ensure_webhook_configuration",
+    "webhook_configuration",
+]
+
+CONFIGURATION_NAME = "kserve-canary"
+WEBHOOK_NAME = "inferenceservices.kserve-canary.io"
+FIELD_MANAGER = "kserve-canary"
+MATCH_OPTED_IN = (
+    "has(object.metadata.annotations) && "
+    "'kserve-canary.io/enabled' in object.metadata.annotations && "
+    "object.metadata.annotations['kserve-canary.io/enabled'] == 'true'"
+)
+
+
+@dataclass(frozen=True)
+class ServiceReference:
+    """The webhook reached through a cluster Service (the in-cluster deployment)."""
+
+    namespace: str
+    name: str
+    port: int = 443
+    path: str = ADMISSION_PATH
+
+
+def webhook_configuration(
+    *,
+    ca_bundle: bytes,
+    url: str | None = None,
+    service: ServiceReference | None = None,
+    namespace_selector: Mapping[str, Any] | None = None,
+    timeout_seconds: int = 5,
+    name: str = CONFIGURATION_NAME,
+) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration object. ``ca_bundle`` is the PEM of the CA that
+    signed the server's certificate; exactly one of ``url`` (``https://…``) and ``service``
+    says where the webhook is."""
+    if (url is None) == (service is None):
+        raise ValueError("give exactly one of url and service")
+    if url is not None and not url.startswith("https://"):
+        raise ValueError(f"the apiserver calls webhooks over https only; got {url!r}")
+    if not 1 <= timeout_seconds <= 30:
+        raise ValueError(f"timeout_seconds must be between 1 and 30, not {timeout_seconds}")
+    if b"-----BEGIN CERTIFICATE-----" not in ca_bundle:
+        raise ValueError("ca_bundle must be PEM-encoded certificates")
+    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
+    if url is not None:
+        client_config["url"] = url
+    elif service is not None:
+        client_config["service"] = {
+            "namespace": service.namespace,
+            "name": service.name,
+            "port": service.port,
+            "path": service.path,
+        }
+    webhook: dict[str, Any] = {
+        "name": WEBHOOK_NAME,
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "reinvocationPolicy": "IfNeeded",
+        "timeoutSeconds": timeout_seconds,
+        "clientConfig": client_config,
+        "rules": [
+            {
+                "apiGroups": ["serving.kserve.io"],
+                "apiVersions": ["v1beta1"],
+                "operations": ["UPDATE"],
+                "resources": ["inferenceservices"],
+                "scope": "Namespaced",
+            }
+        ],
+        "matchConditions": [{"name": "kserve-canary-opted-in", "expression": MATCH_OPTED_IN}],
+    }
+    if namespace_selector is not None:
+        webhook["namespaceSelector"] = dict(namespace_selector)
+    return {
+        "apiVersion": MUTATING_WEBHOOK_CONFIGURATION.api_version,
+        "kind": MUTATING_WEBHOOK_CONFIGURATION.kind,
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/managed-by": "kserve-canary"},
+        },
+        "webhooks": [webhook],
+    }
+
+
+def ensure_webhook_configuration(
+    kube: KubeClient,
+    *,
+    ca_bundle: bytes,
+    url: str | None = None,
+    service: ServiceReference | None = None,
+    namespace_selector: Mapping[str, Any] | None = None,
+    timeout_seconds: int = 5,
+    name: str = CONFIGURATION_NAME,
+) -> dict[str, Any]:
+    """Create or update the configuration (server-side apply, forced: it is ours)."""
+    body = webhook_configuration(
+        ca_bundle=ca_bundle,
+        url=url,
+        service=service,
+        namespace_selector=namespace_selector,
+        timeout_seconds=timeout_seconds,
+        name=name,
+    )
+    return kube.apply(MUTATING_WEBHOOK_CONFIGURATION, None, body, field_manager=FIELD_MANAGER,
+                      force=True)  # fmt: skip
+
+
+def delete_webhook_configuration(kube: KubeClient, name: str = CONFIGURATION_NAME) -> bool:
+    """Delete the configuration; False if there was none."""
+    with contextlib.suppress(NotFound):
+        kube.delete(MUTATING_WEBHOOK_CONFIGURATION, None, name)
+        return True
+    return False

@@ -1,0 +1,153 @@
+"""The controller's own Prometheus metrics, in a private registry.
+
+A private :class:`~prometheus_client.CollectorRegistry` (never the process-global one) keeps
+these series apart from anything a library registers globally, and lets tests build as many
+independent instances as they like. ``GET /metrics`` serves :meth:`ControllerMetrics.render`.
+
+Series:
+
+* ``kserve_canary_rollouts{phase}``: rollouts per phase (every phase, 0 when none);
+* ``kserve_canary_canary_weight_percent{namespace,name}``: the canary's commanded share;
+* ``kserve_canary_step_duration_seconds``: from a step's split showing to leaving the step;
+* ``kserve_canary_analysis_results_total{check,outcome}``: check evaluations by outcome;
+* ``kserve_canary_rollbacks_total{reason_kind}``: rollbacks by kind of reason;
+* ``kserve_canary_leader``: 1 while this replica holds the leader Lease, else 0;
+* ``kserve_canary_tick_lag_seconds``: how late a scheduled rollout check ran;
+* ``kserve_canary_kube_write_retries_total``: Kubernetes writes retried;
+* ``kserve_canary_admission_reviews_total{result}``: admission answers (allowed, patched,
+  denied, error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from canary.model import Phase
+
+__all__ = ["ADMISSION_RESULTS", "ControllerMetrics"]
+
+ADMISSION_RESULTS = ("allowed", "patched", "denied", "error")
+
+# Steps hold for minutes (stepHold defaults to 5m) and may stretch to hours.
+_STEP_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                 28800.0, 86400.0)  # fmt: skip
+# A timer should fire within a fraction of a second; a lag of seconds is a busy worker.
+_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ControllerMetrics:
+    """Thread-safe (prometheus_client's metrics are); every method is cheap."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._rollouts = Gauge(
+            "kserve_canary_rollouts", "Rollouts known to the controller, by phase.", ["phase"],
+            registry=r,
+        )  # fmt: skip
+        self._weight = Gauge(
+            "kserve_canary_canary_weight_percent",
+            "The canary's commanded traffic share, per InferenceService.",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self._step_duration = Histogram(
+            "kserve_canary_step_duration_seconds",
+            "How long a rollout stayed at a step, from the split showing in status to leaving it.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self._analysis = Counter(
+            "kserve_canary_analysis_results",
+            "Check evaluations, by check name and outcome.",
+            ["check", "outcome"],
+            registry=r,
+        )
+        self._rollbacks = Counter(
+            "kserve_canary_rollbacks", "Rollbacks, by kind of reason.", ["reason_kind"], registry=r
+        )
+        self._leader = Gauge(
+            "kserve_canary_leader", "1 while this replica holds the leader Lease, else 0.",
+            registry=r,
+        )  # fmt: skip
+        self._tick_lag = Histogram(
+            "kserve_canary_tick_lag_seconds",
+            "How late a scheduled rollout check ran compared with its due time.",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self._kube_retries = Counter(
+            "kserve_canary_kube_write_retries",
+            "Kubernetes writes retried after a conflict or an unavailable apiserver.",
+            registry=r,
+        )
+        self._admission = Counter(
+            "kserve_canary_admission_reviews",
+            "Admission reviews answered, by result (allowed, patched, denied, error).",
+            ["result"],
+            registry=r,
+        )
+        self._phases_seen: set[str] = {phase.value for phase in Phase}
+        for phase in self._phases_seen:
+            self._rollouts.labels(phase=phase).set(0)
+        for result in ADMISSION_RESULTS:
+            self._admission.labels(result=result)
+        self._leader.set(0)
+
+    # --- rollouts --------------------------------------------------------------------------
+
+    def set_phase_counts(self, counts: Mapping[str, int]) -> None:
+        """Set ``kserve_canary_rollouts`` from a full count; phases missing from ``counts``
+        (and phases reported before) go to 0, so a series never keeps a stale value."""
+        wanted = {str(phase): int(count) for phase, count in counts.items()}
+        self._phases_seen |= set(wanted)
+        for phase in self._phases_seen:
+            self._rollouts.labels(phase=phase).set(wanted.get(phase, 0))
+
+    def set_weight(self, namespace: str, name: str, percent: int) -> None:
+        self._weight.labels(namespace=namespace, name=name).set(percent)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the service's weight series (its rollout ended or the object is gone)."""
+        with contextlib.suppress(KeyError):  # never set, or already forgotten
+            self._weight.remove(namespace, name)
+
+    def observe_step_duration(self, seconds: float) -> None:
+        self._step_duration.observe(max(seconds, 0.0))
+
+    def record_analysis(self, check: str, outcome: str) -> None:
+        self._analysis.labels(check=check, outcome=outcome).inc()
+
+    def record_rollback(self, kind: str) -> None:
+        self._rollbacks.labels(reason_kind=kind).inc()
+
+    # --- the controller --------------------------------------------------------------------
+
+    def set_leader(self, leader: bool) -> None:
+        self._leader.set(1 if leader else 0)
+
+    def observe_tick_lag(self, seconds: float) -> None:
+        self._tick_lag.observe(max(seconds, 0.0))
+
+    def record_kube_write_retry(self) -> None:
+        self._kube_retries.inc()
+
+    def record_admission(self, result: str) -> None:
+        """``result`` is one of :data:`ADMISSION_RESULTS`."""
+        if result not in ADMISSION_RESULTS:
+            raise ValueError(f"unknown admission result {result!r}; allowed: {ADMISSION_RESULTS}")
+        self._admission.labels(result=result).inc()
+
+    # --- exposition ------------------------------------------------------------------------
+
+    # Every name here is a classic one, so the output is the 0.0.4 text format that every
+    # Prometheus version (the test bed's 2.42 included) reads.
+    content_type = CONTENT_TYPE_PLAIN_0_0_4
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)

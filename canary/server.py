@@ -1,0 +1,157 @@
+"""The HTTP(S) server: uvicorn running the API in a background thread.
+
+:meth:`HttpServer.start` binds the socket itself (so port 0 picks a free port and
+:attr:`HttpServer.port` tells which), starts uvicorn on it in a daemon thread and returns
+once the server listens; a bad certificate or a taken port raises there, in the caller.
+:meth:`HttpServer.stop` asks uvicorn to finish its requests and waits for the thread.
+
+With ``certfile`` and ``keyfile`` it serves HTTPS, which the apiserver requires of
+admission webhooks; without them plain HTTP (probes and scrapes on a private network, tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import uvicorn
+from starlette.types import ASGIApp
+
+__all__ = ["HttpServer", "HttpServerError"]
+
+_POLL = 0.01
+
+
+class HttpServerError(RuntimeError):
+    """The server could not start."""
+
+
+class HttpServer:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        host: str,
+        port: int,
+        certfile: Path | None,
+        keyfile: Path | None,
+        startup_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("TLS needs both certfile and keyfile (or neither, for plain HTTP)")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, not {port}")
+        self._app = app
+        self._host = host
+        self._requested_port = port
+        self._certfile = certfile
+        self._keyfile = keyfile
+        self._startup_timeout = startup_timeout
+        self._shutdown_timeout = shutdown_timeout
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self._port: int | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def scheme(self) -> Literal["http", "https"]:
+        return "https" if self._certfile is not None else "http"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked, when 0 was asked for)."""
+        if self._port is None:
+            raise RuntimeError("the server has not been started")
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the server was already started; build a new HttpServer")
+        config = uvicorn.Config(
+            self._app,
+            host=self._host,
+            port=self._requested_port,
+            ssl_certfile=self._certfile,
+            ssl_keyfile=self._keyfile,
+            lifespan="off",
+            ws="none",
+            http="h11",
+            loop="asyncio",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=int(self._shutdown_timeout) or 1,
+        )
+        try:
+            config.load()  # reads the certificate and key: their errors surface here
+        except (OSError, ValueError) as exc:
+            raise HttpServerError(f"cannot load the TLS certificate or key: {exc}") from exc
+        sock = self._bind()
+        self._socket = sock
+        self._port = int(sock.getsockname()[1])
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=self._run, args=(server, sock), name=f"http-server-{self._port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + self._startup_timeout
+        while not server.started:
+            if not self._thread.is_alive():
+                sock.close()
+                raise HttpServerError(f"the HTTP server stopped while starting: {self._error!r}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise HttpServerError(
+                    f"the HTTP server did not start within {self._startup_timeout:g} s"
+                )
+            time.sleep(_POLL)
+
+    def _bind(self) -> socket.socket:
+        try:
+            infos = socket.getaddrinfo(
+                self._host, self._requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+        except OSError as exc:
+            raise HttpServerError(f"cannot resolve {self._host!r}: {exc}") from exc
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise HttpServerError(
+                f"cannot listen on {self._host}:{self._requested_port}: {exc}"
+            ) from exc
+        return sock
+
+    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # uvicorn exits a failed start with SystemExit
+            self._error = exc
+
+    def stop(self) -> None:
+        """Finish in-flight requests (up to ``shutdown_timeout``), then close; idempotent."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(self._shutdown_timeout + 1.0)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(self._shutdown_timeout)
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()

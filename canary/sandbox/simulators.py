@@ -3,8 +3,11 @@
 ``python -m canary.sandbox.simulators --kubeconfig K --behaviour B --sd-file F --ready-file R``
 
 The KServe simulator writes InferenceService status; every time the effective split of an
-InferenceService changes, the traffic simulator is told where requests now go. The process
-runs until SIGTERM or SIGINT, then stops both cleanly.
+InferenceService changes, the traffic simulator is told where requests now go. In between
+sits the test bed's Gateway (:mod:`canary.sandbox.gateway`): for a Standard-mode
+InferenceService with kserve-canary's own HTTPRoute (``<isvc>-kserve-canary``), requests
+follow that route's weights instead of KServe's split. The process runs until SIGTERM or
+SIGINT, then stops all three cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from canary.k8s.client import KubeClient
 from canary.log import configure_logging, get_logger
 from canary.sandbox.behaviour import BehaviourWatcher
+from canary.sandbox.gateway import GatewaySimulator
 from canary.sandbox.kserve.controller import KServeSimulator, SplitTarget
 from canary.sandbox.traffic import Target, TrafficSimulator
 
@@ -39,23 +43,30 @@ def main(argv: list[str] | None = None) -> int:
     traffic = TrafficSimulator(BehaviourWatcher(args.behaviour), sd_file=args.sd_file)
     kube = KubeClient.from_kubeconfig(args.kubeconfig)
 
-    def on_split(namespace: str, name: str, targets: list[SplitTarget]) -> None:
+    def publish(namespace: str, name: str, targets: list[SplitTarget]) -> None:
         routes = [Target(t.target, t.percent, t.storage_uri, t.mode) for t in targets]
         traffic.set_routes(namespace, name, routes)
 
+    gateway = GatewaySimulator(kube, publish)
     kserve = KServeSimulator(
         kube,
         BehaviourWatcher(args.behaviour),
         standard_routing=args.standard_routing,
-        on_split_change=on_split,
+        on_split_change=gateway.on_split_change,
+        on_standard_world=gateway.on_standard_world,
     )
     traffic.start()
+    gateway.start()
     kserve.start()
     args.ready_file.write_text(str(traffic.port))
     log.info("sandbox.simulators_ready", metrics_port=traffic.port)
     stop.wait()
     log.info("sandbox.simulators_stopping")
+    # both wait for their open watch to return (up to its 2 s timeout): wait in parallel
+    gateway_stopping = threading.Thread(target=gateway.stop, name="gateway-stop")
+    gateway_stopping.start()
     kserve.stop()
+    gateway_stopping.join()
     traffic.stop()
     kube.close()
     return 0

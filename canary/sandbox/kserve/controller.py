@@ -12,7 +12,9 @@ the Kubernetes Deployment controller, on a real apiserver that has neither:
   ``replace_status`` whenever it differs from the stored one (CTRL:421-456);
 * it adds and removes KServe's finalizer, forgets a deleted InferenceService, honours
   ``serving.kserve.io/stop`` and ``disable-auto-update``, and reports where traffic goes
-  (:meth:`KServeSimulator.effective_split`, ``on_split_change``) for the traffic simulator.
+  (:meth:`KServeSimulator.effective_split`, ``on_split_change``) for the traffic simulator,
+  and which Standard-mode Deployments exist (``on_standard_world``) for the test bed's
+  Gateway.
 
 No webhook runs on the test bed, so a spec KServe's validating webhook would refuse is
 accepted by the apiserver. The simulator then keeps reconciling the last accepted spec (as
@@ -68,6 +70,7 @@ __all__ = [
     "KServeSimulator",
     "Rejection",
     "SplitTarget",
+    "WorldCallback",
     "deployment_mode",
 ]
 
@@ -97,6 +100,7 @@ class SplitTarget(NamedTuple):
 
 
 SplitCallback = Callable[[str, str, list[SplitTarget]], None]
+WorldCallback = Callable[[str, str, StandardWorld | None], None]
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class _Entry:
     accepted: dict[str, Any] | None = None
     service: str = ""  # the ksvc the spec names (Knative)
     split: list[SplitTarget] = field(default_factory=list)
+    told_world: StandardWorld | None = None  # the last world given to on_standard_world
     dirty: bool = True
 
 
@@ -172,9 +177,12 @@ class KServeSimulator:
     ``"weighted"`` (post-v0.20 HTTPRoute weights). ``clock`` returns wall-clock seconds (by
     default ``time.time`` at start plus monotonic time). ``on_split_change(namespace, name,
     targets)`` is called whenever :meth:`effective_split` changes (``[]`` once nothing
-    serves or the object is gone). ``label_selector`` picks the InferenceServices handled:
-    by default every one without :data:`PRIVATE_LABEL`, so a test can run a private
-    instance (``label_selector=f"{PRIVATE_LABEL}=<token>"``) next to the shared one.
+    serves or the object is gone); ``on_standard_world(namespace, name, world)`` whenever
+    the simulated Deployments of a Standard-mode InferenceService change (``None`` once it
+    is gone), for the test bed's Gateway (:mod:`canary.sandbox.gateway`), which routes by
+    which Deployments exist and are Ready. ``label_selector`` picks the InferenceServices
+    handled: by default every one without :data:`PRIVATE_LABEL`, so a test can run a
+    private instance (``label_selector=f"{PRIVATE_LABEL}=<token>"``) next to the shared one.
     ``watch_timeout_seconds`` bounds how long :meth:`stop` waits for a watch to return;
     ``poll_interval`` is how often the behaviour file is re-read.
     """
@@ -189,6 +197,7 @@ class KServeSimulator:
         clock: Callable[[], float] | None = None,
         config: KServeConfig | None = None,
         on_split_change: SplitCallback | None = None,
+        on_standard_world: WorldCallback | None = None,
         watch_timeout_seconds: int = 2,
         poll_interval: float = 0.2,
         manage_finalizer: bool = True,
@@ -200,6 +209,7 @@ class KServeSimulator:
         self._namespaces: tuple[str | None, ...] = tuple(namespaces) if namespaces else (None,)
         self._clock = clock or _WallClock()
         self._on_split_change = on_split_change
+        self._on_standard_world = on_standard_world
         self._watch_timeout = max(1, watch_timeout_seconds)
         self._poll = poll_interval
         self._manage_finalizer = manage_finalizer
@@ -395,6 +405,8 @@ class KServeSimulator:
         if entry is None:
             return
         self._log.info("kserve_sim.forgotten", namespace=key[0], name=key[1])
+        if entry.told_world is not None:
+            self._tell_world(key, None)
         if entry.split:
             self._notify(key, [])
 
@@ -602,6 +614,10 @@ class KServeSimulator:
     # --- traffic ---------------------------------------------------------------------------
 
     def _update_split(self, key: Key, entry: _Entry, service: str) -> None:
+        world = entry.standard if entry.mode == "Standard" else None
+        if world != entry.told_world:  # before the split, so both are current when it moves
+            entry.told_world = world
+            self._tell_world(key, world)
         if entry.mode == "Knative":
             if service:
                 entry.service = service
@@ -625,6 +641,14 @@ class KServeSimulator:
                 split=[(t.target, t.percent) for t in targets],
             )
             self._notify(key, targets)
+
+    def _tell_world(self, key: Key, world: StandardWorld | None) -> None:
+        if self._on_standard_world is None:
+            return
+        try:
+            self._on_standard_world(key[0], key[1], world)
+        except Exception as exc:  # a broken callback must not stop KServe
+            self._log.exception("kserve_sim.world_callback_failed", error=str(exc))
 
     def _notify(self, key: Key, targets: list[SplitTarget]) -> None:
         if self._on_split_change is None:

@@ -2,7 +2,7 @@
 #
 #   make test   install what is missing (venv, Debian packages), then lint, types,
 #               import contracts and every test. A second run reinstalls nothing.
-#   make demo   the controller on the local test bed (arrives with the controller work).
+#   make demo   the controller on the local test bed: one model promoted, one rolled back.
 #
 # Everything a fresh machine needs is installed from here; nothing is assumed.
 
@@ -28,7 +28,7 @@ MISSING_DEBS := $(strip $(MISSING_DEBS))
 .PHONY: help
 help:
 	@echo "make test   lint, types, import contracts and all tests (installs what is missing)"
-	@echo "make demo   the controller on the local test bed (not available yet)"
+	@echo "make demo   the controller on the local test bed: a promotion and a rollback"
 	@echo "make lint | typecheck | contracts | unit | integration   the parts of make test"
 	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
 	@echo "make bench-sandbox   time the test bed's start and stop"
@@ -96,10 +96,8 @@ test: deps lint typecheck contracts
 # --- the product on the test bed ------------------------------------------------------------
 
 .PHONY: demo
-demo:
-	@echo "make demo runs the controller on the local test bed; it arrives with the controller" >&2
-	@echo "work (issue #4). Until then: 'make test', and 'canary --help' in .venv/bin." >&2
-	@exit 2
+demo: deps
+	$(BIN)/python -m canary.demo
 
 # --- benchmarks (figures go into the README) ---------------------------------------------------
 

@@ -205,7 +205,7 @@ def _on_view(
     now: datetime,
     actions: list[Action],
 ) -> RolloutState:
-    if view.latest.name != state.canary.name:
+    if _replaced(view, state):
         stable = state.stable
         if state.phase is Phase.ROLLING_BACK and stable and view.latest.name == stable.name:
             # Standard mode: the rollback removed the canary entry, so the spec is stable again.
@@ -257,6 +257,17 @@ def _on_view(
         )
         actions.append(SetTraffic(state.canary.name, state.target_percent, "reassert"))
     return state
+
+
+def _replaced(view: TrafficView, state: RolloutState) -> bool:
+    """A different revision, or (Standard mode, where the canary entry keeps its name) the
+    same name now serving a different model."""
+    latest, canary = view.latest, state.canary
+    if latest.name != canary.name:
+        return True
+    return bool(
+        latest.storage_uri and canary.storage_uri and latest.storage_uri != canary.storage_uri
+    )
 
 
 def _on_verdict(

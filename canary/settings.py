@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     prometheus_url: str = "http://prometheus.monitoring:9090"
     prometheus_bearer_token: SecretStr | None = None
+    metrics_delay_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="How long after a step is reached Prometheus may still have no series for "
+        "a new revision (service discovery + scrape interval + rate window). Until then a "
+        "missing series means 'still collecting', never a verdict.",
+    )
     servicenow_url: str | None = None
     servicenow_user: str | None = None
     servicenow_password: SecretStr | None = None
@@ -93,7 +100,15 @@ class Settings(BaseSettings):
     )
     metric_profile: Literal[
         "knative-otel", "knative-opencensus", "istio", "kserve-model-server"
-    ] = "knative-otel"
+    ] = Field(
+        default="knative-otel",
+        description="Metric profile for Knative-mode services whose policy and annotations "
+        "name none.",
+    )
+    standard_metric_profile: Literal["istio", "kserve-model-server"] = Field(
+        default="istio",
+        description="The same for Standard-mode services (no queue-proxy there).",
+    )
     lease_name: str = "kserve-canary-leader"
     lease_namespace: str = "kserve-canary"
     lease_duration_seconds: int = Field(default=15, ge=5)

@@ -1,0 +1,138 @@
+"""Wiring: build a running controller from :class:`~canary.settings.Settings`.
+
+``canary run`` calls :func:`build`, then :meth:`Application.start`. Tests and the demo use
+the same function, so what they exercise is what production runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from analysis.providers.prometheus import PrometheusProvider
+from analysis.runner import Analyzer
+from canary.api.app import create_app
+from canary.api.health import Health
+from canary.audit import AuditStore, Fence
+from canary.controller import Controller
+from canary.engine import Engine
+from canary.k8s.client import KubeClient
+from canary.k8s.events import EventRecorder
+from canary.k8s.lease import LeaseElector
+from canary.log import get_logger
+from canary.metrics import ControllerMetrics
+from canary.policy_source import PolicySource
+from canary.routing.base import TrafficRouter
+from canary.routing.knative import KnativeRouter
+from canary.routing.standard import StandardRouter
+from canary.server import HttpServer
+from canary.settings import Settings
+
+__all__ = ["Application", "build", "default_identity"]
+
+log = get_logger("canary.app")
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Application:
+    settings: Settings
+    controller: Controller
+    server: HttpServer
+    store: AuditStore
+    kube: KubeClient
+    health: Health
+    metrics: ControllerMetrics
+
+    def start(self) -> None:
+        self.server.start()
+        self.controller.start()
+        self.health.set_ready("process", True, "running")
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.server.stop()
+        self.store.close()
+        self.kube.close()
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        return f"{scheme}://127.0.0.1:{self.server.port}"
+
+
+def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:
+    now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+    identity = settings.identity or default_identity()
+    health = Health()
+    metrics = ControllerMetrics()
+
+    def policy_problem(problem: str | None) -> None:
+        health.set_ready("policies", problem is None, problem or "loaded")
+
+    policies = PolicySource(settings.policy_path, policy_problem)
+    policies()  # fail fast: a controller without valid policies must not start
+    kube = KubeClient.from_kubeconfig(settings.kubeconfig)
+    store = AuditStore.from_url(settings.database_url.get_secret_value())
+    routers: dict[str, TrafficRouter] = {
+        "knative": KnativeRouter(kube),
+        "standard": StandardRouter(kube, weights=settings.standard_weights),
+    }
+    token = settings.prometheus_bearer_token
+    provider = PrometheusProvider(
+        settings.prometheus_url, bearer_token=token.get_secret_value() if token else None
+    )
+    events = EventRecorder(kube, instance=identity, clock=now)
+
+    def engine_factory(leadership: Callable[[], Fence | None]) -> Engine:
+        return Engine(
+            store=store,
+            kube=kube,
+            routers=routers,
+            policies=policies,
+            leadership=leadership,
+            clock=now,
+            instance=identity,
+            analyzer=Analyzer(provider),
+            events=events,
+            metrics=metrics,
+            prometheus_url=settings.prometheus_url,
+            default_metric_profile=settings.metric_profile,
+            standard_metric_profile=settings.standard_metric_profile,
+            metrics_delay=timedelta(seconds=settings.metrics_delay_seconds),
+        )
+
+    elector = LeaseElector(
+        kube,
+        namespace=settings.lease_namespace,
+        name=settings.lease_name,
+        identity=identity,
+        duration=timedelta(seconds=settings.lease_duration_seconds),
+        clock=now,
+    )
+    controller = Controller(
+        kube=kube,
+        store=store,
+        engine_factory=engine_factory,
+        elector=elector,
+        namespaces=settings.namespaces,
+        resync=timedelta(seconds=settings.resync_seconds),
+        health=health,
+        metrics=metrics,
+        clock=now,
+    )
+    app = create_app(health=health, policies=policies, metrics=metrics)
+    server = HttpServer(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        certfile=settings.tls_cert_file,
+        keyfile=settings.tls_key_file,
+    )
+    return Application(settings, controller, server, store, kube, health, metrics)

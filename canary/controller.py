@@ -1,0 +1,416 @@
+"""The running controller: leader election, watching, timers, commands and one worker.
+
+Threads, each with one job:
+
+* **elector** renews the Lease every third of its duration. On becoming leader it claims
+  its epoch in the database (the fence every later commit is checked against), rebuilds
+  the timers from the persisted ``next_check_at`` of every active rollout, and queues every
+  active rollout once, which also replays traffic intents that have no outcome yet. On
+  losing the Lease (or failing to renew before it would expire) it stops acting at once.
+* **watcher** lists and watches InferenceServices (all namespaces or the configured ones)
+  and queues those that carry a ``kserve-canary.io/`` annotation or have an active
+  rollout. A watch that expires (410 Gone) or breaks (apiserver restart) is followed by a
+  fresh list, with backoff; every ``resync_seconds`` the list is redone anyway.
+* **scheduler** (APScheduler) queues a rollout when its timer fires.
+* **commands** polls the database for queued manual commands while leading.
+* **worker** takes one item at a time from the de-duplicating queue and calls the engine,
+  so rollout logic never runs concurrently inside a replica.
+
+Every replica serves HTTP (health, metrics, the admission webhook); only the leader acts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from canary.audit import AuditStore, Fence, FencedOut, StaleRollout, StoreUnavailable
+from canary.engine import Engine, NotLeader
+from canary.k8s.client import INFERENCE_SERVICE, Gone, KubeClient, KubeError
+from canary.k8s.lease import Leadership, LeaseElector
+from canary.log import get_logger
+from canary.model import ACTIVE_PHASES
+from canary.scheduler import Key, RolloutScheduler
+
+__all__ = ["Controller", "ControllerMetrics", "Health", "WorkQueue"]
+
+log = get_logger("canary.controller")
+
+_ANNOTATION_PREFIX = "kserve-canary.io/"
+_COMMAND_POLL = 0.5
+_BACKOFF_MAX = 30.0
+
+
+class Health(Protocol):
+    def set_ready(self, component: str, ok: bool, detail: str = "") -> None: ...
+    def heartbeat(self, loop: str = "main") -> None: ...
+
+
+class ControllerMetrics(Protocol):
+    def set_leader(self, leader: bool) -> None: ...
+    def observe_tick_lag(self, seconds: float) -> None: ...
+    def set_phase_counts(self, counts: Mapping[str, int]) -> None: ...
+    def record_kube_write_retry(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Item:
+    kind: str  # "rollout" | "command"
+    key: tuple[str, str]  # (namespace, name) or ("", command id)
+
+
+class WorkQueue:
+    """A FIFO of work items in which an item waiting to run is never queued twice."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._order: list[_Item] = []
+        self._queued: set[_Item] = set()
+        self._not_before: dict[_Item, float] = {}
+
+    def add(self, item: _Item, *, delay: float = 0.0) -> None:
+        with self._cond:
+            if delay > 0:
+                self._not_before[item] = time.monotonic() + delay
+            if item not in self._queued:
+                self._queued.add(item)
+                self._order.append(item)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> _Item | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for index, item in enumerate(self._order):
+                    if self._not_before.get(item, 0.0) <= now:
+                        del self._order[index]
+                        self._queued.discard(item)
+                        self._not_before.pop(item, None)
+                        return item
+                if now >= deadline:
+                    return None
+                waits = [t - now for t in self._not_before.values() if t > now]
+                self._cond.wait(min([deadline - now, *waits]))
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._order)
+
+
+class Controller:
+    def __init__(
+        self,
+        *,
+        kube: KubeClient,
+        store: AuditStore,
+        engine_factory: Callable[[Callable[[], Fence | None]], Engine],
+        elector: LeaseElector,
+        namespaces: tuple[str, ...] = (),
+        resync: timedelta = timedelta(minutes=5),
+        health: Health | None = None,
+        metrics: ControllerMetrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._kube = kube
+        self._store = store
+        self._elector = elector
+        self._namespaces = namespaces
+        self._resync = resync
+        self._health = health
+        self._metrics = metrics
+        self._clock = clock
+        self._stop = threading.Event()
+        self._queue = WorkQueue()
+        self._lock = threading.Lock()
+        self._fence: Fence | None = None
+        self._valid_until: datetime | None = None
+        self._scheduled_at: dict[Key, datetime] = {}
+        self._scheduler = RolloutScheduler(self._timer_fired, clock=clock)
+        self.engine = engine_factory(self.fence)
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ leadership
+
+    def fence(self) -> Fence | None:
+        """The fence to write with, while this replica holds an unexpired Lease."""
+        with self._lock:
+            if self._fence is None or self._valid_until is None:
+                return None
+            if self._clock() >= self._valid_until:
+                return None
+            return self._fence
+
+    @property
+    def leading(self) -> bool:
+        return self.fence() is not None
+
+    def _elect_loop(self) -> None:
+        period = max(self._elector.duration.total_seconds() / 3, 0.5)
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self._beat("elector")
+            self._check_database()
+            try:
+                leadership = self._elector.try_acquire_or_renew()
+            except KubeError as exc:
+                log.warning("leader.renew_failed", error=str(exc))
+                leadership = None
+                if self.fence() is not None:  # keep acting only while the Lease is valid
+                    self._stop.wait(min(period, 1.0))
+                    continue
+            if leadership is None:
+                self._step_down("the Lease is held by another replica")
+            else:
+                self._lead(leadership)
+            # A follower asks more often than a leader renews, so it takes over soon after
+            # the Lease expires.
+            wait = period if leadership is not None else min(period, 0.5)
+            self._stop.wait(max(wait - (time.monotonic() - started), 0.05))
+
+    def _lead(self, leadership: Leadership) -> None:
+        valid_until = leadership.renewed_at + self._elector.duration
+        with self._lock:
+            current = self._fence
+            if current is not None and current.epoch == leadership.epoch:
+                self._valid_until = valid_until
+                return
+        fence = Fence(self._elector.name, leadership.identity, leadership.epoch)
+        try:
+            claimed = self._store.claim_epoch(
+                fence.lease_name, fence.holder, fence.epoch, self._clock()
+            )
+        except StoreUnavailable as exc:
+            log.warning("leader.claim_failed", error=str(exc))
+            self._set_ready("database", False, str(exc))
+            return
+        if not claimed:
+            log.error("leader.epoch_refused", epoch=fence.epoch)
+            return
+        with self._lock:
+            self._fence = fence
+            self._valid_until = valid_until
+        log.info("leader.elected", identity=fence.holder, epoch=fence.epoch)
+        if self._metrics is not None:
+            self._metrics.set_leader(True)
+        self._take_over()
+
+    def _take_over(self) -> None:
+        """Rebuild timers from the database and look at every active rollout once."""
+        try:
+            due = self.engine.active_keys()
+        except StoreUnavailable as exc:
+            log.warning("leader.rebuild_failed", error=str(exc))
+            return
+        self._scheduler.rebuild(due)
+        for namespace, name, _ in due:
+            self._queue.add(_Item("rollout", (namespace, name)))
+        log.info("leader.timers_rebuilt", rollouts=len(due))
+
+    def _step_down(self, why: str) -> None:
+        with self._lock:
+            was = self._fence is not None
+            self._fence = None
+            self._valid_until = None
+        if was:
+            log.warning("leader.lost", reason=why)
+            self._scheduler.clear()
+            if self._metrics is not None:
+                self._metrics.set_leader(False)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _timer_fired(self, key: Key, at: datetime) -> None:
+        with self._lock:
+            self._scheduled_at.setdefault(key, at)
+        self._queue.add(_Item("rollout", key))
+
+    def enqueue(self, namespace: str, name: str) -> None:
+        self._queue.add(_Item("rollout", (namespace, name)))
+
+    def _watch_loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                for namespace in self._namespaces or (None,):
+                    self._list_and_watch(namespace)
+                backoff = 0.5
+            except Gone:
+                log.info("watch.expired")
+            except KubeError as exc:
+                self._set_ready("watch", False, str(exc))
+                log.warning("watch.failed", error=str(exc), retry_in=backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+            except Exception as exc:  # never let the watcher die
+                log.exception("watch.crashed", error=str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _list_and_watch(self, namespace: str | None) -> None:
+        items, version = self._kube.list(INFERENCE_SERVICE, namespace)
+        for item in items:
+            self._consider(item)
+        for namespace_, name, _ in self._active_safely():
+            if namespace is None or namespace_ == namespace:
+                self.enqueue(namespace_, name)
+        self._set_ready("watch", True, "listed")
+        if len(self._namespaces) > 1:
+            return  # several namespaces: the resync loop relists; no long watch per namespace
+        deadline = time.monotonic() + self._resync.total_seconds()
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            remaining = max(int(deadline - time.monotonic()), 1)
+            for event in self._kube.watch(
+                INFERENCE_SERVICE,
+                namespace,
+                resource_version=version,
+                timeout_seconds=min(remaining, 10),
+            ):
+                version = event.resource_version or version
+                if event.type in ("ADDED", "MODIFIED", "DELETED"):
+                    self._consider(event.object, deleted=event.type == "DELETED")
+                if self._stop.is_set():
+                    return
+
+    def _consider(self, isvc: Mapping[str, Any], *, deleted: bool = False) -> None:
+        meta = isvc.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if deleted or any(str(k).startswith(_ANNOTATION_PREFIX) for k in annotations):
+            self.enqueue(str(meta.get("namespace")), str(meta.get("name")))
+
+    def _active_safely(self) -> list[tuple[str, str, datetime | None]]:
+        try:
+            return self.engine.active_keys()
+        except StoreUnavailable:
+            return []
+
+    def _command_loop(self) -> None:
+        while not self._stop.wait(_COMMAND_POLL):
+            if not self.leading:
+                continue
+            try:
+                for command in self._store.pending_commands():
+                    self._queue.add(_Item("command", ("", command.id)))
+                self._set_ready("database", True, "reachable")
+            except StoreUnavailable as exc:
+                self._set_ready("database", False, str(exc))
+
+    # ------------------------------------------------------------------ the worker
+
+    def _work_loop(self) -> None:
+        failures: dict[_Item, int] = {}
+        while not self._stop.is_set():
+            self._beat("worker")
+            item = self._queue.get(timeout=0.5)
+            if item is None:
+                continue
+            if not self.leading:
+                continue  # the leader-to-be rebuilds its work from the database
+            try:
+                self._process(item)
+                failures.pop(item, None)
+            except (NotLeader, FencedOut) as exc:
+                self._step_down(f"fenced out: {exc}")
+            except StaleRollout:
+                self._queue.add(item)  # someone wrote in between: read again
+            except (StoreUnavailable, KubeError) as exc:
+                count = failures.get(item, 0) + 1
+                failures[item] = count
+                delay = min(0.5 * 2**count, _BACKOFF_MAX)
+                if isinstance(exc, StoreUnavailable):
+                    self._set_ready("database", False, str(exc))
+                log.warning(
+                    "rollout.retry", item=item.key, error=str(exc), attempt=count, retry_in=delay
+                )
+                self._queue.add(item, delay=delay)
+            except Exception as exc:
+                count = failures.get(item, 0) + 1
+                failures[item] = count
+                log.exception("rollout.reconcile_crashed", item=item.key, error=str(exc))
+                self._queue.add(item, delay=min(2.0 * count, _BACKOFF_MAX))
+
+    def _process(self, item: _Item) -> None:
+        if item.kind == "command":
+            command = self._store.get_command(item.key[1])
+            if command is None or command.state != "pending":
+                return
+            state, result = self.engine.run_command(command)
+            log.info(
+                "command.settled",
+                command=command.command,
+                namespace=command.namespace,
+                name=command.name,
+                actor=command.actor,
+                state=state,
+                result=result,
+            )
+            self.enqueue(command.namespace, command.name)
+            return
+        key = item.key
+        with self._lock:
+            scheduled = self._scheduled_at.pop(key, None)
+        if scheduled is not None and self._metrics is not None:
+            lag = (self._clock() - scheduled).total_seconds()
+            self._metrics.observe_tick_lag(max(lag, 0.0))
+        wake = self.engine.reconcile(*key)
+        self._scheduler.schedule(key, wake)
+        self._set_ready("database", True, "reachable")
+        self._refresh_phase_counts()
+
+    def _refresh_phase_counts(self) -> None:
+        if self._metrics is None:
+            return
+        counts = {phase.value: 0 for phase in ACTIVE_PHASES}
+        for row in self._store.active_rollouts():
+            counts[row.phase] = counts.get(row.phase, 0) + 1
+        self._metrics.set_phase_counts(counts)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _beat(self, loop: str) -> None:
+        if self._health is not None:
+            self._health.heartbeat(loop)
+
+    def _check_database(self) -> None:
+        try:
+            self._store.ping()
+        except StoreUnavailable as exc:
+            self._set_ready("database", False, str(exc))
+        else:
+            self._set_ready("database", True, "reachable")
+
+    def _set_ready(self, component: str, ok: bool, detail: str) -> None:
+        if self._health is not None:
+            self._health.set_ready(component, ok, detail)
+
+    def start(self) -> None:
+        self._scheduler.start()
+        for target, name in (
+            (self._elect_loop, "elector"),
+            (self._watch_loop, "watcher"),
+            (self._command_loop, "commands"),
+            (self._work_loop, "worker"),
+        ):
+            thread = threading.Thread(target=target, name=f"ksc-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, *, release: bool = True) -> None:
+        """Stop every loop; give the Lease up so another replica takes over at once."""
+        self._stop.set()
+        self._scheduler.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if release and self._fence is not None:
+            try:
+                self._elector.release()
+            except KubeError as exc:
+                log.warning("leader.release_failed", error=str(exc))
+        self._step_down("stopping")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)

@@ -1,0 +1,292 @@
+"""``make demo``: the controller on the local test bed, start to finish.
+
+It starts the test bed (kube-apiserver + etcd with the real CRDs, the KServe and traffic
+simulators, real Prometheus) and a private PostgreSQL, runs the controller exactly as
+``canary run`` builds it, and deploys two fraud-scoring models side by side:
+
+* ``fraud-healthy``: a new model as good as the old one, promoted 10 → 25 → 50 → 100;
+* ``fraud-regressed``: a new model whose p99 latency jumps, rolled back automatically.
+
+Both start with ``canary rollout start`` (one write: new model + first step). Progress is
+printed live; at the end a summary is read back from the audit database, and the hash
+chain is verified. Everything is torn down afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from functools import partial
+from pathlib import Path
+
+from canary.app import Application, build
+from canary.audit import AuditStore, upgrade_to_head
+from canary.engine import RolloutDocument
+from canary.k8s.client import INFERENCE_SERVICE, KubeClient
+from canary.log import configure_logging
+from canary.ops import submit_command
+from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
+from canary.sandbox.postgres import PostgresServer
+from canary.sandbox.testbed import Testbed
+from canary.settings import load_settings
+
+__all__ = ["DEMO_POLICY", "main"]
+
+NAMESPACE = "fraud"
+RATE = 200.0  # requests per second per InferenceService
+DEMO_POLICY = """\
+# The demo's policy: the default shape (10/25/50/100, error rate and p99 against the
+# stable revision), with seconds instead of minutes so the demo takes about a minute.
+name: fraud-demo
+steps: [10, 25, 50, 100]
+stepHold: 5s
+analysisInterval: 1s
+revisionReadyTimeout: 30s
+trafficTimeout: 30s
+maxStepDuration: 45s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 3.0     # fail at four times the stable's 5xx ratio...
+    absoluteLimit: 0.05        # ... or above 5%
+    minSamples: 50
+  - name: latency-p99
+    builtin: latency-p99
+    relativeTolerance: 1.0     # fail when p99 is twice the stable's
+    hardLimit: 0.5             # or above 500 ms at any time
+    minSamples: 50
+"""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    story: str
+    new: ModelBehaviour
+    expect: str
+
+
+SCENARIOS = (
+    Scenario(
+        "fraud-healthy",
+        "a retrained model, as good as the one in production",
+        ModelBehaviour(),
+        "Succeeded",
+    ),
+    Scenario(
+        "fraud-regressed",
+        "a model whose p99 latency jumps from 40 ms to 150 ms",
+        ModelBehaviour(latency=LatencyProfile(median_seconds=0.060, p99_seconds=0.150)),
+        "RolledBack",
+    ),
+)
+
+
+def _say(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _uri(scenario: Scenario, version: str) -> str:
+    return f"gs://fraud-models/{scenario.name}/{version}"
+
+
+def _deploy(kube: KubeClient, scenario: Scenario) -> None:
+    kube.create(
+        INFERENCE_SERVICE,
+        NAMESPACE,
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {
+                "name": scenario.name,
+                "annotations": {
+                    "kserve-canary.io/enabled": "true",
+                    "kserve-canary.io/policy": "fraud-demo",
+                },
+            },
+            "spec": {
+                "predictor": {
+                    "minReplicas": 2,
+                    "model": {
+                        "modelFormat": {"name": "sklearn"},
+                        "storageUri": _uri(scenario, "v1"),
+                    },
+                }
+            },
+        },
+    )
+
+
+def _serving(kube: KubeClient, name: str) -> bool:
+    status = kube.get(INFERENCE_SERVICE, NAMESPACE, name).get("status") or {}
+    rolled = ((status.get("components") or {}).get("predictor") or {}).get(
+        "latestRolledoutRevision"
+    )
+    return bool(rolled)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.25)
+
+
+def _progress(store: AuditStore, started: float, timeout: float) -> dict[str, RolloutDocument]:
+    """Print each change of phase, step or verdict until every rollout has finished."""
+    seen: dict[str, tuple[object, ...]] = {}
+    final: dict[str, RolloutDocument] = {}
+    end = time.monotonic() + timeout
+    while len(final) < len(SCENARIOS):
+        if time.monotonic() > end:
+            raise RuntimeError(f"the rollouts did not finish within {timeout:.0f}s")
+        for row in store.rollouts(namespace=NAMESPACE):
+            doc = RolloutDocument.from_row(row)
+            state = doc.state
+            verdict = state.last_verdict
+            key = (state.phase, state.step_index, state.step_reached_at is not None,
+                   verdict.verdict if verdict else None)  # fmt: skip
+            if seen.get(row.name) == key:
+                continue
+            seen[row.name] = key
+            share = state.last_view.share(state.canary.name) if state.last_view else 0
+            line = (
+                f"  {time.monotonic() - started:5.1f}s  {row.name:16} {state.phase.value:12} "
+                f"canary {share:3d}%"
+            )
+            if verdict is not None and not state.terminal:
+                line += f"  {verdict.verdict.value}: {verdict.summary[:90]}"
+            if state.terminal:
+                line += f"  {state.outcome or ''}"[:140]
+                final[row.name] = doc
+            _say(line)
+        time.sleep(0.25)
+    return final
+
+
+def _summary(store: AuditStore, final: dict[str, RolloutDocument]) -> bool:
+    ok = True
+    _say("\nWhat the audit database says")
+    _say("=" * 28)
+    records = store.records()
+    for scenario in SCENARIOS:
+        doc = final[scenario.name]
+        state = doc.state
+        mine = [r for r in records if r.entry.rollout_id == state.rollout_id]
+        evaluations = sum(1 for r in mine if r.entry.action == "analysis.evaluated")
+        measurements = sum(len(r.entry.measurements) for r in mine)
+        _say(f"\n{scenario.name}: {scenario.story}")
+        _say(
+            f"  canary {state.canary.name} ({state.canary.storage_uri}) against "
+            f"{state.stable.name if state.stable else '-'}; policy {doc.policy.name}"
+        )
+        _say(f"  {evaluations} analyses with {measurements} measurements recorded")
+        for record in mine:
+            entry = record.entry
+            if entry.action in ("analysis.evaluated", "traffic.applied"):
+                continue
+            when = entry.at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+            reason = (entry.reason or "").replace("\n", " ")
+            _say(f"  #{record.seq:<4} {when}  {entry.action:22} {reason[:100]}")
+        verdict = "as expected" if state.phase.value == scenario.expect else "UNEXPECTED"
+        _say(f"  => {state.phase.value} ({verdict})")
+        ok = ok and state.phase.value == scenario.expect
+    report = store.verify()
+    if report.ok:
+        _say(f"\naudit chain intact: {report.records_checked} records, head {report.head_hash}")
+    else:
+        _say(f"\naudit chain BROKEN at record {report.first_bad_seq}: {report.problem}")
+    return ok and report.ok
+
+
+def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
+    began = time.monotonic()
+    configure_logging("development", "warning")
+    base = work_dir or Path(tempfile.mkdtemp(prefix="kserve-canary-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    policy_dir = base / "policies"
+    policy_dir.mkdir(exist_ok=True)
+    (policy_dir / "fraud-demo.yaml").write_text(DEMO_POLICY, encoding="utf-8")
+    testbed = Testbed(base / "testbed", log=lambda line: _say(f"  test bed: {line}"))
+    postgres = PostgresServer()  # its own directory, owned by the server's user
+    application: Application | None = None
+    try:
+        _say("Starting the test bed (kube-apiserver, etcd, KServe and traffic simulators, "
+             "Prometheus) and PostgreSQL...")  # fmt: skip
+        testbed.up()
+        postgres.start()
+        url = postgres.create_database("kserve_canary")
+        upgrade_to_head(url)
+        kube = testbed.kube
+        testbed.namespace(NAMESPACE)
+        book = testbed.behaviour()
+        for scenario in SCENARIOS:
+            book = book.with_model(_uri(scenario, "v1"), ModelBehaviour())
+            book = book.with_model(_uri(scenario, "v2"), scenario.new)
+            book = book.with_rate(NAMESPACE, scenario.name, RATE)
+        testbed.set_behaviour(book)
+        _say(f"Deploying {', '.join(s.name for s in SCENARIOS)} (model v1), opted in...")
+        for scenario in SCENARIOS:
+            _deploy(kube, scenario)
+        for scenario in SCENARIOS:
+            name = scenario.name
+            _wait(f"{name} v1 serving", partial(_serving, kube, name), 60)
+
+        settings = load_settings(
+            None,
+            database_url=url,
+            policy_path=policy_dir,
+            kubeconfig=testbed.kubeconfig_path,
+            prometheus_url=testbed.prometheus_url,
+            namespaces=(NAMESPACE,),
+            http_host="127.0.0.1",
+            http_port=0,
+            identity="kserve-canary-demo",
+            lease_namespace=NAMESPACE,
+            lease_duration_seconds=10,
+            metrics_delay_seconds=10,
+            environment="development",
+            log_level="warning",
+        )
+        application = build(settings)
+        application.start()
+        _say(f"Controller running (health and metrics on {application.url}).")
+        with AuditStore.from_url(url) as store:
+            for scenario in SCENARIOS:
+                uri = _uri(scenario, "v2")
+                _say(f"$ canary rollout start {NAMESPACE}/{scenario.name} --storage-uri {uri}")
+                result = submit_command(
+                    store,
+                    namespace=NAMESPACE,
+                    name=scenario.name,
+                    command="start",
+                    actor="demo-user",
+                    reason=f"deploy {scenario.name} v2",
+                    args={"storage_uri": uri},
+                    wait=30,
+                )
+                _say(f"  {result.state}: {result.result}")
+            _say("\nLive progress")
+            started = time.monotonic()
+            final = _progress(store, started, timeout)
+            ok = _summary(store, final)
+        _say(f"\nDemo finished in {time.monotonic() - began:.0f}s.")
+        return 0 if ok else 1
+    finally:
+        if application is not None:
+            application.stop()
+        postgres.stop()
+        testbed.down()
+        if work_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1105 @@
+"""The rollout engine: one reconcile of one InferenceService.
+
+``load -> observe -> machine.step -> audit intent -> act -> audit outcome``
+
+* **State lives in the database.** A rollout's document (machine state, the policy pinned
+  when it started, traffic intents not yet applied, analysis memory) is the ``state`` column
+  of its ``rollouts`` row, written in the same transaction as the audit records.
+* **Audit before acting.** Every traffic change is preceded by a committed
+  ``traffic.intent`` record (fenced by the leader epoch, in the same transaction as the new
+  state) and followed by a ``traffic.applied`` / ``traffic.failed`` outcome with the same
+  correlation id. An intent without an outcome is an outbox entry: the next reconcile, on
+  this leader or the next one, carries it out (the writes are idempotent).
+* **Only the leader acts.** Every commit is fenced by the leader's epoch; a deposed leader's
+  commit fails with ``FencedOut`` before it can touch the cluster.
+* The engine never sleeps and takes its clock as a parameter; the controller loop
+  (``canary.controller``) decides when to call it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from canary import machine
+from canary.annotations import AnnotationError, parse_annotations
+from canary.audit import (
+    Actor,
+    AuditEntry,
+    AuditStore,
+    CommandRow,
+    CommandState,
+    Fence,
+    Measurement,
+    ModelRef,
+    ObjectRef,
+    RolloutRow,
+)
+from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
+from canary.k8s.events import ObjectReference
+from canary.log import get_logger
+from canary.model import (
+    Action,
+    AnalysisVerdict,
+    CloseChange,
+    CommandKind,
+    EmitEvent,
+    EventReason,
+    ManualCommand,
+    Observation,
+    Phase,
+    RecordAudit,
+    RejectCommand,
+    RequestApproval,
+    Revision,
+    RolloutState,
+    ServiceDeleted,
+    ServiceObserved,
+    SetMirror,
+    SetTraffic,
+    Verdict,
+)
+from canary.policy import CheckSpec, PolicyError, PolicySet, RolloutPolicy, format_duration
+from canary.routing.base import Observed, TrafficRouter
+
+__all__ = [
+    "DOCUMENT_VERSION",
+    "Engine",
+    "EventSink",
+    "Metrics",
+    "NotLeader",
+    "Pending",
+    "RolloutAnalyzer",
+    "RolloutDocument",
+    "mode_of",
+]
+
+log = get_logger("canary.engine")
+
+DOCUMENT_VERSION = 1
+_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+_ANALYSED_PHASES = frozenset({Phase.PROGRESSING, Phase.AWAITING_APPROVAL})
+_MIN_WINDOW = timedelta(seconds=10)
+_MAX_WINDOW = timedelta(minutes=5)
+_OUTBOX_RETRY = timedelta(seconds=1)
+_MAX_RETRY = timedelta(seconds=30)
+
+
+class NotLeader(Exception):
+    """This replica is not (or no longer) the leader: it must not act."""
+
+
+class EventSink(Protocol):
+    def emit(
+        self,
+        target: ObjectReference,
+        reason: EventReason,
+        message: str,
+        type_: Literal["Normal", "Warning"] = "Normal",
+    ) -> Any: ...
+
+
+class RolloutAnalyzer(Protocol):
+    """``analysis.runner.Analyzer`` or a test double."""
+
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+    ) -> StepAnalysis: ...
+
+
+class Metrics(Protocol):
+    """The part of ``canary.metrics.ControllerMetrics`` the engine feeds."""
+
+    def set_weight(self, namespace: str, name: str, percent: int) -> None: ...
+    def forget(self, namespace: str, name: str) -> None: ...
+    def record_analysis(self, check: str, outcome: str) -> None: ...
+    def record_rollback(self, kind: str) -> None: ...
+    def observe_step_duration(self, seconds: float) -> None: ...
+
+
+def mode_of(isvc: Mapping[str, Any]) -> Literal["knative", "standard"]:
+    """The KServe deployment mode: the recorded status wins, then the annotation."""
+    status = isvc.get("status") or {}
+    recorded = str(status.get("deploymentMode") or "")
+    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
+    wanted = recorded or str(annotations.get(_MODE_ANNOTATION) or "")
+    return "standard" if wanted in ("Standard", "RawDeployment") else "knative"
+
+
+# ---------------------------------------------------------------------------------------
+# The stored document
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A traffic intent committed but not yet known to be applied (the outbox)."""
+
+    correlation_id: str
+    revision: str
+    percent: int
+    purpose: Literal["start", "step", "promote", "rollback", "reassert"]
+    attempts: int = 0
+    last_error: str | None = None
+
+    def action(self) -> SetTraffic:
+        return SetTraffic(self.revision, self.percent, self.purpose)
+
+
+@dataclass(frozen=True)
+class RolloutDocument:
+    """Everything the engine keeps about one rollout, stored in ``rollouts.state``."""
+
+    state: RolloutState
+    policy: RolloutPolicy  # pinned when the rollout started
+    mode: Literal["knative", "standard"]
+    uid: str
+    metric_profile: str
+    pending: tuple[Pending, ...] = ()
+    next_analysis_at: datetime | None = None
+    memory: Mapping[str, CheckMemory] = field(default_factory=dict)
+    retry_at: datetime | None = None  # when unapplied intents are tried again
+    version: int = 0  # the row version it was read at (0: not stored yet)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "v": DOCUMENT_VERSION,
+            "machine": self.state.to_document(),
+            "policy": self.policy.model_dump(mode="json", by_alias=True),
+            "mode": self.mode,
+            "uid": self.uid,
+            "metric_profile": self.metric_profile,
+            "pending": [
+                {
+                    "correlation_id": p.correlation_id,
+                    "revision": p.revision,
+                    "percent": p.percent,
+                    "purpose": p.purpose,
+                    "attempts": p.attempts,
+                    "last_error": p.last_error,
+                }
+                for p in self.pending
+            ],
+            "next_analysis_at": self.next_analysis_at.isoformat()
+            if self.next_analysis_at
+            else None,
+            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+            "memory": {
+                name: {
+                    "consecutive_failures": m.consecutive_failures,
+                    "consecutive_inconclusive": m.consecutive_inconclusive,
+                    "consecutive_errors": m.consecutive_errors,
+                }
+                for name, m in sorted(self.memory.items())
+            },
+        }
+
+    @classmethod
+    def from_row(cls, row: RolloutRow) -> RolloutDocument:
+        doc = row.state
+        if doc.get("v") != DOCUMENT_VERSION:
+            raise ValueError(f"rollout {row.id}: unknown state document version {doc.get('v')!r}")
+        next_analysis = doc.get("next_analysis_at")
+        return cls(
+            state=RolloutState.from_document(doc["machine"]),
+            policy=RolloutPolicy.model_validate(doc["policy"]),
+            mode=doc["mode"],
+            uid=doc["uid"],
+            metric_profile=doc["metric_profile"],
+            pending=tuple(Pending(**p) for p in doc.get("pending", ())),
+            next_analysis_at=datetime.fromisoformat(next_analysis) if next_analysis else None,
+            memory={name: CheckMemory(**m) for name, m in doc.get("memory", {}).items()},
+            retry_at=datetime.fromisoformat(doc["retry_at"]) if doc.get("retry_at") else None,
+            version=row.version,
+        )
+
+    def wake_at(self) -> datetime | None:
+        """When the scheduler must call the engine again for this rollout."""
+        if self.state.terminal:
+            return None
+        candidates = [self.state.next_check_at]
+        if self.state.phase in _ANALYSED_PHASES and self.state.step_reached_at is not None:
+            candidates.append(self.next_analysis_at)
+        if self.pending:
+            candidates.append(self.retry_at or self.state.phase_entered_at)
+        present = [c for c in candidates if c is not None]
+        return min(present) if present else None
+
+    def row(self, rollout_id: str, now: datetime) -> RolloutRow:
+        state = self.state
+        return RolloutRow(
+            id=rollout_id,
+            namespace=state.namespace,
+            name=state.name,
+            isvc_uid=self.uid,
+            policy_name=self.policy.name,
+            mode=self.mode,
+            phase=state.phase.value,
+            step_index=state.step_index,
+            canary_revision=state.canary.name,
+            stable_revision=state.stable.name if state.stable else None,
+            state=self.to_json(),
+            created_at=state.created_at,
+            updated_at=now,
+            next_check_at=self.wake_at(),
+            active=not state.terminal,
+        )
+
+
+def check_definition(spec: CheckSpec) -> CheckDefinition:
+    return CheckDefinition(
+        name=spec.name,
+        builtin=spec.builtin,
+        query=spec.query,
+        direction=spec.effective_direction.value,
+        absolute_limit=spec.absolute_limit,
+        relative_tolerance=spec.relative_tolerance,
+        hard_limit=spec.hard_limit,
+        min_samples=spec.min_samples,
+        on_no_data=spec.on_no_data.value,
+        failure_limit=spec.failure_limit,
+        inconclusive_limit=spec.inconclusive_limit,
+        consecutive_error_limit=spec.consecutive_error_limit,
+        dry_run=spec.dry_run,
+    )
+
+
+_VERDICTS: Mapping[Outcome, Verdict] = {
+    Outcome.SUCCESSFUL: Verdict.SUCCESSFUL,
+    Outcome.FAILED: Verdict.FAILED,
+    Outcome.INCONCLUSIVE: Verdict.INCONCLUSIVE,
+    Outcome.ERROR: Verdict.ERROR,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pass:
+    """What one reconcile accumulates before it commits."""
+
+    before: RolloutState | None = None  # the state before the step (None: a new rollout)
+    entries: list[AuditEntry] = field(default_factory=list)
+    events: list[EmitEvent] = field(default_factory=list)
+    rejected: RejectCommand | None = None
+    pending: tuple[Pending, ...] = ()  # a new intent replaces any older one not carried out
+
+
+class Engine:
+    """Drives rollouts. Call :meth:`reconcile` whenever an InferenceService changed or a
+    rollout's timer fired, and :meth:`run_command` for each queued manual command."""
+
+    def __init__(
+        self,
+        *,
+        store: AuditStore,
+        kube: KubeClient,
+        routers: Mapping[str, TrafficRouter],
+        policies: Callable[[], PolicySet],
+        leadership: Callable[[], Fence | None],
+        clock: Callable[[], datetime],
+        instance: str,
+        analyzer: RolloutAnalyzer | None = None,
+        events: EventSink | None = None,
+        metrics: Metrics | None = None,
+        prometheus_url: str = "",
+        default_metric_profile: str = "knative-otel",
+        standard_metric_profile: str = "istio",
+        metrics_delay: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self._store = store
+        self._kube = kube
+        self._routers = routers
+        self._policies = policies
+        self._leadership = leadership
+        self._clock = clock
+        self._instance = instance
+        self._analyzer = analyzer
+        self._events = events
+        self._metrics = metrics
+        self._prometheus_url = prometheus_url
+        self._default_profiles = {
+            "knative": default_metric_profile,
+            "standard": standard_metric_profile,
+        }
+        self._metrics_delay = metrics_delay
+        # Problems already reported per object, so a bad annotation is reported once per
+        # (uid, generation), not on every resync. Lost on restart: then reported once more.
+        self._reported: dict[tuple[str, str], str] = {}
+
+    # ------------------------------------------------------------------ public entry points
+
+    def reconcile(self, namespace: str, name: str) -> datetime | None:
+        """Bring one InferenceService's rollout up to date. Returns when to call again."""
+        fence = self._fence()
+        row = self._store.rollout_for(namespace, name)
+        isvc = self._get(namespace, name)
+        if row is not None:
+            doc = RolloutDocument.from_row(row)
+            doc = self._advance(fence, row.id, doc, isvc)
+            if not doc.state.terminal:
+                return doc.wake_at()
+            if doc.state.phase is not Phase.SUPERSEDED:
+                return None
+            isvc = self._get(namespace, name)  # a newer model replaced it: start again
+        if isvc is None:
+            self._reported.pop((namespace, name), None)
+            return None
+        started = self._maybe_start(fence, isvc)
+        return started.wake_at() if started is not None else None
+
+    def run_command(self, command: CommandRow) -> tuple[CommandState, str]:
+        """Carry out a queued manual command and settle it; returns (state, result)."""
+        fence = self._fence()
+        now = self._clock()
+        if command.command == "start":
+            return self._start_command(fence, command, now)
+        try:
+            kind = CommandKind(command.command)
+        except ValueError:
+            return self._settle(command, "rejected", f"unknown command {command.command!r}", now)
+        row = self._store.rollout_for(command.namespace, command.name)
+        if row is None:
+            last = self._store.last_rollout_for(command.namespace, command.name)
+            why = f"no active rollout for {command.namespace}/{command.name}" + (
+                f" (the last one ended {last.phase})" if last is not None else ""
+            )
+            entry = AuditEntry(
+                at=now,
+                actor=Actor("human", command.actor),
+                action="manual.rejected",
+                obj=ObjectRef(command.namespace, command.name),
+                reason=why,
+                evidence={"command": command.command, "reason": command.reason},
+                leader_epoch=fence.epoch,
+            )
+            self._store.commit([entry], fence=fence, command=(command.id, "rejected", why, now))
+            return "rejected", why
+        doc = RolloutDocument.from_row(row)
+        isvc = self._get(command.namespace, command.name)
+        observed = self._observe(doc.mode, isvc) if isvc is not None else None
+        obs: Observation = ManualCommand(kind, command.actor, command.reason)
+        doc, work = self._step(doc, obs, now)
+        state: CommandState = "rejected" if work.rejected is not None else "accepted"
+        result = work.rejected.reason if work.rejected is not None else _accepted(kind, doc)
+        self._commit_and_act(
+            fence, row.id, doc, work, observed, now, command=(command.id, state, result, now)
+        )
+        return state, result
+
+    def active_keys(self) -> list[tuple[str, str, datetime | None]]:
+        """Every active rollout and when it wants to be looked at (for the scheduler)."""
+        return [(r.namespace, r.name, r.next_check_at) for r in self._store.active_rollouts()]
+
+    # ------------------------------------------------------------------ rollouts in flight
+
+    def _advance(
+        self, fence: Fence, rollout_id: str, doc: RolloutDocument, isvc: dict[str, Any] | None
+    ) -> RolloutDocument:
+        now = self._clock()
+        uid = ((isvc or {}).get("metadata") or {}).get("uid")
+        if isvc is None or uid != doc.uid:
+            doc, work = self._step(doc, ServiceDeleted(), now)
+            self._commit_and_act(fence, rollout_id, doc, work, None, now)
+            return doc
+        observed = self._observe(doc.mode, isvc)
+        if doc.pending:
+            doc = self._drain(fence, rollout_id, doc, observed)
+            isvc = self._get(doc.state.namespace, doc.state.name)
+            if isvc is None:
+                return self._advance(fence, rollout_id, doc, None)
+            observed = self._observe(doc.mode, isvc)
+        doc, work = self._step(doc, ServiceObserved(observed.view), now)
+        doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
+        if self._analysis_due(doc, now):
+            doc = self._analyse(fence, rollout_id, doc, observed, now)
+        return doc
+
+    def _analysis_due(self, doc: RolloutDocument, now: datetime) -> bool:
+        state = doc.state
+        return (
+            self._analyzer is not None
+            and not doc.pending
+            and state.phase in _ANALYSED_PHASES
+            and state.step_reached_at is not None
+            and (doc.next_analysis_at is None or now >= doc.next_analysis_at)
+        )
+
+    def _analyse(
+        self,
+        fence: Fence,
+        rollout_id: str,
+        doc: RolloutDocument,
+        observed: Observed,
+        now: datetime,
+    ) -> RolloutDocument:
+        assert self._analyzer is not None
+        state = doc.state
+        reached = state.step_reached_at
+        assert reached is not None
+        assert state.stable is not None
+        policy = doc.policy
+        window = min(max(now - reached, _MIN_WINDOW), _MAX_WINDOW)
+        subject = Subject(
+            namespace=state.namespace,
+            isvc=state.name,
+            mode=doc.mode,
+            canary_revision=state.canary.name,
+            baseline_revision=state.stable.name,
+            metric_profile=doc.metric_profile,
+            window=timedelta(seconds=int(window.total_seconds())),
+        )
+        checks = [check_definition(c) for c in policy.checks]
+        # Missing data counts only once the hold is over and Prometheus has had time to
+        # discover and scrape the new revision's pods.
+        grace = now - reached < max(policy.step_hold, self._metrics_delay)
+        result = self._analyzer.analyze(subject, checks, doc.memory, now, grace=grace)
+        verdict = AnalysisVerdict(
+            verdict=_VERDICTS[result.verdict],
+            revision=state.canary.name,
+            step_index=state.step_index,
+            evaluated_at=now,
+            sufficient_data=result.sufficient_data,
+            summary=result.summary,
+            fast_fail=result.fast_fail,
+        )
+        if self._metrics is not None:
+            for evaluation in result.evaluations:
+                self._metrics.record_analysis(evaluation.check, evaluation.outcome.value)
+        evaluated = self._entry(
+            doc,
+            now,
+            action="analysis.evaluated",
+            reason=result.summary or f"analysis {result.verdict.value}",
+            observed=observed,
+            evidence={
+                "verdict": result.verdict.value,
+                "sufficient_data": result.sufficient_data,
+                "fast_fail": result.fast_fail,
+                "step": state.step_index,
+                "grace": grace,
+                "window_seconds": int(window.total_seconds()),
+                "metric_profile": doc.metric_profile,
+            },
+            measurements=tuple(
+                Measurement(
+                    check=e.check,
+                    evaluated_at=e.evaluated_at,
+                    query=e.query,
+                    prometheus_url=e.prometheus_url or self._prometheus_url,
+                    response_digest=e.response_digest,
+                    canary_value=e.canary_value,
+                    baseline_value=e.baseline_value,
+                    canary_samples=e.canary_samples,
+                    baseline_samples=e.baseline_samples,
+                    statistic=e.statistic,
+                    threshold=e.threshold,
+                    verdict=e.outcome.value,
+                    dry_run=e.dry_run,
+                    detail={
+                        "gating_outcome": e.gating_outcome.value,
+                        "sufficient": e.sufficient,
+                        "message": e.message,
+                        **dict(e.detail),
+                    },
+                )
+                for e in result.evaluations
+            ),
+        )
+        doc = replace(
+            doc,
+            memory=dict(result.memory),
+            next_analysis_at=now + policy.analysis_interval,
+        )
+        doc, work = self._step(doc, verdict, now)
+        work.entries.insert(0, evaluated)
+        return self._commit_and_act(fence, rollout_id, doc, work, observed, now)
+
+    # ------------------------------------------------------------------ starting rollouts
+
+    def _maybe_start(self, fence: Fence, isvc: dict[str, Any]) -> RolloutDocument | None:
+        meta = isvc.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        annotations = meta.get("annotations") or {}
+        try:
+            opt_in = parse_annotations(annotations)
+        except AnnotationError as exc:
+            self._invalid(fence, isvc, f"malformed kserve-canary annotation: {exc}")
+            return None
+        if not opt_in.enabled:
+            return None
+        try:
+            policy = self._policies().get(opt_in.policy)
+        except (KeyError, PolicyError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            self._invalid(fence, isvc, f"policy {opt_in.policy!r}: {message}")
+            return None
+        mode = mode_of(isvc)
+        observed = self._observe(mode, isvc)
+        view = observed.view
+        if view.stable is None or _same(mode, view.latest, view.stable):
+            return None
+        last = self._store.last_rollout_for(namespace, name)
+        if last is not None and last.isvc_uid == observed.uid:
+            previous = RolloutDocument.from_row(last).state.canary
+            if _same(mode, previous, view.latest):
+                return None  # this revision already had its rollout
+        self._reported.pop((namespace, name), None)
+        now = self._clock()
+        rollout_id = str(uuid.uuid4())
+        state, actions = machine.start(rollout_id, namespace, name, view, policy, now)
+        doc = RolloutDocument(
+            state=state,
+            policy=policy,
+            mode=mode,
+            uid=observed.uid,
+            metric_profile=self._profile(opt_in.metric_profile, policy, mode),
+        )
+        work = self._collect(doc, actions)
+        log.info(
+            "rollout.started",
+            namespace=namespace,
+            name=name,
+            revision=view.latest.name,
+            stable=view.stable.name,
+            policy=policy.name,
+        )
+        return self._commit_and_act(fence, rollout_id, doc, work, observed, now, new=True)
+
+    def _start_command(
+        self, fence: Fence, command: CommandRow, now: datetime
+    ) -> tuple[CommandState, str]:
+        """``canary rollout start``: one write that changes the model and sets the first
+        step, preceded by its intent record and followed by its outcome."""
+        uri = str(command.args.get("storage_uri") or "")
+        isvc = self._get(command.namespace, command.name)
+        target = f"{command.namespace}/{command.name}"
+        problem: str | None = None
+        policy: RolloutPolicy | None = None
+        if not uri:
+            problem = "a storage URI is required"
+        elif isvc is None:
+            problem = f"InferenceService {target} not found"
+        else:
+            try:
+                opt_in = parse_annotations((isvc.get("metadata") or {}).get("annotations"))
+            except AnnotationError as exc:
+                problem = f"malformed kserve-canary annotation: {exc}"
+            else:
+                if not opt_in.enabled:
+                    problem = (
+                        f"{target} is not opted in: set the annotation "
+                        'kserve-canary.io/enabled: "true" first'
+                    )
+                else:
+                    try:
+                        policy = self._policies().get(opt_in.policy)
+                    except KeyError as exc:
+                        problem = f"policy {opt_in.policy!r}: {exc.args[0] if exc.args else exc}"
+        if problem is not None or isvc is None or policy is None:
+            why = problem or "cannot start"
+            entry = AuditEntry(
+                at=now,
+                actor=Actor("human", command.actor),
+                action="manual.rejected",
+                obj=ObjectRef(command.namespace, command.name),
+                reason=why,
+                evidence={"command": "start", "storage_uri": uri, "reason": command.reason},
+                leader_epoch=fence.epoch,
+            )
+            self._store.commit([entry], fence=fence, command=(command.id, "rejected", why, now))
+            return "rejected", why
+        mode = mode_of(isvc)
+        observed = self._observe(mode, isvc)
+        if uri in (observed.storage_uri, observed.view.latest.storage_uri):
+            # Already written (a retry of this command after a crash, or a repeat): writing
+            # the first step again would pull a rollout in progress back to it.
+            result = f"{target} already runs {uri}; nothing written"
+            return self._settle(command, "accepted", result, now)
+        shadow_first = policy.shadow.enabled and policy.shadow.required_before_canary
+        percent = 0 if shadow_first else policy.first_step
+        correlation = str(uuid.uuid4())
+        obj = _object_ref(observed)
+        before = dict(observed.view.split)
+        intent = AuditEntry(
+            at=now,
+            actor=Actor("human", command.actor),
+            action="traffic.intent",
+            obj=obj,
+            stable=_model(observed.view.stable),
+            canary=ModelRef(None, uri, None, None),
+            traffic_before=before,
+            reason=f"rollout start requested by {command.actor}: {command.reason}",
+            evidence={
+                "purpose": "start",
+                "percent": percent,
+                "storage_uri": uri,
+                "policy": policy.name,
+                "command_id": command.id,
+            },
+            leader_epoch=fence.epoch,
+            correlation_id=correlation,
+        )
+        self._store.commit([intent], fence=fence)
+        router = self._routers[mode]
+        try:
+            router.start(
+                command.namespace,
+                command.name,
+                uri,
+                percent,
+                resource_version=observed.resource_version,
+            )
+        except Exception as exc:  # every failure is recorded, then reported to the caller
+            why = f"the write was refused: {exc}"
+            outcome = replace(
+                intent,
+                at=self._clock(),
+                action="traffic.failed",
+                reason=why,
+                traffic_before=None,
+            )
+            self._store.commit([outcome], fence=fence, command=(command.id, "failed", why, now))
+            return "failed", why
+        result = (
+            f"{target}: model set to {uri} with {percent}% for the new revision; "
+            "the rollout starts when KServe creates it"
+        )
+        applied = replace(
+            intent, at=self._clock(), action="traffic.applied", reason=result, traffic_before=None
+        )
+        self._store.commit([applied], fence=fence, command=(command.id, "accepted", result, now))
+        return "accepted", result
+
+    def _invalid(self, fence: Fence, isvc: Mapping[str, Any], problem: str) -> None:
+        meta = isvc.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        key = (namespace, name)
+        marker = f"{meta.get('uid')}/{meta.get('generation')}/{problem}"
+        if self._reported.get(key) == marker:
+            return
+        now = self._clock()
+        entry = AuditEntry(
+            at=now,
+            actor=Actor("controller", self._instance),
+            action="policy.invalid",
+            obj=ObjectRef(
+                namespace,
+                name,
+                meta.get("uid"),
+                meta.get("generation"),
+                meta.get("resourceVersion"),
+            ),
+            reason=problem,
+            evidence={
+                "annotations": {
+                    k: str(v)
+                    for k, v in (meta.get("annotations") or {}).items()
+                    if k.startswith("kserve-canary.io/")
+                }
+            },
+            leader_epoch=fence.epoch,
+        )
+        self._store.commit([entry], fence=fence)
+        self._reported[key] = marker
+        log.warning("rollout.policy_invalid", namespace=namespace, name=name, problem=problem)
+        self._emit(
+            ObjectReference.of(isvc),
+            EmitEvent(EventReason.POLICY_INVALID, f"{problem}; no traffic was changed", "Warning"),
+        )
+
+    # ------------------------------------------------------------------ transitions
+
+    def _step(
+        self, doc: RolloutDocument, observation: Observation, now: datetime
+    ) -> tuple[RolloutDocument, _Pass]:
+        state, actions = machine.step(doc.state, observation, doc.policy, now)
+        before = doc.state
+        doc = replace(doc, state=state)
+        work = self._collect(doc, actions)
+        work.before = before
+        if (
+            self._metrics is not None
+            and before.step_reached_at is not None
+            and (state.step_index != before.step_index or state.terminal)
+        ):
+            self._metrics.observe_step_duration((now - before.step_reached_at).total_seconds())
+        return doc, work
+
+    def _collect(self, doc: RolloutDocument, actions: Sequence[Action]) -> _Pass:
+        work = _Pass()
+        for action in actions:
+            if isinstance(action, RecordAudit):
+                work.entries.append(self._audit_entry(doc, action))
+            elif isinstance(action, EmitEvent):
+                work.events.append(action)
+            elif isinstance(action, RejectCommand):
+                work.rejected = action
+            elif isinstance(action, SetTraffic):
+                pending = Pending(str(uuid.uuid4()), action.revision, action.percent,
+                                  action.purpose)  # fmt: skip
+                work.pending = (pending,)
+                work.entries.append(self._intent_entry(doc, pending))
+            elif isinstance(action, (SetMirror, RequestApproval, CloseChange)):
+                # Mirroring and the change-request gate arrive with milestone 2; until then
+                # the decision is audited and the machine's own timers keep the rollout safe
+                # (an approval that never arrives expires; nothing is promoted without it).
+                work.entries.append(
+                    self._entry(
+                        doc,
+                        doc.state.phase_entered_at,
+                        action=f"integration.{action.kind}",
+                        reason=f"{action.kind} requested; no integration is configured",
+                        evidence={"action": repr(action)},
+                    )
+                )
+        return work
+
+    def _commit_and_act(
+        self,
+        fence: Fence,
+        rollout_id: str,
+        doc: RolloutDocument,
+        work: _Pass,
+        observed: Observed | None,
+        now: datetime,
+        *,
+        new: bool = False,
+        command: tuple[str, CommandState, str, datetime] | None = None,
+    ) -> RolloutDocument:
+        fresh = work.pending
+        if fresh:
+            doc = replace(doc, pending=fresh)
+        entries = [
+            replace(e, at=now, obj=e.obj or (_object_ref(observed) if observed else e.obj))
+            for e in work.entries
+        ]
+        entries = [replace(e, traffic_before=_before(e, observed)) for e in entries]
+        changed = bool(entries or fresh) or new or command is not None
+        if changed or doc.state != work.before:
+            self._store.commit(
+                entries,
+                fence=fence,
+                rollout=doc.row(rollout_id, now),
+                expected_version=None if new else doc.version,
+                command=command,
+            )
+            doc = replace(doc, version=1 if new else doc.version + 1)
+        for event in work.events:
+            self._emit(_reference(doc, observed), event)
+        self._observe_metrics(doc)
+        if fresh and observed is not None:
+            doc = self._drain(fence, rollout_id, doc, observed)
+        return doc
+
+    def _drain(
+        self, fence: Fence, rollout_id: str, doc: RolloutDocument, observed: Observed
+    ) -> RolloutDocument:
+        """Carry out the committed intents, then record their outcomes."""
+        router = self._routers[doc.mode]
+        outcomes: list[AuditEntry] = []
+        remaining: list[Pending] = []
+        for pending in doc.pending:
+            now = self._clock()
+            if observed.view.latest.name not in (pending.revision, _stable_name(doc)):
+                outcomes.append(
+                    self._outcome(
+                        doc,
+                        pending,
+                        now,
+                        "traffic.abandoned",
+                        f"revision {observed.view.latest.name} replaced "
+                        f"{pending.revision} before the write",
+                        observed,
+                    )
+                )
+                continue
+            try:
+                router.apply(
+                    doc.state.namespace,
+                    doc.state.name,
+                    pending.action(),
+                    resource_version=observed.resource_version,
+                )
+            except NotFound:
+                outcomes.append(
+                    self._outcome(
+                        doc,
+                        pending,
+                        now,
+                        "traffic.abandoned",
+                        "the InferenceService is gone",
+                        observed,
+                    )
+                )
+            except Exception as exc:  # Conflict, Unavailable, Invalid...: retried later
+                log.warning(
+                    "rollout.traffic_write_failed",
+                    namespace=doc.state.namespace,
+                    name=doc.state.name,
+                    revision=pending.revision,
+                    percent=pending.percent,
+                    error=str(exc),
+                    attempts=pending.attempts + 1,
+                )
+                remaining.append(replace(pending, attempts=pending.attempts + 1,
+                                         last_error=str(exc)[:500]))  # fmt: skip
+            else:
+                outcomes.append(
+                    self._outcome(
+                        doc,
+                        pending,
+                        now,
+                        "traffic.applied",
+                        f"{pending.purpose}: {pending.revision} at {pending.percent}% written",
+                        observed,
+                    )
+                )
+                log.info(
+                    "rollout.traffic_written",
+                    namespace=doc.state.namespace,
+                    name=doc.state.name,
+                    revision=pending.revision,
+                    percent=pending.percent,
+                    purpose=pending.purpose,
+                )
+        now = self._clock()
+        retry_at = None
+        if remaining:
+            attempts = max(p.attempts for p in remaining)
+            retry_at = now + min(_OUTBOX_RETRY * 2 ** (attempts - 1), _MAX_RETRY)
+        doc = replace(doc, pending=tuple(remaining), retry_at=retry_at)
+        self._store.commit(
+            outcomes, fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
+        )
+        return replace(doc, version=doc.version + 1)
+
+    # ------------------------------------------------------------------ audit entries
+
+    def _entry(
+        self,
+        doc: RolloutDocument,
+        at: datetime,
+        *,
+        action: str,
+        reason: str,
+        observed: Observed | None = None,
+        actor: Actor | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        measurements: tuple[Measurement, ...] = (),
+        correlation_id: str | None = None,
+        traffic_after: Mapping[str, int] | None = None,
+    ) -> AuditEntry:
+        state = doc.state
+        fence = self._leadership()
+        return AuditEntry(
+            at=at,
+            actor=actor or Actor("controller", self._instance),
+            action=action,
+            rollout_id=state.rollout_id,
+            obj=_object_ref(observed)
+            if observed
+            else ObjectRef(state.namespace, state.name, doc.uid),
+            stable=_model(state.stable),
+            canary=_model(state.canary),
+            traffic_after=traffic_after,
+            reason=reason,
+            evidence=dict(evidence or {}),
+            measurements=measurements,
+            leader_epoch=fence.epoch if fence else None,
+            correlation_id=correlation_id,
+        )
+
+    def _audit_entry(self, doc: RolloutDocument, action: RecordAudit) -> AuditEntry:
+        actor = (
+            Actor("controller", self._instance)
+            if action.actor == "controller"
+            else Actor("human", action.actor)
+        )
+        return self._entry(
+            doc,
+            doc.state.phase_entered_at,
+            action=action.action,
+            reason=action.reason,
+            actor=actor,
+            evidence=dict(action.details),
+        )
+
+    def _intent_entry(self, doc: RolloutDocument, pending: Pending) -> AuditEntry:
+        stable = _stable_name(doc)
+        after = {pending.revision: pending.percent}
+        if stable and stable != pending.revision:
+            after[stable] = 100 - pending.percent
+        return self._entry(
+            doc,
+            doc.state.phase_entered_at,
+            action="traffic.intent",
+            reason=f"{pending.purpose}: give {pending.revision} {pending.percent}%",
+            evidence={"purpose": pending.purpose, "percent": pending.percent},
+            correlation_id=pending.correlation_id,
+            traffic_after=after,
+        )
+
+    def _outcome(
+        self,
+        doc: RolloutDocument,
+        pending: Pending,
+        at: datetime,
+        action: str,
+        reason: str,
+        observed: Observed,
+    ) -> AuditEntry:
+        return self._entry(
+            doc,
+            at,
+            action=action,
+            reason=reason,
+            observed=observed,
+            evidence={
+                "purpose": pending.purpose,
+                "percent": pending.percent,
+                "attempts": pending.attempts + 1,
+            },
+            correlation_id=pending.correlation_id,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _profile(self, annotated: str | None, policy: RolloutPolicy, mode: str) -> str:
+        """The annotation wins, then a profile the policy names explicitly, then the
+        controller's default for the KServe mode (Standard mode has no queue-proxy, so the
+        Knative profiles cannot see it)."""
+        if annotated:
+            return annotated
+        if "metric_profile" in policy.model_fields_set:
+            return policy.metric_profile
+        return self._default_profiles[mode]
+
+    def _fence(self) -> Fence:
+        fence = self._leadership()
+        if fence is None:
+            raise NotLeader("this replica does not hold the lease")
+        return fence
+
+    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._kube.get(INFERENCE_SERVICE, namespace, name)
+        except NotFound:
+            return None
+
+    def _observe(self, mode: str, isvc: Mapping[str, Any]) -> Observed:
+        meta = isvc.get("metadata") or {}
+        return self._routers[mode].observe(str(meta.get("namespace")), str(meta.get("name")))
+
+    def _emit(self, target: ObjectReference, event: EmitEvent) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.emit(target, event.reason, event.message, event.type)
+        except Exception as exc:  # events are best effort; the audit trail is not
+            log.warning("rollout.event_failed", reason=event.reason.value, error=str(exc))
+
+    def _observe_metrics(self, doc: RolloutDocument) -> None:
+        if self._metrics is None:
+            return
+        state = doc.state
+        if state.terminal:
+            self._metrics.forget(state.namespace, state.name)
+            if state.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
+                kind = "manual" if state.phase is Phase.ABORTED else "automatic"
+                self._metrics.record_rollback(kind)
+        else:
+            self._metrics.set_weight(state.namespace, state.name, state.target_percent)
+
+    def _settle(
+        self, command: CommandRow, state: CommandState, result: str, now: datetime
+    ) -> tuple[CommandState, str]:
+        self._store.settle_command(command.id, state, result, now)
+        return state, result
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _same(mode: str, a: Revision, b: Revision) -> bool:
+    """Whether two readings name the same model version. A Knative revision name is unique
+    per template; a Standard-mode canary entry keeps its name across models."""
+    if mode == "knative":
+        return a.name == b.name
+    return a.name == b.name and (a.storage_uri or None) == (b.storage_uri or None)
+
+
+def _stable_name(doc: RolloutDocument) -> str | None:
+    return doc.state.stable.name if doc.state.stable else None
+
+
+def _model(revision: Revision | None) -> ModelRef | None:
+    if revision is None:
+        return None
+    return ModelRef(None, revision.storage_uri, revision.artifact_digest, revision.name)
+
+
+def _object_ref(observed: Observed) -> ObjectRef:
+    return ObjectRef(
+        observed.namespace,
+        observed.name,
+        observed.uid,
+        observed.generation,
+        observed.resource_version,
+    )
+
+
+def _reference(doc: RolloutDocument, observed: Observed | None) -> ObjectReference:
+    return ObjectReference(
+        api_version=INFERENCE_SERVICE.api_version,
+        kind=INFERENCE_SERVICE.kind,
+        namespace=doc.state.namespace,
+        name=doc.state.name,
+        uid=observed.uid if observed else doc.uid,
+        resource_version=observed.resource_version if observed else None,
+    )
+
+
+def _before(entry: AuditEntry, observed: Observed | None) -> Mapping[str, int] | None:
+    if entry.action != "traffic.intent" or observed is None:
+        return entry.traffic_before
+    return dict(observed.view.split)
+
+
+def _accepted(kind: CommandKind, doc: RolloutDocument) -> str:
+    state = doc.state
+    where = f"{state.namespace}/{state.name}"
+    if kind is CommandKind.PAUSE:
+        return f"{where} paused at {state.target_percent}%"
+    if kind is CommandKind.RESUME:
+        return f"{where} resumed ({state.phase.value})"
+    if kind is CommandKind.PROMOTE:
+        return f"{where}: promoting {state.canary.name} to 100%"
+    return f"{where}: rolling back {state.canary.name} to 0% (aborted)"
+
+
+def describe_wait(doc: RolloutDocument, now: datetime) -> str:
+    """A short "next action and when" for ``canary status``."""
+    state = doc.state
+    wake = doc.wake_at()
+    if state.terminal:
+        return state.outcome or state.phase.value
+    what = state.waiting_for or state.phase.value
+    if wake is None:
+        return what
+    delta = wake - now
+    when = "now" if delta <= timedelta(0) else f"in {format_duration(delta)}"
+    return f"{what} (next check {when})"

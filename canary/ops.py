@@ -1,0 +1,150 @@
+"""What the operator commands do: queue a manual command and wait for the leader's answer,
+and describe rollouts for ``canary status``.
+
+Manual commands go through the database, not to a particular replica: the CLI (or any
+replica's API) queues the command, the leader carries it out and settles it in the same
+transaction as the audit records it causes, and the CLI waits for that result.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from canary.audit import AuditStore, CommandRow, RolloutRow
+from canary.engine import RolloutDocument, describe_wait
+
+__all__ = ["StatusLine", "parse_target", "render_status", "status_lines", "submit_command"]
+
+COMMANDS = ("pause", "resume", "promote", "abort", "start")
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` → (namespace, name), with a clear error otherwise."""
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ValueError(f"expected NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
+def submit_command(
+    store: AuditStore,
+    *,
+    namespace: str,
+    name: str,
+    command: str,
+    actor: str,
+    reason: str,
+    args: Mapping[str, Any] | None = None,
+    wait: float = 30.0,
+    poll: float = 0.2,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> CommandRow:
+    """Queue ``command`` and wait up to ``wait`` seconds for the leader to settle it.
+
+    Returns the command as last read: still ``pending`` when no leader answered in time
+    (it stays queued and a leader will carry it out later).
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+    if not reason.strip():
+        raise ValueError("a reason is required for every manual command (--reason)")
+    if not actor.strip():
+        raise ValueError("the actor is unknown: pass --actor or use a kubeconfig with a user")
+    row = store.submit_command(
+        CommandRow(
+            id=str(uuid.uuid4()),
+            namespace=namespace,
+            name=name,
+            command=command,
+            actor=actor,
+            reason=reason,
+            args=dict(args or {}),
+            requested_at=clock(),
+        )
+    )
+    deadline = time.monotonic() + wait
+    while True:
+        current = store.get_command(row.id) or row
+        if current.state != "pending" or time.monotonic() >= deadline:
+            return current
+        time.sleep(poll)
+
+
+@dataclass(frozen=True)
+class StatusLine:
+    namespace: str
+    name: str
+    phase: str
+    step: str
+    weights: str
+    verdict: str
+    next_action: str
+    started: str
+
+
+def _line(row: RolloutRow, now: datetime) -> StatusLine:
+    doc = RolloutDocument.from_row(row)
+    state = doc.state
+    steps = doc.policy.steps
+    step = f"{state.step_index + 1}/{len(steps)}" if not state.terminal else "-"
+    if state.terminal:
+        weights = "-"
+    else:
+        stable = state.stable.name if state.stable else "stable"
+        view = state.last_view
+        canary_share = view.share(state.canary.name) if view else 0
+        weights = (
+            f"{state.canary.name}={canary_share}% {stable}={100 - canary_share}% "
+            f"(target {state.target_percent}%)"
+        )
+    verdict = "-"
+    if state.last_verdict is not None:
+        v = state.last_verdict
+        enough = "" if v.sufficient_data else ", collecting samples"
+        verdict = f"{v.verdict.value}{enough} at {v.evaluated_at:%H:%M:%S}"
+    return StatusLine(
+        namespace=row.namespace,
+        name=row.name,
+        phase=state.phase.value,
+        step=step,
+        weights=weights,
+        verdict=verdict,
+        next_action=describe_wait(doc, now),
+        started=f"{state.created_at:%Y-%m-%d %H:%M:%S}",
+    )
+
+
+def status_lines(
+    store: AuditStore,
+    *,
+    namespace: str | None = None,
+    name: str | None = None,
+    include_finished: bool = False,
+    now: datetime | None = None,
+) -> list[StatusLine]:
+    at = now or datetime.now(UTC)
+    if include_finished or name is not None:
+        rows = store.rollouts(namespace=namespace, name=name, limit=50)
+        if name is not None and not include_finished:
+            rows = rows[:1]
+    else:
+        rows = store.rollouts(namespace=namespace, active=True)
+    return [_line(row, at) for row in rows]
+
+
+def render_status(lines: Sequence[StatusLine]) -> str:
+    headers = ("NAMESPACE", "NAME", "PHASE", "STEP", "WEIGHTS", "LAST VERDICT", "NEXT")
+    table = [headers] + [
+        (s.namespace, s.name, s.phase, s.step, s.weights, s.verdict, s.next_action) for s in lines
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers) - 1)]
+    out = []
+    for row in table:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        out.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(out)

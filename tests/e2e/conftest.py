@@ -1,0 +1,38 @@
+"""Fixtures for the end-to-end tests: one controller environment per test."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from canary.audit import upgrade_to_head
+from canary.sandbox.testbed import Testbed
+from tests.conftest import Database
+from tests.e2e.harness import FAST_POLICY, SLOW_POLICY, Env
+
+_count = itertools.count(1)
+
+
+def _policies(tmp_path: Path) -> Path:
+    directory = tmp_path / "policies"
+    directory.mkdir()
+    (directory / "fast.yaml").write_text(FAST_POLICY, encoding="utf-8")
+    (directory / "slow.yaml").write_text(SLOW_POLICY, encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(params=["knative", "standard"])
+def env(
+    request: pytest.FixtureRequest, testbed: Testbed, pg_database: Database, tmp_path: Path
+) -> Iterator[Env]:
+    upgrade_to_head(pg_database.url)
+    mode = request.param
+    namespace = testbed.namespace(f"e2e-{mode[:4]}-{next(_count)}")
+    environment = Env(testbed, mode, namespace, pg_database.url, _policies(tmp_path))
+    try:
+        yield environment
+    finally:
+        environment.stop()

@@ -1,0 +1,324 @@
+"""The controller on the full test bed, as production runs it (``canary.app.build``).
+
+Each test gets its own namespace, its own PostgreSQL database, its own Lease and a
+controller that watches only that namespace, so tests cannot see each other's rollouts.
+Policies are the fast ones below (seconds instead of minutes); the traffic simulator
+serves 200 requests per second per InferenceService, so every step has data.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from canary.app import Application, build
+from canary.audit import AuditRecord, AuditStore, CommandRow, RolloutRow
+from canary.engine import RolloutDocument
+from canary.k8s.client import EVENT, INFERENCE_SERVICE, Conflict, KubeClient
+from canary.model import Phase
+from canary.ops import submit_command
+from canary.sandbox.behaviour import ModelBehaviour
+from canary.sandbox.testbed import Testbed
+from canary.settings import load_settings
+
+FAST_POLICY = """
+name: fast
+steps: [10, 25, 50, 100]
+stepHold: 4s
+analysisInterval: 1s
+revisionReadyTimeout: 15s
+trafficTimeout: 20s
+maxStepDuration: 40s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 3.0
+    absoluteLimit: 0.05
+    minSamples: 30
+  - name: latency-p99
+    builtin: latency-p99
+    relativeTolerance: 1.0
+    minSamples: 30
+"""
+
+SLOW_POLICY = """
+name: slow
+steps: [10, 50, 100]
+stepHold: 10m
+analysisInterval: 1s
+revisionReadyTimeout: 15s
+trafficTimeout: 20s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 3.0
+    absoluteLimit: 0.05
+    minSamples: 30
+"""
+
+LEASE_SECONDS = 5
+RATE = 200.0
+DEADLINE = 90.0
+
+Mode = Literal["knative", "standard"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Replica:
+    identity: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no Lease release, whatever it was doing."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def metric(self, name: str) -> float | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+@dataclass
+class Env:
+    testbed: Testbed
+    mode: Mode
+    namespace: str
+    database_url: str
+    policy_dir: Path
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    app: Application | None = None
+    name: str = "fraud"
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # --- models and services --------------------------------------------------------------
+
+    @property
+    def kube(self) -> KubeClient:
+        return self.testbed.kube
+
+    def uri(self, version: str) -> str:
+        return f"s3://models-{self.token}/fraud/{version}"
+
+    def model(self, version: str, behaviour: ModelBehaviour | None = None) -> str:
+        uri = self.uri(version)
+        book = self.testbed.behaviour().with_model(uri, behaviour or ModelBehaviour())
+        self.testbed.set_behaviour(book.with_rate(self.namespace, self.name, RATE))
+        return uri
+
+    def create(
+        self, uri: str, *, policy: str = "fast", extra: dict[str, str] | None = None
+    ) -> None:
+        annotations = {"kserve-canary.io/enabled": "true", "kserve-canary.io/policy": policy}
+        if self.mode == "standard":
+            annotations["serving.kserve.io/deploymentMode"] = "Standard"
+        annotations.update(extra or {})
+        self.kube.create(
+            INFERENCE_SERVICE,
+            self.namespace,
+            {
+                "apiVersion": "serving.kserve.io/v1beta1",
+                "kind": "InferenceService",
+                "metadata": {"name": self.name, "annotations": annotations},
+                "spec": {
+                    "predictor": {
+                        "minReplicas": 2,
+                        "model": {"modelFormat": {"name": "sklearn"}, "storageUri": uri},
+                    }
+                },
+            },
+        )
+        self.wait("the first model serving 100%", self._first_ready)
+
+    def _first_ready(self) -> bool:
+        isvc = self.isvc()
+        conditions = (isvc.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+    def isvc(self) -> dict[str, Any]:
+        return self.kube.get(INFERENCE_SERVICE, self.namespace, self.name)
+
+    def patch(self, body: dict[str, Any]) -> None:
+        for _ in range(20):
+            try:
+                self.kube.patch(
+                    INFERENCE_SERVICE,
+                    self.namespace,
+                    self.name,
+                    body,
+                    resource_version=self.isvc()["metadata"]["resourceVersion"],
+                )
+                return
+            except Conflict:
+                continue
+        raise AssertionError("every patch conflicted")
+
+    # --- the controller -------------------------------------------------------------------
+
+    def start_controller(self, identity: str = "replica-a") -> Application:
+        settings = load_settings(
+            None,
+            database_url=self.database_url,
+            policy_path=self.policy_dir,
+            kubeconfig=self.testbed.kubeconfig_path,
+            prometheus_url=self.testbed.prometheus_url,
+            namespaces=(self.namespace,),
+            http_host="127.0.0.1",
+            http_port=0,
+            identity=identity,
+            lease_namespace=self.namespace,
+            lease_name="kserve-canary-leader",
+            lease_duration_seconds=5,
+            resync_seconds=30,
+            metrics_delay_seconds=10,
+            environment="development",
+        )
+        app = build(settings)
+        app.start()
+        if self.app is None:
+            self.app = app
+        return app
+
+    @contextmanager
+    def store(self) -> Iterator[AuditStore]:
+        with AuditStore.from_url(self.database_url) as audit_store:
+            yield audit_store
+
+    def command(
+        self, command: str, reason: str = "e2e test", *, actor: str = "alice", **args: str
+    ) -> CommandRow:
+        with self.store() as store:
+            return submit_command(
+                store,
+                namespace=self.namespace,
+                name=self.name,
+                command=command,
+                actor=actor,
+                reason=reason,
+                args=args,
+                wait=30.0,
+            )
+
+    # --- observations ---------------------------------------------------------------------
+
+    def rollouts(self) -> list[RolloutRow]:
+        with self.store() as store:
+            return store.rollouts(namespace=self.namespace, name=self.name)
+
+    def latest(self) -> RolloutDocument | None:
+        rows = self.rollouts()
+        return RolloutDocument.from_row(rows[0]) if rows else None
+
+    def records(self) -> list[AuditRecord]:
+        with self.store() as store:
+            return [
+                r
+                for r in store.records()
+                if r.entry.obj is not None and r.entry.obj.namespace == self.namespace
+            ]
+
+    def actions(self, rollout_id: str | None = None) -> list[str]:
+        return [
+            r.entry.action
+            for r in self.records()
+            if rollout_id is None or r.entry.rollout_id == rollout_id
+        ]
+
+    def event_reasons(self) -> list[str]:
+        events, _ = self.kube.list(EVENT, self.namespace)
+        return [str(e.get("reason")) for e in events]
+
+    def wait(self, what: str, check: Callable[[], bool], deadline: float = DEADLINE) -> None:
+        end = time.monotonic() + deadline
+        while not check():
+            if time.monotonic() > end:
+                doc = self.latest()
+                raise AssertionError(
+                    f"timed out after {deadline:.0f}s waiting for {what}; rollout: "
+                    f"{doc.state.phase if doc else None} "
+                    f"{doc.state.waiting_for if doc else ''} "
+                    f"{doc.state.outcome if doc else ''}; audit: {self.actions()[-12:]}"
+                )
+            time.sleep(0.2)
+
+    def wait_phase(
+        self, *phases: Phase, count: int = 1, deadline: float = DEADLINE
+    ) -> RolloutDocument:
+        def reached() -> bool:
+            rows = self.rollouts()
+            return len(rows) >= count and RolloutDocument.from_row(rows[0]).state.phase in phases
+
+        self.wait(f"phase {'/'.join(p.value for p in phases)}", reached, deadline)
+        doc = self.latest()
+        assert doc is not None
+        return doc
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.app.stop()
+            self.app = None
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+    # --- the controller as its own process (``canary run``), for kill tests ---------------
+
+    def spawn(self, identity: str, log_dir: Path) -> Replica:
+        """Run ``canary run`` as a separate process, configured by KSC_* variables."""
+        port = _free_port()
+        env = {
+            **os.environ,
+            "KSC_DATABASE_URL": self.database_url,
+            "KSC_POLICY_PATH": str(self.policy_dir),
+            "KSC_KUBECONFIG": str(self.testbed.kubeconfig_path),
+            "KSC_PROMETHEUS_URL": self.testbed.prometheus_url,
+            "KSC_NAMESPACES": self.namespace,
+            "KSC_HTTP_HOST": "127.0.0.1",
+            "KSC_HTTP_PORT": str(port),
+            "KSC_IDENTITY": identity,
+            "KSC_LEASE_NAMESPACE": self.namespace,
+            "KSC_LEASE_DURATION_SECONDS": str(LEASE_SECONDS),
+            "KSC_METRICS_DELAY_SECONDS": "10",
+            "KSC_RESYNC_SECONDS": "30",
+            "KSC_ENVIRONMENT": "production",
+        }
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = (log_dir / f"{identity}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(process)
+        return Replica(identity, process, port)

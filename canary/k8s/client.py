@@ -331,9 +331,11 @@ class KubeClient:
         patch_type: PatchType = "merge",
         resource_version: str | None = None,
         subresource: str | None = None,
+        dry_run: bool = False,
     ) -> JsonObject:
         """Patch an object. With ``resource_version`` a merge patch fails with
-        :class:`Conflict` if the object changed since it was read."""
+        :class:`Conflict` if the object changed since it was read. ``dry_run`` runs
+        validation and admission (webhooks included) and stores nothing."""
         if resource_version is not None:
             if patch_type != "merge":
                 raise ValueError("resource_version guards merge patches; use a test op instead")
@@ -341,7 +343,11 @@ class KubeClient:
                                            "resourceVersion": resource_version}}  # fmt: skip
         path = kind.path(namespace, name) + (f"/{subresource}" if subresource else "")
         result: JsonObject = self._request(
-            "PATCH", path, body=patch, content_type=_PATCH_CONTENT[patch_type]
+            "PATCH",
+            path,
+            body=patch,
+            content_type=_PATCH_CONTENT[patch_type],
+            query=[("dryRun", "All")] if dry_run else (),
         )
         return result
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
 from canary.audit import AuditRecord, AuditStore, CommandRow, RolloutRow
 from canary.engine import RolloutDocument
-from canary.k8s.client import EVENT, INFERENCE_SERVICE, Conflict, KubeClient
+from canary.k8s.client import EVENT, INFERENCE_SERVICE, NAMESPACE, Conflict, KubeClient
+from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.model import Phase
 from canary.ops import submit_command
 from canary.sandbox.behaviour import ModelBehaviour
@@ -117,6 +119,7 @@ class Env:
     app: Application | None = None
     name: str = "fraud"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    webhook_name: str | None = None
 
     # --- models and services --------------------------------------------------------------
 
@@ -182,9 +185,18 @@ class Env:
 
     # --- the controller -------------------------------------------------------------------
 
-    def start_controller(self, identity: str = "replica-a") -> Application:
+    def start_controller(
+        self, identity: str = "replica-a", *, webhook: bool = False
+    ) -> Application:
+        tls: dict[str, Path] = {}
+        if webhook:
+            cluster = self.testbed.cluster
+            assert cluster is not None
+            cert, key = cluster.issue_certificate(f"webhook-{self.token}", ["127.0.0.1"])
+            tls = {"tls_cert_file": cert, "tls_key_file": key}
         settings = load_settings(
             None,
+            **tls,
             database_url=self.database_url,
             policy_path=self.policy_dir,
             kubeconfig=self.testbed.kubeconfig_path,
@@ -204,7 +216,34 @@ class Env:
         app.start()
         if self.app is None:
             self.app = app
+        if webhook:
+            self._register_webhook(app)
         return app
+
+    def _register_webhook(self, app: Application) -> None:
+        """Point a MutatingWebhookConfiguration (scoped to this test's namespace) at the
+        controller's HTTPS server, and wait until the apiserver calls it."""
+        cluster = self.testbed.cluster
+        assert cluster is not None
+        scope = {"e2e.kserve-canary.io/scope": self.token}
+        self.kube.patch(NAMESPACE, None, self.namespace, {"metadata": {"labels": scope}})
+        self.webhook_name = f"kserve-canary-{self.namespace}"
+        ensure_webhook_configuration(
+            self.kube,
+            ca_bundle=cluster.ca_path.read_bytes(),
+            url=f"{app.url}{ADMISSION_PATH}",
+            namespace_selector={"matchLabels": {"e2e.kserve-canary.io/scope": self.token}},
+            name=self.webhook_name,
+        )
+
+        def active() -> bool:  # a dry run goes through admission and stores nothing
+            probe = {"spec": {"predictor": {"model": {"storageUri": self.uri("probe")}}}}
+            stored = self.kube.patch(
+                INFERENCE_SERVICE, self.namespace, self.name, probe, dry_run=True
+            )
+            return "canaryTrafficPercent" in stored["spec"]["predictor"]
+
+        self.wait("the webhook to be called", active, deadline=30)
 
     @contextmanager
     def store(self) -> Iterator[AuditStore]:
@@ -281,6 +320,9 @@ class Env:
         return doc
 
     def stop(self) -> None:
+        if self.webhook_name is not None:
+            delete_webhook_configuration(self.kube, self.webhook_name)
+            self.webhook_name = None
         if self.app is not None:
             self.app.stop()
             self.app = None

@@ -39,9 +39,11 @@ def test_one_leader_acts_and_a_killed_leader_is_replaced_without_double_action(
     assert env.command("start", "two replicas", storage_uri=v2).state == "accepted"
     env.wait(
         "the second step",
-        lambda: (d := env.latest()) is not None
-        and d.state.step_index >= 1
-        and d.state.step_reached_at is not None,
+        lambda: (
+            (d := env.latest()) is not None
+            and d.state.step_index >= 1
+            and d.state.step_reached_at is not None
+        ),
     )
     assert b.metric("kserve_canary_leader") == 0.0
     before_kill = {r.entry.actor.id for r in env.records() if r.entry.actor.kind == "controller"}

@@ -215,3 +215,29 @@ def test_manual_commands_are_audited_and_refused_when_they_do_not_fit(env: Env) 
     doc = env.wait_phase(Phase.ABORTED)
     assert doc.state.aborted_by == "erin"
     assert _split(env).get(doc.state.canary.name, 0) == 0
+
+
+@pytest.mark.parametrize("env", ["knative"], indirect=True)
+def test_a_gitops_model_change_is_held_to_the_first_step_by_the_webhook(env: Env) -> None:
+    """kubectl apply / a GitOps sync changes the model without any percent. Without the
+    webhook KServe would send 100% to the new revision once ready; with it the stored
+    object carries the first step, and the controller takes it from there."""
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1)
+    env.start_controller(webhook=True)
+
+    env.patch({"spec": {"predictor": {"model": {"storageUri": v2}}}})  # no percent at all
+    stored = env.isvc()["spec"]["predictor"]
+    assert stored["canaryTrafficPercent"] == 10  # set by the webhook in the same write
+    assert stored["model"]["storageUri"] == v2
+
+    doc = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.PAUSED, Phase.FAILED)
+    assert doc.state.phase is Phase.SUCCEEDED, doc.state.outcome
+    mine = [r.entry for r in env.records() if r.entry.rollout_id == doc.state.rollout_id]
+    shifted = [int(str(dict(e.evidence)["percent"])) for e in mine
+               if e.action == "traffic.shifted"]  # fmt: skip
+    assert shifted == [10, 25, 50]
+    # the first step was already in the spec: the controller wrote no "start" traffic
+    assert not any(
+        e.action == "traffic.intent" and dict(e.evidence).get("purpose") == "start" for e in mine
+    )

@@ -44,7 +44,6 @@ maxStepDuration: 40s
 checks:
   - name: error-rate
     builtin: error-rate
-    relativeTolerance: 3.0
     absoluteLimit: 0.05
     minSamples: 30
   - name: latency-p99
@@ -63,7 +62,6 @@ trafficTimeout: 20s
 checks:
   - name: error-rate
     builtin: error-rate
-    relativeTolerance: 3.0
     absoluteLimit: 0.05
     minSamples: 30
 """

@@ -976,7 +976,9 @@ class FakeKube(KubeClient):
         patch_type: Any = "merge",
         resource_version: str | None = None,
         subresource: str | None = None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
+        assert not dry_run, "the simulator never dry-runs"
         key = (str(namespace), name)
         stored = self.objects.get(key)
         if stored is None:

@@ -63,12 +63,12 @@ checks:
     absoluteLimit: 0.05        # fail above 5% 5xx (a baseline comparison of error rates
                                # needs the sequential statistics of issue #5: a few
                                # seconds of 1% errors are too noisy for a ratio)
-    minSamples: 50
+    minSamples: 200
   - name: latency-p99
     builtin: latency-p99
     relativeTolerance: 1.0     # fail when p99 is twice the stable's
     hardLimit: 0.5             # or above 500 ms at any time
-    minSamples: 50
+    minSamples: 100
 """
 
 

@@ -558,9 +558,18 @@ class Engine:
             if _same(mode, previous, view.latest):
                 return None  # this revision already had its rollout
         self._reported.pop((namespace, name), None)
+        if view.stable.storage_uri is None and last is not None:
+            # Knative status names the stable revision but not its model: take it from the
+            # rollout that made it stable, so the audit trail has the old storageUri too.
+            known = RolloutDocument.from_row(last).state
+            for revision in (known.canary, known.stable):
+                if revision is not None and revision.name == view.stable.name:
+                    view = replace(view, stable=revision)
+                    break
         now = self._clock()
         rollout_id = str(uuid.uuid4())
         state, actions = machine.start(rollout_id, namespace, name, view, policy, now)
+        assert state.stable is not None
         doc = RolloutDocument(
             state=state,
             policy=policy,
@@ -573,8 +582,8 @@ class Engine:
             "rollout.started",
             namespace=namespace,
             name=name,
-            revision=view.latest.name,
-            stable=view.stable.name,
+            revision=state.canary.name,
+            stable=state.stable.name if state.stable else None,
             policy=policy.name,
         )
         return self._commit_and_act(fence, rollout_id, doc, work, observed, now, new=True)
@@ -647,6 +656,7 @@ class Engine:
                 "purpose": "start",
                 "percent": percent,
                 "storage_uri": uri,
+                "previous_storage_uri": observed.storage_uri,
                 "policy": policy.name,
                 "command_id": command.id,
             },
@@ -784,7 +794,7 @@ class Engine:
         if fresh:
             doc = replace(doc, pending=fresh)
         entries = [
-            replace(e, at=now, obj=e.obj or (_object_ref(observed) if observed else e.obj))
+            replace(e, at=now, obj=_object_ref(observed) if observed else e.obj)
             for e in work.entries
         ]
         entries = [replace(e, traffic_before=_before(e, observed)) for e in entries]

@@ -232,10 +232,10 @@ def _on_view(
     # Someone else changed the commanded split (a GitOps sync, kubectl): put ours back.
     # Only a change is reported, so a write that keeps failing is retried by the engine,
     # not re-audited on every observation.
-    drifted = previous is not None and view.spec_percent not in (
-        state.target_percent,
-        previous.spec_percent,
-    )
+    # Only while a step is held: a promotion or rollback in flight changes the spec itself
+    # (in Standard mode the canary entry disappears) and has its own retry rule.
+    held = (state.target_percent, previous.spec_percent if previous else None)
+    drifted = state.phase in _LIVE and previous is not None and view.spec_percent not in held
     if drifted:
         actions.append(
             _audit(

@@ -45,11 +45,11 @@ checks:
   - name: error-rate
     builtin: error-rate
     absoluteLimit: 0.05
-    minSamples: 30
+    minSamples: 200
   - name: latency-p99
     builtin: latency-p99
     relativeTolerance: 1.0
-    minSamples: 30
+    minSamples: 100
 """
 
 SLOW_POLICY = """
@@ -63,7 +63,7 @@ checks:
   - name: error-rate
     builtin: error-rate
     absoluteLimit: 0.05
-    minSamples: 30
+    minSamples: 200
 """
 
 LEASE_SECONDS = 5

@@ -632,3 +632,15 @@ def test_every_refusal_and_decision_is_audited_with_its_actor() -> None:
     assert [(a.action, a.actor, a.reason) for a in audit] == [
         ("manual.pause", "dana@bank", "check dashboards")
     ]
+
+
+@pytest.mark.parametrize("spec", [0, 25])
+def test_a_promotion_in_flight_is_not_mistaken_for_an_outside_change(spec: int) -> None:
+    """Standard mode: the promotion removes the canary entry, so the spec commands nothing
+    for the (former) canary any more; that is the promotion, not drift."""
+    d = reach(Phase.PROMOTING)
+    d.see(100, share=50)
+    d.see(spec, share=50)
+    assert d.traffic() == []
+    assert "TrafficDrift" not in d.events()
+    assert "traffic.drift" not in d.audits()

@@ -128,21 +128,8 @@ _OUTSIDE_KNATIVE_TEMPLATE = frozenset(
 )
 # Predictor fields that do not change which model serves or how its pods run: traffic,
 # metadata, scaling and rollout strategy. Everything else of the stable predictor is "the
-# model" in Standard mode.
-_NOT_THE_MODEL = frozenset(
-    {
-        "canaryTrafficPercent",
-        "annotations",
-        "labels",
-        "minReplicas",
-        "maxReplicas",
-        "scaleTarget",
-        "scaleMetric",
-        "scaleMetricType",
-        "autoScaling",
-        "deploymentStrategy",
-    }
-)
+# model" in Standard mode (a worker spec included).
+_NOT_THE_MODEL = _OUTSIDE_KNATIVE_TEMPLATE - {"workerSpec"}
 _MAX_PATHS_SHOWN = 5
 _WARNING_LIMIT = 256
 

@@ -417,7 +417,7 @@ class Engine:
             return doc
         observed = self._observe(doc.mode, isvc)
         if doc.pending:
-            doc = self._drain(fence, rollout_id, doc, observed)
+            doc = self._drain(fence, rollout_id, doc, observed, claimed=False)
             isvc = self._get(doc.state.namespace, doc.state.name)
             if isvc is None:
                 return self._advance(fence, rollout_id, doc, None)
@@ -812,13 +812,32 @@ class Engine:
             self._emit(_reference(doc, observed), event)
         self._observe_metrics(doc)
         if fresh and observed is not None:
-            doc = self._drain(fence, rollout_id, doc, observed)
+            doc = self._drain(fence, rollout_id, doc, observed, claimed=True)
         return doc
 
     def _drain(
-        self, fence: Fence, rollout_id: str, doc: RolloutDocument, observed: Observed
+        self,
+        fence: Fence,
+        rollout_id: str,
+        doc: RolloutDocument,
+        observed: Observed,
+        *,
+        claimed: bool,
     ) -> RolloutDocument:
-        """Carry out the committed intents, then record their outcomes."""
+        """Carry out the committed intents, then record their outcomes.
+
+        ``claimed``: the intents were committed under ``fence`` in this very pass. Otherwise
+        (a retry, or a new leader replaying what its predecessor left) they are claimed
+        first by a fenced commit, so a deposed leader is stopped before it writes, and two
+        replayers conflict on the rollout's version instead of both writing.
+        """
+        doc = replace(doc, pending=tuple(replace(p, attempts=p.attempts + 1) for p in doc.pending))
+        if not claimed:
+            self._store.commit(
+                [], fence=fence, rollout=doc.row(rollout_id, self._clock()),
+                expected_version=doc.version,
+            )  # fmt: skip
+            doc = replace(doc, version=doc.version + 1)
         router = self._routers[doc.mode]
         outcomes: list[AuditEntry] = []
         remaining: list[Pending] = []
@@ -863,10 +882,9 @@ class Engine:
                     revision=pending.revision,
                     percent=pending.percent,
                     error=str(exc),
-                    attempts=pending.attempts + 1,
+                    attempts=pending.attempts,
                 )
-                remaining.append(replace(pending, attempts=pending.attempts + 1,
-                                         last_error=str(exc)[:500]))  # fmt: skip
+                remaining.append(replace(pending, last_error=str(exc)[:500]))
             else:
                 outcomes.append(
                     self._outcome(
@@ -981,7 +999,7 @@ class Engine:
             evidence={
                 "purpose": pending.purpose,
                 "percent": pending.percent,
-                "attempts": pending.attempts + 1,
+                "attempts": pending.attempts,
             },
             correlation_id=pending.correlation_id,
         )

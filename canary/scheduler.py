@@ -47,7 +47,10 @@ class RolloutScheduler:
         self._due: dict[Key, datetime] = {}
         self._scheduler = BackgroundScheduler(
             timezone=UTC,
-            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 1},
+            # A firing only queues the rollout, but a timer re-armed while the previous
+            # firing for the same rollout is still returning must not be skipped (with one
+            # instance APScheduler drops it), hence several instances per job.
+            job_defaults={"misfire_grace_time": None, "coalesce": True, "max_instances": 16},
         )
 
     def start(self) -> None:
@@ -55,7 +58,7 @@ class RolloutScheduler:
 
     def shutdown(self) -> None:
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+            self._scheduler.shutdown(wait=True)  # firings only queue work: this is quick
 
     def schedule(self, key: Key, at: datetime | None) -> None:
         """Wake ``key`` at ``at`` (replacing its timer); ``None`` cancels it."""

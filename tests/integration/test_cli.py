@@ -128,3 +128,74 @@ def test_database_url_comes_from_the_environment(tmp_path: Path) -> None:
     result = run("audit", "verify", env={**os.environ, "KSC_DATABASE_URL": url})
     assert result.returncode == 0, result.stderr
     assert "2 records" in result.stdout
+
+
+# --- operating rollouts ---------------------------------------------------------------------
+
+
+def _empty_database(path: Path) -> str:
+    url = f"sqlite:///{path}"
+    upgrade_to_head(url)
+    return url
+
+
+def test_status_on_an_empty_database_says_nothing_is_in_progress(tmp_path: Path) -> None:
+    url = _empty_database(tmp_path / "audit.db")
+    result = run("status", "--database-url", url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "no rollouts in progress\n"
+
+
+def test_a_command_with_no_controller_to_answer_stays_queued_and_exits_3(tmp_path: Path) -> None:
+    url = _empty_database(tmp_path / "audit.db")
+    result = run(
+        "pause", "fraud/scorer", "--reason", "investigating alert", "--actor", "alice",
+        "--wait", "0.5", "--database-url", url,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "pause queued (id " in result.stderr
+    assert "but no leader answered within 0.5s" in result.stderr
+    assert "it will be carried out when a controller leads" in result.stderr
+    with AuditStore.from_url(url) as store:  # a leader that starts later will find it
+        (queued,) = store.pending_commands()
+    assert (queued.namespace, queued.name, queued.command) == ("fraud", "scorer", "pause")
+    assert (queued.actor, queued.reason) == ("alice", "investigating alert")
+    assert f"id {queued.id})" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ("pause", "nope", "--reason", "x", "--actor", "a"),
+            "expected NAMESPACE/NAME, got 'nope'",
+            id="target-without-namespace",
+        ),
+        pytest.param(
+            ("pause", "fraud/scorer", "--actor", "a"),
+            "Missing option '--reason'",
+            id="pause-without-reason",
+        ),
+        pytest.param(
+            ("abort", "fraud/scorer", "--actor", "a"),
+            "Missing option '--reason'",
+            id="abort-without-reason",
+        ),
+        pytest.param(
+            ("rollout", "start", "fraud/scorer", "--reason", "CHG0031337", "--actor", "a"),
+            "Missing option '--storage-uri'",
+            id="rollout-start-without-storage-uri",
+        ),
+    ],
+)
+def test_bad_command_lines_exit_2_and_queue_nothing(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    url = _empty_database(tmp_path / "audit.db")
+    result = run(*args, "--database-url", url, "--wait", "0")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    with AuditStore.from_url(url) as store:
+        assert store.pending_commands() == []

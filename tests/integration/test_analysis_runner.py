@@ -82,7 +82,10 @@ SIMULATED: dict[Scenario, dict[str, tuple[float, float]]] = {
     "slow": {"latency-p99": (0.120, 0.040), "error-rate": (0.05, 0.05)},
     "erroring": {"latency-p99": (0.040, 0.040), "error-rate": (0.20, 0.05)},
 }
-TOLERANCE = 0.15
+# Sampling error is small at this rate; what is left is Prometheus extrapolating each
+# series of a ratio on its own in a short window, which scrape jitter on a loaded 2-core
+# machine turns into up to ~20 % (seen: a 5 % error ratio read as 6.05 %).
+TOLERANCE = 0.25
 
 
 def latency(min_samples: int, **overrides: Any) -> CheckDefinition:

@@ -289,6 +289,11 @@ def test_simulator_serves_targets_and_stop_leaves_no_thread_or_port(tmp_path: Pa
         assert httpx.get(f"http://127.0.0.1:{port}/metrics/{NS}/nope").status_code == 404
     finally:
         simulator.stop()
+    # A request thread that has answered may still be returning when stop() comes back;
+    # it must be gone within a moment, and nothing else may be left.
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert set(threading.enumerate()) == before
     assert not _port_open(port)
 

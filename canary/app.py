@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
+from canary.admission import TemplateRules
 from canary.api.app import create_app
 from canary.api.health import Health
 from canary.audit import AuditStore, Fence
@@ -127,7 +128,12 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         metrics=metrics,
         clock=now,
     )
-    app = create_app(health=health, policies=policies, metrics=metrics)
+    rules = TemplateRules.with_extra(
+        settings.kserve_annotation_disallowed,
+        settings.kserve_label_disallowed,
+        default_deployment_mode=settings.kserve_default_deployment_mode,
+    )
+    app = create_app(health=health, policies=policies, metrics=metrics, admission_rules=rules)
     server = HttpServer(
         app,
         host=settings.http_host,

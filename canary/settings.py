@@ -93,6 +93,18 @@ class Settings(BaseSettings):
     resync_seconds: int = Field(
         default=300, ge=10, description="Full relist of InferenceServices, whatever the watch says."
     )
+    kserve_annotation_disallowed: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Annotation keys the cluster's KServe adds to serviceAnnotationDisallowedList "
+        "beyond its defaults (comma-separated), e.g. the kserve-canary.io/ keys. The admission "
+        "webhook must know them: a change of such a key does not make a new revision.",
+    )
+    kserve_label_disallowed: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="The same for serviceLabelDisallowedList."
+    )
+    kserve_default_deployment_mode: Literal["Knative", "Standard"] = Field(
+        default="Knative", description="The cluster's default KServe deployment mode."
+    )
     standard_weights: Literal["own-httproute", "kserve-native"] = Field(
         default="own-httproute",
         description="Standard mode: split traffic with our own HTTPRoute (KServe v0.20), or "
@@ -122,6 +134,13 @@ class Settings(BaseSettings):
     @field_validator("namespaces", mode="before")
     @classmethod
     def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("kserve_annotation_disallowed", "kserve_label_disallowed", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value

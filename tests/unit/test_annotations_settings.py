@@ -122,3 +122,26 @@ def test_logs_carry_dotted_events_and_fields(environment: str) -> None:
     else:
         assert "rollout.step_advanced" in out
         assert "percent=25" in out
+
+
+def test_kserve_disallowed_keys_reach_the_admission_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator lists the keys KServe does not copy onto revisions; the webhook must
+    then not treat a change of them as a new revision (no first-step percent injected)."""
+    from canary.admission import TemplateRules, knative_template
+
+    monkeypatch.setenv(
+        "KSC_KSERVE_ANNOTATION_DISALLOWED", "kserve-canary.io/enabled, kserve-canary.io/policy"
+    )
+    settings = load_settings(None)
+    assert settings.kserve_annotation_disallowed == (
+        "kserve-canary.io/enabled",
+        "kserve-canary.io/policy",
+    )
+    rules = TemplateRules.with_extra(settings.kserve_annotation_disallowed)
+    base = {
+        "metadata": {"annotations": {"kserve-canary.io/policy": "default"}},
+        "spec": {"predictor": {"model": {"storageUri": "s3://m/v1"}}},
+    }
+    changed = {**base, "metadata": {"annotations": {"kserve-canary.io/policy": "fraud"}}}
+    assert knative_template(base, rules) == knative_template(changed, rules)
+    assert knative_template(base) != knative_template(changed)  # KServe's defaults alone

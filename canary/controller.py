@@ -167,6 +167,7 @@ class Controller:
                 self._step_down("the Lease is held by another replica")
             else:
                 self._lead(leadership)
+                self._refresh_phase_counts()
             # A follower asks more often than a leader renews, so it takes over soon after
             # the Lease expires.
             wait = period if leadership is not None else min(period, 0.5)
@@ -359,13 +360,17 @@ class Controller:
         wake = self.engine.reconcile(*key)
         self._scheduler.schedule(key, wake)
         self._set_ready("database", True, "reachable")
-        self._refresh_phase_counts()
 
     def _refresh_phase_counts(self) -> None:
-        if self._metrics is None:
+        """Once per Lease renewal, not per reconcile: listing every rollout is O(n)."""
+        if self._metrics is None or not self.leading:
             return
         counts = {phase.value: 0 for phase in ACTIVE_PHASES}
-        for row in self._store.active_rollouts():
+        try:
+            rows = self._store.active_rollouts()
+        except StoreUnavailable:
+            return
+        for row in rows:
             counts[row.phase] = counts.get(row.phase, 0) + 1
         self._metrics.set_phase_counts(counts)
 

@@ -131,23 +131,15 @@ class Settings(BaseSettings):
         "firms keep 7 years. There is no delete API; this drives archiving only.",
     )
 
-    @field_validator("namespaces", mode="before")
+    @field_validator(
+        "namespaces",
+        "kserve_annotation_disallowed",
+        "kserve_label_disallowed",
+        "webhook_secrets",
+        mode="before",
+    )
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("kserve_annotation_disallowed", "kserve_label_disallowed", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("webhook_secrets", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
+    def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value

@@ -38,6 +38,7 @@ from analysis.types import CheckDefinition, Subject
 
 __all__ = [
     "TEMPLATE_VARIABLES",
+    "ProfileSeries",
     "QueryPlan",
     "Unit",
     "identity",
@@ -45,6 +46,7 @@ __all__ = [
     "promql_duration",
     "regex_escape",
     "render_template",
+    "series_of",
     "string_literal",
 ]
 
@@ -134,12 +136,14 @@ def promql_duration(window: timedelta) -> str:
 
 
 @dataclass(frozen=True)
-class _Series:
-    """Where one profile keeps its request counter and latency histogram, in one mode."""
+class ProfileSeries:
+    """Where one profile keeps its request counter and latency histogram, in one mode.
+    The matchers exclude the namespace, which is ``namespace_label``."""
 
+    namespace_label: str
     identity_label: str
     requests: str  # a counter of requests (a histogram's _count counts too)
-    request_matchers: tuple[str, ...]  # besides the identity matcher
+    request_matchers: tuple[str, ...]  # besides the namespace and identity matchers
     errors: str | None  # the matcher that keeps 5xx responses; None: no status code
     histogram: str  # base name: _bucket and _count are appended
     latency_matchers: tuple[str, ...]
@@ -155,56 +159,89 @@ def identity(subject: Subject, revision: str) -> str:
     return revision
 
 
-def _series(subject: Subject) -> _Series:
-    profile, mode = subject.metric_profile, subject.mode
-    namespace = string_literal(subject.namespace)
+def series_of(profile: str, mode: str) -> ProfileSeries:
+    """The series of ``profile`` in ``mode``; a ValueError when they cannot go together."""
     if profile in {"knative-otel", "knative-opencensus"} and mode != "knative":
         raise ValueError(
             f"metric profile {profile} reads Knative's queue-proxy, which Standard-mode "
             "InferenceServices do not have; use istio or kserve-model-server"
         )
     if profile == "knative-otel":
-        return _Series(
+        return ProfileSeries(
+            namespace_label="namespace",
             identity_label="revision",
             requests="http_server_request_duration_seconds_count",
-            request_matchers=(f"namespace={namespace}", 'container="queue-proxy"'),
+            request_matchers=('container="queue-proxy"',),
             errors='http_response_status_code=~"5.."',
             histogram="kn_serving_invocation_duration_seconds",
-            latency_matchers=(f"namespace={namespace}",),
+            latency_matchers=(),
             milliseconds=False,
         )
     if profile == "knative-opencensus":
-        return _Series(
+        return ProfileSeries(
+            namespace_label="namespace_name",
             identity_label="revision_name",
             requests="revision_request_count",
-            request_matchers=(f"namespace_name={namespace}",),
+            request_matchers=(),
             errors='response_code_class="5xx"',
             histogram="revision_request_latencies",
-            latency_matchers=(f"namespace_name={namespace}",),
+            latency_matchers=(),
             milliseconds=True,
         )
     if profile == "istio":
-        matchers = ('reporter="destination"', f"destination_workload_namespace={namespace}")
-        return _Series(
+        return ProfileSeries(
+            namespace_label="destination_workload_namespace",
             identity_label="destination_workload",
             requests="istio_requests_total",
-            request_matchers=matchers,
+            request_matchers=('reporter="destination"',),
             errors='response_code=~"5.."',
             histogram="istio_request_duration_milliseconds",
-            latency_matchers=matchers,
+            latency_matchers=('reporter="destination"',),
             milliseconds=True,
         )
     if profile == "kserve-model-server":
-        return _Series(
+        return ProfileSeries(
+            namespace_label="namespace",
             identity_label="revision" if mode == "knative" else "app",
             requests="request_predict_seconds_count",
-            request_matchers=(f"namespace={namespace}",),
+            request_matchers=(),
             errors=None,
             histogram="request_predict_seconds",
-            latency_matchers=(f"namespace={namespace}",),
+            latency_matchers=(),
             milliseconds=False,
         )
     raise ValueError(f"unknown metric profile {profile!r}")
+
+
+@dataclass(frozen=True)
+class _Series:
+    """A profile's series with the subject's namespace matcher in front."""
+
+    identity_label: str
+    requests: str
+    request_matchers: tuple[str, ...]
+    errors: str | None
+    histogram: str
+    latency_matchers: tuple[str, ...]
+    milliseconds: bool
+
+
+def _series(subject: Subject) -> _Series:
+    s = series_of(subject.metric_profile, subject.mode)
+    namespace = f"{s.namespace_label}={string_literal(subject.namespace)}"
+    return _Series(
+        identity_label=s.identity_label,
+        requests=s.requests,
+        request_matchers=(*s.request_matchers[:1], namespace, *s.request_matchers[1:])
+        if s.namespace_label == "destination_workload_namespace"
+        else (namespace, *s.request_matchers),
+        errors=s.errors,
+        histogram=s.histogram,
+        latency_matchers=(*s.latency_matchers[:1], namespace, *s.latency_matchers[1:])
+        if s.namespace_label == "destination_workload_namespace"
+        else (namespace, *s.latency_matchers),
+        milliseconds=s.milliseconds,
+    )
 
 
 class _Builder:

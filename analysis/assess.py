@@ -65,7 +65,16 @@ __all__ = [
     "unit_of",
 ]
 
-Reason = Literal["within", "breach", "baseline-missing", "baseline-zero"]
+Reason = Literal[
+    "within",
+    "breach",
+    "baseline-missing",
+    "baseline-zero",
+    "regression",
+    "non-inferior",
+    "power",
+    "collecting-evidence",
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class Judgement:
     threshold: float | None
     message: str
     detail: Mapping[str, DetailValue] = field(default_factory=dict)
+    decisive: bool = False
 
 
 Judge = Callable[[CheckDefinition, Reading, Unit], Judgement]
@@ -381,6 +391,14 @@ def assess(
                     "hard-limit", fast_fail=True, judgement=hard)  # fmt: skip
 
     judgement = judge(check, reading, unit)
+    if judgement.decisive and judgement.outcome is Outcome.FAILED:
+        # A sequential test's verdict is valid at any sample size and whatever the number
+        # of looks: it fails at once, like a hard limit.
+        return done(Outcome.FAILED, Outcome.FAILED, memory.bump(Outcome.FAILED),
+                    judgement.message, judgement.reason, fast_fail=True,
+                    judgement=judgement)  # fmt: skip
+    if judgement.reason == "collecting-evidence":
+        return collecting(judgement.message, judgement.reason, judgement=judgement)
     if samples < check.min_samples:
         return collecting(
             f"{judgement.message}; {samples} canary requests of the {check.min_samples} "
@@ -389,7 +407,8 @@ def assess(
             judgement=judgement,
         )
     if judgement.outcome is Outcome.SUCCESSFUL:
-        return done(Outcome.SUCCESSFUL, Outcome.SUCCESSFUL, CheckMemory(), judgement.message,
+        return done(Outcome.SUCCESSFUL, Outcome.SUCCESSFUL, memory.bump(Outcome.SUCCESSFUL),
+                    judgement.message,
                     judgement.reason, sufficient=True, judgement=judgement)  # fmt: skip
     if grace and judgement.reason == "baseline-missing":
         return collecting(judgement.message, judgement.reason, judgement=judgement)

@@ -12,20 +12,26 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
+from analysis import sequential_check
 from analysis.assess import (
     Evidence,
     Judge,
+    Judgement,
     assess,
     combine,
     evaluation,
     judge_thresholds,
     reading_from_results,
 )
+from analysis.looks import LookSource, SubjectLook
 from analysis.profiles import plan
 from analysis.providers.base import MetricProvider
+from analysis.sequential import SequentialState
 from analysis.types import (
+    BUILTIN_CHECKS,
     BadQuery,
     CheckDefinition,
     CheckEvaluation,
@@ -52,11 +58,27 @@ def combined_digest(digests: Sequence[str]) -> str:
 
 class Analyzer:
     """Evaluates a step's checks against one metric provider. ``judge`` replaces how values
-    are judged (:func:`analysis.assess.judge_thresholds` by default)."""
+    are judged (:func:`analysis.assess.judge_thresholds` by default).
 
-    def __init__(self, provider: MetricProvider, *, judge: Judge = judge_thresholds) -> None:
+    With ``looks`` (:class:`~analysis.looks.LookSource`), the built-in checks read grouped
+    looks shared by every rollout, and those with a relative tolerance and a false-rollback
+    budget are judged by sequential tests (:mod:`analysis.sequential_check`); custom
+    checks always run their own queries."""
+
+    def __init__(
+        self,
+        provider: MetricProvider,
+        *,
+        judge: Judge = judge_thresholds,
+        looks: LookSource | None = None,
+    ) -> None:
         self._provider = provider
         self._judge = judge
+        self._looks = looks
+
+    @property
+    def looks(self) -> LookSource | None:
+        return self._looks
 
     def analyze(
         self,
@@ -66,10 +88,12 @@ class Analyzer:
         at: datetime,
         *,
         grace: bool,
+        looks_only: bool = False,
     ) -> StepAnalysis:
         """Evaluate ``checks`` on ``subject`` at ``at``. ``memory`` is the previous
         round's :attr:`StepAnalysis.memory` (missing checks start from zero); ``grace`` is
-        True while the step is younger than its hold time."""
+        True while the step is younger than its hold time. ``looks_only`` evaluates only
+        the look-based checks (the fast path between analysis intervals)."""
         if at.tzinfo is None:
             raise ValueError("the evaluation time must be timezone-aware")
         names = [check.name for check in checks]
@@ -77,17 +101,115 @@ class Analyzer:
         if duplicates:
             raise ValueError(f"check names must be unique; repeated: {', '.join(duplicates)}")
         answers: dict[str, QueryResult | MetricError] = {}
+        seen: dict[datetime, SubjectLook | MetricError] = {}
         evaluations: list[CheckEvaluation] = []
         new_memory: dict[str, CheckMemory] = {}
         for check in checks:
-            reading, evidence = self._read(check, subject, at, answers)
             previous = memory.get(check.name, CheckMemory())
+            if self._look_based(check):
+                done, new_memory[check.name] = self._from_looks(
+                    check, subject, previous, at, grace, seen
+                )
+                evaluations.append(done)
+                continue
+            if looks_only:
+                new_memory[check.name] = previous
+                continue
+            reading, evidence = self._read(check, subject, at, answers)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
             evaluations.append(
                 evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
             )
             new_memory[check.name] = assessment.memory
         return combine(evaluations, new_memory, evaluated_at=at)
+
+    def _look_based(self, check: CheckDefinition) -> bool:
+        return self._looks is not None and check.builtin in BUILTIN_CHECKS
+
+    def _look(
+        self, subject: Subject, at: datetime, seen: dict[datetime, SubjectLook | MetricError]
+    ) -> SubjectLook | MetricError:
+        assert self._looks is not None
+        if at not in seen:
+            try:
+                seen[at] = self._looks.look(subject, at)
+            except MetricError as error:
+                seen[at] = error
+        return seen[at]
+
+    def _from_looks(
+        self,
+        check: CheckDefinition,
+        subject: Subject,
+        previous: CheckMemory,
+        at: datetime,
+        grace: bool,
+        seen: dict[datetime, SubjectLook | MetricError],
+    ) -> tuple[CheckEvaluation, CheckMemory]:
+        """A built-in check from the grouped looks (sequential when it has a tolerance)."""
+        source = self._looks
+        assert source is not None
+        sequential = check.sequential
+        state = previous.sequential or SequentialState() if sequential else None
+        through = previous.through
+        latest: SubjectLook | None = None
+        error: MetricError | None = None
+        digests: list[str] = []
+        read = 0
+        for t in source.due(through, at):
+            look = self._look(subject, t, seen)
+            if isinstance(look, MetricError):
+                error = look
+                break
+            if state is not None:
+                try:
+                    state = sequential_check.advance(check, state, look)
+                except ValueError as exc:
+                    error = BadQuery(str(exc))
+                    break
+            through, latest = t, look
+            digests.append(look.digest)
+            read += 1
+        if latest is None and error is None and through is not None:
+            again = self._look(subject, through, seen)  # no new look: show the last one
+            latest = again if isinstance(again, SubjectLook) else None
+        window_seconds = source.window.total_seconds()
+        if error is not None and read == 0:
+            reading = Reading.failed(error)
+        else:
+            reading = sequential_check.reading(
+                check,
+                state,
+                latest,
+                window_seconds=window_seconds,
+                look_seconds=source.period.total_seconds(),
+            )
+        memory = replace(previous, sequential=state, through=through)
+        judge = self._judge
+        if state is not None:
+            rate = latest.canary.window_requests / window_seconds if latest else None
+            evidence_state = state
+
+            def judge(c: CheckDefinition, r: Reading, _unit: object) -> Judgement:
+                return sequential_check.judge(c, evidence_state, r, canary_rate=rate)
+
+        assessment = assess(check, reading, memory, grace=grace, judge=judge)
+        detail = dict(assessment.detail)
+        detail["looks_read"] = read
+        if latest is not None:
+            detail["look_at"] = latest.at.isoformat()
+        if through is not None:
+            detail["through"] = through.isoformat()
+        if error is not None and read:
+            detail["look_error"] = f"{error.kind}: {error.message}"
+        assessment = replace(assessment, detail=detail)
+        queries = latest.queries if latest is not None else ()
+        url = latest.url if latest is not None else source.url
+        digest = combined_digest(digests) if digests else (error.raw_digest or "" if error else "")
+        done = evaluation(
+            check, reading, assessment, evaluated_at=at, evidence=Evidence(queries, url, digest)
+        )
+        return done, assessment.memory
 
     def _read(
         self,

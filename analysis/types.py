@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
+
+from analysis.sequential import SequentialState
 
 __all__ = [
     "BUILTIN_CHECKS",
@@ -45,6 +47,7 @@ __all__ = [
 
 Direction = Literal["lowerIsBetter", "higherIsBetter"]
 NoDataPolicy = Literal["inconclusive", "fail", "pass"]
+Progression = Literal["evidence", "power"]
 Mode = Literal["knative", "standard"]
 MetricProfile = Literal["knative-otel", "knative-opencensus", "istio", "kserve-model-server"]
 DetailValue = str | int | float | bool | None
@@ -56,6 +59,8 @@ BUILTIN_CHECKS: Mapping[str, Direction] = {
     "request-rate": "higherIsBetter",
 }
 """The built-in checks and their natural direction (the same table as the policy's)."""
+SEQUENTIAL_BUILTINS = frozenset({"error-rate", "latency-p99"})
+"""The built-ins that have a sequential test (counts of 5xx, histogram buckets)."""
 
 
 class Outcome(StrEnum):
@@ -155,9 +160,28 @@ class CheckDefinition:
     inconclusive_limit: int = 0
     consecutive_error_limit: int = 4
     dry_run: bool = False
+    alpha_fail: float | None = None
+    alpha_pass: float = 0.05
+    progression: Progression = "evidence"
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the check is judged by the sequential tests (``analysis.sequential``):
+        a built-in error rate or p99 with a relative tolerance, given a false-rollback
+        budget ``alpha_fail``. Other checks are judged per evaluation by their limits."""
+        return (
+            self.builtin in SEQUENTIAL_BUILTINS
+            and self.relative_tolerance is not None
+            and self.alpha_fail is not None
+        )
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        for name, alpha in (("alpha_fail", self.alpha_fail), ("alpha_pass", self.alpha_pass)):
+            if alpha is not None and not 0 < alpha < 1:
+                problems.append(f"{name} must be between 0 and 1, got {alpha}")
+        if self.progression not in get_args(Progression):
+            problems.append(f"progression must be evidence or power, got {self.progression!r}")
         if (self.builtin is None) == (self.query is None):
             problems.append("set exactly one of builtin and query")
         if self.builtin is not None and self.builtin not in BUILTIN_CHECKS:
@@ -280,23 +304,54 @@ class Reading:
 
 @dataclass(frozen=True)
 class CheckMemory:
-    """Per-check counters carried from one evaluation to the next (the engine persists
-    them). A Successful evaluation resets all three; an evaluation that is still collecting
-    data (no data in grace, too few samples) leaves them as they were."""
+    """Per-check state carried from one evaluation to the next (the engine persists it).
+
+    The counters: a Successful evaluation resets all three; an evaluation that is still
+    collecting data (no data in grace, too few samples) leaves them as they were.
+    ``sequential`` is a sequential check's accumulated evidence and ``through`` the last
+    look it has read; no outcome resets them."""
 
     consecutive_failures: int = 0
     consecutive_inconclusive: int = 0
     consecutive_errors: int = 0
+    sequential: SequentialState | None = None
+    through: datetime | None = None
 
     def bump(self, outcome: Outcome) -> CheckMemory:
         """The counters after one more evaluation with ``outcome``."""
         if outcome is Outcome.SUCCESSFUL:
-            return CheckMemory()
+            return replace(
+                self, consecutive_failures=0, consecutive_inconclusive=0, consecutive_errors=0
+            )
         if outcome is Outcome.FAILED:
             return replace(self, consecutive_failures=self.consecutive_failures + 1)
         if outcome is Outcome.INCONCLUSIVE:
             return replace(self, consecutive_inconclusive=self.consecutive_inconclusive + 1)
         return replace(self, consecutive_errors=self.consecutive_errors + 1)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "consecutive_failures": self.consecutive_failures,
+            "consecutive_inconclusive": self.consecutive_inconclusive,
+            "consecutive_errors": self.consecutive_errors,
+        }
+        if self.sequential is not None:
+            data["sequential"] = self.sequential.to_json()
+        if self.through is not None:
+            data["through"] = self.through.isoformat()
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CheckMemory:
+        sequential = data.get("sequential")
+        through = data.get("through")
+        return cls(
+            consecutive_failures=int(data.get("consecutive_failures", 0)),
+            consecutive_inconclusive=int(data.get("consecutive_inconclusive", 0)),
+            consecutive_errors=int(data.get("consecutive_errors", 0)),
+            sequential=None if sequential is None else SequentialState.from_json(sequential),
+            through=None if through is None else datetime.fromisoformat(through),
+        )
 
 
 @dataclass(frozen=True)

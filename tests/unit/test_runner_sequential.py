@@ -1,0 +1,192 @@
+"""The analyzer's look-based checks (analysis.runner with analysis.looks): what a rollout
+gets from one evaluation round after another, with the evidence carried in its memory.
+
+Prometheus is a fake that serves the same per-look counts at every grid time, so each
+scenario is deterministic: a canary with twice the baseline's error rate, a healthy one,
+one that serves nothing, and a Prometheus that goes away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from analysis.looks import LookSource
+from analysis.runner import Analyzer
+from analysis.types import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from tests.unit.test_looks import AT, SECOND, FakePrometheus, Revision
+
+CANARY, BASELINE = "scorer-00002", "scorer-00001"
+SUBJECT = Subject(
+    namespace="fraud",
+    isvc="scorer",
+    mode="knative",
+    canary_revision=CANARY,
+    baseline_revision=BASELINE,
+    metric_profile="knative-otel",
+    window=timedelta(seconds=60),
+)
+
+
+def errors(**overrides: Any) -> CheckDefinition:
+    base: dict[str, Any] = {
+        "name": "error-rate",
+        "builtin": "error-rate",
+        "query": None,
+        "direction": "lowerIsBetter",
+        "relative_tolerance": 0.5,
+        "min_samples": 100,
+        "alpha_fail": 0.01,
+        "alpha_pass": 0.05,
+    }
+    return CheckDefinition(**{**base, **overrides})
+
+
+def latency(**overrides: Any) -> CheckDefinition:
+    return errors(name="latency-p99", builtin="latency-p99", relative_tolerance=0.2, **overrides)
+
+
+def setup(canary: Revision, baseline: Revision) -> tuple[FakePrometheus, Analyzer]:
+    prometheus = FakePrometheus({("fraud", CANARY): canary, ("fraud", BASELINE): baseline})
+    looks = LookSource(prometheus, period=SECOND * 5, lag=SECOND * 2, window=SECOND * 60)
+    return prometheus, Analyzer(prometheus, looks=looks)
+
+
+def rounds(
+    analyzer: Analyzer,
+    checks: list[CheckDefinition],
+    count: int,
+    *,
+    grace: bool = False,
+    memory: Mapping[str, CheckMemory] | None = None,
+    start: int = 0,
+) -> list[StepAnalysis]:
+    """``count`` evaluations, one per 5 s look, each carrying the last one's memory."""
+    results: list[StepAnalysis] = []
+    current = dict(memory or {})
+    for i in range(start, start + count):
+        result = analyzer.analyze(SUBJECT, checks, current, AT + SECOND * (5 * i + 2),
+                                  grace=grace)  # fmt: skip
+        current = dict(result.memory)
+        results.append(result)
+    return results
+
+
+HEALTHY = Revision(requests=600, errors=6)
+BASE = Revision(requests=5400, errors=54)
+
+
+def test_twice_the_baseline_error_rate_is_rolled_back_fast_at_any_sample_size() -> None:
+    _, analyzer = setup(Revision(requests=600, errors=12), BASE)
+    results = rounds(analyzer, [errors(min_samples=100_000)], 10)
+    verdicts = [r.verdict for r in results]
+    first = verdicts.index(Outcome.FAILED)
+    assert first <= 4  # the oracle for this effect is 5 looks of this size
+    failed = results[first]
+    assert failed.fast_fail
+    evaluation = failed.evaluation("error-rate")
+    assert evaluation.detail["decision"] == "regression"
+    assert evaluation.statistic is not None
+    assert evaluation.threshold is not None
+    assert evaluation.threshold == pytest.approx(100)
+    assert evaluation.statistic >= evaluation.threshold
+    assert "proven worse" in evaluation.message
+
+
+def test_a_healthy_canary_becomes_sufficient_evidence_to_advance() -> None:
+    _, analyzer = setup(HEALTHY, BASE)
+    results = rounds(analyzer, [errors()], 30)
+    assert all(r.verdict is Outcome.SUCCESSFUL for r in results)  # never fails
+    first = next(i for i, r in enumerate(results) if r.sufficient_data)
+    assert 0 < first < 30
+    before = results[first - 1].evaluation("error-rate")
+    assert before.outcome is Outcome.INCONCLUSIVE  # still collecting
+    assert "collecting evidence" in before.message
+    assert before.detail["seconds_to_pass"] is not None
+    after = results[first].evaluation("error-rate")
+    assert after.detail["decision"] == "non-inferior"
+    assert after.sufficient
+
+
+def test_evidence_survives_a_restart_through_the_persisted_memory() -> None:
+    _, analyzer = setup(HEALTHY, BASE)
+    straight = rounds(analyzer, [errors()], 12)
+    _, fresh = setup(HEALTHY, BASE)  # a new process: new cache, new analyzer
+    first = rounds(fresh, [errors()], 6)
+    stored = {k: CheckMemory.from_json(v.to_json()) for k, v in first[-1].memory.items()}
+    resumed = rounds(fresh, [errors()], 6, memory=stored, start=6)
+    a = straight[-1].evaluation("error-rate").detail
+    b = resumed[-1].evaluation("error-rate").detail
+    assert a["safe_e_value"] == pytest.approx(b["safe_e_value"])
+    assert a["looks"] == b["looks"] == 12
+
+
+def test_looks_missed_while_the_controller_was_away_are_read_later() -> None:
+    _, analyzer = setup(HEALTHY, BASE)
+    first = analyzer.analyze(SUBJECT, [errors()], {}, AT + SECOND * 2, grace=False)
+    later = analyzer.analyze(SUBJECT, [errors()], first.memory, AT + SECOND * 32, grace=False)
+    assert later.evaluation("error-rate").detail["looks_read"] == 6
+
+
+def test_prometheus_down_is_an_error_and_never_evidence() -> None:
+    prometheus, analyzer = setup(HEALTHY, BASE)
+    healthy = rounds(analyzer, [errors()], 3)
+    prometheus.down = True
+    down = rounds(analyzer, [errors(consecutive_error_limit=1)], 3,
+                  memory=healthy[-1].memory, start=3)  # fmt: skip
+    assert [r.evaluation("error-rate").outcome for r in down] == [Outcome.ERROR] * 3
+    assert down[0].verdict is Outcome.SUCCESSFUL  # one error tolerated...
+    assert down[1].verdict is Outcome.ERROR  # ...the second pauses the rollout
+    assert not any(r.sufficient_data for r in down)
+    memory = down[-1].memory["error-rate"]
+    assert memory.through == healthy[-1].memory["error-rate"].through  # nothing skipped
+    prometheus.down = False
+    back = rounds(analyzer, [errors()], 1, memory=down[-1].memory, start=6)
+    assert back[0].evaluation("error-rate").detail["looks_read"] == 4  # the missed looks
+
+
+def test_a_canary_that_serves_nothing_never_passes() -> None:
+    _, analyzer = setup(Revision(requests=0, errors=0, buckets={}, p99=0.0), BASE)
+    in_grace = rounds(analyzer, [errors(), latency()], 3, grace=True)
+    assert all(not r.sufficient_data for r in in_grace)
+    assert all(r.verdict is Outcome.SUCCESSFUL for r in in_grace)  # still collecting
+    after = rounds(analyzer, [errors(), latency()], 2, memory=in_grace[-1].memory, start=3)
+    assert after[0].verdict is Outcome.INCONCLUSIVE  # pauses for a human
+    assert "no canary data" in after[0].summary
+
+
+def test_latency_calibrates_then_catches_a_slow_canary() -> None:
+    slow = Revision(requests=600, buckets={0.01: 100.0, 0.05: 300.0}, p99=0.3)
+    _, analyzer = setup(slow, Revision(requests=5400, buckets={0.01: 3240, 0.05: 2106}))
+    results = rounds(analyzer, [latency()], 5)
+    first = results[0].evaluation("latency-p99")
+    assert first.detail["decision"] == "continue"  # the first look fixed the threshold
+    assert first.detail["looks"] == 0  # and is not evidence itself
+    assert first.detail["reference_seconds"] == pytest.approx(0.05 * 0.99 * 5400 / 5346, rel=0.1)
+    assert results[1].verdict is Outcome.FAILED
+
+
+def test_a_hard_limit_fails_at_the_first_look_beyond_it() -> None:
+    _, analyzer = setup(Revision(requests=600, errors=6, p99=0.9), BASE)
+    result = analyzer.analyze(SUBJECT, [latency(hard_limit=0.5)], {}, AT + SECOND * 2,
+                              grace=True)  # fmt: skip
+    assert result.verdict is Outcome.FAILED
+    assert result.fast_fail
+
+
+def test_the_fast_path_leaves_custom_checks_alone() -> None:
+    prometheus, analyzer = setup(HEALTHY, BASE)
+    custom = CheckDefinition(
+        name="fraud-fpr",
+        builtin=None,
+        query='fraud_fp_rate{revision="${revision}"}',
+        direction="lowerIsBetter",
+        relative_tolerance=0.1,
+    )
+    result = analyzer.analyze(SUBJECT, [errors(), custom], {}, AT + SECOND * 2, grace=False,
+                              looks_only=True)  # fmt: skip
+    assert [e.check for e in result.evaluations] == ["error-rate"]
+    assert not any("fraud_fp_rate" in q for q in prometheus.sent)

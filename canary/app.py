@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from analysis.looks import LookSource
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
 from canary.admission import TemplateRules
@@ -90,6 +91,12 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         settings.prometheus_url, bearer_token=token.get_secret_value() if token else None
     )
     events = EventRecorder(kube, instance=identity, clock=now)
+    looks = LookSource(
+        provider,
+        period=timedelta(seconds=settings.look_period_seconds),
+        lag=timedelta(seconds=settings.look_lag_seconds),
+        window=timedelta(seconds=settings.analysis_window_seconds),
+    )
 
     def engine_factory(leadership: Callable[[], Fence | None]) -> Engine:
         return Engine(
@@ -100,7 +107,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
             leadership=leadership,
             clock=now,
             instance=identity,
-            analyzer=Analyzer(provider),
+            analyzer=Analyzer(provider, looks=looks),
             events=events,
             metrics=metrics,
             prometheus_url=settings.prometheus_url,

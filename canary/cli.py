@@ -345,9 +345,21 @@ def rollout_start(
 @click.argument("name", required=False)
 @click.option("-n", "--namespace", help="Only this namespace.")
 @click.option("--all", "include_finished", is_flag=True, help="Include finished rollouts.")
+@click.option(
+    "--look-seconds",
+    type=click.FloatRange(min=0.001),
+    default=5.0,
+    envvar="KSC_LOOK_PERIOD_SECONDS",
+    show_default=True,
+    help="The controller's look period, to turn evidence into time.",
+)
 @database_url_option
 def status(
-    name: str | None, namespace: str | None, include_finished: bool, database_url: str | None
+    name: str | None,
+    namespace: str | None,
+    include_finished: bool,
+    look_seconds: float,
+    database_url: str | None,
 ) -> None:
     """Rollouts: phase, step, weights, last verdict, next action and when."""
     from canary.audit import AuditError
@@ -358,7 +370,11 @@ def status(
     try:
         with _store(database_url) as store:
             lines = status_lines(
-                store, namespace=namespace, name=name, include_finished=include_finished
+                store,
+                namespace=namespace,
+                name=name,
+                include_finished=include_finished,
+                look_seconds=look_seconds,
             )
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)

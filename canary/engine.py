@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from analysis.looks import LookSource
+from analysis.types import SEQUENTIAL_BUILTINS
 from canary import machine
 from canary.annotations import AnnotationError, parse_annotations
 from canary.audit import (
@@ -114,7 +116,13 @@ class RolloutAnalyzer(Protocol):
         at: datetime,
         *,
         grace: bool,
+        looks_only: bool = False,
     ) -> StepAnalysis: ...
+
+    @property
+    def looks(self) -> LookSource | None:
+        """The grouped looks of the fast path, if the analyzer reads them."""
+        ...
 
 
 class Metrics(Protocol):
@@ -167,6 +175,7 @@ class RolloutDocument:
     metric_profile: str
     pending: tuple[Pending, ...] = ()
     next_analysis_at: datetime | None = None
+    next_look_at: datetime | None = None  # the next grouped look (fast path)
     memory: Mapping[str, CheckMemory] = field(default_factory=dict)
     retry_at: datetime | None = None  # when unapplied intents are tried again
     version: int = 0  # the row version it was read at (0: not stored yet)
@@ -194,14 +203,8 @@ class RolloutDocument:
             if self.next_analysis_at
             else None,
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
-            "memory": {
-                name: {
-                    "consecutive_failures": m.consecutive_failures,
-                    "consecutive_inconclusive": m.consecutive_inconclusive,
-                    "consecutive_errors": m.consecutive_errors,
-                }
-                for name, m in sorted(self.memory.items())
-            },
+            "next_look_at": self.next_look_at.isoformat() if self.next_look_at else None,
+            "memory": {name: m.to_json() for name, m in sorted(self.memory.items())},
         }
 
     @classmethod
@@ -218,8 +221,11 @@ class RolloutDocument:
             metric_profile=doc["metric_profile"],
             pending=tuple(Pending(**p) for p in doc.get("pending", ())),
             next_analysis_at=datetime.fromisoformat(next_analysis) if next_analysis else None,
-            memory={name: CheckMemory(**m) for name, m in doc.get("memory", {}).items()},
+            memory={name: CheckMemory.from_json(m) for name, m in doc.get("memory", {}).items()},
             retry_at=datetime.fromisoformat(doc["retry_at"]) if doc.get("retry_at") else None,
+            next_look_at=datetime.fromisoformat(doc["next_look_at"])
+            if doc.get("next_look_at")
+            else None,
             version=row.version,
         )
 
@@ -230,6 +236,7 @@ class RolloutDocument:
         candidates = [self.state.next_check_at]
         if self.state.phase in _ANALYSED_PHASES and self.state.step_reached_at is not None:
             candidates.append(self.next_analysis_at)
+            candidates.append(self.next_look_at)
         if self.pending:
             candidates.append(self.retry_at or self.state.phase_entered_at)
         present = [c for c in candidates if c is not None]
@@ -254,6 +261,26 @@ class RolloutDocument:
             next_check_at=self.wake_at(),
             active=not state.terminal,
         )
+
+
+def check_definitions(policy: RolloutPolicy) -> list[CheckDefinition]:
+    """The policy's checks for the analysis. The false-rollback budget is split evenly
+    among the gating checks that get a sequential test, so it holds for the rollout."""
+    sequential = [
+        c
+        for c in policy.checks
+        if not c.dry_run and c.builtin in SEQUENTIAL_BUILTINS and c.relative_tolerance is not None
+    ]
+    alpha_fail = policy.false_rollback_rate / max(len(sequential), 1)
+    return [
+        replace(
+            check_definition(spec),
+            alpha_fail=alpha_fail,
+            alpha_pass=policy.false_promotion_rate,
+            progression=policy.progression,
+        )
+        for spec in policy.checks
+    ]
 
 
 def check_definition(spec: CheckSpec) -> CheckDefinition:
@@ -424,19 +451,38 @@ class Engine:
             observed = self._observe(doc.mode, isvc)
         doc, work = self._step(doc, ServiceObserved(observed.view), now)
         doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
-        if self._analysis_due(doc, now):
-            doc = self._analyse(fence, rollout_id, doc, observed, now)
+        due = self._analysis_due(doc, now)
+        if due is not None:
+            doc = self._analyse(fence, rollout_id, doc, observed, now, fast=due == "look")
         return doc
 
-    def _analysis_due(self, doc: RolloutDocument, now: datetime) -> bool:
+    def _analysis_due(self, doc: RolloutDocument, now: datetime) -> Literal["full", "look"] | None:
+        """``full`` at the analysis interval (every check, an audit record, a verdict);
+        ``look`` when only a new grouped look is due (the fast path: the look-based checks,
+        recorded and acted on only when they fail)."""
         state = doc.state
-        return (
-            self._analyzer is not None
-            and not doc.pending
-            and state.phase in _ANALYSED_PHASES
-            and state.step_reached_at is not None
-            and (doc.next_analysis_at is None or now >= doc.next_analysis_at)
-        )
+        if (
+            self._analyzer is None
+            or doc.pending
+            or state.phase not in _ANALYSED_PHASES
+            or state.step_reached_at is None
+        ):
+            return None
+        if doc.next_analysis_at is None or now >= doc.next_analysis_at:
+            return "full"
+        if self._analyzer.looks is not None and (
+            doc.next_look_at is None or now >= doc.next_look_at
+        ):
+            return "look"
+        return None
+
+    def _next_look(self, now: datetime) -> datetime | None:
+        looks = self._analyzer.looks if self._analyzer is not None else None
+        if looks is None:
+            return None
+        due = looks.due(None, now)
+        last = due[-1] if due else now
+        return last + looks.period + looks.lag
 
     def _analyse(
         self,
@@ -445,6 +491,8 @@ class Engine:
         doc: RolloutDocument,
         observed: Observed,
         now: datetime,
+        *,
+        fast: bool = False,
     ) -> RolloutDocument:
         assert self._analyzer is not None
         state = doc.state
@@ -462,11 +510,24 @@ class Engine:
             metric_profile=doc.metric_profile,
             window=timedelta(seconds=int(window.total_seconds())),
         )
-        checks = [check_definition(c) for c in policy.checks]
+        checks = check_definitions(policy)
         # Missing data counts only once the hold is over and Prometheus has had time to
         # discover and scrape the new revision's pods.
         grace = now - reached < max(policy.step_hold, self._metrics_delay)
-        result = self._analyzer.analyze(subject, checks, doc.memory, now, grace=grace)
+        result = self._analyzer.analyze(
+            subject, checks, doc.memory, now, grace=grace, looks_only=fast
+        )
+        if fast and result.verdict is not Outcome.FAILED:
+            # Between analysis intervals only the accumulated evidence is kept: counters,
+            # records and verdicts belong to the interval's evaluation.
+            kept = {
+                name: replace(
+                    doc.memory.get(name, CheckMemory()), sequential=m.sequential, through=m.through
+                )
+                for name, m in result.memory.items()
+            }
+            doc = replace(doc, memory=kept, next_look_at=self._next_look(now))
+            return self._save(fence, rollout_id, doc, now)
         verdict = AnalysisVerdict(
             verdict=_VERDICTS[result.verdict],
             revision=state.canary.name,
@@ -491,6 +552,7 @@ class Engine:
                 "fast_fail": result.fast_fail,
                 "step": state.step_index,
                 "grace": grace,
+                "fast_path": fast,
                 "window_seconds": int(window.total_seconds()),
                 "metric_profile": doc.metric_profile,
             },
@@ -523,6 +585,7 @@ class Engine:
             doc,
             memory=dict(result.memory),
             next_analysis_at=now + policy.analysis_interval,
+            next_look_at=self._next_look(now),
         )
         doc, work = self._step(doc, verdict, now)
         work.entries.insert(0, evaluated)
@@ -777,6 +840,15 @@ class Engine:
                     )
                 )
         return work
+
+    def _save(
+        self, fence: Fence, rollout_id: str, doc: RolloutDocument, now: datetime
+    ) -> RolloutDocument:
+        """Store the rollout's document alone (no audit record: nothing was decided)."""
+        self._store.commit(
+            [], fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
+        )
+        return replace(doc, version=doc.version + 1)
 
     def _commit_and_act(
         self,

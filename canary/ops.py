@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from analysis.sequential_check import describe
 from canary.audit import AuditStore, CommandRow, RolloutRow
-from canary.engine import RolloutDocument, describe_wait
+from canary.engine import RolloutDocument, check_definitions, describe_wait
 
 __all__ = ["StatusLine", "parse_target", "render_status", "status_lines", "submit_command"]
 
@@ -85,9 +86,24 @@ class StatusLine:
     verdict: str
     next_action: str
     started: str
+    evidence: tuple[str, ...] = ()
 
 
-def _line(row: RolloutRow, now: datetime) -> StatusLine:
+def _evidence(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]:
+    """Per sequential check, how far the evidence is from a decision (see
+    :func:`analysis.sequential_check.describe`)."""
+    if doc.state.terminal:
+        return ()
+    lines = []
+    for check in check_definitions(doc.policy):
+        if check.sequential:
+            memory = doc.memory.get(check.name)
+            state = memory.sequential if memory is not None else None
+            lines.append(describe(check, state, look_seconds))
+    return tuple(lines)
+
+
+def _line(row: RolloutRow, now: datetime, look_seconds: float = 5.0) -> StatusLine:
     doc = RolloutDocument.from_row(row)
     state = doc.state
     steps = doc.policy.steps
@@ -116,6 +132,7 @@ def _line(row: RolloutRow, now: datetime) -> StatusLine:
         verdict=verdict,
         next_action=describe_wait(doc, now),
         started=f"{state.created_at:%Y-%m-%d %H:%M:%S}",
+        evidence=_evidence(doc, look_seconds),
     )
 
 
@@ -126,7 +143,10 @@ def status_lines(
     name: str | None = None,
     include_finished: bool = False,
     now: datetime | None = None,
+    look_seconds: float = 5.0,
 ) -> list[StatusLine]:
+    """The rollouts' status; ``look_seconds`` is the controller's look period (to turn
+    evidence per request into time)."""
     at = now or datetime.now(UTC)
     if include_finished or name is not None:
         rows = store.rollouts(namespace=namespace, name=name, limit=50)
@@ -134,7 +154,7 @@ def status_lines(
             rows = rows[:1]
     else:
         rows = store.rollouts(namespace=namespace, active=True)
-    return [_line(row, at) for row in rows]
+    return [_line(row, at, look_seconds) for row in rows]
 
 
 def render_status(lines: Sequence[StatusLine]) -> str:
@@ -144,7 +164,9 @@ def render_status(lines: Sequence[StatusLine]) -> str:
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(headers) - 1)]
     out = []
-    for row in table:
+    for index, row in enumerate(table):
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         out.append("  ".join([*cells, row[-1]]).rstrip())
+        if index > 0:
+            out.extend(f"  {line}" for line in lines[index - 1].evidence)
     return "\n".join(out)

@@ -511,6 +511,27 @@ class RolloutPolicy(_Model):
     )
     metric_profile: MetricProfile = "knative-otel"
     checks: tuple[CheckSpec, ...] = Field(default_factory=_default_checks)
+    false_rollback_rate: float = Field(
+        default=0.01,
+        gt=0,
+        lt=0.5,
+        description="The chance, over a whole rollout and however often it is analysed, that "
+        "the sequential tests roll back a canary that is no worse than its baseline; split "
+        "evenly among the gating checks with a relative tolerance.",
+    )
+    false_promotion_rate: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="The chance, per check, that a step advances although the canary is worse "
+        "than the check's tolerance.",
+    )
+    progression: Literal["evidence", "power"] = Field(
+        default="evidence",
+        description="evidence: a step advances only when the data rule out a regression "
+        "beyond each tolerance. power: it may also advance after the hold when no regression "
+        "was found and the samples had 80% power against twice the tolerance.",
+    )
     approval: ApprovalPolicy = ApprovalPolicy()
     schedule: Schedule = Schedule()
     shadow: ShadowPolicy = ShadowPolicy()

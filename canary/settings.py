@@ -66,6 +66,27 @@ class Settings(BaseSettings):
         "a new revision (service discovery + scrape interval + rate window). Until then a "
         "missing series means 'still collecting', never a verdict.",
     )
+    look_period_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often the built-in checks read Prometheus (grouped queries shared by "
+        "every rollout): the sequential tests' look and the fast-fail path. Aligned to a grid "
+        "of multiples of it, so every replica reads the same looks.",
+    )
+    look_lag_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="How long after a look's end its data are taken as complete in Prometheus "
+        "(one scrape interval plus ingestion).",
+    )
+    analysis_window_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="The range of the values shown and judged against absolute and hard limits "
+        "(5xx ratio, p99, request rate), shared by every rollout.",
+    )
     servicenow_url: str | None = None
     servicenow_user: str | None = None
     servicenow_password: SecretStr | None = None

@@ -50,7 +50,7 @@ def test_a_healthy_model_is_promoted_step_by_step(env: Env) -> None:
     assert result.state == "accepted", result.result
 
     doc = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.PAUSED, Phase.FAILED)
-    assert doc.state.phase is Phase.SUCCEEDED, doc.state.outcome
+    assert doc.state.phase is Phase.SUCCEEDED, doc.state.pause_reason or doc.state.outcome
     assert doc.state.canary.storage_uri == v2
     rollout = doc.state.rollout_id
 
@@ -87,7 +87,7 @@ def test_a_regressed_model_is_rolled_back_automatically(env: Env) -> None:
     assert env.command("start", "latency regression", storage_uri=v2).state == "accepted"
 
     doc = env.wait_phase(Phase.ROLLED_BACK, Phase.SUCCEEDED, Phase.PAUSED, Phase.FAILED)
-    assert doc.state.phase is Phase.ROLLED_BACK, doc.state.outcome
+    assert doc.state.phase is Phase.ROLLED_BACK, doc.state.pause_reason or doc.state.outcome
     assert "latency-p99" in (doc.state.rollback_reason or "")
     assert doc.state.step_index == 0  # never got past the first step
     failed = [
@@ -232,7 +232,7 @@ def test_a_gitops_model_change_is_held_to_the_first_step_by_the_webhook(env: Env
     assert stored["model"]["storageUri"] == v2
 
     doc = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.PAUSED, Phase.FAILED)
-    assert doc.state.phase is Phase.SUCCEEDED, doc.state.outcome
+    assert doc.state.phase is Phase.SUCCEEDED, doc.state.pause_reason or doc.state.outcome
     mine = [r.entry for r in env.records() if r.entry.rollout_id == doc.state.rollout_id]
     shifted = [int(str(dict(e.evidence)["percent"])) for e in mine
                if e.action == "traffic.shifted"]  # fmt: skip

@@ -215,6 +215,8 @@ class FailingAnalyzer:
     def __init__(self) -> None:
         self.calls = 0
 
+    looks = None
+
     def analyze(
         self,
         subject: Subject,
@@ -223,6 +225,7 @@ class FailingAnalyzer:
         at: datetime,
         *,
         grace: bool,
+        looks_only: bool = False,
     ) -> StepAnalysis:
         self.calls += 1
         return StepAnalysis(

@@ -116,7 +116,7 @@ def _count(value: float, what: str) -> float:
     if math.isnan(value):
         raise NotANumber(f"{what} is NaN")
     if math.isinf(value):
-        raise Infinite(f"{what} is {value}")
+        raise Infinite(f"{what} is {'+Inf' if value > 0 else '-Inf'}")
     return max(value, 0.0)
 
 

@@ -88,7 +88,9 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
     }
     token = settings.prometheus_bearer_token
     provider = PrometheusProvider(
-        settings.prometheus_url, bearer_token=token.get_secret_value() if token else None
+        settings.prometheus_url,
+        timeout=settings.prometheus_timeout_seconds,
+        bearer_token=token.get_secret_value() if token else None,
     )
     events = EventRecorder(kube, instance=identity, clock=now)
     looks = LookSource(

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     prometheus_url: str = "http://prometheus.monitoring:9090"
     prometheus_bearer_token: SecretStr | None = None
+    prometheus_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description="How long one Prometheus query may take (sent to Prometheus as its own "
+        "timeout too); a query is tried three times before the look counts as an error.",
+    )
     metrics_delay_seconds: int = Field(
         default=60,
         ge=0,

@@ -11,7 +11,7 @@ import pytest
 from canary.audit import upgrade_to_head
 from canary.sandbox.testbed import Testbed
 from tests.conftest import Database
-from tests.e2e.harness import FAST_POLICY, SLOW_POLICY, Env
+from tests.e2e.harness import FAST_POLICY, SLOW_POLICY, Env, Mode
 
 _count = itertools.count(1)
 
@@ -24,15 +24,25 @@ def _policies(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture(params=["knative", "standard"])
-def env(
-    request: pytest.FixtureRequest, testbed: Testbed, pg_database: Database, tmp_path: Path
-) -> Iterator[Env]:
-    upgrade_to_head(pg_database.url)
-    mode = request.param
+def _env(mode: Mode, testbed: Testbed, database: Database, tmp_path: Path) -> Iterator[Env]:
+    upgrade_to_head(database.url)
     namespace = testbed.namespace(f"e2e-{mode[:4]}-{next(_count)}")
-    environment = Env(testbed, mode, namespace, pg_database.url, _policies(tmp_path))
+    environment = Env(testbed, mode, namespace, database.url, _policies(tmp_path))
     try:
         yield environment
     finally:
         environment.stop()
+
+
+@pytest.fixture(params=["knative", "standard"])
+def env(
+    request: pytest.FixtureRequest, testbed: Testbed, pg_database: Database, tmp_path: Path
+) -> Iterator[Env]:
+    """A controller environment, once per KServe deployment mode."""
+    yield from _env(request.param, testbed, pg_database, tmp_path)
+
+
+@pytest.fixture
+def knative_env(testbed: Testbed, pg_database: Database, tmp_path: Path) -> Iterator[Env]:
+    """A Knative-mode environment, for behaviour that does not depend on the mode."""
+    yield from _env("knative", testbed, pg_database, tmp_path)

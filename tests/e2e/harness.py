@@ -184,7 +184,11 @@ class Env:
     # --- the controller -------------------------------------------------------------------
 
     def start_controller(
-        self, identity: str = "replica-a", *, webhook: bool = False
+        self,
+        identity: str = "replica-a",
+        *,
+        webhook: bool = False,
+        prometheus_url: str | None = None,
     ) -> Application:
         tls: dict[str, Path] = {}
         if webhook:
@@ -198,7 +202,8 @@ class Env:
             database_url=self.database_url,
             policy_path=self.policy_dir,
             kubeconfig=self.testbed.kubeconfig_path,
-            prometheus_url=self.testbed.prometheus_url,
+            prometheus_url=prometheus_url or self.testbed.prometheus_url,
+            prometheus_timeout_seconds=1.0,
             namespaces=(self.namespace,),
             http_host="127.0.0.1",
             http_port=0,
@@ -208,6 +213,10 @@ class Env:
             lease_duration_seconds=5,
             resync_seconds=30,
             metrics_delay_seconds=10,
+            # Prometheus scrapes every second: a look each second, complete 1.5 s later.
+            look_period_seconds=1.0,
+            look_lag_seconds=1.5,
+            analysis_window_seconds=10,
             environment="development",
         )
         app = build(settings)

@@ -205,7 +205,12 @@ class Analyzer:
         assessment = replace(assessment, detail=detail)
         queries = latest.queries if latest is not None else ()
         url = latest.url if latest is not None else source.url
-        digest = combined_digest(digests) if digests else (error.raw_digest or "" if error else "")
+        if digests:
+            digest = combined_digest(digests)
+        elif latest is not None:
+            digest = latest.digest  # no new look: the evidence is the last one read
+        else:
+            digest = (error.raw_digest or "") if error is not None else ""
         done = evaluation(
             check, reading, assessment, evaluated_at=at, evidence=Evidence(queries, url, digest)
         )

@@ -181,6 +181,7 @@ class SequentialState:
     canary_safe_events: float = 0.0
     baseline_safe_events: float = 0.0
     looks: int = 0
+    ruled_out: bool = False  # the safety test has crossed its threshold (it stays crossed)
     reference: float | None = None  # latency only: the threshold in seconds
     calibration: tuple[tuple[float, float], ...] = ()  # latency only: baseline buckets
 
@@ -195,6 +196,7 @@ class SequentialState:
             "canary_safe_events": self.canary_safe_events,
             "baseline_safe_events": self.baseline_safe_events,
             "looks": self.looks,
+            "ruled_out": self.ruled_out,
             "reference": self.reference,
             # JSON has no infinity: the +Inf bound is written as Prometheus writes it.
             "calibration": [
@@ -221,6 +223,7 @@ class SequentialState:
             canary_safe_events=float(data.get("canary_safe_events", 0.0)),
             baseline_safe_events=float(data.get("baseline_safe_events", 0.0)),
             looks=int(data.get("looks", 0)),
+            ruled_out=bool(data.get("ruled_out", False)),
             reference=None if reference is None else float(reference),
             calibration=tuple(
                 (float(le), float(count)) for le, count in data.get("calibration", ())
@@ -301,7 +304,7 @@ class _Pair:
         beyond = estimate is not None and estimate > 1
         if harm_e >= self.harm.log_threshold and beyond:
             kind: DecisionKind = "regression"
-        elif safe_e >= self.safe.log_threshold:
+        elif state.ruled_out or safe_e >= self.safe.log_threshold:
             kind = "non-inferior"
         else:
             kind = "continue"
@@ -321,6 +324,15 @@ class _Pair:
             else _requests_to_pass(state, self.safe.log_threshold),
             message=describe,
         )
+
+
+def _mark(state: SequentialState, pair: _Pair) -> SequentialState:
+    """Remember that the safety test crossed its threshold. Stopping at the first crossing
+    is what Ville's inequality covers, so the verdict stands even if the statistic later
+    falls back (the harm test keeps watching for a regression)."""
+    if state.ruled_out or RatioTest.log_e_value(state.safe) < pair.safe.log_threshold:
+        return state
+    return replace(state, ruled_out=True)
 
 
 def _validate(tolerance: float, alpha_fail: float, alpha_pass: float) -> None:
@@ -354,7 +366,7 @@ class ErrorRateTest:
 
     def update(self, state: SequentialState, counts: Counts) -> SequentialState:
         pair = self._pair
-        return replace(
+        updated = replace(
             state,
             harm=pair.harm.update(state.harm, counts),
             safe=pair.safe.update(state.safe, counts),
@@ -366,6 +378,7 @@ class ErrorRateTest:
             baseline_safe_events=state.baseline_safe_events + counts.baseline_events,
             looks=state.looks + 1,
         )
+        return _mark(updated, pair)
 
     def decide(self, state: SequentialState) -> Decision:
         canary = _rate(state.canary_harm_events, state.canary_requests)
@@ -515,7 +528,7 @@ class LatencyTest:
             harm.baseline_events,
         )
         pair = self._pair
-        return replace(
+        updated = replace(
             state,
             harm=pair.harm.update(state.harm, harm),
             safe=pair.safe.update(state.safe, safe),
@@ -527,6 +540,7 @@ class LatencyTest:
             baseline_safe_events=state.baseline_safe_events + safe.baseline_events,
             looks=state.looks + 1,
         )
+        return _mark(updated, pair)
 
     def decide(self, state: SequentialState) -> Decision:
         if state.reference is None:

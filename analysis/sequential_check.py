@@ -280,6 +280,8 @@ def describe(check: CheckDefinition, state: SequentialState | None, look_seconds
     tolerance = f"+{check.relative_tolerance * 100:.3g}%"
     if decision.kind == "calibrating":
         return f"{check.name}: {decision.message}"
+    if state.canary_requests <= 0:
+        return f"{check.name}: no canary request counted yet"
     if decision.kind == "regression":
         return f"{check.name}: regression proven (evidence {_evalue(decision.harm_log_e):.3g})"
     if decision.kind == "non-inferior":

@@ -2,18 +2,23 @@
 
 It starts the test bed (kube-apiserver + etcd with the real CRDs, the KServe and traffic
 simulators, real Prometheus) and a private PostgreSQL, runs the controller exactly as
-``canary run`` builds it, and deploys two fraud-scoring models side by side:
+``canary run`` builds it, and deploys four fraud-scoring models side by side:
 
-* ``fraud-healthy``: a new model as good as the old one, promoted 10 → 25 → 50 → 100;
+* ``fraud-healthy``: a new model as good as the old one, promoted 10 → 25 → 50 → 100,
+  each step only once the data rule out a regression;
 * ``fraud-regressed``: a new model whose p99 latency jumps, rolled back automatically;
+* ``fraud-erroring``: a new model that fails 5 % of requests (production: 1 %), rolled
+  back by the sequential error-rate test;
 * ``fraud-gitops``: a model change written the way ``kubectl apply`` or a GitOps sync
   writes it, without any percent. The controller's admission webhook (registered through a
   real MutatingWebhookConfiguration with the test bed's CA) adds the first step to that
   very write, so the new revision never gets more than 10% before analysis.
 
-The first two start with ``canary rollout start`` (one write: new model + first step). Progress is
-printed live; at the end a summary is read back from the audit database, and the hash
-chain is verified. Everything is torn down afterwards.
+The first three start with ``canary rollout start`` (one write: new model + first step).
+Progress is printed live, with each check's distance to a decision; at the end a summary
+is read back from the audit database, with the evaluation that decided each rollout and
+its evidence (values, counts, e-value against its threshold, query, response digest), and
+the hash chain is verified. Everything is torn down afterwards.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from datetime import UTC
 from functools import partial
 from pathlib import Path
 
+from analysis.sequential_check import describe
 from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
-from canary.audit import AuditStore, upgrade_to_head
-from canary.engine import RolloutDocument
+from canary.audit import AuditRecord, AuditStore, upgrade_to_head
+from canary.engine import RolloutDocument, check_definitions
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.log import configure_logging
@@ -46,28 +52,29 @@ from canary.settings import load_settings
 __all__ = ["DEMO_POLICY", "main"]
 
 NAMESPACE = "fraud"
-RATE = 200.0  # requests per second per InferenceService
+RATE = 2000.0  # requests per second per InferenceService: the canary gets 200 at 10 %
 DEMO_POLICY = """\
 # The demo's policy: the default shape (10/25/50/100, error rate and p99 against the
-# stable revision), with seconds instead of minutes so the demo takes about a minute.
+# stable revision), with seconds instead of minutes so the demo takes about two minutes.
+# A step advances only when the data rule out a regression beyond each tolerance.
 name: fraud-demo
 steps: [10, 25, 50, 100]
 stepHold: 5s
-analysisInterval: 1s
+analysisInterval: 2s
 revisionReadyTimeout: 30s
 trafficTimeout: 30s
-maxStepDuration: 45s
+maxStepDuration: 90s
+falseRollbackRate: 0.01       # over the whole rollout, however often it looks
+falsePromotionRate: 0.05      # per check
 checks:
   - name: error-rate
     builtin: error-rate
-    absoluteLimit: 0.05        # fail above 5% 5xx (a baseline comparison of error rates
-                               # needs the sequential statistics of issue #5: a few
-                               # seconds of 1% errors are too noisy for a ratio)
+    relativeTolerance: 0.5     # the 5xx rate may not rise more than 50% over the stable's
     minSamples: 200
   - name: latency-p99
     builtin: latency-p99
-    relativeTolerance: 1.0     # fail when p99 is twice the stable's
-    hardLimit: 0.5             # or above 500 ms at any time
+    relativeTolerance: 0.5     # nor the p99 by more than 50%
+    hardLimit: 0.5             # and p99 above 500 ms fails at once
     minSamples: 100
 """
 
@@ -92,6 +99,12 @@ SCENARIOS = (
         "fraud-regressed",
         "a model whose p99 latency jumps from 40 ms to 150 ms",
         ModelBehaviour(latency=LatencyProfile(median_seconds=0.060, p99_seconds=0.150)),
+        "RolledBack",
+    ),
+    Scenario(
+        "fraud-erroring",
+        "a model that fails 5% of its requests where production fails 1%",
+        ModelBehaviour(error_rate=0.05),
         "RolledBack",
     ),
     Scenario(
@@ -191,8 +204,47 @@ def _progress(store: AuditStore, started: float, timeout: float) -> dict[str, Ro
                 line += f"  {state.outcome or ''}"[:140]
                 final[row.name] = doc
             _say(line)
+            if not state.terminal and state.step_reached_at is not None:
+                for text in _evidence(doc):
+                    _say(f"{'':26}{text}")
         time.sleep(0.25)
     return final
+
+
+def _evidence(doc: RolloutDocument) -> list[str]:
+    """How far each sequential check is from a decision (as ``canary status`` shows it)."""
+    lines = []
+    for check in check_definitions(doc.policy):
+        if check.sequential:
+            memory = doc.memory.get(check.name)
+            lines.append(describe(check, memory.sequential if memory else None, 1.0))
+    return lines
+
+
+def _deciding(records: list[AuditRecord]) -> AuditRecord | None:
+    """The evaluation that decided: the failing one, else the last one."""
+    evaluations = [r for r in records if r.entry.action == "analysis.evaluated"]
+    failed = [r for r in evaluations if r.entry.evidence.get("verdict") == "Failed"]
+    chosen = failed or evaluations
+    return chosen[-1] if chosen else None
+
+
+def _show_evidence(record: AuditRecord) -> None:
+    entry = record.entry
+    when = entry.at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    url = entry.measurements[0].prometheus_url if entry.measurements else "-"
+    _say(f"  deciding evaluation #{record.seq} at {when} (Prometheus {url}):")
+    for m in entry.measurements:
+        detail = m.detail
+        counts = f"{m.canary_samples or 0:,} canary / {m.baseline_samples or 0:,} baseline requests"
+        test = ""
+        if detail.get("test") == "sequential" and m.statistic is not None and m.threshold:
+            test = f"; evidence {m.statistic:.3g} vs {m.threshold:.3g} ({detail.get('decision')})"
+        _say(f"    {m.check:12} {m.verdict:12} {counts}{test}")
+        _say(f"    {'':12} {str(detail.get('message', ''))[:150]}")
+        first_query = m.query.splitlines()[0] if m.query else "-"
+        _say(f"    {'':12} query {first_query[:110]}")
+        _say(f"    {'':12} response sha256 {m.response_digest[:16]}...")
 
 
 def _summary(store: AuditStore, final: dict[str, RolloutDocument]) -> bool:
@@ -219,6 +271,9 @@ def _summary(store: AuditStore, final: dict[str, RolloutDocument]) -> bool:
             when = entry.at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
             reason = (entry.reason or "").replace("\n", " ")
             _say(f"  #{record.seq:<4} {when}  {entry.action:22} {reason[:100]}")
+        deciding = _deciding(mine)
+        if deciding is not None:
+            _show_evidence(deciding)
         verdict = "as expected" if state.phase.value == scenario.expect else "UNEXPECTED"
         _say(f"  => {state.phase.value} ({verdict})")
         ok = ok and state.phase.value == scenario.expect
@@ -281,6 +336,10 @@ def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
             lease_namespace=NAMESPACE,
             lease_duration_seconds=10,
             metrics_delay_seconds=10,
+            # Prometheus scrapes every second: a look each second, complete 1.5 s later.
+            look_period_seconds=1.0,
+            look_lag_seconds=1.5,
+            analysis_window_seconds=10,
             environment="development",
             log_level="warning",
         )

@@ -30,7 +30,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +47,7 @@ from analysis import (
     StepAnalysis,
     Subject,
 )
+from analysis.looks import LookSource
 from analysis.profiles import plan
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.types import METRIC_PROFILES, NoData
@@ -508,3 +509,87 @@ def test_every_query_the_profiles_build_is_valid_promql(
         assert (sent, refused) == (0, len(checks))  # no queue-proxy in Standard mode
     else:
         assert sent >= 5
+
+
+# --- the sequential tests on grouped looks --------------------------------------------------
+
+
+def sequential(check: CheckDefinition) -> CheckDefinition:
+    """The check as the controller builds it from a policy: with a false-rollback budget
+    (two gating checks share 1 %) and the promotion budget."""
+    return replace(check, alpha_fail=0.005, alpha_pass=0.05)
+
+
+SEQUENTIAL_CASES = [
+    Case("knative", "knative-otel", "healthy", (latency(100), error_rate(100)),
+         Outcome.SUCCESSFUL),
+    Case("knative", "knative-otel", "slow", (latency(100), error_rate(100)), Outcome.FAILED,
+         "latency-p99"),
+    Case("knative", "knative-otel", "erroring", (latency(100), error_rate(100)),
+         Outcome.FAILED, "error-rate"),
+    Case("knative", "knative-opencensus", "erroring", (error_rate(100),), Outcome.FAILED,
+         "error-rate"),
+    Case("knative", "istio", "slow", (latency(100),), Outcome.FAILED, "latency-p99"),
+    Case("standard", "istio", "healthy", (latency(100), error_rate(100)), Outcome.SUCCESSFUL),
+    Case("standard", "istio", "erroring", (latency(100), error_rate(100)), Outcome.FAILED,
+         "error-rate"),
+    Case("standard", "kserve-model-server", "slow", (latency(100),), Outcome.FAILED,
+         "latency-p99"),
+]  # fmt: skip
+
+
+def looks_analyzer(bed: Bed, provider: MetricProvider | None = None) -> Analyzer:
+    source = LookSource(
+        provider or bed.provider,
+        period=timedelta(seconds=1),
+        lag=timedelta(seconds=1.5),
+        window=timedelta(seconds=10),
+    )
+    return Analyzer(provider or bed.provider, looks=source)
+
+
+@pytest.mark.parametrize("case", SEQUENTIAL_CASES, ids=[c.id for c in SEQUENTIAL_CASES])
+def test_sequential_verdict_on_real_prometheus(case: Case, request: pytest.FixtureRequest) -> None:
+    bed: Bed = request.getfixturevalue(case.mode)
+    subject = bed.subject(case.scenario, case.profile)
+    checks = [sequential(c) for c in case.checks]
+    step = poll(looks_analyzer(bed), subject, checks, decided)
+
+    assert step.verdict is case.verdict, step.summary
+    if case.verdict is Outcome.SUCCESSFUL:
+        assert step.sufficient_data, step.summary
+        for evaluation in step.evaluations:
+            assert evaluation.detail["decision"] == "non-inferior", evaluation.message
+    else:
+        assert step.fast_fail  # a proven regression fails at once, whatever the limits
+        failed = step.evaluation(str(case.failing))
+        assert failed.detail["decision"] == "regression", failed.message
+        assert failed.statistic is not None
+        assert failed.threshold is not None
+        assert failed.threshold == pytest.approx(200)  # 1 / 0.005
+        assert failed.statistic >= failed.threshold
+    for evaluation in step.evaluations:
+        assert evaluation.prometheus_url == bed.url
+        assert re.fullmatch("[0-9a-f]{64}", evaluation.response_digest)
+        assert subject.namespace in evaluation.query
+        assert evaluation.canary_samples
+        assert evaluation.baseline_samples
+
+
+def test_one_set_of_queries_per_look_serves_every_rollout(knative: Bed) -> None:
+    provider = CountingProvider(knative.provider)
+    analyzer = looks_analyzer(knative, provider)
+    subjects = [knative.subject(s, "knative-otel") for s in SCENARIOS]
+    checks = [sequential(latency(100)), sequential(error_rate(100))]
+    memories: dict[str, dict[str, CheckMemory]] = {s.namespace: {} for s in subjects}
+    at = datetime.now(UTC)
+    for subject in subjects:  # the first round: each newcomer widens the selection once
+        step = analyzer.analyze(subject, checks, memories[subject.namespace], at, grace=True)
+        memories[subject.namespace] = dict(step.memory)
+    before = len(provider.queries)
+    for subject in subjects:  # the next look: one round of queries for all three
+        step = analyzer.analyze(subject, checks, memories[subject.namespace],
+                                at + timedelta(seconds=1), grace=True)  # fmt: skip
+        assert step.evaluation("error-rate").detail["looks_read"] == 1
+    assert len(provider.queries) - before == 6
+    assert all("|" in query for query in provider.queries[before:])  # every revision at once

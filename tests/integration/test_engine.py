@@ -17,6 +17,8 @@ from uuid import uuid4
 import pytest
 
 from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from analysis.looks import LookSource
+from analysis.runner import Analyzer
 from canary.audit import (
     Actor,
     AuditEntry,
@@ -30,12 +32,14 @@ from canary.audit import (
     StoreUnavailable,
     upgrade_to_head,
 )
-from canary.engine import Engine, RolloutAnalyzer
+from canary.engine import Engine, RolloutAnalyzer, RolloutDocument
 from canary.k8s.client import Conflict, KubeClient, KubeError, NotFound, ResourceKind, Unavailable
 from canary.model import Revision, SetTraffic, TrafficView
 from canary.policy import PolicySet, RolloutPolicy
 from canary.routing.base import Observed, TrafficRouter
 from tests.conftest import Database
+from tests.unit.test_looks import FakePrometheus
+from tests.unit.test_looks import Revision as Served
 
 pytestmark = pytest.mark.integration
 
@@ -882,3 +886,79 @@ def test_rollout_start_for_a_service_not_opted_in_is_rejected_and_writes_nothing
     assert rig.router.attempts == []
     assert rig.cluster.view.latest == Revision(R1, URI1)
     assert rig.store.last_rollout_for(NS, NAME) is None
+
+
+# ---------------------------------------------------------------------------------------
+# The fast path: grouped looks between analysis intervals
+# ---------------------------------------------------------------------------------------
+
+LOOK_POLICY = RolloutPolicy.model_validate(
+    {
+        "name": "default",
+        "steps": [10, 50, 100],
+        "stepHold": "60s",
+        "analysisInterval": "30s",
+        "revisionReadyTimeout": "2m",
+        "trafficTimeout": "1m",
+    }
+)
+
+
+def looks_rig(store: AuditStore, prometheus: FakePrometheus) -> Rig:
+    source = LookSource(prometheus, period=timedelta(seconds=5), lag=timedelta(seconds=2),
+                        window=timedelta(seconds=60))  # fmt: skip
+    rig = make_rig(store, analyzer=Analyzer(prometheus, looks=source))
+    rig.engine._policies = lambda: PolicySet([LOOK_POLICY], {"default": "test"})
+    return rig
+
+
+def run_until(rig: Rig, seconds: float) -> None:
+    """Call the engine whenever it asks, for ``seconds`` of fake time."""
+    end = rig.clock() + timedelta(seconds=seconds)
+    while rig.clock() < end:
+        wake = rig.engine.reconcile(NS, NAME)
+        if wake is None or wake >= end:
+            break
+        rig.clock.now = max(wake, rig.clock() + timedelta(milliseconds=1))
+
+
+def test_a_failing_look_between_intervals_rolls_back_at_once(lite_store: AuditStore) -> None:
+    healthy, baseline = Served(requests=600, errors=6), Served(requests=5400, errors=54)
+    prometheus = FakePrometheus({(NS, R2): healthy, (NS, R1): baseline}, origin=T0)
+    rig = looks_rig(lite_store, prometheus)
+    rig.to_first_step()  # the step is reached and the first (full) evaluation runs
+    (first,) = rig.records("analysis.evaluated")
+    assert first.evidence["fast_path"] is False
+    prometheus.revisions[(NS, R2)] = Served(requests=600, errors=60)  # 10x the errors
+    run_until(rig, 28)  # less than one analysis interval
+    rig.clock.advance(1)
+    rig.engine.reconcile(NS, NAME)  # the status shows the rollback
+
+    row = rig.last_rollout()
+    assert row.phase == "RolledBack"
+    evaluations = rig.records("analysis.evaluated")
+    assert len(evaluations) == 2  # the quiet looks wrote nothing; the failing one did
+    deciding = evaluations[-1]
+    assert deciding.evidence["fast_path"] is True
+    assert deciding.evidence["verdict"] == "Failed"
+    assert (deciding.at - first.at) < timedelta(seconds=30)
+    (measurement,) = [m for m in deciding.measurements if m.check == "error-rate"]
+    assert measurement.detail["decision"] == "regression"
+    assert rig.router.written[-1] == SetTraffic(R2, 0, "rollback")
+
+
+def test_quiet_looks_keep_the_evidence_without_audit_records(lite_store: AuditStore) -> None:
+    prometheus = FakePrometheus(
+        {(NS, R2): Served(requests=600, errors=6), (NS, R1): Served(requests=5400, errors=54)},
+        origin=T0,
+    )
+    rig = looks_rig(lite_store, prometheus)
+    rig.to_first_step()  # the step is reached and the first (full) evaluation runs
+    run_until(rig, 29)  # the next full one is due 30 s later
+    assert len(rig.records("analysis.evaluated")) == 1  # the fast looks are not records
+    doc = RolloutDocument.from_row(rig.last_rollout())
+    memory = doc.memory["error-rate"]
+    assert memory.sequential is not None
+    assert memory.sequential.looks >= 5  # one per 5 s look since the step was reached
+    assert memory.through is not None
+    assert rig.clock() - memory.through < timedelta(seconds=8)

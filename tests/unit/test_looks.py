@@ -53,11 +53,12 @@ class FakePrometheus:
     duplicate: tuple[str, str] | None = None
     nan_requests: tuple[str, str] | None = None
     restart_at: datetime | None = None  # every counter restarts from 0 just before this
+    origin: datetime = ORIGIN  # when every counter started
     sent: list[str] = field(default_factory=list)
     url: str = "http://prometheus.test:9090"
 
     def looks_since_start(self, at: datetime) -> float:
-        start = self.restart_at if self.restart_at and at >= self.restart_at else ORIGIN
+        start = self.origin
         if self.restart_at and at >= self.restart_at:
             start = self.restart_at - SECOND * 5  # one look's worth since the restart
         return (at - start) / (SECOND * 5)

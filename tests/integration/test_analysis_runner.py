@@ -572,8 +572,9 @@ def test_sequential_verdict_on_real_prometheus(case: Case, request: pytest.Fixtu
         assert evaluation.prometheus_url == bed.url
         assert re.fullmatch("[0-9a-f]{64}", evaluation.response_digest)
         assert subject.namespace in evaluation.query
-        assert evaluation.canary_samples
-        assert evaluation.baseline_samples
+        if evaluation.sufficient or evaluation.check == case.failing:  # what decided
+            assert evaluation.canary_samples
+            assert evaluation.baseline_samples
 
 
 def test_one_set_of_queries_per_look_serves_every_rollout(knative: Bed) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from canary.ops import StatusLine, parse_target, render_status
@@ -97,3 +99,14 @@ def test_render_status_aligns_columns_and_leaves_the_last_one_ragged(
             start = header.index("  " + heading) + 2
             assert row[start - 2 : start] == "  "
             assert row[start] != " "
+
+
+def test_render_status_shows_each_checks_evidence_under_its_rollout() -> None:
+    evidence = (
+        "error-rate: 42% of the evidence to rule out +50%, about 3min more at 20 req/s",
+        "latency-p99: a regression beyond +20% is ruled out",
+    )
+    rendered = render_status([replace(SCORER, evidence=evidence), PD]).splitlines()
+    assert rendered[1].startswith("fraud        scorer")
+    assert rendered[2:4] == [f"  {line}" for line in evidence]
+    assert rendered[4].startswith("credit-risk  pd")

@@ -219,6 +219,27 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
         "",
     ),
     (
+        "false-rollback-rate-zero",
+        {"falseRollbackRate": 0},
+        "falseRollbackRate",
+        "greater than 0",
+        "0",
+    ),
+    (
+        "false-promotion-rate-too-high",
+        {"falsePromotionRate": 0.6},
+        "falsePromotionRate",
+        "less than 0.5",
+        "0.6",
+    ),
+    (
+        "unknown-progression",
+        {"progression": "timer"},
+        "progression",
+        "'evidence' or 'power'",
+        "'timer'",
+    ),
+    (
         "shadow-percent",
         {"shadow": {"enabled": True, "mirrorPercent": 150}},
         "shadow.mirrorPercent",

@@ -41,6 +41,7 @@ __all__ = [
     "ProfileSeries",
     "QueryPlan",
     "Unit",
+    "counter_queries",
     "identity",
     "plan",
     "promql_duration",
@@ -320,6 +321,32 @@ def render_template(template: str, variables: dict[str, str]) -> str:
         ) from None
     except ValueError as exc:  # a "$" that is not a variable
         raise ValueError(f"invalid query template: {exc}") from None
+
+
+def counter_queries(check: CheckDefinition, subject: Subject) -> tuple[str, str, str, str]:
+    """An events/requests check's four queries: the canary's events and requests, then
+    the baseline's (each template rendered for one revision)."""
+    if check.events is None or check.requests is None:
+        raise ValueError(f"check {check.name!r} has no events/requests templates")
+
+    def variables(revision: str) -> dict[str, str]:
+        return {
+            "namespace": subject.namespace,
+            "isvc": subject.isvc,
+            "revision": revision,
+            "canary_revision": subject.canary_revision,
+            "baseline_revision": subject.baseline_revision,
+            "window": promql_duration(subject.window),
+        }
+
+    canary = variables(subject.canary_revision)
+    baseline = variables(subject.baseline_revision)
+    return (
+        render_template(check.events, canary),
+        render_template(check.requests, canary),
+        render_template(check.events, baseline),
+        render_template(check.requests, baseline),
+    )
 
 
 def plan(check: CheckDefinition, subject: Subject) -> QueryPlan:

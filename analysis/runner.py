@@ -11,6 +11,7 @@ check whose queries fail is an Error evaluation and never stops the others.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -27,16 +28,19 @@ from analysis.assess import (
     reading_from_results,
 )
 from analysis.looks import LookSource, SubjectLook
-from analysis.profiles import plan
+from analysis.profiles import counter_queries, plan
 from analysis.providers.base import MetricProvider
-from analysis.sequential import SequentialState
+from analysis.sequential import Counts, ErrorRateTest, SequentialState
 from analysis.types import (
     BUILTIN_CHECKS,
     BadQuery,
     CheckDefinition,
     CheckEvaluation,
     CheckMemory,
+    Infinite,
     MetricError,
+    NoData,
+    NotANumber,
     ProviderError,
     QueryResult,
     Reading,
@@ -114,6 +118,12 @@ class Analyzer:
                 continue
             if looks_only:
                 new_memory[check.name] = previous
+                continue
+            if check.counted:
+                done, new_memory[check.name] = self._from_counters(
+                    check, subject, previous, at, grace
+                )
+                evaluations.append(done)
                 continue
             reading, evidence = self._read(check, subject, at, answers)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
@@ -214,6 +224,107 @@ class Analyzer:
         done = evaluation(
             check, reading, assessment, evaluated_at=at, evidence=Evidence(queries, url, digest)
         )
+        return done, assessment.memory
+
+    def _from_counters(
+        self,
+        check: CheckDefinition,
+        subject: Subject,
+        previous: CheckMemory,
+        at: datetime,
+        grace: bool,
+    ) -> tuple[CheckEvaluation, CheckMemory]:
+        """An events/requests check: its counters' increase since the previous evaluation
+        is one more look of its sequential test (or, without a tolerance budget, just the
+        rate judged by the limits)."""
+        try:
+            queries = counter_queries(check, subject)
+        except ValueError as exc:
+            reading = Reading.failed(BadQuery(str(exc)))
+            assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
+            done = evaluation(check, reading, assessment, evaluated_at=at, evidence=Evidence())
+            return done, assessment.memory
+        values: list[float | None] = []
+        digests: list[str] = []
+        url = ""
+        error: MetricError | None = None
+        for query in queries:
+            answer = self._ask(query, at)
+            if isinstance(answer, NoData):
+                values.append(None)
+                digests.append(answer.raw_digest or "")
+                continue
+            if isinstance(answer, MetricError):
+                error = answer
+                digests.append(answer.raw_digest or "")
+                break
+            digests.append(answer.raw_digest)
+            url = url or answer.url
+            try:
+                value = answer.single(query).value
+            except MetricError as bad:
+                error = bad
+                break
+            if not math.isfinite(value):
+                kind = NotANumber if math.isnan(value) else Infinite
+                error = kind(f"the counter is {value}", query=query, raw_digest=answer.raw_digest)
+                break
+            values.append(value)
+        evidence = Evidence(queries, url or str(getattr(self._provider, "url", "")),
+                            combined_digest(digests) if any(digests) else "")  # fmt: skip
+        if error is not None:
+            reading = Reading.failed(error)
+            assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
+            done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
+            return done, assessment.memory
+
+        state = previous.sequential or SequentialState()
+        note = ""
+        last, now = previous.counters, tuple(values)
+        canary_rate: float | None = None
+        if last is not None and None not in last and None not in now:
+            increase = [float(b or 0.0) - float(a or 0.0) for a, b in zip(last, now, strict=True)]
+            if min(increase) < 0:
+                note = "a counter went down (a restart): this interval is not counted"
+            elif check.sequential:
+                events_c, requests_c, events_b, requests_b = increase
+                test = sequential_check.test_for(check)
+                assert isinstance(test, ErrorRateTest)
+                look = Counts(
+                    requests_c, min(events_c, requests_c), requests_b, min(events_b, requests_b)
+                )
+                state = test.update(state, look)
+                if previous.through is not None and at > previous.through:
+                    canary_rate = requests_c / (at - previous.through).total_seconds()
+        memory = replace(previous, sequential=state if check.sequential else None,
+                         through=at, counters=now)  # fmt: skip
+
+        def rate(events: float, requests: float) -> float | None:
+            return events / requests if requests > 0 else None
+
+        def shown(events: float, requests: float, at: int) -> float | None:
+            # Before the first increase, the counters' lifetime ratio (shown, not judged).
+            if requests > 0 or now[at] is None or now[at + 1] is None:
+                return rate(events, requests)
+            return rate(float(now[at] or 0.0), float(now[at + 1] or 0.0))
+
+        reading = Reading(
+            canary=shown(state.canary_harm_events, state.canary_requests, 0),
+            baseline=shown(state.baseline_harm_events, state.baseline_requests, 2),
+            canary_samples=round(state.canary_requests),
+            baseline_samples=round(state.baseline_requests),
+        )
+        judge = self._judge
+        if check.sequential:
+            evidence_state = state
+
+            def judge(c: CheckDefinition, r: Reading, _unit: object) -> Judgement:
+                return sequential_check.judge(c, evidence_state, r, canary_rate=canary_rate)
+
+        assessment = assess(check, reading, memory, grace=grace, judge=judge)
+        if note:
+            assessment = replace(assessment, detail={**assessment.detail, "note": note})
+        done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
         return done, assessment.memory
 
     def _read(

@@ -353,6 +353,7 @@ class ErrorRateTest:
     tolerance: float
     alpha_fail: float = 0.01
     alpha_pass: float = 0.05
+    label: str = "5xx"  # what the events are, in messages
 
     def __post_init__(self) -> None:
         _validate(self.tolerance, self.alpha_fail, self.alpha_pass)
@@ -384,8 +385,8 @@ class ErrorRateTest:
         canary = _rate(state.canary_harm_events, state.canary_requests)
         baseline = _rate(state.baseline_harm_events, state.baseline_requests)
         describe = (
-            f"5xx {canary} of {state.canary_requests:.0f} canary requests vs {baseline} of "
-            f"{state.baseline_requests:.0f} baseline requests"
+            f"{self.label} {canary} of {state.canary_requests:.0f} canary requests vs "
+            f"{baseline} of {state.baseline_requests:.0f} baseline requests"
         )
         return self._pair.decide(state, describe)
 

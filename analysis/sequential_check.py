@@ -51,6 +51,10 @@ def test_for(check: CheckDefinition) -> ErrorRateTest | LatencyTest:
     assert check.alpha_fail is not None
     if check.builtin == "error-rate":
         return ErrorRateTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass)
+    if check.counted:
+        return ErrorRateTest(
+            check.relative_tolerance, check.alpha_fail, check.alpha_pass, label=check.name
+        )
     return LatencyTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass)
 
 

@@ -163,14 +163,22 @@ class CheckDefinition:
     alpha_fail: float | None = None
     alpha_pass: float = 0.05
     progression: Progression = "evidence"
+    events: str | None = None
+    requests: str | None = None
+
+    @property
+    def counted(self) -> bool:
+        """A custom check on two counters (``events`` over ``requests``)."""
+        return self.events is not None
 
     @property
     def sequential(self) -> bool:
         """Whether the check is judged by the sequential tests (``analysis.sequential``):
-        a built-in error rate or p99 with a relative tolerance, given a false-rollback
-        budget ``alpha_fail``. Other checks are judged per evaluation by their limits."""
+        a built-in error rate or p99, or an events/requests check, with a relative
+        tolerance, given a false-rollback budget ``alpha_fail``. Other checks are judged
+        per evaluation by their limits."""
         return (
-            self.builtin in SEQUENTIAL_BUILTINS
+            (self.builtin in SEQUENTIAL_BUILTINS or self.counted)
             and self.relative_tolerance is not None
             and self.alpha_fail is not None
         )
@@ -182,8 +190,10 @@ class CheckDefinition:
                 problems.append(f"{name} must be between 0 and 1, got {alpha}")
         if self.progression not in get_args(Progression):
             problems.append(f"progression must be evidence or power, got {self.progression!r}")
-        if (self.builtin is None) == (self.query is None):
-            problems.append("set exactly one of builtin and query")
+        if (self.events is None) != (self.requests is None):
+            problems.append("events and requests go together")
+        if sum(x is not None for x in (self.builtin, self.query, self.events)) != 1:
+            problems.append("set exactly one of builtin, query and events/requests")
         if self.builtin is not None and self.builtin not in BUILTIN_CHECKS:
             problems.append(
                 f"unknown built-in {self.builtin!r}; allowed: {', '.join(BUILTIN_CHECKS)}"
@@ -316,6 +326,7 @@ class CheckMemory:
     consecutive_errors: int = 0
     sequential: SequentialState | None = None
     through: datetime | None = None
+    counters: tuple[float | None, ...] | None = None  # events/requests checks: last values
 
     def bump(self, outcome: Outcome) -> CheckMemory:
         """The counters after one more evaluation with ``outcome``."""
@@ -339,18 +350,24 @@ class CheckMemory:
             data["sequential"] = self.sequential.to_json()
         if self.through is not None:
             data["through"] = self.through.isoformat()
+        if self.counters is not None:
+            data["counters"] = list(self.counters)
         return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CheckMemory:
         sequential = data.get("sequential")
         through = data.get("through")
+        counters = data.get("counters")
         return cls(
             consecutive_failures=int(data.get("consecutive_failures", 0)),
             consecutive_inconclusive=int(data.get("consecutive_inconclusive", 0)),
             consecutive_errors=int(data.get("consecutive_errors", 0)),
             sequential=None if sequential is None else SequentialState.from_json(sequential),
             through=None if through is None else datetime.fromisoformat(through),
+            counters=None
+            if counters is None
+            else tuple(None if v is None else float(v) for v in counters),
         )
 
 

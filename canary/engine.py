@@ -269,7 +269,9 @@ def check_definitions(policy: RolloutPolicy) -> list[CheckDefinition]:
     sequential = [
         c
         for c in policy.checks
-        if not c.dry_run and c.builtin in SEQUENTIAL_BUILTINS and c.relative_tolerance is not None
+        if not c.dry_run
+        and (c.builtin in SEQUENTIAL_BUILTINS or c.events is not None)
+        and c.relative_tolerance is not None
     ]
     alpha_fail = policy.false_rollback_rate / max(len(sequential), 1)
     return [
@@ -288,6 +290,8 @@ def check_definition(spec: CheckSpec) -> CheckDefinition:
         name=spec.name,
         builtin=spec.builtin,
         query=spec.query,
+        events=spec.events,
+        requests=spec.requests,
         direction=spec.effective_direction.value,
         absolute_limit=spec.absolute_limit,
         relative_tolerance=spec.relative_tolerance,

@@ -153,11 +153,24 @@ TEMPLATE_VARIABLES: Mapping[str, str] = {
 
 
 class CheckSpec(_Model):
-    """One metric check. Either ``builtin`` or ``query`` is set, never both."""
+    """One metric check: a ``builtin``, a ``query`` (one value per revision, judged by
+    thresholds at each evaluation), or ``events`` with ``requests`` (two counters per
+    revision, judged by the sequential test on their ratio)."""
 
     name: str
     builtin: str | None = None
     query: str | None = None
+    events: str | None = Field(
+        default=None,
+        description="PromQL template of a counter of events for ${revision} (e.g. false "
+        "positives); with 'requests', the rate events/requests is compared with the "
+        "baseline's by the sequential test.",
+    )
+    requests: str | None = Field(
+        default=None,
+        description="PromQL template of the counter the events are a share of (e.g. "
+        "legitimate transactions scored).",
+    )
     direction: Direction | None = None
     absolute_limit: float | None = Field(
         default=None, description="The canary fails when its value is beyond this."
@@ -194,7 +207,7 @@ class CheckSpec(_Model):
             raise ValueError(f"unknown built-in check; allowed: {', '.join(BUILTIN_CHECKS)}")
         return value
 
-    @field_validator("query")
+    @field_validator("query", "events", "requests")
     @classmethod
     def _query_variables_known(cls, value: str | None) -> str | None:
         if value is None:
@@ -215,10 +228,27 @@ class CheckSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if (self.builtin is None) == (self.query is None):
-            raise ValueError("set exactly one of 'builtin' (a built-in check) or 'query' (PromQL)")
+        if (self.events is None) != (self.requests is None):
+            raise ValueError("'events' and 'requests' go together: the rate is events/requests")
+        kinds = [self.builtin is not None, self.query is not None, self.events is not None]
+        if sum(kinds) != 1:
+            raise ValueError(
+                "set exactly one of 'builtin' (a built-in check), 'query' (PromQL, one value "
+                "per revision) or 'events' with 'requests' (two counters per revision)"
+            )
         if self.query is not None and self.direction is None:
             raise ValueError("a custom query needs 'direction': lowerIsBetter or higherIsBetter")
+        if self.events is not None:
+            if self.direction is Direction.HIGHER_IS_BETTER:
+                raise ValueError(
+                    "an events/requests check judges a rate that must not rise; for a rate "
+                    "that must not fall, count its complement (e.g. declines, not approvals)"
+                )
+            if self.relative_tolerance is None:
+                raise ValueError(
+                    "an events/requests check needs 'relativeTolerance': how much the rate "
+                    "may rise over the baseline's (0.1 = 10%)"
+                )
         if (
             self.absolute_limit is None
             and self.relative_tolerance is None
@@ -233,6 +263,8 @@ class CheckSpec(_Model):
     def effective_direction(self) -> Direction:
         if self.direction is not None:
             return self.direction
+        if self.events is not None:
+            return Direction.LOWER_IS_BETTER
         assert self.builtin is not None  # guaranteed by the validator
         return BUILTIN_CHECKS[self.builtin]
 

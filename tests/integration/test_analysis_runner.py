@@ -64,8 +64,8 @@ ISVC = "scorer"
 RATE = 4000.0  # requests per second per InferenceService
 WINDOW = timedelta(seconds=60)  # longer than a test runs: every query sees all data so far
 DEADLINE = 30.0
-Scenario = Literal["healthy", "slow", "erroring"]
-SCENARIOS: tuple[Scenario, ...] = ("healthy", "slow", "erroring")
+Scenario = Literal["healthy", "slow", "erroring", "drifting"]
+SCENARIOS: tuple[Scenario, ...] = ("healthy", "slow", "erroring", "drifting")
 
 STABLE = ModelBehaviour(
     latency=LatencyProfile(median_seconds=0.020, p99_seconds=0.040), error_rate=0.05
@@ -76,12 +76,17 @@ BEHAVIOUR: dict[Scenario, ModelBehaviour] = {
         update={"latency": LatencyProfile(median_seconds=0.060, p99_seconds=0.120)}
     ),
     "erroring": STABLE.model_copy(update={"error_rate": 0.20}),
+    # declines 4 % of legitimate transactions where the stable declines 2 %
+    "drifting": STABLE.model_copy(
+        update={"business": STABLE.business.model_copy(update={"false_positive_rate": 0.04})}
+    ),
 }
 # what each check should read: (canary, baseline)
 SIMULATED: dict[Scenario, dict[str, tuple[float, float]]] = {
     "healthy": {"latency-p99": (0.040, 0.040), "error-rate": (0.05, 0.05)},
     "slow": {"latency-p99": (0.120, 0.040), "error-rate": (0.05, 0.05)},
     "erroring": {"latency-p99": (0.040, 0.040), "error-rate": (0.20, 0.05)},
+    "drifting": {"latency-p99": (0.040, 0.040), "error-rate": (0.05, 0.05)},
 }
 # Sampling error is small at this rate, but on a loaded 2-core machine (the full suite
 # right after the e2e tests) the test bed has read a 5 % error ratio as up to 6.8 %
@@ -594,3 +599,43 @@ def test_one_set_of_queries_per_look_serves_every_rollout(knative: Bed) -> None:
         assert step.evaluation("error-rate").detail["looks_read"] == 1
     assert len(provider.queries) - before == 6
     assert all("|" in query for query in provider.queries[before:])  # every revision at once
+
+
+FPR_COUNTS = CheckDefinition(
+    "fraud-false-positives",
+    None,
+    None,
+    "lowerIsBetter",
+    relative_tolerance=0.25,
+    min_samples=100,
+    events='sum(fraud_decisions_total{namespace="${namespace}",revision="${revision}",'
+    'outcome="false_positive"})',
+    requests='sum(fraud_decisions_total{namespace="${namespace}",revision="${revision}",'
+    'outcome=~"false_positive|true_negative"})',
+    alpha_fail=0.01,
+)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "decision"),
+    [pytest.param("drifting", "regression", id="fpr-doubled"),
+     pytest.param("healthy", "non-inferior", id="fpr-unchanged")],
+)  # fmt: skip
+def test_a_business_rate_is_judged_by_its_counters(
+    knative: Bed, scenario: Scenario, decision: str
+) -> None:
+    subject = knative.subject(scenario, "knative-otel")
+    step = poll(knative.analyzer, subject, [FPR_COUNTS], decided)
+    evaluation = step.evaluation(FPR_COUNTS.name)
+    assert evaluation.detail["decision"] == decision, evaluation.message
+    assert step.verdict is (Outcome.FAILED if decision == "regression" else Outcome.SUCCESSFUL)
+    canary, baseline = knative.revisions[scenario]
+    queries = evaluation.query.split("\n")
+    assert len(queries) == 4  # events and requests, canary then baseline
+    assert f'revision="{canary}"' in queries[0]
+    assert f'revision="{baseline}"' in queries[3]
+    assert evaluation.canary_value is not None
+    expected = 0.04 if scenario == "drifting" else 0.02
+    assert evaluation.canary_value == pytest.approx(expected, rel=0.35)
+    assert evaluation.statistic is not None
+    assert re.fullmatch("[0-9a-f]{64}", evaluation.response_digest)

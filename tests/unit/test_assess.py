@@ -473,8 +473,8 @@ def test_reading_from_results(
 @pytest.mark.parametrize(
     ("overrides", "problem"),
     [
-        ({"builtin": None}, "exactly one of builtin and query"),
-        ({"query": "up"}, "exactly one of builtin and query"),
+        ({"builtin": None}, "exactly one of builtin, query and events/requests"),
+        ({"query": "up"}, "exactly one of builtin, query and events/requests"),
         ({"builtin": "p50"}, "unknown built-in"),
         ({"direction": "up"}, "direction"),
         ({"relative_tolerance": None}, "at least one"),

@@ -219,6 +219,63 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
         "",
     ),
     (
+        "events-without-requests",
+        {
+            "checks": [
+                {
+                    "name": "fpr",
+                    "events": 'sum(fp{revision="${revision}"})',
+                    "relativeTolerance": 0.1,
+                }
+            ]
+        },
+        "checks[0]",
+        "'events' and 'requests' go together",
+        "",
+    ),
+    (
+        "events-and-query",
+        {
+            "checks": [
+                {
+                    "name": "fpr",
+                    "events": "a",
+                    "requests": "b",
+                    "query": "c",
+                    "direction": "lowerIsBetter",
+                    "relativeTolerance": 0.1,
+                }
+            ]
+        },
+        "checks[0]",
+        "set exactly one of 'builtin'",
+        "",
+    ),
+    (
+        "events-higher-is-better",
+        {
+            "checks": [
+                {
+                    "name": "approvals",
+                    "events": "a",
+                    "requests": "b",
+                    "direction": "higherIsBetter",
+                    "relativeTolerance": 0.1,
+                }
+            ]
+        },
+        "checks[0]",
+        "count its complement",
+        "",
+    ),
+    (
+        "events-without-tolerance",
+        {"checks": [{"name": "fpr", "events": "a", "requests": "b", "absoluteLimit": 0.05}]},
+        "checks[0]",
+        "needs 'relativeTolerance'",
+        "",
+    ),
+    (
         "false-rollback-rate-zero",
         {"falseRollbackRate": 0},
         "falseRollbackRate",

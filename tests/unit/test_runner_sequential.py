@@ -9,14 +9,22 @@ one that serves nothing, and a Prometheus that goes away.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from analysis.looks import LookSource
 from analysis.runner import Analyzer
-from analysis.types import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from analysis.types import (
+    CheckDefinition,
+    CheckMemory,
+    Outcome,
+    QueryResult,
+    Series,
+    StepAnalysis,
+    Subject,
+)
 from tests.unit.test_looks import AT, SECOND, FakePrometheus, Revision
 
 CANARY, BASELINE = "scorer-00002", "scorer-00001"
@@ -190,3 +198,81 @@ def test_the_fast_path_leaves_custom_checks_alone() -> None:
                               looks_only=True)  # fmt: skip
     assert [e.check for e in result.evaluations] == ["error-rate"]
     assert not any("fraud_fp_rate" in q for q in prometheus.sent)
+
+
+class CounterPrometheus:
+    """Answers an events/requests check's four queries from cumulative counters that
+    grow by a fixed amount per evaluation; ``reset`` restarts the canary's counters."""
+
+    url = "http://prometheus.test:9090"
+
+    def __init__(self, canary_rate: float, baseline_rate: float = 0.02) -> None:
+        self.rates = {CANARY: canary_rate, BASELINE: baseline_rate}
+        self.elapsed = {CANARY: 0.0, BASELINE: 0.0}
+        self.sent: list[str] = []
+
+    def tick(self, *, reset: bool = False) -> None:
+        for revision in self.elapsed:
+            self.elapsed[revision] += 1
+        if reset:
+            self.elapsed[CANARY] = 0.5
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        self.sent.append(promql)
+        revision = CANARY if CANARY in promql else BASELINE
+        requests = 10_000.0 * self.elapsed[revision] * (1 if revision == CANARY else 9)
+        value = requests * self.rates[revision] if 'false_positive"' in promql else requests
+        return QueryResult((Series({}, value),), raw_digest="f" * 64, url=self.url)
+
+
+FPR = CheckDefinition(
+    name="fraud-fpr",
+    builtin=None,
+    query=None,
+    direction="lowerIsBetter",
+    relative_tolerance=0.1,
+    min_samples=100,
+    events='sum(fraud_decisions_total{revision="${revision}",outcome="false_positive"})',
+    requests='sum(fraud_decisions_total{revision="${revision}",outcome=~"false_positive|ok"})',
+    alpha_fail=0.01,
+)
+
+
+def counted_rounds(
+    prometheus: CounterPrometheus, count: int, reset_at: int = -1
+) -> list[StepAnalysis]:
+    analyzer = Analyzer(prometheus)
+    memory: dict[str, CheckMemory] = {}
+    results = []
+    for i in range(count):
+        prometheus.tick(reset=i == reset_at)
+        result = analyzer.analyze(SUBJECT, [FPR], memory, AT + SECOND * 30 * i, grace=False)
+        memory = dict(result.memory)
+        results.append(result)
+    return results
+
+
+def test_a_drifting_business_rate_is_rolled_back_by_its_counters() -> None:
+    results = counted_rounds(CounterPrometheus(canary_rate=0.04), 10)
+    assert results[0].evaluation("fraud-fpr").detail["looks"] == 0  # first values only
+    failed = next(r for r in results if r.verdict is Outcome.FAILED)
+    evaluation = failed.evaluation("fraud-fpr")
+    assert evaluation.detail["decision"] == "regression"
+    assert evaluation.canary_value == pytest.approx(0.04)
+    assert evaluation.baseline_value == pytest.approx(0.02)
+    assert len(evaluation.query.split("\n")) == 4
+
+
+def test_a_steady_business_rate_is_ruled_non_inferior() -> None:
+    results = counted_rounds(CounterPrometheus(canary_rate=0.02), 12)
+    assert all(r.verdict is not Outcome.FAILED for r in results)
+    assert results[-1].sufficient_data
+    assert results[-1].evaluation("fraud-fpr").detail["decision"] == "non-inferior"
+
+
+def test_a_counter_reset_skips_one_interval_instead_of_counting_a_negative_one() -> None:
+    results = counted_rounds(CounterPrometheus(canary_rate=0.02), 4, reset_at=2)
+    reset = results[2].evaluation("fraud-fpr")
+    assert "a counter went down" in str(reset.detail["note"])
+    assert reset.detail["looks"] == 1  # unchanged by the reset interval
+    assert results[3].evaluation("fraud-fpr").detail["looks"] == 2

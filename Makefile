@@ -32,6 +32,7 @@ help:
 	@echo "make lint | typecheck | contracts | unit | integration   the parts of make test"
 	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
 	@echo "make bench-sandbox   time the test bed's start and stop"
+	@echo "make bench-judgement   decision quality of ours vs Flagger- and Kayenta-style judges"
 	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -104,6 +105,10 @@ demo: deps
 .PHONY: bench-sandbox
 bench-sandbox: deps
 	$(BIN)/python bench/sandbox_startup.py --runs 3
+
+.PHONY: bench-judgement
+bench-judgement: venv
+	$(BIN)/python -m bench.judgement --reps 1000
 
 .PHONY: sandbox-up
 sandbox-up: deps

@@ -49,6 +49,7 @@ __all__ = [
     "render_template",
     "series_of",
     "string_literal",
+    "template_variables",
 ]
 
 TEMPLATE_VARIABLES = (
@@ -299,15 +300,19 @@ class _Builder:
         return self._sum("increase", f"{s.histogram}_count", self._selector(s.latency_matchers))
 
     def variables(self, revision: str) -> dict[str, str]:
-        subject = self.subject
-        return {
-            "namespace": subject.namespace,
-            "isvc": subject.isvc,
-            "revision": revision,
-            "canary_revision": subject.canary_revision,
-            "baseline_revision": subject.baseline_revision,
-            "window": self.window,
-        }
+        return template_variables(self.subject, revision)
+
+
+def template_variables(subject: Subject, revision: str) -> dict[str, str]:
+    """The values of a custom template's variables, for one revision of ``subject``."""
+    return {
+        "namespace": subject.namespace,
+        "isvc": subject.isvc,
+        "revision": revision,
+        "canary_revision": subject.canary_revision,
+        "baseline_revision": subject.baseline_revision,
+        "window": promql_duration(subject.window),
+    }
 
 
 def render_template(template: str, variables: dict[str, str]) -> str:
@@ -329,18 +334,8 @@ def counter_queries(check: CheckDefinition, subject: Subject) -> tuple[str, str,
     if check.events is None or check.requests is None:
         raise ValueError(f"check {check.name!r} has no events/requests templates")
 
-    def variables(revision: str) -> dict[str, str]:
-        return {
-            "namespace": subject.namespace,
-            "isvc": subject.isvc,
-            "revision": revision,
-            "canary_revision": subject.canary_revision,
-            "baseline_revision": subject.baseline_revision,
-            "window": promql_duration(subject.window),
-        }
-
-    canary = variables(subject.canary_revision)
-    baseline = variables(subject.baseline_revision)
+    canary = template_variables(subject, subject.canary_revision)
+    baseline = template_variables(subject, subject.baseline_revision)
     return (
         render_template(check.events, canary),
         render_template(check.requests, canary),

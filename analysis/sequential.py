@@ -326,6 +326,24 @@ class _Pair:
         )
 
 
+def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts) -> SequentialState:
+    """One more look: both tests updated with their counts, the totals added up. (The
+    two count sets share their requests; only the events differ.)"""
+    updated = replace(
+        state,
+        harm=pair.harm.update(state.harm, harm),
+        safe=pair.safe.update(state.safe, safe),
+        canary_requests=state.canary_requests + harm.canary_requests,
+        baseline_requests=state.baseline_requests + harm.baseline_requests,
+        canary_harm_events=state.canary_harm_events + harm.canary_events,
+        baseline_harm_events=state.baseline_harm_events + harm.baseline_events,
+        canary_safe_events=state.canary_safe_events + safe.canary_events,
+        baseline_safe_events=state.baseline_safe_events + safe.baseline_events,
+        looks=state.looks + 1,
+    )
+    return _mark(updated, pair)
+
+
 def _mark(state: SequentialState, pair: _Pair) -> SequentialState:
     """Remember that the safety test crossed its threshold. Stopping at the first crossing
     is what Ville's inequality covers, so the verdict stands even if the statistic later
@@ -366,20 +384,7 @@ class ErrorRateTest:
         )
 
     def update(self, state: SequentialState, counts: Counts) -> SequentialState:
-        pair = self._pair
-        updated = replace(
-            state,
-            harm=pair.harm.update(state.harm, counts),
-            safe=pair.safe.update(state.safe, counts),
-            canary_requests=state.canary_requests + counts.canary_requests,
-            baseline_requests=state.baseline_requests + counts.baseline_requests,
-            canary_harm_events=state.canary_harm_events + counts.canary_events,
-            baseline_harm_events=state.baseline_harm_events + counts.baseline_events,
-            canary_safe_events=state.canary_safe_events + counts.canary_events,
-            baseline_safe_events=state.baseline_safe_events + counts.baseline_events,
-            looks=state.looks + 1,
-        )
-        return _mark(updated, pair)
+        return _accumulate(state, self._pair, counts, counts)
 
     def decide(self, state: SequentialState) -> Decision:
         canary = _rate(state.canary_harm_events, state.canary_requests)
@@ -528,20 +533,7 @@ class LatencyTest:
             harm.baseline_requests,
             harm.baseline_events,
         )
-        pair = self._pair
-        updated = replace(
-            state,
-            harm=pair.harm.update(state.harm, harm),
-            safe=pair.safe.update(state.safe, safe),
-            canary_requests=state.canary_requests + harm.canary_requests,
-            baseline_requests=state.baseline_requests + harm.baseline_requests,
-            canary_harm_events=state.canary_harm_events + harm.canary_events,
-            baseline_harm_events=state.baseline_harm_events + harm.baseline_events,
-            canary_safe_events=state.canary_safe_events + safe.canary_events,
-            baseline_safe_events=state.baseline_safe_events + safe.baseline_events,
-            looks=state.looks + 1,
-        )
-        return _mark(updated, pair)
+        return _accumulate(state, self._pair, harm, safe)
 
     def decide(self, state: SequentialState) -> Decision:
         if state.reference is None:

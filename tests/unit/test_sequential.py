@@ -24,19 +24,10 @@ from analysis.sequential import (
     fixed_horizon_power,
     quantile,
 )
+from bench.judgement import poisson
 
 INF = math.inf
 HIST = ((0.01, 60.0), (0.05, 90.0), (0.1, 99.0), (INF, 100.0))
-
-
-def poisson(rng: random.Random, mean: float) -> int:
-    if mean > 50:
-        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
-    limit, k, product = math.exp(-mean), 0, rng.random()
-    while product > limit:
-        k += 1
-        product *= rng.random()
-    return k
 
 
 def look(rng: random.Random, rate: float, canary_error: float, share: float = 0.1) -> Counts:

@@ -14,7 +14,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from analysis import sequential_check
 from analysis.assess import (
@@ -75,10 +75,14 @@ class Analyzer:
         *,
         judge: Judge = judge_thresholds,
         looks: LookSource | None = None,
+        lag: timedelta = timedelta(seconds=2),
     ) -> None:
         self._provider = provider
         self._judge = judge
         self._looks = looks
+        # Counters are read this long before the evaluation time, so that every query of
+        # one evaluation sees the same scrapes (the looks' own lag when there are looks).
+        self._lag = looks.lag if looks is not None else lag
 
     @property
     def looks(self) -> LookSource | None:
@@ -248,8 +252,9 @@ class Analyzer:
         digests: list[str] = []
         url = ""
         error: MetricError | None = None
+        read_at = at - self._lag
         for query in queries:
-            answer = self._ask(query, at)
+            answer = self._ask(query, read_at)
             if isinstance(answer, NoData):
                 values.append(None)
                 digests.append(answer.raw_digest or "")

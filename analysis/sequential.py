@@ -181,6 +181,10 @@ class SequentialState:
     canary_safe_events: float = 0.0
     baseline_safe_events: float = 0.0
     looks: int = 0
+    # Counts not yet given to the tests because one side served nothing since they began:
+    # (canary requests, canary harm events, canary safe events, baseline requests,
+    # baseline harm events, baseline safe events), or () when nothing is pending.
+    pending: tuple[float, ...] = ()
     ruled_out: bool = False  # the safety test has crossed its threshold (it stays crossed)
     reference: float | None = None  # latency only: the threshold in seconds
     calibration: tuple[tuple[float, float], ...] = ()  # latency only: baseline buckets
@@ -196,6 +200,7 @@ class SequentialState:
             "canary_safe_events": self.canary_safe_events,
             "baseline_safe_events": self.baseline_safe_events,
             "looks": self.looks,
+            "pending": list(self.pending),
             "ruled_out": self.ruled_out,
             "reference": self.reference,
             # JSON has no infinity: the +Inf bound is written as Prometheus writes it.
@@ -212,6 +217,12 @@ class SequentialState:
             raise ValueError(
                 f"sequential state has {len(harm)}/{len(safe)} alternatives, expected {len(GRID)}"
             )
+        pending = tuple(float(v) for v in data.get("pending", ()))
+        if len(pending) not in (0, _PENDING_FIELDS):
+            raise ValueError(
+                f"sequential state has {len(pending)} pending counts, expected "
+                f"{_PENDING_FIELDS} or none"
+            )
         reference = data.get("reference")
         return cls(
             harm=harm,
@@ -223,6 +234,7 @@ class SequentialState:
             canary_safe_events=float(data.get("canary_safe_events", 0.0)),
             baseline_safe_events=float(data.get("baseline_safe_events", 0.0)),
             looks=int(data.get("looks", 0)),
+            pending=pending,
             ruled_out=bool(data.get("ruled_out", False)),
             reference=None if reference is None else float(reference),
             calibration=tuple(
@@ -326,13 +338,63 @@ class _Pair:
         )
 
 
+_PENDING_FIELDS = 6
+
+
+def _with_pending(state: SequentialState, harm: Counts, safe: Counts) -> tuple[Counts, Counts]:
+    """This look's counts plus any held back from earlier looks."""
+    if not state.pending:
+        return harm, safe
+    n_c, kh_c, ks_c, n_b, kh_b, ks_b = state.pending
+    return (
+        Counts(
+            n_c + harm.canary_requests,
+            kh_c + harm.canary_events,
+            n_b + harm.baseline_requests,
+            kh_b + harm.baseline_events,
+        ),
+        Counts(
+            n_c + safe.canary_requests,
+            ks_c + safe.canary_events,
+            n_b + safe.baseline_requests,
+            ks_b + safe.baseline_events,
+        ),
+    )
+
+
 def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts) -> SequentialState:
     """One more look: both tests updated with their counts, the totals added up. (The
-    two count sets share their requests; only the events differ.)"""
+    two count sets share their requests; only the events differ.)
+
+    Canary and baseline are scraped at different moments, so a look shorter than the
+    scrape interval often sees only one side move. Such a look says nothing about the
+    ratio (the side that served gets every event by construction), and dropping it would
+    throw its events away: instead its counts are held back and given to the tests with
+    the next look in which the other side has served too. Whether a look is held back
+    depends only on the request counts, never on the events, so the tests' guarantees
+    are unchanged."""
+    joint_harm, joint_safe = _with_pending(state, harm, safe)
+    if joint_harm.canary_requests > 0 and joint_harm.baseline_requests > 0:
+        harm_lrs = pair.harm.update(state.harm, joint_harm)
+        safe_lrs = pair.safe.update(state.safe, joint_safe)
+        pending: tuple[float, ...] = ()
+    elif joint_harm.canary_requests > 0 or joint_harm.baseline_requests > 0:
+        harm_lrs, safe_lrs = state.harm, state.safe
+        pending = (
+            joint_harm.canary_requests,
+            joint_harm.canary_events,
+            joint_safe.canary_events,
+            joint_harm.baseline_requests,
+            joint_harm.baseline_events,
+            joint_safe.baseline_events,
+        )
+    else:  # nobody served: nothing to hold (stray events without requests are dropped)
+        harm_lrs, safe_lrs, pending = state.harm, state.safe, state.pending
     updated = replace(
         state,
-        harm=pair.harm.update(state.harm, harm),
-        safe=pair.safe.update(state.safe, safe),
+        harm=harm_lrs,
+        safe=safe_lrs,
+        pending=pending,
         canary_requests=state.canary_requests + harm.canary_requests,
         baseline_requests=state.baseline_requests + harm.baseline_requests,
         canary_harm_events=state.canary_harm_events + harm.canary_events,

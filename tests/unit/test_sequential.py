@@ -127,6 +127,80 @@ def test_an_uninformative_look_moves_nothing(counts: Counts) -> None:
     assert test.decide(state).kind == "continue"  # never promoted on no data
 
 
+def split_in_phase(counts: Counts) -> tuple[Counts, Counts]:
+    """One look as two shorter ones in which only one side's scrape landed."""
+    canary = Counts(counts.canary_requests, counts.canary_events, 0, 0)
+    return canary, Counts(0, 0, counts.baseline_requests, counts.baseline_events)
+
+
+def test_a_look_where_only_one_side_moved_is_counted_with_the_next_one() -> None:
+    """Looks shorter than the scrape interval see the canary's and the baseline's scrapes
+    in turn. Each such look alone says nothing about the ratio; held back and joined with
+    the next, they give the tests exactly what one look of both would."""
+    test = ErrorRateTest(0.5)
+    whole = split = SequentialState()
+    for counts in (Counts(1000, 30, 9000, 90), Counts(1200, 25, 8800, 95)):
+        canary_only, baseline_only = split_in_phase(counts)
+        held = test.update(split, canary_only)
+        assert held.pending  # held back...
+        assert held.harm == split.harm  # ...nothing judged yet
+        whole = test.update(whole, counts)
+        split = test.update(held, baseline_only)
+        assert split.harm == pytest.approx(whole.harm)
+        assert split.safe == pytest.approx(whole.safe)
+        assert not split.pending
+    assert test.decide(split).kind == test.decide(whole).kind == "regression"
+    assert (split.canary_requests, split.baseline_harm_events) == (2200, 185)
+
+
+def test_held_back_counts_survive_a_restart() -> None:
+    test = ErrorRateTest(0.5)
+    state = test.update(SequentialState(), Counts(1000, 30, 0, 0))
+    assert state.pending == (1000, 30, 30, 0, 0, 0)
+    assert SequentialState.from_json(state.to_json()) == state
+    with pytest.raises(ValueError, match="pending"):
+        SequentialState.from_json({**state.to_json(), "pending": [1.0, 2.0]})
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "bound"),
+    [
+        pytest.param(0.01, "regression", 0.08, id="healthy-rarely-rolled-back"),
+        pytest.param(0.02, "non-inferior", 0.08, id="2x-tolerance-rarely-promoted"),
+    ],
+)
+def test_out_of_phase_scrapes_keep_the_guarantees(error: float, kind: str, bound: float) -> None:
+    """The same properties as below when every look sees only one side (alpha 5 %, 300
+    rollouts of 60 intervals, each seen as a canary-only then a baseline-only look)."""
+    rng = random.Random(21)
+    test = ErrorRateTest(0.5, alpha_fail=0.05, alpha_pass=0.05)
+    decided = 0
+    for _ in range(300):
+        state = SequentialState()
+        for _ in range(60):
+            for part in split_in_phase(look(rng, 200, error)):
+                state = test.update(state, part)
+            if test.decide(state).kind == kind:
+                decided += 1
+                break
+    assert decided / 300 <= bound
+
+
+def test_out_of_phase_scrapes_still_find_a_regression() -> None:
+    rng = random.Random(22)
+    test = ErrorRateTest(0.5, alpha_fail=0.005)
+    found = 0
+    for _ in range(100):
+        state = SequentialState()
+        for _ in range(30):
+            for part in split_in_phase(look(rng, 200, 0.02)):
+                state = test.update(state, part)
+            if test.decide(state).kind == "regression":
+                found += 1
+                break
+    assert found / 100 >= 0.95
+
+
 # --- direction ----------------------------------------------------------------------------
 
 

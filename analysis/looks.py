@@ -14,8 +14,8 @@ samples inside the range and extrapolates to its edges), and they are whole numb
 For each group (metric profile and deployment mode) and each grid time, :class:`LookSource`
 sends a fixed set of instant queries, whatever the number of rollouts:
 
-* the raw request counters, the raw 5xx counters (no such query for a profile without
-  status codes) and the raw latency histogram buckets;
+* the raw request counters (the 5xx ones are picked out of the same answer, so a look's
+  errors and requests come from the same scrapes) and the raw latency histogram buckets;
 * grouped by namespace and revision over the analysis window: requests, 5xx and the p99
   (the values shown to people and judged against absolute and hard limits).
 
@@ -39,7 +39,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from analysis.profiles import identity, promql_duration, regex_escape, series_of, string_literal
+from analysis.profiles import (
+    identity,
+    label_matcher,
+    promql_duration,
+    regex_escape,
+    series_of,
+    string_literal,
+)
 from analysis.providers.base import MetricProvider
 from analysis.types import (
     Infinite,
@@ -244,8 +251,10 @@ class LookSource:
             f"{latency_sel}[{window}])))",
         }
         if series.errors is not None:
+            # The raw 5xx counters are picked out of the raw request counters' answer, not
+            # asked for separately: one query sees each scrape whole (Prometheus' isolation),
+            # so a look's errors and requests always come from the same scrapes.
             errors_sel = selector((*series.request_matchers, series.errors))
-            queries["errors"] = f"{series.requests}{errors_sel}"
             queries["window_errors"] = (
                 f"sum by ({by}) (increase({series.requests}{errors_sel}[{window}]))"
             )
@@ -274,7 +283,7 @@ class LookSource:
             return (_label_value(labels, ns_label), _label_value(labels, id_label))
 
         counters: dict[str, dict[SeriesKey, tuple[Ident, float, float]]] = {}
-        for kind in ("requests", "errors", "buckets"):
+        for kind in ("requests", "buckets"):
             table: dict[SeriesKey, tuple[Ident, float, float]] = {}
             raw = answers.get(kind)
             for s in raw.series if raw is not None else ():
@@ -288,6 +297,17 @@ class LookSource:
                         continue
                 table[frozenset(s.labels.items())] = (ident_of(s.labels), le, s.value)
             counters[kind] = table
+        if series.errors is not None:
+            is_error = label_matcher(series.errors)
+            raw = answers.get("requests")
+            counters["errors"] = {
+                key: counters["requests"][key]
+                for key, labels in (
+                    (frozenset(s.labels.items()), s.labels)
+                    for s in (raw.series if raw is not None else ())
+                )
+                if key in counters["requests"] and is_error(labels)
+            }
 
         window_values: dict[Ident, dict[str, float]] = {}
         bad: dict[Ident, MetricError] = {}

@@ -28,7 +28,9 @@ The ``namespace``, ``container``, ``revision`` and ``app`` labels are scrape-tim
 
 from __future__ import annotations
 
+import re
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -37,12 +39,15 @@ from typing import Literal
 from analysis.types import CheckDefinition, Subject
 
 __all__ = [
+    "COUNTER_PARTS",
+    "COUNTER_PART_LABEL",
     "TEMPLATE_VARIABLES",
     "ProfileSeries",
     "QueryPlan",
     "Unit",
-    "counter_queries",
+    "counter_query",
     "identity",
+    "label_matcher",
     "plan",
     "promql_duration",
     "regex_escape",
@@ -150,6 +155,28 @@ class ProfileSeries:
     histogram: str  # base name: _bucket and _count are appended
     latency_matchers: tuple[str, ...]
     milliseconds: bool
+
+
+_MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*$')
+
+
+def label_matcher(matcher: str) -> Callable[[Mapping[str, str]], bool]:
+    """A predicate that keeps the series PromQL's ``matcher`` (``name="v"``, ``!=``, ``=~``,
+    ``!~``) keeps, for matching series already read (regular expressions are anchored at
+    both ends, as PromQL's are). The profiles' own matchers only; a ValueError for any
+    other form."""
+    found = _MATCHER.match(matcher)
+    if found is None:
+        raise ValueError(f"not a label matcher: {matcher!r}")
+    name, op, quoted = found.groups()
+    value = re.sub(r"\\(.)", r"\1", quoted)
+    if op in {"=~", "!~"}:
+        pattern = re.compile(value)
+        keep = op == "=~"
+        return lambda labels: (pattern.fullmatch(labels.get(name, "")) is not None) == keep
+    if op == "=":
+        return lambda labels: labels.get(name, "") == value
+    return lambda labels: labels.get(name, "") != value
 
 
 def identity(subject: Subject, revision: str) -> str:
@@ -328,19 +355,41 @@ def render_template(template: str, variables: dict[str, str]) -> str:
         raise ValueError(f"invalid query template: {exc}") from None
 
 
-def counter_queries(check: CheckDefinition, subject: Subject) -> tuple[str, str, str, str]:
-    """An events/requests check's four queries: the canary's events and requests, then
-    the baseline's (each template rendered for one revision)."""
+COUNTER_PART_LABEL = "ksc_counter"
+"""The label :func:`counter_query` adds to tell its four parts apart in the one answer."""
+
+COUNTER_PARTS: tuple[str, str, str, str] = (
+    "canary_events",
+    "canary_requests",
+    "baseline_events",
+    "baseline_requests",
+)
+
+
+def counter_query(check: CheckDefinition, subject: Subject) -> str:
+    """An events/requests check's one query: the events and requests templates rendered
+    for the canary and for the baseline, each tagged with :data:`COUNTER_PART_LABEL`
+    (values :data:`COUNTER_PARTS`) and joined with ``or``.
+
+    One query, not four, because Prometheus answers one query from one consistent view:
+    a target's scrape is seen whole or not at all (TSDB isolation). Four queries can each
+    see a different set of scrapes, and a canary whose events counter was read one scrape
+    later than its requests counter looks, for that interval, as if its rate had jumped,
+    which is exactly what the sequential test is built to notice."""
     if check.events is None or check.requests is None:
         raise ValueError(f"check {check.name!r} has no events/requests templates")
-
     canary = template_variables(subject, subject.canary_revision)
     baseline = template_variables(subject, subject.baseline_revision)
-    return (
+    rendered = (
         render_template(check.events, canary),
         render_template(check.requests, canary),
         render_template(check.events, baseline),
         render_template(check.requests, baseline),
+    )
+    label = string_literal(COUNTER_PART_LABEL)
+    return "\nor\n".join(
+        f'label_replace({query}, {label}, {string_literal(part)}, "", "")'
+        for part, query in zip(COUNTER_PARTS, rendered, strict=True)
     )
 
 

@@ -28,7 +28,7 @@ from analysis.assess import (
     reading_from_results,
 )
 from analysis.looks import LookSource, SubjectLook
-from analysis.profiles import counter_queries, plan
+from analysis.profiles import COUNTER_PART_LABEL, COUNTER_PARTS, counter_query, plan
 from analysis.providers.base import MetricProvider
 from analysis.sequential import Counts, ErrorRateTest, SequentialState
 from analysis.types import (
@@ -39,6 +39,7 @@ from analysis.types import (
     CheckMemory,
     Infinite,
     MetricError,
+    MultipleSeries,
     NoData,
     NotANumber,
     ProviderError,
@@ -242,41 +243,17 @@ class Analyzer:
         is one more look of its sequential test (or, without a tolerance budget, just the
         rate judged by the limits)."""
         try:
-            queries = counter_queries(check, subject)
+            query = counter_query(check, subject)
         except ValueError as exc:
             reading = Reading.failed(BadQuery(str(exc)))
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
             done = evaluation(check, reading, assessment, evaluated_at=at, evidence=Evidence())
             return done, assessment.memory
-        values: list[float | None] = []
-        digests: list[str] = []
-        url = ""
-        error: MetricError | None = None
-        read_at = at - self._lag
-        for query in queries:
-            answer = self._ask(query, read_at)
-            if isinstance(answer, NoData):
-                values.append(None)
-                digests.append(answer.raw_digest or "")
-                continue
-            if isinstance(answer, MetricError):
-                error = answer
-                digests.append(answer.raw_digest or "")
-                break
-            digests.append(answer.raw_digest)
-            url = url or answer.url
-            try:
-                value = answer.single(query).value
-            except MetricError as bad:
-                error = bad
-                break
-            if not math.isfinite(value):
-                kind = NotANumber if math.isnan(value) else Infinite
-                error = kind(f"the counter is {value}", query=query, raw_digest=answer.raw_digest)
-                break
-            values.append(value)
-        evidence = Evidence(queries, url or str(getattr(self._provider, "url", "")),
-                            combined_digest(digests) if any(digests) else "")  # fmt: skip
+        answer = self._ask(query, at - self._lag)
+        values, error = _counter_values(answer, query)
+        url = answer.url if isinstance(answer, QueryResult) else ""
+        evidence = Evidence((query,), url or str(getattr(self._provider, "url", "")),
+                            answer.raw_digest or "")  # fmt: skip
         if error is not None:
             reading = Reading.failed(error)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
@@ -367,3 +344,45 @@ class Analyzer:
         except Exception as exc:  # a provider bug must not stop the other checks
             return ProviderError(f"the metric provider failed: {type(exc).__name__}: {exc}",
                                  query=query)  # fmt: skip
+
+
+def _counter_values(
+    answer: QueryResult | MetricError, query: str
+) -> tuple[list[float | None], MetricError | None]:
+    """The four counters of an events/requests check from its one answer (None for a part
+    with no series yet), or the error that makes the answer unusable."""
+    if isinstance(answer, NoData):
+        return [None] * len(COUNTER_PARTS), None
+    if isinstance(answer, MetricError):
+        return [], answer
+    found: dict[str, list[float]] = {}
+    for series in answer.series:
+        found.setdefault(series.labels.get(COUNTER_PART_LABEL, ""), []).append(series.value)
+    stray = sorted(set(found) - set(COUNTER_PARTS))
+    if stray:
+        return [], BadQuery(
+            f"the counters query returned series without a known {COUNTER_PART_LABEL} label "
+            f"({', '.join(map(repr, stray))}): a template must not set or drop that label",
+            query=query,
+            raw_digest=answer.raw_digest,
+        )
+    values: list[float | None] = []
+    for part in COUNTER_PARTS:
+        got = found.get(part, [])
+        if len(got) > 1:
+            return [], MultipleSeries(
+                f"the {part.replace('_', ' ')} template returned {len(got)} series where one "
+                "was expected (sum it)",
+                query=query,
+                raw_digest=answer.raw_digest,
+            )
+        value = got[0] if got else None
+        if value is not None and not math.isfinite(value):
+            kind = NotANumber if math.isnan(value) else Infinite
+            return [], kind(
+                f"the {part.replace('_', ' ')} counter is {value}",
+                query=query,
+                raw_digest=answer.raw_digest,
+            )
+        values.append(value)
+    return values, None

@@ -34,6 +34,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from analysis.profiles import COUNTER_PART_LABEL
+
 __all__ = [
     "BUILTIN_CHECKS",
     "TEMPLATE_VARIABLES",
@@ -223,6 +225,16 @@ class CheckSpec(_Model):
             raise ValueError(
                 f"uses unknown template variable(s) {', '.join(unknown)}; allowed: "
                 + ", ".join(f"${{{v}}}" for v in TEMPLATE_VARIABLES)
+            )
+        return value
+
+    @field_validator("events", "requests")
+    @classmethod
+    def _counter_label_free(cls, value: str | None) -> str | None:
+        if value is not None and COUNTER_PART_LABEL in value:
+            raise ValueError(
+                f"must not use the label {COUNTER_PART_LABEL!r}: the controller adds it to "
+                "read the events and requests counters in one query"
             )
         return value
 

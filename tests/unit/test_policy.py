@@ -219,6 +219,22 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
         "",
     ),
     (
+        "counter-label-taken",
+        {
+            "checks": [
+                {
+                    "name": "fpr",
+                    "events": 'sum by (ksc_counter) (fp{revision="${revision}"})',
+                    "requests": 'sum(all{revision="${revision}"})',
+                    "relativeTolerance": 0.1,
+                }
+            ]
+        },
+        "checks[0].events",
+        "must not use the label 'ksc_counter'",
+        "",
+    ),
+    (
         "events-without-requests",
         {
             "checks": [

@@ -18,10 +18,12 @@ import pytest
 from analysis.profiles import (
     Unit,
     identity,
+    label_matcher,
     plan,
     promql_duration,
     regex_escape,
     render_template,
+    series_of,
     string_literal,
 )
 from analysis.types import CheckDefinition, Direction, Subject
@@ -301,3 +303,37 @@ def test_escaping() -> None:
 def test_subject_refuses_what_cannot_be_queried(overrides: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         subject("knative-otel", **overrides)
+
+
+@pytest.mark.parametrize(
+    ("matcher", "labels", "kept"),
+    [
+        pytest.param('http_response_status_code=~"5.."', {"http_response_status_code": "503"},
+                     True, id="regex-keeps-a-5xx"),
+        pytest.param('http_response_status_code=~"5.."', {"http_response_status_code": "5030"},
+                     False, id="regex-is-anchored"),
+        pytest.param('response_code=~"5.."', {}, False, id="absent-label-is-empty"),
+        pytest.param('response_code_class="5xx"', {"response_code_class": "5xx"}, True,
+                     id="equality"),
+        pytest.param('response_code_class!="5xx"', {"response_code_class": "2xx"}, True,
+                     id="inequality"),
+        pytest.param('code!~"5..|4.."', {"code": "404"}, False, id="negative-regex"),
+        pytest.param('path="a\\"b"', {"path": 'a"b'}, True, id="escaped-quote"),
+    ],
+)  # fmt: skip
+def test_a_profile_matcher_keeps_what_prometheus_would(
+    matcher: str, labels: dict[str, str], kept: bool
+) -> None:
+    assert label_matcher(matcher)(labels) is kept
+
+
+@pytest.mark.parametrize("profile", ["knative-otel", "knative-opencensus", "istio"])
+def test_every_profile_error_matcher_is_readable(profile: str) -> None:
+    errors = series_of(profile, "knative").errors
+    assert errors is not None
+    label_matcher(errors)  # the looks pick 5xx series out of the request counters with it
+
+
+def test_a_malformed_matcher_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a label matcher"):
+        label_matcher("code=5..")

@@ -8,6 +8,8 @@ one that serves nothing, and a Prometheus that goes away.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -210,6 +212,8 @@ class CounterPrometheus:
         self.rates = {CANARY: canary_rate, BASELINE: baseline_rate}
         self.elapsed = {CANARY: 0.0, BASELINE: 0.0}
         self.sent: list[str] = []
+        self.extra: dict[str, dict[str, str]] = {}  # more labels on a part's series
+        self.added: list[tuple[str, float]] = []  # more series in the answer
 
     def tick(self, *, reset: bool = False) -> None:
         for revision in self.elapsed:
@@ -218,11 +222,18 @@ class CounterPrometheus:
             self.elapsed[CANARY] = 0.5
 
     def query(self, promql: str, at: datetime) -> QueryResult:
+        """Each ``label_replace(template, "ksc_counter", "<part>", "", "")`` joined by
+        ``or`` becomes one series labelled with its part, as Prometheus answers."""
         self.sent.append(promql)
-        revision = CANARY if CANARY in promql else BASELINE
-        requests = 10_000.0 * self.elapsed[revision] * (1 if revision == CANARY else 9)
-        value = requests * self.rates[revision] if 'false_positive"' in promql else requests
-        return QueryResult((Series({}, value),), raw_digest="f" * 64, url=self.url)
+        series = []
+        for template, part in re.findall(r'label_replace\((.*?), "ksc_counter", "(\w+)"',
+                                         promql):  # fmt: skip
+            revision = CANARY if CANARY in template else BASELINE
+            requests = 10_000.0 * self.elapsed[revision] * (1 if revision == CANARY else 9)
+            value = requests * self.rates[revision] if 'false_positive"' in template else requests
+            series.append(Series({"ksc_counter": part, **self.extra.get(part, {})}, value))
+        series += [Series({"ksc_counter": part}, value) for part, value in self.added]
+        return QueryResult(tuple(series), raw_digest="f" * 64, url=self.url)
 
 
 FPR = CheckDefinition(
@@ -260,7 +271,9 @@ def test_a_drifting_business_rate_is_rolled_back_by_its_counters() -> None:
     assert evaluation.detail["decision"] == "regression"
     assert evaluation.canary_value == pytest.approx(0.04)
     assert evaluation.baseline_value == pytest.approx(0.02)
-    assert len(evaluation.query.split("\n")) == 4
+    parts = evaluation.query.split("\nor\n")  # one query: one consistent view of the counters
+    assert [p.count(CANARY) for p in parts] == [1, 1, 0, 0]
+    assert ['"false_positive"}' in p for p in parts] == [True, False, True, False]
 
 
 def test_a_steady_business_rate_is_ruled_non_inferior() -> None:
@@ -276,3 +289,33 @@ def test_a_counter_reset_skips_one_interval_instead_of_counting_a_negative_one()
     assert "a counter went down" in str(reset.detail["note"])
     assert reset.detail["looks"] == 1  # unchanged by the reset interval
     assert results[3].evaluation("fraud-fpr").detail["looks"] == 2
+
+
+@pytest.mark.parametrize(
+    ("spoil", "kind", "message"),
+    [
+        pytest.param(lambda p: p.added.append(("canary_events", 3.0)), "multiple-series",
+                     "canary events template returned 2 series", id="two-series-for-a-part"),
+        pytest.param(lambda p: p.added.append(("somewhere_else", 3.0)), "bad-query",
+                     "without a known ksc_counter", id="a-stray-series"),
+        pytest.param(lambda p: p.rates.update({CANARY: math.nan}), "not-a-number",
+                     "canary events counter is nan", id="nan-counter"),
+        pytest.param(lambda p: p.rates.update({BASELINE: math.inf}), "infinite",
+                     "baseline events counter is inf", id="infinite-counter"),
+    ],
+)  # fmt: skip
+def test_a_bad_counters_answer_is_an_error_and_moves_no_evidence(
+    spoil: Any, kind: str, message: str
+) -> None:
+    prometheus = CounterPrometheus(canary_rate=0.02)
+    good = counted_rounds(prometheus, 3)[-1]
+    spoil(prometheus)
+    prometheus.tick()
+    analyzer = Analyzer(prometheus)
+    bad = analyzer.analyze(SUBJECT, [FPR], good.memory, AT + SECOND * 300, grace=False)
+    evaluation = bad.evaluation("fraud-fpr")
+    assert evaluation.outcome is Outcome.ERROR
+    assert evaluation.detail["error_kind"] == kind
+    assert message in evaluation.message
+    assert bad.memory["fraud-fpr"].sequential == good.memory["fraud-fpr"].sequential
+    assert bad.memory["fraud-fpr"].counters == good.memory["fraud-fpr"].counters

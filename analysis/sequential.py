@@ -183,7 +183,7 @@ class SequentialState:
     looks: int = 0
     # Counts not yet given to the tests because one side served nothing since they began:
     # (canary requests, canary harm events, canary safe events, baseline requests,
-    # baseline harm events, baseline safe events), or () when nothing is pending.
+    # baseline harm events, baseline safe events, looks held), or () when nothing is held.
     pending: tuple[float, ...] = ()
     ruled_out: bool = False  # the safety test has crossed its threshold (it stays crossed)
     reference: float | None = None  # latency only: the threshold in seconds
@@ -338,14 +338,21 @@ class _Pair:
         )
 
 
-_PENDING_FIELDS = 6
+_PENDING_FIELDS = 7
+
+MAX_HELD_LOOKS = 12
+"""How many looks counts may be held back for (see :func:`_accumulate`). With 5 s looks
+and a 30 s scrape interval a side moves every sixth look. Older held counts are dropped,
+so that the two sides are always compared over nearby times: a baseline that served
+alone for minutes (while the canary had no traffic) is not weighed against the canary's
+first seconds."""
 
 
 def _with_pending(state: SequentialState, harm: Counts, safe: Counts) -> tuple[Counts, Counts]:
-    """This look's counts plus any held back from earlier looks."""
-    if not state.pending:
+    """This look's counts plus any held back from earlier looks (unless held too long)."""
+    if not state.pending or state.pending[-1] >= MAX_HELD_LOOKS:
         return harm, safe
-    n_c, kh_c, ks_c, n_b, kh_b, ks_b = state.pending
+    n_c, kh_c, ks_c, n_b, kh_b, ks_b, _held = state.pending
     return (
         Counts(
             n_c + harm.canary_requests,
@@ -370,10 +377,11 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
     scrape interval often sees only one side move. Such a look says nothing about the
     ratio (the side that served gets every event by construction), and dropping it would
     throw its events away: instead its counts are held back and given to the tests with
-    the next look in which the other side has served too. Whether a look is held back
-    depends only on the request counts, never on the events, so the tests' guarantees
-    are unchanged."""
+    the next look in which the other side has served too, for at most
+    :data:`MAX_HELD_LOOKS` looks. Whether a look is held back or dropped depends only on
+    the request counts, never on the events, so the tests' guarantees are unchanged."""
     joint_harm, joint_safe = _with_pending(state, harm, safe)
+    held = state.pending[-1] if state.pending and state.pending[-1] < MAX_HELD_LOOKS else 0.0
     if joint_harm.canary_requests > 0 and joint_harm.baseline_requests > 0:
         harm_lrs = pair.harm.update(state.harm, joint_harm)
         safe_lrs = pair.safe.update(state.safe, joint_safe)
@@ -387,9 +395,11 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
             joint_harm.baseline_requests,
             joint_harm.baseline_events,
             joint_safe.baseline_events,
+            held + 1,
         )
-    else:  # nobody served: nothing to hold (stray events without requests are dropped)
-        harm_lrs, safe_lrs, pending = state.harm, state.safe, state.pending
+    else:  # nobody served: nothing new to hold (stray events without requests are dropped)
+        harm_lrs, safe_lrs = state.harm, state.safe
+        pending = (*state.pending[:-1], held + 1) if held else ()
     updated = replace(
         state,
         harm=harm_lrs,

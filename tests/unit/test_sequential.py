@@ -16,6 +16,7 @@ import pytest
 
 from analysis.sequential import (
     GRID,
+    MAX_HELD_LOOKS,
     Counts,
     ErrorRateTest,
     LatencyTest,
@@ -156,10 +157,24 @@ def test_a_look_where_only_one_side_moved_is_counted_with_the_next_one() -> None
 def test_held_back_counts_survive_a_restart() -> None:
     test = ErrorRateTest(0.5)
     state = test.update(SequentialState(), Counts(1000, 30, 0, 0))
-    assert state.pending == (1000, 30, 30, 0, 0, 0)
+    assert state.pending == (1000, 30, 30, 0, 0, 0, 1)  # ... and held for one look
     assert SequentialState.from_json(state.to_json()) == state
     with pytest.raises(ValueError, match="pending"):
         SequentialState.from_json({**state.to_json(), "pending": [1.0, 2.0]})
+
+
+def test_counts_held_too_long_are_dropped_not_compared_with_much_later_ones() -> None:
+    """A baseline that served alone for a minute is not weighed against the canary's
+    first seconds: held counts expire after MAX_HELD_LOOKS looks."""
+    test = ErrorRateTest(0.5)
+    state = test.update(SequentialState(), Counts(0, 0, 9000, 90))
+    for _ in range(MAX_HELD_LOOKS - 1):  # nobody served: the baseline's counts wait
+        state = test.update(state, Counts(0, 0, 0, 0))
+    assert state.pending == (0, 0, 0, 9000, 90, 90, MAX_HELD_LOOKS)
+    state = test.update(state, Counts(100, 5, 0, 0))  # too late to join them
+    assert state.pending == (100, 5, 5, 0, 0, 0, 1)
+    assert state.harm == SequentialState().harm
+    assert state.baseline_requests == 9000  # still shown in the totals
 
 
 @pytest.mark.parametrize(

@@ -278,8 +278,17 @@ class Analyzer:
                 state = test.update(state, look)
                 if previous.through is not None and at > previous.through:
                     canary_rate = requests_c / (at - previous.through).total_seconds()
-        memory = replace(previous, sequential=state if check.sequential else None,
-                         through=at, counters=now)  # fmt: skip
+        # A series missing now (a missed scrape, a restarting pod) after complete readings:
+        # keep the last complete ones, so the next complete reading counts this interval too.
+        bridge = None in now and last is not None and None not in last
+        if bridge:
+            note = "a counter has no series now: the next complete reading covers this interval"
+        memory = replace(
+            previous,
+            sequential=state if check.sequential else None,
+            through=previous.through if bridge else at,
+            counters=last if bridge else now,
+        )
 
         def rate(events: float, requests: float) -> float | None:
             return events / requests if requests > 0 else None

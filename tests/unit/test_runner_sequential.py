@@ -214,6 +214,7 @@ class CounterPrometheus:
         self.sent: list[str] = []
         self.extra: dict[str, dict[str, str]] = {}  # more labels on a part's series
         self.added: list[tuple[str, float]] = []  # more series in the answer
+        self.hidden: set[str] = set()  # parts whose series are missing from the answer
 
     def tick(self, *, reset: bool = False) -> None:
         for revision in self.elapsed:
@@ -231,7 +232,8 @@ class CounterPrometheus:
             revision = CANARY if CANARY in template else BASELINE
             requests = 10_000.0 * self.elapsed[revision] * (1 if revision == CANARY else 9)
             value = requests * self.rates[revision] if 'false_positive"' in template else requests
-            series.append(Series({"ksc_counter": part, **self.extra.get(part, {})}, value))
+            if part not in self.hidden:
+                series.append(Series({"ksc_counter": part, **self.extra.get(part, {})}, value))
         series += [Series({"ksc_counter": part}, value) for part, value in self.added]
         return QueryResult(tuple(series), raw_digest="f" * 64, url=self.url)
 
@@ -319,3 +321,23 @@ def test_a_bad_counters_answer_is_an_error_and_moves_no_evidence(
     assert message in evaluation.message
     assert bad.memory["fraud-fpr"].sequential == good.memory["fraud-fpr"].sequential
     assert bad.memory["fraud-fpr"].counters == good.memory["fraud-fpr"].counters
+
+
+def test_a_missed_scrape_delays_counting_but_loses_no_requests() -> None:
+    """The baseline's series vanish for one evaluation (a failed scrape marks them stale):
+    the next complete reading counts the gap too, so every request is still counted."""
+    prometheus = CounterPrometheus(canary_rate=0.02)
+    analyzer = Analyzer(prometheus)
+    memory: dict[str, CheckMemory] = {}
+    notes = []
+    for i in range(5):
+        prometheus.tick()
+        prometheus.hidden = {"baseline_events", "baseline_requests"} if i == 2 else set()
+        result = analyzer.analyze(SUBJECT, [FPR], memory, AT + SECOND * 30 * i, grace=False)
+        memory = dict(result.memory)
+        notes.append(result.evaluation("fraud-fpr").detail.get("note"))
+    assert "no series now" in str(notes[2])
+    state = memory["fraud-fpr"].sequential
+    assert state is not None
+    # four increases after the first reading, none lost: 10,000 / 90,000 requests each
+    assert (state.canary_requests, state.baseline_requests) == (40_000, 360_000)

@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,14 @@ from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
 from canary.audit import AuditRecord, AuditStore, CommandRow, RolloutRow
 from canary.engine import RolloutDocument
-from canary.k8s.client import EVENT, INFERENCE_SERVICE, NAMESPACE, Conflict, KubeClient
+from canary.k8s.client import (
+    EVENT,
+    INFERENCE_SERVICE,
+    NAMESPACE,
+    Conflict,
+    KubeClient,
+    KubeError,
+)
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.model import Phase
 from canary.ops import submit_command
@@ -337,6 +344,15 @@ class Env:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+        # Stop this service's traffic and its pods' scrape targets: the test bed's simulator
+        # process serves every service of the session, and the scenarios left running
+        # (about thirty, at RATE each) starved it late in the suite (missed scrapes,
+        # refused connections, a quarter of the nominal rate).
+        self.testbed.set_behaviour(
+            self.testbed.behaviour().with_rate(self.namespace, self.name, 0.0)
+        )
+        with suppress(KubeError):
+            self.kube.delete(INFERENCE_SERVICE, self.namespace, self.name)
 
     # --- the controller as its own process (``canary run``), for kill tests ---------------
 

@@ -82,6 +82,9 @@ class Regime:
     kind: str  # healthy | error | latency | business | zero | resets
     factor: float = 1.0  # error-rate ratio, latency scale, or false-positive ratio
     traffic: str = "reference"
+    # Canary and baseline scraped at different moments, with looks shorter than the scrape
+    # interval: our judge sees each interval as a canary-only look, then a baseline-only one.
+    phased: bool = False
 
     @property
     def regression(self) -> bool:
@@ -97,6 +100,8 @@ def regimes() -> list[Regime]:
         for f in (1.2, 1.5, 3.0):
             out.append(Regime(f"p99 +{(f - 1) * 100:.0f}%", "latency", f, traffic))
         out.append(Regime("false positives +25%", "business", 1.25, traffic))
+    out.append(Regime("healthy, scrapes out of phase", "healthy", phased=True))
+    out.append(Regime("5xx x2, scrapes out of phase", "error", 2.0, phased=True))
     out.append(Regime("zero canary traffic", "zero"))
     out.append(Regime("counter resets (healthy)", "resets"))
     return out
@@ -200,17 +205,25 @@ def ours(regime: Regime, data: list[tuple[Side, Side]], rng: random.Random) -> D
     if business:
         states["business"] = SequentialState()
     tolerated = reference * (1 + TOLERANCE["latency"])
-    for k, (c, b) in enumerate(data, start=1):
-        states["error"] = errors.update(states["error"], Counts(c.requests, c.errors,
-                                                                b.requests, b.errors))  # fmt: skip
+    nobody = Side(0, 0, None, 0, 0)
+    for k, (whole_c, whole_b) in enumerate(data, start=1):
         # exact counts above the reference and the tolerated p99, as 3-bucket histograms
-        c_above_ref = _resample(c, reference, tolerated, 1.0 if regime.kind != "latency"
-                                else regime.factor, rng)  # fmt: skip
-        b_above_ref = _resample(b, reference, tolerated, 1.0, rng)
-        states["latency"] = latency.update(states["latency"], c_above_ref, b_above_ref)
-        if business:
-            states["business"] = fprs.update(states["business"], Counts(
-                c.legit, c.false_positives, b.legit, b.false_positives))  # fmt: skip
+        whole_c_hist = _resample(whole_c, reference, tolerated, 1.0 if regime.kind != "latency"
+                                 else regime.factor, rng)  # fmt: skip
+        whole_b_hist = _resample(whole_b, reference, tolerated, 1.0, rng)
+        empty = ((reference, 0.0), (tolerated, 0.0), (math.inf, 0.0))
+        looks = (
+            [(whole_c, nobody, whole_c_hist, empty), (nobody, whole_b, empty, whole_b_hist)]
+            if regime.phased
+            else [(whole_c, whole_b, whole_c_hist, whole_b_hist)]
+        )
+        for c, b, c_hist, b_hist in looks:
+            counts = Counts(c.requests, c.errors, b.requests, b.errors)
+            states["error"] = errors.update(states["error"], counts)
+            states["latency"] = latency.update(states["latency"], c_hist, b_hist)
+            if business:
+                states["business"] = fprs.update(states["business"], Counts(
+                    c.legit, c.false_positives, b.legit, b.false_positives))  # fmt: skip
         tests: dict[str, ErrorRateTest | LatencyTest] = {
             "error": errors,
             "latency": latency,

@@ -299,14 +299,8 @@ class LookSource:
             counters[kind] = table
         if series.errors is not None:
             is_error = label_matcher(series.errors)
-            raw = answers.get("requests")
             counters["errors"] = {
-                key: counters["requests"][key]
-                for key, labels in (
-                    (frozenset(s.labels.items()), s.labels)
-                    for s in (raw.series if raw is not None else ())
-                )
-                if key in counters["requests"] and is_error(labels)
+                key: entry for key, entry in counters["requests"].items() if is_error(dict(key))
             }
 
         window_values: dict[Ident, dict[str, float]] = {}

@@ -348,11 +348,11 @@ alone for minutes (while the canary had no traffic) is not weighed against the c
 first seconds."""
 
 
-def _with_pending(state: SequentialState, harm: Counts, safe: Counts) -> tuple[Counts, Counts]:
-    """This look's counts plus any held back from earlier looks (unless held too long)."""
-    if not state.pending or state.pending[-1] >= MAX_HELD_LOOKS:
+def _with_pending(pending: tuple[float, ...], harm: Counts, safe: Counts) -> tuple[Counts, Counts]:
+    """This look's counts plus the ``pending`` ones held back from earlier looks."""
+    if not pending:
         return harm, safe
-    n_c, kh_c, ks_c, n_b, kh_b, ks_b, _held = state.pending
+    n_c, kh_c, ks_c, n_b, kh_b, ks_b, _held = pending
     return (
         Counts(
             n_c + harm.canary_requests,
@@ -380,8 +380,9 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
     the next look in which the other side has served too, for at most
     :data:`MAX_HELD_LOOKS` looks. Whether a look is held back or dropped depends only on
     the request counts, never on the events, so the tests' guarantees are unchanged."""
-    joint_harm, joint_safe = _with_pending(state, harm, safe)
-    held = state.pending[-1] if state.pending and state.pending[-1] < MAX_HELD_LOOKS else 0.0
+    live = state.pending if state.pending and state.pending[-1] < MAX_HELD_LOOKS else ()
+    held = live[-1] if live else 0.0
+    joint_harm, joint_safe = _with_pending(live, harm, safe)
     if joint_harm.canary_requests > 0 and joint_harm.baseline_requests > 0:
         harm_lrs = pair.harm.update(state.harm, joint_harm)
         safe_lrs = pair.safe.update(state.safe, joint_safe)
@@ -399,7 +400,7 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
         )
     else:  # nobody served: nothing new to hold (stray events without requests are dropped)
         harm_lrs, safe_lrs = state.harm, state.safe
-        pending = (*state.pending[:-1], held + 1) if held else ()
+        pending = (*live[:-1], held + 1) if live else ()
     updated = replace(
         state,
         harm=harm_lrs,

@@ -206,12 +206,12 @@ def ours(regime: Regime, data: list[tuple[Side, Side]], rng: random.Random) -> D
         states["business"] = SequentialState()
     tolerated = reference * (1 + TOLERANCE["latency"])
     nobody = Side(0, 0, None, 0, 0)
+    empty = ((reference, 0.0), (tolerated, 0.0), (math.inf, 0.0))
     for k, (whole_c, whole_b) in enumerate(data, start=1):
         # exact counts above the reference and the tolerated p99, as 3-bucket histograms
         whole_c_hist = _resample(whole_c, reference, tolerated, 1.0 if regime.kind != "latency"
                                  else regime.factor, rng)  # fmt: skip
         whole_b_hist = _resample(whole_b, reference, tolerated, 1.0, rng)
-        empty = ((reference, 0.0), (tolerated, 0.0), (math.inf, 0.0))
         looks = (
             [(whole_c, nobody, whole_c_hist, empty), (nobody, whole_b, empty, whole_b_hist)]
             if regime.phased

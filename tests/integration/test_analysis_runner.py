@@ -628,9 +628,9 @@ def test_a_business_rate_is_judged_by_its_counters(
     knative: Bed, scenario: Scenario, decision: str
 ) -> None:
     subject = knative.subject(scenario, "knative-otel")
-    # Ruling out +25 % on a 2 % rate takes about 20,000 requests per side. Under the full
-    # suite the test bed has served a quarter of its nominal rate (and missed scrapes), so
-    # this case gets a minute.
+    # Ruling out +25 % on a 2 % rate takes about 20,000 requests per side. Late in a loaded
+    # full suite the test bed has served a quarter of its nominal rate (and missed
+    # scrapes), so this case gets a minute.
     step = poll(knative.analyzer, subject, [FPR_COUNTS], decided, deadline=60.0)
     evaluation = step.evaluation(FPR_COUNTS.name)
     assert evaluation.detail["decision"] == decision, evaluation.message

@@ -615,7 +615,7 @@ def _progressing(
         return replace(state, waiting_for=f"waiting for the status to show {state.target_percent}%")
 
     reached = state.step_reached_at
-    verdict = _fresh_verdict(state)
+    verdict = _fresh_verdict(state, policy, now)
     evidence_ok = verdict is not None and _passing(verdict)
     hold_over = now - reached >= policy.step_hold
     if hold_over and evidence_ok:
@@ -631,6 +631,15 @@ def _progressing(
         if next_percent == 100:
             return _promote(state, "every step passed its analysis", now, actions)
         return _set_step(state, next_index, policy, now, actions, "step")
+    current = _current_verdict(state)
+    if current is not None and _passing(current) and not evidence_ok:
+        # Passing, but older than one analysis interval (a restart, a leadership change):
+        # nothing is decided on it, and the rollout is not paused for its age either; the
+        # engine evaluates again before anything else happens.
+        if hold_over and not policy.schedule.is_open(now):
+            return _wait_for_window(state, policy, now, actions)
+        age = format_duration(now - current.evaluated_at)
+        return replace(state, waiting_for=f"waiting for a fresh evaluation (the last is {age} old)")
     if now - reached >= policy.step_deadline:
         if verdict is not None and verdict.verdict is Verdict.SUCCESSFUL:
             why = "the analysis passed without enough samples to rule out a regression"
@@ -754,7 +763,7 @@ def _rolling_back(
 # ---------------------------------------------------------------------------------------
 
 
-def _fresh_verdict(state: RolloutState) -> LastVerdict | None:
+def _current_verdict(state: RolloutState) -> LastVerdict | None:
     """The latest verdict taken at the current step while its split was in force."""
     verdict = state.last_verdict
     reached = state.step_reached_at
@@ -764,6 +773,17 @@ def _fresh_verdict(state: RolloutState) -> LastVerdict | None:
         or verdict.step_index != state.step_index
         or verdict.evaluated_at < reached
     ):
+        return None
+    return verdict
+
+
+def _fresh_verdict(state: RolloutState, policy: RolloutPolicy, now: datetime) -> LastVerdict | None:
+    """The latest verdict taken at the current step while its split was in force, and no
+    older than one analysis interval: a verdict from before a restart, a leadership change
+    or a stalled analysis says nothing about the canary now, so the rollout waits for the
+    next evaluation (which the engine runs before deciding) instead of acting on it."""
+    verdict = _current_verdict(state)
+    if verdict is None or now - verdict.evaluated_at > policy.analysis_interval:
         return None
     return verdict
 
@@ -1040,7 +1060,7 @@ def _next_check(state: RolloutState, policy: RolloutPolicy, now: datetime) -> da
         elif now < reached + policy.step_hold:
             candidates.append(reached + policy.step_hold)
         else:
-            verdict = _fresh_verdict(state)
+            verdict = _fresh_verdict(state, policy, now)
             if verdict is not None and _passing(verdict) and not policy.schedule.is_open(now):
                 opens = policy.schedule.next_open(now)
                 if opens is not None:

@@ -197,16 +197,14 @@ def progressing(policy: RolloutPolicy | None = None) -> Driver:
 
 def awaiting_approval() -> Driver:
     d = progressing(make_policy(steps=[10, 100], approval=APPROVAL))
-    d.at(timedelta(minutes=1)).verdict()
-    d.at(timedelta(minutes=5))
+    d.at(timedelta(minutes=5)).verdict()  # the hold is over and the evidence is fresh
     assert d.phase() is Phase.AWAITING_APPROVAL
     return d
 
 
 def promoting() -> Driver:
     d = progressing(make_policy(steps=[10, 100]))
-    d.at(timedelta(minutes=1)).verdict()
-    d.at(timedelta(minutes=5))
+    d.at(timedelta(minutes=5)).verdict()
     assert d.phase() is Phase.PROMOTING
     return d
 

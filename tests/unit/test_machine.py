@@ -53,8 +53,9 @@ def test_healthy_canary_walks_every_step_and_is_promoted() -> None:
     for percent in (25, 50):
         minute += 1
         d.at(minute * MIN).verdict()
+        assert d.traffic() == [], "the hold is not over"
         minute += 4
-        d.at(minute * MIN)
+        d.at(minute * MIN).verdict()  # a fresh verdict at the end of the hold
         written += d.traffic()
         assert d.traffic() == [(percent, "step")]
         assert d.audits() == ["rollout.step_advanced"]
@@ -65,6 +66,8 @@ def test_healthy_canary_walks_every_step_and_is_promoted() -> None:
     d.at(minute * MIN).verdict()
     minute += 4
     d.at(minute * MIN)
+    assert d.phase() is Phase.PROGRESSING, "a verdict four minutes old decides nothing"
+    d.verdict()
     assert d.phase() is Phase.PROMOTING
     assert d.traffic() == [(100, "promote")]
     d.apply(ServiceObserved(promoted_view()))
@@ -114,7 +117,7 @@ def test_first_step_counts_only_when_status_shows_it(
 
 def test_later_step_waits_for_status_then_times_out_into_rollback() -> None:
     d = progressing()
-    d.at(MIN).verdict().at(5 * MIN)
+    d.at(5 * MIN).verdict()
     assert d.traffic() == [(25, "step")]
     d.see(25, share=10)  # spec written, Knative still routing the old split
     assert d.state is not None
@@ -158,7 +161,7 @@ def test_inconclusive_pauses_for_a_human_and_resume_needs_fresh_evidence() -> No
     assert d.state.step_reached_at == d.now
     d.at(33 * MIN).verdict()
     assert d.traffic() == [], "the hold restarts at resume"
-    d.at(35 * MIN)
+    d.at(35 * MIN).verdict()
     assert d.traffic() == [(25, "step")]
 
 
@@ -186,9 +189,52 @@ def test_stale_verdicts_do_not_advance(verdict_kwargs: dict[str, object]) -> Non
     assert d.phase() is Phase.PROGRESSING
 
 
+@pytest.mark.parametrize(
+    ("age", "advances"),
+    [
+        pytest.param(timedelta(0), True, id="taken-now"),
+        pytest.param(timedelta(seconds=30), True, id="one-interval-old"),
+        pytest.param(timedelta(seconds=31), False, id="just-past-one-interval"),
+        pytest.param(timedelta(seconds=41), False, id="from-before-a-restart"),
+        pytest.param(timedelta(minutes=4), False, id="from-early-in-the-hold"),
+    ],
+)
+def test_only_a_verdict_younger_than_one_analysis_interval_advances(
+    age: timedelta, advances: bool
+) -> None:
+    d = progressing()  # analysisInterval 30s, stepHold 5m
+    written = d.at(5 * MIN - age).verdict().traffic()
+    written += d.at(5 * MIN).traffic()
+    assert written == ([(25, "step")] if advances else [])
+    if not advances:
+        assert d.phase() is Phase.PROGRESSING
+        assert d.state is not None
+        assert "waiting for a fresh evaluation" in (d.state.waiting_for or "")
+
+
+def test_a_canary_that_went_bad_during_a_restart_is_judged_on_new_evidence() -> None:
+    d = progressing(make_policy(steps=[10, 100]))
+    d.at(4 * MIN).verdict()  # passing before the controller went away
+    d.at(6 * MIN).see(10)  # back: the hold is over, the old verdict is two minutes old
+    assert d.phase() is Phase.PROGRESSING
+    assert d.traffic() == [], "no promotion on a verdict from before the restart"
+    d.verdict(Verdict.FAILED)  # the first evaluation after the restart
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.traffic() == [(0, "rollback")]
+
+
+def test_a_stale_passing_verdict_does_not_pause_at_the_deadline_before_a_new_evaluation() -> None:
+    d = progressing(make_policy(steps=[10, 100]))
+    d.at(4 * MIN).verdict()  # passing during the hold; then the controller is away
+    d.at(20 * MIN)  # back past maxStepDuration (15m): the passing verdict is 16m old
+    assert d.phase() is Phase.PROGRESSING, d.state
+    d.verdict()
+    assert d.phase() is Phase.PROMOTING
+
+
 def test_a_failed_verdict_from_an_earlier_step_still_rolls_back() -> None:
     d = progressing()
-    d.at(MIN).verdict().at(5 * MIN).see(25)
+    d.at(5 * MIN).verdict().see(25)
     d.verdict(Verdict.FAILED, step=0)
     assert d.phase() is Phase.ROLLING_BACK
 
@@ -243,7 +289,7 @@ def test_failed_revision_is_rolled_back_without_waiting_for_the_timeout() -> Non
 
 def test_newer_revision_mid_canary_supersedes_and_restarts_at_first_step() -> None:
     d = progressing()
-    d.at(MIN).verdict().at(5 * MIN).see(25)
+    d.at(5 * MIN).verdict().see(25)
     d.see(25, latest="r3", ready=False, share=0)
     assert d.phase() is Phase.SUPERSEDED
     assert d.events() == ["Superseded"]
@@ -275,6 +321,9 @@ def test_approval_requested_before_gated_step_then_promotes_when_approved() -> N
     assert requests[0].deadline == d.now + timedelta(hours=8)
     assert d.traffic() == []
     d.at(6 * MIN).decide(approved=True)
+    assert d.phase() is Phase.PROGRESSING, "an approval does not stand in for fresh evidence"
+    assert d.traffic() == []
+    d.verdict()
     assert d.phase() is Phase.PROMOTING
     assert d.traffic() == [(100, "promote")]
     d.apply(ServiceObserved(promoted_view()))
@@ -297,7 +346,7 @@ def test_the_opened_change_is_remembered_and_cancelled_if_superseded() -> None:
 
 def test_resuming_a_step_whose_split_never_showed_gets_a_fresh_traffic_timeout() -> None:
     d = progressing()
-    d.at(MIN).verdict().at(5 * MIN)  # 25 % written, status not there yet
+    d.at(5 * MIN).verdict()  # 25 % written, status not there yet
     d.command(CommandKind.PAUSE, "hold on")
     d.at(60 * MIN).command(CommandKind.RESUME, "go on")
     assert d.phase() is Phase.PROGRESSING, "not rolled back for time spent paused"
@@ -324,7 +373,7 @@ def test_rejected_approval_rolls_back_and_closes_the_change_unsuccessful() -> No
 def test_expired_approval_follows_the_policy(on_expiry: str, phase: Phase) -> None:
     policy = make_policy(steps=[10, 100], approval={**APPROVAL, "onExpiry": on_expiry})
     d = progressing(policy)
-    d.at(MIN).verdict().at(5 * MIN)
+    d.at(5 * MIN).verdict()
     assert d.phase() is Phase.AWAITING_APPROVAL
     d.at(5 * MIN + timedelta(hours=8))
     assert d.phase() is phase
@@ -334,7 +383,7 @@ def test_expired_approval_follows_the_policy(on_expiry: str, phase: Phase) -> No
 
 def test_resume_after_expiry_requests_a_new_approval() -> None:
     d = progressing(make_policy(steps=[10, 100], approval=APPROVAL))
-    d.at(MIN).verdict().at(5 * MIN).at(5 * MIN + timedelta(hours=8))
+    d.at(5 * MIN).verdict().at(5 * MIN + timedelta(hours=8))
     assert d.phase() is Phase.PAUSED
     d.command(CommandKind.RESUME, "risk owner back from holiday")
     assert d.phase() is Phase.AWAITING_APPROVAL
@@ -369,30 +418,32 @@ def test_window_closing_during_the_hold_defers_the_step_to_the_next_window() -> 
         ],
     }
     d = progressing(make_policy(schedule=schedule))  # T0 is Monday 10:00 in London (UTC+0)
-    d.at(MIN).verdict().at(5 * MIN)  # 10:05: the window has just closed (its end is exclusive)
+    d.at(5 * MIN).verdict()  # 10:05: the window has just closed (its end is exclusive)
     assert d.traffic() == []
     assert d.state is not None
     tuesday_nine = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
     assert d.state.next_check_at == tuesday_nine
-    d.at(timedelta(hours=3))
+    d.at(timedelta(hours=3)).verdict()  # the analysis keeps running while it waits
     assert d.traffic() == []
     assert d.phase() is Phase.PROGRESSING, "passing evidence waits for the window, no pause"
     d.at(tuesday_nine - T0)
+    assert d.traffic() == [], "Monday's verdict is too old to act on"
+    d.verdict()
     assert d.traffic() == [(25, "step")]
 
 
 def test_outside_the_window_the_rollout_waits_and_says_until_when() -> None:
     schedule = {"timezone": "UTC", "windows": [{"start": "12:00", "end": "13:00"}]}
     d = progressing(make_policy(schedule=schedule))
-    d.at(MIN).verdict().at(5 * MIN)
+    d.at(5 * MIN).verdict()
     assert d.traffic() == []
     assert d.events() == ["WaitingForWindow"]
     assert d.state is not None
     assert d.state.next_check_at == datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     assert "next opens 2026-11-23T12:00:00+00:00" in (d.state.waiting_for or "")
-    d.at(timedelta(minutes=30))
+    d.at(timedelta(minutes=30)).verdict()
     assert d.events() == [], "the wait is announced once"
-    d.at(timedelta(hours=2))  # 12:00 UTC
+    d.at(timedelta(hours=2)).verdict()  # 12:00 UTC, with fresh evidence
     assert d.traffic() == [(25, "step")]
 
 
@@ -403,7 +454,7 @@ def test_freeze_blocks_advancing_but_never_a_rollback() -> None:
         ]
     }
     d = progressing(make_policy(schedule=schedule))
-    d.at(MIN).verdict().at(5 * MIN)
+    d.at(5 * MIN).verdict()
     assert d.traffic() == []
     assert d.state is not None
     assert "change freeze (close)" in (d.state.waiting_for or "")

@@ -1,0 +1,107 @@
+"""Evidence ages: a verdict taken before the controller went away says nothing about the
+canary now.
+
+A canary passes its analysis at 10 %, the controller stops (cleanly, or as if it crashed,
+leaving its Lease to expire), the canary turns bad while nobody watches, and the hold ends.
+When a controller comes back, the old passing verdict is past the analysis interval: it
+must evaluate again before it decides, and so roll the canary back instead of promoting it.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from canary.model import Phase, Verdict
+from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
+from tests.e2e.harness import Env
+
+pytestmark = pytest.mark.e2e
+
+HOLD_SECONDS = 12
+
+RESTART_POLICY = f"""
+name: restart
+steps: [10, 100]
+stepHold: {HOLD_SECONDS}s
+analysisInterval: 1s
+revisionReadyTimeout: 15s
+trafficTimeout: 20s
+maxStepDuration: 120s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 1.0
+    minSamples: 200
+  - name: latency-p99
+    builtin: latency-p99
+    relativeTolerance: 1.0
+    minSamples: 100
+"""
+
+TURNED_BAD = ModelBehaviour(
+    error_rate=0.30, latency=LatencyProfile(median_seconds=0.150, p99_seconds=0.400)
+)
+
+
+@pytest.mark.parametrize("release", [True, False], ids=["stopped", "crashed"])
+def test_a_canary_that_turns_bad_while_the_controller_is_away_is_rolled_back(
+    knative_env: Env, release: bool
+) -> None:
+    env = knative_env
+    (env.policy_dir / "restart.yaml").write_text(RESTART_POLICY, encoding="utf-8")
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="restart")
+    first = env.start_controller()
+    assert env.command("start", "a model that goes bad later", storage_uri=v2).state == "accepted"
+
+    def passing() -> bool:
+        doc = env.latest()
+        verdict = doc.state.last_verdict if doc else None
+        return (
+            doc is not None
+            and doc.state.phase is Phase.PROGRESSING
+            and doc.state.step_reached_at is not None
+            and verdict is not None
+            and verdict.verdict is Verdict.SUCCESSFUL
+            and verdict.sufficient_data
+        )
+
+    env.wait("a passing, sufficient verdict at 10 %", passing)
+    doc = env.latest()
+    assert doc is not None
+    reached = doc.state.step_reached_at
+    assert reached is not None
+    assert (datetime.now(UTC) - reached).total_seconds() < HOLD_SECONDS, "the hold ended early"
+
+    # The controller goes away before the hold ends; then the canary turns bad.
+    if release:
+        first.controller.stop()
+    else:
+        first.controller.stop(release=False)  # its Lease is left to expire, as after a crash
+    first.server.stop()
+    first.store.close()
+    first.kube.close()
+    env.app = None
+    env.model("v2", TURNED_BAD)
+    while (datetime.now(UTC) - reached).total_seconds() < HOLD_SECONDS + 4:
+        time.sleep(0.2)  # the hold is over and Prometheus holds seconds of bad data
+
+    back_at = datetime.now(UTC)
+    env.start_controller()
+    doc = env.wait_phase(Phase.ROLLED_BACK, Phase.SUCCEEDED, Phase.PAUSED, Phase.FAILED)
+    assert doc.state.phase is Phase.ROLLED_BACK, doc.state.outcome
+
+    records = [r for r in env.records() if r.entry.rollout_id == doc.state.rollout_id]
+    after = [r.entry for r in records if r.entry.at >= back_at]
+    actions = [e.action for e in after]
+    assert "promoted" not in actions
+    percents = [str(e.evidence.get("percent")) for e in after if e.action == "traffic.intent"]
+    assert "100" not in percents, percents
+    # The first thing decided after the restart is a new evaluation of the canary.
+    decisions = [a for a in actions if a in {"analysis.evaluated", "rollout.rolling_back"}]
+    assert decisions[:1] == ["analysis.evaluated"], actions
+    evaluated = next(e for e in after if e.action == "analysis.evaluated")
+    assert evaluated.evidence.get("verdict") == "Failed", evaluated.reason

@@ -8,9 +8,11 @@ look and moves on; the look runs on a small thread pool, and when it is done the
 queues the rollout again, whose next reconcile applies the answer (if the rollout is still
 where it was when the look was asked for: same rollout, step, split and evidence).
 
-* **Deadline.** A look not done ``deadline`` after it was asked for is given up: it counts
-  as an error for each of its checks (exactly as if Prometheus had not answered, so the
-  checks' error limits apply) and its late answer, if any, is dropped.
+* **Deadline.** A look not done ``deadline`` after it started is given up: it counts as an
+  error for each of its checks (exactly as if Prometheus had not answered, so the checks'
+  error limits apply) and its late answer, if any, is dropped. (A look still waiting for a
+  thread is not given up: the threads are only ever held by queries that have their own
+  timeout, or that the breaker stops.)
 * **Circuit breaker.** :class:`GuardedProvider` wraps the metric provider: after
   ``failures`` consecutive failed queries (unreachable, timed out, refused) or looks past
   their deadline, the circuit opens for ``cooldown``; meanwhile every query fails at once
@@ -235,7 +237,7 @@ def analysis_ticket(
 class _Job:
     ticket: Hashable
     request: AnalysisRequest
-    deadline: datetime
+    deadline: datetime | None = None  # set when a thread starts it
     result: StepAnalysis | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -256,7 +258,7 @@ class AnalysisRunner:
         fallback: Callable[[str], _Analyzer],
         breaker: CircuitBreaker,
         deadline: timedelta,
-        workers: int = 2,
+        workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if deadline <= timedelta(0):
@@ -291,7 +293,7 @@ class AnalysisRunner:
                     if job.ticket == ticket and job.result is not None:
                         return job.request, job.result
                     # an answer for a rollout that has moved on since: dropped
-                elif now >= job.deadline:
+                elif job.deadline is not None and now >= job.deadline:
                     del self._jobs[key]  # given up: its late answer is dropped
                     given_up = job
                 else:
@@ -306,17 +308,20 @@ class AnalysisRunner:
         if not self.breaker.allow():
             # Prometheus keeps failing: answer at once instead of tying a thread up.
             return request, request.run(self._fallback(self.breaker.why_open()))
-        fresh = _Job(ticket, request, now + self._deadline)
+        fresh = _Job(ticket, request)
         with self._lock:
             self._jobs[key] = fresh
         self._pool.submit(self._run, key, fresh)
         return None
 
     def deadline(self, key: Key) -> datetime | None:
-        """When the look running for ``key`` is given up (``None``: none is running)."""
+        """When to look again at the look asked for ``key``: its deadline once started, a
+        deadline from now while it waits for a thread (``None``: none is running)."""
         with self._lock:
             job = self._jobs.get(key)
-            return None if job is None or job.done.is_set() else job.deadline
+            if job is None or job.done.is_set():
+                return None
+            return job.deadline or self._clock() + self._deadline
 
     def running(self) -> int:
         with self._lock:
@@ -333,6 +338,10 @@ class AnalysisRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, key: Key, job: _Job) -> None:
+        with self._lock:
+            if self._jobs.get(key) is not job:
+                return  # dropped while it waited (leadership lost, or the rollout moved on)
+            job.deadline = self._clock() + self._deadline
         try:
             result = job.request.run(self._analyzer)
         except Exception as exc:  # an analysis bug must not lose the rollout's timer

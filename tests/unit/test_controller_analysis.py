@@ -121,7 +121,7 @@ class Notified:
 
 
 def runner(
-    analyzer: Any, clock: Clock, *, failures: int = 3, deadline: float = 10.0
+    analyzer: Any, clock: Clock, *, failures: int = 3, deadline: float = 10.0, workers: int = 4
 ) -> tuple[AnalysisRunner, CircuitBreaker, Notified]:
     breaker = CircuitBreaker(failures=failures, cooldown=timedelta(seconds=30), clock=clock)
     built = AnalysisRunner(
@@ -130,6 +130,7 @@ def runner(
         breaker=breaker,
         deadline=timedelta(seconds=deadline),
         clock=clock,
+        workers=workers,
     )
     notified = Notified()
     built.bind(notified)
@@ -345,10 +346,40 @@ def test_looks_past_their_deadline_open_the_circuit() -> None:
     for n in range(2):
         key = ("fraud", f"svc-{n}")
         assert run.obtain(key, ("r", n), request(clock())) is None
+        _until(lambda n=n: held.calls == n + 1)  # started: its deadline runs from now
         clock.advance(10)
         assert run.obtain(key, ("r", n), request(clock())) is not None
     assert breaker.state == "open"
     held.release.set()
+
+
+def _until(check: Any) -> None:
+    end = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if check():
+            return
+        end.wait(0.01)
+    raise AssertionError("never happened")
+
+
+def test_a_look_waiting_for_a_thread_is_not_given_up_before_it_starts() -> None:
+    clock = Clock()
+    held = Held()
+    run, breaker, notified = runner(held, clock, workers=1)
+    first, second = ("fraud", "first"), ("fraud", "second")
+    assert run.obtain(first, ("r", 1), request()) is None
+    assert held.entered.wait(WAIT)
+    assert run.obtain(second, ("r", 2), request()) is None  # waits for the only thread
+    clock.advance(10)
+    assert run.obtain(first, ("r", 1), request(clock())) is not None  # given up
+    assert run.obtain(second, ("r", 2), request(clock())) is None  # not started: waits
+    assert run.deadline(second) == clock() + timedelta(seconds=10)  # look again then
+    held.release.set()  # the thread is free: the second look runs and answers
+    _until(lambda: second in notified.keys)
+    answer = run.obtain(second, ("r", 2), request(clock()))
+    assert answer is not None
+    assert answer[1].verdict is Outcome.SUCCESSFUL
+    assert breaker.state == "closed"
 
 
 def test_losing_leadership_drops_every_look_in_flight() -> None:

@@ -243,7 +243,8 @@ class Controller:
                 self._valid_until = valid_until
                 return True
         if current is not None:  # a new epoch under our feet: start over with it
-            self._step_down(f"the epoch changed from {current.epoch} to {leadership.epoch}")
+            why = f"the epoch changed from {current.epoch} to {leadership.epoch}"
+            self._step_down(why, forfeit=False)
         fence = Fence(self._elector.name, leadership.identity, leadership.epoch)
         try:
             claimed = self._store.claim_epoch(
@@ -285,15 +286,15 @@ class Controller:
             self._queue.add(_Item("rollout", (namespace, name)))
         log.info("leader.timers_rebuilt", rollouts=len(due))
 
-    def _step_down(self, why: str) -> None:
+    def _step_down(self, why: str, *, forfeit: bool = True) -> None:
         with self._lock:
             was = self._fence is not None
             self._fence = None
             self._valid_until = None
-        # Whatever the reason, leadership resumes only under a new epoch.
-        forfeit = getattr(self._elector, "forfeit", None)
-        if forfeit is not None:
-            forfeit()
+        # Leadership resumes only under a new epoch (``forfeit=False``: this one is new).
+        give_up = getattr(self._elector, "forfeit", None)
+        if forfeit and give_up is not None:
+            give_up()
         if was:
             log.warning("leader.lost", reason=why)
             self._scheduler.clear()

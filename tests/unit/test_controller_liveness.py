@@ -491,3 +491,20 @@ def test_the_controller_gates_its_client_on_leadership() -> None:
 def test_a_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="timeout must be positive"):
         KubeClient(cast(Any, Unreached()), timeout=0)
+
+
+def test_a_new_epoch_under_a_leader_is_claimed_once_not_round_after_round() -> None:
+    r = rig()
+    r.round()
+    assert r.store.epoch == 1
+    r.elector.forfeit()  # as if a takeover of our own Lease had happened meanwhile
+    r.clock.advance(5)
+    r.round()
+    assert r.store.epoch == 2
+    for _ in range(3):
+        r.clock.advance(5)
+        r.round()
+    fence = r.controller.fence()
+    assert fence is not None
+    assert fence.epoch == 2
+    assert r.store.claims == [1, 2]

@@ -239,9 +239,17 @@ class Controller:
         valid_until = leadership.renewed_at + self._elector.duration
         with self._lock:
             current = self._fence
-            if current is not None and current.epoch == leadership.epoch:
+            lapsed = self._valid_until is not None and self._clock() >= self._valid_until
+            if current is not None and current.epoch == leadership.epoch and not lapsed:
                 self._valid_until = valid_until
                 return True
+        if current is not None and current.epoch == leadership.epoch:
+            # The Lease lapsed by our clock before this renewal came back (a hung apiserver,
+            # a paused process): another replica could have led meanwhile, and our timers
+            # and queue went unserved. Give it up; the next round claims a new epoch and
+            # takes over afresh (timers rebuilt, every service relisted).
+            self._step_down("the Lease lapsed before its renewal was answered")
+            return False
         if current is not None:  # a new epoch under our feet: start over with it
             why = f"the epoch changed from {current.epoch} to {leadership.epoch}"
             self._step_down(why, forfeit=False)

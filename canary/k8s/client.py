@@ -176,9 +176,9 @@ WriteGate = Callable[[ResourceKind], bool]
 
 
 class KubeClient:
-    """``timeout`` (seconds) bounds every request but a watch (which has its own) and a
-    server-side apply (which may wait for a CRD); an apiserver that accepts the connection
-    and never answers costs at most that long.
+    """``timeout`` (seconds) bounds every request but a watch (which has its own) and the
+    server-side apply of a CRD (two minutes at least); an apiserver that accepts the
+    connection and never answers costs at most that long.
 
     :meth:`gate_writes` installs a check that every create, replace, patch, apply and delete
     passes before it is sent (a dry run excepted); a refused write raises
@@ -311,7 +311,8 @@ class KubeClient:
         if label_selector:
             query.append(("labelSelector", label_selector))
         raw = self._request(
-            "GET", kind.path(namespace), query=query, timeout=(10, timeout_seconds + 10),
+            "GET", kind.path(namespace), query=query,
+            timeout=(self.timeout, timeout_seconds + self.timeout),
             stream=True,
         )  # fmt: skip
         try:
@@ -415,7 +416,9 @@ class KubeClient:
             query=query,
             body=json.dumps(body),
             content_type="application/apply-patch+yaml",
-            timeout=120,
+            # A CRD is large and the apiserver may take a while to establish it; anything
+            # else (routes, webhook configurations) has the client's own bound.
+            timeout=max(self.timeout, 120.0) if kind == CRD else None,
         )
         return result
 

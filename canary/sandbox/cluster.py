@@ -294,6 +294,14 @@ class Cluster:
             raise ClusterError("kube-apiserver is not running")
         _terminate(proc.name, proc.pid, proc.start_time, proc.popen)
 
+    def pause_apiserver(self, paused: bool = True) -> None:
+        """Freeze the kube-apiserver process (SIGSTOP) or let it go on (SIGCONT): while it
+        is frozen, connections are accepted by the kernel and never answered."""
+        proc = self._processes.get("kube-apiserver")
+        if proc is None:
+            raise ClusterError("kube-apiserver is not running")
+        os.kill(proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def start_apiserver(self, timeout: float = 60.0) -> None:
         """Start kube-apiserver again on the same port, with the same etcd and certificates;
         return once ``/readyz`` answers 200."""

@@ -427,13 +427,16 @@ def _renew_time(testbed: Testbed, namespace: str) -> datetime:
     return parse_micro_time(lease["spec"]["renewTime"])
 
 
-@pytest.mark.parametrize("replicas", [1, 2])
-def test_after_an_apiserver_restart_leadership_resumes_under_a_new_epoch(
-    testbed: Testbed, namespace: str, pg_database: Database, replicas: int
+@pytest.mark.parametrize(
+    ("fault", "replicas"), [("restart", 1), ("restart", 2), ("freeze", 1), ("freeze", 2)]
+)
+def test_after_an_apiserver_outage_leadership_resumes_under_a_new_epoch(
+    testbed: Testbed, namespace: str, pg_database: Database, fault: str, replicas: int
 ) -> None:
-    """The apiserver process is stopped for longer than the Lease and started again (etcd,
-    and so the Lease naming the old leader, survives). The old epoch is refused by the
-    database, so whoever leads next claims a new one, and acts."""
+    """The apiserver process is stopped (or frozen: it accepts and never answers) for
+    longer than the Lease, then started again (or resumed). etcd, and so the Lease naming
+    the old leader, survives. The old epoch is refused by the database, so whoever leads
+    next claims a new one, and acts."""
     upgrade_to_head(pg_database.url)
     cluster = testbed.cluster
     assert cluster is not None
@@ -445,14 +448,20 @@ def test_after_an_apiserver_restart_leadership_resumes_under_a_new_epoch(
         eventually("a leader", lambda: any(r.epoch() for r in lives), 20)
         (before,) = [r.epoch() for r in lives if r.epoch()]
         assert before is not None
-        cluster.stop_apiserver()
+        if fault == "restart":
+            cluster.stop_apiserver()
+        else:
+            cluster.pause_apiserver()
         try:
             eventually("the leader to stop acting", lambda: not any(r.epoch() for r in lives),
                        LIVE_LEASE.total_seconds() + 5)  # fmt: skip
             eventually("/readyz to say the apiserver is down",
                        lambda: not any(r.ready("apiserver") for r in lives), 10)  # fmt: skip
         finally:
-            cluster.start_apiserver()
+            if fault == "restart":
+                cluster.start_apiserver()
+            else:
+                cluster.pause_apiserver(False)
         eventually("a leader again", lambda: any(r.epoch() for r in lives), 30)
         leaders = [r for r in lives if r.epoch()]
         assert len(leaders) == 1

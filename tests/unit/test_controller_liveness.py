@@ -508,3 +508,50 @@ def test_a_new_epoch_under_a_leader_is_claimed_once_not_round_after_round() -> N
     assert fence is not None
     assert fence.epoch == 2
     assert r.store.claims == [1, 2]
+
+
+class SlowRenewal:
+    """The apiserver hangs: the renewal is answered only after the Lease lapsed."""
+
+    def __init__(self, r: Rig, seconds: float) -> None:
+        self.r = r
+        self.seconds = seconds
+        self.inner = r.elector.try_acquire_or_renew
+
+    def __call__(self) -> Any:
+        answer = self.inner()
+        self.r.clock.advance(self.seconds)
+        return answer
+
+
+def test_a_renewal_answered_after_the_lease_lapsed_is_a_loss_and_a_new_epoch_follows() -> None:
+    r = rig()
+    r.round()
+    r.controller._scheduler.schedule(("fraud", "rolling"), T0 + timedelta(minutes=5))
+    r.queued()
+    slow = SlowRenewal(r, 20)  # longer than the 15 s Lease
+    r.elector.try_acquire_or_renew = slow  # type: ignore[method-assign]
+    r.clock.advance(5)
+    r.round()
+    assert not r.leads()  # not acting on it again as if nothing happened
+    assert r.controller._scheduler.due() == {}  # its timers went with it
+    r.elector.try_acquire_or_renew = slow.inner  # type: ignore[method-assign]
+    r.round()
+    fence = r.controller.fence()
+    assert fence is not None
+    assert fence.epoch == 2
+    assert r.queued()[0].kind == "relist"  # a full take-over: relist and timers rebuilt
+
+
+def test_a_renewal_answered_within_the_lease_keeps_the_epoch() -> None:
+    r = rig()
+    r.round()
+    slow = SlowRenewal(r, 4)
+    r.elector.try_acquire_or_renew = slow  # type: ignore[method-assign]
+    for _ in range(5):
+        r.clock.advance(1)
+        r.round()
+    fence = r.controller.fence()
+    assert fence is not None
+    assert fence.epoch == 1
+    assert r.store.claims == [1]

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,11 @@ def test_a_leader_killed_right_after_a_start_is_replaced_and_the_service_reconci
 # ---------------------------------------------------------------------------------------
 
 
+def _at_first_step(env: Env) -> bool:
+    doc = env.latest()
+    return doc is not None and doc.state.step_reached_at is not None
+
+
 def _start_with(env: Env, prometheus_url: str, **overrides: Any) -> Application:
     """Like ``Env.start_controller``, with settings of this test's own."""
     settings = load_settings(
@@ -221,26 +227,42 @@ def _start_with(env: Env, prometheus_url: str, **overrides: Any) -> Application:
     return app
 
 
-@pytest.mark.parametrize("hang", [10.0, 60.0])
+@pytest.mark.parametrize(("hang", "services"), [(10.0, 2), (60.0, 1)])
 def test_a_hung_prometheus_holds_up_neither_an_abort_nor_its_rollback(
-    knative_env: Env, hang: float
+    knative_env: Env, hang: float, services: int
 ) -> None:
+    """Prometheus accepts every query and answers only after ``hang`` seconds, with one or
+    two rollouts waiting on it; an abort of one is accepted and carried out at once."""
     env = knative_env
+    others = [
+        Env(
+            env.testbed,
+            env.mode,
+            env.namespace,
+            env.database_url,
+            env.policy_dir,
+            token=env.token,
+            name=f"{env.name}-{n}",
+        )
+        for n in range(1, services)
+    ]
     proxy = FaultyPrometheus(env.testbed.prometheus_url, delay=hang)
     try:
-        v1, v2 = env.model("v1"), env.model("v2")
-        env.create(v1, policy="slow")
+        for each in (env, *others):
+            v1 = each.model("v1")
+            each.model("v2")
+            each.create(v1, policy="slow")
         # each query may take as long as the hang: only the look's deadline cuts it short
         _start_with(env, proxy.url, prometheus_timeout_seconds=hang, analysis_deadline_seconds=30)
-        assert env.command("start", "hung prometheus", storage_uri=v2).state == "accepted"
-        env.wait(
-            "the first step",
-            lambda: (d := env.latest()) is not None and d.state.step_reached_at is not None,
-        )
+        for each in (env, *others):
+            started = each.command("start", "hung prometheus", storage_uri=each.uri("v2"))
+            assert started.state == "accepted"
+        for each in (env, *others):
+            each.wait("the first step", partial(_at_first_step, each))
         proxy.fault = "slow"  # Prometheus accepts and does not answer for `hang` seconds
         asked = proxy.requests
-        env.wait("a look waiting on Prometheus", lambda: proxy.requests > asked, deadline=20)
-        time.sleep(0.5)  # the look is now blocked inside Prometheus' hang
+        env.wait("looks waiting on Prometheus", lambda: proxy.requests > asked, deadline=20)
+        time.sleep(0.5)  # the looks are now blocked inside Prometheus' hang
         with env.store() as store:
             submitted = time.monotonic()
             command = submit_command(store, namespace=env.namespace, name=env.name,
@@ -255,15 +277,21 @@ def test_a_hung_prometheus_holds_up_neither_an_abort_nor_its_rollback(
             assert settled.state == "accepted", settled.result
             doc = env.wait_phase(Phase.ABORTED, deadline=30)
             finished = time.monotonic() - submitted
-        _report(f"hang {hang:g} s: abort accepted after {accepted:.2f} s, finished after "
-              f"{finished:.2f} s")  # fmt: skip
+        _report(f"hang {hang:g} s, {services} rollout(s): abort accepted after {accepted:.2f} s, "
+                f"finished after {finished:.2f} s")  # fmt: skip
         assert accepted <= 1.5, accepted
         assert finished <= 3.0, finished
         assert doc.state.aborted_by == "alice"
         assert doc.state.last_view is not None
         assert doc.state.last_view.split.get(doc.state.canary.name, 0) == 0
+        for each in others:  # the other rollouts were left alone, still held at 10 %
+            other = each.latest()
+            assert other is not None
+            assert other.state.phase is Phase.PROGRESSING
     finally:
         proxy.close()
+        for each in others:
+            each.stop()
 
 
 # ---------------------------------------------------------------------------------------

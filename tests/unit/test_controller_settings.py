@@ -51,4 +51,4 @@ def test_each_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 )
 def test_a_bad_value_is_refused_by_name(name: str, value: float) -> None:
     with pytest.raises(SettingsError, match=f"setting {name}: "):
-        load_settings(**{name: value})
+        load_settings(None, **{name: value})

@@ -16,7 +16,8 @@ where it was when the look was asked for: same rollout, step, split and evidence
 * **Circuit breaker.** :class:`GuardedProvider` wraps the metric provider: after
   ``failures`` consecutive failed queries (unreachable, timed out, refused) or looks past
   their deadline, the circuit opens for ``cooldown``; meanwhile every query fails at once
-  (no thread waits on Prometheus), then one query is let through to see whether it is back.
+  (no thread waits on Prometheus); then queries go through again (half-open): the first
+  answer closes the circuit, the first failure opens it for another ``cooldown``.
 
 Nothing here decides anything: the verdicts are the analysis package's, applied by the
 engine through the state machine.

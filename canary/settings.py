@@ -187,8 +187,8 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="How long the breaker stays open before one query is let through to see "
-        "whether Prometheus is back.",
+        description="How long the breaker stays open; then queries go through again, and the "
+        "first that fails opens it for as long again.",
     )
     health_expiry_seconds: float = Field(
         default=5.0,

@@ -16,6 +16,7 @@ from analysis.looks import LookSource
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
 from canary.admission import TemplateRules
+from canary.analysis_worker import AnalysisRunner, CircuitBreaker, GuardedProvider, Unanswered
 from canary.api.app import create_app
 from canary.api.health import Health
 from canary.audit import AuditStore, Fence
@@ -72,7 +73,7 @@ class Application:
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:
     now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
     identity = settings.identity or default_identity()
-    health = Health()
+    health = Health(liveness_timeout=settings.stall_timeout_seconds)
     metrics = ControllerMetrics()
 
     def policy_problem(problem: str | None) -> None:
@@ -80,8 +81,10 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
 
     policies = PolicySource(settings.policy_path, policy_problem)
     policies()  # fail fast: a controller without valid policies must not start
-    kube = KubeClient.from_kubeconfig(settings.kubeconfig)
-    store = AuditStore.from_url(settings.database_url.get_secret_value())
+    kube = KubeClient.from_kubeconfig(settings.kubeconfig, timeout=settings.kube_timeout_seconds)
+    store = AuditStore.from_url(
+        settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
+    )
     routers: dict[str, TrafficRouter] = {
         "knative": KnativeRouter(kube),
         "standard": StandardRouter(kube, weights=settings.standard_weights),
@@ -93,11 +96,35 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         bearer_token=token.get_secret_value() if token else None,
     )
     events = EventRecorder(kube, instance=identity, clock=now)
-    looks = LookSource(
-        provider,
-        period=timedelta(seconds=settings.look_period_seconds),
-        lag=timedelta(seconds=settings.look_lag_seconds),
-        window=timedelta(seconds=settings.analysis_window_seconds),
+    breaker = CircuitBreaker(
+        failures=settings.prometheus_breaker_failures,
+        cooldown=timedelta(seconds=settings.prometheus_breaker_cooldown_seconds),
+        clock=now,
+    )
+    guarded = GuardedProvider(provider, breaker)
+
+    def look_source(source: GuardedProvider | Unanswered) -> LookSource:
+        return LookSource(
+            source,
+            period=timedelta(seconds=settings.look_period_seconds),
+            lag=timedelta(seconds=settings.look_lag_seconds),
+            window=timedelta(seconds=settings.analysis_window_seconds),
+        )
+
+    looks = look_source(guarded)
+    analyzer = Analyzer(guarded, looks=looks)
+
+    def failing(reason: str) -> Analyzer:
+        # No I/O and a look source of its own: safe on the worker while a real look hangs.
+        unanswered = Unanswered(reason, provider.url)
+        return Analyzer(unanswered, looks=look_source(unanswered))
+
+    runner = AnalysisRunner(
+        analyzer,
+        fallback=failing,
+        breaker=breaker,
+        deadline=timedelta(seconds=settings.analysis_deadline_seconds),
+        clock=now,
     )
 
     def engine_factory(leadership: Callable[[], Fence | None]) -> Engine:
@@ -109,13 +136,14 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
             leadership=leadership,
             clock=now,
             instance=identity,
-            analyzer=Analyzer(provider, looks=looks),
+            analyzer=analyzer,
             events=events,
             metrics=metrics,
             prometheus_url=settings.prometheus_url,
             default_metric_profile=settings.metric_profile,
             standard_metric_profile=settings.standard_metric_profile,
             metrics_delay=timedelta(seconds=settings.metrics_delay_seconds),
+            analysis_runner=runner,
         )
 
     elector = LeaseElector(
@@ -136,6 +164,9 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         health=health,
         metrics=metrics,
         clock=now,
+        analysis=runner,
+        health_expiry=settings.health_expiry_seconds,
+        stall_timeout=settings.stall_timeout_seconds,
     )
     rules = TemplateRules.with_extra(
         settings.kserve_annotation_disallowed,

@@ -4,9 +4,16 @@ Threads, each with one job:
 
 * **elector** renews the Lease every third of its duration. On becoming leader it claims
   its epoch in the database (the fence every later commit is checked against), rebuilds
-  the timers from the persisted ``next_check_at`` of every active rollout, and queues every
-  active rollout once, which also replays traffic intents that have no outcome yet. On
-  losing the Lease (or failing to renew before it would expire) it stops acting at once.
+  the timers from the persisted ``next_check_at`` of every active rollout, queues every
+  active rollout once (which also replays traffic intents that have no outcome yet) and
+  queues a fresh list of every InferenceService, so that a service whose canary was just
+  written (no rollout row yet) is looked at at once, not at the next resync. On losing the
+  Lease (or failing to renew before it would expire, or having its epoch refused or fenced
+  out by the database) it stops acting at once, and claims the Lease again only as a new
+  holder, with a new epoch. While it holds the Lease but cannot act on it, it stops
+  beating, so ``/healthz`` fails and Kubernetes restarts it.
+* **probe** asks the database whether it answers, every second, so ``/readyz`` follows it;
+  the reports expire, so a database that hangs (answers nothing) shows as not ready.
 * **watcher** lists and watches InferenceServices (all namespaces or the configured ones)
   and queues those that carry a ``kserve-canary.io/`` annotation or have an active
   rollout. A watch that expires (410 Gone) or breaks (apiserver restart) is followed by a
@@ -14,9 +21,13 @@ Threads, each with one job:
 * **scheduler** (APScheduler) queues a rollout when its timer fires.
 * **commands** polls the database for queued manual commands while leading.
 * **worker** takes one item at a time from the de-duplicating queue and calls the engine,
-  so rollout logic never runs concurrently inside a replica.
+  so rollout logic never runs concurrently inside a replica. Manual commands go before
+  rollouts. Looks at Prometheus do not run here but on the analysis runner's threads
+  (:mod:`canary.analysis_worker`), so a hung Prometheus never holds a command up.
 
-Every replica serves HTTP (health, metrics, the admission webhook); only the leader acts.
+Every replica serves HTTP (health, metrics, the admission webhook); only the leader acts,
+and only the leader writes to the cluster: every write the Kubernetes client sends (traffic,
+routes, Events) passes the leadership check first.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from canary.analysis_worker import AnalysisRunner
 from canary.audit import AuditStore, Fence, FencedOut, StaleRollout, StoreUnavailable
 from canary.engine import Engine, NotLeader
-from canary.k8s.client import INFERENCE_SERVICE, Gone, KubeClient, KubeError
+from canary.k8s.client import INFERENCE_SERVICE, Gone, KubeClient, KubeError, ResourceKind
 from canary.k8s.lease import Leadership, LeaseElector
 from canary.log import get_logger
 from canary.model import ACTIVE_PHASES
@@ -42,12 +54,16 @@ log = get_logger("canary.controller")
 
 _ANNOTATION_PREFIX = "kserve-canary.io/"
 _COMMAND_POLL = 0.5
+_PROBE_PERIOD = 1.0
 _BACKOFF_MAX = 30.0
+_RELIST: tuple[str, str] = ("", "relist")
 
 
 class Health(Protocol):
-    def set_ready(self, component: str, ok: bool, detail: str = "") -> None: ...
-    def heartbeat(self, loop: str = "main") -> None: ...
+    def set_ready(
+        self, component: str, ok: bool, detail: str = "", ttl: float | None = None
+    ) -> None: ...
+    def heartbeat(self, loop: str = "main", timeout: float | None = None) -> None: ...
 
 
 class ControllerMetrics(Protocol):
@@ -59,7 +75,7 @@ class ControllerMetrics(Protocol):
 
 @dataclass(frozen=True)
 class _Item:
-    kind: str  # "rollout" | "command"
+    kind: str  # "rollout" | "command" | "relist"
     key: tuple[str, str]  # (namespace, name) or ("", command id)
 
 
@@ -71,14 +87,22 @@ class WorkQueue:
         self._order: list[_Item] = []
         self._queued: set[_Item] = set()
         self._not_before: dict[_Item, float] = {}
+        self._first: set[_Item] = set()
 
-    def add(self, item: _Item, *, delay: float = 0.0) -> None:
+    def add(self, item: _Item, *, delay: float = 0.0, first: bool = False) -> None:
+        """Queue ``item`` (at the front with ``first``: it goes before everything queued
+        without it)."""
         with self._cond:
             if delay > 0:
                 self._not_before[item] = time.monotonic() + delay
             if item not in self._queued:
                 self._queued.add(item)
-                self._order.append(item)
+                if first:
+                    ahead = sum(1 for queued in self._order if queued in self._first)
+                    self._order.insert(ahead, item)
+                    self._first.add(item)
+                else:
+                    self._order.append(item)
             self._cond.notify()
 
     def get(self, timeout: float) -> _Item | None:
@@ -90,6 +114,7 @@ class WorkQueue:
                     if self._not_before.get(item, 0.0) <= now:
                         del self._order[index]
                         self._queued.discard(item)
+                        self._first.discard(item)
                         self._not_before.pop(item, None)
                         return item
                 if now >= deadline:
@@ -115,6 +140,9 @@ class Controller:
         health: Health | None = None,
         metrics: ControllerMetrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        analysis: AnalysisRunner | None = None,
+        health_expiry: float = 5.0,
+        stall_timeout: float = 60.0,
     ) -> None:
         self._kube = kube
         self._store = store
@@ -131,8 +159,18 @@ class Controller:
         self._valid_until: datetime | None = None
         self._scheduled_at: dict[Key, datetime] = {}
         self._scheduler = RolloutScheduler(self._timer_fired, clock=clock)
+        self._analysis = analysis
+        if analysis is not None:
+            analysis.bind(lambda key: self.enqueue(*key))
+        self._expiry = health_expiry
+        self._stall = stall_timeout
+        self._unusable_since: float | None = None  # Lease held, but not acting on it
         self.engine = engine_factory(self.fence)
         self._threads: list[threading.Thread] = []
+        # Only the leader writes to the cluster; the Lease itself is exempt.
+        gate = getattr(kube, "gate_writes", None)
+        if gate is not None:
+            gate(self._may_write)
 
     # ------------------------------------------------------------------ leadership
 
@@ -149,37 +187,72 @@ class Controller:
     def leading(self) -> bool:
         return self.fence() is not None
 
+    def _may_write(self, _kind: ResourceKind) -> bool:
+        return self.leading
+
     def _elect_loop(self) -> None:
         period = max(self._elector.duration.total_seconds() / 3, 0.5)
         while not self._stop.is_set():
             started = time.monotonic()
             self._beat("elector")
-            self._check_database()
-            try:
-                leadership = self._elector.try_acquire_or_renew()
-            except KubeError as exc:
-                log.warning("leader.renew_failed", error=str(exc))
-                leadership = None
-                if self.fence() is not None:  # keep acting only while the Lease is valid
-                    self._stop.wait(min(period, 1.0))
-                    continue
-            if leadership is None:
-                self._step_down("the Lease is held by another replica")
-            else:
-                self._lead(leadership)
-                self._refresh_phase_counts()
-            # A follower asks more often than a leader renews, so it takes over soon after
-            # the Lease expires.
-            wait = period if leadership is not None else min(period, 0.5)
+            self._elect_once()
+            self._beat_leadership()
+            # A follower (or a holder that could not act) asks more often than a leader
+            # renews, so it takes over soon after the Lease expires.
+            wait = period if self.leading else min(period, 0.5)
             self._stop.wait(max(wait - (time.monotonic() - started), 0.05))
 
-    def _lead(self, leadership: Leadership) -> None:
+    def _elect_once(self) -> None:
+        """One election round: renew or acquire, then act on the answer."""
+        try:
+            leadership = self._elector.try_acquire_or_renew()
+        except KubeError as exc:
+            log.warning("leader.renew_failed", error=str(exc))
+            self._set_ready("apiserver", False, f"Lease renewal failed: {exc}")
+            if self.fence() is None:  # keep acting only while the Lease is valid
+                self._step_down(f"the Lease could not be renewed: {exc}")
+            self._unusable_since = None
+            return
+        self._set_ready("apiserver", True, "reachable")
+        if leadership is None:
+            self._step_down("the Lease is held by another replica")
+            self._unusable_since = None
+            return
+        if self._lead(leadership):
+            self._unusable_since = None
+        elif self._unusable_since is None:
+            self._unusable_since = time.monotonic()
+
+    def _beat_leadership(self) -> None:
+        """Beat unless this replica has held the Lease without being able to act on it
+        for the stall timeout: then ``/healthz`` fails, Kubernetes restarts the process,
+        and the Lease goes to a replica that can act."""
+        since = self._unusable_since
+        if since is not None and time.monotonic() - since >= self._stall:
+            log.error("leader.stalled", seconds=round(time.monotonic() - since, 1))
+            return
+        if self._health is not None:
+            self._health.heartbeat("leadership", self._stall)
+
+    def _lead(self, leadership: Leadership) -> bool:
+        """Act on a renewed or acquired Lease; False if this replica cannot lead on it."""
         valid_until = leadership.renewed_at + self._elector.duration
         with self._lock:
             current = self._fence
-            if current is not None and current.epoch == leadership.epoch:
+            lapsed = self._valid_until is not None and self._clock() >= self._valid_until
+            if current is not None and current.epoch == leadership.epoch and not lapsed:
                 self._valid_until = valid_until
-                return
+                return True
+        if current is not None and current.epoch == leadership.epoch:
+            # The Lease lapsed by our clock before this renewal came back (a hung apiserver,
+            # a paused process): another replica could have led meanwhile, and our timers
+            # and queue went unserved. Give it up; the next round claims a new epoch and
+            # takes over afresh (timers rebuilt, every service relisted).
+            self._step_down("the Lease lapsed before its renewal was answered")
+            return False
+        if current is not None:  # a new epoch under our feet: start over with it
+            why = f"the epoch changed from {current.epoch} to {leadership.epoch}"
+            self._step_down(why, forfeit=False)
         fence = Fence(self._elector.name, leadership.identity, leadership.epoch)
         try:
             claimed = self._store.claim_epoch(
@@ -188,10 +261,14 @@ class Controller:
         except StoreUnavailable as exc:
             log.warning("leader.claim_failed", error=str(exc))
             self._set_ready("database", False, str(exc))
-            return
+            # Try this epoch again next round: the database never recorded it.
+            return False
         if not claimed:
+            # The database has seen this epoch (ours from before a lapse, or a later
+            # holder's): never act on it. Claim the Lease again as a new holder.
             log.error("leader.epoch_refused", epoch=fence.epoch)
-            return
+            self._elector.forfeit()
+            return False
         with self._lock:
             self._fence = fence
             self._valid_until = valid_until
@@ -199,27 +276,38 @@ class Controller:
         if self._metrics is not None:
             self._metrics.set_leader(True)
         self._take_over()
+        return True
 
     def _take_over(self) -> None:
-        """Rebuild timers from the database and look at every active rollout once."""
+        """Relist every InferenceService, rebuild timers from the database and look at
+        every active rollout once."""
+        # First in the queue: every opted-in service is reconciled at once, including one
+        # whose canary was written just before the previous leader died (no rollout row).
+        self._queue.add(_Item("relist", _RELIST), first=True)
         try:
             due = self.engine.active_keys()
         except StoreUnavailable as exc:
             log.warning("leader.rebuild_failed", error=str(exc))
-            return
+            return  # the relist still queues every opted-in service
         self._scheduler.rebuild(due)
         for namespace, name, _ in due:
             self._queue.add(_Item("rollout", (namespace, name)))
         log.info("leader.timers_rebuilt", rollouts=len(due))
 
-    def _step_down(self, why: str) -> None:
+    def _step_down(self, why: str, *, forfeit: bool = True) -> None:
         with self._lock:
             was = self._fence is not None
             self._fence = None
             self._valid_until = None
+        # Leadership resumes only under a new epoch (``forfeit=False``: this one is new).
+        give_up = getattr(self._elector, "forfeit", None)
+        if forfeit and give_up is not None:
+            give_up()
         if was:
             log.warning("leader.lost", reason=why)
             self._scheduler.clear()
+            if self._analysis is not None:
+                self._analysis.clear()
             if self._metrics is not None:
                 self._metrics.set_leader(False)
 
@@ -277,11 +365,13 @@ class Controller:
                 if self._stop.is_set():
                     return
 
-    def _consider(self, isvc: Mapping[str, Any], *, deleted: bool = False) -> None:
+    def _consider(self, isvc: Mapping[str, Any], *, deleted: bool = False) -> bool:
         meta = isvc.get("metadata") or {}
         annotations = meta.get("annotations") or {}
         if deleted or any(str(k).startswith(_ANNOTATION_PREFIX) for k in annotations):
             self.enqueue(str(meta.get("namespace")), str(meta.get("name")))
+            return True
+        return False
 
     def _active_safely(self) -> list[tuple[str, str, datetime | None]]:
         try:
@@ -295,7 +385,8 @@ class Controller:
                 continue
             try:
                 for command in self._store.pending_commands():
-                    self._queue.add(_Item("command", ("", command.id)))
+                    # Commands go before rollouts: an abort must not wait for a queue.
+                    self._queue.add(_Item("command", ("", command.id)), first=True)
                 self._set_ready("database", True, "reachable")
             except StoreUnavailable as exc:
                 self._set_ready("database", False, str(exc))
@@ -335,6 +426,9 @@ class Controller:
                 self._queue.add(item, delay=min(2.0 * count, _BACKOFF_MAX))
 
     def _process(self, item: _Item) -> None:
+        if item.kind == "relist":
+            self._relist()
+            return
         if item.kind == "command":
             command = self._store.get_command(item.key[1])
             if command is None or command.state != "pending":
@@ -358,11 +452,26 @@ class Controller:
             lag = (self._clock() - scheduled).total_seconds()
             self._metrics.observe_tick_lag(max(lag, 0.0))
         wake = self.engine.reconcile(*key)
+        if self._analysis is not None and wake is not None and wake <= self._clock():
+            # A look is due and runs off this thread: its end queues the rollout again;
+            # the timer is the look's deadline, when it is given up.
+            deadline = self._analysis.deadline(key)
+            if deadline is not None:
+                wake = deadline
         self._scheduler.schedule(key, wake)
         self._set_ready("database", True, "reachable")
 
+    def _relist(self) -> None:
+        """Queue every InferenceService that concerns us (leadership was just gained)."""
+        count = 0
+        for namespace in self._namespaces or (None,):
+            items, _ = self._kube.list(INFERENCE_SERVICE, namespace)
+            for item in items:
+                count += self._consider(item)
+        log.info("leader.relisted", queued=count)
+
     def _refresh_phase_counts(self) -> None:
-        """Once per Lease renewal, not per reconcile: listing every rollout is O(n)."""
+        """Every few seconds, not per reconcile: listing every rollout is O(n)."""
         if self._metrics is None or not self.leading:
             return
         counts = {phase.value: 0 for phase in ACTIVE_PHASES}
@@ -378,7 +487,7 @@ class Controller:
 
     def _beat(self, loop: str) -> None:
         if self._health is not None:
-            self._health.heartbeat(loop)
+            self._health.heartbeat(loop, self._stall)
 
     def _check_database(self) -> None:
         try:
@@ -388,14 +497,31 @@ class Controller:
         else:
             self._set_ready("database", True, "reachable")
 
+    def _probe_loop(self) -> None:
+        """Ask the database every second, on a thread of its own: a database that hangs
+        holds this loop up (for the store's timeout at most), never the Lease renewals."""
+        rounds = 0
+        while not self._stop.is_set():
+            self._beat("probe")
+            self._check_database()
+            if rounds % 5 == 0:
+                self._refresh_phase_counts()
+            rounds += 1
+            self._stop.wait(_PROBE_PERIOD)
+
     def _set_ready(self, component: str, ok: bool, detail: str) -> None:
-        if self._health is not None:
-            self._health.set_ready(component, ok, detail)
+        if self._health is None:
+            return
+        # The watch reports when it lists (a quiet watch says nothing for minutes); the
+        # others report all the time and expire, so a hung dependency shows within seconds.
+        ttl = None if component == "watch" else self._expiry
+        self._health.set_ready(component, ok, detail, ttl)
 
     def start(self) -> None:
         self._scheduler.start()
         for target, name in (
             (self._elect_loop, "elector"),
+            (self._probe_loop, "probe"),
             (self._watch_loop, "watcher"),
             (self._command_loop, "commands"),
             (self._work_loop, "worker"),
@@ -408,6 +534,8 @@ class Controller:
         """Stop every loop; give the Lease up so another replica takes over at once."""
         self._stop.set()
         self._scheduler.shutdown()
+        if self._analysis is not None:
+            self._analysis.shutdown()
         for thread in self._threads:
             thread.join(timeout=5)
         if release and self._fence is not None:

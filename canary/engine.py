@@ -28,6 +28,7 @@ from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subjec
 from analysis.looks import LookSource
 from analysis.types import SEQUENTIAL_BUILTINS
 from canary import machine
+from canary.analysis_worker import AnalysisRequest, AnalysisRunner, analysis_ticket
 from canary.annotations import AnnotationError, parse_annotations
 from canary.audit import (
     Actor,
@@ -235,7 +236,8 @@ class RolloutDocument:
             return None
         candidates = [self.state.next_check_at]
         if self.state.phase in _ANALYSED_PHASES and self.state.step_reached_at is not None:
-            candidates.append(self.next_analysis_at)
+            # Never analysed at this step yet: due as soon as its split shows.
+            candidates.append(self.next_analysis_at or self.state.step_reached_at)
             candidates.append(self.next_look_at)
         if self.pending:
             candidates.append(self.retry_at or self.state.phase_entered_at)
@@ -350,8 +352,11 @@ class Engine:
         default_metric_profile: str = "knative-otel",
         standard_metric_profile: str = "istio",
         metrics_delay: timedelta = timedelta(seconds=60),
+        analysis_runner: AnalysisRunner | None = None,
     ) -> None:
         self._store = store
+        # With a runner, looks run off the command path (canary.analysis_worker).
+        self._runner = analysis_runner
         self._kube = kube
         self._routers = routers
         self._policies = policies
@@ -518,9 +523,20 @@ class Engine:
         # Missing data counts only once the hold is over and Prometheus has had time to
         # discover and scrape the new revision's pods.
         grace = now - reached < max(policy.step_hold, self._metrics_delay)
-        result = self._analyzer.analyze(
-            subject, checks, doc.memory, now, grace=grace, looks_only=fast
-        )
+        request = AnalysisRequest(subject, tuple(checks), doc.memory, now, grace, fast)
+        if self._runner is None:
+            result = request.run(self._analyzer)
+        else:
+            ticket = analysis_ticket(
+                rollout_id, state.canary.name, state.step_index, reached, fast,
+                doc.next_analysis_at, doc.next_look_at, doc.memory,
+            )  # fmt: skip
+            answer = self._runner.obtain((state.namespace, state.name), ticket, request)
+            if answer is None:
+                return doc  # the look runs on its own thread; its answer queues us again
+            request, result = answer
+        # The evidence is the look's: taken at its time, over its window.
+        at, grace, window = request.at, request.grace, request.subject.window
         if fast and result.verdict is not Outcome.FAILED:
             # Between analysis intervals only the accumulated evidence is kept: counters,
             # records and verdicts belong to the interval's evaluation.
@@ -536,7 +552,7 @@ class Engine:
             verdict=_VERDICTS[result.verdict],
             revision=state.canary.name,
             step_index=state.step_index,
-            evaluated_at=now,
+            evaluated_at=at,
             sufficient_data=result.sufficient_data,
             summary=result.summary,
             fast_fail=result.fast_fail,
@@ -588,7 +604,7 @@ class Engine:
         doc = replace(
             doc,
             memory=dict(result.memory),
-            next_analysis_at=now + policy.analysis_interval,
+            next_analysis_at=at + policy.analysis_interval,
             next_look_at=self._next_look(now),
         )
         doc, work = self._step(doc, verdict, now)

@@ -152,6 +152,59 @@ class Settings(BaseSettings):
     lease_name: str = "kserve-canary-leader"
     lease_namespace: str = "kserve-canary"
     lease_duration_seconds: int = Field(default=15, ge=5)
+    kube_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="How long one apiserver request may take (connect and answer) before it "
+        "counts as failed; watches have their own bound.",
+    )
+    database_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How long connecting to the audit database, and each of its transactions, "
+        "may take. A database that stops answering (frozen, not refusing) fails the call after "
+        "this long: its connections are cut client-side, and the server cancels statements "
+        "that run longer.",
+    )
+    analysis_deadline_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=600,
+        description="How long one look (every query of one evaluation) may take. Looks run "
+        "off the command path; one that is not done by then counts as an error for each of "
+        "its checks, and its late answer is dropped.",
+    )
+    prometheus_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Consecutive failed Prometheus queries (unreachable, timed out, 5xx) or "
+        "looks past their deadline that open the circuit breaker: while it is open, looks fail "
+        "at once instead of waiting on Prometheus.",
+    )
+    prometheus_breaker_cooldown_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long the breaker stays open; then queries go through again, and the "
+        "first that fails opens it for as long again.",
+    )
+    health_expiry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How long a readiness report (database, apiserver) stays valid: a "
+        "dependency that stops answering shows as not ready this long after its last answer.",
+    )
+    stall_timeout_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        le=3600,
+        description="/healthz fails when a controller loop has not gone round for this long, "
+        "or when this replica holds the Lease but cannot act on it (its epoch refused or "
+        "never recorded), so Kubernetes restarts it and the Lease goes to a replica that can.",
+    )
     audit_retention_days: int = Field(
         default=7 * 365,
         ge=25 * 31,

@@ -6,11 +6,15 @@
   reports ``database`` (the audit store answers), ``policies`` (loaded and valid) and
   ``watch`` (the InferenceService list/watch is synced). ``/readyz`` answers 200 only when
   every required component has reported ok and no reported component is failing; a
-  required component that has not reported yet counts as not ready.
+  required component that has not reported yet counts as not ready. A component reported
+  with a ``ttl`` expires: unless it is reported again within ``ttl`` seconds it counts as
+  failing ("no report for N s"), so a check that hangs (a frozen database answers nothing,
+  not even an error) shows as not ready instead of keeping its last good answer.
 * **Liveness** is about the process's loops: a loop that calls :meth:`Health.heartbeat`
-  must beat again within ``liveness_timeout`` seconds, or ``/healthz`` answers 503 so the
-  kubelet restarts the pod. :meth:`Health.set_alive` marks the process dead outright (a
-  fatal error). Without heartbeats, ``/healthz`` answers 200 while the HTTP server runs.
+  must beat again within ``liveness_timeout`` seconds (or the ``timeout`` it beat with), or
+  ``/healthz`` answers 503 so the kubelet restarts the pod. :meth:`Health.set_alive` marks
+  the process dead outright (a fatal error). Without heartbeats, ``/healthz`` answers 200
+  while the HTTP server runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class ComponentState:
     ok: bool
     detail: str
     since: float  # clock value when ``ok`` last changed
+    reported: float = 0.0  # clock value of the last report
+    ttl: float | None = None  # seconds a report stays valid (None: until the next one)
 
 
 class Health:
@@ -51,21 +57,30 @@ class Health:
         self._clock = clock
         self._lock = threading.Lock()
         self._components: dict[str, ComponentState] = {}
-        self._beats: dict[str, float] = {}
+        self._beats: dict[str, tuple[float, float]] = {}  # loop -> (last beat, timeout)
         self._dead: str | None = None
 
     # --- what the controller reports -------------------------------------------------------
 
-    def set_ready(self, component: str, ok: bool, detail: str = "") -> None:
+    def set_ready(
+        self, component: str, ok: bool, detail: str = "", ttl: float | None = None
+    ) -> None:
+        """Report ``component``; with ``ttl`` the report is valid for that many seconds."""
+        if ttl is not None and not ttl > 0:
+            raise ValueError("ttl must be positive")
         with self._lock:
+            now = self._clock()
             before = self._components.get(component)
-            since = before.since if before is not None and before.ok == ok else self._clock()
-            self._components[component] = ComponentState(ok, detail, since)
+            since = before.since if before is not None and before.ok == ok else now
+            self._components[component] = ComponentState(ok, detail, since, now, ttl)
 
-    def heartbeat(self, loop: str = "main") -> None:
-        """``loop`` is alive now; from its first beat on it must keep beating."""
+    def heartbeat(self, loop: str = "main", timeout: float | None = None) -> None:
+        """``loop`` is alive now; from its first beat on it must beat again within
+        ``timeout`` seconds (the liveness timeout by default)."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError("timeout must be positive")
         with self._lock:
-            self._beats[loop] = self._clock()
+            self._beats[loop] = (self._clock(), timeout or self._timeout)
 
     def forget_loop(self, loop: str) -> None:
         """``loop`` ended on purpose (shutdown); stop expecting its heartbeat."""
@@ -80,6 +95,7 @@ class Health:
 
     def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         """(ready, {component: {"ok", "detail"}}) — required components first."""
+        now = self._clock()
         with self._lock:
             components = dict(self._components)
         report: dict[str, dict[str, Any]] = {}
@@ -88,10 +104,9 @@ class Health:
             if state is None:
                 report[name] = {"ok": False, "detail": "not reported yet"}
             else:
-                report[name] = {"ok": state.ok, "detail": state.detail}
+                report[name] = _entry(state, now)
         for name in sorted(set(components) - set(self._required)):
-            state = components[name]
-            report[name] = {"ok": state.ok, "detail": state.detail}
+            report[name] = _entry(components[name], now)
         return all(entry["ok"] for entry in report.values()), report
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
@@ -101,8 +116,8 @@ class Health:
             beats = dict(self._beats)
         stale = {
             loop: round(now - at, 3)
-            for loop, at in sorted(beats.items())
-            if now - at > self._timeout
+            for loop, (at, timeout) in sorted(beats.items())
+            if now - at > timeout
         }
         alive = dead is None and not stale
         body: dict[str, Any] = {"status": "ok" if alive else "failing"}
@@ -111,6 +126,13 @@ class Health:
         if stale:
             body["stale_loops"] = stale  # seconds since each one's last heartbeat
         return alive, body
+
+
+def _entry(state: ComponentState, now: float) -> dict[str, Any]:
+    age = now - state.reported
+    if state.ttl is not None and age > state.ttl:
+        return {"ok": False, "detail": f"no report for {age:.1f} s (last: {state.detail})"}
+    return {"ok": state.ok, "detail": state.detail}
 
 
 def router(health: Health) -> APIRouter:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from canary.audit.deadline import CallDeadline
 from canary.audit.records import (
     GENESIS_HASH,
     ApprovalRow,
@@ -401,27 +402,47 @@ class AuditStore:
     There is deliberately no API that deletes or rewrites audit data.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, deadline: CallDeadline | None = None) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._where = _masked(engine.url)
+        self._deadline = deadline
 
     @classmethod
-    def from_url(cls, url: str) -> AuditStore:
+    def from_url(cls, url: str, *, timeout: float | None = None) -> AuditStore:
         """Open a store: ``sqlite:///path/file.db`` or ``postgresql+psycopg://user@host/db``.
 
-        No connection is made until the first operation.
+        No connection is made until the first operation. With ``timeout`` (seconds, on
+        PostgreSQL), connecting, waiting for a pooled connection and each statement are
+        bounded by it, and so is each whole call, client-side (:mod:`canary.audit.deadline`):
+        a database that stops answering fails the call with :class:`StoreUnavailable`
+        instead of blocking the caller.
         """
         parsed = _parse_url(url)
+        if timeout is not None and not timeout > 0:
+            raise AuditError(f"the database timeout must be positive, got {timeout}")
+        deadline: CallDeadline | None = None
         try:
             if parsed.get_backend_name() == "sqlite":
                 engine = create_engine(parsed, connect_args={"timeout": 30})
                 _install_sqlite_hooks(engine, file_backed=bool(parsed.database))
-            else:
+            elif timeout is None:
                 engine = create_engine(parsed, pool_pre_ping=True)
+            else:
+                millis = max(int(timeout * 1000), 1)
+                engine = create_engine(
+                    parsed,
+                    pool_pre_ping=True,
+                    pool_timeout=timeout,
+                    connect_args={
+                        "connect_timeout": max(math.ceil(timeout), 2),  # libpq's minimum
+                        "options": f"-c statement_timeout={millis}",
+                    },
+                )
+                deadline = CallDeadline(engine, timeout)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise AuditError(f"cannot open database {_masked(parsed)}: {exc}") from None
-        return cls(engine)
+        return cls(engine, deadline=deadline)
 
     @property
     def url(self) -> str:
@@ -430,6 +451,8 @@ class AuditStore:
 
     def close(self) -> None:
         """Close all pooled connections."""
+        if self._deadline is not None:
+            self._deadline.close()
         self._engine.dispose()
 
     def __enter__(self) -> AuditStore:
@@ -445,8 +468,9 @@ class AuditStore:
 
     @contextmanager
     def _tx(self, *, write: bool) -> Iterator[Connection]:
+        bounded = self._deadline.call() if self._deadline is not None else nullcontext()
         try:
-            with self._engine.connect() as conn:
+            with bounded, self._engine.connect() as conn:
                 if write:
                     conn.execution_options(**{_WRITE: True})
                 with conn.begin():

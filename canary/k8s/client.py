@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +40,7 @@ __all__ = [
     "KubeClient",
     "KubeError",
     "NotFound",
+    "NotLeading",
     "ResourceKind",
     "Unavailable",
     "UnsupportedMediaType",
@@ -120,6 +121,10 @@ class Invalid(KubeError):
     """422: the object fails the schema or validation; retrying will not help."""
 
 
+class NotLeading(KubeError):
+    """A write refused before it was sent: this replica does not hold the leadership."""
+
+
 class Unavailable(KubeError):
     """The apiserver could not be reached, or answered 5xx/429; back off and retry."""
 
@@ -167,14 +172,44 @@ _PATCH_CONTENT = {
 }
 
 
+WriteGate = Callable[[ResourceKind], bool]
+
+
 class KubeClient:
-    def __init__(self, api: k8s_client.ApiClient, *, user: str | None = None) -> None:
+    """``timeout`` (seconds) bounds every request but a watch (which has its own) and the
+    server-side apply of a CRD (two minutes at least); an apiserver that accepts the
+    connection and never answers costs at most that long.
+
+    :meth:`gate_writes` installs a check that every create, replace, patch, apply and delete
+    passes before it is sent (a dry run excepted); a refused write raises
+    :class:`NotLeading` and reaches nothing. The controller uses it so that only the
+    current leader writes to the cluster (the Lease itself is exempt: it is how leadership
+    is won)."""
+
+    def __init__(
+        self, api: k8s_client.ApiClient, *, user: str | None = None, timeout: float = 30.0
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
         self._api = api
         self.user = user
+        self.timeout = float(timeout)
+        self._gate: WriteGate | None = None
+
+    def gate_writes(self, gate: WriteGate | None) -> None:
+        """Check ``gate(kind)`` before every write (``None`` removes the check)."""
+        self._gate = gate
+
+    def _check_write(self, kind: ResourceKind) -> None:
+        gate = self._gate
+        if gate is not None and kind != LEASE and not gate(kind):
+            raise NotLeading(
+                0, "NotLeading", f"not leading: refusing to write {kind.kind} to the cluster"
+            )
 
     @classmethod
     def from_kubeconfig(
-        cls, path: str | Path | None = None, context: str | None = None
+        cls, path: str | Path | None = None, context: str | None = None, *, timeout: float = 30.0
     ) -> KubeClient:
         configuration = k8s_client.Configuration()
         config_file = str(path) if path else None
@@ -186,7 +221,9 @@ class KubeClient:
             next((c for c in contexts if c.get("name") == context), active) if context else active
         )
         user = (chosen or {}).get("context", {}).get("user")
-        return cls(k8s_client.ApiClient(configuration), user=str(user) if user else None)
+        return cls(
+            k8s_client.ApiClient(configuration), user=str(user) if user else None, timeout=timeout
+        )
 
     def close(self) -> None:
         self._api.close()
@@ -207,9 +244,10 @@ class KubeClient:
         query: Sequence[tuple[str, Any]] = (),
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | tuple[float, float] | None = 30,
+        timeout: float | tuple[float, float] | None = None,
         stream: bool = False,
     ) -> Any:
+        timeout = self.timeout if timeout is None else timeout
         headers = {"Accept": "application/json", "Content-Type": content_type}
         try:
             params = self._api.param_serialize(
@@ -273,7 +311,8 @@ class KubeClient:
         if label_selector:
             query.append(("labelSelector", label_selector))
         raw = self._request(
-            "GET", kind.path(namespace), query=query, timeout=(10, timeout_seconds + 10),
+            "GET", kind.path(namespace), query=query,
+            timeout=(self.timeout, timeout_seconds + self.timeout),
             stream=True,
         )  # fmt: skip
         try:
@@ -303,6 +342,7 @@ class KubeClient:
     def create(
         self, kind: ResourceKind, namespace: str | None, body: Mapping[str, Any]
     ) -> JsonObject:
+        self._check_write(kind)
         result: JsonObject = self._request("POST", kind.path(namespace), body=dict(body))
         return result
 
@@ -310,6 +350,7 @@ class KubeClient:
         self, kind: ResourceKind, namespace: str | None, name: str, body: Mapping[str, Any]
     ) -> JsonObject:
         """PUT the whole object; its metadata.resourceVersion makes it conditional."""
+        self._check_write(kind)
         result: JsonObject = self._request("PUT", kind.path(namespace, name), body=dict(body))
         return result
 
@@ -317,6 +358,7 @@ class KubeClient:
         self, kind: ResourceKind, namespace: str | None, name: str, body: Mapping[str, Any]
     ) -> JsonObject:
         """PUT the status subresource (spec changes in ``body`` are ignored by the server)."""
+        self._check_write(kind)
         path = kind.path(namespace, name) + "/status"
         result: JsonObject = self._request("PUT", path, body=dict(body))
         return result
@@ -336,6 +378,8 @@ class KubeClient:
         """Patch an object. With ``resource_version`` a merge patch fails with
         :class:`Conflict` if the object changed since it was read. ``dry_run`` runs
         validation and admission (webhooks included) and stores nothing."""
+        if not dry_run:
+            self._check_write(kind)
         if resource_version is not None:
             if patch_type != "merge":
                 raise ValueError("resource_version guards merge patches; use a test op instead")
@@ -361,6 +405,7 @@ class KubeClient:
         force: bool = False,
     ) -> JsonObject:
         """Server-side apply ``body`` (which names the object) as ``field_manager``."""
+        self._check_write(kind)
         name = body["metadata"]["name"]
         query: list[tuple[str, Any]] = [("fieldManager", field_manager)]
         if force:
@@ -371,11 +416,14 @@ class KubeClient:
             query=query,
             body=json.dumps(body),
             content_type="application/apply-patch+yaml",
-            timeout=120,
+            # A CRD is large and the apiserver may take a while to establish it; anything
+            # else (routes, webhook configurations) has the client's own bound.
+            timeout=max(self.timeout, 120.0) if kind == CRD else None,
         )
         return result
 
     def delete(self, kind: ResourceKind, namespace: str | None, name: str) -> None:
+        self._check_write(kind)
         self._request("DELETE", kind.path(namespace, name))
 
     # --- conveniences ----------------------------------------------------------------------

@@ -28,7 +28,9 @@ nothing, however stale its view of the Lease.
 
 Errors other than a lost race (for example :class:`~canary.k8s.client.Unavailable`) are
 raised to the caller, who should back off and stop acting as leader once its Lease may have
-expired.
+expired. A leader that stops acting calls :meth:`LeaseElector.forfeit`: it claims the Lease
+again as a new holder, with a new epoch, instead of renewing the one it gave up (which the
+database would refuse, since epochs only go forward).
 """
 
 from __future__ import annotations
@@ -150,6 +152,16 @@ class LeaseElector:
     def try_acquire_or_renew(self) -> Leadership | None:
         """One election round: the current leadership, or ``None`` if we do not lead."""
         return self.attempt(self.observe())
+
+    def forfeit(self) -> None:
+        """Forget that we hold the Lease, without writing anything.
+
+        The next round then takes the Lease over as a new holder (once it names us or has
+        expired), so ``leaseTransitions`` and the epoch grow. The controller calls this when
+        it stops acting as leader (the Lease lapsed, a renewal failed for too long, or the
+        database refused or fenced out its epoch): leadership is only ever resumed under an
+        epoch the database has not seen, never under the one it gave up."""
+        self._held = False
 
     def release(self) -> bool:
         """Give the Lease up if we hold it, so another replica need not wait for expiry.

@@ -286,6 +286,39 @@ class Cluster:
                 atexit.unregister(self.stop)
                 self._atexit = False
 
+    def stop_apiserver(self) -> None:
+        """Stop the kube-apiserver process alone (etcd, and so every object, stays): clients
+        see connections refused until :meth:`start_apiserver`."""
+        proc = self._processes.pop("kube-apiserver", None)
+        if proc is None:
+            raise ClusterError("kube-apiserver is not running")
+        _terminate(proc.name, proc.pid, proc.start_time, proc.popen)
+
+    def pause_apiserver(self, paused: bool = True) -> None:
+        """Freeze the kube-apiserver process (SIGSTOP) or let it go on (SIGCONT): while it
+        is frozen, connections are accepted by the kernel and never answered."""
+        proc = self._processes.get("kube-apiserver")
+        if proc is None:
+            raise ClusterError("kube-apiserver is not running")
+        os.kill(proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def start_apiserver(self, timeout: float = 60.0) -> None:
+        """Start kube-apiserver again on the same port, with the same etcd and certificates;
+        return once ``/readyz`` answers 200."""
+        if "kube-apiserver" in self._processes:
+            raise ClusterError("kube-apiserver is already running")
+        if "etcd" not in self._processes:
+            raise ClusterError("etcd is not running; start the cluster first")
+        etcd_client = f"http://127.0.0.1:{self._ports['etcd_client']}"
+        apiserver = self._spawn("kube-apiserver", self._apiserver_command(etcd_client))
+        self._wait_for(
+            apiserver,
+            lambda: self.get("/readyz", timeout=2)[0] == 200,
+            "kube-apiserver /readyz to answer 200 after a restart",
+            time.monotonic() + timeout,
+            timeout,
+        )
+
     def _stop_processes(self) -> None:
         for name in _ORDER:
             proc = self._processes.get(name)

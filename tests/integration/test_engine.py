@@ -8,6 +8,8 @@ order, the stored rollout, and which traffic writes reached the cluster.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,7 @@ import pytest
 from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
 from analysis.looks import LookSource
 from analysis.runner import Analyzer
+from canary.analysis_worker import AnalysisRunner, CircuitBreaker
 from canary.audit import (
     Actor,
     AuditEntry,
@@ -962,3 +965,180 @@ def test_quiet_looks_keep_the_evidence_without_audit_records(lite_store: AuditSt
     assert memory.sequential.looks >= 5  # one per 5 s look since the step was reached
     assert memory.through is not None
     assert rig.clock() - memory.through < timedelta(seconds=8)
+
+
+# ---------------------------------------------------------------------------------------
+# Every rollout is analysed from its first look after its split shows (liveness)
+# ---------------------------------------------------------------------------------------
+
+
+class Collecting:
+    """Prometheus has too few samples yet: nothing advances, every evaluation is kept."""
+
+    looks = None
+
+    def __init__(self) -> None:
+        self.asked: list[datetime] = []
+
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+        looks_only: bool = False,
+    ) -> StepAnalysis:
+        self.asked.append(at)
+        return StepAnalysis(at, (), Outcome.SUCCESSFUL, False, False, "too few samples", {})
+
+
+def _start_by_command(rig: Rig) -> None:
+    """``canary rollout start``: one write sets the model and 10 %; KServe then shows the
+    new revision at 10 % at once."""
+    state, _ = rig.engine.run_command(rig.command("start", storage_uri=URI2))
+    assert state == "accepted"
+    rig.clock.advance(2)
+    rig.cluster.view = new_revision_view(10)
+
+
+def _start_by_webhook(rig: Rig) -> None:
+    """The admission webhook put 10 % into the same write as the model change."""
+    rig.clock.advance(2)
+    rig.cluster.view = new_revision_view(10)
+
+
+def _start_by_model_change(rig: Rig) -> None:
+    """A plain model change (kubectl apply, GitOps): the controller writes 10 % itself,
+    and the watch brings the status that shows it a second later."""
+    rig.clock.advance(2)
+    rig.cluster.view = new_revision_view(100)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.router.written == [SetTraffic(R2, 10, "start")]
+    rig.clock.advance(1)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [_start_by_command, _start_by_webhook, _start_by_model_change],
+    ids=["rollout-start-command", "webhook", "plain-model-change"],
+)
+def test_every_rollout_is_analysed_as_soon_as_its_split_shows_and_at_every_interval(
+    lite_store: AuditStore, start: Callable[[Rig], None]
+) -> None:
+    analyzer = Collecting()
+    rig = make_rig(lite_store, analyzer=analyzer)
+    start(rig)
+    shown_at = rig.clock()
+    wake = rig.engine.reconcile(NS, NAME)  # the reconcile that sees the split
+    (_shifted,) = rig.records("traffic.shifted")
+    row = rig.last_rollout()
+    assert row.phase == "Progressing"
+    # Analysed in that very pass, or due at once: not at the end of the step hold (30 s).
+    if not analyzer.asked:
+        assert wake is not None
+        assert wake <= shown_at
+        assert row.next_check_at is not None
+        assert row.next_check_at <= shown_at
+    run_until(rig, 0.5)
+    assert analyzer.asked[0] == shown_at
+    first = rig.records("analysis.evaluated")[0]
+    assert first.measurements == ()
+    assert first.evidence["step"] == 0
+    # From then on a timer for the next analysis always exists, every analysis interval.
+    for _ in range(6):  # a minute, within the step's deadline
+        wake = rig.engine.reconcile(NS, NAME)
+        assert wake is not None
+        doc = RolloutDocument.from_row(rig.last_rollout())
+        assert doc.next_analysis_at is not None
+        assert wake <= doc.next_analysis_at
+        rig.clock.now = max(wake, rig.clock() + timedelta(milliseconds=1))
+    gaps = [b - a for a, b in zip(analyzer.asked, analyzer.asked[1:], strict=False)]
+    assert gaps
+    assert all(gap == POLICY.analysis_interval for gap in gaps)
+
+
+class HungPrometheus:
+    """Every look waits until the test lets it go (a Prometheus that accepts and hangs)."""
+
+    looks = None
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+        looks_only: bool = False,
+    ) -> StepAnalysis:
+        self.entered.set()
+        self.release.wait(30)
+        return StepAnalysis(at, (), Outcome.SUCCESSFUL, True, False, "healthy", {})
+
+
+def _runner_rig(store: AuditStore, prometheus: HungPrometheus) -> tuple[Rig, AnalysisRunner]:
+    rig = make_rig(store, analyzer=prometheus)
+    runner = AnalysisRunner(
+        prometheus,
+        fallback=lambda reason: Collecting(),
+        breaker=CircuitBreaker(failures=3, cooldown=timedelta(seconds=30), clock=rig.clock),
+        deadline=timedelta(seconds=20),
+        clock=rig.clock,
+    )
+    rig.engine._runner = runner
+    return rig, runner
+
+
+def test_a_hung_prometheus_holds_up_neither_reconciles_nor_an_abort(
+    lite_store: AuditStore,
+) -> None:
+    prometheus = HungPrometheus()
+    rig, runner = _runner_rig(lite_store, prometheus)
+    rig.cluster.view = new_revision_view(10)
+    started = time.monotonic()
+    rig.engine.reconcile(NS, NAME)
+    wake = rig.engine.reconcile(NS, NAME)  # the look is asked for, and hangs
+    assert prometheus.entered.wait(10)
+    assert runner.deadline((NS, NAME)) == rig.clock() + timedelta(seconds=20)
+    assert wake is not None
+    assert wake <= rig.clock()
+    state, result = rig.engine.run_command(rig.command("abort"))
+    assert (state, result) == ("accepted", f"{NS}/{NAME}: rolling back {R2} to 0% (aborted)")
+    assert rig.router.written[-1] == SetTraffic(R2, 0, "rollback")
+    assert time.monotonic() - started < 5  # nothing waited on Prometheus
+    assert rig.records("analysis.evaluated") == []
+    prometheus.release.set()  # its answer comes too late to matter
+    rig.clock.advance(1)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.last_rollout().phase == "Aborted"
+    assert rig.records("analysis.evaluated") == []
+    runner.shutdown()
+
+
+def test_a_look_past_its_deadline_is_recorded_as_an_error_not_a_pass(
+    lite_store: AuditStore,
+) -> None:
+    prometheus = HungPrometheus()
+    rig, runner = _runner_rig(lite_store, prometheus)
+    rig.cluster.view = new_revision_view(10)
+    rig.engine.reconcile(NS, NAME)
+    rig.engine.reconcile(NS, NAME)
+    assert prometheus.entered.wait(10)
+    asked_at = rig.clock()
+    rig.clock.advance(20)
+    rig.engine.reconcile(NS, NAME)
+    (evaluated,) = rig.records("analysis.evaluated")
+    assert evaluated.evidence["sufficient_data"] is False  # the fallback's: never a pass
+    doc = RolloutDocument.from_row(rig.last_rollout())
+    assert doc.state.last_verdict is not None
+    assert doc.state.last_verdict.evaluated_at == asked_at
+    assert doc.next_analysis_at == asked_at + POLICY.analysis_interval
+    prometheus.release.set()
+    runner.shutdown()

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import cast
 
 import pytest
 
-from canary.audit import Actor, AuditEntry, AuditStore, Fence, FencedOut
+from canary.api.health import Health
+from canary.audit import (
+    Actor,
+    AuditEntry,
+    AuditStore,
+    Fence,
+    FencedOut,
+    StoreUnavailable,
+    upgrade_to_head,
+)
+from canary.controller import Controller
+from canary.engine import Engine
 from canary.k8s.client import LEASE, KubeClient
 from canary.k8s.lease import Leadership, LeaseElector, parse_micro_time
+from canary.sandbox.postgres import PostgresServer
+from canary.sandbox.testbed import Testbed
+from tests.conftest import Database
 
 pytestmark = pytest.mark.integration
 
@@ -201,3 +225,254 @@ def test_a_restarted_replica_with_the_same_name_takes_over_with_a_new_epoch(
     assert after.acquired_at == clock.now
     clock.advance(timedelta(seconds=1))
     assert leading(restarted.try_acquire_or_renew()).epoch == after.epoch  # then it renews
+
+
+# ---------------------------------------------------------------------------------------
+# The running controller after faults: a frozen database, an apiserver restarted
+# ---------------------------------------------------------------------------------------
+
+LIVE_LEASE = timedelta(seconds=3)
+DB_TIMEOUT = 1.0
+EXPIRY = 2.0
+
+
+class NoRollouts:
+    """The engine's part the controller calls on its own: there is nothing to do."""
+
+    def active_keys(self) -> list[tuple[str, str, datetime | None]]:
+        return []
+
+
+@dataclass
+class Running:
+    controller: Controller
+    health: Health
+    store: AuditStore
+    kube: KubeClient
+
+    def epoch(self) -> int | None:
+        fence = self.controller.fence()
+        return fence.epoch if fence is not None else None
+
+    def ready(self, component: str | None = None) -> bool:
+        ok, report = self.health.readiness()
+        return ok if component is None else bool(report[component]["ok"])
+
+
+def eventually(what: str, check: Callable[[], bool], within: float) -> float:
+    """Poll ``check`` until it holds; returns how long that took."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@contextmanager
+def running(
+    testbed: Testbed, namespace: str, database_url: str, identity: str = "pod-a"
+) -> Iterator[Running]:
+    """A controller as ``canary run`` wires it (its own Kubernetes client, whose writes it
+    gates, and a store with timeouts), on a 3 s Lease."""
+    kube = KubeClient.from_kubeconfig(testbed.kubeconfig_path, timeout=2.0)
+    store = AuditStore.from_url(database_url, timeout=DB_TIMEOUT)
+    health = Health()
+    health.set_ready("policies", True, "loaded")
+    controller = Controller(
+        kube=kube,
+        store=store,
+        engine_factory=lambda _: cast(Engine, NoRollouts()),
+        elector=LeaseElector(
+            kube,
+            namespace=namespace,
+            name=LEASE_NAME,
+            identity=identity,
+            duration=LIVE_LEASE,
+            clock=lambda: datetime.now(UTC),
+        ),
+        namespaces=(namespace,),
+        health=health,
+        health_expiry=EXPIRY,
+        stall_timeout=30.0,
+    )
+    controller.start()
+    try:
+        yield Running(controller, health, store, kube)
+    finally:
+        controller.stop()
+        store.close()
+        kube.close()
+
+
+def _postgres_pids(server: PostgresServer) -> list[int]:
+    """The postmaster and every backend it forked (what a frozen host would freeze)."""
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == postmaster:
+            pids.append(int(entry.name))
+    return pids
+
+
+class Blackhole:
+    """A TCP proxy to PostgreSQL that, once frozen, accepts and reads but never forwards
+    nor answers: a database host that stopped without closing anything."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.frozen = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self._sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.frozen.is_set():  # hold it: nothing goes through, nothing closes
+                time.sleep(0.05)
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.frozen.clear()
+        for sock in self._sockets:
+            with suppress(OSError):
+                sock.close()
+
+
+@pytest.mark.parametrize("freeze", ["sigstop", "blackhole"])
+def test_a_frozen_database_fails_readiness_within_seconds_and_the_lease_is_kept(
+    testbed: Testbed,
+    namespace: str,
+    postgres_server: PostgresServer,
+    pg_database: Database,
+    freeze: str,
+) -> None:
+    upgrade_to_head(pg_database.url)
+    url = pg_database.url
+    proxy: Blackhole | None = None
+    if freeze == "blackhole":
+        proxy = Blackhole(postgres_server.port)
+        url = url.replace(f":{postgres_server.port}/", f":{proxy.port}/")
+    with running(testbed, namespace, url) as live:
+        eventually("leading", lambda: live.epoch() is not None, 20)
+        eventually("ready", live.ready, 10)
+        epoch = live.epoch()
+        renewed = _renew_time(testbed, namespace)
+        stopped: list[int] = []
+        try:
+            if proxy is not None:
+                proxy.frozen.set()
+            else:
+                stopped = _postgres_pids(postgres_server)
+                for pid in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+            took = eventually("/readyz to fail", lambda: not live.ready(), 10)
+            # the probe's call times out (DB_TIMEOUT) or its last report expires (EXPIRY)
+            assert took < DB_TIMEOUT + EXPIRY + 2.0
+            assert not live.ready("database")
+            # every call has a deadline: a direct one fails instead of hanging
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                live.store.active_rollouts()
+            assert time.monotonic() - started < DB_TIMEOUT + 1.5
+            # the Lease is renewed throughout: renewals never wait on the database
+            eventually(
+                "a renewal during the freeze",
+                lambda: _renew_time(testbed, namespace) > renewed,
+                LIVE_LEASE.total_seconds() * 2,
+            )
+            assert live.epoch() == epoch
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+            if proxy is not None:
+                proxy.frozen.clear()
+        eventually("ready again", live.ready, 15)
+        assert live.epoch() == epoch
+        assert live.health.liveness()[0]
+    if proxy is not None:
+        proxy.close()
+
+
+def _renew_time(testbed: Testbed, namespace: str) -> datetime:
+    lease = testbed.kube.get(LEASE, namespace, LEASE_NAME)
+    return parse_micro_time(lease["spec"]["renewTime"])
+
+
+@pytest.mark.parametrize(
+    ("fault", "replicas"), [("restart", 1), ("restart", 2), ("freeze", 1), ("freeze", 2)]
+)
+def test_after_an_apiserver_outage_leadership_resumes_under_a_new_epoch(
+    testbed: Testbed, namespace: str, pg_database: Database, fault: str, replicas: int
+) -> None:
+    """The apiserver process is stopped (or frozen: it accepts and never answers) for
+    longer than the Lease, then started again (or resumed). etcd, and so the Lease naming
+    the old leader, survives. The old epoch is refused by the database, so whoever leads
+    next claims a new one, and acts."""
+    upgrade_to_head(pg_database.url)
+    cluster = testbed.cluster
+    assert cluster is not None
+    with ExitStack() as stack:
+        lives = [
+            stack.enter_context(running(testbed, namespace, pg_database.url, f"pod-{n}"))
+            for n in range(replicas)
+        ]
+        eventually("a leader", lambda: any(r.epoch() for r in lives), 20)
+        (before,) = [r.epoch() for r in lives if r.epoch()]
+        assert before is not None
+        if fault == "restart":
+            cluster.stop_apiserver()
+        else:
+            cluster.pause_apiserver()
+        try:
+            eventually("the leader to stop acting", lambda: not any(r.epoch() for r in lives),
+                       LIVE_LEASE.total_seconds() + 5)  # fmt: skip
+            eventually("/readyz to say the apiserver is down",
+                       lambda: not any(r.ready("apiserver") for r in lives), 10)  # fmt: skip
+        finally:
+            if fault == "restart":
+                cluster.start_apiserver()
+            else:
+                cluster.pause_apiserver(False)
+        eventually("a leader again", lambda: any(r.epoch() for r in lives), 30)
+        leaders = [r for r in lives if r.epoch()]
+        assert len(leaders) == 1
+        (leader,) = leaders
+        after = leader.epoch()
+        assert after is not None
+        assert after > before
+        fence = leader.store.current_fence(LEASE_NAME)
+        assert fence is not None
+        assert fence.epoch == after
+        # and it acts: its writes pass the gate again
+        assert leader.controller._may_write(LEASE)
+        eventually("ready", lambda: all(r.ready("apiserver") for r in lives), 15)
+        assert all(r.health.liveness()[0] for r in lives)

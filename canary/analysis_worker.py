@@ -1,0 +1,356 @@
+"""Analysis off the command path: looks run on their own threads, with a deadline and a
+circuit breaker.
+
+The controller's worker runs one rollout at a time; a look (the Prometheus queries of one
+evaluation) that waited on a hung Prometheus in that worker would hold up every manual
+command and rollback behind it. So the engine only *asks* :class:`AnalysisRunner` for a
+look and moves on; the look runs on a small thread pool, and when it is done the runner
+queues the rollout again, whose next reconcile applies the answer (if the rollout is still
+where it was when the look was asked for: same rollout, step, split and evidence).
+
+* **Deadline.** A look not done ``deadline`` after it started is given up: it counts as an
+  error for each of its checks (exactly as if Prometheus had not answered, so the checks'
+  error limits apply) and its late answer, if any, is dropped. (A look still waiting for a
+  thread is not given up: the threads are only ever held by queries that have their own
+  timeout, or that the breaker stops.)
+* **Circuit breaker.** :class:`GuardedProvider` wraps the metric provider: after
+  ``failures`` consecutive failed queries (unreachable, timed out, refused) or looks past
+  their deadline, the circuit opens for ``cooldown``; meanwhile every query fails at once
+  (no thread waits on Prometheus); then queries go through again (half-open): the first
+  answer closes the circuit, the first failure opens it for another ``cooldown``.
+
+Nothing here decides anything: the verdicts are the analysis package's, applied by the
+engine through the state machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from analysis import CheckDefinition, CheckMemory, StepAnalysis, Subject
+from analysis.providers.base import MetricProvider
+from analysis.types import MetricError, QueryResult, Unreachable
+from canary.log import get_logger
+
+__all__ = [
+    "AnalysisRequest",
+    "AnalysisRunner",
+    "CircuitBreaker",
+    "GuardedProvider",
+    "Unanswered",
+    "analysis_ticket",
+]
+
+log = get_logger("canary.analysis_worker")
+
+Key = tuple[str, str]  # (namespace, name)
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+class _Analyzer(Protocol):
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+        looks_only: bool = False,
+    ) -> StepAnalysis: ...
+
+
+# ---------------------------------------------------------------------------------------
+# The circuit breaker (pure: the clock is injected)
+# ---------------------------------------------------------------------------------------
+
+
+class CircuitBreaker:
+    """Closed: calls go through. ``failures`` failures in a row open it for ``cooldown``;
+    then it is half-open: calls go through again, the first success closes it and a failure
+    opens it for another ``cooldown``."""
+
+    def __init__(
+        self,
+        *,
+        failures: int,
+        cooldown: timedelta,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if failures < 1:
+            raise ValueError(f"failures must be >= 1, got {failures}")
+        if cooldown <= timedelta(0):
+            raise ValueError(f"cooldown must be positive, got {cooldown}")
+        self._limit = failures
+        self._cooldown = cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failed = 0
+        self._open_until: datetime | None = None
+        self._last_error = ""
+
+    @property
+    def state(self) -> BreakerState:
+        with self._lock:
+            return self._state(self._clock())
+
+    def _state(self, now: datetime) -> BreakerState:
+        if self._open_until is None:
+            return "closed"
+        return "open" if now < self._open_until else "half-open"
+
+    def allow(self) -> bool:
+        """Whether a call may go through now."""
+        return self.state != "open"
+
+    def why_open(self) -> str:
+        with self._lock:
+            until = self._open_until
+            return (
+                f"Prometheus circuit open after {self._failed} consecutive failures "
+                f"(last: {self._last_error}); next try at "
+                f"{until.isoformat() if until else 'once closed'}"
+            )
+
+    def record(self, ok: bool, error: str = "") -> None:
+        with self._lock:
+            now = self._clock()
+            if ok:
+                self._failed = 0
+                self._open_until = None
+                return
+            self._failed += 1
+            self._last_error = error[:200] or "failed"
+            state = self._state(now)
+            if state == "half-open" or (state == "closed" and self._failed >= self._limit):
+                self._open_until = now + self._cooldown
+                log.warning(
+                    "analysis.breaker_opened",
+                    failures=self._failed,
+                    until=self._open_until.isoformat(),
+                    error=self._last_error,
+                )
+
+
+class GuardedProvider:
+    """A :class:`MetricProvider` behind a :class:`CircuitBreaker`: an ``Unreachable`` answer
+    (connection refused, timed out, 429/5xx after retries) counts as a failure, any answer
+    from Prometheus (a result, no data, a bad query) as a success; while the circuit is open
+    every query raises ``Unreachable`` at once."""
+
+    def __init__(self, inner: MetricProvider, breaker: CircuitBreaker) -> None:
+        self._inner = inner
+        self._breaker = breaker
+
+    @property
+    def url(self) -> str:
+        return str(getattr(self._inner, "url", ""))
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        if not self._breaker.allow():
+            raise Unreachable(self._breaker.why_open(), query=promql)
+        try:
+            result = self._inner.query(promql, at)
+        except Unreachable as exc:
+            self._breaker.record(False, exc.message)
+            raise
+        except MetricError:
+            self._breaker.record(True)
+            raise
+        self._breaker.record(True)
+        return result
+
+
+class Unanswered:
+    """A provider whose every query fails with ``reason``: what a look that was given up
+    (or skipped, the circuit being open) is evaluated against, so each check records the
+    error the usual way."""
+
+    def __init__(self, reason: str, url: str = "") -> None:
+        self._reason = reason
+        self.url = url
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        raise Unreachable(self._reason, query=promql)
+
+
+# ---------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """Everything one look needs, fixed when it is asked for."""
+
+    subject: Subject
+    checks: tuple[CheckDefinition, ...]
+    memory: Mapping[str, CheckMemory]
+    at: datetime
+    grace: bool
+    looks_only: bool
+
+    def run(self, analyzer: _Analyzer) -> StepAnalysis:
+        return analyzer.analyze(
+            self.subject,
+            self.checks,
+            self.memory,
+            self.at,
+            grace=self.grace,
+            looks_only=self.looks_only,
+        )
+
+
+def analysis_ticket(
+    rollout_id: str,
+    revision: str,
+    step_index: int,
+    step_reached_at: datetime | None,
+    fast: bool,
+    next_analysis_at: datetime | None,
+    next_look_at: datetime | None,
+    memory: Mapping[str, CheckMemory],
+) -> Hashable:
+    """What an answer must match to be applied: the rollout where the look was asked for
+    (step, split, due times) and the evidence it started from."""
+    body = json.dumps({k: m.to_json() for k, m in sorted(memory.items())}, sort_keys=True,
+                      default=str)  # fmt: skip
+    return (
+        rollout_id,
+        revision,
+        step_index,
+        step_reached_at,
+        fast,
+        next_analysis_at,
+        next_look_at,
+        hashlib.sha256(body.encode()).hexdigest(),
+    )
+
+
+@dataclass
+class _Job:
+    ticket: Hashable
+    request: AnalysisRequest
+    deadline: datetime | None = None  # set when a thread starts it
+    result: StepAnalysis | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class AnalysisRunner:
+    """Runs looks on ``workers`` threads; see the module doc.
+
+    ``fallback(reason)`` builds an analyzer that does no I/O and fails every query with
+    ``reason`` (an analyzer over :class:`Unanswered`, with looks of its own).
+    ``notify(key)`` is called when a look is done (the controller queues the rollout);
+    :meth:`bind` sets it.
+    """
+
+    def __init__(
+        self,
+        analyzer: _Analyzer,
+        *,
+        fallback: Callable[[str], _Analyzer],
+        breaker: CircuitBreaker,
+        deadline: timedelta,
+        workers: int = 4,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if deadline <= timedelta(0):
+            raise ValueError(f"deadline must be positive, got {deadline}")
+        self._analyzer = analyzer
+        self._fallback = fallback
+        self.breaker = breaker
+        self._deadline = deadline
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._jobs: dict[Key, _Job] = {}
+        self._notify: Callable[[Key], None] = lambda _key: None
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ksc-analysis")
+
+    def bind(self, notify: Callable[[Key], None]) -> None:
+        self._notify = notify
+
+    def obtain(
+        self, key: Key, ticket: Hashable, request: AnalysisRequest
+    ) -> tuple[AnalysisRequest, StepAnalysis] | None:
+        """The answer to the look ``ticket`` names, with the request it answers (its
+        evaluation time, grace and window are the request's); or ``None`` while it runs:
+        ``notify`` is called when it is done, and the caller looks again at
+        :meth:`deadline` at the latest."""
+        now = self._clock()
+        given_up: _Job | None = None
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                if job.done.is_set():
+                    del self._jobs[key]
+                    if job.ticket == ticket and job.result is not None:
+                        return job.request, job.result
+                    # an answer for a rollout that has moved on since: dropped
+                elif job.deadline is not None and now >= job.deadline:
+                    del self._jobs[key]  # given up: its late answer is dropped
+                    given_up = job
+                else:
+                    return None
+        if given_up is not None:
+            seconds = self._deadline.total_seconds()
+            why = f"the look did not finish within {seconds:g} s"
+            self.breaker.record(False, why)
+            log.warning("analysis.deadline_passed", namespace=key[0], name=key[1], deadline=seconds)
+            if given_up.ticket == ticket:
+                return given_up.request, given_up.request.run(self._fallback(why))
+        if not self.breaker.allow():
+            # Prometheus keeps failing: answer at once instead of tying a thread up.
+            return request, request.run(self._fallback(self.breaker.why_open()))
+        fresh = _Job(ticket, request)
+        with self._lock:
+            self._jobs[key] = fresh
+        self._pool.submit(self._run, key, fresh)
+        return None
+
+    def deadline(self, key: Key) -> datetime | None:
+        """When to look again at the look asked for ``key``: its deadline once started, a
+        deadline from now while it waits for a thread (``None``: none is running)."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or job.done.is_set():
+                return None
+            return job.deadline or self._clock() + self._deadline
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(1 for job in self._jobs.values() if not job.done.is_set())
+
+    def clear(self) -> None:
+        """Forget every look (this replica stopped leading): answers still to come are
+        dropped."""
+        with self._lock:
+            self._jobs.clear()
+
+    def shutdown(self) -> None:
+        self.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, key: Key, job: _Job) -> None:
+        with self._lock:
+            if self._jobs.get(key) is not job:
+                return  # dropped while it waited (leadership lost, or the rollout moved on)
+            job.deadline = self._clock() + self._deadline
+        try:
+            result = job.request.run(self._analyzer)
+        except Exception as exc:  # an analysis bug must not lose the rollout's timer
+            log.exception("analysis.crashed", namespace=key[0], name=key[1], error=str(exc))
+            result = job.request.run(self._fallback(f"the analysis failed: {exc}"))
+        with self._lock:
+            current = self._jobs.get(key) is job
+            job.result = result
+            job.done.set()
+        if current:
+            self._notify(key)

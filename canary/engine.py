@@ -795,7 +795,12 @@ class Engine:
         log.warning("rollout.policy_invalid", namespace=namespace, name=name, problem=problem)
         self._emit(
             ObjectReference.of(isvc),
-            EmitEvent(EventReason.POLICY_INVALID, f"{problem}; no traffic was changed", "Warning"),
+            EmitEvent(
+                EventReason.POLICY_INVALID,
+                f"{problem}; kserve-canary does not manage this InferenceService until this "
+                "is fixed (it wrote no traffic)",
+                "Warning",
+            ),
         )
 
     # ------------------------------------------------------------------ transitions

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from canary.annotations import AnnotationError, OptIn, parse_annotations
+from canary.annotations import AnnotationError, OptIn, parse_annotations, parse_enabled
 from canary.log import configure_logging, get_logger
 from canary.settings import SettingsError, load_settings
 
@@ -145,3 +145,39 @@ def test_kserve_disallowed_keys_reach_the_admission_rules(monkeypatch: pytest.Mo
     changed = {**base, "metadata": {"annotations": {"kserve-canary.io/policy": "fraud"}}}
     assert knative_template(base, rules) == knative_template(changed, rules)
     assert knative_template(base) != knative_template(changed)  # KServe's defaults alone
+
+
+# --- the one reading of kserve-canary.io/enabled (webhook and controller alike) -------------
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        (None, False),
+        ({}, False),
+        ({"other": "true"}, False),
+        ({"kserve-canary.io/enabled": "true"}, True),
+        ({"kserve-canary.io/enabled": "false"}, False),
+    ],
+)
+def test_parse_enabled_accepts_exactly_true_and_false(
+    annotations: dict[str, str] | None, expected: bool
+) -> None:
+    assert parse_enabled(annotations) is expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["yes", "no", "True", "FALSE", "1", "0", "on", "", " true", "true ", "t", "y", "enabled"],
+)
+def test_parse_enabled_denies_every_other_value_naming_the_allowed_ones(value: str) -> None:
+    with pytest.raises(AnnotationError) as caught:
+        parse_enabled({"kserve-canary.io/enabled": value})
+    message = str(caught.value)
+    assert "kserve-canary.io/enabled" in message
+    assert repr(value) in message
+    assert '"true" or "false"' in message
+    # the controller's full parse says the same thing
+    with pytest.raises(AnnotationError) as full:
+        parse_annotations({"kserve-canary.io/enabled": value})
+    assert full.value.problems == caught.value.problems

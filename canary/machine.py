@@ -35,6 +35,7 @@ from canary.model import (
     LastVerdict,
     ManualCommand,
     Observation,
+    OptedOut,
     Phase,
     RecordAudit,
     RejectCommand,
@@ -172,6 +173,8 @@ def step(
             ),
             close_code="cancelled",
         )
+    elif isinstance(observation, OptedOut):
+        state = _on_opt_out(state, observation, policy, now, actions)
     elif isinstance(observation, AnalysisVerdict):
         state = _on_verdict(state, observation, now, actions)
     elif isinstance(observation, ApprovalDecision):
@@ -257,6 +260,69 @@ def _on_view(
         )
         actions.append(SetTraffic(state.canary.name, state.target_percent, "reassert"))
     return state
+
+
+def _on_opt_out(
+    state: RolloutState,
+    opted: OptedOut,
+    policy: RolloutPolicy,
+    now: datetime,
+    actions: list[Action],
+) -> RolloutState:
+    """The model owner opted out: return the traffic to the stable revision (or, by policy,
+    leave it as it stands), record it, and stop managing the service."""
+    canary = state.canary.name
+    stable = state.stable.name if state.stable else "the stable revision"
+    held = state.target_percent
+    if state.phase is Phase.ROLLING_BACK:
+        handling = "the rollback already written completes"
+    elif policy.on_opt_out == "leave":
+        handling = f"traffic left as it stands ({canary} commanded at {held}%)"
+    else:
+        handling = f"{canary} returned to 0%, {stable} serves 100%"
+    reason = f"opted out by {opted.actor} during {state.phase.value}: {handling}"
+    actions.append(
+        RecordAudit(
+            action="manual.opt_out",
+            reason=reason,
+            actor=opted.actor,
+            actor_kind=opted.actor_kind,
+            details=tuple(
+                sorted(
+                    {
+                        "phase": state.phase.value,
+                        "revision": canary,
+                        "percent_before": str(held),
+                        "on_opt_out": policy.on_opt_out,
+                        "identity_source": "metadata.managedFields"
+                        if opted.actor_kind == "human"
+                        else "none",
+                    }.items()
+                )
+            ),
+        )
+    )
+    returning = policy.on_opt_out == "return-to-stable" and state.phase is not Phase.ROLLING_BACK
+    if returning:
+        actions.append(SetTraffic(canary, 0, "rollback"))
+    return replace(
+        _finish(
+            state,
+            Phase.OPTED_OUT,
+            reason,
+            now,
+            actions,
+            audit_action="rollout.opted_out",
+            event=EmitEvent(
+                EventReason.OPTED_OUT,
+                f"{reason}; kserve-canary no longer manages this InferenceService",
+                "Warning",
+            ),
+            close_code="cancelled",
+            details={"on_opt_out": policy.on_opt_out, "changed_by": opted.actor},
+        ),
+        target_percent=0 if returning else held,
+    )
 
 
 def _replaced(view: TrafficView, state: RolloutState) -> bool:

@@ -63,7 +63,7 @@ class OptIn:
 def enabled_problem(raw: str) -> str:
     """The message for a ``kserve-canary.io/enabled`` value that is not a boolean."""
     allowed = " or ".join(f'"{v}"' for v in ENABLED_VALUES)
-    return f"{ENABLED}: got {raw!r}; allowed: {allowed} (exactly, lowercase)"
+    return f"{ENABLED}: got {raw!r}; allowed: {allowed}"
 
 
 def parse_enabled(annotations: Mapping[str, str] | None) -> bool:

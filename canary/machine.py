@@ -137,7 +137,9 @@ def start(
             f"first step {target}%",
         ),
     ]
-    if view.spec_percent != target:
+    if view.spec_percent != target or not view.routed:
+        # also when the spec already commands it but our route does not carry it yet (a
+        # Standard-mode canary entry added by GitOps, capped by the webhook)
         actions.append(SetTraffic(view.latest.name, target, "start"))
     state, more = step(state, ServiceObserved(view), policy, now)
     return state, (*actions, *more)

@@ -157,6 +157,10 @@ class TrafficView:
     failure_message: str | None = None
     generation: int | None = None
     resource_version: str | None = None
+    # False when a routing object the controller owns does not carry the split the spec
+    # commands (Standard mode's HTTPRoute missing or stale, e.g. for a canary entry added by
+    # GitOps): the controller has to write it. Knative mode routes from the spec alone.
+    routed: bool = True
 
     def share(self, revision: str) -> int:
         """The effective share of live traffic ``revision`` serves now."""

@@ -322,3 +322,38 @@ def test_kserve_native_weights_drive_traffic_percent_only(weighted_testbed: Test
     assert promoted.view.stable is not None
     assert promoted.view.stable.name == CANARY
     assert bed.route() is None
+
+
+@pytest.mark.parametrize("percent", [5, 10])
+def test_a_canary_entry_added_by_gitops_is_unrouted_until_the_start_write(
+    testbed: Testbed, percent: int
+) -> None:
+    """A GitOps sync adds the spec.canary[] entry itself (the webhook caps its percent): no
+    route of ours carries it, so the view says so and the controller's start write fixes it."""
+    bed = Bed(testbed)
+    bed.rolled_out()
+    entry = {
+        "predictor": {
+            "name": "canary",
+            "model": {"modelFormat": {"name": "sklearn"}, "name": "kserve-container",
+                      "storageUri": bed.v2},
+        },
+        "trafficPercent": percent,
+    }  # fmt: skip
+    bed.kube.patch(INFERENCE_SERVICE, bed.namespace, NAME, {"spec": {"canary": [entry]}})
+    seen = bed.observe().view
+    assert seen.latest.name == CANARY
+    assert seen.spec_percent == percent
+    assert not seen.routed
+    assert not seen.converged
+    assert bed.route() is None
+    time.sleep(1)  # the status catches up, still unrouted: it would never converge alone
+    assert not bed.observe().view.converged
+
+    bed.apply(SetTraffic(CANARY, percent, "start"))
+
+    assert bed.weights() == [(STABLE, 100 - percent), (CANARY, percent)]
+    done = bed.wait("the GitOps canary routed", lambda v: v.converged)
+    assert done.view.routed
+    assert done.view.split == {STABLE: 100 - percent, CANARY: percent}
+    assert bed.isvc()["spec"]["canary"][0]["trafficPercent"] == percent

@@ -4,6 +4,7 @@ audit records, and the reason a command was refused."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from canary.model import (
     RequestApproval,
     RolloutState,
     ServiceObserved,
+    SetTraffic,
     Tick,
     Verdict,
 )
@@ -644,3 +646,21 @@ def test_a_promotion_in_flight_is_not_mistaken_for_an_outside_change(spec: int) 
     assert d.traffic() == []
     assert "TrafficDrift" not in d.events()
     assert "traffic.drift" not in d.audits()
+
+
+@pytest.mark.parametrize(
+    ("spec", "routed", "written"),
+    [
+        (10, False, [(10, "start")]),  # a GitOps canary entry our route does not carry yet
+        (10, True, []),  # the webhook's first step, already routed (Knative, or ours)
+        (100, True, [(10, "start")]),
+        (100, False, [(10, "start")]),
+    ],
+)
+def test_start_writes_the_first_step_unless_spec_and_route_carry_it(
+    spec: int, routed: bool, written: list[tuple[int, str]]
+) -> None:
+    seen = replace(view(spec), routed=routed)
+    policy = make_policy()
+    _, actions = machine.start("ro-1", "fraud", "scorer", seen, policy, T0)
+    assert [(a.percent, a.purpose) for a in actions if isinstance(a, SetTraffic)] == written

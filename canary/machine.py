@@ -215,21 +215,35 @@ def _on_view(
         if state.phase is Phase.ROLLING_BACK and stable and view.latest.name == stable.name:
             # Standard mode: the rollback removed the canary entry, so the spec is stable again.
             return replace(state, last_view=view)
+        # The same name with a new model: Knative's status still names the old revision
+        # (the new one is not created yet); in Standard mode the entry keeps its name. Never
+        # pair the old name with the new model as if it were the new revision.
+        renamed = view.latest.name != state.canary.name
+        newcomer = (
+            f"revision {view.latest.name}"
+            if renamed
+            else f"a new model ({view.latest.storage_uri or 'unknown storageUri'})"
+        )
         return _finish(
             state,
             Phase.SUPERSEDED,
-            f"revision {view.latest.name} replaced canary {state.canary.name}",
+            f"{newcomer} replaced canary {state.canary.name} ({state.canary.storage_uri})",
             now,
             actions,
             audit_action="rollout.superseded",
             event=EmitEvent(
                 EventReason.SUPERSEDED,
-                f"canary {state.canary.name} superseded by {view.latest.name}; "
+                f"canary {state.canary.name} superseded by {newcomer}; "
                 "a new rollout restarts at the first step",
                 "Warning",
             ),
             close_code="cancelled",
-            details={"new_revision": view.latest.name, "new_storage_uri": view.latest.storage_uri},
+            details={
+                "new_revision": view.latest.name if renamed else None,
+                "new_storage_uri": view.latest.storage_uri,
+                "replaced_revision": state.canary.name,
+                "replaced_storage_uri": state.canary.storage_uri,
+            },
         )
 
     previous = state.last_view
@@ -616,7 +630,8 @@ def _pending(
             else f"revision {state.canary.name} did not become ready"
         )
         reason = f"{what} within {format_duration(policy.revision_ready_timeout)}"
-        actions.append(EmitEvent(EventReason.REVISION_NOT_READY, reason, "Warning"))
+        kind = EventReason.TRAFFIC_NOT_CONVERGED if ready else EventReason.REVISION_NOT_READY
+        actions.append(EmitEvent(kind, reason, "Warning"))
         return _rollback(state, reason, now, actions)
     waiting = (
         f"waiting for revision {state.canary.name} to become ready"

@@ -357,3 +357,41 @@ def test_a_canary_entry_added_by_gitops_is_unrouted_until_the_start_write(
     assert done.view.routed
     assert done.view.split == {STABLE: 100 - percent, CANARY: percent}
     assert bed.isvc()["spec"]["canary"][0]["trafficPercent"] == percent
+
+
+def test_the_route_carries_the_configured_parent_refs_and_hostnames(testbed: Testbed) -> None:
+    """Without parentRefs an HTTPRoute attaches to no Gateway; the settings provide them
+    (canary.settings.RouteParentRef), and the real Gateway API CRD accepts what we write."""
+    from canary.settings import load_settings
+
+    settings = load_settings(
+        standard_route_parent_refs=[
+            {"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"}
+        ],
+        standard_route_hostnames="fraud.models.example.com",
+    )
+    bed = Bed(testbed)
+    bed.router = StandardRouter(
+        bed.kube,
+        parent_refs=[ref.as_ref() for ref in settings.standard_route_parent_refs],
+        hostnames=settings.standard_route_hostnames,
+    )
+    bed.rolled_out()
+    bed.start(10)
+    route = bed.route()
+    assert route is not None
+    assert route["spec"]["parentRefs"] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "inference-gateway",
+            "namespace": "gateways",
+            "sectionName": "http",
+        }
+    ]
+    assert route["spec"]["hostnames"] == ["fraud.models.example.com"]
+    bed.apply(SetTraffic(CANARY, 25, "step"))  # every later write keeps them
+    route = bed.route()
+    assert route is not None
+    assert route["spec"]["hostnames"] == ["fraud.models.example.com"]
+    assert len(route["spec"]["parentRefs"]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,51 @@ def test_parse_enabled_denies_every_other_value_naming_the_allowed_ones(value: s
     with pytest.raises(AnnotationError) as full:
         parse_annotations({"kserve-canary.io/enabled": value})
     assert full.value.problems == caught.value.problems
+
+
+# --- the Standard-mode HTTPRoute's parentRefs and hostnames --------------------------------
+
+
+def test_route_parent_refs_and_hostnames_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "standard-route-parent-refs:\n"
+        "  - {name: inference-gateway, namespace: gateways, sectionName: https}\n"
+        "  - {name: fraud-predictor, kind: Service, group: '', port: 80}\n"
+    )
+    monkeypatch.setenv("KSC_STANDARD_ROUTE_HOSTNAMES", "fraud.models.example.com, *.models.local")
+    settings = load_settings(config)
+    assert [ref.as_ref() for ref in settings.standard_route_parent_refs] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "inference-gateway",
+            "namespace": "gateways",
+            "sectionName": "https",
+        },
+        {"group": "", "kind": "Service", "name": "fraud-predictor", "port": 80},
+    ]
+    assert settings.standard_route_hostnames == ("fraud.models.example.com", "*.models.local")
+    monkeypatch.setenv(
+        "KSC_STANDARD_ROUTE_PARENT_REFS", json.dumps([{"name": "gw", "namespace": "infra"}])
+    )
+    assert [r.name for r in load_settings().standard_route_parent_refs] == ["gw"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"standard_route_hostnames": "Fraud.Example.com"}, "is not a hostname"),
+        ({"standard_route_hostnames": "a..b"}, "is not a hostname"),
+        ({"standard_route_hostnames": "http://x"}, "is not a hostname"),
+        ({"standard_route_parent_refs": [{"namespace": "x"}]}, "standard_route_parent_refs.0.name"),
+        ({"standard_route_parent_refs": [{"name": "gw", "port": 0}]}, "port"),
+        ({"standard_route_parent_refs": [{"name": "gw", "colour": "x"}]}, "unknown setting"),
+    ],
+)
+def test_bad_route_settings_are_refused_by_name(overrides: dict[str, Any], says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert says in str(caught.value)

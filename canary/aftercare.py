@@ -216,6 +216,11 @@ def exposure(state: RolloutState, view: TrafficView, mode: Mode) -> int:
     status reflects the spec) served."""
     commanded = view.spec_percent if _same(mode, view.latest, state.canary) else 0
     served = view.share(state.canary.name) if view.converged else 0
+    if view.stable is not None and view.stable.name == state.canary.name:
+        # KServe marked the rolled-back revision rolled out (a hand-cleared percent was
+        # briefly 100 %): with the spec at 0 it falls back to the previous rollout on its
+        # own (KSERVE.md §1.4), so only what the spec commands counts here
+        served = 0
     return max(commanded, served)
 
 

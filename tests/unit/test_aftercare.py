@@ -105,6 +105,7 @@ NO_DRIFT = [
     pytest.param(view(0, share=0), "knative", id="knative-still-at-0"),
     pytest.param(view(0, share=100, converged=False), "knative", id="knative-status-lagging"),
     pytest.param(view(10, latest="r3"), "knative", id="knative-a-new-revision"),
+    pytest.param(view(0, share=0, latest="r2", stable="r2"), "knative", id="knative-falling-back"),
     pytest.param(view(100, latest="r3", stable="r3"), "knative", id="knative-new-model-out"),
     pytest.param(standard_view(canary=None), "standard", id="standard-no-canary"),
     pytest.param(

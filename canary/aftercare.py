@@ -143,11 +143,13 @@ def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return annotations if isinstance(annotations, Mapping) else {}
 
 
-def opted_out(obj: Mapping[str, Any], state: RolloutState) -> OptedOut | None:
+def opted_out(
+    obj: Mapping[str, Any], state: RolloutState, latest: str | None = None
+) -> OptedOut | None:
     """The opt-out of an active rollout's service, if its owner opted out: the annotation
     removed or exactly "false". A value that is not a boolean is not an opt-out (the
     webhook denies it; the rollout keeps its safety net), and neither is a finished
-    rollout."""
+    rollout. ``latest`` is the newest revision now (see :class:`OptedOut`)."""
     if state.terminal:
         return None
     try:
@@ -156,7 +158,7 @@ def opted_out(obj: Mapping[str, Any], state: RolloutState) -> OptedOut | None:
     except AnnotationError:
         return None
     who = field_manager(obj, ENABLED_FIELD)
-    return OptedOut(actor=who.actor, actor_kind=who.kind)
+    return OptedOut(actor=who.actor, actor_kind=who.kind, latest=latest)
 
 
 def watching(obj: Mapping[str, Any], state: RolloutState) -> bool:

@@ -458,7 +458,7 @@ class Engine:
             if isvc is None:
                 return self._advance(fence, rollout_id, doc, None)
             observed = self._observe(doc.mode, isvc)
-        opted_out = aftercare.opted_out(isvc, doc.state)
+        opted_out = aftercare.opted_out(isvc, doc.state, observed.view.latest.name)
         if opted_out is not None:  # the owner opted out mid-rollout
             doc, work = self._step(doc, opted_out, now)
             return self._commit_and_act(fence, rollout_id, doc, work, observed, now)

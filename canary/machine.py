@@ -288,6 +288,7 @@ def _on_opt_out(
     """The model owner opted out: return the traffic to the stable revision (or, by policy,
     leave it as it stands), record it, and stop managing the service."""
     canary = state.canary.name
+    newest = opted.latest or canary
     stable = state.stable.name if state.stable else "the stable revision"
     held = state.target_percent
     if state.phase is Phase.ROLLING_BACK:
@@ -295,7 +296,7 @@ def _on_opt_out(
     elif policy.on_opt_out == "leave":
         handling = f"traffic left as it stands ({canary} commanded at {held}%)"
     else:
-        handling = f"{canary} returned to 0%, {stable} serves 100%"
+        handling = f"{newest} returned to 0%, {stable} serves 100%"
     reason = f"opted out by {opted.actor} during {state.phase.value}: {handling}"
     actions.append(
         RecordAudit(
@@ -308,6 +309,7 @@ def _on_opt_out(
                     {
                         "phase": state.phase.value,
                         "revision": canary,
+                        "latest_revision": newest,
                         "percent_before": str(held),
                         "on_opt_out": policy.on_opt_out,
                         "identity_source": "metadata.managedFields"
@@ -320,7 +322,7 @@ def _on_opt_out(
     )
     returning = policy.on_opt_out == "return-to-stable" and state.phase is not Phase.ROLLING_BACK
     if returning:
-        actions.append(SetTraffic(canary, 0, "rollback"))
+        actions.append(SetTraffic(newest, 0, "rollback"))
     return replace(
         _finish(
             state,

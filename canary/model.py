@@ -249,6 +249,10 @@ class OptedOut:
 
     actor: str = "unknown"
     actor_kind: Literal["human", "unknown"] = "unknown"
+    # the newest revision now: the opt-out itself may have minted one (KServe copies
+    # annotations into the Knative template unless they are on its disallowed list), and a
+    # return to the stable revision sets the newest one's share to 0
+    latest: str | None = None
     kind: Literal["opted_out"] = "opted_out"
 
 

@@ -88,6 +88,14 @@ def test_traffic_given_back_to_a_rolled_back_model_is_reverted_and_recorded(env:
     env.wait("the rolled-back model serving nothing", lambda: _no_share(env, bad))
 
 
+def _stable_serves_all(env: Env, stable: str) -> bool:
+    isvc = env.isvc()
+    if mode_of(isvc) == "knative":
+        view = observed_from(isvc).view
+        return view.converged and view.share(stable) == 100
+    return not isvc["spec"].get("canary")
+
+
 def _no_share(env: Env, revision: str) -> bool:
     isvc = env.isvc()
     if mode_of(isvc) == "knative":
@@ -133,7 +141,9 @@ def test_opting_out_mid_rollout_returns_traffic_to_the_stable_and_stops(env: Env
     )
 
     doc = env.wait_phase(Phase.OPTED_OUT)
-    env.wait("the canary back at 0 %", lambda: _no_share(env, doc.state.canary.name))
+    assert doc.state.stable is not None
+    stable = doc.state.stable.name
+    env.wait("the stable serving 100 %", lambda: _stable_serves_all(env, stable))
     mine = [r.entry for r in env.records() if r.entry.rollout_id == doc.state.rollout_id]
     (opt_out,) = [e for e in mine if e.action == "manual.opt_out"]
     assert (opt_out.actor.kind, opt_out.actor.id) == ("human", "owner-dave")
@@ -145,8 +155,7 @@ def test_opting_out_mid_rollout_returns_traffic_to_the_stable_and_stops(env: Env
     if env.mode == "knative":  # no longer managed: a later change is left alone
         before = len(env.records())
         env.patch({"spec": {"predictor": {"canaryTrafficPercent": 30}}})
-        canary = doc.state.canary.name
-        env.wait("KServe at 30 %", lambda: observed_from(env.isvc()).view.share(canary) == 30)
+        env.wait("KServe at 30 %", lambda: observed_from(env.isvc()).view.share(stable) == 70)
         assert env.isvc()["spec"]["predictor"]["canaryTrafficPercent"] == 30
         assert len(env.records()) == before
         assert len(env.rollouts()) == 1

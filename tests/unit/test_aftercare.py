@@ -371,3 +371,14 @@ def test_watch_needs_an_aware_clock() -> None:
     assert d.state is not None
     with pytest.raises(ValueError, match="timezone-aware"):
         aftercare.watch(d.state, view(100), d.policy, "knative", HAND, d.now.replace(tzinfo=None))
+
+
+def test_an_opt_out_that_minted_a_revision_returns_the_newest_one_to_0() -> None:
+    """Knative: the annotation change itself made a new revision (r3, still the canary's
+    model) that inherits the canary's percent; the return to stable zeroes the newest."""
+    d = reach(Phase.PROGRESSING)
+    d.apply(OptedOut("kubectl-annotate", "human", latest="r3"))
+    assert d.traffic() == [(0, "rollback")]
+    (write,) = [a for a in d.actions if a.kind == "set_traffic"]
+    assert getattr(write, "revision", None) == "r3"
+    assert "r3 returned to 0%" in audit(d, "manual.opt_out").reason

@@ -53,6 +53,7 @@ __all__ = [
     "exposure",
     "field_manager",
     "opted_out",
+    "retarget",
     "traffic_fields",
     "watch",
     "watching",
@@ -159,6 +160,23 @@ def opted_out(
         return None
     who = field_manager(obj, ENABLED_FIELD)
     return OptedOut(actor=who.actor, actor_kind=who.kind, latest=latest)
+
+
+def retarget(state: RolloutState, mode: str, revision: str, purpose: str, latest: str) -> str:
+    """Which revision an unapplied traffic write is aimed at now. An opt-out's return to the
+    stable revision, carried out after a newer revision appeared (in Knative mode the
+    opt-out's own annotation change can mint one), is ``canaryTrafficPercent: 0``, which
+    gives the newest revision 0 % whichever it is: it is aimed at the newest instead of
+    being abandoned. Every other write keeps its revision."""
+    if (
+        state.phase is Phase.OPTED_OUT
+        and mode == "knative"
+        and purpose == "rollback"
+        and latest
+        and revision != latest
+    ):
+        return latest
+    return revision
 
 
 def watching(obj: Mapping[str, Any], state: RolloutState) -> bool:

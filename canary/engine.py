@@ -952,8 +952,11 @@ class Engine:
         router = self._routers[doc.mode]
         outcomes: list[AuditEntry] = []
         remaining: list[Pending] = []
-        for pending in doc.pending:
+        for queued in doc.pending:
             now = self._clock()
+            latest = observed.view.latest.name
+            aim = aftercare.retarget(doc.state, doc.mode, queued.revision, queued.purpose, latest)
+            pending = replace(queued, revision=aim)
             if observed.view.latest.name not in (pending.revision, _stable_name(doc)):
                 outcomes.append(
                     self._outcome(

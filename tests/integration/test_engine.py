@@ -1175,3 +1175,31 @@ def test_opting_out_mid_rollout_ends_it_and_stops_managing(
     rig.clock.advance(30)
     rig.engine.reconcile(NS, NAME)
     assert (len(rig.router.attempts), rig.actions()) == (writes, records)
+
+
+def test_an_opt_outs_return_to_stable_survives_a_conflict_and_a_minted_revision(
+    lite_store: AuditStore,
+) -> None:
+    """Knative without the annotation on KServe's disallowed list: the opt-out mints R3,
+    which inherits the canary's percent; the first write conflicts, the retry sets 0."""
+    rig, _ = aftercare_rig(lite_store)
+    rig.engine._analyzer = None
+    rig.to_first_step()
+    rig.cluster.annotations = {"kserve-canary.io/enabled": "false"}
+    rig.router.failures.append(Conflict(409, "Conflict", "the object has been modified"))
+    rig.clock.advance(5)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.last_rollout().active  # the write is still owed
+    r3 = "scorer-predictor-00003"
+    rig.cluster.view = replace(
+        rig.cluster.view, latest=Revision(r3, URI2), split={r3: 10, R1: 90}, spec_percent=10
+    )
+    rig.clock.advance(5)
+    rig.engine.reconcile(NS, NAME)
+
+    assert rig.router.written[-1] == SetTraffic(r3, 0, "rollback")
+    assert rig.cluster.view.split == {r3: 0, R1: 100}
+    row = rig.last_rollout()
+    assert (row.phase, row.active) == ("OptedOut", False)
+    assert "traffic.abandoned" not in rig.actions()
+    intents_precede_outcomes(rig)

@@ -382,3 +382,23 @@ def test_an_opt_out_that_minted_a_revision_returns_the_newest_one_to_0() -> None
     (write,) = [a for a in d.actions if a.kind == "set_traffic"]
     assert getattr(write, "revision", None) == "r3"
     assert "r3 returned to 0%" in audit(d, "manual.opt_out").reason
+
+
+@pytest.mark.parametrize(
+    ("phase", "mode", "purpose", "aimed"),
+    [
+        (Phase.OPTED_OUT, "knative", "rollback", "r3"),
+        (Phase.OPTED_OUT, "standard", "rollback", "r2"),  # another entry is not ours to drop
+        (Phase.OPTED_OUT, "knative", "step", "r2"),
+        (Phase.ROLLING_BACK, "knative", "rollback", "r2"),
+        (Phase.DRIFT_REVERTED, "knative", "rollback", "r2"),
+    ],
+)
+def test_only_an_opt_outs_knative_return_to_stable_is_aimed_at_the_newest(
+    phase: Phase, mode: str, purpose: str, aimed: str
+) -> None:
+    state = reach(Phase.PROGRESSING).state
+    assert state is not None
+    state = replace(state, phase=phase)
+    assert aftercare.retarget(state, mode, "r2", purpose, "r3") == aimed
+    assert aftercare.retarget(state, mode, "r2", purpose, "r2") == "r2"

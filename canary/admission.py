@@ -58,7 +58,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from canary.annotations import ENABLED, POLICY, AnnotationError, parse_annotations
+from canary.annotations import ENABLED, POLICY, AnnotationError, parse_annotations, parse_enabled
 from canary.policy import PolicySet, RolloutPolicy
 
 __all__ = [
@@ -495,8 +495,20 @@ def review(
     new, old = req.new_object, req.old_object
     if new is None or old is None:
         return failure(request, "an UPDATE request without object and oldObject")
-    raw_enabled = _annotations(new).get(ENABLED)
-    if raw_enabled is None or raw_enabled == "false":
+    try:
+        enabled = parse_enabled(_annotations(new))
+    except AnnotationError as exc:
+        # Not a boolean: fail closed. An update that sets the value is refused outright;
+        # one that keeps a value set earlier is refused as soon as it needs the first step
+        # (a new revision or canary entry); other updates (finalizers, labels) pass.
+        if _annotations(new).get(ENABLED) != _annotations(old).get(ENABLED):
+            return _deny(
+                f"kserve-canary: {_where(new)}: {'; '.join(exc.problems)}. The controller "
+                "could not tell whether this service is opted in; use one of the allowed "
+                "values (remove the annotation to opt out)."
+            )
+        enabled = True
+    if not enabled:
         return _allow("not opted in to kserve-canary")
 
     mode = _mode(old, new, rules)
@@ -650,8 +662,11 @@ def failure(request: Any, detail: str) -> AdmissionDecision:
     if isinstance(operation, str) and operation != "UPDATE":
         return AdmissionDecision(allowed=True, message=detail, internal_error=True)
     if isinstance(new, Mapping):
-        enabled = _annotations(new).get(ENABLED)
-        if enabled is None or enabled == "false":
+        try:
+            opted_in = parse_enabled(_annotations(new))
+        except AnnotationError:
+            opted_in = True  # not a boolean: treated as opted in (fail closed)
+        if not opted_in:
             return AdmissionDecision(allowed=True, message=detail, internal_error=True)
     return AdmissionDecision(
         allowed=False,

@@ -17,12 +17,15 @@ __all__ = [
     "ANNOTATION_PREFIX",
     "CHALLENGER",
     "ENABLED",
+    "ENABLED_VALUES",
     "KNOWN_KEYS",
     "METRIC_PROFILE",
     "POLICY",
     "AnnotationError",
     "OptIn",
+    "enabled_problem",
     "parse_annotations",
+    "parse_enabled",
 ]
 
 ANNOTATION_PREFIX = "kserve-canary.io/"
@@ -32,6 +35,10 @@ CHALLENGER = ANNOTATION_PREFIX + "challenger"
 METRIC_PROFILE = ANNOTATION_PREFIX + "metric-profile"
 KNOWN_KEYS = (ENABLED, POLICY, CHALLENGER, METRIC_PROFILE)
 METRIC_PROFILES = ("knative-otel", "knative-opencensus", "istio", "kserve-model-server")
+# The only spellings of the opt-in. Kept exact (no "True", "yes", "1"): the admission
+# webhook's matchConditions (canary.k8s.webhook_config) send every other value to the
+# webhook, which denies it, so the webhook and the controller can never disagree.
+ENABLED_VALUES = {"true": True, "false": False}
 
 # An InferenceService name is a DNS-1035 label (it prefixes Service names).
 _ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -53,6 +60,26 @@ class OptIn:
     metric_profile: str | None = None
 
 
+def enabled_problem(raw: str) -> str:
+    """The message for a ``kserve-canary.io/enabled`` value that is not a boolean."""
+    allowed = " or ".join(f'"{v}"' for v in ENABLED_VALUES)
+    return f"{ENABLED}: got {raw!r}; allowed: {allowed}"
+
+
+def parse_enabled(annotations: Mapping[str, str] | None) -> bool:
+    """Whether ``kserve-canary.io/enabled`` opts the object in: absent is False, "true" and
+    "false" are what they say, anything else raises :class:`AnnotationError`.
+
+    The one reading of the opt-in, used by the admission webhook and the controller alike.
+    """
+    raw = (annotations or {}).get(ENABLED)
+    if raw is None:
+        return False
+    if not isinstance(raw, str) or raw not in ENABLED_VALUES:
+        raise AnnotationError([enabled_problem(str(raw))])
+    return ENABLED_VALUES[raw]
+
+
 def parse_annotations(annotations: Mapping[str, str] | None) -> OptIn:
     """Read the opt-in from an InferenceService's annotations.
 
@@ -68,12 +95,11 @@ def parse_annotations(annotations: Mapping[str, str] | None) -> OptIn:
                 f"{key}: unknown kserve-canary annotation; allowed: {', '.join(KNOWN_KEYS)}"
             )
 
-    raw_enabled = values.get(ENABLED)
     enabled = False
-    if raw_enabled is not None:
-        if raw_enabled not in ("true", "false"):
-            problems.append(f'{ENABLED}: got {raw_enabled!r}; allowed: "true" or "false"')
-        enabled = raw_enabled == "true"
+    try:
+        enabled = parse_enabled(values)
+    except AnnotationError as exc:
+        problems.extend(exc.problems)
 
     policy = values.get(POLICY, "default")
     if not DNS_LABEL.match(policy) or len(policy) > 63:

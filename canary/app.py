@@ -85,9 +85,20 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
     store = AuditStore.from_url(
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )
+    if settings.standard_weights == "own-httproute" and not settings.standard_route_parent_refs:
+        log.warning(
+            "controller.route_unattached",
+            detail="standard_route_parent_refs is empty: the Standard-mode HTTPRoute attaches "
+            "to no Gateway, so on a real Gateway a canary gets no traffic",
+        )
     routers: dict[str, TrafficRouter] = {
         "knative": KnativeRouter(kube),
-        "standard": StandardRouter(kube, weights=settings.standard_weights),
+        "standard": StandardRouter(
+            kube,
+            weights=settings.standard_weights,
+            parent_refs=[ref.as_ref() for ref in settings.standard_route_parent_refs],
+            hostnames=settings.standard_route_hostnames,
+        ),
     }
     token = settings.prometheus_bearer_token
     provider = PrometheusProvider(

@@ -390,7 +390,7 @@ def status(
 sandbox_dir_option = click.option(
     "--dir",
     "work_dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path, file_okay=False, resolve_path=True),
     envvar="KSC_SANDBOX_DIR",
     show_envvar=True,
     help="Where the sandbox keeps its state, logs and kubeconfig.",

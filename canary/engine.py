@@ -27,7 +27,7 @@ from typing import Any, Literal, Protocol
 from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
 from analysis.looks import LookSource
 from analysis.types import SEQUENTIAL_BUILTINS
-from canary import machine
+from canary import aftercare, machine
 from canary.analysis_worker import AnalysisRequest, AnalysisRunner, analysis_ticket
 from canary.annotations import AnnotationError, parse_annotations
 from canary.audit import (
@@ -233,7 +233,9 @@ class RolloutDocument:
     def wake_at(self) -> datetime | None:
         """When the scheduler must call the engine again for this rollout."""
         if self.state.terminal:
-            return None
+            # a finished rollout's last traffic write (an opt-out's or a drift's revert)
+            # is retried like any other until it is carried out
+            return (self.retry_at or self.state.phase_entered_at) if self.pending else None
         candidates = [self.state.next_check_at]
         if self.state.phase in _ANALYSED_PHASES and self.state.step_reached_at is not None:
             # Never analysed at this step yet: due as soon as its split shows.
@@ -261,7 +263,7 @@ class RolloutDocument:
             created_at=state.created_at,
             updated_at=now,
             next_check_at=self.wake_at(),
-            active=not state.terminal,
+            active=not state.terminal or bool(self.pending),
         )
 
 
@@ -386,7 +388,7 @@ class Engine:
         if row is not None:
             doc = RolloutDocument.from_row(row)
             doc = self._advance(fence, row.id, doc, isvc)
-            if not doc.state.terminal:
+            if not doc.state.terminal or doc.pending:
                 return doc.wake_at()
             if doc.state.phase is not Phase.SUPERSEDED:
                 return None
@@ -394,6 +396,9 @@ class Engine:
         if isvc is None:
             self._reported.pop((namespace, name), None)
             return None
+        watched = self._aftercare(fence, isvc)  # a finished rollout's service
+        if watched is not None and watched.pending:
+            return watched.wake_at()
         started = self._maybe_start(fence, isvc)
         return started.wake_at() if started is not None else None
 
@@ -458,12 +463,37 @@ class Engine:
             if isvc is None:
                 return self._advance(fence, rollout_id, doc, None)
             observed = self._observe(doc.mode, isvc)
+        opted_out = aftercare.opted_out(isvc, doc.state, observed.view.latest.name)
+        if opted_out is not None:  # the owner opted out mid-rollout
+            doc, work = self._step(doc, opted_out, now)
+            return self._commit_and_act(fence, rollout_id, doc, work, observed, now)
         doc, work = self._step(doc, ServiceObserved(observed.view), now)
         doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
         due = self._analysis_due(doc, now)
         if due is not None:
             doc = self._analyse(fence, rollout_id, doc, observed, now, fast=due == "look")
         return doc
+
+    def _aftercare(self, fence: Fence, isvc: dict[str, Any]) -> RolloutDocument | None:
+        """Keep watching the service of a rollout that ended (canary.aftercare); returns
+        the finished rollout's document when it was looked at."""
+        meta = isvc.get("metadata") or {}
+        last = self._store.last_rollout_for(str(meta.get("namespace")), str(meta.get("name")))
+        if last is None or last.active or last.isvc_uid != meta.get("uid"):
+            return None
+        doc = RolloutDocument.from_row(last)
+        if not aftercare.watching(isvc, doc.state):
+            return None
+        observed = self._observe(doc.mode, isvc)
+        now = self._clock()
+        who = aftercare.field_manager(isvc, aftercare.traffic_fields(doc.mode))
+        state, actions = aftercare.watch(doc.state, observed.view, doc.policy, doc.mode, who, now)
+        if not actions:
+            return doc
+        work = self._collect(replace(doc, state=state), actions)
+        work.before = doc.state
+        doc = replace(doc, state=state)
+        return self._commit_and_act(fence, last.id, doc, work, observed, now)
 
     def _analysis_due(self, doc: RolloutDocument, now: datetime) -> Literal["full", "look"] | None:
         """``full`` at the analysis interval (every check, an audit record, a verdict);
@@ -811,7 +841,12 @@ class Engine:
         log.warning("rollout.policy_invalid", namespace=namespace, name=name, problem=problem)
         self._emit(
             ObjectReference.of(isvc),
-            EmitEvent(EventReason.POLICY_INVALID, f"{problem}; no traffic was changed", "Warning"),
+            EmitEvent(
+                EventReason.POLICY_INVALID,
+                f"{problem}; kserve-canary does not manage this InferenceService until this "
+                "is fixed (it wrote no traffic)",
+                "Warning",
+            ),
         )
 
     # ------------------------------------------------------------------ transitions
@@ -933,8 +968,11 @@ class Engine:
         router = self._routers[doc.mode]
         outcomes: list[AuditEntry] = []
         remaining: list[Pending] = []
-        for pending in doc.pending:
+        for queued in doc.pending:
             now = self._clock()
+            latest = observed.view.latest.name
+            aim = aftercare.retarget(doc.state, doc.mode, queued.revision, queued.purpose, latest)
+            pending = replace(queued, revision=aim)
             if observed.view.latest.name not in (pending.revision, _stable_name(doc)):
                 outcomes.append(
                     self._outcome(
@@ -1046,8 +1084,8 @@ class Engine:
     def _audit_entry(self, doc: RolloutDocument, action: RecordAudit) -> AuditEntry:
         actor = (
             Actor("controller", self._instance)
-            if action.actor == "controller"
-            else Actor("human", action.actor)
+            if action.actor == "controller" and action.actor_kind is None
+            else Actor(action.actor_kind or "human", action.actor)
         )
         return self._entry(
             doc,

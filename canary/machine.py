@@ -35,6 +35,7 @@ from canary.model import (
     LastVerdict,
     ManualCommand,
     Observation,
+    OptedOut,
     Phase,
     RecordAudit,
     RejectCommand,
@@ -136,7 +137,9 @@ def start(
             f"first step {target}%",
         ),
     ]
-    if view.spec_percent != target:
+    if view.spec_percent != target or not view.routed:
+        # also when the spec already commands it but our route does not carry it yet (a
+        # Standard-mode canary entry added by GitOps, capped by the webhook)
         actions.append(SetTraffic(view.latest.name, target, "start"))
     state, more = step(state, ServiceObserved(view), policy, now)
     return state, (*actions, *more)
@@ -172,6 +175,8 @@ def step(
             ),
             close_code="cancelled",
         )
+    elif isinstance(observation, OptedOut):
+        state = _on_opt_out(state, observation, policy, now, actions)
     elif isinstance(observation, AnalysisVerdict):
         state = _on_verdict(state, observation, now, actions)
     elif isinstance(observation, ApprovalDecision):
@@ -210,21 +215,35 @@ def _on_view(
         if state.phase is Phase.ROLLING_BACK and stable and view.latest.name == stable.name:
             # Standard mode: the rollback removed the canary entry, so the spec is stable again.
             return replace(state, last_view=view)
+        # The same name with a new model: Knative's status still names the old revision
+        # (the new one is not created yet); in Standard mode the entry keeps its name. Never
+        # pair the old name with the new model as if it were the new revision.
+        renamed = view.latest.name != state.canary.name
+        newcomer = (
+            f"revision {view.latest.name}"
+            if renamed
+            else f"a new model ({view.latest.storage_uri or 'unknown storageUri'})"
+        )
         return _finish(
             state,
             Phase.SUPERSEDED,
-            f"revision {view.latest.name} replaced canary {state.canary.name}",
+            f"{newcomer} replaced canary {state.canary.name} ({state.canary.storage_uri})",
             now,
             actions,
             audit_action="rollout.superseded",
             event=EmitEvent(
                 EventReason.SUPERSEDED,
-                f"canary {state.canary.name} superseded by {view.latest.name}; "
+                f"canary {state.canary.name} superseded by {newcomer}; "
                 "a new rollout restarts at the first step",
                 "Warning",
             ),
             close_code="cancelled",
-            details={"new_revision": view.latest.name, "new_storage_uri": view.latest.storage_uri},
+            details={
+                "new_revision": view.latest.name if renamed else None,
+                "new_storage_uri": view.latest.storage_uri,
+                "replaced_revision": state.canary.name,
+                "replaced_storage_uri": state.canary.storage_uri,
+            },
         )
 
     previous = state.last_view
@@ -257,6 +276,71 @@ def _on_view(
         )
         actions.append(SetTraffic(state.canary.name, state.target_percent, "reassert"))
     return state
+
+
+def _on_opt_out(
+    state: RolloutState,
+    opted: OptedOut,
+    policy: RolloutPolicy,
+    now: datetime,
+    actions: list[Action],
+) -> RolloutState:
+    """The model owner opted out: return the traffic to the stable revision (or, by policy,
+    leave it as it stands), record it, and stop managing the service."""
+    canary = state.canary.name
+    newest = opted.latest or canary
+    stable = state.stable.name if state.stable else "the stable revision"
+    held = state.target_percent
+    if state.phase is Phase.ROLLING_BACK:
+        handling = "the rollback already written completes"
+    elif policy.on_opt_out == "leave":
+        handling = f"traffic left as it stands ({canary} commanded at {held}%)"
+    else:
+        handling = f"{newest} returned to 0%, {stable} serves 100%"
+    reason = f"opted out by {opted.actor} during {state.phase.value}: {handling}"
+    actions.append(
+        RecordAudit(
+            action="manual.opt_out",
+            reason=reason,
+            actor=opted.actor,
+            actor_kind=opted.actor_kind,
+            details=tuple(
+                sorted(
+                    {
+                        "phase": state.phase.value,
+                        "revision": canary,
+                        "latest_revision": newest,
+                        "percent_before": str(held),
+                        "on_opt_out": policy.on_opt_out,
+                        "identity_source": "metadata.managedFields"
+                        if opted.actor_kind == "human"
+                        else "none",
+                    }.items()
+                )
+            ),
+        )
+    )
+    returning = policy.on_opt_out == "return-to-stable" and state.phase is not Phase.ROLLING_BACK
+    if returning:
+        actions.append(SetTraffic(newest, 0, "rollback"))
+    return replace(
+        _finish(
+            state,
+            Phase.OPTED_OUT,
+            reason,
+            now,
+            actions,
+            audit_action="rollout.opted_out",
+            event=EmitEvent(
+                EventReason.OPTED_OUT,
+                f"{reason}; kserve-canary no longer manages this InferenceService",
+                "Warning",
+            ),
+            close_code="cancelled",
+            details={"on_opt_out": policy.on_opt_out, "changed_by": opted.actor},
+        ),
+        target_percent=0 if returning else held,
+    )
 
 
 def _replaced(view: TrafficView, state: RolloutState) -> bool:
@@ -548,7 +632,8 @@ def _pending(
             else f"revision {state.canary.name} did not become ready"
         )
         reason = f"{what} within {format_duration(policy.revision_ready_timeout)}"
-        actions.append(EmitEvent(EventReason.REVISION_NOT_READY, reason, "Warning"))
+        kind = EventReason.TRAFFIC_NOT_CONVERGED if ready else EventReason.REVISION_NOT_READY
+        actions.append(EmitEvent(kind, reason, "Warning"))
         return _rollback(state, reason, now, actions)
     waiting = (
         f"waiting for revision {state.canary.name} to become ready"

@@ -28,6 +28,7 @@ __all__ = [
     "EventReason",
     "ManualCommand",
     "Observation",
+    "OptedOut",
     "Phase",
     "RecordAudit",
     "RejectCommand",
@@ -57,10 +58,25 @@ class Phase(StrEnum):
     FAILED = "Failed"  # cannot continue and no traffic action is possible
     SUPERSEDED = "Superseded"  # a newer revision replaced this canary
     ABORTED = "Aborted"  # rolled back on a human's command
+    OPTED_OUT = "OptedOut"  # the model owner opted out mid-rollout; no longer managed
+    # After a rollout ended (canary.aftercare keeps watching the service):
+    DRIFT_REVERTED = "DriftReverted"  # a rolled-back revision got traffic; reverted to 0
+    DRIFT_RECORDED = "DriftRecorded"  # ... and the policy said record only
+    MANUALLY_ROLLED_BACK = "ManuallyRolledBack"  # a promoted revision rolled back by hand
 
 
 TERMINAL_PHASES = frozenset(
-    {Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, Phase.SUPERSEDED, Phase.ABORTED}
+    {
+        Phase.SUCCEEDED,
+        Phase.ROLLED_BACK,
+        Phase.FAILED,
+        Phase.SUPERSEDED,
+        Phase.ABORTED,
+        Phase.OPTED_OUT,
+        Phase.DRIFT_REVERTED,
+        Phase.DRIFT_RECORDED,
+        Phase.MANUALLY_ROLLED_BACK,
+    }
 )
 ACTIVE_PHASES = frozenset(Phase) - TERMINAL_PHASES
 
@@ -98,6 +114,8 @@ class EventReason(StrEnum):
     SERVICE_DELETED = "ServiceDeleted"
     SHADOW_STARTED = "ShadowStarted"
     COMMAND_REJECTED = "CommandRejected"
+    OPTED_OUT = "OptedOut"
+    MANUAL_ROLLBACK = "ManualRollback"
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,10 @@ class TrafficView:
     failure_message: str | None = None
     generation: int | None = None
     resource_version: str | None = None
+    # False when a routing object the controller owns does not carry the split the spec
+    # commands (Standard mode's HTTPRoute missing or stale, e.g. for a canary entry added by
+    # GitOps): the controller has to write it. Knative mode routes from the spec alone.
+    routed: bool = True
 
     def share(self, revision: str) -> int:
         """The effective share of live traffic ``revision`` serves now."""
@@ -219,9 +241,25 @@ class ManualCommand:
     kind: Literal["command"] = "command"
 
 
+@dataclass(frozen=True)
+class OptedOut:
+    """The InferenceService no longer opts in (``kserve-canary.io/enabled`` removed or
+    ``"false"``). ``actor`` is who changed it, as the cluster's managedFields name it
+    (``unknown`` when they cannot)."""
+
+    actor: str = "unknown"
+    actor_kind: Literal["human", "unknown"] = "unknown"
+    # the newest revision now: the opt-out itself may have minted one (KServe copies
+    # annotations into the Knative template unless they are on its disallowed list), and a
+    # return to the stable revision sets the newest one's share to 0
+    latest: str | None = None
+    kind: Literal["opted_out"] = "opted_out"
+
+
 Observation = (
     ServiceObserved
     | ServiceDeleted
+    | OptedOut
     | Tick
     | AnalysisVerdict
     | ApprovalDecision
@@ -295,6 +333,9 @@ class RecordAudit:
     reason: str
     actor: str = "controller"
     details: tuple[tuple[str, str], ...] = ()
+    # None: "controller" is the controller, any other actor a human. "unknown": the cluster
+    # could not say who made the change (e.g. a field removed, so no manager owns it).
+    actor_kind: Literal["human", "unknown"] | None = None
     kind: Literal["audit"] = "audit"
 
 
@@ -362,6 +403,9 @@ class RolloutState:
     rollback_reason: str | None = None
     aborted_by: str | None = None  # set when a human's abort caused the rollback
     next_check_at: datetime | None = None
+    # After the rollout ended: the share last seen and recorded for the watched revision
+    # (canary.aftercare), so a change is recorded once, not on every resync.
+    watched_percent: int | None = None
     history: tuple[str, ...] = field(default=())  # phases visited, for status and tests
 
     @property

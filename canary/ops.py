@@ -151,7 +151,11 @@ def status_lines(
     if include_finished or name is not None:
         rows = store.rollouts(namespace=namespace, name=name, limit=50)
         if name is not None and not include_finished:
-            rows = rows[:1]
+            # the newest rollout of NAME in each namespace (one name may live in several)
+            newest: dict[str, RolloutRow] = {}
+            for row in rows:
+                newest.setdefault(row.namespace, row)
+            rows = list(newest.values())
     else:
         rows = store.rollouts(namespace=namespace, active=True)
     return [_line(row, at, look_seconds) for row in rows]

@@ -579,6 +579,19 @@ class RolloutPolicy(_Model):
     approval: ApprovalPolicy = ApprovalPolicy()
     schedule: Schedule = Schedule()
     shadow: ShadowPolicy = ShadowPolicy()
+    after_rollback: Literal["revert", "record"] = Field(
+        default="revert",
+        description="What the controller does when, after a rollback, traffic is given to "
+        "the rolled-back revision again (by hand, by GitOps): revert puts it back to 0%; "
+        "record only records it. Either way it is a traffic.drift record and a Warning Event.",
+    )
+    on_opt_out: Literal["return-to-stable", "leave"] = Field(
+        default="return-to-stable",
+        description="What the controller does when the opt-in annotation is removed or set "
+        'to "false" during a rollout: return-to-stable gives the canary 0% before it stops '
+        "managing the service; leave stops with the traffic as it stands. Either way the "
+        "rollout ends as OptedOut, recorded, with an Event.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -8,12 +8,13 @@ file (``KSC_CONFIG_FILE`` or ``--config``), then the defaults below.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -22,13 +23,37 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["RouteParentRef", "Settings", "SettingsError", "load_settings"]
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("ksc_config_file", default=None)
 
 
 class SettingsError(ValueError):
     """The configuration cannot be used; the message names the setting and the fix."""
+
+
+class RouteParentRef(BaseModel):
+    """One Gateway API ``parentRef`` of our Standard-mode HTTPRoute."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, min_length=1, max_length=63)
+    group: str = "gateway.networking.k8s.io"
+    kind: str = "Gateway"
+    section_name: str | None = Field(default=None, alias="sectionName", min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    def as_ref(self) -> dict[str, Any]:
+        """The parentRef as the HTTPRoute spec spells it (unset fields left out)."""
+        ref: dict[str, Any] = {"group": self.group, "kind": self.kind, "name": self.name}
+        if self.namespace is not None:
+            ref["namespace"] = self.namespace
+        if self.section_name is not None:
+            ref["sectionName"] = self.section_name
+        if self.port is not None:
+            ref["port"] = self.port
+        return ref
 
 
 class Settings(BaseSettings):
@@ -138,6 +163,18 @@ class Settings(BaseSettings):
         description="Standard mode: split traffic with our own HTTPRoute (KServe v0.20), or "
         "through spec.canary[].trafficPercent where KServe routes it (after v0.20).",
     )
+    standard_route_parent_refs: tuple[RouteParentRef, ...] = Field(
+        default=(),
+        description="Standard mode, own-httproute: the parentRefs of our HTTPRoute (the "
+        "Gateway, or for mesh routing the stable Service, it attaches to), as a YAML list or "
+        "JSON in KSC_STANDARD_ROUTE_PARENT_REFS. Without one the route attaches to nothing "
+        "on a real Gateway and the canary gets no traffic.",
+    )
+    standard_route_hostnames: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Standard mode, own-httproute: the hostnames of our HTTPRoute "
+        "(comma-separated), e.g. the InferenceService's external host.",
+    )
     metric_profile: Literal[
         "knative-otel", "knative-opencensus", "istio", "kserve-model-server"
     ] = Field(
@@ -217,12 +254,24 @@ class Settings(BaseSettings):
         "kserve_annotation_disallowed",
         "kserve_label_disallowed",
         "webhook_secrets",
+        "standard_route_hostnames",
         mode="before",
     )
     @classmethod
     def _split_comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("standard_route_hostnames")
+    @classmethod
+    def _hostnames_are_dns_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if not _HOSTNAME.match(host) or len(host) > 253:
+                raise ValueError(
+                    f"{host!r} is not a hostname (lowercase DNS name, optionally starting "
+                    "with '*.')"
+                )
         return value
 
     @classmethod
@@ -240,6 +289,9 @@ class Settings(BaseSettings):
             sources.append(InitSettingsSource(settings_cls, _read_config_file(Path(config_file))))
         sources.append(file_secret_settings)
         return tuple(sources)
+
+
+_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -82,7 +82,7 @@ GENESIS_HASH: Final = "0" * 64
 FORMAT_VERSION: Final = 1
 """Version of the body layout; stored in every body under the key ``"v"``."""
 
-ActorKind = Literal["controller", "human", "servicenow", "webhook"]
+ActorKind = Literal["controller", "human", "servicenow", "webhook", "unknown"]
 ACTOR_KINDS: Final[frozenset[str]] = frozenset(get_args(ActorKind))
 
 ACTION_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")

@@ -374,10 +374,12 @@ class KubeClient:
         resource_version: str | None = None,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_manager: str | None = None,
     ) -> JsonObject:
         """Patch an object. With ``resource_version`` a merge patch fails with
         :class:`Conflict` if the object changed since it was read. ``dry_run`` runs
-        validation and admission (webhooks included) and stores nothing."""
+        validation and admission (webhooks included) and stores nothing. ``field_manager``
+        names the writer in ``metadata.managedFields`` (default: from the user agent)."""
         if not dry_run:
             self._check_write(kind)
         if resource_version is not None:
@@ -391,7 +393,10 @@ class KubeClient:
             path,
             body=patch,
             content_type=_PATCH_CONTENT[patch_type],
-            query=[("dryRun", "All")] if dry_run else (),
+            query=[
+                *([("dryRun", "All")] if dry_run else []),
+                *([("fieldManager", field_manager)] if field_manager else []),
+            ],
         )
         return result
 

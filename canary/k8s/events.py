@@ -69,8 +69,9 @@ class EventRecorder:
         self._component = component
         self._clock = clock
         self._window = repeat_window
-        # (namespace, name, reason, message) -> (event name, count, first seen)
-        self._seen: dict[tuple[str, str, str, str], tuple[str, int, datetime]] = {}
+        # (namespace, name, uid, reason, message) -> (event name, count, first seen); the
+        # uid keeps a deleted and re-created service from inheriting the old one's Events
+        self._seen: dict[tuple[str, str, str, str, str], tuple[str, int, datetime]] = {}
 
     def emit(
         self,
@@ -84,7 +85,7 @@ class EventRecorder:
         if len(message.encode("utf-8")) > MAX_MESSAGE:
             cut = message.encode("utf-8")[: MAX_MESSAGE - 3].decode("utf-8", "ignore")
             message = cut + "..."
-        key = (target.namespace, target.name, reason.value, message)
+        key = (target.namespace, target.name, target.uid or "", reason.value, message)
         known = self._seen.get(key)
         if known is not None and now - known[2] < self._window:
             name, count, first = known

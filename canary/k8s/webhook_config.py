@@ -8,11 +8,14 @@ One webhook, ``inferenceservices.kserve-canary.io``, in a configuration named
   would only make creating an opted-in InferenceService fail while the controller is down.
 * **Narrow scope** (DESIGN.md §2, "Scope that webhook narrowly"): ``failurePolicy: Fail``
   means an outage of the controller blocks every update the webhook matches, so a CEL
-  ``matchConditions`` entry keeps it to objects whose ``kserve-canary.io/enabled``
-  annotation is exactly ``"true"`` in the *new* object, and an optional
-  ``namespaceSelector`` narrows it further. An update that removes the opt-in (or sets it
-  to ``"false"``) is not sent: opting out is the model owner's way to deploy without a
-  canary.
+  ``matchConditions`` entry keeps it to objects that carry a ``kserve-canary.io/enabled``
+  annotation in the *new* object with any value but ``"false"``, and an optional
+  ``namespaceSelector`` narrows it further. A value that is not a boolean (``"yes"``,
+  ``"True"``) is sent too, so the webhook can deny it (fail closed) instead of letting
+  KServe send an unanalysed model 100 %. An update that removes the opt-in (or sets it to
+  ``"false"``) is not sent: opting out is the model owner's way to deploy without a canary
+  (the controller then returns an active rollout's traffic to the stable revision, or
+  leaves it, as the policy says, and stops managing the service).
 * ``sideEffects: None`` (dry runs are fine), ``admissionReviewVersions: ["v1"]``, a short
   ``timeoutSeconds`` (the decision is pure and fast), and ``reinvocationPolicy: IfNeeded``
   so that a webhook that runs after ours and changes the object has it checked again.
@@ -53,7 +56,7 @@ FIELD_MANAGER = "kserve-canary"
 MATCH_OPTED_IN = (
     "has(object.metadata.annotations) && "
     "'kserve-canary.io/enabled' in object.metadata.annotations && "
-    "object.metadata.annotations['kserve-canary.io/enabled'] == 'true'"
+    "object.metadata.annotations['kserve-canary.io/enabled'] != 'false'"
 )
 
 

@@ -212,6 +212,7 @@ class StandardRouter:
                 and int(canary_status.get("trafficPercent") or 0) == percent
             )
 
+        routed = True
         if self._weights == "kserve-native":
             split = {r.stable_name: 100}
             for entry in r.canaries:
@@ -227,9 +228,8 @@ class StandardRouter:
             split = weights if weights is not None else {r.stable_name: 100}
             wanted = {r.stable_name: 100} if canary is None else {
                 r.stable_name: 100 - percent, canary: percent}  # fmt: skip
-            converged = status_converged and (
-                weights == wanted or (weights is None and canary is None)
-            )
+            routed = weights == wanted or (weights is None and canary is None)
+            converged = status_converged and routed
 
         if canary is not None:
             latest = Revision(canary, r.canary_uri)
@@ -248,6 +248,7 @@ class StandardRouter:
             failure_message=None,
             generation=r.generation,
             resource_version=r.resource_version,
+            routed=routed,
         )
         return Observed(
             namespace=r.namespace,

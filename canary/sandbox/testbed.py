@@ -95,7 +95,9 @@ class Testbed:
         standard_routing: Literal["v0.20", "weighted"] = "v0.20",
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
-        self.work_dir = work_dir
+        # absolute: the processes started here (Prometheus's --config.file, the kubeconfig
+        # they are handed) run with other working directories
+        self.work_dir = Path(work_dir).resolve()
         self.detach = detach
         # "weighted" simulates KServe after v0.20 (#5912, #5984): Standard-mode canaries that
         # are Ready get their trafficPercent through the HTTPRoute (KSERVE.md §2.4).

@@ -173,7 +173,8 @@ class Env:
     def isvc(self) -> dict[str, Any]:
         return self.kube.get(INFERENCE_SERVICE, self.namespace, self.name)
 
-    def patch(self, body: dict[str, Any]) -> None:
+    def patch(self, body: dict[str, Any], *, field_manager: str | None = None) -> None:
+        """A guarded merge patch; ``field_manager`` names who made it (a human's tool)."""
         for _ in range(20):
             try:
                 self.kube.patch(
@@ -182,6 +183,7 @@ class Env:
                     self.name,
                     body,
                     resource_version=self.isvc()["metadata"]["resourceVersion"],
+                    field_manager=field_manager,
                 )
                 return
             except Conflict:
@@ -251,6 +253,22 @@ class Env:
         )
 
         def active() -> bool:  # a dry run goes through admission and stores nothing
+            if self.mode == "standard":  # a new canary entry gets its percent capped
+                entry = {
+                    "predictor": {
+                        "name": "probe",
+                        "model": {
+                            "modelFormat": {"name": "sklearn"},
+                            "name": "kserve-container",
+                            "storageUri": self.uri("probe"),
+                        },
+                    }
+                }
+                stored = self.kube.patch(
+                    INFERENCE_SERVICE, self.namespace, self.name,
+                    {"spec": {"canary": [entry]}}, dry_run=True,
+                )  # fmt: skip
+                return "trafficPercent" in (stored["spec"].get("canary") or [{}])[0]
             probe = {"spec": {"predictor": {"model": {"storageUri": self.uri("probe")}}}}
             stored = self.kube.patch(
                 INFERENCE_SERVICE, self.namespace, self.name, probe, dry_run=True

@@ -260,6 +260,42 @@ def test_an_unknown_policy_is_refused(hook: Hook) -> None:
     assert hook.get("m")["spec"]["predictor"]["model"]["storageUri"] == hook.uri("v1")
 
 
+@pytest.mark.parametrize("value", ["yes", "True", "1"])
+def test_an_opt_in_that_is_not_a_boolean_is_denied_with_the_allowed_values(
+    hook: Hook, value: str
+) -> None:
+    """The apiserver sends it to the webhook (matchConditions), which fails closed: the
+    model never reaches KServe uncapped, whether the value arrives with the model or was
+    stored earlier (a CREATE is not checked)."""
+    hook.create("m", "v1", ON)
+    hook.rolled_out("m")
+    gitops = {
+        "metadata": {"annotations": {"kserve-canary.io/enabled": value}},
+        "spec": {"predictor": {"model": {"storageUri": hook.uri("v2")}}},
+    }
+    error = refusal(lambda: hook.patch("m", gitops))
+    assert error.status == 403
+    assert f"kserve-canary.io/enabled: got {value!r}" in error.message
+    assert '"true" or "false"' in error.message
+    stored = hook.get("m")
+    assert stored["metadata"]["annotations"]["kserve-canary.io/enabled"] == "true"
+    assert stored["spec"]["predictor"]["model"]["storageUri"] == hook.uri("v1")
+
+    hook.create("n", "v1", {"kserve-canary.io/enabled": value})
+    hook.rolled_out("n")
+    error = refusal(lambda: hook.new_model("n", "v2"))
+    assert error.status == 403
+    assert '"true" or "false"' in error.message
+    assert hook.get("n")["spec"]["predictor"]["model"]["storageUri"] == hook.uri("v1")
+
+
+def test_an_explicit_opt_out_is_not_sent_to_the_webhook(hook: Hook) -> None:
+    hook.create("m", "v1", {"kserve-canary.io/enabled": "false"})
+    hook.rolled_out("m")
+    stored = hook.new_model("m", "v2")
+    assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
+
+
 # --- Standard mode --------------------------------------------------------------------------
 
 

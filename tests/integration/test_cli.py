@@ -199,3 +199,42 @@ def test_bad_command_lines_exit_2_and_queue_nothing(
     assert "Traceback" not in result.stderr
     with AuditStore.from_url(url) as store:
         assert store.pending_commands() == []
+
+
+def _finished_rollout(
+    store: AuditStore, namespace: str, phase: str, outcome: str, at: datetime
+) -> None:
+    from dataclasses import replace
+
+    from canary import machine
+    from canary.engine import RolloutDocument
+    from canary.model import Phase, Revision, TrafficView
+    from canary.policy import RolloutPolicy
+
+    stable, canary = Revision("scorer-predictor-00001"), Revision("scorer-predictor-00002")
+    view = TrafficView(canary, stable, {stable.name: 100}, 10, False, False)
+    policy = RolloutPolicy(name="default")
+    state, _ = machine.start(f"ro-{namespace}", namespace, "scorer", view, policy, at)
+    state = replace(state.with_phase(Phase(phase), at), outcome=outcome)
+    doc = RolloutDocument(state, policy, "knative", f"uid-{namespace}", "knative-otel")
+    store.commit([], rollout=doc.row(state.rollout_id, at))
+
+
+def test_status_by_name_shows_each_namespace_and_the_post_rollout_truth(tmp_path: Path) -> None:
+    url = _empty_database(tmp_path / "audit.db")
+    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    with AuditStore.from_url(url) as store:
+        _finished_rollout(store, "fraud", "DriftReverted", "drift reverted by the controller", t0)
+        _finished_rollout(
+            store, "credit", "ManuallyRolledBack", "rolled back by hand by kubectl-patch",
+            t0 + timedelta(minutes=1),
+        )  # fmt: skip
+    result = run("status", "scorer", "--database-url", url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout  # a header and one line per namespace
+    assert any("credit" in x and "ManuallyRolledBack" in x and "kubectl-patch" in x for x in lines)
+    assert any("fraud" in x and "DriftReverted" in x and "reverted" in x for x in lines)
+    only = run("status", "fraud/scorer", "--database-url", url)
+    assert "credit" not in only.stdout
+    assert "DriftReverted" in only.stdout

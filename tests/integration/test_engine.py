@@ -124,6 +124,7 @@ class Cluster:
     generation: int = 1
     resource_version: int = 100
     exists: bool = True
+    managed: list[dict[str, Any]] = field(default_factory=list)  # metadata.managedFields
 
     def isvc(self) -> dict[str, Any]:
         if not self.exists:
@@ -140,6 +141,7 @@ class Cluster:
                 "generation": self.generation,
                 "resourceVersion": str(self.resource_version),
                 "annotations": dict(self.annotations),
+                "managedFields": list(self.managed),
             },
             "spec": {"predictor": {"model": {"storageUri": self.view.latest.storage_uri}}},
             "status": {},
@@ -1142,3 +1144,242 @@ def test_a_look_past_its_deadline_is_recorded_as_an_error_not_a_pass(
     assert doc.next_analysis_at == asked_at + POLICY.analysis_interval
     prometheus.release.set()
     runner.shutdown()
+
+
+# ---------------------------------------------------------------------------------------
+# After the rollout: drift, hand rollbacks, opt-out (canary.aftercare)
+# ---------------------------------------------------------------------------------------
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def emit(self, target: Any, reason: Any, message: str, type_: str = "Normal") -> None:
+        self.seen.append((str(reason.value), message, type_))
+
+
+def aftercare_rig(store: AuditStore, policy: dict[str, Any] | None = None) -> tuple[Rig, Events]:
+    rig = make_rig(store, analyzer=FailingAnalyzer())
+    pinned = RolloutPolicy.model_validate({**POLICY.model_dump(by_alias=True), **(policy or {})})
+    events = Events()
+    rig.engine = Engine(
+        store=store,
+        kube=cast(KubeClient, FakeKube(rig.cluster)),
+        routers={"knative": cast(TrafficRouter, rig.router)},
+        policies=lambda: PolicySet([pinned], {"default": "test"}),
+        leadership=lambda: rig.fence,
+        clock=rig.clock,
+        instance="pod-a",
+        analyzer=rig.engine._analyzer,
+        events=events,
+    )
+    return rig, events
+
+
+def by_hand(manager: str, at: str = "2026-11-23T10:05:00Z") -> dict[str, Any]:
+    """A managedFields entry: ``manager`` set canaryTrafficPercent by an Update."""
+    return {
+        "manager": manager,
+        "operation": "Update",
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "time": at,
+        "fieldsV1": {"f:spec": {"f:predictor": {"f:canaryTrafficPercent": {}}}},
+    }
+
+
+def intents_precede_outcomes(rig: Rig) -> None:
+    intents: dict[str, int] = {}
+    for record in rig.store.records():
+        entry = record.entry
+        if entry.action == "traffic.intent":
+            intents[str(entry.correlation_id)] = record.seq
+        elif entry.action in ("traffic.applied", "traffic.failed", "traffic.abandoned"):
+            assert intents[str(entry.correlation_id)] < record.seq
+
+
+@pytest.mark.parametrize("end", [_fail_analysis_and_settle, _abort_and_settle])
+@pytest.mark.parametrize("given", [100, 40])
+def test_traffic_given_back_to_a_rolled_back_revision_is_recorded_and_reverted(
+    lite_store: AuditStore, end: Callable[[Rig], None], given: int
+) -> None:
+    rig, events = aftercare_rig(lite_store)
+    end(rig)
+    finished = rig.last_rollout().phase
+    mark = rig.store.head()[0]
+    # an operator clears (or raises) the percent by hand; the status has not caught up
+    rig.cluster.view = replace(rig.cluster.view, spec_percent=given)
+    rig.cluster.managed = [by_hand("kserve-canary", "2026-11-23T10:01:00Z"), by_hand("ops-bob")]
+    rig.cluster.resource_version += 1
+    rig.clock.advance(60)
+
+    assert rig.engine.reconcile(NS, NAME) is None
+
+    new = [r.entry for r in rig.store.records(after_seq=mark)]
+    assert [e.action for e in new] == ["traffic.drift", "traffic.intent", "traffic.applied"]
+    drift = new[0]
+    assert drift.actor == Actor("human", "ops-bob")
+    assert dict(drift.evidence)["observed"] == str(given)
+    assert dict(drift.evidence)["after"] == finished
+    assert new[1].correlation_id == new[2].correlation_id
+    assert rig.router.written[-1] == SetTraffic(R2, 0, "rollback")
+    assert rig.cluster.view.spec_percent == 0
+    row = rig.last_rollout()
+    assert (row.phase, row.active) == ("DriftReverted", False)
+    assert ("TrafficDrift", "Warning") in [(r, t) for r, _, t in events.seen]
+    assert any("ops-bob" in m for r, m, _ in events.seen if r == "TrafficDrift")
+    intents_precede_outcomes(rig)
+
+    # the status catches up; nothing more is recorded or written
+    writes = len(rig.router.attempts)
+    for _ in range(3):
+        rig.clock.advance(30)
+        rig.engine.reconcile(NS, NAME)
+    assert len(rig.router.attempts) == writes
+    assert len(rig.store.rollouts(namespace=NS, name=NAME)) == 1
+
+
+def test_record_only_policy_records_the_drift_and_writes_nothing(lite_store: AuditStore) -> None:
+    rig, events = aftercare_rig(lite_store, {"afterRollback": "record"})
+    _fail_analysis_and_settle(rig)
+    writes = len(rig.router.attempts)
+    rig.cluster.view = replace(rig.cluster.view, spec_percent=100)
+    rig.clock.advance(60)
+    rig.engine.reconcile(NS, NAME)
+    rig.engine.reconcile(NS, NAME)  # a resync records nothing new
+
+    assert rig.actions().count("traffic.drift") == 1
+    (drift,) = rig.records("traffic.drift")
+    assert drift.actor == Actor("unknown", "unknown")  # nobody owns a removed field
+    assert len(rig.router.attempts) == writes
+    assert rig.last_rollout().phase == "DriftRecorded"
+    assert "TrafficDrift" in [r for r, _, _ in events.seen]
+
+
+def test_a_revert_that_fails_stays_pending_and_is_retried(lite_store: AuditStore) -> None:
+    rig, _ = aftercare_rig(lite_store)
+    _fail_analysis_and_settle(rig)
+    rig.cluster.view = replace(rig.cluster.view, spec_percent=100)
+    rig.router.failures.append(Unavailable(503, "Unavailable", "apiserver restarting"))
+    rig.clock.advance(60)
+
+    wake = rig.engine.reconcile(NS, NAME)
+
+    assert wake is not None  # the retry is scheduled
+    row = rig.last_rollout()
+    assert (row.phase, row.active) == ("DriftReverted", True)
+    assert row.state["pending"]
+    assert rig.cluster.view.spec_percent == 100
+    rig.clock.advance(5)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.cluster.view.spec_percent == 0
+    row = rig.last_rollout()
+    assert (row.active, row.state["pending"]) == (False, [])
+    assert rig.actions().count("traffic.intent") == 3  # start, rollback, the revert
+    assert rig.actions()[-1] == "traffic.applied"
+    intents_precede_outcomes(rig)
+
+
+def test_a_hand_rollback_after_a_promotion_is_recorded_with_its_field_manager(
+    lite_store: AuditStore,
+) -> None:
+    rig, events = aftercare_rig(lite_store)
+    rig.engine._analyzer = None
+    rig.to_first_step()
+    assert rig.engine.run_command(rig.command("promote"))[0] == "accepted"
+    rig.clock.advance(2)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.last_rollout().phase == "Succeeded"
+    writes = len(rig.router.attempts)
+
+    rig.cluster.view = replace(rig.cluster.view, spec_percent=0)  # kubectl patch ... 0
+    rig.cluster.managed = [by_hand("kubectl-patch")]
+    rig.clock.advance(60)
+    rig.engine.reconcile(NS, NAME)
+    rig.engine.reconcile(NS, NAME)
+
+    (manual,) = rig.records("traffic.manual_rollback")
+    assert manual.actor == Actor("human", "kubectl-patch")
+    assert dict(manual.evidence)["percent"] == "0"
+    assert len(rig.router.attempts) == writes  # recorded, not undone
+    row = rig.last_rollout()
+    assert row.phase == "ManuallyRolledBack"
+    doc = RolloutDocument.from_row(row)
+    assert "kubectl-patch" in (doc.state.outcome or "")
+    assert ("ManualRollback", "Warning") in [(r, t) for r, _, t in events.seen]
+
+
+@pytest.mark.parametrize("annotations", [{"kserve-canary.io/enabled": "false"}, {}])
+@pytest.mark.parametrize("on_opt_out", ["return-to-stable", "leave"])
+def test_opting_out_mid_rollout_ends_it_and_stops_managing(
+    lite_store: AuditStore, annotations: dict[str, str], on_opt_out: str
+) -> None:
+    rig, events = aftercare_rig(lite_store, {"onOptOut": on_opt_out})
+    rig.engine._analyzer = None
+    rig.to_first_step()
+    mark = rig.store.head()[0]
+    rig.cluster.annotations = dict(annotations)
+    rig.cluster.managed = [
+        {
+            "manager": "kubectl-annotate",
+            "operation": "Update",
+            "time": "2026-11-23T10:03:00Z",
+            "fieldsV1": {"f:metadata": {"f:annotations": {"f:kserve-canary.io/enabled": {}}}},
+        }
+    ]
+    rig.clock.advance(5)
+
+    assert rig.engine.reconcile(NS, NAME) is None
+
+    new = [r.entry for r in rig.store.records(after_seq=mark)]
+    row = rig.last_rollout()
+    assert (row.phase, row.active) == ("OptedOut", False)
+    if on_opt_out == "return-to-stable":
+        assert [e.action for e in new] == [
+            "manual.opt_out", "traffic.intent", "rollout.opted_out", "traffic.applied"
+        ]  # fmt: skip
+        assert rig.router.written[-1] == SetTraffic(R2, 0, "rollback")
+        assert rig.cluster.view.split == {R2: 0, R1: 100}
+    else:
+        assert [e.action for e in new] == ["manual.opt_out", "rollout.opted_out"]
+        assert rig.cluster.view.split == {R2: 10, R1: 90}
+    opt_out = new[0]
+    if annotations:
+        assert opt_out.actor == Actor("human", "kubectl-annotate")
+    assert ("OptedOut", "Warning") in [(r, t) for r, _, t in events.seen]
+    intents_precede_outcomes(rig)
+
+    # no longer managed: a later hand change is neither reasserted nor recorded
+    writes, records = len(rig.router.attempts), rig.actions()
+    rig.cluster.view = replace(rig.cluster.view, spec_percent=50)
+    rig.clock.advance(30)
+    rig.engine.reconcile(NS, NAME)
+    assert (len(rig.router.attempts), rig.actions()) == (writes, records)
+
+
+def test_an_opt_outs_return_to_stable_survives_a_conflict_and_a_minted_revision(
+    lite_store: AuditStore,
+) -> None:
+    """Knative without the annotation on KServe's disallowed list: the opt-out mints R3,
+    which inherits the canary's percent; the first write conflicts, the retry sets 0."""
+    rig, _ = aftercare_rig(lite_store)
+    rig.engine._analyzer = None
+    rig.to_first_step()
+    rig.cluster.annotations = {"kserve-canary.io/enabled": "false"}
+    rig.router.failures.append(Conflict(409, "Conflict", "the object has been modified"))
+    rig.clock.advance(5)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.last_rollout().active  # the write is still owed
+    r3 = "scorer-predictor-00003"
+    rig.cluster.view = replace(
+        rig.cluster.view, latest=Revision(r3, URI2), split={r3: 10, R1: 90}, spec_percent=10
+    )
+    rig.clock.advance(5)
+    rig.engine.reconcile(NS, NAME)
+
+    assert rig.router.written[-1] == SetTraffic(r3, 0, "rollback")
+    assert rig.cluster.view.split == {r3: 0, R1: 100}
+    row = rig.last_rollout()
+    assert (row.phase, row.active) == ("OptedOut", False)
+    assert "traffic.abandoned" not in rig.actions()
+    intents_precede_outcomes(rig)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from canary.k8s.client import EVENT, INFERENCE_SERVICE, KubeClient
+from canary.k8s.client import EVENT, INFERENCE_SERVICE, KubeClient, NotFound
 from canary.k8s.events import MAX_MESSAGE, EventRecorder, ObjectReference
 from canary.model import EventReason
 
@@ -90,3 +90,27 @@ def test_overlong_messages_are_cut_not_refused(kube: KubeClient, namespace: str)
     assert len(message.encode("utf-8")) <= MAX_MESSAGE
     assert message.startswith("éé")
     assert message.endswith("...")
+
+
+def test_a_re_created_service_does_not_inherit_the_old_ones_events(
+    kube: KubeClient, namespace: str
+) -> None:
+    first = _isvc(kube, namespace)
+    clock = Clock()
+    recorder = EventRecorder(kube, instance="kserve-canary-0", clock=clock)
+    recorder.emit(first, EventReason.ROLLED_BACK, "r2 serves no traffic", "Warning")
+    kube.delete(INFERENCE_SERVICE, namespace, "scorer")
+    for _ in range(50):  # the simulator is off: deletion completes without finalizers
+        try:
+            kube.get(INFERENCE_SERVICE, namespace, "scorer")
+        except NotFound:
+            break
+    second = _isvc(kube, namespace)
+    assert second.uid != first.uid
+    clock.now += timedelta(minutes=1)  # well inside the repeat window
+    recorder.emit(second, EventReason.ROLLED_BACK, "r2 serves no traffic", "Warning")
+    recorder.emit(second, EventReason.ROLLED_BACK, "r2 serves no traffic", "Warning")
+
+    events = _events(kube, namespace)
+    by_uid = {str(e["involvedObject"]["uid"]): e["count"] for e in events}  # type: ignore[index]
+    assert by_uid == {first.uid: 1, second.uid: 2}

@@ -322,3 +322,76 @@ def test_kserve_native_weights_drive_traffic_percent_only(weighted_testbed: Test
     assert promoted.view.stable is not None
     assert promoted.view.stable.name == CANARY
     assert bed.route() is None
+
+
+@pytest.mark.parametrize("percent", [5, 10])
+def test_a_canary_entry_added_by_gitops_is_unrouted_until_the_start_write(
+    testbed: Testbed, percent: int
+) -> None:
+    """A GitOps sync adds the spec.canary[] entry itself (the webhook caps its percent): no
+    route of ours carries it, so the view says so and the controller's start write fixes it."""
+    bed = Bed(testbed)
+    bed.rolled_out()
+    entry = {
+        "predictor": {
+            "name": "canary",
+            "model": {"modelFormat": {"name": "sklearn"}, "name": "kserve-container",
+                      "storageUri": bed.v2},
+        },
+        "trafficPercent": percent,
+    }  # fmt: skip
+    bed.kube.patch(INFERENCE_SERVICE, bed.namespace, NAME, {"spec": {"canary": [entry]}})
+    seen = bed.observe().view
+    assert seen.latest.name == CANARY
+    assert seen.spec_percent == percent
+    assert not seen.routed
+    assert not seen.converged
+    assert bed.route() is None
+    time.sleep(1)  # the status catches up, still unrouted: it would never converge alone
+    assert not bed.observe().view.converged
+
+    bed.apply(SetTraffic(CANARY, percent, "start"))
+
+    assert bed.weights() == [(STABLE, 100 - percent), (CANARY, percent)]
+    done = bed.wait("the GitOps canary routed", lambda v: v.converged)
+    assert done.view.routed
+    assert done.view.split == {STABLE: 100 - percent, CANARY: percent}
+    assert bed.isvc()["spec"]["canary"][0]["trafficPercent"] == percent
+
+
+def test_the_route_carries_the_configured_parent_refs_and_hostnames(testbed: Testbed) -> None:
+    """Without parentRefs an HTTPRoute attaches to no Gateway; the settings provide them
+    (canary.settings.RouteParentRef), and the real Gateway API CRD accepts what we write."""
+    from canary.settings import load_settings
+
+    settings = load_settings(
+        standard_route_parent_refs=[
+            {"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"}
+        ],
+        standard_route_hostnames="fraud.models.example.com",
+    )
+    bed = Bed(testbed)
+    bed.router = StandardRouter(
+        bed.kube,
+        parent_refs=[ref.as_ref() for ref in settings.standard_route_parent_refs],
+        hostnames=settings.standard_route_hostnames,
+    )
+    bed.rolled_out()
+    bed.start(10)
+    route = bed.route()
+    assert route is not None
+    assert route["spec"]["parentRefs"] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "inference-gateway",
+            "namespace": "gateways",
+            "sectionName": "http",
+        }
+    ]
+    assert route["spec"]["hostnames"] == ["fraud.models.example.com"]
+    bed.apply(SetTraffic(CANARY, 25, "step"))  # every later write keeps them
+    route = bed.route()
+    assert route is not None
+    assert route["spec"]["hostnames"] == ["fraud.models.example.com"]
+    assert len(route["spec"]["parentRefs"]) == 1

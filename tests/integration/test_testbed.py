@@ -77,6 +77,30 @@ def test_sandbox_cli_starts_everything_in_the_background_and_down_leaves_nothing
     assert "no sandbox" in gone.stdout
 
 
+def test_sandbox_up_with_a_relative_dir_works_from_anywhere(tmp_path: Path) -> None:
+    """`--dir sb` is taken relative to where the command runs, and every process the
+    sandbox starts (Prometheus reads its config file by path) gets it absolute."""
+    relative = subprocess.run(
+        [str(CANARY), "sandbox", "up", "--dir", "sb"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    directory = tmp_path / "sb"
+    try:
+        assert relative.returncode == 0, relative.stderr
+        assert f"logs: {directory}" in relative.stdout
+        state = json.loads((directory / "state.json").read_text())
+        assert Path(state["kubeconfig"]).is_absolute()
+        status = _run("sandbox", "status", "--dir", str(directory))
+        assert status.returncode == 0, status.stdout
+        assert "DOWN" not in status.stdout
+    finally:
+        down = subprocess.run(
+            [str(CANARY), "sandbox", "down", "--dir", "sb"],
+            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        )  # fmt: skip
+    assert "sandbox stopped" in down.stdout
+
+
 def test_a_missing_crd_directory_is_reported_not_half_started(tmp_path: Path) -> None:
     env = {**os.environ, "KSC_CRD_DIR": str(tmp_path / "nowhere")}
     result = subprocess.run(

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from canary import machine
+from canary import aftercare, machine
+from canary.aftercare import Identity
 from canary.model import (
     Action,
     AnalysisVerdict,
@@ -17,6 +18,7 @@ from canary.model import (
     EmitEvent,
     ManualCommand,
     Observation,
+    OptedOut,
     Phase,
     RecordAudit,
     RejectCommand,
@@ -33,6 +35,7 @@ from canary.model import (
 from canary.policy import RolloutPolicy
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
+HAND = Identity("kubectl-edit", "Update", "2026-11-23T10:30:00Z")  # a human's field manager
 
 
 def make_policy(**fields: Any) -> RolloutPolicy:
@@ -149,6 +152,20 @@ class Driver:
     def delete(self) -> Driver:
         return self.apply(ServiceDeleted())
 
+    def opt_out(self, actor: str = "kubectl-annotate") -> Driver:
+        return self.apply(OptedOut(actor, "human"))
+
+    def watch(self, seen: TrafficView, who: Identity = HAND, mode: str = "knative") -> Driver:
+        """A look after the rollout ended (canary.aftercare)."""
+        assert self.state is not None
+        assert mode in ("knative", "standard")
+        self.state, self.actions = aftercare.watch(
+            self.state, seen, self.policy, "knative" if mode == "knative" else "standard",
+            who, self.now,
+        )  # fmt: skip
+        self.log.extend(self.actions)
+        return self
+
     # --- reading -------------------------------------------------------------------------
 
     def phase(self) -> Phase:
@@ -249,4 +266,14 @@ def reach(phase: Phase) -> Driver:
         return progressing().see(10, latest="r3")
     if phase is Phase.ABORTED:
         return progressing().command(CommandKind.ABORT, "bad model").see(0)
+    if phase is Phase.OPTED_OUT:
+        return progressing().opt_out()
+    if phase is Phase.DRIFT_REVERTED:
+        return reach(Phase.ROLLED_BACK).watch(view(100))
+    if phase is Phase.DRIFT_RECORDED:
+        d = reach(Phase.ROLLED_BACK)
+        d.policy = make_policy(afterRollback="record")
+        return d.watch(view(100))
+    if phase is Phase.MANUALLY_ROLLED_BACK:
+        return reach(Phase.SUCCEEDED).watch(view(0, latest="r2", stable="r2"))
     raise AssertionError(phase)

@@ -28,6 +28,7 @@ from canary.admission import (
     response_for,
     review,
 )
+from canary.annotations import ENABLED, AnnotationError, parse_annotations
 from canary.api.admission import decide
 from canary.policy import PolicySet, RolloutPolicy, ShadowPolicy
 
@@ -759,3 +760,70 @@ def test_decision_results() -> None:
     assert AdmissionDecision(allowed=True, patch=({"op": "add"},)).result == "patched"
     assert AdmissionDecision(allowed=False).result == "denied"
     assert AdmissionDecision(allowed=True, internal_error=True).result == "error"
+
+
+# --- kserve-canary.io/enabled that is not a boolean: fail closed ---------------------------
+
+NOT_BOOLEANS = ("yes", "True", "1", "on", "", "TRUE", " false")
+
+
+@pytest.mark.parametrize("value", NOT_BOOLEANS)
+@pytest.mark.parametrize("make", [isvc, std], ids=["knative", "standard"])
+def test_setting_enabled_to_a_non_boolean_is_denied_with_the_allowed_values(
+    value: str, make: Callable[..., Obj]
+) -> None:
+    """Whatever else the update does (here nothing else at all)."""
+    old = make(annotations={"kserve-canary.io/enabled": "true"})
+    new = make(annotations={"kserve-canary.io/enabled": value})
+    decision = review(request(old, new), POLICIES)
+    assert not decision.allowed
+    assert "kserve-canary.io/enabled" in decision.message
+    assert repr(value) in decision.message
+    assert '"true" or "false"' in decision.message
+
+
+@pytest.mark.parametrize("value", NOT_BOOLEANS)
+def test_a_new_model_under_a_non_boolean_opt_in_is_denied_not_passed_uncapped(
+    value: str,
+) -> None:
+    for old, new in (
+        (isvc(annotations={ENABLED: value}), isvc(V2, annotations={ENABLED: value})),
+        (isvc(annotations={}), isvc(V2, annotations={ENABLED: value})),
+        (std(annotations={ENABLED: value}), std(annotations={ENABLED: value},
+                                                canary=[entry("canary", V2, None)])),
+    ):  # fmt: skip
+        decision = review(request(old, new), POLICIES)
+        assert not decision.allowed, decision
+        assert '"true" or "false"' in decision.message
+
+
+def test_an_unrelated_update_keeping_an_old_non_boolean_value_passes() -> None:
+    """A finalizer or a label that reaches no template: nothing to cap, nothing denied."""
+    old = isvc(annotations={ENABLED: "yes"}, percent=10)
+    new = isvc(annotations={ENABLED: "yes"}, percent=10)
+    new["metadata"]["finalizers"] = ["inferenceservice.finalizers"]
+    assert review(request(old, new), POLICIES).allowed
+
+
+@pytest.mark.parametrize("value", NOT_BOOLEANS)
+def test_an_outage_blocks_updates_under_a_non_boolean_opt_in(value: str) -> None:
+    req = request(isvc(annotations={ENABLED: value}), isvc(V2, annotations={ENABLED: value}))
+    assert not failure(req, "boom").allowed
+
+
+def test_the_webhook_and_the_controller_read_the_opt_in_the_same_way() -> None:
+    """Every value: the webhook leaves alone exactly what the controller does not manage."""
+    for value in ("true", "false", *NOT_BOOLEANS):
+        annotations = {ENABLED: value}
+        try:
+            controller_manages: bool | None = parse_annotations(annotations).enabled
+        except AnnotationError:
+            controller_manages = None  # reported as PolicyInvalid, not managed
+        decision = review(
+            request(isvc(annotations=annotations), isvc(V2, annotations=annotations)), POLICIES
+        )
+        if controller_manages is None:
+            assert not decision.allowed, value
+            continue
+        assert decision.allowed, value
+        assert bool(decision.patch) is controller_manages, value

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from canary.annotations import AnnotationError, OptIn, parse_annotations
+from canary.annotations import AnnotationError, OptIn, parse_annotations, parse_enabled
 from canary.log import configure_logging, get_logger
 from canary.settings import SettingsError, load_settings
 
@@ -145,3 +146,87 @@ def test_kserve_disallowed_keys_reach_the_admission_rules(monkeypatch: pytest.Mo
     changed = {**base, "metadata": {"annotations": {"kserve-canary.io/policy": "fraud"}}}
     assert knative_template(base, rules) == knative_template(changed, rules)
     assert knative_template(base) != knative_template(changed)  # KServe's defaults alone
+
+
+# --- the one reading of kserve-canary.io/enabled (webhook and controller alike) -------------
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        (None, False),
+        ({}, False),
+        ({"other": "true"}, False),
+        ({"kserve-canary.io/enabled": "true"}, True),
+        ({"kserve-canary.io/enabled": "false"}, False),
+    ],
+)
+def test_parse_enabled_accepts_exactly_true_and_false(
+    annotations: dict[str, str] | None, expected: bool
+) -> None:
+    assert parse_enabled(annotations) is expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["yes", "no", "True", "FALSE", "1", "0", "on", "", " true", "true ", "t", "y", "enabled"],
+)
+def test_parse_enabled_denies_every_other_value_naming_the_allowed_ones(value: str) -> None:
+    with pytest.raises(AnnotationError) as caught:
+        parse_enabled({"kserve-canary.io/enabled": value})
+    message = str(caught.value)
+    assert "kserve-canary.io/enabled" in message
+    assert repr(value) in message
+    assert '"true" or "false"' in message
+    # the controller's full parse says the same thing
+    with pytest.raises(AnnotationError) as full:
+        parse_annotations({"kserve-canary.io/enabled": value})
+    assert full.value.problems == caught.value.problems
+
+
+# --- the Standard-mode HTTPRoute's parentRefs and hostnames --------------------------------
+
+
+def test_route_parent_refs_and_hostnames_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "standard-route-parent-refs:\n"
+        "  - {name: inference-gateway, namespace: gateways, sectionName: https}\n"
+        "  - {name: fraud-predictor, kind: Service, group: '', port: 80}\n"
+    )
+    monkeypatch.setenv("KSC_STANDARD_ROUTE_HOSTNAMES", "fraud.models.example.com, *.models.local")
+    settings = load_settings(config)
+    assert [ref.as_ref() for ref in settings.standard_route_parent_refs] == [
+        {
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": "inference-gateway",
+            "namespace": "gateways",
+            "sectionName": "https",
+        },
+        {"group": "", "kind": "Service", "name": "fraud-predictor", "port": 80},
+    ]
+    assert settings.standard_route_hostnames == ("fraud.models.example.com", "*.models.local")
+    monkeypatch.setenv(
+        "KSC_STANDARD_ROUTE_PARENT_REFS", json.dumps([{"name": "gw", "namespace": "infra"}])
+    )
+    assert [r.name for r in load_settings().standard_route_parent_refs] == ["gw"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"standard_route_hostnames": "Fraud.Example.com"}, "is not a hostname"),
+        ({"standard_route_hostnames": "a..b"}, "is not a hostname"),
+        ({"standard_route_hostnames": "http://x"}, "is not a hostname"),
+        ({"standard_route_parent_refs": [{"namespace": "x"}]}, "standard_route_parent_refs.0.name"),
+        ({"standard_route_parent_refs": [{"name": "gw", "port": 0}]}, "port"),
+        ({"standard_route_parent_refs": [{"name": "gw", "colour": "x"}]}, "unknown setting"),
+    ],
+)
+def test_bad_route_settings_are_refused_by_name(overrides: dict[str, Any], says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(**overrides)
+    assert says in str(caught.value)

@@ -977,6 +977,7 @@ class FakeKube(KubeClient):
         resource_version: str | None = None,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_manager: str | None = None,
     ) -> dict[str, Any]:
         assert not dry_run, "the simulator never dry-runs"
         key = (str(namespace), name)

@@ -4,6 +4,7 @@ audit records, and the reason a command was refused."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,9 +17,12 @@ from canary.model import (
     CommandKind,
     ManualCommand,
     Phase,
+    RecordAudit,
     RequestApproval,
+    Revision,
     RolloutState,
     ServiceObserved,
+    SetTraffic,
     Tick,
     Verdict,
 )
@@ -695,3 +699,57 @@ def test_a_promotion_in_flight_is_not_mistaken_for_an_outside_change(spec: int) 
     assert d.traffic() == []
     assert "TrafficDrift" not in d.events()
     assert "traffic.drift" not in d.audits()
+
+
+@pytest.mark.parametrize(
+    ("spec", "routed", "written"),
+    [
+        (10, False, [(10, "start")]),  # a GitOps canary entry our route does not carry yet
+        (10, True, []),  # the webhook's first step, already routed (Knative, or ours)
+        (100, True, [(10, "start")]),
+        (100, False, [(10, "start")]),
+    ],
+)
+def test_start_writes_the_first_step_unless_spec_and_route_carry_it(
+    spec: int, routed: bool, written: list[tuple[int, str]]
+) -> None:
+    seen = replace(view(spec), routed=routed)
+    policy = make_policy()
+    _, actions = machine.start("ro-1", "fraud", "scorer", seen, policy, T0)
+    assert [(a.percent, a.purpose) for a in actions if isinstance(a, SetTraffic)] == written
+
+
+@pytest.mark.parametrize(
+    ("latest", "uri", "new_revision", "says"),
+    [
+        # Knative: the spec has the new model, the status still names the old revision
+        ("r2", "s3://models/r3", None, "a new model (s3://models/r3) replaced canary r2"),
+        ("r3", "s3://models/r3", "r3", "revision r3 replaced canary r2"),
+    ],
+)
+def test_the_supersede_record_never_pairs_the_old_name_with_the_new_model(
+    latest: str, uri: str, new_revision: str | None, says: str
+) -> None:
+    d = progressing()
+    seen = replace(view(10), latest=Revision(latest, uri))
+    d.apply(ServiceObserved(seen))
+    assert d.phase() is Phase.SUPERSEDED
+    (record,) = [a for a in d.actions if isinstance(a, RecordAudit)]
+    details = dict(record.details)
+    assert details.get("new_revision") == new_revision
+    assert details["new_storage_uri"] == uri
+    assert details["replaced_revision"] == "r2"
+    assert details["replaced_storage_uri"] == "s3://models/r2"
+    assert says in record.reason
+
+
+@pytest.mark.parametrize(
+    ("ready", "reason"),
+    [(True, "TrafficNotConverged"), (False, "RevisionNotReady")],
+)
+def test_a_pending_timeout_names_what_did_not_happen(ready: bool, reason: str) -> None:
+    d = Driver().start()
+    d.see(10, ready=ready, converged=False, share=0)
+    d.at(10 * MIN)
+    assert d.phase() is Phase.ROLLING_BACK
+    assert d.events() == [reason, "RollingBack"]

@@ -18,11 +18,17 @@ Prometheus' answer                     raised
 =====================================  ==========================================
 success, vector with series            (a :class:`~analysis.types.QueryResult`)
 success, empty vector                  ``NoData``
+success, empty vector with warnings    ``PartialAnswer`` (maybe not empty at all)
 success, scalar / matrix / string      ``BadQuery``
 HTTP 400 (bad_data), 422 (execution)   ``BadQuery`` with Prometheus' message
 connection refused, timeout; 429, 5xx  retried, then ``Unreachable``
 HTTP 401 / 403, other statuses, junk   ``ProviderError``
 =====================================  ==========================================
+
+Each series keeps its sample timestamp, and the answer its ``warnings`` (Prometheus sends
+them with a partial answer) and how many attempts it took, with what went wrong in each
+failed one; an error after retries carries the same. Judging them is
+:mod:`analysis.validate`'s job.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -46,6 +53,7 @@ from analysis.types import (
     BadQuery,
     MetricError,
     NoData,
+    PartialAnswer,
     ProviderError,
     QueryResult,
     Series,
@@ -166,21 +174,22 @@ class PrometheusProvider:
             raise ValueError("the evaluation time must be timezone-aware")
         params = {"time": f"{at.timestamp():.3f}", "timeout": f"{self._timeout:g}"}
         attempts = self._retries + 1
+        failures: list[str] = []
         for attempt in range(1, attempts + 1):
             answer = self._attempt(promql, params)
             if isinstance(answer, QueryResult):
-                return answer
+                return replace(answer, attempts=attempt, failures=tuple(failures))
             error, transient = answer
-            if not transient:
+            if not transient or attempt == attempts:
+                error.at = at
+                error.attempts = attempt
+                error.failures = (*failures, *(() if isinstance(error, NoData) else
+                                               (error.message,)))  # fmt: skip
+                if attempt > 1:
+                    error.message = f"{error.message} (after {attempt} attempts)"
+                    error.args = (error.message,)
                 raise error
-            if attempt == attempts:
-                if attempts > 1:
-                    error = type(error)(
-                        f"{error.message} (after {attempts} attempts)",
-                        query=promql,
-                        raw_digest=error.raw_digest,
-                    )
-                raise error
+            failures.append(error.message)
             self._sleep(self._backoff * 2 ** (attempt - 1))
         raise AssertionError("not reached")  # pragma: no cover
 
@@ -264,13 +273,29 @@ class PrometheusProvider:
             ), False
         if not isinstance(result, list):
             return junk("a vector that is not a list")
+        warnings = payload.get("warnings") or []
+        if not isinstance(warnings, list):
+            return junk("warnings that are not a list")
+        notes = tuple(str(w) for w in warnings)
         series: list[Series] = []
         try:
             for item in result:
                 labels = {str(k): str(v) for k, v in item["metric"].items()}
-                series.append(Series(labels, float(item["value"][1])))  # "NaN", "+Inf" too
+                stamp, value = item["value"]
+                # the value is a string ("NaN", "+Inf" too); the timestamp a number
+                if isinstance(stamp, bool) or not isinstance(stamp, int | float | str):
+                    raise TypeError("a sample timestamp is not a number")
+                series.append(Series(labels, float(value), float(stamp)))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
             return junk("a malformed vector")
         if not series:
+            if notes:
+                return PartialAnswer(
+                    f"no series, with warnings: {'; '.join(notes)}",
+                    series="(no series)",
+                    rule="an answer with warnings may be missing series",
+                    query=promql,
+                    raw_digest=digest,
+                ), False
             return NoData("the query returned no series", query=promql, raw_digest=digest), False
-        return QueryResult(tuple(series), digest, self._public_url)
+        return QueryResult(tuple(series), digest, self._public_url, warnings=notes)

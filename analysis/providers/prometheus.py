@@ -291,9 +291,9 @@ class PrometheusProvider:
         if not series:
             if notes:
                 return PartialAnswer(
-                    f"no series, with warnings: {'; '.join(notes)}",
+                    f"no series, and warnings that some may be missing: {'; '.join(notes)}",
                     series="(no series)",
-                    rule="an answer with warnings may be missing series",
+                    rule="partial",
                     query=promql,
                     raw_digest=digest,
                 ), False

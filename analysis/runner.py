@@ -149,9 +149,9 @@ class Analyzer:
                 continue
             reading, evidence = self._read(check, subject, at, answers)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
-            evaluations.append(
-                evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
-            )
+            done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
+            read = [answers[q] for q in evidence.queries if q in answers]
+            evaluations.append(_with_answers_detail(done, reading.error, read))
             new_memory[check.name] = assessment.memory
         return combine(evaluations, new_memory, evaluated_at=at)
 
@@ -319,6 +319,8 @@ class Analyzer:
             return done, assessment.memory
         answer = self._ask(query, at - self._lag)
         values, error = _counter_values(answer, query)
+        if error is not None and error.at is None:
+            error.at = at - self._lag
         url = answer.url if isinstance(answer, QueryResult) else ""
         evidence = Evidence((query,), url or str(getattr(self._provider, "url", "")),
                             answer.raw_digest or "")  # fmt: skip
@@ -326,7 +328,7 @@ class Analyzer:
             reading = Reading.failed(error)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
             done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
-            return done, assessment.memory
+            return _with_answers_detail(done, error, [answer]), assessment.memory
 
         state = previous.sequential or SequentialState()
         note = ""
@@ -384,7 +386,7 @@ class Analyzer:
         if note:
             assessment = replace(assessment, detail={**assessment.detail, "note": note})
         done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
-        return done, assessment.memory
+        return _with_answers_detail(done, None, [answer]), assessment.memory
 
     def _read(
         self,
@@ -448,6 +450,24 @@ def _for_check(check: CheckDefinition, look: SubjectLook) -> SubjectLook:
 def _joined(texts: Sequence[str], limit: int = 1000) -> str:
     text = " | ".join(texts)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _with_answers_detail(
+    done: CheckEvaluation, error: MetricError | None, answers: Sequence[QueryResult | MetricError]
+) -> CheckEvaluation:
+    """``done`` with the attempts its answers took, what failed, and the error's origin."""
+    attempts, failures = 0, list[str]()
+    for answer in answers:
+        attempts += answer.attempts
+        failures += answer.failures
+    detail = dict(done.detail)
+    if error is not None:
+        detail.update(_error_detail(error))
+    detail["attempts"] = attempts
+    if failures:
+        detail["failed_attempts"] = len(failures)
+        detail["failures"] = _joined(failures)
+    return replace(done, detail=detail)
 
 
 def _error_detail(error: MetricError) -> dict[str, DetailValue]:

@@ -4,20 +4,24 @@ what the error says (the series, the rule, the query, time and digest of the ans
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from analysis.runner import Analyzer
 from analysis.types import (
+    CheckDefinition,
     DuplicateSeries,
     InvalidAnswer,
     InvalidCounter,
     InvalidHistogram,
+    Outcome,
     PartialAnswer,
     QueryResult,
     Series,
     StaleSample,
+    Subject,
 )
 from analysis.validate import (
     Origin,
@@ -290,3 +294,103 @@ def test_a_histogram_resets_only_as_a_whole(now: Mapping[float, float], reset: b
     else:
         with pytest.raises(InvalidCounter, match="rule: decrease"):
             increase()
+
+
+# --- checks that run their own queries: every answer validated too ------------------------
+
+SUBJECT = Subject(
+    namespace="fraud",
+    isvc="scorer",
+    mode="knative",
+    canary_revision="scorer-00002",
+    baseline_revision="scorer-00001",
+    metric_profile="knative-otel",
+    window=timedelta(seconds=60),
+)
+
+
+class Stub:
+    """Answers every query with ``series(at)`` and ``warnings``, after ``failures``."""
+
+    url = "http://prometheus.test:9090"
+
+    def __init__(
+        self,
+        series: Callable[[datetime], list[Series]],
+        warnings: tuple[str, ...] = (),
+        failures: tuple[str, ...] = (),
+    ) -> None:
+        self.series, self.warnings, self.failures = series, warnings, failures
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        return QueryResult(tuple(self.series(at)), DIGEST, self.url, self.warnings,
+                           1 + len(self.failures), self.failures)  # fmt: skip
+
+
+def per_revision(at: datetime, shift: float = 0.0, twice: bool = False) -> list[Series]:
+    out = []
+    for revision in ("scorer-00002", "scorer-00001"):
+        one = Series({"revision": revision}, 5000.0, at.timestamp() + shift)
+        out += [one, one] if twice else [one]
+    return out
+
+
+RATE_CHECK = CheckDefinition(name="rps", builtin="request-rate", query=None,
+                             direction="higherIsBetter", absolute_limit=1.0)  # fmt: skip
+COUNTED = CheckDefinition(
+    name="fpr",
+    builtin=None,
+    query=None,
+    direction="lowerIsBetter",
+    absolute_limit=0.5,
+    events='sum(decisions_total{revision="${revision}",outcome="fp"})',
+    requests='sum(decisions_total{revision="${revision}"})',
+)
+
+
+def counters(at: datetime, canary_events: float = 5.0) -> list[Series]:
+    values = {"canary_events": canary_events, "canary_requests": 100.0,
+              "baseline_events": 5.0, "baseline_requests": 100.0}  # fmt: skip
+    return [Series({"ksc_counter": k}, v, at.timestamp()) for k, v in values.items()]
+
+
+@pytest.mark.parametrize(
+    ("check", "stub", "kind", "rule"),
+    [
+        pytest.param(RATE_CHECK, Stub(per_revision, warnings=("shard 2 down",)),
+                     "partial-answer", "partial", id="warnings"),
+        pytest.param(RATE_CHECK, Stub(lambda at: per_revision(at, shift=3600)),
+                     "stale-sample", "timestamp", id="an-hour-ahead"),
+        pytest.param(RATE_CHECK, Stub(lambda at: per_revision(at, shift=-86400)),
+                     "stale-sample", "timestamp", id="a-day-behind"),
+        pytest.param(RATE_CHECK, Stub(lambda at: per_revision(at, twice=True)),
+                     "duplicate-series", "duplicate", id="duplicate-label-sets"),
+        pytest.param(COUNTED, Stub(lambda at: counters(at, canary_events=-4.0)),
+                     "invalid-counter", "negative", id="negative-counter"),
+        pytest.param(COUNTED, Stub(counters, warnings=("partial",)), "partial-answer",
+                     "partial", id="counters-with-warnings"),
+    ],
+)  # fmt: skip
+def test_a_check_with_its_own_queries_is_an_error_on_an_invalid_answer(
+    check: CheckDefinition, stub: Stub, kind: str, rule: str
+) -> None:
+    step = Analyzer(stub).analyze(SUBJECT, [check], {}, AT, grace=False)
+    evaluation = step.evaluation(check.name)
+    assert evaluation.outcome is Outcome.ERROR
+    assert not step.sufficient_data
+    assert evaluation.detail["error_kind"] == kind
+    assert evaluation.detail["error_rule"] == rule
+    assert evaluation.detail["error_query"]
+    assert evaluation.detail["error_at"]
+    assert evaluation.response_digest
+    assert evaluation.query
+
+
+def test_a_valid_answer_after_retries_records_them() -> None:
+    stub = Stub(per_revision, failures=("HTTP 503: busy", "timed out"))
+    step = Analyzer(stub).analyze(SUBJECT, [RATE_CHECK], {}, AT, grace=False)
+    evaluation = step.evaluation("rps")
+    assert evaluation.outcome is Outcome.SUCCESSFUL
+    assert evaluation.detail["attempts"] == 6  # two queries, three attempts each
+    assert evaluation.detail["failed_attempts"] == 4
+    assert "HTTP 503: busy | timed out" in str(evaluation.detail["failures"])

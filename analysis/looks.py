@@ -26,7 +26,8 @@ For each group (metric profile and deployment mode) and each grid time, :class:`
 sends a fixed set of instant queries, whatever the number of rollouts:
 
 * the raw request counters (the 5xx ones are picked out of the same answer, so a look's
-  errors and requests come from the same scrapes) and the raw latency histogram buckets;
+  errors and requests come from the same scrapes) and the raw latency histogram buckets
+  and ``_count``, each raw series with the time of its last sample;
 * grouped by namespace and revision over the analysis window: requests, 5xx and the p99
   (the values shown to people and judged against absolute and hard limits).
 
@@ -71,6 +72,7 @@ from analysis.types import (
     Subject,
 )
 from analysis.validate import (
+    DEFAULT_MAX_SAMPLE_AGE,
     DEFAULT_RESET_RATIO,
     Origin,
     answer_problems,
@@ -78,7 +80,9 @@ from analysis.validate import (
     group_increase,
     histogram_problem,
     le_text,
+    sample_age_problems,
     series_name,
+    with_sample_times,
 )
 
 __all__ = ["PARTS", "GroupKey", "LookSource", "SideLook", "SubjectLook", "grid_times"]
@@ -252,8 +256,10 @@ class LookSource:
     window values (at least two scrape intervals). ``cache`` bounds how many (group, time)
     snapshots are kept; ``forget_after`` how long an identity nobody asks about stays in
     the queries. ``skew`` bounds how far a sample's timestamp may be from the grid time it
-    was asked for (default: one period plus the lag); ``reset_ratio`` is the fraction of
-    its previous total a series must fall to for a decrease to read as a counter reset."""
+    was asked for (default: one period plus the lag); ``max_sample_age`` how old the last
+    sample of a raw counter may be at a grid time (a few scrape intervals; older, its value
+    is frozen); ``reset_ratio`` is the fraction of its previous total a series must fall
+    to for a decrease to read as a counter reset."""
 
     def __init__(
         self,
@@ -266,11 +272,14 @@ class LookSource:
         forget_after: timedelta = timedelta(minutes=15),
         skew: timedelta | None = None,
         reset_ratio: float = DEFAULT_RESET_RATIO,
+        max_sample_age: timedelta = DEFAULT_MAX_SAMPLE_AGE,
     ) -> None:
         if period <= timedelta(0) or lag < timedelta(0) or window < period:
             raise ValueError("look period must be > 0, lag >= 0 and window >= period")
         if skew is not None and skew < timedelta(0):
             raise ValueError(f"the timestamp skew must be >= 0, got {skew}")
+        if max_sample_age <= timedelta(0):
+            raise ValueError(f"the maximum sample age must be > 0, got {max_sample_age}")
         if not 0 <= reset_ratio < 1:
             raise ValueError(f"reset_ratio must be in [0, 1), got {reset_ratio}")
         self._provider = provider
@@ -279,6 +288,7 @@ class LookSource:
         self.window = window
         self.skew = period + lag if skew is None else skew
         self.reset_ratio = reset_ratio
+        self.max_sample_age = max_sample_age
         self._cache_size = cache
         self._forget_after = forget_after
         self._cache: OrderedDict[tuple[GroupKey, datetime], _Snapshot] = OrderedDict()
@@ -371,8 +381,8 @@ class LookSource:
             )
         )
         queries: dict[str, str] = {
-            "requests": f"{series.requests}{requests_sel}",
-            "buckets": histogram_sel,
+            "requests": with_sample_times(f"{series.requests}{requests_sel}"),
+            "buckets": with_sample_times(histogram_sel),
             "window_requests": f"sum by ({by}) (increase({series.requests}{requests_sel}"
             f"[{window}]))",
             "p99": f"histogram_quantile(0.99, sum by ({by}, le) (rate({series.histogram}_bucket"
@@ -444,13 +454,17 @@ class LookSource:
             if result.warnings:
                 warnings[part] = result.warnings
             bad = answer_problems(result, query=promql, at=at, skew=self.skew)
+            kept = list(result.series)
+            if name in {"requests", "buckets"}:  # raw series: how old is each last sample?
+                kept, old = sample_age_problems(
+                    result, query=promql, at=at, max_age=self.max_sample_age, skew=self.skew
+                )
+                bad += old
             for s, invalid in bad:
                 spoil(ident_of(s.labels), part, invalid)
             dropped = {id(s) for s, _ in bad}
             answers[name] = QueryResult(
-                tuple(s for s in result.series if id(s) not in dropped),
-                result.raw_digest,
-                result.url,
+                tuple(s for s in kept if id(s) not in dropped), result.raw_digest, result.url
             )
 
         # raw request counters (and the 5xx among them)

@@ -11,6 +11,8 @@ rule                   what breaks it
 ``partial``            the answer came with ``warnings`` (some series may be missing)
 ``duplicate``          two series with the same label set in one answer
 ``timestamp``          a sample time further than ``skew`` from the time asked for
+``sample-age``         a raw series' last sample older than ``max_age`` at the time asked
+                       for, or after it (a value frozen while time moves)
 ``non-finite``         a count (counter, bucket, ``_count``, window count) that is NaN/±Inf
 ``negative``           a count below zero
 ``no-inf-bucket``      a histogram series without its ``le="+Inf"`` bucket
@@ -47,7 +49,9 @@ from analysis.types import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_SAMPLE_AGE",
     "DEFAULT_RESET_RATIO",
+    "SAMPLE_LABEL",
     "Origin",
     "answer_problems",
     "check_answer",
@@ -55,11 +59,20 @@ __all__ = [
     "group_increase",
     "histogram_problem",
     "le_text",
+    "sample_age_problems",
     "series_name",
+    "with_sample_times",
 ]
 
 DEFAULT_RESET_RATIO = 0.1
 """A drop to at most this fraction of a group's previous total reads as a counter reset."""
+
+DEFAULT_MAX_SAMPLE_AGE = timedelta(minutes=2)
+"""How old the last sample of a raw counter may be at the time asked for: several scrape
+intervals (Prometheus itself answers with samples up to 5 minutes old)."""
+
+SAMPLE_LABEL = "ksc_sample"
+"""The label that marks, in a raw answer, the series that carry each series' sample time."""
 
 K = TypeVar("K", bound=Hashable)
 
@@ -135,6 +148,47 @@ def answer_problems(
                 f"({at.isoformat()}); at most {bound:g} s allowed",
                 series=name, rule="timestamp")))  # fmt: skip
     return problems
+
+
+def with_sample_times(selector: str) -> str:
+    """PromQL for the raw series of ``selector`` *and* the time of each one's last sample,
+    in one answer (one set of scrapes): the times are the series labelled
+    ``ksc_sample="time"`` (an instant query stamps every value with the time asked for, so
+    only ``timestamp()`` tells how old a sample is)."""
+    return f'{selector} or label_replace(timestamp({selector}), "{SAMPLE_LABEL}", "time", "", "")'
+
+
+def sample_age_problems(
+    result: QueryResult, *, query: str, at: datetime, max_age: timedelta, skew: timedelta
+) -> tuple[list[Series], list[tuple[Series, InvalidAnswer]]]:
+    """The value series of an answer to :func:`with_sample_times`, and those whose last
+    sample is older than ``max_age`` at ``at`` or later than ``at`` (beyond ``skew``),
+    each with its error. A series whose time is missing is not judged here."""
+    origin = Origin.of(result, query=query, at=at)
+    times: dict[frozenset[tuple[str, str]], float] = {}
+    values: list[Series] = []
+    for s in result.series:
+        if s.labels.get(SAMPLE_LABEL) == "time":
+            key = frozenset((k, v) for k, v in s.labels.items() if k != SAMPLE_LABEL)
+            times[key] = s.value
+        else:
+            values.append(s)
+    asked = at.timestamp()
+    problems: list[tuple[Series, InvalidAnswer]] = []
+    for s in values:
+        stamp = times.get(frozenset((k, v) for k, v in s.labels.items() if k != "__name__"))
+        if stamp is None:
+            continue
+        age = asked - stamp
+        if not -skew.total_seconds() <= age <= max_age.total_seconds():
+            when = f"{age:.3f} s old" if age >= 0 else f"{-age:.3f} s after it"
+            problems.append((s, origin.error(
+                StaleSample,
+                f"the last sample is {when} at the time asked for ({at.isoformat()}); at most "
+                f"{max_age.total_seconds():g} s old allowed: the value is frozen or not yet "
+                "current",
+                series=series_name(s.labels), rule="sample-age")))  # fmt: skip
+    return values, problems
 
 
 def check_answer(result: QueryResult, *, query: str, at: datetime, skew: timedelta) -> None:

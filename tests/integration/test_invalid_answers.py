@@ -3,10 +3,11 @@ canary next to them from being rolled back.
 
 A real Prometheus scrapes a misbehaving exporter written here (counters that go negative
 or down without a reset, cumulative buckets that fall as ``le`` rises, a ``+Inf`` bucket
-that disagrees with ``_count``, NaN), and the analyzer reads it through a fault proxy that
-rewrites some of Prometheus' answers (sample timestamps an hour off, duplicated series,
-warnings). Every rollout is in the same group, so they share every query: one rollout's
-bad series must fail only its own checks that read them.
+that disagrees with ``_count``, NaN, a 5xx counter frozen on an old explicit timestamp),
+and the analyzer reads it through a fault proxy that rewrites some of Prometheus' answers
+(sample timestamps an hour off, duplicated series, warnings). Every rollout is in the same
+group, so they share every query: one rollout's bad series must fail only its own checks
+that read them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ RATE = 2000.0  # requests per second of every revision
 UPTIME = 3600.0  # every process has been counting for an hour when the test starts
 FAST = {0.01: 0.6, 0.05: 0.99, 0.1: 1.0}  # cumulative share of requests under each le
 RESET_AFTER = 9.0  # seconds into the test when the "reset" canary's process restarts
+MAX_SAMPLE_AGE = timedelta(seconds=6)  # Prometheus scrapes every second
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ CANARIES: dict[str, Behaviour] = {
     "nonmono": Behaviour(errors=0.15, fault="buckets-fall"),
     "mismatch": Behaviour(fault="count-mismatch"),
     "reset": Behaviour(fault="reset"),
+    "frozen": Behaviour(errors=0.15, fault="5xx-frozen"),  # its 5xx stuck at the start
     "shifted": Behaviour(),  # the proxy moves its samples an hour ahead
     "twice": Behaviour(),  # the proxy returns its raw series twice
 }
@@ -89,10 +92,15 @@ def _exposition(started: float) -> str:
             if spec.fault == "2xx-nan":
                 ok = math.nan
             base = f'namespace="{NS}",revision="{revision}",pod="{revision}-pod"'
-            for code, value in (("200", ok), ("500", errors)):
+            for code, count in (("200", ok), ("500", errors)):
+                sample = f"{count}"
+                if code == "500" and spec.fault == "5xx-frozen":
+                    # an exporter stuck on an explicit timestamp: Prometheus keeps answering
+                    # with that one old sample, which reads as "no more 5xx"
+                    sample = f"{math.floor(RATE * spec.errors * UPTIME)} {int(started * 1000)}"
                 lines.append(
                     f'http_server_request_duration_seconds_count{{container="queue-proxy",'
-                    f'{base},http_response_status_code="{code}"}} {value}'
+                    f'{base},http_response_status_code="{code}"}} {sample}'
                 )
             buckets = {le: float(math.floor(total * share)) for le, share in FAST.items()}
             if spec.fault == "buckets-fall":
@@ -160,8 +168,9 @@ class Rewrites:
             if revision in self.shifted:
                 item = {**item, "value": [item["value"][0] + 3600, item["value"][1]]}
             out.append(item)
-            if revision in self.doubled and "sum by" not in query and "(" not in query:
-                out.append(item)  # a raw selector's series, twice
+            raw = "sum by" not in query and "ksc_sample" not in item.get("metric", {})
+            if revision in self.doubled and raw:
+                out.append(item)  # a raw series, twice
         payload = {**payload, "data": {**payload["data"], "result": out}}
         raw_requests = query.startswith("http_server_request_duration_seconds_count{")
         if self.warnings and raw_requests:
@@ -256,7 +265,7 @@ def _analyzer(bed: Bed) -> Analyzer:
     provider = PrometheusProvider(bed.proxy_url, timeout=5)
     looks = LookSource(
         provider, period=timedelta(seconds=2), lag=timedelta(seconds=3),
-        window=timedelta(seconds=10),
+        window=timedelta(seconds=10), max_sample_age=MAX_SAMPLE_AGE,
     )  # fmt: skip
     return Analyzer(provider, looks=looks)
 
@@ -308,6 +317,7 @@ EXPECTED_ERRORS = {
     "nan": ("error-rate", "invalid-counter", "non-finite", 'http_response_status_code="200"'),
     "nonmono": ("latency-p99", "invalid-histogram", "monotonic", "kn_serving_invocation"),
     "mismatch": ("latency-p99", "invalid-histogram", "count-mismatch", "kn_serving_invocation"),
+    "frozen": ("error-rate", "stale-sample", "sample-age", 'http_response_status_code="500"'),
     "shifted": ("error-rate", "stale-sample", "timestamp", "http_server_request"),
     "twice": ("error-rate", "duplicate-series", "duplicate", "http_server_request"),
 }

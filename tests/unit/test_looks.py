@@ -71,6 +71,8 @@ class FakePrometheus:
     mutate: Callable[[str, datetime, list[Series]], list[Series]] | None = None
     warnings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> warnings
     stamp: bool = True  # samples carry the evaluation time, as Prometheus' do
+    # how old each revision's last raw sample is (seconds; 1 s when not given)
+    ages: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def looks_since_start(self, at: datetime) -> float:
         start = self.origin
@@ -115,6 +117,11 @@ class FakePrometheus:
                 if (ns, name) == self.duplicate and not raw:
                     series.append(Series(labels, value))
         kind = kind_of(promql)
+        if raw and "timestamp(" in promql:  # each raw series' last sample time, labelled
+            for one in list(series):
+                ident = (one.labels[self.namespace_label], one.labels[self.identity_label])
+                when = at.timestamp() - self.ages.get(ident, 1.0)
+                series.append(Series({**one.labels, "ksc_sample": "time"}, when))
         if self.stamp:
             series = [replace(s, timestamp=at.timestamp()) for s in series]
         if self.mutate is not None:
@@ -280,7 +287,7 @@ def spoil(
         out: list[Series] = []
         for s in series:
             mine = (s.labels.get("namespace"), s.labels.get("revision")) == who
-            out += change(s) if mine else [s]
+            out += change(s) if mine and "ksc_sample" not in s.labels else [s]
         return out
 
     return mutate
@@ -490,6 +497,30 @@ def test_a_revision_that_appears_counts_its_requests_from_its_first_series() -> 
     prometheus.revisions[("a", "s-00002")] = Revision(requests=7)
     prometheus.restart_at = AT + SECOND * 5  # its counter started one look ago
     assert looks.look(s, AT + SECOND * 5).canary.requests == 7
+
+
+@pytest.mark.parametrize(
+    "age", [121.0, 600.0, 86400.0, -60.0], ids=["over-2-min", "10-min", "a-day", "in-the-future"]
+)
+def test_raw_counters_whose_last_sample_is_too_old_fail_only_their_rollout(age: float) -> None:
+    """A value frozen while time moves (an exporter stuck with explicit timestamps, a lagging
+    remote store): Prometheus stamps it with the time asked for, timestamp() tells."""
+    revisions = {(ns, n): Revision() for ns, n in [("a", "s-00001"), S2, ("a", "t-00001"),
+                                                  ("a", "t-00002")]}  # fmt: skip
+    prometheus = FakePrometheus(revisions, ages={S2: age})
+    looks = source(prometheus)
+    look = looks.look(subject("a", "s-00002", "s-00001"), AT)
+    assert set(look.canary.problems) == {"requests", "latency"}
+    for part in ("requests", "latency"):
+        found = look.canary.problems[part]
+        assert isinstance(found, StaleSample)
+        assert found.rule == "sample-age"
+        assert "s-00002" in found.series
+        assert "timestamp(" in str(found.query)
+    assert not look.baseline.problems
+    other = looks.look(subject("a", "t-00002", "t-00001"), AT)
+    assert not other.canary.problems
+    assert other.canary.requests == 100
 
 
 T = AT + SECOND * 10  # the instant where a counter misbehaves in the tests below

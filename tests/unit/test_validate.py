@@ -30,7 +30,9 @@ from analysis.validate import (
     count_problem,
     group_increase,
     histogram_problem,
+    sample_age_problems,
     series_name,
+    with_sample_times,
 )
 
 AT = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
@@ -394,3 +396,50 @@ def test_a_valid_answer_after_retries_records_them() -> None:
     assert evaluation.detail["attempts"] == 6  # two queries, three attempts each
     assert evaluation.detail["failed_attempts"] == 4
     assert "HTTP 503: busy | timed out" in str(evaluation.detail["failures"])
+
+
+def test_raw_queries_ask_for_each_series_sample_time_in_the_same_answer() -> None:
+    assert with_sample_times('m{a="1"}') == (
+        'm{a="1"} or label_replace(timestamp(m{a="1"}), "ksc_sample", "time", "", "")'
+    )
+
+
+MAX_AGE = timedelta(seconds=120)
+
+
+def timed(age: float | None, pod: str = "p1") -> list[Series]:
+    """A raw series and, unless ``age`` is None, its sample time ``age`` s before AT."""
+    value = Series({"__name__": "requests_total", "pod": pod}, 10.0, T)
+    if age is None:
+        return [value]
+    return [value, Series({"pod": pod, "ksc_sample": "time"}, T - age, T)]
+
+
+@pytest.mark.parametrize(
+    ("series", "stale"),
+    [
+        pytest.param(timed(0.0), [], id="fresh"),
+        pytest.param(timed(30.0), [], id="a-scrape-interval-old"),
+        pytest.param(timed(120.0), [], id="at-the-bound"),
+        pytest.param(timed(-7.0), [], id="within-the-skew-ahead"),
+        pytest.param(timed(None), [], id="no-time-in-the-answer"),
+        pytest.param(timed(120.5), ["p1"], id="just-too-old"),
+        pytest.param(timed(600.0), ["p1"], id="frozen-ten-minutes"),
+        pytest.param(timed(86400.0), ["p1"], id="a-day-old"),
+        pytest.param(timed(-60.0), ["p1"], id="a-minute-in-the-future"),
+        pytest.param([*timed(1.0), *timed(900.0, "p2"), *timed(2.0, "p3")], ["p2"],
+                     id="one-frozen-among-fresh"),
+    ],
+)  # fmt: skip
+def test_a_raw_series_last_sample_must_be_recent(series: list[Series], stale: list[str]) -> None:
+    values, problems = sample_age_problems(
+        answer(*series), query=QUERY, at=AT, max_age=MAX_AGE, skew=SKEW
+    )
+    assert all("ksc_sample" not in v.labels for v in values)
+    assert len(values) == len({s.labels["pod"] for s in series})
+    assert [s.labels["pod"] for s, _ in problems] == stale
+    for found_series, found in problems:
+        assert isinstance(found, StaleSample)
+        assert found.rule == "sample-age"
+        assert found.series == series_name(found_series.labels)
+        assert_carries_origin(found)

@@ -135,7 +135,7 @@ def answer_problems(
         name = series_name(s.labels)
         if key in seen:
             problems.append((s, origin.error(
-                DuplicateSeries, "this label set appears more than once in the answer",
+                DuplicateSeries, "several series with this label set in one answer",
                 series=name, rule="duplicate")))  # fmt: skip
             continue
         seen.add(key)
@@ -208,7 +208,8 @@ def check_answer(result: QueryResult, *, query: str, at: datetime, skew: timedel
 def count_problem(value: float, *, series: str, what: str, origin: Origin) -> InvalidAnswer | None:
     """The error for a count that is not a finite number >= 0, else None."""
     if math.isnan(value) or math.isinf(value):
-        return origin.error(InvalidCounter, f"{what} is {value}; a count must be finite",
+        shown = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+        return origin.error(InvalidCounter, f"{what} is {shown}; a count must be finite",
                             series=series, rule="non-finite")  # fmt: skip
     if value < 0:
         return origin.error(InvalidCounter, f"{what} is {value:g}; a count cannot be negative",

@@ -297,7 +297,7 @@ def test_a_counter_reset_skips_one_interval_instead_of_counting_a_negative_one()
     ("spoil", "kind", "message"),
     [
         pytest.param(lambda p: p.added.append(("canary_events", 3.0)), "duplicate-series",
-                     "appears more than once in the answer", id="two-series-for-a-part"),
+                     "several series with this label set", id="two-series-for-a-part"),
         pytest.param(lambda p: p.added.append(("somewhere_else", 3.0)), "bad-query",
                      "without a known ksc_counter", id="a-stray-series"),
         pytest.param(lambda p: p.rates.update({CANARY: math.nan}), "not-a-number",

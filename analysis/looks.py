@@ -70,6 +70,7 @@ from analysis.types import (
     ProviderError,
     QueryResult,
     Subject,
+    Unreachable,
 )
 from analysis.validate import (
     DEFAULT_MAX_SAMPLE_AGE,
@@ -315,7 +316,9 @@ class LookSource:
             wanted = self._wanted.setdefault(key, {})
             wanted[canary] = wanted[baseline] = at
             before = self._snapshot(key, at - self.period, {canary, baseline})
-            now = self._snapshot(key, at, {canary, baseline})
+            # a Prometheus that does not answer is not asked again for the same look
+            down = next((e for e in before.failed.values() if isinstance(e, Unreachable)), None)
+            now = self._snapshot(key, at, {canary, baseline}, unreachable=down)
             sides = [_side(ident, before, now, self.reset_ratio) for ident in (canary, baseline)]
             if any(side.problems for side in sides):
                 # not cached: the next evaluation reads both instants again
@@ -339,7 +342,14 @@ class LookSource:
 
     # ------------------------------------------------------------------ internals
 
-    def _snapshot(self, key: GroupKey, at: datetime, needed: set[Ident]) -> _Snapshot:
+    def _snapshot(
+        self,
+        key: GroupKey,
+        at: datetime,
+        needed: set[Ident],
+        *,
+        unreachable: MetricError | None = None,
+    ) -> _Snapshot:
         cached = self._cache.get((key, at))
         if cached is not None and cached.reusable_for(needed):
             self._cache.move_to_end((key, at))
@@ -348,14 +358,25 @@ class LookSource:
         for ident, last in list(wanted.items()):
             if abs(at - last) > self._forget_after and ident not in needed:
                 del wanted[ident]
-        found = self._ask(key, at, frozenset(wanted) | frozenset(needed))
+        found = self._ask(key, at, frozenset(wanted) | frozenset(needed), unreachable)
+        if unreachable is not None:
+            return found  # nothing was asked: nothing to keep
         self._cache[(key, at)] = found
         self._cache.move_to_end((key, at))
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return found
 
-    def _ask(self, key: GroupKey, at: datetime, idents: frozenset[Ident]) -> _Snapshot:
+    def _ask(
+        self,
+        key: GroupKey,
+        at: datetime,
+        idents: frozenset[Ident],
+        unreachable: MetricError | None = None,
+    ) -> _Snapshot:
+        """The group's snapshot at ``at``. Once a query finds Prometheus unreachable (or
+        ``unreachable`` is given), the remaining queries are not sent: they fail with that
+        error, so a Prometheus that does not answer costs one query's timeouts, not five."""
         series = series_of(key.profile, key.mode)
         namespaces = sorted({ns for ns, _ in idents})
         names = sorted({name for _, name in idents})
@@ -416,6 +437,10 @@ class LookSource:
         for name, promql in queries.items():
             part = _PART_OF_QUERY[name]
             origins[part] = Origin(promql, at)
+            if unreachable is not None:
+                failed[part] = unreachable
+                digests.append("")
+                continue
             self.queries_sent += 1
             try:
                 result = self._provider.query(promql, at)
@@ -435,6 +460,8 @@ class LookSource:
                 digests.append(error.raw_digest or "")
                 attempts += error.attempts
                 failures += error.failures
+                if isinstance(error, Unreachable):
+                    unreachable = error
                 continue
             except Exception as exc:  # a provider bug must not look like data
                 failed[part] = ProviderError(

@@ -254,6 +254,7 @@ def test_an_unreachable_prometheus_fails_the_look_and_is_asked_again() -> None:
     looks = source(prometheus)
     prometheus.down = True
     failed = looks.look(subject("a", "s-00002", "s-00001"), AT)
+    assert len(prometheus.sent) == 1  # one query's timeouts, not ten
     for part in ("requests", "latency", "window_requests", "window_errors", "p99"):
         assert isinstance(failed.canary.problems[part], Unreachable)
         assert isinstance(failed.baseline.problems[part], Unreachable)

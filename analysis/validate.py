@@ -180,7 +180,12 @@ def sample_age_problems(
         if stamp is None:
             continue
         age = asked - stamp
-        if not -skew.total_seconds() <= age <= max_age.total_seconds():
+        if not math.isfinite(stamp):
+            shown = "NaN" if math.isnan(stamp) else ("+Inf" if stamp > 0 else "-Inf")
+            problems.append((s, origin.error(
+                StaleSample, f"the last sample's time is {shown}, not a time",
+                series=series_name(s.labels), rule="sample-age")))  # fmt: skip
+        elif not -skew.total_seconds() <= age <= max_age.total_seconds():
             when = f"{age:.3f} s old" if age >= 0 else f"{-age:.3f} s after it"
             problems.append((s, origin.error(
                 StaleSample,

@@ -429,6 +429,8 @@ def timed(age: float | None, pod: str = "p1") -> list[Series]:
         pytest.param(timed(-60.0), ["p1"], id="a-minute-in-the-future"),
         pytest.param([*timed(1.0), *timed(900.0, "p2"), *timed(2.0, "p3")], ["p2"],
                      id="one-frozen-among-fresh"),
+        pytest.param(timed(math.nan), ["p1"], id="nan-time"),
+        pytest.param(timed(-math.inf), ["p1"], id="infinite-time"),
     ],
 )  # fmt: skip
 def test_a_raw_series_last_sample_must_be_recent(series: list[Series], stale: list[str]) -> None:

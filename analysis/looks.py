@@ -12,8 +12,10 @@ samples inside the range and extrapolates to its edges), and they are whole numb
 Every answer is validated first (:mod:`analysis.validate`): a counter that went down is
 a restart only when its whole series (a histogram's buckets and count, a process' request
 counters) fell to near zero; any other decrease, a negative or non-finite count, buckets
-that fall as ``le`` rises or disagree with ``_count``, a duplicate label set or a sample
-time far from the grid time is an error, never clamped.
+that fall as ``le`` rises or disagree with ``_count``, a duplicate label set, a sample
+time far from the grid time, or a raw series whose last sample is too old while its
+process' other series move on (its value frozen: the raw queries ask for each series'
+``timestamp()`` in the same answer) is an error, never clamped.
 
 Errors are kept per revision and per *part* of a look (``requests``: the raw request and
 5xx counters; ``latency``: the raw histogram; ``window_requests``, ``window_errors``,
@@ -431,6 +433,13 @@ class LookSource:
         attempts = 0
         url = ""
 
+        code_label = _code_label(series.errors)
+        apart = {"__name__", "le", code_label}
+
+        def process_of(labels: Mapping[str, str]) -> SeriesKey:
+            """The series one process writes together (all codes, buckets and count)."""
+            return frozenset((k, v) for k, v in labels.items() if k not in apart)
+
         def spoil(ident: Ident, part: str, error: MetricError) -> None:
             problems.setdefault(ident, {}).setdefault(part, error)
 
@@ -484,7 +493,12 @@ class LookSource:
             kept = list(result.series)
             if name in {"requests", "buckets"}:  # raw series: how old is each last sample?
                 kept, old = sample_age_problems(
-                    result, query=promql, at=at, max_age=self.max_sample_age, skew=self.skew
+                    result,
+                    query=promql,
+                    at=at,
+                    max_age=self.max_sample_age,
+                    skew=self.skew,
+                    group=process_of,
                 )
                 bad += old
             for s, invalid in bad:
@@ -495,7 +509,6 @@ class LookSource:
             )
 
         # raw request counters (and the 5xx among them)
-        code_label = _code_label(series.errors)
         counters: dict[SeriesKey, _Counter] = {}
         raw = answers.get("requests")
         for s in raw.series if raw is not None else ():

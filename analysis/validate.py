@@ -12,7 +12,8 @@ rule                   what breaks it
 ``duplicate``          two series with the same label set in one answer
 ``timestamp``          a sample time further than ``skew`` from the time asked for
 ``sample-age``         a raw series' last sample older than ``max_age`` at the time asked
-                       for, or after it (a value frozen while time moves)
+                       for while its process' other series are fresh (a value frozen
+                       while time moves), or after that time
 ``non-finite``         a count (counter, bucket, ``_count``, window count) that is NaN/±Inf
 ``negative``           a count below zero
 ``no-inf-bucket``      a histogram series without its ``le="+Inf"`` bucket
@@ -159,11 +160,23 @@ def with_sample_times(selector: str) -> str:
 
 
 def sample_age_problems(
-    result: QueryResult, *, query: str, at: datetime, max_age: timedelta, skew: timedelta
+    result: QueryResult,
+    *,
+    query: str,
+    at: datetime,
+    max_age: timedelta,
+    skew: timedelta,
+    group: Callable[[Mapping[str, str]], Hashable] | None = None,
 ) -> tuple[list[Series], list[tuple[Series, InvalidAnswer]]]:
     """The value series of an answer to :func:`with_sample_times`, and those whose last
     sample is older than ``max_age`` at ``at`` or later than ``at`` (beyond ``skew``),
-    each with its error. A series whose time is missing is not judged here."""
+    each with its error. A series whose time is missing is not judged here.
+
+    With ``group`` (the series one process writes together), an old sample is an error
+    only when another series of its group is fresh: a value frozen while its siblings move
+    (a 5xx counter stuck while the 2xx one counts) looks like good news, whereas a process
+    whose every series stopped (a pod gone while Prometheus was down) only stops counting.
+    A sample after ``at`` is always an error."""
     origin = Origin.of(result, query=query, at=at)
     times: dict[frozenset[tuple[str, str]], float] = {}
     values: list[Series] = []
@@ -174,18 +187,31 @@ def sample_age_problems(
         else:
             values.append(s)
     asked = at.timestamp()
+    limit = max_age.total_seconds()
+
+    def stamp_of(s: Series) -> float | None:
+        return times.get(frozenset((k, v) for k, v in s.labels.items() if k != "__name__"))
+
+    fresh: set[Hashable] = set()
+    if group is not None:
+        for s in values:
+            stamp = stamp_of(s)
+            if stamp is not None and math.isfinite(stamp) and asked - stamp <= limit:
+                fresh.add(group(s.labels))
     problems: list[tuple[Series, InvalidAnswer]] = []
     for s in values:
-        stamp = times.get(frozenset((k, v) for k, v in s.labels.items() if k != "__name__"))
+        stamp = stamp_of(s)
         if stamp is None:
             continue
         age = asked - stamp
+        if group is not None and age > limit and group(s.labels) not in fresh:
+            continue  # the whole process stopped: its counters no longer move
         if not math.isfinite(stamp):
             shown = "NaN" if math.isnan(stamp) else ("+Inf" if stamp > 0 else "-Inf")
             problems.append((s, origin.error(
                 StaleSample, f"the last sample's time is {shown}, not a time",
                 series=series_name(s.labels), rule="sample-age")))  # fmt: skip
-        elif not -skew.total_seconds() <= age <= max_age.total_seconds():
+        elif not -skew.total_seconds() <= age <= limit:
             when = f"{age:.3f} s old" if age >= 0 else f"{-age:.3f} s after it"
             problems.append((s, origin.error(
                 StaleSample,

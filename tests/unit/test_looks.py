@@ -73,6 +73,7 @@ class FakePrometheus:
     stamp: bool = True  # samples carry the evaluation time, as Prometheus' do
     # how old each revision's last raw sample is (seconds; 1 s when not given)
     ages: dict[tuple[str, str], float] = field(default_factory=dict)
+    frozen: Callable[[Mapping[str, str]], bool] = lambda labels: True  # which series ages hit
 
     def looks_since_start(self, at: datetime) -> float:
         start = self.origin
@@ -120,7 +121,8 @@ class FakePrometheus:
         if raw and "timestamp(" in promql:  # each raw series' last sample time, labelled
             for one in list(series):
                 ident = (one.labels[self.namespace_label], one.labels[self.identity_label])
-                when = at.timestamp() - self.ages.get(ident, 1.0)
+                age = self.ages.get(ident, 1.0) if self.frozen(one.labels) else 1.0
+                when = at.timestamp() - age
                 series.append(Series({**one.labels, "ksc_sample": "time"}, when))
         if self.stamp:
             series = [replace(s, timestamp=at.timestamp()) for s in series]
@@ -500,19 +502,39 @@ def test_a_revision_that_appears_counts_its_requests_from_its_first_series() -> 
     assert looks.look(s, AT + SECOND * 5).canary.requests == 7
 
 
+def code_500(labels: Mapping[str, str]) -> bool:
+    return labels.get("http_response_status_code") == "500"
+
+
+def bucket_10ms(labels: Mapping[str, str]) -> bool:
+    return labels.get("le") == "0.01"
+
+
 @pytest.mark.parametrize(
-    "age", [121.0, 600.0, 86400.0, -60.0], ids=["over-2-min", "10-min", "a-day", "in-the-future"]
-)
-def test_raw_counters_whose_last_sample_is_too_old_fail_only_their_rollout(age: float) -> None:
-    """A value frozen while time moves (an exporter stuck with explicit timestamps, a lagging
-    remote store): Prometheus stamps it with the time asked for, timestamp() tells."""
+    ("age", "frozen", "parts"),
+    [
+        pytest.param(121.0, code_500, {"requests"}, id="5xx-2-min-old-while-2xx-moves"),
+        pytest.param(600.0, code_500, {"requests"}, id="5xx-frozen-10-min"),
+        pytest.param(86400.0, code_500, {"requests"}, id="5xx-a-day-old"),
+        pytest.param(600.0, bucket_10ms, {"latency"}, id="one-bucket-frozen"),
+        pytest.param(-60.0, code_500, {"requests"}, id="5xx-in-the-future"),
+        pytest.param(-60.0, lambda labels: True, {"requests", "latency"},
+                     id="everything-in-the-future"),
+    ],
+)  # fmt: skip
+def test_a_value_frozen_while_its_siblings_move_fails_only_its_rollout(
+    age: float, frozen: Callable[[Mapping[str, str]], bool], parts: set[str]
+) -> None:
+    """Prometheus stamps every value with the time asked for; timestamp() tells that a 5xx
+    counter stopped (an exporter stuck with explicit timestamps, a lagging remote store)
+    while the same pod's 2xx counter moves: that reads as "no more errors"."""
     revisions = {(ns, n): Revision() for ns, n in [("a", "s-00001"), S2, ("a", "t-00001"),
                                                   ("a", "t-00002")]}  # fmt: skip
-    prometheus = FakePrometheus(revisions, ages={S2: age})
+    prometheus = FakePrometheus(revisions, ages={S2: age}, frozen=frozen)
     looks = source(prometheus)
     look = looks.look(subject("a", "s-00002", "s-00001"), AT)
-    assert set(look.canary.problems) == {"requests", "latency"}
-    for part in ("requests", "latency"):
+    assert set(look.canary.problems) == parts
+    for part in parts:
         found = look.canary.problems[part]
         assert isinstance(found, StaleSample)
         assert found.rule == "sample-age"
@@ -522,6 +544,15 @@ def test_raw_counters_whose_last_sample_is_too_old_fail_only_their_rollout(age: 
     other = looks.look(subject("a", "t-00002", "t-00001"), AT)
     assert not other.canary.problems
     assert other.canary.requests == 100
+
+
+@pytest.mark.parametrize("age", [121.0, 600.0])
+def test_a_process_whose_every_series_stopped_only_stops_counting(age: float) -> None:
+    """A pod gone without staleness markers (Prometheus was down): all of its series are
+    old together, which is not good news, only no news."""
+    prometheus = FakePrometheus({("a", "s-00001"): Revision(), S2: Revision()}, ages={S2: age})
+    look = source(prometheus).look(subject("a", "s-00002", "s-00001"), AT)
+    assert not look.canary.problems
 
 
 T = AT + SECOND * 10  # the instant where a counter misbehaves in the tests below

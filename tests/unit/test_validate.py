@@ -445,3 +445,29 @@ def test_a_raw_series_last_sample_must_be_recent(series: list[Series], stale: li
         assert found.rule == "sample-age"
         assert found.series == series_name(found_series.labels)
         assert_carries_origin(found)
+
+
+def pod_of(labels: Mapping[str, str]) -> str:
+    return labels["pod"].split("/")[0]  # "p1/200", "p1/500": one process, two codes
+
+
+@pytest.mark.parametrize(
+    ("ages", "stale"),
+    [
+        pytest.param({"p1/200": 1.0, "p1/500": 600.0}, ["p1/500"], id="5xx-frozen-2xx-moves"),
+        pytest.param({"p1/200": 600.0, "p1/500": 1.0}, ["p1/200"], id="2xx-frozen-5xx-moves"),
+        pytest.param({"p1/200": 600.0, "p1/500": 600.0}, [], id="whole-process-stopped"),
+        pytest.param({"p1/200": 600.0, "p2/200": 1.0}, [], id="another-process-moves"),
+        pytest.param({"p1/200": -60.0, "p1/500": -60.0}, ["p1/200", "p1/500"],
+                     id="the-future-is-always-wrong"),
+        pytest.param({"p1/200": 1.0, "p1/500": math.nan}, ["p1/500"], id="nan-time"),
+    ],
+)  # fmt: skip
+def test_an_old_sample_is_an_error_when_its_process_moves_on(
+    ages: Mapping[str, float], stale: list[str]
+) -> None:
+    series = [one for pod, age in ages.items() for one in timed(age, pod)]
+    _values, problems = sample_age_problems(
+        answer(*series), query=QUERY, at=AT, max_age=MAX_AGE, skew=SKEW, group=pod_of
+    )
+    assert [s.labels["pod"] for s, _ in problems] == stale

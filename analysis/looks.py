@@ -64,10 +64,10 @@ from analysis.profiles import (
 )
 from analysis.providers.base import MetricProvider
 from analysis.types import (
+    DuplicateSeries,
     InvalidAnswer,
     InvalidHistogram,
     MetricError,
-    MultipleSeries,
     NoData,
     ProviderError,
     QueryResult,
@@ -567,10 +567,10 @@ class LookSource:
                 values = window_values.setdefault(ident, {})
                 name = f"{kind}{series_name(s.labels)}"
                 if kind in values:
-                    spoil(ident, kind, MultipleSeries(
+                    spoil(ident, kind, origins[kind].error(
+                        DuplicateSeries,
                         f"several series for {ident[1]} in {ident[0]} where the query groups "
-                        "them into one", query=queries[kind], raw_digest=grouped.raw_digest,
-                        at=at))  # fmt: skip
+                        "them into one", series=name, rule="one-per-revision"))  # fmt: skip
                     continue
                 if kind == "p99":
                     if s.value < 0:  # NaN (no observation in the window) stays no data

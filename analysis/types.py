@@ -49,6 +49,7 @@ __all__ = [
     "StepAnalysis",
     "Subject",
     "Unreachable",
+    "UnreadableSample",
 ]
 
 Direction = Literal["lowerIsBetter", "higherIsBetter"]
@@ -208,6 +209,12 @@ class DuplicateSeries(InvalidAnswer):
     kind = "duplicate-series"
 
 
+class UnreadableSample(InvalidAnswer):
+    """A series whose sample (value or timestamp) is not a number."""
+
+    kind = "unreadable-sample"
+
+
 class PartialAnswer(InvalidAnswer):
     """Prometheus answered with ``warnings``: the answer may be missing series."""
 
@@ -344,11 +351,14 @@ class Subject:
 @dataclass(frozen=True)
 class Series:
     """One series of an instant-vector result. ``value`` may be NaN or ±Inf;
-    ``timestamp`` is the sample's time in seconds since the epoch (None when unknown)."""
+    ``timestamp`` is the sample's time in seconds since the epoch (None when unknown).
+    ``unreadable`` says why the sample could not be read (the value is then NaN): one bad
+    sample spoils its own series, not the answer."""
 
     labels: Mapping[str, str]
     value: float
     timestamp: float | None = None
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True)

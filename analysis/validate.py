@@ -9,6 +9,7 @@ evaluation time, the digest of the raw answer, and the attempts it took.
 rule                   what breaks it
 =====================  ==================================================================
 ``partial``            the answer came with ``warnings`` (some series may be missing)
+``unreadable``         a sample whose value or time is not a number
 ``duplicate``          two series with the same label set in one answer
 ``timestamp``          a sample time further than ``skew`` from the time asked for
 ``sample-age``         a raw series' last sample older than ``max_age`` at the time asked
@@ -47,6 +48,7 @@ from analysis.types import (
     QueryResult,
     Series,
     StaleSample,
+    UnreadableSample,
 )
 
 __all__ = [
@@ -123,9 +125,9 @@ class Origin:
 def answer_problems(
     result: QueryResult, *, query: str, at: datetime, skew: timedelta
 ) -> list[tuple[Series, InvalidAnswer]]:
-    """The series of ``result`` that break a rule of every answer (a duplicate label set,
-    a sample time more than ``skew`` from ``at``), each with its error. Warnings are not
-    a series' problem: see :func:`check_answer`."""
+    """The series of ``result`` that break a rule of every answer (an unreadable sample, a
+    duplicate label set, a sample time more than ``skew`` from ``at``), each with its
+    error. Warnings are not a series' problem: see :func:`check_answer`."""
     origin = Origin.of(result, query=query, at=at)
     problems: list[tuple[Series, InvalidAnswer]] = []
     seen: set[frozenset[tuple[str, str]]] = set()
@@ -134,6 +136,11 @@ def answer_problems(
     for s in result.series:
         key = frozenset(s.labels.items())
         name = series_name(s.labels)
+        if s.unreadable is not None:
+            problems.append((s, origin.error(
+                UnreadableSample, f"the sample cannot be read: {s.unreadable}",
+                series=name, rule="unreadable")))  # fmt: skip
+            continue
         if key in seen:
             problems.append((s, origin.error(
                 DuplicateSeries, "several series with this label set in one answer",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -97,6 +98,24 @@ def _reason(exc: requests.RequestException) -> str:
     if "object at 0x" in text:  # "<HTTPConnection object at 0x…>: Failed to establish …"
         text = text.split(">: ", 1)[-1]
     return text or type(exc).__name__
+
+
+def _number(text: object) -> float:
+    """A sample's value or time: a number, or a string of one ("NaN", "+Inf" too)."""
+    if isinstance(text, bool) or not isinstance(text, int | float | str):
+        raise ValueError(f"{text!r} is not a number")
+    return float(text)
+
+
+def _sample(labels: dict[str, str], value: object) -> Series:
+    """One series of a vector; a sample that cannot be read is kept, marked, as NaN (the
+    validation makes it an error of that series alone)."""
+    try:
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError(f"the sample {value!r} is not [time, value]")
+        return Series(labels, _number(value[1]), _number(value[0]))
+    except ValueError as exc:
+        return Series(labels, math.nan, None, unreadable=_snippet(str(exc).encode()))
 
 
 class PrometheusProvider:
@@ -281,12 +300,8 @@ class PrometheusProvider:
         try:
             for item in result:
                 labels = {str(k): str(v) for k, v in item["metric"].items()}
-                stamp, value = item["value"]
-                # the value is a string ("NaN", "+Inf" too); the timestamp a number
-                if isinstance(stamp, bool) or not isinstance(stamp, int | float | str):
-                    raise TypeError("a sample timestamp is not a number")
-                series.append(Series(labels, float(value), float(stamp)))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                series.append(_sample(labels, item.get("value")))
+        except (KeyError, TypeError, AttributeError):  # not a vector of {metric, value}
             return junk("a malformed vector")
         if not series:
             if notes:

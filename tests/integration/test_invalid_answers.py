@@ -5,7 +5,8 @@ A real Prometheus scrapes a misbehaving exporter written here (counters that go 
 or down without a reset, cumulative buckets that fall as ``le`` rises, a ``+Inf`` bucket
 that disagrees with ``_count``, NaN, a 5xx counter frozen on an old explicit timestamp),
 and the analyzer reads it through a fault proxy that rewrites some of Prometheus' answers
-(sample timestamps an hour off, duplicated series, warnings). Every rollout is in the same
+(sample timestamps an hour off, duplicated series, an unreadable value in a grouped
+answer, warnings). Every rollout is in the same
 group, so they share every query: one rollout's bad series must fail only its own checks
 that read them.
 """
@@ -62,6 +63,7 @@ CANARIES: dict[str, Behaviour] = {
     "frozen": Behaviour(errors=0.15, fault="5xx-frozen"),  # its 5xx stuck at the start
     "shifted": Behaviour(),  # the proxy moves its samples an hour ahead
     "twice": Behaviour(),  # the proxy returns its raw series twice
+    "garbled": Behaviour(),  # the proxy makes its values in grouped answers unreadable
 }
 
 
@@ -155,6 +157,7 @@ class Rewrites:
 
     shifted: set[str] = field(default_factory=lambda: {canary("shifted")})
     doubled: set[str] = field(default_factory=lambda: {canary("twice")})
+    garbled: set[str] = field(default_factory=lambda: {canary("garbled")})
     warnings: tuple[str, ...] = ()  # added to every answer of the raw request counters
 
     def apply(self, query: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +170,8 @@ class Rewrites:
             revision = item.get("metric", {}).get("revision")
             if revision in self.shifted:
                 item = {**item, "value": [item["value"][0] + 3600, item["value"][1]]}
+            if revision in self.garbled and "sum by" in query:
+                item = {**item, "value": [item["value"][0], "12,5"]}  # not a number
             out.append(item)
             raw = "sum by" not in query and "ksc_sample" not in item.get("metric", {})
             if revision in self.doubled and raw:
@@ -320,6 +325,7 @@ EXPECTED_ERRORS = {
     "frozen": ("error-rate", "stale-sample", "sample-age", 'http_response_status_code="500"'),
     "shifted": ("error-rate", "stale-sample", "timestamp", "http_server_request"),
     "twice": ("error-rate", "duplicate-series", "duplicate", "http_server_request"),
+    "garbled": ("error-rate", "unreadable-sample", "unreadable", '{namespace="fraud"'),
 }
 
 

@@ -345,17 +345,27 @@ def test_an_empty_answer_with_warnings_is_partial_not_no_data(serve: Any) -> Non
 @pytest.mark.parametrize(
     "item",
     [
-        '{"metric":{},"value":[null,"2"]}',
-        '{"metric":{},"value":[true,"2"]}',
-        '{"metric":{},"value":["noon","2"]}',
-        '{"metric":{},"value":[1]}',
+        '{"metric":{"pod":"b"},"value":[null,"2"]}',
+        '{"metric":{"pod":"b"},"value":[true,"2"]}',
+        '{"metric":{"pod":"b"},"value":["noon","2"]}',
+        '{"metric":{"pod":"b"},"value":[1]}',
+        '{"metric":{"pod":"b"},"value":[1,"two"]}',
+        '{"metric":{"pod":"b"},"value":[1,null]}',
+        '{"metric":{"pod":"b"},"value":[1,"2",3]}',
+        '{"metric":{"pod":"b"}}',
     ],
-    ids=["null-time", "bool-time", "text-time", "no-value"],
-)
-def test_a_sample_without_a_usable_timestamp_is_malformed(serve: Any, item: str) -> None:
-    provider = PrometheusProvider(serve(Script((200, _vector(item), 0))))
-    with pytest.raises(ProviderError, match="malformed vector"):
-        provider.query("up", datetime.now(UTC))
+    ids=["null-time", "bool-time", "text-time", "no-value", "text-value", "null-value",
+         "three-items", "no-sample"],
+)  # fmt: skip
+def test_one_unreadable_sample_spoils_its_series_not_the_answer(serve: Any, item: str) -> None:
+    good = '{"metric":{"pod":"a"},"value":[1764579600,"3"]}'
+    body = _vector(good, item)
+    result = PrometheusProvider(serve(Script((200, body, 0)))).query("up", datetime.now(UTC))
+    first, second = result.series
+    assert (first.labels, first.value, first.unreadable) == ({"pod": "a"}, 3.0, None)
+    assert second.labels == {"pod": "b"}
+    assert math.isnan(second.value)
+    assert second.unreadable
 
 
 def test_warnings_that_are_not_a_list_are_refused(serve: Any) -> None:

@@ -33,6 +33,7 @@ from analysis.types import (
     StepAnalysis,
     Subject,
     Unreachable,
+    UnreadableSample,
 )
 
 AT = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
@@ -314,6 +315,11 @@ def shifted(seconds: float) -> Callable[[Series], list[Series]]:
     return lambda s: [replace(s, timestamp=(s.timestamp or 0.0) + seconds)]
 
 
+def unreadable(s: Series) -> list[Series]:
+    """The sample as the provider keeps one it could not parse."""
+    return [replace(s, value=math.nan, timestamp=None, unreadable="'abc' is not a number")]
+
+
 def twice(s: Series) -> list[Series]:
     return [s, s]
 
@@ -365,6 +371,16 @@ BAD_SERIES = [
     pytest.param("window_requests", twice, "window_requests", DuplicateSeries, "duplicate",
                  id="duplicate-window-series"),
     pytest.param("p99", value(-0.5), "p99", InvalidHistogram, "negative", id="negative-p99"),
+    pytest.param("p99", lambda s: [s, replace(s, labels={**s.labels, "pod": "x"})], "p99",
+                 DuplicateSeries, "one-per-revision", id="two-p99-series-for-one-revision"),
+    pytest.param("requests", unreadable, "requests", UnreadableSample, "unreadable",
+                 id="unreadable-counter"),
+    pytest.param("buckets", bucket("0.05", unreadable), "latency", UnreadableSample,
+                 "unreadable", id="unreadable-bucket"),
+    pytest.param("window_requests", unreadable, "window_requests", UnreadableSample,
+                 "unreadable", id="unreadable-value-in-a-grouped-answer"),
+    pytest.param("window_errors", unreadable, "window_errors", UnreadableSample,
+                 "unreadable", id="unreadable-5xx-in-a-grouped-answer"),
     pytest.param("p99", shifted(30), "p99", StaleSample, "timestamp", id="p99-ahead"),
 ]  # fmt: skip
 
@@ -769,6 +785,25 @@ def test_a_bad_request_counter_keeps_the_latency_evidence_that_rolls_back(
     assert any(r.verdict is Outcome.FAILED for r in results)
     failed = next(r for r in results if r.verdict is Outcome.FAILED)
     assert failed.evaluation("latency-p99").outcome is Outcome.FAILED
+
+
+@pytest.mark.parametrize("kind", ["window_requests", "window_errors", "p99", "requests"])
+def test_one_unreadable_value_in_a_grouped_answer_fails_only_its_rollout(kind: str) -> None:
+    """The 15 %-5xx canary beside it is still rolled back."""
+    other_canary, other_baseline = ("fraud", "ranker-00002"), ("fraud", "ranker-00001")
+    prometheus = FakePrometheus(
+        {CANARY: HEALTHY, BASELINE: BASE, other_canary: FIFTEEN_PERCENT, other_baseline: BASE},
+        mutate=spoil(kind, unreadable, who=CANARY),
+    )
+    analyzer = analyzer_for(prometheus)
+    ranker = subject("fraud", "ranker-00002", "ranker-00001")
+    broken, bad = evaluate(analyzer, 8), evaluate(analyzer, 8, who=ranker)
+    assert not any(r.sufficient_data for r in broken)
+    assert all(
+        any(e.detail.get("error_rule") == "unreadable" for e in r.evaluations) for r in broken
+    )
+    assert any(r.verdict is Outcome.FAILED for r in bad)
+    assert not any(e.outcome is Outcome.ERROR for r in bad for e in r.evaluations)
 
 
 def test_one_rollouts_bad_series_never_fails_another_rollout_in_the_group() -> None:

@@ -22,6 +22,7 @@ from analysis.types import (
     Series,
     StaleSample,
     Subject,
+    UnreadableSample,
 )
 from analysis.validate import (
     Origin,
@@ -84,6 +85,10 @@ def test_series_are_named_as_prometheus_writes_them() -> None:
         pytest.param([s("p1", at=math.nan)], ["p1"], StaleSample, "timestamp",
                      id="nan-timestamp"),
         pytest.param([s("p1", at=0.0)], ["p1"], StaleSample, "timestamp", id="epoch"),
+        pytest.param([s("p1"), Series({"pod": "p2"}, math.nan, None, "'x' is not a number")],
+                     ["p2"], UnreadableSample, "unreadable", id="unreadable-sample"),
+        pytest.param([Series({"pod": "p1"}, math.nan, None, "no sample"), s("p2"), s("p3")],
+                     ["p1"], UnreadableSample, "unreadable", id="unreadable-first"),
     ],
 )  # fmt: skip
 def test_answer_rules_name_each_bad_series(

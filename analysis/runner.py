@@ -27,7 +27,7 @@ from analysis.assess import (
     judge_thresholds,
     reading_from_results,
 )
-from analysis.looks import LookSource, SubjectLook
+from analysis.looks import PARTS, LookSource, SubjectLook
 from analysis.profiles import COUNTER_PART_LABEL, COUNTER_PARTS, counter_query, plan
 from analysis.providers.base import MetricProvider
 from analysis.sequential import Counts, ErrorRateTest, SequentialState
@@ -37,19 +37,29 @@ from analysis.types import (
     CheckDefinition,
     CheckEvaluation,
     CheckMemory,
+    DetailValue,
     Infinite,
+    InvalidAnswer,
+    InvalidCounter,
     MetricError,
     MultipleSeries,
     NoData,
     NotANumber,
+    Outcome,
+    PartialAnswer,
     ProviderError,
     QueryResult,
     Reading,
     StepAnalysis,
     Subject,
 )
+from analysis.validate import check_answer, series_name
 
-__all__ = ["Analyzer", "combined_digest"]
+__all__ = ["DEFAULT_SKEW", "Analyzer", "combined_digest"]
+
+DEFAULT_SKEW = timedelta(seconds=30)
+"""Without looks: how far a sample's timestamp may be from the time it was asked for
+(a few scrape intervals; Prometheus stamps an instant query's samples with that time)."""
 
 
 def combined_digest(digests: Sequence[str]) -> str:
@@ -68,7 +78,9 @@ class Analyzer:
     With ``looks`` (:class:`~analysis.looks.LookSource`), the built-in checks read grouped
     looks shared by every rollout, and those with a relative tolerance and a false-rollback
     budget are judged by sequential tests (:mod:`analysis.sequential_check`); custom
-    checks always run their own queries."""
+    checks always run their own queries. Every answer is validated first
+    (:mod:`analysis.validate`); ``skew`` bounds a sample's distance from the time asked
+    for (the looks' own bound, or :data:`DEFAULT_SKEW`)."""
 
     def __init__(
         self,
@@ -77,6 +89,7 @@ class Analyzer:
         judge: Judge = judge_thresholds,
         looks: LookSource | None = None,
         lag: timedelta = timedelta(seconds=2),
+        skew: timedelta | None = None,
     ) -> None:
         self._provider = provider
         self._judge = judge
@@ -84,6 +97,10 @@ class Analyzer:
         # Counters are read this long before the evaluation time, so that every query of
         # one evaluation sees the same scrapes (the looks' own lag when there are looks).
         self._lag = looks.lag if looks is not None else lag
+        # How far a sample's timestamp may be from the time asked for (the looks' bound).
+        if skew is None:
+            skew = looks.skew if looks is not None else DEFAULT_SKEW
+        self._skew = skew
 
     @property
     def looks(self) -> LookSource | None:
@@ -132,9 +149,9 @@ class Analyzer:
                 continue
             reading, evidence = self._read(check, subject, at, answers)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
-            evaluations.append(
-                evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
-            )
+            done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
+            read = [answers[q] for q in evidence.queries if q in answers]
+            evaluations.append(_with_answers_detail(done, reading.error, read))
             new_memory[check.name] = assessment.memory
         return combine(evaluations, new_memory, evaluated_at=at)
 
@@ -161,33 +178,55 @@ class Analyzer:
         grace: bool,
         seen: dict[datetime, SubjectLook | MetricError],
     ) -> tuple[CheckEvaluation, CheckMemory]:
-        """A built-in check from the grouped looks (sequential when it has a tolerance)."""
+        """A built-in check from the grouped looks (sequential when it has a tolerance).
+
+        Only the parts of a look the check reads (:data:`analysis.looks.PARTS`) can fail
+        it; a look that fails stops the check's reading there, and is read again at the
+        next evaluation. A look from a partial answer (``warnings``) is read only to fail:
+        unless the check then gates Failed, the evaluation is an Error (never sufficient)
+        and that look is read again at the next evaluation."""
         source = self._looks
         assert source is not None
+        assert check.builtin is not None
+        parts = PARTS[check.builtin]
         sequential = check.sequential
         state = previous.sequential or SequentialState() if sequential else None
         through = previous.through
+        complete = (state, through)  # the evidence before any partial look
         latest: SubjectLook | None = None
         error: MetricError | None = None
+        partial: tuple[str, ...] = ()
         digests: list[str] = []
+        attempts, failures = 0, list[str]()
         read = 0
         for t in source.due(through, at):
             look = self._look(subject, t, seen)
             if isinstance(look, MetricError):
                 error = look
+                attempts, failures = attempts + look.attempts, [*failures, *look.failures]
                 break
+            attempts, failures = attempts + look.attempts, [*failures, *look.failures]
+            error = look.problem(parts)
+            if error is not None:
+                break
+            look = _for_check(check, look)
             if state is not None:
                 try:
                     state = sequential_check.advance(check, state, look)
                 except ValueError as exc:
-                    error = BadQuery(str(exc))
+                    error = BadQuery(str(exc), query="\n".join(look.queries), at=t)
                     break
             through, latest = t, look
             digests.append(look.digest)
             read += 1
+            partial = look.partial(parts)
+            if partial:
+                break
+            complete = (state, through)
         if latest is None and error is None and through is not None:
             again = self._look(subject, through, seen)  # no new look: show the last one
-            latest = again if isinstance(again, SubjectLook) else None
+            if isinstance(again, SubjectLook) and again.problem(parts) is None:
+                latest = _for_check(check, again)
         window_seconds = source.window.total_seconds()
         if error is not None and read == 0:
             reading = Reading.failed(error)
@@ -209,6 +248,23 @@ class Analyzer:
                 return sequential_check.judge(c, evidence_state, r, canary_rate=rate)
 
         assessment = assess(check, reading, memory, grace=grace, judge=judge)
+        if partial and assessment.gating_outcome is not Outcome.FAILED:
+            # A partial answer may fail a check (the data it has are already bad enough),
+            # never pass one: an Error, and the evidence stays as before that look.
+            assert latest is not None
+            error = PartialAnswer(
+                f"Prometheus warned that the answer may be partial: {'; '.join(partial)}",
+                series="(whole answer)",
+                rule="partial",
+                query="\n".join(latest.queries),
+                raw_digest=latest.digest,
+                at=latest.at,
+            )
+            state, through = complete
+            reading = Reading.failed(error)
+            memory = replace(previous, sequential=state, through=through)
+            assessment = assess(check, reading, memory, grace=grace, judge=self._judge)
+            read -= 1
         detail = dict(assessment.detail)
         detail["looks_read"] = read
         if latest is not None:
@@ -217,10 +273,22 @@ class Analyzer:
             detail["through"] = through.isoformat()
         if error is not None and read:
             detail["look_error"] = f"{error.kind}: {error.message}"
+        if partial:
+            detail["partial"] = "; ".join(partial)
+        if error is not None:
+            detail.update(_error_detail(error))
+        detail["attempts"] = attempts
+        if failures:
+            detail["failed_attempts"] = len(failures)
+            detail["failures"] = _joined(failures)
         assessment = replace(assessment, detail=detail)
         queries = latest.queries if latest is not None else ()
         url = latest.url if latest is not None else source.url
-        if digests:
+        if error is not None and (read == 0 or partial):
+            # an Error measurement: the query, time and answer that caused it
+            queries = tuple(error.query.split("\n")) if error.query else queries
+            digest = error.raw_digest or ""
+        elif digests:
             digest = combined_digest(digests)
         elif latest is not None:
             digest = latest.digest  # no new look: the evidence is the last one read
@@ -251,6 +319,8 @@ class Analyzer:
             return done, assessment.memory
         answer = self._ask(query, at - self._lag)
         values, error = _counter_values(answer, query)
+        if error is not None and error.at is None:
+            error.at = at - self._lag
         url = answer.url if isinstance(answer, QueryResult) else ""
         evidence = Evidence((query,), url or str(getattr(self._provider, "url", "")),
                             answer.raw_digest or "")  # fmt: skip
@@ -258,7 +328,7 @@ class Analyzer:
             reading = Reading.failed(error)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
             done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
-            return done, assessment.memory
+            return _with_answers_detail(done, error, [answer]), assessment.memory
 
         state = previous.sequential or SequentialState()
         note = ""
@@ -316,7 +386,7 @@ class Analyzer:
         if note:
             assessment = replace(assessment, detail={**assessment.detail, "note": note})
         done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
-        return done, assessment.memory
+        return _with_answers_detail(done, None, [answer]), assessment.memory
 
     def _read(
         self,
@@ -346,13 +416,73 @@ class Analyzer:
         return reading_from_results(queries, answers), Evidence(queries.queries, url, digest)
 
     def _ask(self, query: str, at: datetime) -> QueryResult | MetricError:
+        """The validated answer to ``query`` at ``at`` (:func:`analysis.validate.check_answer`:
+        a partial answer, a duplicate label set or a sample time too far from ``at`` is an
+        error), or the error."""
         try:
-            return self._provider.query(query, at)
+            result = self._provider.query(query, at)
+            check_answer(result, query=query, at=at, skew=self._skew)
         except MetricError as error:
+            if error.at is None:
+                error.at = at
             return error
         except Exception as exc:  # a provider bug must not stop the other checks
             return ProviderError(f"the metric provider failed: {type(exc).__name__}: {exc}",
-                                 query=query)  # fmt: skip
+                                 query=query, at=at)  # fmt: skip
+        return result
+
+
+def _for_check(check: CheckDefinition, look: SubjectLook) -> SubjectLook:
+    """The look as ``check`` reads it: a latency check whose side's request counters are
+    unusable counts that side's requests from its own histogram."""
+    if check.builtin != "latency-p99":
+        return look
+    sides = []
+    for side in (look.canary, look.baseline):
+        if "requests" in side.problems:
+            counted = side.buckets[-1][1] if side.buckets else 0.0
+            sides.append(replace(side, requests=counted))
+        else:
+            sides.append(side)
+    return replace(look, canary=sides[0], baseline=sides[1])
+
+
+def _joined(texts: Sequence[str], limit: int = 1000) -> str:
+    text = " | ".join(texts)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _with_answers_detail(
+    done: CheckEvaluation, error: MetricError | None, answers: Sequence[QueryResult | MetricError]
+) -> CheckEvaluation:
+    """``done`` with the attempts its answers took, what failed, and the error's origin."""
+    attempts, failures = 0, list[str]()
+    for answer in answers:
+        attempts += answer.attempts
+        failures += answer.failures
+    detail = dict(done.detail)
+    if error is not None:
+        detail.update(_error_detail(error))
+    detail["attempts"] = attempts
+    if failures:
+        detail["failed_attempts"] = len(failures)
+        detail["failures"] = _joined(failures)
+    return replace(done, detail=detail)
+
+
+def _error_detail(error: MetricError) -> dict[str, DetailValue]:
+    """What an evaluation's detail records of the error that stopped its reading."""
+    detail: dict[str, DetailValue] = {"error_kind": error.kind}
+    if error.at is not None:
+        detail["error_at"] = error.at.isoformat()
+    if error.query:
+        detail["error_query"] = error.query
+    if error.raw_digest:
+        detail["error_digest"] = error.raw_digest
+    if isinstance(error, InvalidAnswer):
+        detail["error_series"] = error.series
+        detail["error_rule"] = error.rule
+    return detail
 
 
 def _counter_values(
@@ -390,6 +520,14 @@ def _counter_values(
             kind = NotANumber if math.isnan(value) else Infinite
             return [], kind(
                 f"the {part.replace('_', ' ')} counter is {value}",
+                query=query,
+                raw_digest=answer.raw_digest,
+            )
+        if value is not None and value < 0:
+            return [], InvalidCounter(
+                f"the {part.replace('_', ' ')} counter is {value:g}; a count cannot be negative",
+                series=series_name({COUNTER_PART_LABEL: part}),
+                rule="negative",
                 query=query,
                 raw_digest=answer.raw_digest,
             )

@@ -27,7 +27,11 @@ __all__ = [
     "CheckMemory",
     "DetailValue",
     "Direction",
+    "DuplicateSeries",
     "Infinite",
+    "InvalidAnswer",
+    "InvalidCounter",
+    "InvalidHistogram",
     "MetricError",
     "MetricProfile",
     "Mode",
@@ -36,13 +40,16 @@ __all__ = [
     "NoDataPolicy",
     "NotANumber",
     "Outcome",
+    "PartialAnswer",
     "ProviderError",
     "QueryResult",
     "Reading",
     "Series",
+    "StaleSample",
     "StepAnalysis",
     "Subject",
     "Unreachable",
+    "UnreadableSample",
 ]
 
 Direction = Literal["lowerIsBetter", "higherIsBetter"]
@@ -77,17 +84,30 @@ class MetricError(Exception):
     """A metric could not be read as one finite number per revision.
 
     ``query`` is the PromQL concerned, when known; ``raw_digest`` the SHA-256 of the raw
-    response body when there was one (a refusal from Prometheus is evidence too)."""
+    response body when there was one (a refusal from Prometheus is evidence too); ``at``
+    the evaluation time the query was sent for. ``attempts`` is how many requests were
+    made for the answer and ``failures`` what went wrong with each failed one (retries are
+    evidence too)."""
 
     kind: ClassVar[str] = "error"
 
     def __init__(
-        self, message: str, *, query: str | None = None, raw_digest: str | None = None
+        self,
+        message: str,
+        *,
+        query: str | None = None,
+        raw_digest: str | None = None,
+        at: datetime | None = None,
+        attempts: int = 1,
+        failures: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.query = query
         self.raw_digest = raw_digest
+        self.at = at
+        self.attempts = attempts
+        self.failures = failures
 
 
 class NoData(MetricError):
@@ -130,6 +150,75 @@ class ProviderError(MetricError):
     """Any other unusable answer: refused credentials, a body that is not the API's JSON."""
 
     kind = "provider-error"
+
+
+class InvalidAnswer(MetricError):
+    """An answer that breaks a rule every answer must keep; ``series`` names the series
+    (``metric{label="value",...}``) and ``rule`` the rule broken (see
+    :mod:`analysis.validate`). Never evidence: the check is an Error, never a pass."""
+
+    kind = "invalid-answer"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        series: str,
+        rule: str,
+        query: str | None = None,
+        raw_digest: str | None = None,
+        at: datetime | None = None,
+        attempts: int = 1,
+        failures: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(
+            f"{series}: {message} (rule: {rule})",
+            query=query,
+            raw_digest=raw_digest,
+            at=at,
+            attempts=attempts,
+            failures=failures,
+        )
+        self.series = series
+        self.rule = rule
+
+
+class InvalidCounter(InvalidAnswer):
+    """A count that is negative, NaN or infinite, or a counter that went down without a
+    consistent reset to near zero."""
+
+    kind = "invalid-counter"
+
+
+class InvalidHistogram(InvalidAnswer):
+    """Cumulative buckets that fall as ``le`` rises, no ``+Inf`` bucket, or a ``+Inf``
+    bucket that disagrees with ``_count``."""
+
+    kind = "invalid-histogram"
+
+
+class StaleSample(InvalidAnswer):
+    """A sample whose timestamp is too far from the time it was asked for."""
+
+    kind = "stale-sample"
+
+
+class DuplicateSeries(InvalidAnswer):
+    """Two series with the same label set in one answer."""
+
+    kind = "duplicate-series"
+
+
+class UnreadableSample(InvalidAnswer):
+    """A series whose sample (value or timestamp) is not a number."""
+
+    kind = "unreadable-sample"
+
+
+class PartialAnswer(InvalidAnswer):
+    """Prometheus answered with ``warnings``: the answer may be missing series."""
+
+    kind = "partial-answer"
 
 
 # --- what to check, on what ---------------------------------------------------------------
@@ -261,19 +350,30 @@ class Subject:
 
 @dataclass(frozen=True)
 class Series:
-    """One series of an instant-vector result. ``value`` may be NaN or ±Inf."""
+    """One series of an instant-vector result. ``value`` may be NaN or ±Inf;
+    ``timestamp`` is the sample's time in seconds since the epoch (None when unknown).
+    ``unreadable`` says why the sample could not be read (the value is then NaN): one bad
+    sample spoils its own series, not the answer."""
 
     labels: Mapping[str, str]
     value: float
+    timestamp: float | None = None
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    """A provider's answer: the series, the SHA-256 of the raw response and where from."""
+    """A provider's answer: the series, the SHA-256 of the raw response and where from.
+
+    ``warnings`` are the server's warnings (a partial answer); ``attempts`` how many
+    requests it took and ``failures`` what went wrong with the failed ones."""
 
     series: tuple[Series, ...]
     raw_digest: str
     url: str
+    warnings: tuple[str, ...] = ()
+    attempts: int = 1
+    failures: tuple[str, ...] = ()
 
     def single(self, query: str | None = None) -> Series:
         """The one series; MultipleSeries if there are several, NoData if none."""

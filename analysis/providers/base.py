@@ -3,8 +3,10 @@
 A provider answers one instant query at an explicit evaluation time with the series it
 returned, a SHA-256 digest of the raw response (the evidence an auditor re-checks), and the
 server's URL; or it raises a :class:`~analysis.types.MetricError`: ``NoData`` for an empty
-result, ``Unreachable``, ``BadQuery``, ``ProviderError``. Values are floats and may be NaN
-or ±Inf: turning those into errors is the analysis' job, per series.
+result, ``Unreachable``, ``BadQuery``, ``ProviderError``, ``PartialAnswer`` for an empty
+result with warnings. Values are floats and may be NaN or ±Inf; each series keeps its
+sample timestamp, and the answer its ``warnings`` and how many attempts it took (and what
+failed). Judging all that is the analysis' job, per series (:mod:`analysis.validate`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from analysis.types import (
     MultipleSeries,
     NoData,
     NotANumber,
+    PartialAnswer,
     ProviderError,
     QueryResult,
     Series,
@@ -33,6 +36,7 @@ __all__ = [
     "MultipleSeries",
     "NoData",
     "NotANumber",
+    "PartialAnswer",
     "ProviderError",
     "QueryResult",
     "Series",

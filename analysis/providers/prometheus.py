@@ -18,20 +18,28 @@ Prometheus' answer                     raised
 =====================================  ==========================================
 success, vector with series            (a :class:`~analysis.types.QueryResult`)
 success, empty vector                  ``NoData``
+success, empty vector with warnings    ``PartialAnswer`` (maybe not empty at all)
 success, scalar / matrix / string      ``BadQuery``
 HTTP 400 (bad_data), 422 (execution)   ``BadQuery`` with Prometheus' message
 connection refused, timeout; 429, 5xx  retried, then ``Unreachable``
 HTTP 401 / 403, other statuses, junk   ``ProviderError``
 =====================================  ==========================================
+
+Each series keeps its sample timestamp, and the answer its ``warnings`` (Prometheus sends
+them with a partial answer) and how many attempts it took, with what went wrong in each
+failed one; an error after retries carries the same. Judging them is
+:mod:`analysis.validate`'s job.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -46,6 +54,7 @@ from analysis.types import (
     BadQuery,
     MetricError,
     NoData,
+    PartialAnswer,
     ProviderError,
     QueryResult,
     Series,
@@ -89,6 +98,24 @@ def _reason(exc: requests.RequestException) -> str:
     if "object at 0x" in text:  # "<HTTPConnection object at 0x…>: Failed to establish …"
         text = text.split(">: ", 1)[-1]
     return text or type(exc).__name__
+
+
+def _number(text: object) -> float:
+    """A sample's value or time: a number, or a string of one ("NaN", "+Inf" too)."""
+    if isinstance(text, bool) or not isinstance(text, int | float | str):
+        raise ValueError(f"{text!r} is not a number")
+    return float(text)
+
+
+def _sample(labels: dict[str, str], value: object) -> Series:
+    """One series of a vector; a sample that cannot be read is kept, marked, as NaN (the
+    validation makes it an error of that series alone)."""
+    try:
+        if not isinstance(value, list) or len(value) != 2:
+            raise ValueError(f"the sample {value!r} is not [time, value]")
+        return Series(labels, _number(value[1]), _number(value[0]))
+    except ValueError as exc:
+        return Series(labels, math.nan, None, unreadable=_snippet(str(exc).encode()))
 
 
 class PrometheusProvider:
@@ -166,21 +193,22 @@ class PrometheusProvider:
             raise ValueError("the evaluation time must be timezone-aware")
         params = {"time": f"{at.timestamp():.3f}", "timeout": f"{self._timeout:g}"}
         attempts = self._retries + 1
+        failures: list[str] = []
         for attempt in range(1, attempts + 1):
             answer = self._attempt(promql, params)
             if isinstance(answer, QueryResult):
-                return answer
+                return replace(answer, attempts=attempt, failures=tuple(failures))
             error, transient = answer
-            if not transient:
+            if not transient or attempt == attempts:
+                error.at = at
+                error.attempts = attempt
+                error.failures = (*failures, *(() if isinstance(error, NoData) else
+                                               (error.message,)))  # fmt: skip
+                if attempt > 1:
+                    error.message = f"{error.message} (after {attempt} attempts)"
+                    error.args = (error.message,)
                 raise error
-            if attempt == attempts:
-                if attempts > 1:
-                    error = type(error)(
-                        f"{error.message} (after {attempts} attempts)",
-                        query=promql,
-                        raw_digest=error.raw_digest,
-                    )
-                raise error
+            failures.append(error.message)
             self._sleep(self._backoff * 2 ** (attempt - 1))
         raise AssertionError("not reached")  # pragma: no cover
 
@@ -264,13 +292,25 @@ class PrometheusProvider:
             ), False
         if not isinstance(result, list):
             return junk("a vector that is not a list")
+        warnings = payload.get("warnings") or []
+        if not isinstance(warnings, list):
+            return junk("warnings that are not a list")
+        notes = tuple(str(w) for w in warnings)
         series: list[Series] = []
         try:
             for item in result:
                 labels = {str(k): str(v) for k, v in item["metric"].items()}
-                series.append(Series(labels, float(item["value"][1])))  # "NaN", "+Inf" too
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+                series.append(_sample(labels, item.get("value")))
+        except (KeyError, TypeError, AttributeError):  # not a vector of {metric, value}
             return junk("a malformed vector")
         if not series:
+            if notes:
+                return PartialAnswer(
+                    f"no series, and warnings that some may be missing: {'; '.join(notes)}",
+                    series="(no series)",
+                    rule="partial",
+                    query=promql,
+                    raw_digest=digest,
+                ), False
             return NoData("the query returned no series", query=promql, raw_digest=digest), False
-        return QueryResult(tuple(series), digest, self._public_url)
+        return QueryResult(tuple(series), digest, self._public_url, warnings=notes)

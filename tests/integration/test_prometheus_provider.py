@@ -27,7 +27,15 @@ import pytest
 
 from analysis.providers.base import MetricProvider
 from analysis.providers.prometheus import PrometheusProvider
-from analysis.types import BadQuery, NoData, ProviderError, QueryResult, Unreachable
+from analysis.types import (
+    BadQuery,
+    MetricError,
+    NoData,
+    PartialAnswer,
+    ProviderError,
+    QueryResult,
+    Unreachable,
+)
 from canary.sandbox.testbed import Testbed
 
 pytestmark = pytest.mark.integration
@@ -282,3 +290,130 @@ def test_credentials_in_the_url_are_not_recorded_as_evidence(serve: Any) -> None
     result = provider.query("up", datetime.now(UTC))
     assert result.url == url
     assert provider.url == url
+
+
+# --- what validation needs from an answer: timestamps, warnings, the attempts -------------
+
+
+def test_real_samples_carry_the_evaluation_time(prometheus: PrometheusProvider) -> None:
+    at = _settled()
+    result = prometheus.query(TWO_SERIES, at)
+    assert [s.timestamp for s in result.series] == [round(at.timestamp(), 3)] * 2
+    assert result.warnings == ()
+    assert (result.attempts, result.failures) == (1, ())
+
+
+def _vector(*items: str, warnings: str | None = None) -> bytes:
+    extra = f',"warnings":{warnings}' if warnings is not None else ""
+    return ('{"status":"success","data":{"resultType":"vector","result":['
+            + ",".join(items) + "]}" + extra + "}").encode()  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("warnings", "expected"),
+    [
+        ('["remote store 2 timed out"]', ("remote store 2 timed out",)),
+        ('["a","b"]', ("a", "b")),
+        ("[]", ()),
+        ("null", ()),
+    ],
+    ids=["one", "two", "empty-list", "null"],
+)
+def test_warnings_and_sample_timestamps_are_kept(
+    serve: Any, warnings: str, expected: tuple[str, ...]
+) -> None:
+    body = _vector(
+        '{"metric":{"pod":"a"},"value":[1764579600.5,"3"]}',
+        '{"metric":{"pod":"b"},"value":[1764583200,"NaN"]}',
+        warnings=warnings,
+    )
+    result = PrometheusProvider(serve(Script((200, body, 0)))).query("up", datetime.now(UTC))
+    assert result.warnings == expected
+    assert [s.timestamp for s in result.series] == [1764579600.5, 1764583200.0]
+    assert result.series[0].value == 3.0
+
+
+def test_an_empty_answer_with_warnings_is_partial_not_no_data(serve: Any) -> None:
+    body = _vector(warnings='["1 of 2 shards did not answer"]')
+    provider = PrometheusProvider(serve(Script((200, body, 0))))
+    with pytest.raises(PartialAnswer, match="1 of 2 shards did not answer") as raised:
+        provider.query("up", datetime.now(UTC))
+    assert raised.value.rule == "partial"
+    assert raised.value.raw_digest == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        '{"metric":{"pod":"b"},"value":[null,"2"]}',
+        '{"metric":{"pod":"b"},"value":[true,"2"]}',
+        '{"metric":{"pod":"b"},"value":["noon","2"]}',
+        '{"metric":{"pod":"b"},"value":[1]}',
+        '{"metric":{"pod":"b"},"value":[1,"two"]}',
+        '{"metric":{"pod":"b"},"value":[1,null]}',
+        '{"metric":{"pod":"b"},"value":[1,"2",3]}',
+        '{"metric":{"pod":"b"}}',
+    ],
+    ids=["null-time", "bool-time", "text-time", "no-value", "text-value", "null-value",
+         "three-items", "no-sample"],
+)  # fmt: skip
+def test_one_unreadable_sample_spoils_its_series_not_the_answer(serve: Any, item: str) -> None:
+    good = '{"metric":{"pod":"a"},"value":[1764579600,"3"]}'
+    body = _vector(good, item)
+    result = PrometheusProvider(serve(Script((200, body, 0)))).query("up", datetime.now(UTC))
+    first, second = result.series
+    assert (first.labels, first.value, first.unreadable) == ({"pod": "a"}, 3.0, None)
+    assert second.labels == {"pod": "b"}
+    assert math.isnan(second.value)
+    assert second.unreadable
+
+
+def test_warnings_that_are_not_a_list_are_refused(serve: Any) -> None:
+    body = _vector('{"metric":{},"value":[1,"2"]}', warnings='"careful"')
+    with pytest.raises(ProviderError, match="warnings that are not a list"):
+        PrometheusProvider(serve(Script((200, body, 0)))).query("up", datetime.now(UTC))
+
+
+def test_an_answer_after_retries_records_the_attempts_and_what_failed(serve: Any) -> None:
+    script = Script(
+        (503, b'{"status":"error","errorType":"unavailable","error":"starting"}', 0),
+        (502, b"bad gateway", 0),
+        (200, VECTOR, 0),
+    )
+    provider = PrometheusProvider(serve(script), retries=3, sleep=lambda _: None)
+    result = provider.query("up", datetime.now(UTC))
+    assert result.attempts == 3
+    assert len(result.failures) == 2
+    assert "HTTP 503, unavailable): starting" in result.failures[0]
+    assert "HTTP 502): bad gateway" in result.failures[1]
+
+
+@pytest.mark.parametrize(
+    ("answers", "retries", "error", "attempts", "failed"),
+    [
+        pytest.param([(503, b"busy", 0)], 2, Unreachable, 3, 3, id="503-every-time"),
+        pytest.param([(503, b"busy", 0), (401, b"no", 0)], 2, ProviderError, 2, 2,
+                     id="503-then-refused"),
+        pytest.param([(400, b'{"status":"error","errorType":"bad_data","error":"parse"}', 0)],
+                     2, BadQuery, 1, 1, id="refused-at-once"),
+        pytest.param([(503, b"busy", 0), (200, _vector(), 0)], 2, NoData, 2, 1,
+                     id="503-then-empty"),
+    ],
+)  # fmt: skip
+def test_an_error_records_its_attempts_failures_and_time(
+    serve: Any,
+    answers: list[tuple[int, bytes, float]],
+    retries: int,
+    error: type[Exception],
+    attempts: int,
+    failed: int,
+) -> None:
+    at = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    provider = PrometheusProvider(serve(Script(*answers)), retries=retries, sleep=lambda _: None)
+    with pytest.raises(error) as raised:
+        provider.query("up", at)
+    assert isinstance(raised.value, MetricError)
+    assert raised.value.attempts == attempts
+    assert len(raised.value.failures) == failed
+    assert raised.value.at == at
+    assert raised.value.query == "up"

@@ -296,8 +296,8 @@ def test_a_counter_reset_skips_one_interval_instead_of_counting_a_negative_one()
 @pytest.mark.parametrize(
     ("spoil", "kind", "message"),
     [
-        pytest.param(lambda p: p.added.append(("canary_events", 3.0)), "multiple-series",
-                     "canary events template returned 2 series", id="two-series-for-a-part"),
+        pytest.param(lambda p: p.added.append(("canary_events", 3.0)), "duplicate-series",
+                     "several series with this label set", id="two-series-for-a-part"),
         pytest.param(lambda p: p.added.append(("somewhere_else", 3.0)), "bad-query",
                      "without a known ksc_counter", id="a-stray-series"),
         pytest.param(lambda p: p.rates.update({CANARY: math.nan}), "not-a-number",

@@ -848,6 +848,11 @@ def _rolling_back(
 # ---------------------------------------------------------------------------------------
 
 
+VERDICT_TRANSIT = timedelta(seconds=2)
+"""How long a verdict may take to arrive after its look's time (the look's queries run on
+their own thread) and still count as taken within the last analysis interval."""
+
+
 def _current_verdict(state: RolloutState) -> LastVerdict | None:
     """The latest verdict taken at the current step while its split was in force."""
     verdict = state.last_verdict
@@ -868,7 +873,7 @@ def _fresh_verdict(state: RolloutState, policy: RolloutPolicy, now: datetime) ->
     or a stalled analysis says nothing about the canary now, so the rollout waits for the
     next evaluation (which the engine runs before deciding) instead of acting on it."""
     verdict = _current_verdict(state)
-    if verdict is None or now - verdict.evaluated_at > policy.analysis_interval:
+    if verdict is None or now - verdict.evaluated_at > policy.analysis_interval + VERDICT_TRANSIT:
         return None
     return verdict
 

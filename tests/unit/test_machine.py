@@ -198,7 +198,8 @@ def test_stale_verdicts_do_not_advance(verdict_kwargs: dict[str, object]) -> Non
     [
         pytest.param(timedelta(0), True, id="taken-now"),
         pytest.param(timedelta(seconds=30), True, id="one-interval-old"),
-        pytest.param(timedelta(seconds=31), False, id="just-past-one-interval"),
+        pytest.param(timedelta(seconds=32), True, id="one-interval-and-its-transit"),
+        pytest.param(timedelta(seconds=33), False, id="just-past-one-interval-and-transit"),
         pytest.param(timedelta(seconds=41), False, id="from-before-a-restart"),
         pytest.param(timedelta(minutes=4), False, id="from-early-in-the-hold"),
     ],

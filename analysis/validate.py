@@ -307,9 +307,17 @@ def group_increase(
     """Each series' increase from ``before`` to ``now`` for one group of series that reset
     together (values already checked finite and >= 0). ``total`` is the group's total (the
     sum of its counters, or its ``+Inf`` bucket); ``what`` names the group in messages. A
-    series new in ``now`` counts from zero.
+    series new in ``now`` beside others of its group counts from zero (a first 5xx, a
+    first slow request). A group with no series at all in ``before`` counts nothing in
+    this look: its totals accrued over an unknown time (a new process scraped late, a
+    process whose series went stale after failed scrapes, a Prometheus restarted without
+    its history), and counting them here would count requests that earlier looks already
+    counted. Whether a group counts depends only on which series exist, never on their
+    values, so no event is favoured; the group counts from the next look on.
     Raises :class:`~analysis.types.InvalidCounter` for a decrease that is not a
     consistent reset of the whole group to at most ``reset_ratio`` of its total."""
+    if not before:
+        return dict.fromkeys(now, 0.0)
     dropped = [k for k, v in now.items() if k in before and v < before[k]]
     if not dropped:
         return {k: v - before.get(k, 0.0) for k, v in now.items()}

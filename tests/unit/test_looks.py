@@ -508,14 +508,41 @@ def test_a_counter_restart_counts_from_zero_not_as_a_negative_look() -> None:
     assert counts == [100, 100, 100, 100]  # the restart look reads the new counter
 
 
-def test_a_revision_that_appears_counts_its_requests_from_its_first_series() -> None:
+def test_a_revision_that_appears_counts_its_requests_from_its_second_look() -> None:
     prometheus = FakePrometheus({("a", "s-00001"): Revision()})
     looks = source(prometheus)
     s = subject("a", "s-00002", "s-00001")
     assert looks.look(s, AT).canary.requests == 0
     prometheus.revisions[("a", "s-00002")] = Revision(requests=7)
     prometheus.restart_at = AT + SECOND * 5  # its counter started one look ago
-    assert looks.look(s, AT + SECOND * 5).canary.requests == 7
+    # Its first series says nothing about when its total accrued: nothing is counted yet.
+    assert looks.look(s, AT + SECOND * 5).canary.requests == 0
+    assert looks.look(s, AT + SECOND * 10).canary.requests == 7
+
+
+@pytest.mark.parametrize("missing_looks", [1, 2, 5])
+def test_a_process_whose_series_come_back_is_not_counted_twice(missing_looks: int) -> None:
+    """Failed scrapes leave a process' series stale, and a restarted Prometheus has lost
+    them: when they come back with the process' whole lifetime in them, that total was
+    already counted by earlier looks."""
+    gone = {AT + SECOND * 5 * i for i in range(1, missing_looks + 1)}
+
+    def stale(kind: str, at: datetime, series: list[Series]) -> list[Series]:
+        if at not in gone or kind not in {"requests", "buckets"}:
+            return series
+        return [x for x in series if x.labels.get("revision") != "s-00002"]
+
+    prometheus = FakePrometheus(
+        {("a", "s-00001"): Revision(), ("a", "s-00002"): Revision(requests=50, errors=25)},
+        mutate=stale,
+    )
+    looks = source(prometheus)
+    s = subject("a", "s-00002", "s-00001")
+    counted = [looks.look(s, AT + SECOND * 5 * i) for i in range(missing_looks + 3)]
+    canary = [look.canary.requests for look in counted]
+    assert canary == [50.0] + [0.0] * (missing_looks + 1) + [50.0], canary
+    assert all(look.canary.errors in (0.0, 25.0) for look in counted)
+    assert [look.baseline.requests for look in counted] == [100.0] * (missing_looks + 3)
 
 
 def code_500(labels: Mapping[str, str]) -> bool:

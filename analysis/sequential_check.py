@@ -341,7 +341,13 @@ def describe(check: CheckDefinition, state: SequentialState | None, look_seconds
     if decision.kind == "regression":
         return f"{check.name}: regression proven (evidence {_evalue(decision.harm_log_e):.3g})"
     if decision.kind == "non-inferior":
-        return f"{check.name}: a regression beyond {tolerance} is ruled out"
+        line = f"{check.name}: a regression beyond {tolerance} is ruled out"
+        if decision.step_canary_requests < check.min_samples:
+            line += (
+                f"; {decision.step_canary_requests:.0f} of the {check.min_samples} canary "
+                "requests needed at this step"
+            )
+        return line
     line = f"{check.name}: {decision.progress:.0%} of the evidence to rule out {tolerance}"
     elapsed = state.looks * look_seconds
     if decision.requests_to_pass is None:

@@ -574,7 +574,8 @@ def report(cells: list[Cell], reps: int, seed: int, seconds: float, curve_reps: 
     lines = [
         "# Judgement benchmark",
         "",
-        f"`make bench-judgement` (`python -m bench.judgement --reps {reps} --seed {seed}`), "
+        "`make bench-judgement` (`python -m bench.judgement "
+        f"--reps {reps}{f' --curve-reps {curve_reps}' if curve_reps else ''} --seed {seed}`), "
         f"{datetime.now(UTC).date().isoformat()}, {reps} simulated rollouts per row and judge"
         + (f" ({curve_reps} for the effect curve)" if curve_reps else "")
         + f", {seconds:.0f} s on 2 cores. Baseline 1 % 5xx, lognormal latency with p99 "

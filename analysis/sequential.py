@@ -14,20 +14,24 @@ method and its guarantees; in short:
 * Two one-sided tests run on those counts, each a mixture of likelihood ratios over a
   fixed grid of alternatives (a non-negative supermartingale under its null):
 
-  - **harm** (H0: rho <= 1, the canary is no worse): its e-value reaching ``1/alpha_fail``
-    proves the canary worse. By Ville's inequality the chance that this *ever* happens to
-    a canary that is no worse is at most ``alpha_fail``, however often one looks.
+  - **harm** (H0: rho <= 1 + tolerance/2, the canary is within half the tolerance): its
+    e-value reaching ``1/alpha_fail`` proves the canary worse than that. It is an
+    e-detector: the full-history test plus tests restarted at each step and periodically,
+    with weights summing to 1, so that a regression that begins late is not hidden by a
+    healthy past. By Ville's inequality the chance that it *ever* fires for a canary within
+    half the tolerance is at most ``alpha_fail``, however often one looks.
   - **safety** (non-inferiority, H0: the canary is worse than the tolerance): its e-value
     reaching ``1/alpha_pass`` rules out a regression beyond the tolerance; the chance of
     that for a canary beyond the tolerance is at most ``alpha_pass``.
 
-* A regression is declared when the harm test rejects *and* the point estimate is beyond
-  the tolerance (a proven but tolerated difference is neither rolled back nor promoted);
-  the step may advance when the safety test rejects.
+* Counts vary more than Poisson counts on real traffic: each look's log-likelihood
+  ratios are tempered by a dispersion factor estimated from earlier looks, and capped.
+* A step may advance on the safety test only with canary requests counted at that step
+  (``step_canary_requests``, see :func:`at_step`).
 
-The state of a test is a handful of floats (the accumulated log-likelihood ratio of each
-alternative and the running totals), so it is persisted with the rollout and a restarted
-controller resumes exactly where it stopped.
+The state of a test is a few hundred floats (the accumulated log-likelihood ratio of each
+alternative of each test and restart, and the running totals), so it is persisted with the
+rollout and a restarted controller resumes exactly where it stopped.
 """
 
 from __future__ import annotations

@@ -591,7 +591,7 @@ def _with_pending(pending: tuple[float, ...], harm: Counts, safe: Counts) -> tup
     )
 
 
-LOOK_CAP = 3.0
+LOOK_CAP = 4.0
 """The most one joined look may add to the log-likelihood ratio of any alternative. The
 expectation of ``min(LR, C)`` is at most that of ``LR``, so capping keeps every guarantee,
 and it keeps one extreme look (a burst far beyond the estimated over-dispersion) from

@@ -108,7 +108,7 @@ bench-sandbox: deps
 
 .PHONY: bench-judgement
 bench-judgement: venv
-	$(BIN)/python -m bench.judgement --reps 1000
+	$(BIN)/python -m bench.judgement --reps 1000 --curve-reps 500
 
 .PHONY: sandbox-up
 sandbox-up: deps

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from analysis.profiles import QueryPlan, Unit
 from analysis.types import (
@@ -57,11 +57,13 @@ __all__ = [
     "Evidence",
     "Judge",
     "Judgement",
+    "StepOutcome",
     "assess",
     "combine",
     "evaluation",
     "judge_thresholds",
     "reading_from_results",
+    "step_outcome",
     "unit_of",
 ]
 
@@ -457,19 +459,49 @@ _SUMMARY_VERB = {
 }
 
 
-def combine(
-    evaluations: Sequence[CheckEvaluation],
-    memory: Mapping[str, CheckMemory],
-    *,
-    evaluated_at: datetime | None = None,
-) -> StepAnalysis:
-    """The step verdict over the gating (not dry-run) checks: any Failed, else any Error,
-    else any Inconclusive, else Successful. ``memory`` is the checks' new counters.
-    ``evaluated_at`` defaults to the latest evaluation's time."""
-    if evaluated_at is None:
-        if not evaluations:
-            raise ValueError("combine needs evaluated_at when there are no evaluations")
-        evaluated_at = max(e.evaluated_at for e in evaluations)
+class _Gating(Protocol):
+    """What :func:`step_outcome` reads of a check's evaluation (a :class:`CheckEvaluation`
+    or an :class:`Assessment` with ``dry_run``)."""
+
+    @property
+    def gating_outcome(self) -> Outcome: ...
+    @property
+    def sufficient(self) -> bool: ...
+    @property
+    def fast_fail(self) -> bool: ...
+    @property
+    def dry_run(self) -> bool: ...
+
+
+Action = Literal["rollback", "pause", "advance", "wait"]
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """A step's outcome from its checks. ``action``: ``rollback`` (Failed), ``pause``
+    (a gating Error or Inconclusive: a human decides), ``advance`` (Successful with every
+    gating check sufficient: the step may advance once its hold is over) or ``wait``
+    (Successful, still collecting evidence: the step extends up to its maximum)."""
+
+    verdict: Outcome
+    sufficient: bool
+    fast_fail: bool
+
+    @property
+    def action(self) -> Action:
+        if self.verdict is Outcome.FAILED:
+            return "rollback"
+        if self.verdict is not Outcome.SUCCESSFUL:
+            return "pause"
+        return "advance" if self.sufficient else "wait"
+
+
+def step_outcome(evaluations: Sequence[_Gating]) -> StepOutcome:
+    """THE rule that turns a step's check evaluations into its outcome (the controller,
+    through :func:`combine`, and the benchmark both use it): over the gating (not dry-run)
+    checks, any Failed, else any Error, else any Inconclusive, else Successful; sufficient
+    when there is a gating check and every gating check is sufficient; a fast fail when
+    Failed by a check that fails at once (a hard limit, a proven regression)."""
     gating = [e for e in evaluations if not e.dry_run]
     verdict = next(
         (o for o in _SEVERITY if any(e.gating_outcome is o for e in gating)), Outcome.SUCCESSFUL
@@ -478,6 +510,25 @@ def combine(
     fast_fail = verdict is Outcome.FAILED and any(
         e.fast_fail and e.gating_outcome is Outcome.FAILED for e in gating
     )
+    return StepOutcome(verdict, sufficient, fast_fail)
+
+
+def combine(
+    evaluations: Sequence[CheckEvaluation],
+    memory: Mapping[str, CheckMemory],
+    *,
+    evaluated_at: datetime | None = None,
+) -> StepAnalysis:
+    """The step verdict over the gating (not dry-run) checks, by :func:`step_outcome`, with
+    its summary. ``memory`` is the checks' new counters.
+    ``evaluated_at`` defaults to the latest evaluation's time."""
+    if evaluated_at is None:
+        if not evaluations:
+            raise ValueError("combine needs evaluated_at when there are no evaluations")
+        evaluated_at = max(e.evaluated_at for e in evaluations)
+    gating = [e for e in evaluations if not e.dry_run]
+    outcome = step_outcome(evaluations)
+    verdict, sufficient, fast_fail = outcome.verdict, outcome.sufficient, outcome.fast_fail
     if verdict is not Outcome.SUCCESSFUL:
         parts = [
             f"{e.check} {_SUMMARY_VERB[verdict]}: {e.message}"

@@ -30,7 +30,7 @@ from analysis.assess import (
 from analysis.looks import PARTS, LookSource, SubjectLook
 from analysis.profiles import COUNTER_PART_LABEL, COUNTER_PARTS, counter_query, plan
 from analysis.providers.base import MetricProvider
-from analysis.sequential import Counts, ErrorRateTest, SequentialState
+from analysis.sequential import Counts, ErrorRateTest, SequentialState, at_step
 from analysis.types import (
     BUILTIN_CHECKS,
     BadQuery,
@@ -115,11 +115,17 @@ class Analyzer:
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis:
         """Evaluate ``checks`` on ``subject`` at ``at``. ``memory`` is the previous
         round's :attr:`StepAnalysis.memory` (missing checks start from zero); ``grace`` is
         True while the step is younger than its hold time. ``looks_only`` evaluates only
-        the look-based checks (the fast path between analysis intervals)."""
+        the look-based checks (the fast path between analysis intervals). ``step`` is the
+        current step's index and the time its split showed in status: a sequential check
+        is sufficient only with ``min_samples`` canary requests counted after that time
+        (None: the whole rollout counts as one step)."""
+        if step is not None and step[1].tzinfo is None:
+            raise ValueError("the step's start must be timezone-aware")
         if at.tzinfo is None:
             raise ValueError("the evaluation time must be timezone-aware")
         names = [check.name for check in checks]
@@ -134,7 +140,7 @@ class Analyzer:
             previous = memory.get(check.name, CheckMemory())
             if self._look_based(check):
                 done, new_memory[check.name] = self._from_looks(
-                    check, subject, previous, at, grace, seen
+                    check, subject, previous, at, grace, seen, step
                 )
                 evaluations.append(done)
                 continue
@@ -143,7 +149,7 @@ class Analyzer:
                 continue
             if check.counted:
                 done, new_memory[check.name] = self._from_counters(
-                    check, subject, previous, at, grace
+                    check, subject, previous, at, grace, step
                 )
                 evaluations.append(done)
                 continue
@@ -177,6 +183,7 @@ class Analyzer:
         at: datetime,
         grace: bool,
         seen: dict[datetime, SubjectLook | MetricError],
+        step: tuple[int, datetime] | None,
     ) -> tuple[CheckEvaluation, CheckMemory]:
         """A built-in check from the grouped looks (sequential when it has a tolerance).
 
@@ -191,6 +198,8 @@ class Analyzer:
         parts = PARTS[check.builtin]
         sequential = check.sequential
         state = previous.sequential or SequentialState() if sequential else None
+        if state is not None and step is not None:
+            state = at_step(state, step[0])
         through = previous.through
         complete = (state, through)  # the evidence before any partial look
         latest: SubjectLook | None = None
@@ -212,7 +221,8 @@ class Analyzer:
             look = _for_check(check, look)
             if state is not None:
                 try:
-                    state = sequential_check.advance(check, state, look)
+                    fresh = step is None or t - source.period >= step[1]
+                    state = sequential_check.advance(check, state, look, fresh=fresh)
                 except ValueError as exc:
                     error = BadQuery(str(exc), query="\n".join(look.queries), at=t)
                     break
@@ -306,6 +316,7 @@ class Analyzer:
         previous: CheckMemory,
         at: datetime,
         grace: bool,
+        step: tuple[int, datetime] | None,
     ) -> tuple[CheckEvaluation, CheckMemory]:
         """An events/requests check: its counters' increase since the previous evaluation
         is one more look of its sequential test (or, without a tolerance budget, just the
@@ -331,6 +342,8 @@ class Analyzer:
             return _with_answers_detail(done, error, [answer]), assessment.memory
 
         state = previous.sequential or SequentialState()
+        if check.sequential and step is not None:
+            state = at_step(state, step[0])
         note = ""
         last, now = previous.counters, tuple(values)
         canary_rate: float | None = None
@@ -345,7 +358,10 @@ class Analyzer:
                 look = Counts(
                     requests_c, min(events_c, requests_c), requests_b, min(events_b, requests_b)
                 )
-                state = test.update(state, look)
+                fresh = step is None or (
+                    previous.through is not None and previous.through >= step[1]
+                )
+                state = test.update(state, look, fresh=fresh)
                 if previous.through is not None and at > previous.through:
                     canary_rate = requests_c / (at - previous.through).total_seconds()
         # A series missing now (a missed scrape, a restarting pod) after complete readings:

@@ -14,20 +14,24 @@ method and its guarantees; in short:
 * Two one-sided tests run on those counts, each a mixture of likelihood ratios over a
   fixed grid of alternatives (a non-negative supermartingale under its null):
 
-  - **harm** (H0: rho <= 1, the canary is no worse): its e-value reaching ``1/alpha_fail``
-    proves the canary worse. By Ville's inequality the chance that this *ever* happens to
-    a canary that is no worse is at most ``alpha_fail``, however often one looks.
+  - **harm** (H0: rho <= 1 + tolerance/2, the canary is within half the tolerance): its
+    e-value reaching ``1/alpha_fail`` proves the canary worse than that. It is an
+    e-detector: the full-history test plus tests restarted at each step and periodically,
+    with weights summing to 1, so that a regression that begins late is not hidden by a
+    healthy past. By Ville's inequality the chance that it *ever* fires for a canary within
+    half the tolerance is at most ``alpha_fail``, however often one looks.
   - **safety** (non-inferiority, H0: the canary is worse than the tolerance): its e-value
     reaching ``1/alpha_pass`` rules out a regression beyond the tolerance; the chance of
     that for a canary beyond the tolerance is at most ``alpha_pass``.
 
-* A regression is declared when the harm test rejects *and* the point estimate is beyond
-  the tolerance (a proven but tolerated difference is neither rolled back nor promoted);
-  the step may advance when the safety test rejects.
+* Counts vary more than Poisson counts on real traffic: each look's log-likelihood
+  ratios are tempered by a dispersion factor estimated from earlier looks, and capped.
+* A step may advance on the safety test only with canary requests counted at that step
+  (``step_canary_requests``, see :func:`at_step`).
 
-The state of a test is a handful of floats (the accumulated log-likelihood ratio of each
-alternative and the running totals), so it is persisted with the rollout and a restarted
-controller resumes exactly where it stopped.
+The state of a test is a few hundred floats (the accumulated log-likelihood ratio of each
+alternative of each test and restart, and the running totals), so it is persisted with the
+rollout and a restarted controller resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -39,14 +43,18 @@ from typing import Any, Literal
 
 __all__ = [
     "GRID",
+    "HARM_FRACTION",
     "Counts",
     "Decision",
     "ErrorRateTest",
     "LatencyTest",
     "RatioTest",
     "SequentialState",
+    "at_step",
     "count_above",
+    "extra_variance",
     "fixed_horizon_power",
+    "harm_log_e",
     "quantile",
 ]
 
@@ -188,6 +196,23 @@ class SequentialState:
     ruled_out: bool = False  # the safety test has crossed its threshold (it stays crossed)
     reference: float | None = None  # latency only: the threshold in seconds
     calibration: tuple[tuple[float, float], ...] = ()  # latency only: baseline buckets
+    # The harm tests restarted later (change-point detection): (the log of the restart's
+    # weight, the log-likelihood ratio of each alternative since it began), oldest first.
+    restarts: tuple[tuple[float, tuple[float, ...]], ...] = ()
+    restarted: int = 0  # how many periodic restarts have begun
+    step_restarted: int = 0  # how many restarts at a new step have begun
+    since_restart: float = 0.0  # effective events since the latest periodic restart
+    # Over-dispersion: the previous joined look's log-ratio and its Poisson variance, the
+    # total precision and the precision-weighted sum of the pair estimates of the extra
+    # variance, and the number of pairs.
+    dispersion: tuple[float, ...] = ()
+    # Evidence per step: the step's number, and the canary requests counted at it since its
+    # split showed in status (None before the first step is known).
+    step: int | None = None
+    step_canary_requests: float = 0.0
+    # The safety test's log-likelihood ratios over the current step's looks only (empty
+    # at the first step: the whole history is that step's).
+    step_safe: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -207,6 +232,14 @@ class SequentialState:
             "calibration": [
                 ["+Inf" if math.isinf(le) else le, count] for le, count in self.calibration
             ],
+            "restarts": [[weight, list(lrs)] for weight, lrs in self.restarts],
+            "restarted": self.restarted,
+            "step_restarted": self.step_restarted,
+            "since_restart": self.since_restart,
+            "dispersion": list(self.dispersion),
+            "step": self.step,
+            "step_canary_requests": self.step_canary_requests,
+            "step_safe": list(self.step_safe),
         }
 
     @classmethod
@@ -224,6 +257,25 @@ class SequentialState:
                 f"{_PENDING_FIELDS} or none"
             )
         reference = data.get("reference")
+        restarts = tuple(
+            (float(weight), tuple(float(v) for v in lrs))
+            for weight, lrs in data.get("restarts", ())
+        )
+        if any(len(lrs) != len(GRID) for _, lrs in restarts):
+            raise ValueError(f"a restarted harm test must have {len(GRID)} alternatives")
+        dispersion = tuple(float(v) for v in data.get("dispersion", ()))
+        if len(dispersion) not in (0, _DISPERSION_FIELDS):
+            raise ValueError(
+                f"sequential state has {len(dispersion)} dispersion figures, expected "
+                f"{_DISPERSION_FIELDS} or none"
+            )
+        step = data.get("step")
+        step_safe = tuple(float(v) for v in data.get("step_safe", ()))
+        if len(step_safe) not in (0, len(GRID)):
+            raise ValueError(f"the step's safety test must have {len(GRID)} alternatives")
+        # A state written before these fields existed reads as: no restart yet, no
+        # dispersion measured (the prior applies), and no step known (the next evaluation
+        # starts counting the step's requests from zero).
         return cls(
             harm=harm,
             safe=safe,
@@ -240,6 +292,14 @@ class SequentialState:
             calibration=tuple(
                 (float(le), float(count)) for le, count in data.get("calibration", ())
             ),
+            restarts=restarts,
+            restarted=int(data.get("restarted", 0)),
+            step_restarted=int(data.get("step_restarted", 0)),
+            since_restart=float(data.get("since_restart", 0.0)),
+            dispersion=dispersion,
+            step=None if step is None else int(step),
+            step_canary_requests=float(data.get("step_canary_requests", 0.0)),
+            step_safe=step_safe,
         )
 
 
@@ -248,10 +308,15 @@ class Decision:
     """What the evidence says now.
 
     ``estimate`` is the point estimate of the safety test's ratio divided by its null:
-    above 1 means the canary looks worse than the tolerance allows. ``harm_log_e`` and
-    ``safe_log_e`` are the tests' log e-values, decided at ``harm_log_threshold`` and
+    above 1 means the canary looks worse than the tolerance allows. ``harm_log_e`` is the
+    log of the harm detector's e-value (the full-history test and its restarts, weighted)
+    and ``safe_log_e`` the safety test's, decided at ``harm_log_threshold`` and
     ``safe_log_threshold``. ``requests_to_pass`` estimates how many more canary requests
-    the safety test needs at the present estimate (None when it is not heading there)."""
+    the safety test needs at the present estimate (None when it is not heading there).
+    ``step_canary_requests`` are the canary requests counted at the current step,
+    ``step_safe_log_e`` the log e-value of the safety test over the current step's looks
+    only (None at the first step) and ``extra_variance`` the variance of a look's log-ratio
+    beyond Poisson noise the tests allow for (:func:`extra_variance`)."""
 
     kind: DecisionKind
     harm_log_e: float
@@ -265,6 +330,9 @@ class Decision:
     baseline_events: float
     requests_to_pass: float | None
     message: str
+    step_canary_requests: float = 0.0
+    extra_variance: float = 0.0
+    step_safe_log_e: float | None = None
 
     @property
     def progress(self) -> float:
@@ -296,6 +364,158 @@ def _requests_to_pass(state: SequentialState, threshold: float) -> float | None:
     return (needed - gain) / per_request
 
 
+# --- the harm detector: the full-history test and its restarts ------------------------------
+
+HARM_FRACTION = 0.5
+"""A rollback proves the canary worse than the baseline by more than this fraction of the
+tolerance: the harm test's null is ``rho <= 1 + HARM_FRACTION * tolerance``. A canary
+within half the tolerance is rolled back with probability at most ``alpha_fail``; one
+beyond the tolerance is promoted with probability at most ``alpha_pass``; between the two,
+the tests may take a long time and the rollout pauses for a human."""
+
+FULL_WEIGHT = 0.25
+"""The share of ``alpha_fail`` given to the harm test over the whole history. A quarter
+goes to the restarts at new steps, the ``k``-th getting ``1 / (4 k (k + 1))``, and half to
+the periodic restarts, the ``j``-th getting ``1 / (2 j (j + 1))``."""
+
+RESTART_EVENTS = 40.0
+"""A new periodic restart of the harm test begins each time this many *effective events*
+(per look ``k_c k_b / (k_c + k_b)``, about the canary's events when the canary is the
+smaller side) have been given to the tests since the previous one."""
+
+MAX_RESTARTS = 6
+"""How many restarts are kept (see :func:`_kept`). Dropping one can only lower the
+detector, so the false-rollback bound holds."""
+
+
+def harm_log_e(state: SequentialState) -> float:
+    """The log e-value of the harm detector: ``FULL_WEIGHT`` times the full-history mixture
+    plus each restart's weight times its mixture. The restarts begin at stopping times and
+    all weights sum to at most 1, so (counting each restart as 1 before it begins) this is
+    bounded by a non-negative supermartingale starting at 1 under the null, and Ville's
+    inequality bounds the chance that it ever reaches ``1/alpha`` by ``alpha``."""
+    terms = [math.log(FULL_WEIGHT) + _log_mixture(state.harm)]
+    terms += [weight + _log_mixture(lrs) for weight, lrs in state.restarts]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
+
+
+def _kept(
+    restarts: tuple[tuple[float, tuple[float, ...]], ...],
+) -> tuple[tuple[float, tuple[float, ...]], ...]:
+    """At most :data:`MAX_RESTARTS`: the newest, and of the others those whose weighted
+    e-values are largest (which ones are dropped may depend on the data: the bound covers
+    every restart ever begun)."""
+    if len(restarts) <= MAX_RESTARTS:
+        return restarts
+    older = sorted(range(len(restarts) - 1),
+                   key=lambda i: restarts[i][0] + _log_mixture(restarts[i][1]))  # fmt: skip
+    dropped = set(older[: len(restarts) - MAX_RESTARTS])
+    return tuple(r for i, r in enumerate(restarts) if i not in dropped)
+
+
+def _restart(state: SequentialState) -> SequentialState:
+    number = state.restarted + 1
+    weight = math.log(0.5 / (number * (number + 1)))
+    return replace(
+        state,
+        restarts=_kept((*state.restarts, (weight, _empty()))),
+        restarted=number,
+        since_restart=0.0,
+    )
+
+
+def at_step(state: SequentialState, step: int) -> SequentialState:
+    """The evidence entering step ``step``: the step's canary requests count from zero and,
+    once there is a history, the harm test restarts (a canary that turns bad under the new
+    split is not weighed against its healthy past) and so does a copy of the safety test
+    over the step's looks only. Nothing else is forgotten."""
+    if state.step == step:
+        return state
+    entered = replace(state, step=step, step_canary_requests=0.0)
+    if state.looks <= 0:
+        return entered
+    entered = replace(entered, step_safe=_empty())
+    number = state.step_restarted + 1
+    weight = math.log(0.25 / (number * (number + 1)))
+    return replace(
+        entered,
+        restarts=_kept((*state.restarts, (weight, _empty()))),
+        step_restarted=number,
+    )
+
+
+# --- over-dispersion ----------------------------------------------------------------------
+
+PRIOR_EXTRA = 0.5
+"""The extra variance of a look's log-ratio beyond Poisson noise assumed before any pair
+of looks has been seen (the canary's and the baseline's squared coefficients of variation
+added: 0.5 is a CV of 0.5 on each side), as precise as :data:`PRIOR_PAIRS` pairs of looks
+whose extra variance is that."""
+PRIOR_PAIRS = 0.25
+DISPERSION_Z = 0.5
+"""The extra variance used is this many standard errors above its estimate, so that it is
+less often below the truth (too small a factor makes the tests anti-conservative)."""
+
+_DISPERSION_FIELDS = 5
+
+
+def _variance_estimate(state: SequentialState) -> tuple[float, float]:
+    """The extra variance's precision-weighted mean (with the prior) and standard error."""
+    _y, _w, precision, weighted, _count = state.dispersion or (0.0,) * _DISPERSION_FIELDS
+    prior = 2 / (2 * PRIOR_EXTRA) ** 2 * PRIOR_PAIRS
+    total = prior + precision
+    return max((prior * PRIOR_EXTRA + weighted) / total, 0.0), 1 / math.sqrt(total)
+
+
+def extra_variance(state: SequentialState) -> float:
+    """A conservative estimate of the variance of a look's log-ratio beyond Poisson noise
+    (the canary's and the baseline's squared coefficients of variation added): the
+    precision-weighted mean of the pair estimates so far (:func:`_dispersed`) and the
+    prior, plus :data:`DISPERSION_Z` standard errors. A pair estimate has variance
+    ``(w1 + w2 + 2 v)^2 / 2`` for the looks' Poisson variances ``w`` (half a squared
+    normal difference), so pairs of large looks weigh more: at high traffic a few looks
+    tell a CV of 0.3 from none."""
+    mean, error = _variance_estimate(state)
+    return mean + DISPERSION_Z * error
+
+
+def _dispersion_factor(state: SequentialState, counts: Counts) -> float:
+    """How much more a look's counts vary than the Poisson model says: ``1 + v h`` for the
+    extra variance ``v`` of the log-ratio (:func:`extra_variance`) and the look's Poisson
+    information ``h = 1 / (1/mu_c + 1/mu_b)``, where ``mu`` are the expected events per
+    side at the look's pooled rate (the tests condition on the look's total). Uses only
+    earlier looks' events."""
+    total = counts.canary_events + counts.baseline_events
+    if total <= 0:
+        return 1.0
+    rate = total / (counts.canary_requests + counts.baseline_requests)
+    mu_c, mu_b = rate * counts.canary_requests, rate * counts.baseline_requests
+    return 1.0 + extra_variance(state) / (1 / mu_c + 1 / mu_b)
+
+
+def _dispersed(state: SequentialState, look: Counts) -> tuple[float, ...]:
+    """The dispersion sums after one more joined look. Each look gives the log-ratio
+    ``y = log((k_c + 1/2) / (k_b + 1/2)) - log(n_c / n_b)`` with Poisson variance about
+    ``w = 1/(k_c + 1/2) + 1/(k_b + 1/2)``; two consecutive looks give the pair estimate
+    ``((y2 - y1)^2 - w1 - w2) / 2`` of the extra variance. Differences of consecutive looks
+    ignore a change in the ratio (a regression that begins) except at the one pair that
+    straddles it."""
+    last_y, last_w, precision, weighted, count = state.dispersion or (0.0,) * _DISPERSION_FIELDS
+    if look.canary_events + look.baseline_events <= 0:
+        return state.dispersion  # no events: nothing to compare (and nothing judged)
+    y = math.log((look.canary_events + 0.5) / (look.baseline_events + 0.5)) - math.log(
+        look.canary_requests / look.baseline_requests
+    )
+    w = 1 / (look.canary_events + 0.5) + 1 / (look.baseline_events + 0.5)
+    if last_w > 0:
+        estimate = ((y - last_y) ** 2 - w - last_w) / 2
+        spread = w + last_w + 2 * _variance_estimate(state)[0]
+        weight = 2 / (spread * spread)
+        precision, weighted, count = precision + weight, weighted + weight * estimate, count + 1
+    return (y, w, precision, weighted, count)
+
+
 @dataclass(frozen=True)
 class _Pair:
     """The harm and safety tests of one check."""
@@ -304,7 +524,7 @@ class _Pair:
     safe: RatioTest
 
     def decide(self, state: SequentialState, describe: str) -> Decision:
-        harm_e = RatioTest.log_e_value(state.harm)
+        harm_e = harm_log_e(state)
         safe_e = RatioTest.log_e_value(state.safe)
         ratio = _ratio_estimate(
             state.canary_safe_events,
@@ -313,8 +533,7 @@ class _Pair:
             state.baseline_requests,
         )
         estimate = None if ratio is None else ratio / self.safe.null
-        beyond = estimate is not None and estimate > 1
-        if harm_e >= self.harm.log_threshold and beyond:
+        if harm_e >= self.harm.log_threshold:
             kind: DecisionKind = "regression"
         elif state.ruled_out or safe_e >= self.safe.log_threshold:
             kind = "non-inferior"
@@ -335,6 +554,9 @@ class _Pair:
             if kind != "continue"
             else _requests_to_pass(state, self.safe.log_threshold),
             message=describe,
+            step_canary_requests=state.step_canary_requests,
+            extra_variance=extra_variance(state),
+            step_safe_log_e=_log_mixture(state.step_safe) if state.step_safe else None,
         )
 
 
@@ -369,9 +591,33 @@ def _with_pending(pending: tuple[float, ...], harm: Counts, safe: Counts) -> tup
     )
 
 
-def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts) -> SequentialState:
+LOOK_CAP = 4.0
+"""The most one joined look may add to the log-likelihood ratio of any alternative. The
+expectation of ``min(LR, C)`` is at most that of ``LR``, so capping keeps every guarantee,
+and it keeps one extreme look (a burst far beyond the estimated over-dispersion) from
+deciding alone; a real regression still gains up to this much per look."""
+
+
+def _tempered(log_lrs: Sequence[float], factor: float) -> tuple[float, ...]:
+    return tuple(min(v / factor, LOOK_CAP) for v in log_lrs)
+
+
+def _plus(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
+def _accumulate(
+    state: SequentialState, pair: _Pair, harm: Counts, safe: Counts, *, fresh: bool = True
+) -> SequentialState:
     """One more look: both tests updated with their counts, the totals added up. (The
-    two count sets share their requests; only the events differ.)
+    two count sets share their requests; only the events differ.) ``fresh``: the look lies
+    wholly after the current step's split showed, so its canary requests count for it.
+
+    Each look's log-likelihood ratios are divided by its dispersion factor (see
+    :func:`_dispersion_factor`), estimated from earlier looks only: a tempered likelihood
+    ratio keeps its expectation at most 1 under a null whose counts vary that much more
+    than Poisson counts (exactly in the normal approximation), and a predictable factor
+    keeps the product a supermartingale.
 
     Canary and baseline are scraped at different moments, so a look shorter than the
     scrape interval often sees only one side move. Such a look says nothing about the
@@ -383,9 +629,18 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
     live = state.pending if state.pending and state.pending[-1] < MAX_HELD_LOOKS else ()
     held = live[-1] if live else 0.0
     joint_harm, joint_safe = _with_pending(live, harm, safe)
+    restarts, since, step_safe = state.restarts, state.since_restart, state.step_safe
     if joint_harm.canary_requests > 0 and joint_harm.baseline_requests > 0:
-        harm_lrs = pair.harm.update(state.harm, joint_harm)
-        safe_lrs = pair.safe.update(state.safe, joint_safe)
+        look_harm = _tempered(_log_lrs(joint_harm, pair.harm.null, pair.harm.side),
+                              _dispersion_factor(state, joint_harm))  # fmt: skip
+        look_safe = _tempered(_log_lrs(joint_safe, pair.safe.null, pair.safe.side),
+                              _dispersion_factor(state, joint_safe))  # fmt: skip
+        harm_lrs = _plus(state.harm, look_harm)
+        safe_lrs = _plus(state.safe, look_safe)
+        restarts = tuple((n, _plus(lrs, look_harm)) for n, lrs in state.restarts)
+        step_safe = _plus(state.step_safe, look_safe) if state.step_safe else ()
+        k_c, k_b = joint_harm.canary_events, joint_harm.baseline_events
+        since += k_c * k_b / (k_c + k_b) if k_c > 0 and k_b > 0 else 0.0
         pending: tuple[float, ...] = ()
     elif joint_harm.canary_requests > 0 or joint_harm.baseline_requests > 0:
         harm_lrs, safe_lrs = state.harm, state.safe
@@ -405,6 +660,9 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
         state,
         harm=harm_lrs,
         safe=safe_lrs,
+        restarts=restarts,
+        since_restart=since,
+        step_safe=step_safe,
         pending=pending,
         canary_requests=state.canary_requests + harm.canary_requests,
         baseline_requests=state.baseline_requests + harm.baseline_requests,
@@ -413,14 +671,20 @@ def _accumulate(state: SequentialState, pair: _Pair, harm: Counts, safe: Counts)
         canary_safe_events=state.canary_safe_events + safe.canary_events,
         baseline_safe_events=state.baseline_safe_events + safe.baseline_events,
         looks=state.looks + 1,
+        step_canary_requests=state.step_canary_requests + (harm.canary_requests if fresh else 0.0),
     )
+    if not pending:
+        updated = replace(updated, dispersion=_dispersed(updated, joint_harm))
+    if since >= RESTART_EVENTS:
+        updated = _restart(updated)
     return _mark(updated, pair)
 
 
 def _mark(state: SequentialState, pair: _Pair) -> SequentialState:
     """Remember that the safety test crossed its threshold. Stopping at the first crossing
     is what Ville's inequality covers, so the verdict stands even if the statistic later
-    falls back (the harm test keeps watching for a regression)."""
+    falls back (the harm test keeps watching for a regression). It does not carry a step:
+    a step advances only once enough canary requests were counted at that step too."""
     if state.ruled_out or RatioTest.log_e_value(state.safe) < pair.safe.log_threshold:
         return state
     return replace(state, ruled_out=True)
@@ -438,8 +702,8 @@ def _validate(tolerance: float, alpha_fail: float, alpha_pass: float) -> None:
 class ErrorRateTest:
     """The canary's error rate against the baseline's, on request and 5xx counts.
 
-    Harm: H0 "the canary's error rate is at most the baseline's". Safety: H0 "it is more
-    than ``1 + tolerance`` times the baseline's"."""
+    Harm: H0 "the canary's error rate is at most ``1 + HARM_FRACTION * tolerance`` times
+    the baseline's". Safety: H0 "it is more than ``1 + tolerance`` times the baseline's"."""
 
     tolerance: float
     alpha_fail: float = 0.01
@@ -452,12 +716,14 @@ class ErrorRateTest:
     @property
     def _pair(self) -> _Pair:
         return _Pair(
-            RatioTest(1.0, "above", self.alpha_fail),
+            RatioTest(1.0 + HARM_FRACTION * self.tolerance, "above", self.alpha_fail),
             RatioTest(1.0 + self.tolerance, "below", self.alpha_pass),
         )
 
-    def update(self, state: SequentialState, counts: Counts) -> SequentialState:
-        return _accumulate(state, self._pair, counts, counts)
+    def update(
+        self, state: SequentialState, counts: Counts, *, fresh: bool = True
+    ) -> SequentialState:
+        return _accumulate(state, self._pair, counts, counts, fresh=fresh)
 
     def decide(self, state: SequentialState) -> Decision:
         canary = _rate(state.canary_harm_events, state.canary_requests)
@@ -553,8 +819,9 @@ class LatencyTest:
     baseline's first ``calibration_requests`` observations, which the test itself does not
     use. After that, per look:
 
-    * harm counts the requests slower than ``reference`` on each side (H0: the canary's
-      share is at most the baseline's);
+    * harm counts the canary's requests slower than ``(1 + HARM_FRACTION * tolerance) *
+      reference`` against the baseline's slower than ``reference`` (H0: the canary's p99 is
+      within that fraction of the tolerance);
     * safety counts the canary's requests slower than ``(1 + tolerance) * reference``
       against the baseline's slower than ``reference`` (H0: the canary's share beyond the
       tolerated p99 is at least the baseline's share beyond its p99, i.e. the canary's
@@ -579,8 +846,11 @@ class LatencyTest:
             RatioTest(1.0, "above", self.alpha_fail), RatioTest(1.0, "below", self.alpha_pass)
         )
 
-    def update(self, state: SequentialState, canary: Buckets, baseline: Buckets) -> SequentialState:
-        """Add one look's bucket increments (cumulative per bound, per side)."""
+    def update(
+        self, state: SequentialState, canary: Buckets, baseline: Buckets, *, fresh: bool = True
+    ) -> SequentialState:
+        """Add one look's bucket increments (cumulative per bound, per side). The looks
+        that fix the threshold are not evidence, and their requests count for no step."""
         canary_pairs, baseline_pairs = _checked(canary), _checked(baseline)
         if state.reference is None:
             calibration = _merge(state.calibration, baseline_pairs)
@@ -594,19 +864,20 @@ class LatencyTest:
             return replace(state, calibration=calibration, reference=reference)
         reference = state.reference
         n_c, n_b = canary_pairs[-1][1], baseline_pairs[-1][1]
+        baseline_slow = count_above(baseline_pairs, reference)
         harm = Counts(
             max(n_c, 0.0),
-            count_above(canary_pairs, reference),
+            count_above(canary_pairs, reference * (1 + HARM_FRACTION * self.tolerance)),
             max(n_b, 0.0),
-            count_above(baseline_pairs, reference),
+            baseline_slow,
         )
         safe = Counts(
             harm.canary_requests,
             count_above(canary_pairs, reference * (1 + self.tolerance)),
             harm.baseline_requests,
-            harm.baseline_events,
+            baseline_slow,
         )
-        return _accumulate(state, self._pair, harm, safe)
+        return _accumulate(state, self._pair, harm, safe, fresh=fresh)
 
     def decide(self, state: SequentialState) -> Decision:
         if state.reference is None:
@@ -630,12 +901,13 @@ class LatencyTest:
             )
         reference = state.reference
         limit = reference * (1 + self.tolerance)
+        halfway = reference * (1 + HARM_FRACTION * self.tolerance)
         describe = (
-            f"slower than {reference * 1000:.4g} ms (the baseline's p{self.q * 100:g}): "
-            f"{_rate(state.canary_harm_events, state.canary_requests)} of the canary vs "
-            f"{_rate(state.baseline_harm_events, state.baseline_requests)} of the baseline; "
-            f"canary slower than {limit * 1000:.4g} ms: "
-            f"{_rate(state.canary_safe_events, state.canary_requests)}"
+            f"baseline slower than {reference * 1000:.4g} ms (its p{self.q * 100:g}): "
+            f"{_rate(state.baseline_harm_events, state.baseline_requests)}; canary slower "
+            f"than {halfway * 1000:.4g} ms: "
+            f"{_rate(state.canary_harm_events, state.canary_requests)}, than "
+            f"{limit * 1000:.4g} ms: {_rate(state.canary_safe_events, state.canary_requests)}"
         )
         return self._pair.decide(state, describe)
 

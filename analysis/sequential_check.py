@@ -9,7 +9,9 @@ into a :class:`~analysis.assess.Judgement`:
 evidence            judgement
 ==================  =================================================================
 regression          Failed, decisive: rolled back at once, at any sample size
-non-inferior        Successful: the data rule out a regression beyond the tolerance
+non-inferior        Successful: the data rule out a regression beyond the tolerance, and
+                    at least ``min_samples`` canary requests were counted at this step
+                    (before that: Inconclusive while collecting, not sufficient)
 collecting          Inconclusive while collecting (gates Successful, never sufficient);
                     with ``progression: power``, Successful once the samples would have
                     shown a regression of twice the tolerance with 80 % power
@@ -24,6 +26,7 @@ from analysis.assess import Judgement
 from analysis.looks import SideLook, SubjectLook
 from analysis.profiles import Unit
 from analysis.sequential import (
+    HARM_FRACTION,
     Counts,
     Decision,
     ErrorRateTest,
@@ -58,9 +61,13 @@ def test_for(check: CheckDefinition) -> ErrorRateTest | LatencyTest:
     return LatencyTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass)
 
 
-def advance(check: CheckDefinition, state: SequentialState, look: SubjectLook) -> SequentialState:
-    """The evidence after one more look. Raises ValueError for a look the test cannot use
-    (an error-rate check on a profile without status codes)."""
+def advance(
+    check: CheckDefinition, state: SequentialState, look: SubjectLook, *, fresh: bool = True
+) -> SequentialState:
+    """The evidence after one more look. ``fresh``: the look lies wholly after the current
+    step's split showed in status, so its canary requests count for the step. Raises
+    ValueError for a look the test cannot use (an error-rate check on a profile without
+    status codes)."""
     test = test_for(check)
     if isinstance(test, ErrorRateTest):
         canary, baseline = look.canary, look.baseline
@@ -74,9 +81,10 @@ def advance(check: CheckDefinition, state: SequentialState, look: SubjectLook) -
                 baseline.requests,
                 min(baseline.errors, baseline.requests),
             ),
+            fresh=fresh,
         )
     return test.update(state, look.canary.buckets or _NO_BUCKETS,
-                       look.baseline.buckets or _NO_BUCKETS)  # fmt: skip
+                       look.baseline.buckets or _NO_BUCKETS, fresh=fresh)  # fmt: skip
 
 
 def _window_value(
@@ -190,6 +198,11 @@ def judge(
         "canary_events": decision.canary_events,
         "baseline_events": decision.baseline_events,
         "looks": state.looks,
+        "step_canary_requests": decision.step_canary_requests,
+        "step_safe_e_value": None
+        if decision.step_safe_log_e is None
+        else _evalue(decision.step_safe_log_e),
+        "extra_variance": round(decision.extra_variance, 6),
         "progress": round(decision.progress, 4),
         "alpha_fail": check.alpha_fail,
         "alpha_pass": check.alpha_pass,
@@ -221,15 +234,43 @@ def judge(
             detail,
         )
     if decision.kind == "regression":
-        worse = "" if decision.estimate is None else f" (estimate beyond the tolerance {tolerance})"
+        halfway = f"+{check.relative_tolerance * HARM_FRACTION * 100:.3g}%"
         return Judgement(
             Outcome.FAILED,
             "regression",
             harm,
             fail_at,
-            f"{text}; the canary is proven worse: evidence {harm:.3g} >= {fail_at:.3g}{worse}",
+            f"{text}; the canary is proven worse than the baseline by more than {halfway} "
+            f"({HARM_FRACTION:g} x the tolerance {tolerance}): evidence {harm:.3g} >= "
+            f"{fail_at:.3g}",
             detail,
             decisive=True,
+        )
+    if decision.kind == "non-inferior" and decision.step_canary_requests < check.min_samples:
+        return Judgement(
+            Outcome.INCONCLUSIVE,
+            "collecting-evidence",
+            decision.step_canary_requests,
+            float(check.min_samples),
+            f"{text}; a regression beyond {tolerance} is ruled out, but only "
+            f"{decision.step_canary_requests:.0f} of the {check.min_samples} canary requests "
+            "needed were counted at this step since its split showed",
+            detail,
+        )
+    if (
+        decision.kind == "non-inferior"
+        and decision.step_safe_log_e is not None
+        and decision.step_safe_log_e < 0
+    ):
+        return Judgement(
+            Outcome.INCONCLUSIVE,
+            "collecting-evidence",
+            _evalue(decision.step_safe_log_e),
+            1.0,
+            f"{text}; a regression beyond {tolerance} was ruled out, but this step's own "
+            "looks do not support it yet (their evidence "
+            f"{_evalue(decision.step_safe_log_e):.3g} < 1): holding the step",
+            detail,
         )
     if decision.kind == "non-inferior":
         return Judgement(
@@ -244,6 +285,17 @@ def judge(
     if check.progression == "power" and decision.kind == "continue":
         power = _power(check, state)
         detail["power"] = round(power, 4)
+        if power >= POWER_TARGET and decision.step_canary_requests < check.min_samples:
+            return Judgement(
+                Outcome.INCONCLUSIVE,
+                "collecting-evidence",
+                decision.step_canary_requests,
+                float(check.min_samples),
+                f"{text}; no regression found with {power:.0%} power, but only "
+                f"{decision.step_canary_requests:.0f} of the {check.min_samples} canary "
+                "requests needed were counted at this step since its split showed",
+                detail,
+            )
         if power >= POWER_TARGET:
             return Judgement(
                 Outcome.SUCCESSFUL,
@@ -289,7 +341,13 @@ def describe(check: CheckDefinition, state: SequentialState | None, look_seconds
     if decision.kind == "regression":
         return f"{check.name}: regression proven (evidence {_evalue(decision.harm_log_e):.3g})"
     if decision.kind == "non-inferior":
-        return f"{check.name}: a regression beyond {tolerance} is ruled out"
+        line = f"{check.name}: a regression beyond {tolerance} is ruled out"
+        if decision.step_canary_requests < check.min_samples:
+            line += (
+                f"; {decision.step_canary_requests:.0f} of the {check.min_samples} canary "
+                "requests needed at this step"
+            )
+        return line
     line = f"{check.name}: {decision.progress:.0%} of the evidence to rule out {tolerance}"
     elapsed = state.looks * look_seconds
     if decision.requests_to_pass is None:

@@ -21,6 +21,7 @@ from analysis.assess import (
     combine,
     evaluation,
     reading_from_results,
+    step_outcome,
 )
 from analysis.profiles import QueryPlan, Unit
 from analysis.types import (
@@ -361,6 +362,39 @@ def test_combine(
     assert summary in step.summary
     assert step.evaluated_at == AT
     assert step.memory == memory
+
+
+ACTIONS = {F: "rollback", ERR: "pause", INC: "pause"}
+
+
+@pytest.mark.parametrize(
+    ("evaluations", "verdict", "sufficient", "fast_fail", "summary"),
+    [row[1:] for row in COMBINATIONS],
+    ids=[row[0] for row in COMBINATIONS],
+)
+def test_one_public_rule_decides_the_step_and_combine_uses_it(
+    evaluations: list[CheckEvaluation],
+    verdict: Outcome,
+    sufficient: bool,
+    fast_fail: bool,
+    summary: str,
+) -> None:
+    """The controller (through combine) and the benchmark call step_outcome: the same
+    verdict, the same sufficiency, and one action a step takes from them."""
+    outcome = step_outcome(evaluations)
+    step = combine(evaluations, {})
+    assert (outcome.verdict, outcome.sufficient, outcome.fast_fail) == (
+        step.verdict,
+        step.sufficient_data,
+        step.fast_fail,
+    )
+    expected = ACTIONS.get(verdict) or ("advance" if sufficient else "wait")
+    assert outcome.action == expected
+
+
+def test_a_step_with_no_gating_check_never_advances() -> None:
+    assert step_outcome([]).action == "wait"
+    assert step_outcome([ev("biz", S, dry_run=True)]).action == "wait"
 
 
 def test_end_to_end_summary_names_the_failing_check() -> None:

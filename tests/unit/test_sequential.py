@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from analysis import sequential
 from analysis.sequential import (
     GRID,
     MAX_HELD_LOOKS,
@@ -21,7 +22,9 @@ from analysis.sequential import (
     ErrorRateTest,
     LatencyTest,
     SequentialState,
+    at_step,
     count_above,
+    extra_variance,
     fixed_horizon_power,
     quantile,
 )
@@ -140,7 +143,7 @@ def test_a_look_where_only_one_side_moved_is_counted_with_the_next_one() -> None
     the next, they give the tests exactly what one look of both would."""
     test = ErrorRateTest(0.5)
     whole = split = SequentialState()
-    for counts in (Counts(1000, 30, 9000, 90), Counts(1200, 25, 8800, 95)):
+    for counts in (Counts(1000, 30, 9000, 90), Counts(1200, 25, 8800, 95)) * 8:
         canary_only, baseline_only = split_in_phase(counts)
         held = test.update(split, canary_only)
         assert held.pending  # held back...
@@ -150,8 +153,9 @@ def test_a_look_where_only_one_side_moved_is_counted_with_the_next_one() -> None
         assert split.harm == pytest.approx(whole.harm)
         assert split.safe == pytest.approx(whole.safe)
         assert not split.pending
+    assert split.dispersion == pytest.approx(whole.dispersion)
     assert test.decide(split).kind == test.decide(whole).kind == "regression"
-    assert (split.canary_requests, split.baseline_harm_events) == (2200, 185)
+    assert (split.canary_requests, split.baseline_harm_events) == (17600, 1480)
 
 
 def test_held_back_counts_survive_a_restart() -> None:
@@ -219,14 +223,17 @@ def test_out_of_phase_scrapes_still_find_a_regression() -> None:
 # --- direction ----------------------------------------------------------------------------
 
 
-def test_a_proven_but_tolerated_difference_is_neither_rolled_back_nor_promoted() -> None:
+@pytest.mark.parametrize("ratio", [1.0, 1.1, 1.2, 1.25])
+def test_a_canary_within_half_the_tolerance_is_never_proven_harmful(ratio: float) -> None:
+    """The harm test's null is "within half the tolerance": however precisely a tolerated
+    difference is known, it is never a rollback (and here it is promoted)."""
     test = ErrorRateTest(0.5)
     state = SequentialState()
-    for _ in range(400):  # 1.2x the baseline's errors, known very precisely
-        state = test.update(state, Counts(10_000, 120, 90_000, 900))
+    for _ in range(400):  # known very precisely
+        state = test.update(state, Counts(10_000, round(100 * ratio), 90_000, 900))
     decision = test.decide(state)
-    assert decision.harm_log_e > math.log(100)  # it is proven worse...
-    assert decision.kind == "non-inferior"  # ...but within the +50 % tolerance
+    assert decision.harm_log_e < math.log(1)  # no evidence of harm at all
+    assert decision.kind == "non-inferior"  # within the +50 % tolerance
 
 
 def test_a_ruled_out_regression_stays_ruled_out() -> None:
@@ -280,21 +287,25 @@ def test_a_canary_twice_the_tolerance_is_rarely_promoted() -> None:
     assert promoted / 300 <= 0.08
 
 
-@pytest.mark.parametrize(("rate", "expected"), [(70, 12), (200, 5), (1000, 1)])
+@pytest.mark.parametrize(("rate", "expected"), [(70, 23), (200, 8), (1000, 2)])
 def test_the_oracle_for_a_2x_error_regression(rate: float, expected: int) -> None:
+    """Against the null a rollback disproves (the canary within half the tolerance)."""
     n_c, n_b = rate * 30 * 0.1, rate * 30 * 0.9
     looks = next(k for k in range(1, 100)
-                 if fixed_horizon_power(n_c * k, n_b * k, 0.01, 0.02, 0.01) >= 0.95)  # fmt: skip
+                 if fixed_horizon_power(n_c * k, n_b * k, 0.0125, 0.02, 0.01) >= 0.95)  # fmt: skip
     assert looks == expected
 
 
-def test_a_2x_error_regression_is_found_about_as_fast_as_the_oracle() -> None:
+def test_a_2x_error_regression_is_found_within_twice_the_oracle() -> None:
+    """From the first look, with the over-dispersion not yet measured (the prior assumes a
+    CV of 0.5 on each side), the tests are slower than the oracle told the effect and the
+    variance: within twice its 8 looks at 200 req/s (see bench/results)."""
     rng = random.Random(13)
     test = ErrorRateTest(0.5, alpha_fail=0.005)  # two gating checks share 1 %
-    found = [first(test, rng, "regression", 0.02, 30) for _ in range(200)]
+    found = [first(test, rng, "regression", 0.02, 40) for _ in range(200)]
     times = sorted(k for k in found if k is not None)
     assert len(times) / 200 >= 0.95
-    assert times[len(times) // 2] <= 1.5 * 5  # median within 1.5x the oracle's 5 looks
+    assert times[len(times) // 2] <= 2 * 8
 
 
 def test_a_healthy_canary_is_ruled_non_inferior_within_the_rollout() -> None:
@@ -341,3 +352,201 @@ def test_latency_is_judged_on_the_tail_after_calibration(scale: float, decision:
     assert decisions[0] == "continue"  # the first look fixed the threshold
     assert decision in decisions
     assert "regression" not in decisions if decision == "non-inferior" else True
+
+
+# --- over-dispersion ----------------------------------------------------------------------
+
+
+def dispersed_look(rng: random.Random, rate: float, canary_error: float, cv: float,
+                   share: float = 0.1) -> Counts:  # fmt: skip
+    """One 30 s look whose 5xx rates vary, look by look and independently per side, by a
+    gamma factor of mean 1 and coefficient of variation ``cv`` (a noisy node, a bursty
+    client): counts more variable than Poisson counts."""
+    shape = 1 / cv**2
+    n_c, n_b = poisson(rng, rate * 30 * share), poisson(rng, rate * 30 * (1 - share))
+    noise_c, noise_b = rng.gammavariate(shape, 1 / shape), rng.gammavariate(shape, 1 / shape)
+    return Counts(n_c, min(poisson(rng, n_c * canary_error * noise_c), n_c), n_b,
+                  min(poisson(rng, n_b * 0.01 * noise_b), n_b))  # fmt: skip
+
+
+def share_deciding(test: ErrorRateTest, kind: str, seed: int, rate: float, error: float,
+                   cv: float, rollouts: int = 200, looks: int = 60) -> float:  # fmt: skip
+    rng = random.Random(seed)
+    decided = 0
+    for _ in range(rollouts):
+        state = SequentialState()
+        for _ in range(looks):
+            state = test.update(state, dispersed_look(rng, rate, error, cv))
+            if test.decide(state).kind == kind:
+                decided += 1
+                break
+    return decided / rollouts
+
+
+@pytest.mark.parametrize("cv", [0.3, 0.5])
+@pytest.mark.parametrize("rate", [200, 1000])
+def test_over_dispersed_healthy_canaries_are_rarely_rolled_back(cv: float, rate: float) -> None:
+    """alpha 5 % so that 200 rollouts can show it: the share ever rolled back stays below
+    alpha (with a binomial margin), with 5xx rates varying between looks far beyond
+    Poisson noise."""
+    test = ErrorRateTest(0.5, alpha_fail=0.05)
+    assert share_deciding(test, "regression", 31, rate, 0.01, cv) <= 0.08
+
+
+def test_without_the_allowance_for_over_dispersion_they_would_not_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same streams judged as Poisson counts (no dispersion prior, estimate or cap):
+    false rollbacks pile up, which is what the allowance is for."""
+    monkeypatch.setattr(sequential, "_dispersion_factor", lambda state, counts: 1.0)
+    monkeypatch.setattr(sequential, "LOOK_CAP", math.inf)
+    test = ErrorRateTest(0.5, alpha_fail=0.05)
+    assert share_deciding(test, "regression", 31, 1000, 0.01, 0.3) > 0.15
+
+
+@pytest.mark.parametrize("cv", [0.3, 0.5])
+def test_over_dispersed_regressions_beyond_the_tolerance_are_rarely_promoted(cv: float) -> None:
+    test = ErrorRateTest(0.5, alpha_pass=0.05)
+    assert share_deciding(test, "non-inferior", 32, 1000, 0.02, cv) <= 0.08
+
+
+def test_the_extra_variance_is_learnt_from_the_looks() -> None:
+    """Poisson looks bring the allowance down from its prior; over-dispersed looks keep it
+    near the truth (both sides' squared CVs added: 0.18 at a CV of 0.3)."""
+    rng = random.Random(33)
+    test = ErrorRateTest(0.5)
+    poisson_state = dispersed_state = SequentialState()
+    assert extra_variance(poisson_state) > 0.5  # the prior: a CV of 0.5 on each side
+    for _ in range(60):
+        poisson_state = test.update(poisson_state, look(rng, 1000, 0.01))
+        dispersed_state = test.update(dispersed_state, dispersed_look(rng, 1000, 0.01, 0.3))
+    assert extra_variance(poisson_state) < 0.03
+    # log-gamma variance at a CV of 0.3 is 0.094 per side; the estimate errs upwards
+    assert 0.15 < extra_variance(dispersed_state) < 0.6
+
+
+# --- what a rollback proves ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ratio", "bound"), [(1.2, 0.01), (1.25, 0.01), (1.3, 0.03)])
+def test_a_canary_within_the_tolerance_is_rarely_rolled_back(ratio: float, bound: float) -> None:
+    """A rollback proves the canary beyond half the tolerance (x1.25 for +50 %): up to
+    x1.25 it happens with probability at most alpha, and x1.3 (inside the +50 % tolerance)
+    is rarely rolled back, at 1,000 req/s over 90 looks with the rollout's alpha 0.5 %.
+    (Between x1.3 and x1.5 rollbacks become likely as evidence accumulates: the curve is
+    in bench/results/judgement.md.)"""
+    rng = random.Random(34)
+    test = ErrorRateTest(0.5, alpha_fail=0.005)
+    rolled = sum(first(test, rng, "regression", 0.01 * ratio, 90, rate=1000) is not None
+                 for _ in range(200))  # fmt: skip
+    assert rolled / 200 <= bound
+
+
+# --- late onset ---------------------------------------------------------------------------
+
+
+def onset_after(test: ErrorRateTest, rng: random.Random, healthy: int, looks: int,
+                rate: float = 200.0) -> int | None:  # fmt: skip
+    """Looks from the onset of a x2 regression after ``healthy`` healthy looks until it
+    is rolled back (None: not within ``looks``)."""
+    state = SequentialState()
+    for _ in range(healthy):
+        state = test.update(state, look(rng, rate, 0.01))
+        assert test.decide(state).kind != "regression"
+    for k in range(1, looks + 1):
+        state = test.update(state, look(rng, rate, 0.02))
+        if test.decide(state).kind == "regression":
+            return k
+    return None
+
+
+def test_a_late_regression_is_caught_as_fast_as_one_from_the_start() -> None:
+    """A x2 regression that begins after 60 healthy looks (the canary long ruled
+    non-inferior) is caught, counted from its onset, about as fast as one present from
+    the first look: the harm test restarts, so the healthy past does not hide it. The
+    oracle (told the effect, against x1.25) needs 8 looks: the median is within 2.5x."""
+    test = ErrorRateTest(0.5, alpha_fail=0.005)
+    rng = random.Random(35)
+    late = sorted(k or 999 for k in (onset_after(test, rng, 60, 60) for _ in range(100)))
+    start = sorted(k or 999 for k in (onset_after(test, rng, 0, 60) for _ in range(100)))
+    assert late[-1] < 999  # all caught
+    assert late[50] <= 2.5 * 8
+    assert late[50] <= start[50] + 3
+
+
+def test_without_restarts_the_healthy_past_would_hide_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sequential, "RESTART_EVENTS", math.inf)
+    test = ErrorRateTest(0.5, alpha_fail=0.005)
+    rng = random.Random(35)
+    late = sorted(k or 999 for k in (onset_after(test, rng, 60, 60) for _ in range(100)))
+    assert late[50] > 2.5 * 8
+
+
+def test_restarts_keep_the_false_rollback_bound() -> None:
+    """Healthy rollouts twice as long as the benchmark's (180 looks, many restarts), at
+    alpha 5 %: still rarely rolled back."""
+    test = ErrorRateTest(0.5, alpha_fail=0.05)
+    assert share_deciding(test, "regression", 36, 1000, 0.01, 0.1, rollouts=150,
+                          looks=180) <= 0.08  # fmt: skip
+
+
+# --- evidence per step --------------------------------------------------------------------
+
+
+def test_a_new_step_counts_its_canary_requests_from_zero() -> None:
+    test = ErrorRateTest(0.5)
+    state = at_step(SequentialState(), 0)
+    for _ in range(40):
+        state = test.update(state, Counts(1000, 5, 9000, 90))
+    assert state.ruled_out
+    assert state.step_canary_requests == 40_000
+    moved = at_step(state, 1)
+    assert moved.step_canary_requests == 0
+    assert moved.ruled_out  # the cumulative verdict stands...
+    assert test.decide(moved).step_canary_requests == 0  # ...but nothing is fresh
+    assert at_step(moved, 1) == moved  # the same step again changes nothing
+    stale = test.update(moved, Counts(1000, 5, 9000, 90), fresh=False)
+    assert stale.step_canary_requests == 0  # a look from before the split showed
+
+
+def test_a_canary_bad_at_its_new_step_is_held_even_though_ruled_out_before() -> None:
+    test = ErrorRateTest(0.5)
+    state = at_step(SequentialState(), 0)
+    for _ in range(40):
+        state = test.update(state, Counts(1000, 5, 9000, 90))
+    state = at_step(state, 1)
+    for _ in range(3):  # x2 at the new step: not yet proven, but no longer supported
+        state = test.update(state, Counts(5000, 100, 5000, 50))
+    decision = test.decide(state)
+    assert decision.kind == "non-inferior"
+    assert decision.step_safe_log_e is not None
+    assert decision.step_safe_log_e < 0
+
+
+def test_a_state_written_before_these_fields_reads_with_safe_defaults() -> None:
+    test = ErrorRateTest(0.5)
+    state = test.update(SequentialState(), Counts(1000, 5, 9000, 90))
+    old = {k: v for k, v in state.to_json().items()
+           if k not in {"restarts", "restarted", "step_restarted", "since_restart",
+                        "dispersion", "step", "step_canary_requests", "step_safe"}}  # fmt: skip
+    read = SequentialState.from_json(old)
+    assert (read.restarts, read.dispersion, read.step, read.step_safe) == ((), (), None, ())
+    assert read.step_canary_requests == 0
+    assert read.harm == state.harm
+    assert test.decide(read).kind == "continue"
+    again = at_step(test.update(read, Counts(1000, 5, 9000, 90)), 3)
+    assert SequentialState.from_json(again.to_json()) == again
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        pytest.param("restarts", [[-1.0, [0.0]]], "restarted harm test", id="short-restart"),
+        pytest.param("dispersion", [1.0], "dispersion", id="short-dispersion"),
+        pytest.param("step_safe", [0.0], "step's safety test", id="short-step-safety"),
+    ],
+)
+def test_a_corrupt_stored_state_is_refused(field: str, value: Any, message: str) -> None:
+    data = {**SequentialState().to_json(), field: value}
+    with pytest.raises(ValueError, match=message):
+        SequentialState.from_json(data)

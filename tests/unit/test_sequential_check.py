@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from analysis.sequential import Counts, ErrorRateTest, SequentialState
-from analysis.sequential_check import describe
-from analysis.types import CheckDefinition
+from analysis.assess import Judgement
+from analysis.sequential import Counts, ErrorRateTest, SequentialState, at_step
+from analysis.sequential_check import describe, judge
+from analysis.types import CheckDefinition, Outcome, Reading
 
 
 def check(**overrides: Any) -> CheckDefinition:
@@ -92,3 +93,70 @@ def test_the_false_rollback_budget_is_split_among_the_gating_sequential_checks()
     assert checks["latency-p99"].alpha_fail == pytest.approx(0.01)
     assert all(c.alpha_pass == pytest.approx(0.1) for c in checks.values())
     assert not checks["ceiling"].sequential  # a hard limit alone is judged per look
+
+
+# --- judging a step: evidence from this step ------------------------------------------------
+
+
+def ruled_out() -> SequentialState:
+    state = at_step(SequentialState(), 0)
+    test = ErrorRateTest(0.5, 0.01, 0.05)
+    for _ in range(40):
+        state = test.update(state, Counts(1000, 5, 9000, 90))
+    return state
+
+
+def judged(state: SequentialState, **overrides: Any) -> Judgement:
+    definition = check(min_samples=500, **overrides)
+    return judge(definition, state, Reading(0.005, 0.01, 1000, 9000), canary_rate=None)
+
+
+def then(state: SequentialState, *looks: Counts) -> SequentialState:
+    test = ErrorRateTest(0.5, 0.01, 0.05)
+    for counts in looks:
+        state = test.update(state, counts)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("state", "outcome", "says"),
+    [
+        pytest.param(ruled_out(), Outcome.SUCCESSFUL, "is ruled out", id="first-step"),
+        pytest.param(at_step(ruled_out(), 1), Outcome.INCONCLUSIVE,
+                     "only 0 of the 500 canary requests", id="new-step-nothing-yet"),
+        pytest.param(then(at_step(ruled_out(), 1), Counts(400, 2, 3600, 36)),
+                     Outcome.INCONCLUSIVE, "only 400 of the 500", id="new-step-too-few"),
+        pytest.param(then(at_step(ruled_out(), 1), Counts(0, 0, 0, 0), Counts(0, 0, 0, 0)),
+                     Outcome.INCONCLUSIVE, "only 0 of the 500", id="new-step-frozen"),
+        pytest.param(then(at_step(ruled_out(), 1), Counts(600, 3, 5400, 54)),
+                     Outcome.SUCCESSFUL, "is ruled out", id="new-step-enough"),
+        pytest.param(then(at_step(ruled_out(), 1), Counts(2000, 40, 2000, 20)),
+                     Outcome.INCONCLUSIVE, "this step's own looks do not support it",
+                     id="new-step-bad-looks"),
+    ],
+)  # fmt: skip
+def test_a_step_advances_only_on_evidence_from_that_step(
+    state: SequentialState, outcome: Outcome, says: str
+) -> None:
+    judgement = judged(state)
+    assert judgement.outcome is outcome
+    assert says in judgement.message
+    assert judgement.detail["decision"] == "non-inferior"  # the cumulative verdict stands
+
+
+def test_status_says_when_a_step_waits_for_its_own_requests() -> None:
+    assert describe(check(), at_step(ruled_out(), 1), 5.0) == (
+        "error-rate: a regression beyond +50% is ruled out; 0 of the 100 canary requests "
+        "needed at this step"
+    )
+
+
+def test_progression_by_power_also_needs_requests_at_this_step() -> None:
+    test = ErrorRateTest(0.5, 0.01, 0.05)
+    state = at_step(SequentialState(), 0)
+    for _ in range(10):  # x1.4, inside the tolerance: no verdict yet, but much power
+        state = test.update(state, Counts(5000, 70, 5000, 50))
+    assert judged(state, progression="power").reason == "power"
+    held = judged(at_step(state, 1), progression="power")
+    assert held.outcome is Outcome.INCONCLUSIVE
+    assert "only 0 of the 500 canary requests" in held.message

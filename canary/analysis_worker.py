@@ -64,6 +64,7 @@ class _Analyzer(Protocol):
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis: ...
 
 
@@ -196,6 +197,9 @@ class AnalysisRequest:
     at: datetime
     grace: bool
     looks_only: bool
+    # The step being judged and when its split showed: only canary requests observed
+    # after that moment can make the step's evidence sufficient.
+    step: tuple[int, datetime] | None = None
 
     def run(self, analyzer: _Analyzer) -> StepAnalysis:
         return analyzer.analyze(
@@ -205,6 +209,7 @@ class AnalysisRequest:
             self.at,
             grace=self.grace,
             looks_only=self.looks_only,
+            step=self.step,
         )
 
 

@@ -118,6 +118,7 @@ class RolloutAnalyzer(Protocol):
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis: ...
 
     @property
@@ -553,7 +554,9 @@ class Engine:
         # Missing data counts only once the hold is over and Prometheus has had time to
         # discover and scrape the new revision's pods.
         grace = now - reached < max(policy.step_hold, self._metrics_delay)
-        request = AnalysisRequest(subject, tuple(checks), doc.memory, now, grace, fast)
+        request = AnalysisRequest(
+            subject, tuple(checks), doc.memory, now, grace, fast, step=(state.step_index, reached)
+        )
         if self._runner is None:
             result = request.run(self._analyzer)
         else:

@@ -235,6 +235,7 @@ class FailingAnalyzer:
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis:
         self.calls += 1
         return StepAnalysis(
@@ -991,6 +992,7 @@ class Collecting:
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis:
         self.asked.append(at)
         return StepAnalysis(at, (), Outcome.SUCCESSFUL, False, False, "too few samples", {})
@@ -1079,6 +1081,7 @@ class HungPrometheus:
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis:
         self.entered.set()
         self.release.wait(30)

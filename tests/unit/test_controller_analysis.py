@@ -103,6 +103,7 @@ class Held:
         *,
         grace: bool,
         looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
     ) -> StepAnalysis:
         self.calls += 1
         self.entered.set()

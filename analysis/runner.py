@@ -190,8 +190,9 @@ class Analyzer:
         Only the parts of a look the check reads (:data:`analysis.looks.PARTS`) can fail
         it; a look that fails stops the check's reading there, and is read again at the
         next evaluation. A look from a partial answer (``warnings``) is read only to fail:
-        unless the check then gates Failed, the evaluation is an Error (never sufficient)
-        and that look is read again at the next evaluation."""
+        it and the looks after it are read as if counted, and unless the check then gates
+        Failed, the evaluation is an Error (never sufficient), the evidence reverts to
+        before that look, and it is read again at the next evaluation."""
         source = self._looks
         assert source is not None
         assert check.builtin is not None
@@ -207,7 +208,7 @@ class Analyzer:
         partial: tuple[str, ...] = ()
         digests: list[str] = []
         attempts, failures = 0, list[str]()
-        read = 0
+        read = uncounted = 0
         for t in source.due(through, at):
             look = self._look(subject, t, seen)
             if isinstance(look, MetricError):
@@ -226,13 +227,22 @@ class Analyzer:
                 except ValueError as exc:
                     error = BadQuery(str(exc), query="\n".join(look.queries), at=t)
                     break
+            if not partial and through is None:
+                # Nothing read before: should this look be partial, the next evaluation
+                # starts from it rather than from whichever look is latest then.
+                complete = (complete[0], t - source.period)
             through, latest = t, look
             digests.append(look.digest)
             read += 1
-            partial = look.partial(parts)
+            warned = look.partial(parts)
+            if warned:
+                # Read on, as if counted: consecutive partial looks together may prove a
+                # regression; if they do not, the evidence reverts to before the first.
+                partial = tuple(dict.fromkeys((*partial, *warned)))
             if partial:
-                break
-            complete = (state, through)
+                uncounted += 1
+            else:
+                complete = (state, through)
         if latest is None and error is None and through is not None:
             again = self._look(subject, through, seen)  # no new look: show the last one
             if isinstance(again, SubjectLook) and again.problem(parts) is None:
@@ -274,7 +284,7 @@ class Analyzer:
             reading = Reading.failed(error)
             memory = replace(previous, sequential=state, through=through)
             assessment = assess(check, reading, memory, grace=grace, judge=self._judge)
-            read -= 1
+            read -= uncounted
         detail = dict(assessment.detail)
         detail["looks_read"] = read
         if latest is not None:

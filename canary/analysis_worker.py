@@ -42,6 +42,7 @@ from canary.log import get_logger
 __all__ = [
     "AnalysisRequest",
     "AnalysisRunner",
+    "Analyzes",
     "CircuitBreaker",
     "GuardedProvider",
     "Unanswered",
@@ -54,7 +55,9 @@ Key = tuple[str, str]  # (namespace, name)
 BreakerState = Literal["closed", "open", "half-open"]
 
 
-class _Analyzer(Protocol):
+class Analyzes(Protocol):
+    """What runs one evaluation round: ``analysis.runner.Analyzer`` or a test double."""
+
     def analyze(
         self,
         subject: Subject,
@@ -201,7 +204,7 @@ class AnalysisRequest:
     # after that moment can make the step's evidence sufficient.
     step: tuple[int, datetime] | None = None
 
-    def run(self, analyzer: _Analyzer) -> StepAnalysis:
+    def run(self, analyzer: Analyzes) -> StepAnalysis:
         return analyzer.analyze(
             self.subject,
             self.checks,
@@ -259,9 +262,9 @@ class AnalysisRunner:
 
     def __init__(
         self,
-        analyzer: _Analyzer,
+        analyzer: Analyzes,
         *,
-        fallback: Callable[[str], _Analyzer],
+        fallback: Callable[[str], Analyzes],
         breaker: CircuitBreaker,
         deadline: timedelta,
         workers: int = 4,

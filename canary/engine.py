@@ -24,11 +24,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from analysis import CheckDefinition, CheckMemory, Outcome, Subject
 from analysis.looks import LookSource
 from analysis.types import SEQUENTIAL_BUILTINS
 from canary import aftercare, machine
-from canary.analysis_worker import AnalysisRequest, AnalysisRunner, analysis_ticket
+from canary.analysis_worker import AnalysisRequest, AnalysisRunner, Analyzes, analysis_ticket
 from canary.annotations import AnnotationError, parse_annotations
 from canary.audit import (
     Actor,
@@ -106,20 +106,8 @@ class EventSink(Protocol):
     ) -> Any: ...
 
 
-class RolloutAnalyzer(Protocol):
-    """``analysis.runner.Analyzer`` or a test double."""
-
-    def analyze(
-        self,
-        subject: Subject,
-        checks: Sequence[CheckDefinition],
-        memory: Mapping[str, CheckMemory],
-        at: datetime,
-        *,
-        grace: bool,
-        looks_only: bool = False,
-        step: tuple[int, datetime] | None = None,
-    ) -> StepAnalysis: ...
+class RolloutAnalyzer(Analyzes, Protocol):
+    """``analysis.runner.Analyzer`` or a test double: an evaluation round, and the looks."""
 
     @property
     def looks(self) -> LookSource | None:

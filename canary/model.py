@@ -327,7 +327,8 @@ class EmitEvent:
 
 @dataclass(frozen=True)
 class RecordAudit:
-    """A decision for the audit trail. ``action`` uses the names in DESIGN.md §6."""
+    """A decision for the audit trail. ``action`` is an audit action name
+    (``rollout.started``, ``traffic.intent``, ``analysis.evaluated``, ``promoted``, ...)."""
 
     action: str
     reason: str

@@ -6,7 +6,7 @@ One webhook, ``inferenceservices.kserve-canary.io``, in a configuration named
 * **UPDATE only.** The webhook changes nothing on CREATE (KServe ignores
   ``canaryTrafficPercent`` on a first deployment, KSERVE.md §1.3), so registering CREATE
   would only make creating an opted-in InferenceService fail while the controller is down.
-* **Narrow scope** (DESIGN.md §2, "Scope that webhook narrowly"): ``failurePolicy: Fail``
+* **Narrow scope** (an outage must never block unrelated updates): ``failurePolicy: Fail``
   means an outage of the controller blocks every update the webhook matches, so a CEL
   ``matchConditions`` entry keeps it to objects that carry a ``kserve-canary.io/enabled``
   annotation in the *new* object with any value but ``"false"``, and an optional

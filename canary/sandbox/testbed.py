@@ -1,10 +1,11 @@
 """The local test bed: what `canary sandbox up` starts and what the test suite runs on.
 
-Real: etcd and kube-apiserver (built from Go modules), the real CRDs from ``../shared/crds``,
-Prometheus and PostgreSQL from Debian. Simulated, in one Python process: KServe (status
-written exactly as v0.20.0 would) and the model traffic (per-revision metrics under the real
-names). The same ``Testbed`` class serves the CLI (detached, stopped later by ``down``) and
-the pytest session fixture (children of the test process).
+Real: etcd and kube-apiserver (built from Go modules), the real CRDs from ``$KSC_CRD_DIR``
+(default ``../shared/crds``), Prometheus and PostgreSQL from Debian. Simulated, in one
+Python process: KServe (status written exactly as v0.20.0 would) and the model traffic
+(per-revision metrics under the real names). The same ``Testbed`` class serves the CLI
+(detached, stopped later by ``down``) and the pytest session fixture (children of the test
+process).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The test bed has a real kube-apiserver with the real InferenceService CRD but no KServe and
 no Knative. This package plays both: it watches InferenceServices and writes ``.status``
-the way KServe v0.20.0 would (``/work/shared/KSERVE.md`` is the specification).
+the way KServe v0.20.0 would (``docs/KSERVE.md`` in the repository is the specification).
 
 * :mod:`.template` builds the predictor's revision template and its digest (PURE);
 * :mod:`.status` holds the status model and knative/pkg's condition algebra (PURE);

@@ -243,6 +243,9 @@ class Stream:
             set(rng.sample(range(1, MAX_INTERVALS + 1), 2)) if regime.kind == "resets" else set()
         )
         self._cache: dict[tuple[int, float, bool], tuple[Side, Side]] = {}
+        # The interval after which our judge's rollout met the effect (it sets this: its
+        # steps need not follow the fixed schedule the other judges see).
+        self.met: int | None = None
 
     def interval(self, k: int, share: float, bad: bool) -> tuple[Side, Side]:
         key = (k, share, bad)
@@ -370,7 +373,10 @@ def ours(regime: Regime, stream: Stream, rng: random.Random) -> Decision:
     step, step_started = 1, 0
     for k in range(1, MAX_INTERVALS + 1):
         share = regime.shares[step - 1]
-        whole_c, whole_b = stream.interval(k, share, stream.bad(k, step))
+        bad = stream.bad(k, step)
+        if bad and stream.met is None:
+            stream.met = k - 1
+        whole_c, whole_b = stream.interval(k, share, bad)
         looks = [(whole_c, NOBODY), (NOBODY, whole_b)] if regime.phased else [(whole_c, whole_b)]
         for check in checks:
             state = at_step(states[check.name], step)
@@ -528,21 +534,12 @@ def run_regime(args: tuple[Regime, int, int]) -> list[Cell]:
         fixed = stream.fixed()
         ours_decision = ours(regime, stream, random.Random(rng.random()))
         results["ours"].append(ours_decision)
-        onsets["ours"].append(_ours_onset(regime, stream))
+        onsets["ours"].append(regime.onset if stream.met is None else stream.met)
         for name, judge in (("flagger", flagger), ("kayenta", kayenta)):
             results[name].append(judge(regime, fixed, random.Random(rng.random())))
             onsets[name].append((regime.onset_step - 1) * HOLD_INTERVALS
                                 if regime.onset_step else regime.onset)  # fmt: skip
     return [Cell(regime, j, tuple(results[j]), tuple(onsets[j])) for j in JUDGES]
-
-
-def _ours_onset(regime: Regime, stream: Stream) -> int:
-    """The interval after which our rollout met the effect: for an effect from a step,
-    the last interval before the first bad one it drew."""
-    if not regime.onset_step:
-        return regime.onset
-    bad = [k for (k, _share, is_bad) in stream._cache if is_bad]
-    return min(bad) - 1 if bad else MAX_INTERVALS
 
 
 def _median(values: list[int]) -> str:

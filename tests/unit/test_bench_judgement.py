@@ -129,3 +129,18 @@ def test_every_regime_the_issue_asks_for_is_run() -> None:
     assert {r.factor for r in regimes() if r.table == "curve"} >= {1.0, 1.3, 1.5, 2.0}
     assert any(r.onset_step for r in regimes())
     assert any(r.onset and len(set(r.shares)) == 1 for r in regimes())
+
+
+def test_a_late_onset_is_timed_from_our_own_step_not_the_fixed_schedule() -> None:
+    # At 70 req/s our first step outlasts the fixed schedule's 10 intervals, so the effect
+    # begins later for our rollout than for the other judges; timing it from the fixed
+    # schedule would add the difference to our detection time.
+    regime = Regime("5xx x5 from step 2", "error", 5.0, "low", onset_step=2,
+                    shares=(0.1, 0.25, 0.5), table="onset")  # fmt: skip
+    cells = run_regime((regime, 4, 1))
+    ours_cell = next(c for c in cells if c.judge == "ours")
+    others = next(c for c in cells if c.judge == "flagger")
+    assert ours_cell.share("rollback") == 1.0
+    assert set(others.onsets) == {10}
+    assert max(ours_cell.onsets) > 10
+    assert all(0 < t <= 10 for t in ours_cell.times("rollback"))

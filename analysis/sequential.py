@@ -374,9 +374,17 @@ beyond the tolerance is promoted with probability at most ``alpha_pass``; betwee
 the tests may take a long time and the rollout pauses for a human."""
 
 FULL_WEIGHT = 0.25
-"""The share of ``alpha_fail`` given to the harm test over the whole history. A quarter
-goes to the restarts at new steps, the ``k``-th getting ``1 / (4 k (k + 1))``, and half to
-the periodic restarts, the ``j``-th getting ``1 / (2 j (j + 1))``."""
+"""The share of ``alpha_fail`` given to the harm test over the whole history."""
+
+STEP_WEIGHT = 0.5
+"""The share given to the restarts at new steps, the ``k``-th getting
+``STEP_WEIGHT / (k (k + 1))`` (a quarter for the second step, a twelfth for the third): a
+step change is where a regression most often begins (a model that fails under more load),
+so those restarts get the larger share."""
+
+PERIODIC_WEIGHT = 1.0 - FULL_WEIGHT - STEP_WEIGHT
+"""The share given to the periodic restarts, the ``j``-th getting
+``PERIODIC_WEIGHT / (j (j + 1))``. The three shares sum to 1."""
 
 RESTART_EVENTS = 40.0
 """A new periodic restart of the harm test begins each time this many *effective events*
@@ -416,7 +424,7 @@ def _kept(
 
 def _restart(state: SequentialState) -> SequentialState:
     number = state.restarted + 1
-    weight = math.log(0.5 / (number * (number + 1)))
+    weight = math.log(PERIODIC_WEIGHT / (number * (number + 1)))
     return replace(
         state,
         restarts=_kept((*state.restarts, (weight, _empty()))),
@@ -437,7 +445,7 @@ def at_step(state: SequentialState, step: int) -> SequentialState:
         return entered
     entered = replace(entered, step_safe=_empty())
     number = state.step_restarted + 1
-    weight = math.log(0.25 / (number * (number + 1)))
+    weight = math.log(STEP_WEIGHT / (number * (number + 1)))
     return replace(
         entered,
         restarts=_kept((*state.restarts, (weight, _empty()))),
@@ -453,7 +461,7 @@ of looks has been seen (the canary's and the baseline's squared coefficients of 
 added: 0.5 is a CV of 0.5 on each side), as precise as :data:`PRIOR_PAIRS` pairs of looks
 whose extra variance is that."""
 PRIOR_PAIRS = 0.25
-DISPERSION_Z = 0.5
+DISPERSION_Z = 0.25
 """The extra variance used is this many standard errors above its estimate, so that it is
 less often below the truth (too small a factor makes the tests anti-conservative)."""
 

@@ -515,7 +515,7 @@ def test_a_canary_bad_at_its_new_step_is_held_even_though_ruled_out_before() -> 
     for _ in range(40):
         state = test.update(state, Counts(1000, 5, 9000, 90))
     state = at_step(state, 1)
-    for _ in range(3):  # x2 at the new step: not yet proven, but no longer supported
+    for _ in range(2):  # x2 at the new step: not yet proven, but no longer supported
         state = test.update(state, Counts(5000, 100, 5000, 50))
     decision = test.decide(state)
     assert decision.kind == "non-inferior"

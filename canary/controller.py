@@ -158,6 +158,9 @@ class Controller:
         self._fence: Fence | None = None
         self._valid_until: datetime | None = None
         self._scheduled_at: dict[Key, datetime] = {}
+        # Services that concerned us when last seen (our annotation, or an active rollout):
+        # one of them that loses every annotation is still queued, once.
+        self._known: set[Key] = set()
         self._scheduler = RolloutScheduler(self._timer_fired, clock=clock)
         self._analysis = analysis
         if analysis is not None:
@@ -346,6 +349,8 @@ class Controller:
             self._consider(item)
         for namespace_, name, _ in self._active_safely():
             if namespace is None or namespace_ == namespace:
+                with self._lock:
+                    self._known.add((namespace_, name))
                 self.enqueue(namespace_, name)
         self._set_ready("watch", True, "listed")
         if len(self._namespaces) > 1:
@@ -366,10 +371,22 @@ class Controller:
                     return
 
     def _consider(self, isvc: Mapping[str, Any], *, deleted: bool = False) -> bool:
+        """Queue a service that concerns us: one that carries a ``kserve-canary.io/``
+        annotation, one deleted, or one that carried such an annotation (or had an active
+        rollout) when last seen and has lost them all: an opt-out by removing the
+        annotations is seen at once, not at the next timer."""
         meta = isvc.get("metadata") or {}
         annotations = meta.get("annotations") or {}
-        if deleted or any(str(k).startswith(_ANNOTATION_PREFIX) for k in annotations):
-            self.enqueue(str(meta.get("namespace")), str(meta.get("name")))
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        ours = any(str(k).startswith(_ANNOTATION_PREFIX) for k in annotations)
+        with self._lock:
+            was_ours = key in self._known
+            if ours and not deleted:
+                self._known.add(key)
+            else:
+                self._known.discard(key)
+        if deleted or ours or was_ours:
+            self.enqueue(*key)
             return True
         return False
 

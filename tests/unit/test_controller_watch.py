@@ -105,3 +105,27 @@ def test_the_queue_never_holds_an_item_twice_and_honours_delays() -> None:
     item = first
     queue.add(item, delay=60)
     assert queue.get(timeout=0) is None  # not before its delay
+
+
+def test_a_service_that_loses_every_annotation_is_queued_once() -> None:
+    # Opting out by deleting the annotations (not setting enabled: "false") must reach the
+    # engine at once; the watcher used to drop such an event as not ours.
+    stop = threading.Event()
+    ctl = controller(FakeKube([iter([])], stop))
+    ctl._stop = stop
+    ctl._watch_loop()  # the list: "listed" carries our annotation
+    assert ("fraud", "listed") in drain(ctl._queue)
+
+    def play(*events: WatchEvent) -> set[tuple[str, str]]:
+        kube = FakeKube([iter(events)], stop)
+        kube.list = lambda *_, **__: ([], "9")  # type: ignore[method-assign]
+        ctl._kube = cast(KubeClient, kube)
+        stop.clear()
+        ctl._watch_loop()
+        return drain(ctl._queue) - {("fraud", "active-rollout")}  # queued by every list
+
+    removed = WatchEvent("MODIFIED", isvc("listed", {"team": "risk"}))
+    assert play(removed, WatchEvent("MODIFIED", isvc("plain", {"team": "risk"}))) == {
+        ("fraud", "listed")
+    }
+    assert play(removed) == set()  # no longer ours: not queued again

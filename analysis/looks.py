@@ -88,9 +88,17 @@ from analysis.validate import (
     with_sample_times,
 )
 
-__all__ = ["PARTS", "GroupKey", "LookSource", "SideLook", "SubjectLook", "grid_times"]
+__all__ = [
+    "PARTS",
+    "GroupKey",
+    "LookSource",
+    "SideLook",
+    "SubjectLook",
+    "grid_times",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 PARTS: Mapping[str, tuple[str, ...]] = {
     "error-rate": ("requests", "window_requests", "window_errors"),
@@ -276,9 +284,12 @@ class LookSource:
         skew: timedelta | None = None,
         reset_ratio: float = DEFAULT_RESET_RATIO,
         max_sample_age: timedelta = DEFAULT_MAX_SAMPLE_AGE,
+        burst: timedelta | None = None,
     ) -> None:
         if period <= timedelta(0) or lag < timedelta(0) or window < period:
             raise ValueError("look period must be > 0, lag >= 0 and window >= period")
+        if burst is not None and burst <= timedelta(0):
+            raise ValueError(f"the burst length must be > 0, got {burst}")
         if skew is not None and skew < timedelta(0):
             raise ValueError(f"the timestamp skew must be >= 0, got {skew}")
         if max_sample_age <= timedelta(0):
@@ -292,6 +303,9 @@ class LookSource:
         self.skew = period + lag if skew is None else skew
         self.reset_ratio = reset_ratio
         self.max_sample_age = max_sample_age
+        # Consecutive looks that share one draw of the over-dispersion: a burst (a noisy
+        # node, a bursty client) moves the rate of every look it spans. None: one look.
+        self.block_looks = 1 if burst is None else max(1, round(burst / period))
         self._cache_size = cache
         self._forget_after = forget_after
         self._cache: OrderedDict[tuple[GroupKey, datetime], _Snapshot] = OrderedDict()

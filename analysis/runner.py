@@ -223,7 +223,8 @@ class Analyzer:
             if state is not None:
                 try:
                     fresh = step is None or t - source.period >= step[1]
-                    state = sequential_check.advance(check, state, look, fresh=fresh)
+                    state = sequential_check.advance(check, state, look, fresh=fresh,
+                                                     block_looks=source.block_looks)  # fmt: skip
                 except ValueError as exc:
                     error = BadQuery(str(exc), query="\n".join(look.queries), at=t)
                     break
@@ -363,7 +364,7 @@ class Analyzer:
                 note = "a counter went down (a restart): this interval is not counted"
             elif check.sequential:
                 events_c, requests_c, events_b, requests_b = increase
-                test = sequential_check.test_for(check)
+                test = sequential_check.test_for(check, block_looks=1)  # one look per evaluation
                 assert isinstance(test, ErrorRateTest)
                 look = Counts(
                     requests_c, min(events_c, requests_c), requests_b, min(events_b, requests_b)

@@ -202,10 +202,13 @@ class SequentialState:
     restarted: int = 0  # how many periodic restarts have begun
     step_restarted: int = 0  # how many restarts at a new step have begun
     since_restart: float = 0.0  # effective events since the latest periodic restart
-    # Over-dispersion: the previous joined look's log-ratio and its Poisson variance, the
-    # total precision and the precision-weighted sum of the pair estimates of the extra
+    # Over-dispersion: the previous block's log-ratio and its Poisson variance, the total
+    # precision and the precision-weighted sum of the pair estimates of the extra
     # variance, and the number of pairs.
     dispersion: tuple[float, ...] = ()
+    # The current block's joined counts: (canary requests, canary events, baseline
+    # requests, baseline events, looks spanned), or () before its first look.
+    block: tuple[float, ...] = ()
     # Evidence per step: the step's number, and the canary requests counted at it since its
     # split showed in status (None before the first step is known).
     step: int | None = None
@@ -237,6 +240,7 @@ class SequentialState:
             "step_restarted": self.step_restarted,
             "since_restart": self.since_restart,
             "dispersion": list(self.dispersion),
+            "block": list(self.block),
             "step": self.step,
             "step_canary_requests": self.step_canary_requests,
             "step_safe": list(self.step_safe),
@@ -269,6 +273,11 @@ class SequentialState:
                 f"sequential state has {len(dispersion)} dispersion figures, expected "
                 f"{_DISPERSION_FIELDS} or none"
             )
+        block = tuple(float(v) for v in data.get("block", ()))
+        if len(block) not in (0, _BLOCK_FIELDS):
+            raise ValueError(
+                f"sequential state has {len(block)} block counts, expected {_BLOCK_FIELDS} or none"
+            )
         step = data.get("step")
         step_safe = tuple(float(v) for v in data.get("step_safe", ()))
         if len(step_safe) not in (0, len(GRID)):
@@ -297,6 +306,7 @@ class SequentialState:
             step_restarted=int(data.get("step_restarted", 0)),
             since_restart=float(data.get("since_restart", 0.0)),
             dispersion=dispersion,
+            block=block,
             step=None if step is None else int(step),
             step_canary_requests=float(data.get("step_canary_requests", 0.0)),
             step_safe=step_safe,
@@ -466,6 +476,7 @@ DISPERSION_Z = 0.25
 less often below the truth (too small a factor makes the tests anti-conservative)."""
 
 _DISPERSION_FIELDS = 5
+_BLOCK_FIELDS = 5
 
 
 def _variance_estimate(state: SequentialState) -> tuple[float, float]:
@@ -488,27 +499,52 @@ def extra_variance(state: SequentialState) -> float:
     return mean + DISPERSION_Z * error
 
 
-def _dispersion_factor(state: SequentialState, counts: Counts) -> float:
-    """How much more a look's counts vary than the Poisson model says: ``1 + v h`` for the
-    extra variance ``v`` of the log-ratio (:func:`extra_variance`) and the look's Poisson
-    information ``h = 1 / (1/mu_c + 1/mu_b)``, where ``mu`` are the expected events per
-    side at the look's pooled rate (the tests condition on the look's total). Uses only
-    earlier looks' events."""
+def _dispersion_factor(
+    state: SequentialState, counts: Counts, block_looks: int = 1, spans: float = 1.0
+) -> float:
+    """How much more a look's counts vary than the Poisson model says:
+    ``1 + v h max(B / L, 1)`` for the extra variance ``v`` of a block's log-ratio
+    (:func:`extra_variance`), the look's Poisson information ``h = 1 / (1/mu_c + 1/mu_b)``
+    (``mu`` the expected events per side at the look's pooled rate: the tests condition on
+    the look's total), the block's length ``B`` in looks and the ``L`` looks this one
+    spans (held counts included).
+
+    A rate that varies per burst is shared by the looks within it, so their ratios move
+    together: each is tempered as their block would be (``h B / L`` is the block's
+    information), and the block's product stays a supermartingale. A look that spans a
+    block or more is a block by itself (:func:`_blocked`), so ``v`` applies to it as it
+    is: with ``B = 1`` this is ``1 + v h``. Uses only earlier blocks' events."""
     total = counts.canary_events + counts.baseline_events
     if total <= 0:
         return 1.0
     rate = total / (counts.canary_requests + counts.baseline_requests)
     mu_c, mu_b = rate * counts.canary_requests, rate * counts.baseline_requests
-    return 1.0 + extra_variance(state) / (1 / mu_c + 1 / mu_b)
+    block_share = max(block_looks / max(spans, 1.0), 1.0)
+    return 1.0 + extra_variance(state) / (1 / mu_c + 1 / mu_b) * block_share
+
+
+def _blocked(
+    state: SequentialState, look: Counts, spans: float, block_looks: int
+) -> SequentialState:
+    """Add one joined look (spanning ``spans`` looks) to the current block; a block of
+    ``block_looks`` looks or more is complete and updates the dispersion sums."""
+    n_c, k_c, n_b, k_b, length = state.block or (0.0,) * _BLOCK_FIELDS
+    n_c, k_c = n_c + look.canary_requests, k_c + look.canary_events
+    n_b, k_b = n_b + look.baseline_requests, k_b + look.baseline_events
+    length += spans
+    if length < block_looks:
+        return replace(state, block=(n_c, k_c, n_b, k_b, length))
+    return replace(state, block=(), dispersion=_dispersed(state, Counts(n_c, k_c, n_b, k_b)))
 
 
 def _dispersed(state: SequentialState, look: Counts) -> tuple[float, ...]:
-    """The dispersion sums after one more joined look. Each look gives the log-ratio
+    """The dispersion sums after one more block (its joined looks added up). Each block
+    gives the log-ratio
     ``y = log((k_c + 1/2) / (k_b + 1/2)) - log(n_c / n_b)`` with Poisson variance about
-    ``w = 1/(k_c + 1/2) + 1/(k_b + 1/2)``; two consecutive looks give the pair estimate
-    ``((y2 - y1)^2 - w1 - w2) / 2`` of the extra variance. Differences of consecutive looks
-    ignore a change in the ratio (a regression that begins) except at the one pair that
-    straddles it."""
+    ``w = 1/(k_c + 1/2) + 1/(k_b + 1/2)``; two consecutive blocks give the pair estimate
+    ``((y2 - y1)^2 - w1 - w2) / 2`` of the extra variance. Differences of consecutive
+    blocks ignore a change in the ratio (a regression that begins) except at the one pair
+    that straddles it."""
     last_y, last_w, precision, weighted, count = state.dispersion or (0.0,) * _DISPERSION_FIELDS
     if look.canary_events + look.baseline_events <= 0:
         return state.dispersion  # no events: nothing to compare (and nothing judged)
@@ -615,11 +651,19 @@ def _plus(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
 
 
 def _accumulate(
-    state: SequentialState, pair: _Pair, harm: Counts, safe: Counts, *, fresh: bool = True
+    state: SequentialState,
+    pair: _Pair,
+    harm: Counts,
+    safe: Counts,
+    *,
+    fresh: bool = True,
+    block_looks: int = 1,
 ) -> SequentialState:
     """One more look: both tests updated with their counts, the totals added up. (The
     two count sets share their requests; only the events differ.) ``fresh``: the look lies
     wholly after the current step's split showed, so its canary requests count for it.
+    ``block_looks``: how many consecutive looks share one draw of the over-dispersion (a
+    burst lasts that long; see :func:`_dispersion_factor`).
 
     Each look's log-likelihood ratios are divided by its dispersion factor (see
     :func:`_dispersion_factor`), estimated from earlier looks only: a tempered likelihood
@@ -639,10 +683,10 @@ def _accumulate(
     joint_harm, joint_safe = _with_pending(live, harm, safe)
     restarts, since, step_safe = state.restarts, state.since_restart, state.step_safe
     if joint_harm.canary_requests > 0 and joint_harm.baseline_requests > 0:
-        look_harm = _tempered(_log_lrs(joint_harm, pair.harm.null, pair.harm.side),
-                              _dispersion_factor(state, joint_harm))  # fmt: skip
-        look_safe = _tempered(_log_lrs(joint_safe, pair.safe.null, pair.safe.side),
-                              _dispersion_factor(state, joint_safe))  # fmt: skip
+        harm_factor = _dispersion_factor(state, joint_harm, block_looks, held + 1)
+        safe_factor = _dispersion_factor(state, joint_safe, block_looks, held + 1)
+        look_harm = _tempered(_log_lrs(joint_harm, pair.harm.null, pair.harm.side), harm_factor)
+        look_safe = _tempered(_log_lrs(joint_safe, pair.safe.null, pair.safe.side), safe_factor)
         harm_lrs = _plus(state.harm, look_harm)
         safe_lrs = _plus(state.safe, look_safe)
         restarts = tuple((n, _plus(lrs, look_harm)) for n, lrs in state.restarts)
@@ -682,7 +726,7 @@ def _accumulate(
         step_canary_requests=state.step_canary_requests + (harm.canary_requests if fresh else 0.0),
     )
     if not pending:
-        updated = replace(updated, dispersion=_dispersed(updated, joint_harm))
+        updated = _blocked(updated, joint_harm, held + 1, block_looks)
     if since >= RESTART_EVENTS:
         updated = _restart(updated)
     return _mark(updated, pair)
@@ -698,7 +742,9 @@ def _mark(state: SequentialState, pair: _Pair) -> SequentialState:
     return replace(state, ruled_out=True)
 
 
-def _validate(tolerance: float, alpha_fail: float, alpha_pass: float) -> None:
+def _validate(tolerance: float, alpha_fail: float, alpha_pass: float, block_looks: int) -> None:
+    if block_looks < 1:
+        raise ValueError(f"a block is at least one look, got {block_looks}")
     if not (tolerance > 0 and math.isfinite(tolerance)):
         raise ValueError(f"the tolerance must be a positive fraction, got {tolerance}")
     for name, alpha in (("alpha_fail", alpha_fail), ("alpha_pass", alpha_pass)):
@@ -717,9 +763,10 @@ class ErrorRateTest:
     alpha_fail: float = 0.01
     alpha_pass: float = 0.05
     label: str = "5xx"  # what the events are, in messages
+    block_looks: int = 1  # consecutive looks that share one burst (see _dispersion_factor)
 
     def __post_init__(self) -> None:
-        _validate(self.tolerance, self.alpha_fail, self.alpha_pass)
+        _validate(self.tolerance, self.alpha_fail, self.alpha_pass, self.block_looks)
 
     @property
     def _pair(self) -> _Pair:
@@ -731,7 +778,8 @@ class ErrorRateTest:
     def update(
         self, state: SequentialState, counts: Counts, *, fresh: bool = True
     ) -> SequentialState:
-        return _accumulate(state, self._pair, counts, counts, fresh=fresh)
+        return _accumulate(state, self._pair, counts, counts, fresh=fresh,
+                           block_looks=self.block_looks)  # fmt: skip
 
     def decide(self, state: SequentialState) -> Decision:
         canary = _rate(state.canary_harm_events, state.canary_requests)
@@ -840,9 +888,10 @@ class LatencyTest:
     alpha_pass: float = 0.05
     q: float = 0.99
     calibration_requests: float = 1000.0
+    block_looks: int = 1  # consecutive looks that share one burst (see _dispersion_factor)
 
     def __post_init__(self) -> None:
-        _validate(self.tolerance, self.alpha_fail, self.alpha_pass)
+        _validate(self.tolerance, self.alpha_fail, self.alpha_pass, self.block_looks)
         if not 0.5 <= self.q < 1:
             raise ValueError(f"the quantile must be in [0.5, 1), got {self.q}")
         if self.calibration_requests < 1 / (1 - self.q):
@@ -885,7 +934,8 @@ class LatencyTest:
             harm.baseline_requests,
             baseline_slow,
         )
-        return _accumulate(state, self._pair, harm, safe, fresh=fresh)
+        return _accumulate(state, self._pair, harm, safe, fresh=fresh,
+                           block_looks=self.block_looks)  # fmt: skip
 
     def decide(self, state: SequentialState) -> Decision:
         if state.reference is None:

@@ -46,29 +46,36 @@ requires before a step advances without a non-inferiority verdict."""
 _NO_BUCKETS: tuple[tuple[float, float], ...] = ((math.inf, 0.0),)
 
 
-def test_for(check: CheckDefinition) -> ErrorRateTest | LatencyTest:
-    """The sequential test of a sequential check."""
+def test_for(check: CheckDefinition, *, block_looks: int) -> ErrorRateTest | LatencyTest:
+    """The sequential test of a sequential check; ``block_looks`` consecutive looks share
+    one draw of the over-dispersion (a burst lasts that long)."""
     if not check.sequential:
         raise ValueError(f"check {check.name!r} is not sequential")
     assert check.relative_tolerance is not None
     assert check.alpha_fail is not None
     if check.builtin == "error-rate":
-        return ErrorRateTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass)
+        return ErrorRateTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass,
+                             block_looks=block_looks)  # fmt: skip
     if check.counted:
-        return ErrorRateTest(
-            check.relative_tolerance, check.alpha_fail, check.alpha_pass, label=check.name
-        )
-    return LatencyTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass)
+        return ErrorRateTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass,
+                             label=check.name, block_looks=block_looks)  # fmt: skip
+    return LatencyTest(check.relative_tolerance, check.alpha_fail, check.alpha_pass,
+                       block_looks=block_looks)  # fmt: skip
 
 
 def advance(
-    check: CheckDefinition, state: SequentialState, look: SubjectLook, *, fresh: bool = True
+    check: CheckDefinition,
+    state: SequentialState,
+    look: SubjectLook,
+    *,
+    fresh: bool = True,
+    block_looks: int = 1,
 ) -> SequentialState:
     """The evidence after one more look. ``fresh``: the look lies wholly after the current
-    step's split showed in status, so its canary requests count for the step. Raises
-    ValueError for a look the test cannot use (an error-rate check on a profile without
-    status codes)."""
-    test = test_for(check)
+    step's split showed in status, so its canary requests count for the step;
+    ``block_looks``: see :func:`test_for`. Raises ValueError for a look the test cannot use
+    (an error-rate check on a profile without status codes)."""
+    test = test_for(check, block_looks=block_looks)
     if isinstance(test, ErrorRateTest):
         canary, baseline = look.canary, look.baseline
         if canary.errors is None or baseline.errors is None:
@@ -179,7 +186,7 @@ def judge(
     """The judgement of the evidence so far (and of the absolute limit on the window
     value). ``canary_rate`` is the canary's requests per second at present, to estimate
     how long a decision will take."""
-    test = test_for(check)
+    test = test_for(check, block_looks=1)  # deciding does not depend on the blocks
     decision: Decision = test.decide(state)
     assert check.alpha_fail is not None
     assert check.relative_tolerance is not None
@@ -331,7 +338,7 @@ def describe(check: CheckDefinition, state: SequentialState | None, look_seconds
     about how long it will take at the traffic seen so far."""
     if state is None:
         return f"{check.name}: no look yet"
-    decision = test_for(check).decide(state)
+    decision = test_for(check, block_looks=1).decide(state)  # nor does describing
     assert check.relative_tolerance is not None
     tolerance = f"+{check.relative_tolerance * 100:.3g}%"
     if decision.kind == "calibrating":

@@ -332,7 +332,7 @@ def _checks(business: bool) -> list[CheckDefinition]:
 
 
 def _update(check: CheckDefinition, state: SequentialState, c: Side, b: Side) -> SequentialState:
-    test = sequential_check.test_for(check)
+    test = sequential_check.test_for(check, block_looks=1)  # one look per interval
     if isinstance(test, LatencyTest):
         return test.update(state, c.buckets or NOBODY.buckets, b.buckets or NOBODY.buckets)
     assert isinstance(test, ErrorRateTest)

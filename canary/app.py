@@ -120,6 +120,9 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
             period=timedelta(seconds=settings.look_period_seconds),
             lag=timedelta(seconds=settings.look_lag_seconds),
             window=timedelta(seconds=settings.analysis_window_seconds),
+            burst=None
+            if settings.burst_seconds is None
+            else timedelta(seconds=settings.burst_seconds),
         )
 
     looks = look_source(guarded)

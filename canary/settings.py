@@ -106,6 +106,17 @@ class Settings(BaseSettings):
         "every rollout): the sequential tests' look and the fast-fail path. Aligned to a grid "
         "of multiples of it, so every replica reads the same looks.",
     )
+    burst_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="How long a burst that moves one revision's error rate or latency (a noisy "
+        "node, a bursty client) lasts, if longer than a look. The looks within it are tempered "
+        "together as one draw of over-dispersion, so a burst spread over many short looks is "
+        "not read as many independent pieces of evidence: fewer false rollbacks on bursty "
+        "traffic, but every rollback, a blatant one included, then needs about a burst's "
+        "worth of looks more. Unset: each look varies on its own (the fastest rollback).",
+    )
     look_lag_seconds: float = Field(
         default=2.0,
         ge=0,

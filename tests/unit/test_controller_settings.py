@@ -30,7 +30,9 @@ def test_each_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("KSC_DATABASE_TIMEOUT_SECONDS", "2.5")
     monkeypatch.setenv("KSC_PROMETHEUS_BREAKER_FAILURES", "3")
     monkeypatch.setenv("KSC_STALL_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("KSC_BURST_SECONDS", "30")
     settings = load_settings()
+    assert settings.burst_seconds == 30.0
     assert settings.database_timeout_seconds == 2.5
     assert settings.prometheus_breaker_failures == 3
     assert settings.stall_timeout_seconds == 30.0
@@ -47,6 +49,8 @@ def test_each_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
         ("prometheus_breaker_cooldown_seconds", 0),
         ("health_expiry_seconds", 0),
         ("stall_timeout_seconds", 1),
+        ("burst_seconds", 0),
+        ("burst_seconds", 601),
     ],
 )
 def test_a_bad_value_is_refused_by_name(name: str, value: float) -> None:

@@ -495,6 +495,16 @@ def test_a_profile_without_status_codes_sends_no_error_query() -> None:
 def test_invalid_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="look period"):
         LookSource(FakePrometheus({}), period=SECOND * 10, lag=SECOND, window=SECOND * 5)
+    with pytest.raises(ValueError, match="burst length"):
+        LookSource(FakePrometheus({}), period=SECOND * 5, lag=SECOND, window=SECOND * 60,
+                   burst=SECOND * 0)  # fmt: skip
+
+
+@pytest.mark.parametrize(("burst", "block"), [(None, 1), (30, 6), (2, 1), (32, 6)])
+def test_a_burst_spans_a_whole_number_of_looks(burst: int | None, block: int) -> None:
+    source = LookSource(FakePrometheus({}), period=SECOND * 5, lag=SECOND, window=SECOND * 60,
+                        burst=None if burst is None else SECOND * burst)  # fmt: skip
+    assert source.block_looks == block
 
 
 def test_a_counter_restart_counts_from_zero_not_as_a_negative_look() -> None:

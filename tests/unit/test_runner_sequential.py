@@ -478,3 +478,15 @@ def test_the_steps_start_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         analyzer.analyze(SUBJECT, [errors()], {}, AT, grace=False,
                          step=(1, datetime(2026, 11, 24, 9, 30)))  # noqa: DTZ001  # fmt: skip
+
+
+@pytest.mark.parametrize(("burst", "open_block"), [(None, False), (30, True)])
+def test_the_looks_burst_length_reaches_the_tests(burst: int | None, open_block: bool) -> None:
+    prometheus = FakePrometheus({("fraud", CANARY): HEALTHY, ("fraud", BASELINE): BASE})
+    looks = LookSource(prometheus, period=SECOND * 5, lag=SECOND * 2, window=SECOND * 60,
+                       burst=None if burst is None else SECOND * burst)  # fmt: skip
+    results = rounds(Analyzer(prometheus, looks=looks), [errors()], 3)
+    state = results[-1].memory["error-rate"].sequential
+    assert state is not None
+    assert state.looks >= 2
+    assert bool(state.block) is open_block  # six looks to a 30 s block: still open

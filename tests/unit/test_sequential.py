@@ -398,7 +398,7 @@ def test_without_the_allowance_for_over_dispersion_they_would_not_be(
 ) -> None:
     """The same streams judged as Poisson counts (no dispersion prior, estimate or cap):
     false rollbacks pile up, which is what the allowance is for."""
-    monkeypatch.setattr(sequential, "_dispersion_factor", lambda state, counts: 1.0)
+    monkeypatch.setattr(sequential, "_dispersion_factor", lambda *_: 1.0)
     monkeypatch.setattr(sequential, "LOOK_CAP", math.inf)
     test = ErrorRateTest(0.5, alpha_fail=0.05)
     assert share_deciding(test, "regression", 31, 1000, 0.01, 0.3) > 0.15
@@ -550,3 +550,85 @@ def test_a_corrupt_stored_state_is_refused(field: str, value: Any, message: str)
     data = {**SequentialState().to_json(), field: value}
     with pytest.raises(ValueError, match=message):
         SequentialState.from_json(data)
+
+
+def burst_looks(rng: random.Random, rate: float, canary_error: float, cv: float,
+                looks: int) -> list[Counts]:  # fmt: skip
+    """One 30 s burst read as ``looks`` shorter looks: the gamma factor of each side's 5xx
+    rate is drawn once and shared by every look within the burst."""
+    shape = 1 / cv**2
+    noise_c, noise_b = rng.gammavariate(shape, 1 / shape), rng.gammavariate(shape, 1 / shape)
+    out = []
+    for _ in range(looks):
+        n_c = poisson(rng, rate * 30 / looks * 0.1)
+        n_b = poisson(rng, rate * 30 / looks * 0.9)
+        out.append(Counts(n_c, min(poisson(rng, n_c * canary_error * noise_c), n_c), n_b,
+                          min(poisson(rng, n_b * 0.01 * noise_b), n_b)))  # fmt: skip
+    return out
+
+
+def share_rolled_back_in_bursts(test: ErrorRateTest, seed: int, cv: float,
+                                rollouts: int = 60, bursts: int = 40) -> float:  # fmt: skip
+    rng = random.Random(seed)
+    decided = 0
+    for _ in range(rollouts):
+        state = SequentialState()
+        for _ in range(bursts):
+            for counts in burst_looks(rng, 1000, 0.01, cv, looks=6):
+                state = test.update(state, counts)
+            if test.decide(state).kind == "regression":
+                decided += 1
+                break
+    return decided / rollouts
+
+
+def test_a_burst_read_over_several_looks_is_tempered_as_one() -> None:
+    """5 s looks inside 30 s bursts (CV 0.3 per side, 1,000 req/s, healthy canary): told
+    that a burst spans six looks, the tests stay within alpha; taking each look's variation
+    as its own, they read one burst as six independent pieces of evidence and roll back
+    healthy canaries far more often than alpha."""
+    blocked = ErrorRateTest(0.5, alpha_fail=0.05, block_looks=6)
+    assert share_rolled_back_in_bursts(blocked, 41, 0.3) <= 0.08
+    alone = ErrorRateTest(0.5, alpha_fail=0.05)
+    assert share_rolled_back_in_bursts(alone, 41, 0.3) > 0.2
+
+
+def test_the_extra_variance_of_a_burst_is_learnt_from_whole_blocks() -> None:
+    rng = random.Random(42)
+    blocked, alone = ErrorRateTest(0.5, block_looks=6), ErrorRateTest(0.5)
+    state_blocked = state_alone = SequentialState()
+    for _ in range(60):
+        for counts in burst_looks(rng, 1000, 0.01, 0.3, looks=6):
+            state_blocked = blocked.update(state_blocked, counts)
+            state_alone = alone.update(state_alone, counts)
+    # Both sides' squared CVs: 0.18 per burst. Read look by look, a burst's variation
+    # looks six times smaller (consecutive looks mostly share it).
+    assert 0.1 < extra_variance(state_blocked) < 0.3
+    assert extra_variance(state_alone) < 0.06
+    assert state_blocked.block == ()  # 360 looks: 60 whole blocks, none open
+
+
+def test_a_look_spanning_a_whole_block_is_a_block() -> None:
+    test = ErrorRateTest(0.5, block_looks=6)
+    state = SequentialState()
+    for _ in range(5):  # the canary's scrape moves every sixth look: five looks held
+        state = test.update(state, Counts(0, 0, 900, 9))
+    state = test.update(state, Counts(600, 6, 900, 9))
+    assert state.block == ()  # six looks' worth in one joined look
+    assert state.dispersion  # ... which gave the dispersion estimate its first block
+
+
+def test_a_block_size_below_one_look_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one look"):
+        ErrorRateTest(0.5, block_looks=0)
+
+
+def test_an_open_block_survives_a_restart_and_a_bad_one_is_refused() -> None:
+    test = ErrorRateTest(0.5, block_looks=6)
+    state = test.update(SequentialState(), Counts(100, 1, 900, 9))
+    assert state.block == (100, 1, 900, 9, 1)
+    assert SequentialState.from_json(state.to_json()) == state
+    with pytest.raises(ValueError, match="block counts"):
+        SequentialState.from_json({**state.to_json(), "block": [1.0]})
+    old = {k: v for k, v in state.to_json().items() if k != "block"}
+    assert SequentialState.from_json(old).block == ()  # written before blocks: none open

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from analysis.looks import LookSource
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
+from canary import __version__
 from canary.admission import TemplateRules
 from canary.analysis_worker import AnalysisRunner, CircuitBreaker, GuardedProvider, Unanswered
 from canary.api.app import create_app
@@ -22,7 +23,7 @@ from canary.api.health import Health
 from canary.audit import AuditStore, Fence
 from canary.controller import Controller
 from canary.engine import Engine
-from canary.k8s.client import KubeClient
+from canary.k8s.client import CONTROLLER_MANAGER, KubeClient
 from canary.k8s.events import EventRecorder
 from canary.k8s.lease import LeaseElector
 from canary.log import get_logger
@@ -81,7 +82,11 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
 
     policies = PolicySource(settings.policy_path, policy_problem)
     policies()  # fail fast: a controller without valid policies must not start
-    kube = KubeClient.from_kubeconfig(settings.kubeconfig, timeout=settings.kube_timeout_seconds)
+    kube = KubeClient.from_kubeconfig(
+        settings.kubeconfig,
+        timeout=settings.kube_timeout_seconds,
+        agent=f"{CONTROLLER_MANAGER}/{__version__}",
+    )
     store = AuditStore.from_url(
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
+from canary import aftercare
 from canary.audit import AuditRecord
 from canary.engine import mode_of
-from canary.k8s.client import INFERENCE_SERVICE, KubeError
+from canary.k8s.client import CONTROLLER_MANAGER, INFERENCE_SERVICE, KubeError
 from canary.model import Phase
 from canary.ops import status_lines
 from canary.routing.knative import observed_from
@@ -112,6 +113,9 @@ def test_a_hand_rollback_after_a_promotion_is_recorded_with_its_manager(env: Env
     assert doc.state.phase is Phase.SUCCEEDED, doc.state.outcome
 
     if env.mode == "knative":  # KServe falls back to the previous rollout
+        # the promotion's write is the controller's by name, not the client library's
+        owner = aftercare.field_manager(env.isvc(), aftercare.traffic_fields("knative"))
+        assert owner.manager == CONTROLLER_MANAGER
         env.patch({"spec": {"predictor": {"canaryTrafficPercent": 0}}}, field_manager="ops-carol")
     else:  # no webhook here: the stable model is put back by hand
         env.patch({"spec": {"predictor": {"model": {"storageUri": v1}}}}, field_manager="ops-carol")

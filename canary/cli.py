@@ -404,16 +404,20 @@ def sandbox() -> None:
 
 @sandbox.command("build")
 def sandbox_build() -> None:
-    """Build (or reuse) the kube-apiserver and etcd binaries for this machine."""
+    """Build (or reuse) the kube-apiserver and etcd binaries for this machine, and fetch (or
+    reuse) the CRDs from their pinned Go modules."""
     from canary.sandbox.binaries import BuildError, ensure_built
+    from canary.sandbox.crds import ensure_crds
 
     try:
         binaries = ensure_built(log=lambda line: click.echo(line, err=True))
+        crds = ensure_crds(log=lambda line: click.echo(line, err=True))
     except BuildError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
     click.echo(f"kube-apiserver: {binaries.kube_apiserver}")
     click.echo(f"etcd:           {binaries.etcd}")
+    click.echo(f"CRDs:           {crds}")
 
 
 @sandbox.command("up")

@@ -1,7 +1,8 @@
 """The local test bed: what `canary sandbox up` starts and what the test suite runs on.
 
-Real: etcd and kube-apiserver (built from Go modules), the real CRDs from ``$KSC_CRD_DIR``
-(default ``../shared/crds``), Prometheus and PostgreSQL from Debian. Simulated, in one
+Real: etcd and kube-apiserver (built from Go modules), the real CRDs (fetched from their
+upstream Go modules at pinned versions, :mod:`canary.sandbox.crds`; ``$KSC_CRD_DIR``
+overrides), Prometheus and PostgreSQL from Debian. Simulated, in one
 Python process: KServe (status written exactly as v0.20.0 would) and the model traffic
 (per-revision metrics under the real names). The same ``Testbed`` class serves the CLI
 (detached, stopped later by ``down``) and the pytest session fixture (children of the test
@@ -26,12 +27,13 @@ import yaml
 
 from canary.k8s.client import CRD, KubeClient, Unavailable
 from canary.sandbox.behaviour import BehaviourBook
-from canary.sandbox.binaries import ensure_built
+from canary.sandbox.binaries import BuildError, ensure_built
 from canary.sandbox.cluster import Cluster
+from canary.sandbox.crds import ensure_crds
 from canary.sandbox.processes import alive, start_time, tail, terminate
 from canary.sandbox.prometheus import PrometheusServer
 
-__all__ = ["Testbed", "TestbedError", "default_crd_dir", "default_sandbox_dir"]
+__all__ = ["Testbed", "TestbedError", "default_sandbox_dir"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIELD_MANAGER = "kserve-canary-sandbox"
@@ -48,12 +50,6 @@ class TestbedError(RuntimeError):
     """A part of the test bed could not start; the message says which and why."""
 
     __test__ = False  # not a pytest test class
-
-
-def default_crd_dir() -> Path:
-    """``$KSC_CRD_DIR``, else ``../shared/crds`` next to the project root."""
-    override = os.environ.get("KSC_CRD_DIR")
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "crds"
 
 
 def default_sandbox_dir() -> Path:
@@ -103,7 +99,7 @@ class Testbed:
         # "weighted" simulates KServe after v0.20 (#5912, #5984): Standard-mode canaries that
         # are Ready get their trafficPercent through the HTTPRoute (KSERVE.md §2.4).
         self.standard_routing = standard_routing
-        self.crd_dir = crd_dir or default_crd_dir()
+        self.crd_dir = crd_dir  # None: fetched from the pinned Go modules when starting
         self._log = log
         self.cluster: Cluster | None = None
         self.prometheus: PrometheusServer | None = None
@@ -145,10 +141,15 @@ class Testbed:
 
     def up(self) -> Testbed:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.crd_dir is None:
+            try:
+                self.crd_dir = ensure_crds(log=self._log)
+            except BuildError as exc:
+                raise TestbedError(f"the CRDs could not be fetched: {exc}") from None
         if not self.crd_dir.is_dir():
             raise TestbedError(
-                f"CRD directory {self.crd_dir} not found; set KSC_CRD_DIR or check out "
-                "../shared next to the project"
+                f"CRD directory {self.crd_dir} not found (KSC_CRD_DIR names it; unset, the "
+                "CRDs are fetched from their pinned Go modules)"
             )
         try:
             return self._up()
@@ -185,6 +186,7 @@ class Testbed:
 
     def install_crds(self, timeout: float = 60) -> None:
         names = []
+        assert self.crd_dir is not None, "the test bed is not up"
         for file_name in CRD_FILES:
             path = self.crd_dir / file_name
             if not path.is_file():

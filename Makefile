@@ -108,7 +108,7 @@ bench-sandbox: deps
 
 .PHONY: bench-judgement
 bench-judgement: venv
-	$(BIN)/python -m bench.judgement --reps 1000 --curve-reps 500
+	$(BIN)/python -m bench.judgement --reps 1000 --curve-reps 500 --looks-reps 300
 
 .PHONY: sandbox-up
 sandbox-up: deps

@@ -108,7 +108,10 @@ class Regime:
     onset: int = 0  # the effect begins after this interval (0: from the start)
     onset_step: int = 0  # ... or when the canary reaches this step (ours: at its advance)
     shares: tuple[float, ...] = (CANARY_SHARE,) * STEPS  # the canary's share per step
-    table: str = "main"  # main | dispersion | onset | curve
+    table: str = "main"  # main | dispersion | onset | onset-looks | curve
+    # Looks per interval for our judge (6: the controller's default 5 s look period); the
+    # other judges see whole intervals and are not run when it is above 1.
+    looks: int = 1
 
     @property
     def regression(self) -> bool:
@@ -146,6 +149,7 @@ def regimes(curve: bool = True) -> list[Regime]:
                           onset_step=3, shares=(0.10, 0.25, 0.50), table="onset"))  # fmt: skip
         out.append(Regime("5xx x2 after interval 20, constant 10 %", "error", 2.0, traffic,
                           onset=20, table="onset"))  # fmt: skip
+    out += [replace(r, table="onset-looks", looks=LOOKS) for r in out if r.table == "onset"]
     if curve:
         for f in (1.0, 1.1, 1.2, 1.25, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0):
             kind = "error" if f > 1 else "healthy"
@@ -229,6 +233,11 @@ def sample_side(rng: random.Random, n_mean: float, error: float, scale: float, f
     return Side(n, min(errors, n), p99, legit, min(poisson(rng, legit * fpr), legit), buckets)
 
 
+LOOKS = 6
+"""Looks per 30 s interval in the ``onset-looks`` table: the controller's default 5 s look
+period."""
+
+
 class Stream:
     """The traffic of one simulated rollout. ``interval(k, share, bad)`` is the ``k``-th
     interval (from 1) at the canary share ``share``, with the regression in force or not;
@@ -282,6 +291,25 @@ class Stream:
                 buckets=tuple((le, round(c * keep)) for le, c in canary.buckets),
             )
         return canary, baseline
+
+    def looks(self, k: int, share: float, bad: bool) -> list[tuple[Side, Side]]:
+        """The ``k``-th interval as ``regime.looks`` shorter looks, each drawn on its own
+        (Poisson regimes only: no over-dispersion, resets or zero traffic)."""
+        regime = self.regime
+        if regime.looks == 1:
+            return [self.interval(k, share, bad)]
+        rng = random.Random(f"{self.seed}/{k}/looks")
+        rate = TRAFFIC[regime.traffic] * INTERVAL_SECONDS / regime.looks
+        factor = regime.factor if bad else 1.0
+        error = BASE_ERROR * (factor if regime.kind == "error" else 1)
+        scale = factor if regime.kind == "latency" else 1.0
+        return [
+            (
+                sample_side(rng, rate * share, error, scale, BASE_FPR),
+                sample_side(rng, rate * (1 - share), BASE_ERROR, 1.0, BASE_FPR),
+            )
+            for _ in range(regime.looks)
+        ]
 
     def bad(self, k: int, step: int) -> bool:
         regime = self.regime
@@ -376,8 +404,14 @@ def ours(regime: Regime, stream: Stream, rng: random.Random) -> Decision:
         bad = stream.bad(k, step)
         if bad and stream.met is None:
             stream.met = k - 1
-        whole_c, whole_b = stream.interval(k, share, bad)
-        looks = [(whole_c, NOBODY), (NOBODY, whole_b)] if regime.phased else [(whole_c, whole_b)]
+        if regime.looks > 1:
+            looks = stream.looks(k, share, bad)
+            whole_c, whole_b = looks[-1]  # what the reading shows: the latest look
+        else:
+            whole_c, whole_b = stream.interval(k, share, bad)
+            looks = (
+                [(whole_c, NOBODY), (NOBODY, whole_b)] if regime.phased else [(whole_c, whole_b)]
+            )
         for check in checks:
             state = at_step(states[check.name], step)
             for c, b in looks:
@@ -536,10 +570,12 @@ def run_regime(args: tuple[Regime, int, int]) -> list[Cell]:
         results["ours"].append(ours_decision)
         onsets["ours"].append(regime.onset if stream.met is None else stream.met)
         for name, judge in (("flagger", flagger), ("kayenta", kayenta)):
+            if regime.looks > 1:
+                continue  # they judge whole intervals: the onset table has them
             results[name].append(judge(regime, fixed, random.Random(rng.random())))
             onsets[name].append((regime.onset_step - 1) * HOLD_INTERVALS
                                 if regime.onset_step else regime.onset)  # fmt: skip
-    return [Cell(regime, j, tuple(results[j]), tuple(onsets[j])) for j in JUDGES]
+    return [Cell(regime, j, tuple(results[j]), tuple(onsets[j])) for j in JUDGES if results[j]]
 
 
 def _median(values: list[int]) -> str:
@@ -562,19 +598,24 @@ _TITLES = {
     "coefficient of variation CV), independently",
     "onset": "Late onset: the canary turns bad at a later step, or after it was ruled "
     "non-inferior at a constant split (times counted from the onset)",
+    "onset-looks": "Late onset with the controller's 5 s looks (six per interval, each drawn "
+    "on its own; decisions at each interval's end; ours only)",
     "curve": "Rollback rate against the true 5xx ratio (high traffic, tolerance +50 %, "
     "rollback needs proof beyond +25 %)",
 }
 
 
-def report(cells: list[Cell], reps: int, seed: int, seconds: float, curve_reps: int = 0) -> str:
+def report(cells: list[Cell], reps: int, seed: int, seconds: float, curve_reps: int = 0,
+           looks_reps: int = 0) -> str:  # fmt: skip
     lines = [
         "# Judgement benchmark",
         "",
         "`make bench-judgement` (`python -m bench.judgement "
-        f"--reps {reps}{f' --curve-reps {curve_reps}' if curve_reps else ''} --seed {seed}`), "
+        f"--reps {reps}{f' --curve-reps {curve_reps}' if curve_reps else ''}"
+        f"{f' --looks-reps {looks_reps}' if looks_reps else ''} --seed {seed}`), "
         f"{datetime.now(UTC).date().isoformat()}, {reps} simulated rollouts per row and judge"
         + (f" ({curve_reps} for the effect curve)" if curve_reps else "")
+        + (f" ({looks_reps} with 5 s looks)" if looks_reps else "")
         + f", {seconds:.0f} s on 2 cores. Baseline 1 % 5xx, lognormal latency with p99 "
         "40 ms; tolerances +50 % (5xx), +20 % (p99), +10 % (false positives); three steps "
         "held at least 10 intervals (30 s) each, at most 90 intervals in all. Decisions: "
@@ -603,6 +644,9 @@ def report(cells: list[Cell], reps: int, seed: int, seconds: float, curve_reps: 
             row = [f"{regime.traffic} ({TRAFFIC[regime.traffic]:g} req/s)", regime.name,
                    str(o) if o else "–"]  # fmt: skip
             for judge in JUDGES:
+                if (regime, judge) not in by:
+                    row += ["–", "–"]
+                    continue
                 cell = by[(regime, judge)]
                 decisions = f"{_pct(cell.share('rollback'))} / {_pct(cell.share('promote'))}"
                 if judge == "ours":
@@ -622,14 +666,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument("--curve-reps", type=int, default=0,
                         help="rollouts per row of the effect curve (default: --reps)")  # fmt: skip
+    parser.add_argument("--looks-reps", type=int, default=0,
+                        help="rollouts per row with 5 s looks (default: --reps)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--out", type=Path, default=Path("bench/results/judgement.md"))
     parser.add_argument("--workers", type=int, default=2)
     options = parser.parse_args(argv)
     started = time.monotonic()
-    curve_reps = options.curve_reps or options.reps
-    jobs = [(r, curve_reps if r.table == "curve" else options.reps, options.seed)
-            for r in regimes()]  # fmt: skip
+    reps: int = options.reps
+    curve_reps: int = options.curve_reps or reps
+    looks_reps: int = options.looks_reps or reps
+
+    def reps_for(regime: Regime) -> int:
+        return {"curve": curve_reps, "onset-looks": looks_reps}.get(regime.table, reps)
+
+    jobs = [(r, reps_for(r), options.seed) for r in regimes()]
     if options.workers > 1:
         with multiprocessing.Pool(options.workers) as pool:
             chunks = pool.map(run_regime, jobs, chunksize=1)
@@ -637,7 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunks = [run_regime(job) for job in jobs]
     cells = [cell for chunk in chunks for cell in chunk]
     text = report(cells, options.reps, options.seed, time.monotonic() - started,
-                  curve_reps if curve_reps != options.reps else 0)  # fmt: skip
+                  curve_reps if curve_reps != options.reps else 0,
+                  looks_reps if looks_reps != options.reps else 0)  # fmt: skip
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(text, encoding="utf-8")
     sys.stdout.write(text)

@@ -144,3 +144,19 @@ def test_a_late_onset_is_timed_from_our_own_step_not_the_fixed_schedule() -> Non
     assert set(others.onsets) == {10}
     assert max(ours_cell.onsets) > 10
     assert all(0 < t <= 10 for t in ours_cell.times("rollback"))
+
+
+def test_the_controllers_look_period_is_simulated_for_our_judge_only() -> None:
+    (regime,) = [r for r in regimes() if r.table == "onset-looks" and r.traffic == "high"
+                 and r.onset_step == 2]  # fmt: skip
+    assert regime.looks == 6
+    stream = Stream(regime, "looks")
+    looks = stream.looks(3, 0.25, True)
+    assert len(looks) == 6
+    assert 7_000 < sum(c.requests for c, _ in looks) < 8_000  # 30 s at 25 % of 1,000 req/s
+    cells = run_regime((regime, 3, 1))
+    assert [c.judge for c in cells] == ["ours"]  # the others judge whole intervals
+    assert cells[0].share("rollback") == 1.0
+    text = report(cells, 3, 1, 0.1)
+    assert "5 s looks" in text
+    assert "| – | – |" in text

@@ -658,6 +658,8 @@ def report(cells: list[Cell], reps: int, seed: int, seconds: float, curve_reps: 
                     shown += f" ({statistics.median(cell.times('rollback')) / o:.2f}x)"
                 row += [decisions, shown]
             lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Findings", "", "What the tables show, the misses against the targets and "
+              'why: the README, "How a canary is judged".']  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

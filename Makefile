@@ -98,13 +98,13 @@ test: deps lint typecheck contracts
 
 .PHONY: demo
 demo: deps
-	$(BIN)/python -m canary.demo
+	$(BIN)/python -m testbed.demo
 
 # --- benchmarks (figures go into the README) ---------------------------------------------------
 
 .PHONY: bench-sandbox
 bench-sandbox: deps
-	$(BIN)/python bench/sandbox_startup.py --runs 3
+	$(BIN)/python -m bench.sandbox_startup --runs 3
 
 .PHONY: bench-judgement
 bench-judgement: venv

@@ -1,6 +1,6 @@
 """How long the local test bed takes to start and stop on this machine.
 
-    make bench-sandbox            # or: .venv/bin/python bench/sandbox_startup.py --runs 3
+    make bench-sandbox            # or: .venv/bin/python -m bench.sandbox_startup --runs 3
 
 Each run starts a detached sandbox exactly as `canary sandbox up` does, stops it as
 `canary sandbox down` does, and reports the phases. The binaries must already be built
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from canary.sandbox.testbed import Testbed
+from testbed.testbed import Testbed
 
 
 def main() -> None:

@@ -406,8 +406,8 @@ def sandbox() -> None:
 def sandbox_build() -> None:
     """Build (or reuse) the kube-apiserver and etcd binaries for this machine, and fetch (or
     reuse) the CRDs from their pinned Go modules."""
-    from canary.sandbox.binaries import BuildError, ensure_built
-    from canary.sandbox.crds import ensure_crds
+    from testbed.binaries import BuildError, ensure_built
+    from testbed.crds import ensure_crds
 
     try:
         binaries = ensure_built(log=lambda line: click.echo(line, err=True))
@@ -432,7 +432,7 @@ def sandbox_build() -> None:
 )
 def sandbox_up(work_dir: Path | None, standard_routing: str) -> None:
     """Start the test bed in the background and print how to reach it."""
-    from canary.sandbox.testbed import Testbed, default_sandbox_dir
+    from testbed.testbed import Testbed, default_sandbox_dir
 
     directory = work_dir or default_sandbox_dir()
     status = Testbed.status_of(directory)
@@ -464,7 +464,7 @@ def sandbox_up(work_dir: Path | None, standard_routing: str) -> None:
 @sandbox_dir_option
 def sandbox_down(work_dir: Path | None) -> None:
     """Stop every process of the test bed; nothing is left running."""
-    from canary.sandbox.testbed import Testbed, default_sandbox_dir
+    from testbed.testbed import Testbed, default_sandbox_dir
 
     directory = work_dir or default_sandbox_dir()
     if Testbed.stop_from_state(directory):
@@ -477,7 +477,7 @@ def sandbox_down(work_dir: Path | None) -> None:
 @sandbox_dir_option
 def sandbox_status(work_dir: Path | None) -> None:
     """Show which parts of the test bed are running. Exits 1 if any is down."""
-    from canary.sandbox.testbed import Testbed, default_sandbox_dir
+    from testbed.testbed import Testbed, default_sandbox_dir
 
     directory = work_dir or default_sandbox_dir()
     status = Testbed.status_of(directory)

@@ -23,8 +23,8 @@ import pytest
 
 from canary.audit import AuditStore, upgrade_to_head
 from canary.k8s.client import KubeClient
-from canary.sandbox.postgres import PostgresServer, PostgresUnavailable
-from canary.sandbox.testbed import Testbed
+from testbed.postgres import PostgresServer, PostgresUnavailable
+from testbed.testbed import Testbed
 
 _ROOT = Path(__file__).parent
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from canary.sandbox import crds
-from canary.sandbox.binaries import BuildError
+from testbed import crds
+from testbed.binaries import BuildError
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from canary.k8s.client import INFERENCE_SERVICE
-from canary.sandbox.behaviour import BehaviourBook, ModelBehaviour
-from canary.sandbox.testbed import Testbed
+from testbed.behaviour import BehaviourBook, ModelBehaviour
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from canary.sandbox.processes import alive, free_port, start_time, tail, terminate
+from testbed.processes import alive, free_port, start_time, tail, terminate
 
 __all__ = ["DEFAULT_BIN", "JOB_NAME", "PrometheusServer", "PrometheusUnavailable"]
 

@@ -2,9 +2,10 @@
 
     make bench-sandbox            # or: .venv/bin/python -m bench.sandbox_startup --runs 3
 
-Each run starts a detached sandbox exactly as `canary sandbox up` does, stops it as
-`canary sandbox down` does, and reports the phases. The binaries must already be built
-(`canary sandbox build`); their build time is not part of this benchmark.
+Each run starts a detached sandbox exactly as `python -m testbed up` does, stops it as
+`python -m testbed down` does, and reports the phases. The binaries must already be built
+(`python -m testbed build`); their build time is not part of this benchmark. Run it as a
+module from the repository root: the test bed (testbed/) is not installed with the product.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ evaluation interval, so tests see new data within seconds.
         prometheus.query('up')
 
 With ``detach=True`` Prometheus runs in its own session and outlives this process (for
-``canary sandbox up``); another process stops it with ``PrometheusServer.stop_from_state``
+``python -m testbed up``); another process stops it with ``PrometheusServer.stop_from_state``
 given the dict ``state()`` returned.
 """
 

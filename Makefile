@@ -60,9 +60,11 @@ endif
 
 # kube-apiserver and etcd, compiled from Go modules once per machine into a cache outside
 # the repository (several minutes the first time; a second run only checks the cache).
+# `python -m testbed` is the test bed's own command line: testbed/ is development-only and
+# not installed with the product, so it is found from the repository root, where make runs.
 .PHONY: testbed-binaries
 testbed-binaries: venv system-deps
-	$(BIN)/canary sandbox build
+	$(BIN)/python -m testbed build
 
 .PHONY: deps
 deps: venv system-deps testbed-binaries
@@ -98,13 +100,13 @@ test: deps lint typecheck contracts
 
 .PHONY: demo
 demo: deps
-	$(BIN)/python -m canary.demo
+	$(BIN)/python -m testbed demo
 
 # --- benchmarks (figures go into the README) ---------------------------------------------------
 
 .PHONY: bench-sandbox
 bench-sandbox: deps
-	$(BIN)/python bench/sandbox_startup.py --runs 3
+	$(BIN)/python -m bench.sandbox_startup --runs 3
 
 .PHONY: bench-judgement
 bench-judgement: venv
@@ -112,11 +114,11 @@ bench-judgement: venv
 
 .PHONY: sandbox-up
 sandbox-up: deps
-	$(BIN)/canary sandbox up
+	$(BIN)/python -m testbed up
 
 .PHONY: sandbox-down
 sandbox-down: venv
-	$(BIN)/canary sandbox down
+	$(BIN)/python -m testbed down
 
 # --- maintenance ----------------------------------------------------------------------------
 

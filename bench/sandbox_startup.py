@@ -1,10 +1,11 @@
 """How long the local test bed takes to start and stop on this machine.
 
-    make bench-sandbox            # or: .venv/bin/python bench/sandbox_startup.py --runs 3
+    make bench-sandbox            # or: .venv/bin/python -m bench.sandbox_startup --runs 3
 
-Each run starts a detached sandbox exactly as `canary sandbox up` does, stops it as
-`canary sandbox down` does, and reports the phases. The binaries must already be built
-(`canary sandbox build`); their build time is not part of this benchmark.
+Each run starts a detached sandbox exactly as `python -m testbed up` does, stops it as
+`python -m testbed down` does, and reports the phases. The binaries must already be built
+(`python -m testbed build`); their build time is not part of this benchmark. Run it as a
+module from the repository root: the test bed (testbed/) is not installed with the product.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from canary.sandbox.testbed import Testbed
+from testbed.testbed import Testbed
 
 
 def main() -> None:

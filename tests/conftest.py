@@ -23,8 +23,8 @@ import pytest
 
 from canary.audit import AuditStore, upgrade_to_head
 from canary.k8s.client import KubeClient
-from canary.sandbox.postgres import PostgresServer, PostgresUnavailable
-from canary.sandbox.testbed import Testbed
+from testbed.postgres import PostgresServer, PostgresUnavailable
+from testbed.testbed import Testbed
 
 _ROOT = Path(__file__).parent
 
@@ -161,7 +161,7 @@ def store(db: Database) -> Iterator[AuditStore]:
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     """The whole local test bed (kube-apiserver + etcd with the real CRDs, the KServe and
     traffic simulators, Prometheus), started once per session with the same code as
-    `canary sandbox up`. If any part cannot start, every test using it FAILS."""
+    `python -m testbed up`. If any part cannot start, every test using it FAILS."""
     bed = Testbed(tmp_path_factory.mktemp("testbed"), detach=False)
     problem: str | None = None
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from canary.audit import upgrade_to_head
-from canary.sandbox.testbed import Testbed
+from testbed.testbed import Testbed
 from tests.conftest import Database
 from tests.e2e.harness import FAST_POLICY, SLOW_POLICY, Env, Mode
 

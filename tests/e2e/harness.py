@@ -36,9 +36,9 @@ from canary.k8s.client import (
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.model import Phase
 from canary.ops import submit_command
-from canary.sandbox.behaviour import ModelBehaviour
-from canary.sandbox.testbed import Testbed
 from canary.settings import load_settings
+from testbed.behaviour import ModelBehaviour
+from testbed.testbed import Testbed
 
 FAST_POLICY = """
 name: fast

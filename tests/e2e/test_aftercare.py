@@ -14,7 +14,7 @@ from canary.k8s.client import CONTROLLER_MANAGER, INFERENCE_SERVICE, KubeError
 from canary.model import Phase
 from canary.ops import status_lines
 from canary.routing.knative import observed_from
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
+from testbed.behaviour import LatencyProfile, ModelBehaviour
 from tests.e2e.harness import Env
 
 pytestmark = pytest.mark.e2e

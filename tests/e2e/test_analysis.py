@@ -24,7 +24,7 @@ from analysis.profiles import identity, series_of
 from analysis.types import Subject
 from canary.audit import AuditRecord
 from canary.model import Phase
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
+from testbed.behaviour import LatencyProfile, ModelBehaviour
 from tests.e2e.faults import FAULTS, Fault, FaultyPrometheus
 from tests.e2e.harness import Env
 

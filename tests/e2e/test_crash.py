@@ -23,7 +23,7 @@ from canary.engine import RolloutDocument
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, KubeError
 from canary.model import Phase
 from canary.ops import submit_command
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
+from testbed.behaviour import LatencyProfile, ModelBehaviour
 from tests.e2e.harness import Env
 
 pytestmark = pytest.mark.e2e

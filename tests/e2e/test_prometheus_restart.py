@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from canary.model import Phase
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
-from canary.sandbox.processes import free_ports
-from canary.sandbox.prometheus import PrometheusServer
+from testbed.behaviour import LatencyProfile, ModelBehaviour
+from testbed.processes import free_ports
+from testbed.prometheus import PrometheusServer
 from tests.e2e.harness import Env
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from canary.model import Phase, Verdict
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
+from testbed.behaviour import LatencyProfile, ModelBehaviour
 from tests.e2e.harness import Env
 
 pytestmark = pytest.mark.e2e

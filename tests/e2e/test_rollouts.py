@@ -13,7 +13,7 @@ import pytest
 
 from canary.audit import AuditRecord
 from canary.model import Phase
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour, Readiness
+from testbed.behaviour import LatencyProfile, ModelBehaviour, Readiness
 from tests.e2e.harness import Env
 
 pytestmark = pytest.mark.e2e

@@ -39,9 +39,9 @@ from canary.k8s.webhook_config import (
 from canary.metrics import ControllerMetrics
 from canary.policy import PolicySet, RolloutPolicy
 from canary.routing.knative import KnativeRouter
-from canary.sandbox.behaviour import ModelBehaviour
-from canary.sandbox.testbed import Testbed
 from canary.server import HttpServer
+from testbed.behaviour import ModelBehaviour
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

@@ -53,10 +53,10 @@ from analysis.providers.prometheus import PrometheusProvider
 from analysis.types import METRIC_PROFILES, NoData
 from canary.k8s.client import INFERENCE_SERVICE, Conflict, KubeError
 from canary.routing.knative import KnativeRouter
-from canary.sandbox.behaviour import BehaviourBook, LatencyProfile, ModelBehaviour
-from canary.sandbox.prometheus import PrometheusServer, PrometheusUnavailable
-from canary.sandbox.testbed import Testbed
-from canary.sandbox.traffic import Target, TrafficSimulator
+from testbed.behaviour import BehaviourBook, LatencyProfile, ModelBehaviour
+from testbed.prometheus import PrometheusServer, PrometheusUnavailable
+from testbed.testbed import Testbed
+from testbed.traffic import Target, TrafficSimulator
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 
-from canary.sandbox.binaries import Binaries, BuildError, cache_key, ensure_built
-from canary.sandbox.cluster import ADMIN_GROUP, ADMIN_USER, Cluster, ClusterError
+from testbed.binaries import Binaries, BuildError, cache_key, ensure_built
+from testbed.cluster import ADMIN_GROUP, ADMIN_USER, Cluster, ClusterError
 
 pytestmark = pytest.mark.integration
 
@@ -272,8 +272,8 @@ def test_stop_leaves_no_process_and_no_listening_port(binaries: Binaries, tmp_pa
 _START_DETACHED = """
 import json, sys
 from pathlib import Path
-from canary.sandbox.binaries import ensure_built
-from canary.sandbox.cluster import Cluster
+from testbed.binaries import ensure_built
+from testbed.cluster import Cluster
 cluster = Cluster(Path(sys.argv[1]), ensure_built(), detach=True)
 cluster.start()
 print(json.dumps(cluster.state()))

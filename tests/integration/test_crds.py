@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from canary.sandbox import crds
-from canary.sandbox.binaries import BuildError
+from testbed import crds
+from testbed.binaries import BuildError
 
 pytestmark = pytest.mark.integration
 
@@ -64,10 +64,13 @@ def test_content_that_does_not_match_go_sum_is_refused(
     assert not list((tmp_path / "cache").glob("crds-*/*.yaml"))  # nothing half-written
 
 
-def test_sandbox_build_reports_where_the_crds_are() -> None:
+def test_testbed_build_reports_where_the_crds_are() -> None:
+    """`python -m testbed build`, run as `make testbed-binaries` runs it: from the
+    repository root (the test bed is not installed with the product)."""
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("canary")), "sandbox", "build"],
+        [sys.executable, "-m", "testbed", "build"],
         capture_output=True, text=True, timeout=1800, check=False,
+        cwd=Path(__file__).resolve().parents[2],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "CRDs:" in result.stdout

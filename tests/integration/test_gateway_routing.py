@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from canary.k8s.client import HTTP_ROUTE, INFERENCE_SERVICE, NotFound
 from canary.model import SetTraffic
 from canary.routing.standard import StandardRouter, route_name
-from canary.sandbox.behaviour import ModelBehaviour
-from canary.sandbox.testbed import Testbed
+from testbed.behaviour import ModelBehaviour
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from analysis.looks import LookSource
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
 from analysis.types import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
-from canary.sandbox.prometheus import PrometheusServer, PrometheusUnavailable
+from testbed.prometheus import PrometheusServer, PrometheusUnavailable
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from canary.k8s.client import INFERENCE_SERVICE, Conflict, KubeClient
 from canary.model import SetTraffic, TrafficView
 from canary.routing.base import Observed, TrafficRouter
 from canary.routing.knative import KnativeRouter
-from canary.sandbox.behaviour import ModelBehaviour, Readiness
-from canary.sandbox.kserve.controller import PRIVATE_LABEL
-from canary.sandbox.testbed import Testbed
+from testbed.behaviour import ModelBehaviour, Readiness
+from testbed.kserve.controller import PRIVATE_LABEL
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from canary.k8s.client import INFERENCE_SERVICE, Conflict, KubeClient, NotFound
-from canary.sandbox.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour, Readiness
-from canary.sandbox.kserve.controller import (
+from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour, Readiness
+from testbed.kserve.controller import (
     FINALIZER,
     PRIVATE_LABEL,
     KServeSimulator,

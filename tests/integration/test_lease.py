@@ -30,8 +30,8 @@ from canary.controller import Controller
 from canary.engine import Engine
 from canary.k8s.client import LEASE, KubeClient
 from canary.k8s.lease import Leadership, LeaseElector, parse_micro_time
-from canary.sandbox.postgres import PostgresServer
-from canary.sandbox.testbed import Testbed
+from testbed.postgres import PostgresServer
+from testbed.testbed import Testbed
 from tests.conftest import Database
 
 pytestmark = pytest.mark.integration

@@ -36,7 +36,7 @@ from analysis.types import (
     QueryResult,
     Unreachable,
 )
-from canary.sandbox.testbed import Testbed
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

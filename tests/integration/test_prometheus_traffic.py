@@ -27,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
-from canary.sandbox.behaviour import BehaviourBook, LatencyProfile, ModelBehaviour
-from canary.sandbox.prometheus import PrometheusServer, PrometheusUnavailable
-from canary.sandbox.traffic import Target, TrafficSimulator
+from testbed.behaviour import BehaviourBook, LatencyProfile, ModelBehaviour
+from testbed.prometheus import PrometheusServer, PrometheusUnavailable
+from testbed.traffic import Target, TrafficSimulator
 
 pytestmark = pytest.mark.integration
 

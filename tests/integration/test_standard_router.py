@@ -20,8 +20,8 @@ from canary.k8s.client import HTTP_ROUTE, INFERENCE_SERVICE, Conflict, KubeClien
 from canary.model import SetTraffic, TrafficView
 from canary.routing.base import Observed, TrafficRouter
 from canary.routing.standard import StandardRouter, route_name
-from canary.sandbox.behaviour import ModelBehaviour
-from canary.sandbox.testbed import Testbed
+from testbed.behaviour import ModelBehaviour
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The test bed as a user meets it: `canary sandbox up/status/down`, and the parts wired
+"""The test bed as a user meets it: `python -m testbed up/status/down`, and the parts wired
 together (KServe status drives simulated traffic, which Prometheus scrapes)."""
 
 from __future__ import annotations
@@ -15,17 +15,25 @@ from typing import Any
 import pytest
 
 from canary.k8s.client import INFERENCE_SERVICE
-from canary.sandbox.behaviour import BehaviourBook, ModelBehaviour
-from canary.sandbox.testbed import Testbed
+from testbed.behaviour import BehaviourBook, ModelBehaviour
+from testbed.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 
-CANARY = Path(sys.executable).with_name("canary")
+REPO = Path(__file__).resolve().parents[2]
+# The test bed is not installed with the product: its command finds it on PYTHONPATH.
+TESTBED = [sys.executable, "-m", "testbed"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    inherited = os.environ.get("PYTHONPATH")
+    pythonpath = os.pathsep.join([str(REPO), *([inherited] if inherited else [])])
+    return {**os.environ, "PYTHONPATH": pythonpath, **extra}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CANARY), *args], capture_output=True, text=True, timeout=300, check=False
+        [*TESTBED, *args], capture_output=True, text=True, timeout=300, check=False, env=_env()
     )
 
 
@@ -50,39 +58,39 @@ def _pids_and_ports(state: dict[str, Any]) -> tuple[list[int], list[int]]:
     return pids, ports
 
 
-def test_sandbox_cli_starts_everything_in_the_background_and_down_leaves_nothing(
+def test_the_command_starts_everything_in_the_background_and_down_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "sandbox"
-    up = _run("sandbox", "up", "--dir", str(directory))
+    up = _run("up", "--dir", str(directory))
     assert up.returncode == 0, up.stderr
     assert "export KUBECONFIG=" in up.stdout
     state = json.loads((directory / "state.json").read_text())
     pids, ports = _pids_and_ports(state)
     try:
         assert all(_alive(pid) for pid in pids), "the sandbox outlives the command"
-        status = _run("sandbox", "status", "--dir", str(directory))
+        status = _run("status", "--dir", str(directory))
         assert status.returncode == 0, status.stdout
         assert "DOWN" not in status.stdout
-        again = _run("sandbox", "up", "--dir", str(directory))
+        again = _run("up", "--dir", str(directory))
         assert "already up" in again.stdout
     finally:
-        down = _run("sandbox", "down", "--dir", str(directory))
+        down = _run("down", "--dir", str(directory))
     assert down.returncode == 0, down.stderr
     assert "sandbox stopped" in down.stdout
     assert [pid for pid in pids if _alive(pid)] == []
     assert [port for port in ports if _listening(port)] == []
-    gone = _run("sandbox", "status", "--dir", str(directory))
+    gone = _run("status", "--dir", str(directory))
     assert gone.returncode == 1
     assert "no sandbox" in gone.stdout
 
 
-def test_sandbox_up_with_a_relative_dir_works_from_anywhere(tmp_path: Path) -> None:
+def test_up_with_a_relative_dir_works_from_anywhere(tmp_path: Path) -> None:
     """`--dir sb` is taken relative to where the command runs, and every process the
     sandbox starts (Prometheus reads its config file by path) gets it absolute."""
     relative = subprocess.run(
-        [str(CANARY), "sandbox", "up", "--dir", "sb"],
-        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+        [*TESTBED, "up", "--dir", "sb"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path, env=_env(),
     )  # fmt: skip
     directory = tmp_path / "sb"
     try:
@@ -90,26 +98,25 @@ def test_sandbox_up_with_a_relative_dir_works_from_anywhere(tmp_path: Path) -> N
         assert f"logs: {directory}" in relative.stdout
         state = json.loads((directory / "state.json").read_text())
         assert Path(state["kubeconfig"]).is_absolute()
-        status = _run("sandbox", "status", "--dir", str(directory))
+        status = _run("status", "--dir", str(directory))
         assert status.returncode == 0, status.stdout
         assert "DOWN" not in status.stdout
     finally:
         down = subprocess.run(
-            [str(CANARY), "sandbox", "down", "--dir", "sb"],
-            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+            [*TESTBED, "down", "--dir", "sb"],
+            capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env=_env(),
         )  # fmt: skip
     assert "sandbox stopped" in down.stdout
 
 
 def test_a_missing_crd_directory_is_reported_not_half_started(tmp_path: Path) -> None:
-    env = {**os.environ, "KSC_CRD_DIR": str(tmp_path / "nowhere")}
     result = subprocess.run(
-        [str(CANARY), "sandbox", "up", "--dir", str(tmp_path / "s")],
+        [*TESTBED, "up", "--dir", str(tmp_path / "s")],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
-        env=env,
+        env=_env(KSC_CRD_DIR=str(tmp_path / "nowhere")),
     )
     assert result.returncode == 3
     assert "CRD directory" in result.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from canary.sandbox import crds
-from canary.sandbox.binaries import BuildError
+from testbed import crds
+from testbed.binaries import BuildError
 
 ISTIO_LIKE = """# generated
 apiVersion: apiextensions.k8s.io/v1

@@ -37,14 +37,14 @@ from canary.k8s.client import (
     Unavailable,
     WatchEvent,
 )
-from canary.sandbox.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour, Readiness
-from canary.sandbox.kserve.controller import (
+from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour, Readiness
+from testbed.kserve.controller import (
     FINALIZER,
     KServeSimulator,
     SplitTarget,
     deployment_mode,
 )
-from canary.sandbox.kserve.knative import (
+from testbed.kserve.knative import (
     KnativeService,
     KnativeWorld,
     compute_traffic,
@@ -53,7 +53,7 @@ from canary.sandbox.kserve.knative import (
     reconcile_isvc,
     validate_traffic,
 )
-from canary.sandbox.kserve.status import (
+from testbed.kserve.status import (
     FALSE,
     TRUE,
     UNKNOWN,
@@ -62,7 +62,7 @@ from canary.sandbox.kserve.status import (
     TrafficTarget,
     canonical,
 )
-from canary.sandbox.kserve.template import KServeConfig
+from testbed.kserve.template import KServeConfig
 
 T0 = 1_800_000_000.0
 V1, V2, V3, BAD = "s3://models/v1", "s3://models/v2", "s3://models/v3", "s3://models/bad"

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from canary.sandbox.behaviour import BehaviourBook, ModelBehaviour, Readiness
-from canary.sandbox.kserve import standard
-from canary.sandbox.kserve.standard import (
+from testbed.behaviour import BehaviourBook, ModelBehaviour, Readiness
+from testbed.kserve import standard
+from testbed.kserve.standard import (
     StandardWorld,
     build_canary_predictor,
     canary_replica_count,
     stable_min_replicas,
     validate,
 )
-from canary.sandbox.kserve.status import canonical
-from canary.sandbox.kserve.template import KServeConfig, RoutingMode
+from testbed.kserve.status import canonical
+from testbed.kserve.template import KServeConfig, RoutingMode
 
 T0 = 1_800_000_000.0
 V1, V2, V3, BAD = "s3://models/v1", "s3://models/v2", "s3://models/v3", "s3://models/bad"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from canary.sandbox.kserve.template import (
+from testbed.kserve.template import (
     KServeConfig,
     build_template,
     effective_annotations,

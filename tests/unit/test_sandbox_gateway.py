@@ -1,4 +1,4 @@
-"""The test bed's Gateway (``canary.sandbox.gateway``): kserve-canary's own HTTPRoute decides
+"""The test bed's Gateway (``testbed.gateway``): kserve-canary's own HTTPRoute decides
 where a Standard-mode InferenceService's simulated requests go.
 
 The pure rules are table-driven over hand-built worlds; the :class:`GatewaySimulator` is
@@ -24,8 +24,8 @@ from canary.k8s.client import (
     WatchEvent,
 )
 from canary.routing.standard import route_name
-from canary.sandbox.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
-from canary.sandbox.gateway import (
+from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
+from testbed.gateway import (
     GatewaySimulator,
     StandardTarget,
     backend_weights,
@@ -34,9 +34,9 @@ from canary.sandbox.gateway import (
     route_split,
     standard_targets,
 )
-from canary.sandbox.kserve.controller import KServeSimulator, SplitTarget
-from canary.sandbox.kserve.standard import Deployment, StandardWorld
-from canary.sandbox.kserve.template import RevisionTemplate
+from testbed.kserve.controller import KServeSimulator, SplitTarget
+from testbed.kserve.standard import Deployment, StandardWorld
+from testbed.kserve.template import RevisionTemplate
 from tests.unit.test_kserve_knative import FakeKube
 
 NS, ISVC = "ns", "m"

@@ -18,14 +18,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from canary.sandbox.behaviour import (
+from testbed.behaviour import (
     BehaviourBook,
     BehaviourWatcher,
     BusinessProfile,
     LatencyProfile,
     ModelBehaviour,
 )
-from canary.sandbox.traffic import LATENCY_BUCKETS_SECONDS, Target, TrafficSimulator
+from testbed.traffic import LATENCY_BUCKETS_SECONDS, Target, TrafficSimulator
 
 NS = "models"
 STABLE = "s3://models/scorer/v1"

@@ -1,10 +1,10 @@
 """The simulator process of the test bed: KServe and model traffic, wired together.
 
-``python -m canary.sandbox.simulators --kubeconfig K --behaviour B --sd-file F --ready-file R``
+``python -m testbed.simulators --kubeconfig K --behaviour B --sd-file F --ready-file R``
 
 The KServe simulator writes InferenceService status; every time the effective split of an
 InferenceService changes, the traffic simulator is told where requests now go. In between
-sits the test bed's Gateway (:mod:`canary.sandbox.gateway`): for a Standard-mode
+sits the test bed's Gateway (:mod:`testbed.gateway`): for a Standard-mode
 InferenceService with kserve-canary's own HTTPRoute (``<isvc>-kserve-canary``), requests
 follow that route's weights instead of KServe's split. The process runs until SIGTERM or
 SIGINT, then stops all three cleanly.
@@ -19,14 +19,14 @@ from pathlib import Path
 
 from canary.k8s.client import KubeClient
 from canary.log import configure_logging, get_logger
-from canary.sandbox.behaviour import BehaviourWatcher
-from canary.sandbox.gateway import GatewaySimulator
-from canary.sandbox.kserve.controller import KServeSimulator, SplitTarget
-from canary.sandbox.traffic import Target, TrafficSimulator
+from testbed.behaviour import BehaviourWatcher
+from testbed.gateway import GatewaySimulator
+from testbed.kserve.controller import KServeSimulator, SplitTarget
+from testbed.traffic import Target, TrafficSimulator
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="canary.sandbox.simulators")
+    parser = argparse.ArgumentParser(prog="testbed.simulators")
     parser.add_argument("--kubeconfig", required=True, type=Path)
     parser.add_argument("--behaviour", required=True, type=Path)
     parser.add_argument("--sd-file", required=True, type=Path)

@@ -27,9 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from canary.sandbox.behaviour import BehaviourBook, Readiness
-from canary.sandbox.kserve.knative import reconcile_stopped_condition
-from canary.sandbox.kserve.status import (
+from testbed.behaviour import BehaviourBook, Readiness
+from testbed.kserve.knative import reconcile_stopped_condition
+from testbed.kserve.status import (
     CANARY_PREDICTOR_READY,
     FALSE,
     INGRESS_READY,
@@ -44,7 +44,7 @@ from canary.sandbox.kserve.status import (
     propagate_model_status,
     set_condition,
 )
-from canary.sandbox.kserve.template import (
+from testbed.kserve.template import (
     AUTOSCALER_CLASS_ANNOTATION,
     DEPLOYMENT_MODE_ANNOTATION,
     DISABLE_AUTO_UPDATE_ANNOTATION,

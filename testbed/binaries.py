@@ -1,7 +1,7 @@
 """Build, or reuse, the kube-apiserver and etcd binaries of the local test bed.
 
-The Go sources live in ``deploy/testbed/`` (one Go module per binary). They are compiled once
-per machine into a cache outside the repository::
+The Go sources live in ``testbed/go/`` (one Go module per binary). They are compiled once per
+machine into a cache outside the repository::
 
     $KSC_TESTBED_CACHE/<key>/bin/{kube-apiserver,etcd}
     (default root: ${XDG_CACHE_HOME:-~/.cache}/kserve-canary/testbed)
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 BINARY_NAMES = ("kube-apiserver", "etcd")
-# The Go module (under deploy/testbed/) that builds each binary, and the module whose
+# The Go module (under testbed/go/) that builds each binary, and the module whose
 # required version is that binary's version.
 _VERSION_MODULES = {
     "kube-apiserver": ("kubernetes", "k8s.io/kubernetes"),
@@ -77,11 +77,11 @@ def _stderr_line(line: str) -> None:
 
 
 def source_dir() -> Path:
-    """``deploy/testbed`` of this checkout (``KSC_TESTBED_SRC`` overrides)."""
+    """``testbed/go`` of this checkout, beside this module (``KSC_TESTBED_SRC`` overrides)."""
     override = os.environ.get("KSC_TESTBED_SRC")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "deploy" / "testbed"
+    return Path(__file__).resolve().parent / "go"
 
 
 def cache_root() -> Path:
@@ -102,7 +102,7 @@ def _source_files(src: Path) -> list[Path]:
             raise BuildError(
                 f"the Go sources of {binary} are missing: no {module / 'go.mod'}. "
                 "Run from a checkout of kserve-canary, or set KSC_TESTBED_SRC to its "
-                "deploy/testbed directory."
+                "testbed/go directory."
             )
         files.extend(
             path
@@ -276,4 +276,4 @@ def ensure_built(*, log: Callable[[str], None] = _stderr_line) -> Binaries:
 def _required_go(src: Path) -> str:
     go_mod = (src / "kube-apiserver" / "go.mod").read_text(encoding="utf-8")
     match = re.search(r"^go\s+(\S+)", go_mod, re.M)
-    return match.group(1) if match else "(see deploy/testbed/*/go.mod)"
+    return match.group(1) if match else "(see testbed/go/*/go.mod)"

@@ -2,7 +2,7 @@
 
 The test-bed orchestrator tells a :class:`TrafficSimulator` how each InferenceService routes
 its traffic (``set_routes``, ``set_mirror``); the simulator generates requests at the rate the
-:class:`~canary.sandbox.behaviour.BehaviourBook` gives, draws each one's latency, status and
+:class:`~testbed.behaviour.BehaviourBook` gives, draws each one's latency, status and
 fraud decision from the target model's behaviour, and counts them the way a real pod would.
 
 Every routed revision (Knative mode) or Deployment (Standard mode) is its own scrape target,
@@ -70,7 +70,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from canary.log import get_logger
-from canary.sandbox.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
+from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
 
 __all__ = [
     "FRAUD_SCORE_BUCKETS",

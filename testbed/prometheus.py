@@ -9,7 +9,7 @@ evaluation interval, so tests see new data within seconds.
         prometheus.query('up')
 
 With ``detach=True`` Prometheus runs in its own session and outlives this process (for
-``canary sandbox up``); another process stops it with ``PrometheusServer.stop_from_state``
+``python -m testbed up``); another process stops it with ``PrometheusServer.stop_from_state``
 given the dict ``state()`` returned.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from canary.sandbox.processes import alive, free_port, start_time, tail, terminate
+from testbed.processes import alive, free_port, start_time, tail, terminate
 
 __all__ = ["DEFAULT_BIN", "JOB_NAME", "PrometheusServer", "PrometheusUnavailable"]
 

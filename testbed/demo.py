@@ -44,10 +44,10 @@ from canary.k8s.client import INFERENCE_SERVICE, KubeClient
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.log import configure_logging
 from canary.ops import submit_command
-from canary.sandbox.behaviour import LatencyProfile, ModelBehaviour
-from canary.sandbox.postgres import PostgresServer
-from canary.sandbox.testbed import Testbed
 from canary.settings import load_settings
+from testbed.behaviour import LatencyProfile, ModelBehaviour
+from testbed.postgres import PostgresServer
+from testbed.testbed import Testbed
 
 __all__ = ["DEMO_POLICY", "main"]
 

@@ -44,11 +44,11 @@ from canary.k8s.client import (
     WatchEvent,
 )
 from canary.log import get_logger
-from canary.sandbox.behaviour import BehaviourBook, BehaviourWatcher
-from canary.sandbox.kserve import knative, standard
-from canary.sandbox.kserve.knative import KnativeWorld
-from canary.sandbox.kserve.standard import StandardWorld
-from canary.sandbox.kserve.status import (
+from testbed.behaviour import BehaviourBook, BehaviourWatcher
+from testbed.kserve import knative, standard
+from testbed.kserve.knative import KnativeWorld
+from testbed.kserve.standard import StandardWorld
+from testbed.kserve.status import (
     FALSE,
     PREDICTOR_READY,
     READY,
@@ -57,7 +57,7 @@ from canary.sandbox.kserve.status import (
     canonical,
     set_condition,
 )
-from canary.sandbox.kserve.template import (
+from testbed.kserve.template import (
     DEPLOYMENT_MODE_ANNOTATION,
     KServeConfig,
     RoutingMode,
@@ -179,7 +179,7 @@ class KServeSimulator:
     targets)`` is called whenever :meth:`effective_split` changes (``[]`` once nothing
     serves or the object is gone); ``on_standard_world(namespace, name, world)`` whenever
     the simulated Deployments of a Standard-mode InferenceService change (``None`` once it
-    is gone), for the test bed's Gateway (:mod:`canary.sandbox.gateway`), which routes by
+    is gone), for the test bed's Gateway (:mod:`testbed.gateway`), which routes by
     which Deployments exist and are Ready. ``label_selector`` picks the InferenceServices
     handled: by default every one without :data:`PRIVATE_LABEL`, so a test can run a
     private instance (``label_selector=f"{PRIVATE_LABEL}=<token>"``) next to the shared one.

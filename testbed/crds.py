@@ -1,6 +1,6 @@
 """Fetch the CustomResourceDefinitions the test bed installs from their upstream Go modules.
 
-The versions are pinned in ``deploy/testbed/crds/go.mod`` and checked by its ``go.sum``:
+The versions are pinned in ``testbed/go/crds/go.mod`` and checked by its ``go.sum``:
 ``go mod download`` (read-only module mode) refuses a module whose content does not match.
 The files are copied once per machine into the same cache as the test-bed binaries::
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from canary.sandbox.binaries import BuildError, _locked, _stderr_line, cache_root, source_dir
+from testbed.binaries import BuildError, _locked, _stderr_line, cache_root, source_dir
 
 __all__ = ["CRDS", "CrdSource", "crd_cache_dir", "ensure_crds", "module_dir", "split_documents"]
 
@@ -78,7 +78,7 @@ _FETCH_TIMEOUT = 900.0
 
 
 def module_dir() -> Path:
-    """The Go module that pins the CRDs' sources: ``deploy/testbed/crds``."""
+    """The Go module that pins the CRDs' sources: ``testbed/go/crds``."""
     return source_dir() / "crds"
 
 
@@ -91,7 +91,7 @@ def crd_cache_dir(src: Path | None = None) -> Path:
         if not path.is_file():
             raise BuildError(
                 f"the CRD pins are missing: no {path}. Run from a checkout of kserve-canary, "
-                "or set KSC_TESTBED_SRC to its deploy/testbed directory."
+                "or set KSC_TESTBED_SRC to its testbed/go directory."
             )
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     for crd in CRDS:

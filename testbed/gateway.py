@@ -46,9 +46,9 @@ from typing import Any, NamedTuple
 from canary.k8s.client import HTTP_ROUTE, Gone, KubeClient, KubeError, Unavailable, WatchEvent
 from canary.log import get_logger
 from canary.routing.standard import ROUTE_SUFFIX
-from canary.sandbox.kserve import standard
-from canary.sandbox.kserve.controller import SplitTarget
-from canary.sandbox.kserve.standard import StandardWorld
+from testbed.kserve import standard
+from testbed.kserve.controller import SplitTarget
+from testbed.kserve.standard import StandardWorld
 
 __all__ = [
     "GatewaySimulator",
@@ -181,7 +181,7 @@ class GatewaySimulator:
     InferenceService changes.
 
     Feed it ``on_split_change`` and ``on_standard_world`` from the
-    :class:`~canary.sandbox.kserve.controller.KServeSimulator`; :meth:`start` watches
+    :class:`~testbed.kserve.controller.KServeSimulator`; :meth:`start` watches
     HTTPRoutes in every namespace (list, then watch from the list's resourceVersion; list
     again after ``Gone`` or an error, backing off while the apiserver is unavailable).
     """

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from canary.sandbox.processes import free_port, tail, terminate
+from testbed.processes import free_port, tail, terminate
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_postgres_bin"]
 

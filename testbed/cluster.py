@@ -1,6 +1,6 @@
 """A private Kubernetes control plane on loopback: etcd plus kube-apiserver, nothing else.
 
-``Cluster`` runs the binaries from :func:`canary.sandbox.binaries.ensure_built` on free
+``Cluster`` runs the binaries from :func:`testbed.binaries.ensure_built` on free
 loopback ports, with certificates made by the ``openssl`` CLI (a CA, the apiserver's serving
 certificate for 127.0.0.1/localhost, a service-account signing key) and one admin user,
 ``kserve-canary-admin`` in ``system:masters``, who authenticates with a random bearer token.
@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
-from canary.sandbox.binaries import Binaries
-from canary.sandbox.processes import (
+from testbed.binaries import Binaries
+from testbed.processes import (
     ProcessStillRunning,
     alive,
     free_ports,

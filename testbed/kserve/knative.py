@@ -11,7 +11,7 @@ PURE. Two functions drive everything, both taking an explicit ``now``:
   Service reconciler pushing a new ksvc generation to its Configuration and Route (and
   reporting ``OutOfDate`` meanwhile), the Configuration creating revisions
   ``<ksvc>-NNNNN`` (NNNNN = Configuration generation), revisions becoming ready or failing
-  as the :class:`~canary.sandbox.behaviour.BehaviourBook` says, the Route resolving
+  as the :class:`~testbed.behaviour.BehaviourBook` says, the Route resolving
   ``latestRevision`` to the latest *ready* revision and programming the ingress (one step
   later the ingress is ready and the data plane switches), and the Service copying it all
   into the ksvc status.
@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from canary.sandbox.behaviour import BehaviourBook, ModelBehaviour, Readiness
-from canary.sandbox.kserve.status import (
+from testbed.behaviour import BehaviourBook, ModelBehaviour, Readiness
+from testbed.kserve.status import (
     FALSE,
     INGRESS_READY,
     LATEST_DEPLOYMENT_READY,
@@ -49,7 +49,7 @@ from canary.sandbox.kserve.status import (
     propagate_model_status,
     set_condition,
 )
-from canary.sandbox.kserve.template import (
+from testbed.kserve.template import (
     DISABLE_AUTO_UPDATE_ANNOTATION,
     MIN_SCALE_ANNOTATION,
     TAG_ROUTING_ANNOTATION,

@@ -1,7 +1,7 @@
-"""The local test bed: what `canary sandbox up` starts and what the test suite runs on.
+"""The local test bed: what `python -m testbed up` starts and what the test suite runs on.
 
 Real: etcd and kube-apiserver (built from Go modules), the real CRDs (fetched from their
-upstream Go modules at pinned versions, :mod:`canary.sandbox.crds`; ``$KSC_CRD_DIR``
+upstream Go modules at pinned versions, :mod:`testbed.crds`; ``$KSC_CRD_DIR``
 overrides), Prometheus and PostgreSQL from Debian. Simulated, in one
 Python process: KServe (status written exactly as v0.20.0 would) and the model traffic
 (per-revision metrics under the real names). The same ``Testbed`` class serves the CLI
@@ -26,19 +26,21 @@ from typing import Any, Literal
 import yaml
 
 from canary.k8s.client import CRD, KubeClient, Unavailable
-from canary.sandbox.behaviour import BehaviourBook
-from canary.sandbox.binaries import BuildError, ensure_built
-from canary.sandbox.cluster import Cluster
-from canary.sandbox.crds import ensure_crds
-from canary.sandbox.processes import alive, start_time, tail, terminate
-from canary.sandbox.prometheus import PrometheusServer
+from testbed.behaviour import BehaviourBook
+from testbed.binaries import BuildError, ensure_built
+from testbed.cluster import Cluster
+from testbed.crds import ensure_crds
+from testbed.processes import alive, start_time, tail, terminate
+from testbed.prometheus import PrometheusServer
 
 __all__ = ["Testbed", "TestbedError", "default_sandbox_dir"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The checkout this package lives in: the test bed is not installed with the product, so
+# the simulator process finds it (and the product beside it) through PYTHONPATH.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 FIELD_MANAGER = "kserve-canary-sandbox"
 NAMESPACES = ("kserve-canary", "models")
-SIMULATORS_MODULE = "canary.sandbox.simulators"
+SIMULATORS_MODULE = "testbed.simulators"
 CRD_FILES = (
     "serving.kserve.io_inferenceservices.yaml",
     "virtualservices.networking.istio.io.yaml",
@@ -57,6 +59,13 @@ def default_sandbox_dir() -> Path:
     if override:
         return Path(override)
     return Path(tempfile.gettempdir()) / f"kserve-canary-sandbox-{os.getuid()}"
+
+
+def _pythonpath() -> str:
+    """``PYTHONPATH`` for a child Python process: this checkout first, so that
+    ``python -m testbed.simulators`` works from any working directory."""
+    inherited = os.environ.get("PYTHONPATH")
+    return os.pathsep.join([str(REPO_ROOT), *([inherited] if inherited else [])])
 
 
 def _load_yaml(path: Path) -> Any:
@@ -220,7 +229,7 @@ class Testbed:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=self.detach,
-            env={**os.environ, "KSC_ENVIRONMENT": "production"},
+            env={**os.environ, "KSC_ENVIRONMENT": "production", "PYTHONPATH": _pythonpath()},
         )
         log.close()
         deadline = time.monotonic() + timeout

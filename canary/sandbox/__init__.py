@@ -1,1 +1,0 @@
-"""Test-bed helpers that run real services (PostgreSQL) in private sandboxes."""

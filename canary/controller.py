@@ -14,10 +14,11 @@ Threads, each with one job:
   beating, so ``/healthz`` fails and Kubernetes restarts it.
 * **probe** asks the database whether it answers, every second, so ``/readyz`` follows it;
   the reports expire, so a database that hangs (answers nothing) shows as not ready.
-* **watcher** lists and watches InferenceServices (all namespaces or the configured ones)
-  and queues those that carry a ``kserve-canary.io/`` annotation or have an active
-  rollout. A watch that expires (410 Gone) or breaks (apiserver restart) is followed by a
-  fresh list, with backoff; every ``resync_seconds`` the list is redone anyway.
+* **watcher** lists and watches InferenceServices (one watch over all namespaces, or one per
+  configured namespace, each on its own thread) and queues those that carry a
+  ``kserve-canary.io/`` annotation, had one, or have an active rollout. A watch that
+  expires (410 Gone) or breaks (apiserver restart) is followed by a fresh list, with
+  backoff; every ``resync_seconds`` the list is redone anyway.
 * **scheduler** (APScheduler) queues a rollout when its timer fires.
 * **commands** polls the database for queued manual commands while leading.
 * **worker** takes one item at a time from the de-duplicating queue and calls the engine,
@@ -37,6 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from canary.analysis_worker import AnalysisRunner
@@ -324,24 +326,31 @@ class Controller:
     def enqueue(self, namespace: str, name: str) -> None:
         self._queue.add(_Item("rollout", (namespace, name)))
 
-    def _watch_loop(self) -> None:
+    def _watch_loop(self, namespace: str | None = None) -> None:
+        """List and watch one namespace (None: the whole cluster) until stopped: a watch
+        that ends is resumed from its last version, one that expires or breaks is followed
+        by a fresh list, with backoff. Each configured namespace has a loop of its own."""
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                for namespace in self._namespaces or (None,):
-                    self._list_and_watch(namespace)
+                self._list_and_watch(namespace)
                 backoff = 0.5
             except Gone:
                 log.info("watch.expired")
             except KubeError as exc:
-                self._set_ready("watch", False, str(exc))
-                log.warning("watch.failed", error=str(exc), retry_in=backoff)
+                self._set_ready(self._watch_component(namespace), False, str(exc))
+                log.warning("watch.failed", namespace=namespace, error=str(exc), retry_in=backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             except Exception as exc:  # never let the watcher die
                 log.exception("watch.crashed", error=str(exc))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _watch_component(self, namespace: str | None) -> str:
+        """The readiness component of a namespace's watch: ``watch``, or ``watch:<ns>``
+        when several namespaces are watched (each must be listed to be ready)."""
+        return f"watch:{namespace}" if len(self._namespaces) > 1 else "watch"
 
     def _list_and_watch(self, namespace: str | None) -> None:
         items, version = self._kube.list(INFERENCE_SERVICE, namespace)
@@ -352,9 +361,7 @@ class Controller:
                 with self._lock:
                     self._known.add((namespace_, name))
                 self.enqueue(namespace_, name)
-        self._set_ready("watch", True, "listed")
-        if len(self._namespaces) > 1:
-            return  # several namespaces: the resync loop relists; no long watch per namespace
+        self._set_ready(self._watch_component(namespace), True, "listed")
         deadline = time.monotonic() + self._resync.total_seconds()
         while not self._stop.is_set() and time.monotonic() < deadline:
             remaining = max(int(deadline - time.monotonic()), 1)
@@ -531,18 +538,21 @@ class Controller:
             return
         # The watch reports when it lists (a quiet watch says nothing for minutes); the
         # others report all the time and expire, so a hung dependency shows within seconds.
-        ttl = None if component == "watch" else self._expiry
+        ttl = None if component.split(":", 1)[0] == "watch" else self._expiry
         self._health.set_ready(component, ok, detail, ttl)
 
     def start(self) -> None:
         self._scheduler.start()
-        for target, name in (
+        loops: list[tuple[Callable[[], None], str]] = [
             (self._elect_loop, "elector"),
             (self._probe_loop, "probe"),
-            (self._watch_loop, "watcher"),
             (self._command_loop, "commands"),
             (self._work_loop, "worker"),
-        ):
+        ]
+        # One watch per configured namespace, or one over the whole cluster.
+        for namespace in self._namespaces or (None,):
+            loops.append((partial(self._watch_loop, namespace), f"watcher-{namespace or 'all'}"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=f"ksc-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)

@@ -129,3 +129,62 @@ def test_a_service_that_loses_every_annotation_is_queued_once() -> None:
         ("fraud", "listed")
     }
     assert play(removed) == set()  # no longer ours: not queued again
+
+
+class CountingKube(FakeKube):
+    """Counts lists and watches per namespace; stops everything after too many lists (a
+    relist loop) so that a regression fails instead of spinning."""
+
+    def __init__(self, script: list[Any], stop: threading.Event) -> None:
+        super().__init__(script, stop)
+        self.listed: list[str | None] = []
+        self.watched: list[str | None] = []
+
+    def list(self, kind: Any, namespace: str | None = None, **_: Any) -> tuple[list[Any], str]:
+        self.listed.append(namespace)
+        if len(self.listed) > 20:
+            self.stop.set()
+        return [], "1"
+
+    def watch(self, kind: Any, namespace: str | None = None, **kw: Any) -> Iterator[WatchEvent]:
+        self.watched.append(namespace)
+        yield from super().watch(kind, namespace, **kw)
+
+
+def test_each_configured_namespace_is_listed_once_then_watched() -> None:
+    stop = threading.Event()
+    for namespaces in (("fraud", "credit"), ("fraud", "credit", "payments")):
+        kube = CountingKube([iter([]) for _ in namespaces], stop)
+        ctl = controller(kube)
+        ctl._namespaces = namespaces
+        ctl._stop = stop
+        for namespace in namespaces:  # each on its own thread in the controller
+            stop.clear()
+            ctl._watch_loop(namespace)
+        assert kube.listed == list(namespaces)  # once each: no relist loop
+        assert set(kube.watched) == set(namespaces)  # and each is watched (resumed when a
+        # watch ends, never relisted)
+
+
+def test_the_controller_starts_one_watcher_per_namespace() -> None:
+    stop = threading.Event()
+    ctl = controller(CountingKube([], stop))
+    ctl._namespaces = ("fraud", "credit", "payments")
+    started: list[str] = []
+
+    class Recorder:
+        def __init__(self, *, target: Any, name: str, daemon: bool) -> None:
+            started.append(name)
+
+        def start(self) -> None:
+            pass
+
+    ctl._scheduler = cast(Any, type("S", (), {"start": lambda self: None})())
+    original = threading.Thread
+    threading.Thread = Recorder  # type: ignore[misc,assignment]
+    try:
+        ctl.start()
+    finally:
+        threading.Thread = original  # type: ignore[misc]
+    watchers = [n for n in started if n.startswith("ksc-watcher")]
+    assert watchers == ["ksc-watcher-fraud", "ksc-watcher-credit", "ksc-watcher-payments"]

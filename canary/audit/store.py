@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -128,25 +129,55 @@ def _masked(url: URL | str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def _project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+def _migrations_dir() -> Path:
+    """The Alembic scripts that belong to this ``canary`` package.
+
+    In order: ``KSC_MIGRATIONS_DIR``; the ``canary.migrations`` package (an installed wheel
+    holds it, and an editable install maps it to the checkout's ``migrations/`` folder); the
+    ``migrations/`` folder of a source checkout (next to ``canary/`` and ``alembic.ini``), which
+    is what runs when the checkout is put on ``sys.path`` without being installed. The package
+    is used only when it sits where this ``canary`` package does, so that a checkout on
+    ``sys.path`` never runs the migrations of another checkout's editable install.
+    """
+    override = os.environ.get("KSC_MIGRATIONS_DIR")
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "migrations"
+    try:
+        packaged = resources.files("canary.migrations")
+    except ModuleNotFoundError:
+        packaged = None
+    if isinstance(packaged, Path):
+        location = packaged.resolve()
+        if location.is_relative_to(package) or location == checkout.resolve():
+            return location
+    if (checkout / "env.py").is_file() and (package.parent / "alembic.ini").is_file():
+        return checkout
+    if packaged is not None and not isinstance(packaged, Path):
+        raise AuditError(
+            "database migrations are packaged inside an archive and Alembic needs them as "
+            "files; install kserve-canary into a directory or set KSC_MIGRATIONS_DIR"
+        )
+    raise AuditError(
+        f"database migrations not found for the canary package at {package}: its "
+        "canary.migrations subpackage is missing; reinstall kserve-canary or set "
+        "KSC_MIGRATIONS_DIR"
+    )
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic config for ``url`` using this project's ``migrations`` directory.
+    """An Alembic config for ``url`` and this package's migrations (see :func:`_migrations_dir`).
 
-    ``KSC_MIGRATIONS_DIR`` overrides the location of the migrations.
+    No ``alembic.ini`` is read: an installed package has none, and every option is set here,
+    so a source checkout and an installed wheel behave alike. Alembic's own logging is left as
+    the caller configured it.
     """
-    root = _project_root()
-    ini = root / "alembic.ini"
-    scripts = Path(os.environ.get("KSC_MIGRATIONS_DIR") or root / "migrations")
+    scripts = _migrations_dir()
     if not (scripts / "env.py").is_file():
-        raise AuditError(
-            f"database migrations not found at {scripts}; run from a source checkout "
-            "or set KSC_MIGRATIONS_DIR"
-        )
-    config = Config(str(ini)) if ini.is_file() else Config()
-    config.set_main_option("script_location", str(scripts))
+        raise AuditError(f"database migrations not found at {scripts}: it has no env.py")
+    config = Config()
+    config.set_main_option("script_location", str(scripts).replace("%", "%%"))
     rendered = _parse_url(url).render_as_string(hide_password=False)
     config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     config.attributes["configure_logger"] = False

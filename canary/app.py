@@ -82,7 +82,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
 
     policies = PolicySource(settings.policy_path, policy_problem)
     policies()  # fail fast: a controller without valid policies must not start
-    kube = KubeClient.from_kubeconfig(
+    kube = KubeClient.connect(
         settings.kubeconfig,
         timeout=settings.kube_timeout_seconds,
         agent=f"{CONTROLLER_MANAGER}/{__version__}",

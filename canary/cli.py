@@ -167,6 +167,7 @@ def run(config_file: Path | None) -> None:
 
     from canary.app import build
     from canary.audit import AuditError
+    from canary.k8s.client import KubeConfigError
     from canary.log import configure_logging
 
     try:
@@ -180,6 +181,9 @@ def run(config_file: Path | None) -> None:
     except PolicyError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
+        sys.exit(EXIT_INVALID)
+    except KubeConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INVALID)
     except AuditError as exc:
         click.echo(f"error: {exc}", err=True)

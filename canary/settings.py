@@ -147,7 +147,9 @@ class Settings(BaseSettings):
     )
     tls_key_file: Path | None = None
     kubeconfig: Path | None = Field(
-        default=None, description="Kubeconfig file; empty means the default loading rules."
+        default=None,
+        description="Kubeconfig file. Empty: the file KUBECONFIG names, else ~/.kube/config, "
+        "else the pod's ServiceAccount (its token read again for every request).",
     )
     identity: str | None = Field(
         default=None,
@@ -273,6 +275,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("kubeconfig", mode="before")
+    @classmethod
+    def _empty_kubeconfig_is_unset(cls, value: object) -> object:
+        # KSC_KUBECONFIG="" would otherwise be the path "." (a directory, never a kubeconfig)
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("standard_route_hostnames")
     @classmethod

@@ -7,12 +7,18 @@ CustomResources refuse strategic-merge patches with 415, merge patches carry
 manager. Objects are plain ``dict``s, as the API returns them. Errors are typed by HTTP
 status, so callers can tell a conflict (retry with a fresh read) from an invalid object
 (never retry) from an unreachable apiserver (back off).
+
+:meth:`KubeClient.connect` finds the cluster's credentials: a kubeconfig when one is given or
+found, otherwise the pod's ServiceAccount (whose token is read again for every request, so
+a token the kubelet rotates is picked up at once).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,8 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+
+from canary.log import get_logger
 
 __all__ = [
     "CONFIG_MAP",
@@ -33,22 +41,32 @@ __all__ = [
     "LEASE",
     "MUTATING_WEBHOOK_CONFIGURATION",
     "NAMESPACE",
+    "SERVICE_ACCOUNT",
+    "SERVICE_ACCOUNT_CA_FILE",
+    "SERVICE_ACCOUNT_TOKEN_FILE",
     "VIRTUAL_SERVICE",
     "AlreadyExists",
     "Conflict",
     "Gone",
     "Invalid",
     "KubeClient",
+    "KubeConfigError",
     "KubeError",
     "NotFound",
     "NotLeading",
     "ResourceKind",
+    "Unauthorized",
     "Unavailable",
     "UnsupportedMediaType",
     "WatchEvent",
 ]
 
 JsonObject = dict[str, Any]
+
+log = get_logger("canary.k8s.client")
+
+SERVICE_ACCOUNT_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+SERVICE_ACCOUNT_CA_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,7 @@ VIRTUAL_SERVICE = ResourceKind("networking.istio.io", "v1", "virtualservices", "
 HTTP_ROUTE = ResourceKind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
 NAMESPACE = ResourceKind("", "v1", "namespaces", "Namespace", namespaced=False)
 CONFIG_MAP = ResourceKind("", "v1", "configmaps", "ConfigMap")
+SERVICE_ACCOUNT = ResourceKind("", "v1", "serviceaccounts", "ServiceAccount")
 EVENT = ResourceKind("", "v1", "events", "Event")
 LEASE = ResourceKind("coordination.k8s.io", "v1", "leases", "Lease")
 CRD = ResourceKind("apiextensions.k8s.io", "v1", "customresourcedefinitions",
@@ -96,6 +115,14 @@ class KubeError(Exception):
         self.reason = reason
         self.message = message
         super().__init__(f"{status} {reason}: {message}")
+
+
+class KubeConfigError(Exception):
+    """No usable cluster address or credentials: nothing was sent to any apiserver."""
+
+
+class Unauthorized(KubeError):
+    """401: the apiserver did not accept the credentials (e.g. an expired token)."""
 
 
 class NotFound(KubeError):
@@ -131,6 +158,7 @@ class Unavailable(KubeError):
 
 
 _BY_STATUS: Mapping[int, type[KubeError]] = {
+    401: Unauthorized,
     404: NotFound,
     409: Conflict,
     410: Gone,
@@ -180,6 +208,109 @@ CONTROLLER_MANAGER = "kserve-canary"
 """The controller's name in ``managedFields`` (its User-Agent's product)."""
 
 
+class _TokenFile:
+    """The pod's ServiceAccount token, read from its file for every request.
+
+    The kubelet rewrites a projected (bound) token well before it expires; reading the
+    file each time (a few hundred bytes on a local tmpfs) means no request ever carries a
+    token older than the file, with no clock or refresh period to reason about. A file that
+    cannot be read or is empty after a good read (it should not happen: the kubelet swaps
+    the file atomically) leaves the last good token in use, with a warning, rather than
+    failing requests that the old token may still authorise."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last = self._read()  # at start, a missing or empty token is an error
+        self._unreadable = False
+
+    def _read(self) -> str:
+        try:
+            token = self.path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise KubeConfigError(f"the ServiceAccount token {self.path} does not exist") from None
+        except OSError as exc:
+            raise KubeConfigError(
+                f"cannot read the ServiceAccount token {self.path}: {exc.strerror or exc}"
+            ) from None
+        if not token:
+            raise KubeConfigError(f"the ServiceAccount token {self.path} is empty")
+        return token
+
+    def current(self) -> str:
+        try:
+            token = self._read()
+        except KubeConfigError as exc:
+            if not self._unreadable:
+                self._unreadable = True
+                log.warning(
+                    "kube.token_unreadable",
+                    error=str(exc),
+                    detail="sending the token read before until the file is readable again",
+                )
+            return self._last
+        if self._unreadable:
+            self._unreadable = False
+            log.info("kube.token_readable", path=str(self.path))
+        self._last = token
+        return token
+
+
+def _service_account_user(token: str) -> str | None:
+    """``system:serviceaccount:<namespace>:<name>`` from the token's ``sub`` claim, or None.
+
+    The JWT is decoded WITHOUT verifying its signature: the result is only a label saying
+    which identity this process presents (for logs and audit attribution), never a basis
+    for trusting anything. The apiserver verifies the token on every request."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+        return None
+    subject = claims.get("sub") if isinstance(claims, dict) else None
+    if not isinstance(subject, str):
+        return None
+    kind = "system:serviceaccount:"
+    namespace, _, name = subject.removeprefix(kind).partition(":")
+    valid = subject.startswith(kind) and namespace and name and ":" not in name
+    return subject if valid else None
+
+
+def _in_cluster_host() -> str:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host:
+        raise KubeConfigError("not in a pod: KUBERNETES_SERVICE_HOST is not set")
+    if not port:
+        raise KubeConfigError("KUBERNETES_SERVICE_HOST is set but KUBERNETES_SERVICE_PORT is not")
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def _found_kubeconfig() -> tuple[str | None, list[str]]:
+    """The kubeconfig the default rules find (``$KUBECONFIG``, else ``~/.kube/config``), and
+    what was looked at, for an error naming it. A ``KUBECONFIG`` that is set but names no
+    existing file is an error, not a reason to fall back to another identity."""
+    listed = os.environ.get("KUBECONFIG", "")
+    if listed:
+        paths = [p for p in listed.split(os.pathsep) if p]
+        if not any(Path(p).expanduser().is_file() for p in paths):
+            raise KubeConfigError(f"KUBECONFIG={listed} names no existing file")
+        return listed, []
+    home = Path("~/.kube/config").expanduser()
+    if home.is_file():
+        return str(home), []
+    return None, ["KUBECONFIG is not set", f"{home} does not exist"]
+
+
+def _api_client(configuration: k8s_client.Configuration, agent: str | None) -> k8s_client.ApiClient:
+    api = k8s_client.ApiClient(configuration)
+    if agent:
+        api.user_agent = agent
+    return api
+
+
 class KubeClient:
     """``timeout`` (seconds) bounds every request but a watch (which has its own) and the
     server-side apply of a CRD (two minutes at least); an apiserver that accepts the
@@ -192,7 +323,11 @@ class KubeClient:
     is won)."""
 
     def __init__(
-        self, api: k8s_client.ApiClient, *, user: str | None = None, timeout: float = 30.0
+        self,
+        api: k8s_client.ApiClient,
+        *,
+        user: str | None = None,
+        timeout: float = 30.0,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -200,6 +335,7 @@ class KubeClient:
         self.user = user
         self.timeout = float(timeout)
         self._gate: WriteGate | None = None
+        self._token: _TokenFile | None = None  # in-cluster: the ServiceAccount token's file
 
     def gate_writes(self, gate: WriteGate | None) -> None:
         """Check ``gate(kind)`` before every write (``None`` removes the check)."""
@@ -235,10 +371,84 @@ class KubeClient:
             next((c for c in contexts if c.get("name") == context), active) if context else active
         )
         user = (chosen or {}).get("context", {}).get("user")
-        api = k8s_client.ApiClient(configuration)
-        if agent:
-            api.user_agent = agent
-        return cls(api, user=str(user) if user else None, timeout=timeout)
+        return cls(_api_client(configuration, agent), user=str(user) if user else None,
+                   timeout=timeout)  # fmt: skip
+
+    @classmethod
+    def in_cluster(
+        cls,
+        host: str | None = None,
+        *,
+        token_file: str | Path = SERVICE_ACCOUNT_TOKEN_FILE,
+        ca_file: str | Path = SERVICE_ACCOUNT_CA_FILE,
+        timeout: float = 30.0,
+        agent: str | None = None,
+    ) -> KubeClient:
+        """A client that authenticates as the pod's ServiceAccount.
+
+        ``host`` is the apiserver's URL (default: from ``KUBERNETES_SERVICE_HOST`` and
+        ``KUBERNETES_SERVICE_PORT``); the server's certificate must chain to ``ca_file``. The
+        token is read from ``token_file`` for every request, so a rotated token is used as
+        soon as the kubelet writes it; a request refused with 401 is sent once more if the
+        file changed while it was in flight. :attr:`user` is the ServiceAccount the token
+        names (``system:serviceaccount:<namespace>:<name>``), or None."""
+        url = host or _in_cluster_host()
+        if "://" not in url:
+            url = f"https://{url}"
+        token = _TokenFile(Path(token_file))  # fails early and clearly if it is missing
+        ca = Path(ca_file)
+        try:
+            if not ca.read_bytes().strip():
+                raise KubeConfigError(f"the ServiceAccount CA file {ca} is empty")
+        except FileNotFoundError:
+            raise KubeConfigError(f"the ServiceAccount CA file {ca} does not exist") from None
+        except OSError as exc:
+            raise KubeConfigError(f"cannot read the CA file {ca}: {exc.strerror or exc}") from None
+        configuration = k8s_client.Configuration()
+        configuration.host = url.rstrip("/")
+        configuration.ssl_ca_cert = str(ca)
+        client = cls(
+            _api_client(configuration, agent),
+            user=_service_account_user(token.current()),
+            timeout=timeout,
+        )
+        client._token = token
+        return client
+
+    @classmethod
+    def connect(
+        cls,
+        kubeconfig: str | Path | None = None,
+        *,
+        timeout: float = 30.0,
+        agent: str | None = None,
+        token_file: str | Path = SERVICE_ACCOUNT_TOKEN_FILE,
+        ca_file: str | Path = SERVICE_ACCOUNT_CA_FILE,
+    ) -> KubeClient:
+        """The controller's client: ``kubeconfig`` when given; else the kubeconfig that
+        ``$KUBECONFIG`` names, else ``~/.kube/config``; else the pod's ServiceAccount (see
+        :meth:`in_cluster`). Raises :class:`KubeConfigError` naming what was tried when
+        none of them is usable."""
+        tried: list[str] = []
+        if kubeconfig:
+            path = Path(kubeconfig).expanduser()
+            if not path.is_file():
+                raise KubeConfigError(f"the kubeconfig {path} does not exist")
+            found: str | None = str(path)
+        else:
+            found, tried = _found_kubeconfig()
+        if found is not None:
+            try:
+                return cls.from_kubeconfig(found, timeout=timeout, agent=agent)
+            except k8s_config.ConfigException as exc:
+                raise KubeConfigError(f"cannot use the kubeconfig {found}: {exc}") from None
+        try:
+            return cls.in_cluster(token_file=token_file, ca_file=ca_file, timeout=timeout,
+                                  agent=agent)  # fmt: skip
+        except KubeConfigError as exc:
+            raise KubeConfigError(
+                f"no Kubernetes credentials: no kubeconfig given, {', '.join(tried)}, and {exc}"
+            ) from None
 
     def close(self) -> None:
         self._api.close()
@@ -263,7 +473,34 @@ class KubeClient:
         stream: bool = False,
     ) -> Any:
         timeout = self.timeout if timeout is None else timeout
+        token = self._token.current() if self._token is not None else None
+        response = self._send(method, path, query, body, content_type, timeout, token)
+        if response.status == 401 and self._token is not None:
+            fresh = self._token.current()
+            if fresh != token:  # the kubelet rotated the token while the request was out
+                response.read()
+                log.info("kube.token_rotated", method=method, path=path)
+                response = self._send(method, path, query, body, content_type, timeout, fresh)
+        if stream and 200 <= response.status < 300:
+            return response.response
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise _error(response.status, data, response.reason or "Error")
+        return json.loads(data) if data else {}
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: Sequence[tuple[str, Any]],
+        body: Any,
+        content_type: str,
+        timeout: float | tuple[float, float],
+        token: str | None,
+    ) -> Any:
         headers = {"Accept": "application/json", "Content-Type": content_type}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             params = self._api.param_serialize(
                 method=method,
@@ -271,19 +508,13 @@ class KubeClient:
                 query_params=list(query),
                 header_params=headers,
                 body=body,
-                auth_settings=["BearerToken"],
+                auth_settings=["BearerToken"],  # a kubeconfig's token; none in-cluster
             )
-            response = self._api.call_api(*params, _request_timeout=timeout)
+            return self._api.call_api(*params, _request_timeout=timeout)
         except ApiException as exc:  # TLS and preparation errors come back as status 0
             raise Unavailable(exc.status or 0, "Unavailable", str(exc.reason)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Unavailable(0, "Unavailable", f"{type(exc).__name__}: {exc}") from None
-        if stream and 200 <= response.status < 300:
-            return response.response
-        data = response.read()
-        if not 200 <= response.status < 300:
-            raise _error(response.status, data, response.reason or "Error")
-        return json.loads(data) if data else {}
 
     # --- reads -----------------------------------------------------------------------------
 
@@ -452,6 +683,33 @@ class KubeClient:
         with contextlib.suppress(AlreadyExists):
             self.create(NAMESPACE, None, {"apiVersion": "v1", "kind": "Namespace",
                                           "metadata": {"name": name}})  # fmt: skip
+
+    def request_token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        expiration_seconds: int | None = None,
+        audiences: Sequence[str] = (),
+    ) -> str:
+        """A new bound token for a ServiceAccount (the TokenRequest API). The apiserver
+        stores nothing, so no write gate applies."""
+        spec: JsonObject = {"audiences": list(audiences)}
+        if expiration_seconds is not None:
+            spec["expirationSeconds"] = expiration_seconds
+        path = SERVICE_ACCOUNT.path(namespace, service_account) + "/token"
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        result = self._request("POST", path, body=body)
+        return str(result["status"]["token"])
+
+    def authenticated_user(self) -> str:
+        """The user name the apiserver authenticates this client as (a SelfSubjectReview,
+        which stores nothing)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        result = self._request(
+            "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body
+        )
+        return str(result["status"]["userInfo"]["username"])
 
     def crd_established(self, name: str) -> bool:
         try:

@@ -614,8 +614,8 @@ def webhook_apply(kubeconfig: Path | None, context: str | None, **options: Any) 
             click.echo(f"error: the apiserver stored {difference}", err=True)
         click.echo(
             f"the stored {kind} {name} is not what was applied; check the apiserver's version "
-            f"(matchConditions need Kubernetes 1.28 or newer), or remove it with: kubectl "
-            f"delete {kind} {name}",
+            "(matchConditions are enabled by default from Kubernetes 1.28), or remove it with: "
+            f"kubectl delete {kind} {name}",
             err=True,
         )
         sys.exit(EXIT_BAD)
@@ -652,7 +652,7 @@ def webhook_apply(kubeconfig: Path | None, context: str | None, **options: Any) 
 
 def _stored_differences(applied: dict[str, Any], stored: dict[str, Any]) -> list[str]:
     """What the apiserver stored differently from ``applied`` (a field it does not know is
-    dropped without an error, e.g. matchConditions before Kubernetes 1.28)."""
+    dropped without an error, e.g. matchConditions where they are not enabled)."""
     differences: list[str] = []
     (ours,) = applied["webhooks"]
     theirs = [hook for hook in stored.get("webhooks") or [] if hook.get("name") == ours["name"]]

@@ -125,8 +125,8 @@ def check_ca_bundle(pem: bytes) -> int:
     """Check that ``pem`` is one or more PEM-encoded X.509 certificates and nothing else
     (text between the blocks, as ``openssl`` writes it, is fine); return how many. The
     apiserver stores any bytes as a ``caBundle`` and fails only when it calls the webhook,
-    so this is where a wrong file is caught. A private key is refused outright: the
-    configuration is readable across the cluster."""
+    so this is where a wrong file is caught. A private key is refused outright: a webhook
+    configuration is no secret."""
     try:
         text = pem.decode("ascii")
     except UnicodeDecodeError:
@@ -148,8 +148,8 @@ def check_ca_bundle(pem: bytes) -> int:
         label = block["label"]
         if "PRIVATE KEY" in label:
             raise ValueError(
-                f"the CA holds a private key (PEM block {number}, {label!r}); the caBundle is "
-                "readable across the cluster: give the CA certificate only"
+                f"the CA holds a private key (PEM block {number}, {label!r}); a webhook "
+                "configuration is no secret: give the CA certificate only"
             )
         if label != "CERTIFICATE":
             raise ValueError(

@@ -370,8 +370,8 @@ def test_apply_with_cert_manager_says_whether_the_ca_is_injected_yet(
 def test_apply_reports_an_apiserver_that_dropped_the_match_conditions(
     apiserver: FakeApiserver, ca_file: Path
 ) -> None:
-    """An apiserver older than 1.28 drops matchConditions without an error: the webhook
-    would then be called for every InferenceService update."""
+    """An apiserver on which matchConditions are not enabled drops them without an error:
+    the webhook would then be called for every InferenceService update."""
     apiserver.drops = "matchConditions"
 
     result = invoke("apply", *SERVICE, "--ca-file", str(ca_file))
@@ -381,7 +381,7 @@ def test_apply_reports_an_apiserver_that_dropped_the_match_conditions(
     assert "error: the apiserver stored matchConditions None, not [{'name': 'kserve-canary-" in (
         result.stderr
     )
-    assert "matchConditions need Kubernetes 1.28 or newer" in result.stderr
+    assert "matchConditions are enabled by default from Kubernetes 1.28" in result.stderr
     assert "kubectl delete mutatingwebhookconfiguration kserve-canary" in result.stderr
 
 

@@ -53,28 +53,20 @@ from canary.k8s.client import MUTATING_WEBHOOK_CONFIGURATION, KubeClient, NotFou
 from canary.k8s.webhook_checks import (
     CONFIGURATION_NAME,
     INJECT_CA_FROM,
-    KSERVE_CONFIGURATION_NAME,
     ServiceReference,
     check_ca_bundle,
     check_configuration_name,
     check_inject_ca_from,
     check_service,
-    check_service_path,
 )
 
 __all__ = [
     "CONFIGURATION_NAME",
     "FIELD_MANAGER",
     "INJECT_CA_FROM",
-    "KSERVE_CONFIGURATION_NAME",
     "MATCH_OPTED_IN",
     "WEBHOOK_NAME",
     "ServiceReference",
-    "check_ca_bundle",
-    "check_configuration_name",
-    "check_inject_ca_from",
-    "check_service",
-    "check_service_path",
     "delete_webhook_configuration",
     "ensure_webhook_configuration",
     "webhook_configuration",

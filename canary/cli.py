@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -387,6 +390,291 @@ def status(
         click.echo("no rollouts" + ("" if include_finished else " in progress"))
         return
     click.echo(render_status(lines))
+
+
+# --- the admission webhook's registration -----------------------------------------------------
+
+
+def _checked(
+    check: Callable[[Any], object],
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that turns ``check``'s ValueError into an error naming the option."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            check(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+        return value
+
+    return callback
+
+
+def _read_ca_file(_ctx: click.Context, _param: click.Parameter, value: Path | None) -> Any:
+    from canary.k8s.webhook_checks import check_ca_bundle
+
+    if value is None:
+        return None
+    try:
+        pem = value.read_bytes()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror or exc}") from exc
+    try:
+        count = check_ca_bundle(pem)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value}: {exc}") from exc
+    return _CaFile(value, pem, count)
+
+
+def _parse_selector(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    from canary.k8s.label_selector import parse_label_selector
+
+    if value is None:
+        return None
+    try:
+        return parse_label_selector(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _CaFile:
+    path: Path
+    pem: bytes
+    certificates: int
+
+
+def _webhook_options(command: Callable[..., None]) -> Callable[..., None]:
+    from canary.admission import ADMISSION_PATH
+    from canary.k8s.webhook_checks import (
+        CONFIGURATION_NAME,
+        check_configuration_name,
+        check_dns_label,
+        check_inject_ca_from,
+        check_service_path,
+    )
+
+    options = [
+        click.option("--service-namespace", required=True,
+                     callback=_checked(partial(check_dns_label, "the service namespace")),
+                     help="Namespace of the Service in front of the controller."),
+        click.option("--service-name", required=True,
+                     callback=_checked(partial(check_dns_label, "the service name")),
+                     help="Name of the Service in front of the controller."),
+        click.option("--port", type=click.IntRange(1, 65535), default=443, show_default=True,
+                     help="The Service's port for HTTPS."),
+        click.option("--path", default=ADMISSION_PATH, show_default=True,
+                     callback=_checked(check_service_path), help="The admission path."),
+        click.option("--ca-file", type=click.Path(path_type=Path, dir_okay=False),
+                     callback=_read_ca_file,
+                     help="PEM file of the CA that signed the controller's serving "
+                          "certificate, put into the caBundle. Exactly one of this and "
+                          "--cert-manager-certificate."),
+        click.option("--cert-manager-certificate", metavar="NAMESPACE/NAME",
+                     callback=_checked(check_inject_ca_from),
+                     help="The cert-manager Certificate of the controller's serving "
+                          "certificate: cert-manager's cainjector fills in the caBundle."),
+        click.option("--namespace-selector", metavar="SELECTOR", callback=_parse_selector,
+                     help="Only InferenceServices in namespaces whose labels match, in "
+                          "kubectl's form, every comma-separated requirement holding: "
+                          "key=value, key!=value, key in (a,b), key notin (a,b), key, !key "
+                          "(default: every namespace)."),
+        click.option("--timeout-seconds", type=click.IntRange(1, 30), default=5,
+                     show_default=True, help="How long the apiserver waits for an answer."),
+        click.option("--name", default=CONFIGURATION_NAME, show_default=True,
+                     callback=_checked(check_configuration_name),
+                     help="The configuration's name; must sort after KServe's "
+                          "'inferenceservice.serving.kserve.io'."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _webhook_body(
+    service_namespace: str,
+    service_name: str,
+    port: int,
+    path: str,
+    ca_file: _CaFile | None,
+    cert_manager_certificate: str | None,
+    namespace_selector: dict[str, Any] | None,
+    timeout_seconds: int,
+    name: str,
+) -> dict[str, Any]:
+    from canary.k8s.webhook_config import ServiceReference, webhook_configuration
+
+    if (ca_file is None) == (cert_manager_certificate is None):
+        raise click.UsageError(
+            "give exactly one of --ca-file (the CA's PEM goes into the caBundle) and "
+            "--cert-manager-certificate (cert-manager's cainjector fills the caBundle in)"
+            + ("; both were given" if ca_file is not None else "; neither was given")
+        )
+    try:
+        return webhook_configuration(
+            ca_bundle=ca_file.pem if ca_file is not None else None,
+            inject_ca_from=cert_manager_certificate,
+            service=ServiceReference(service_namespace, service_name, port, path),
+            namespace_selector=namespace_selector,
+            timeout_seconds=timeout_seconds,
+            name=name,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@main.group()
+def webhook() -> None:
+    """Register the admission webhook (a MutatingWebhookConfiguration) with the apiserver.
+
+    The registration sends UPDATEs of opted-in InferenceServices (the
+    kserve-canary.io/enabled annotation, any value but "false") to the controller's Service,
+    with failurePolicy Fail. The CA comes either from a PEM file (--ca-file) or from
+    cert-manager (--cert-manager-certificate): then the configuration carries the
+    cert-manager.io/inject-ca-from annotation and no caBundle, and until cert-manager's
+    cainjector has filled it in, the apiserver cannot verify the controller and refuses
+    updates of opted-in InferenceServices.
+    """
+
+
+@webhook.command("render")
+@_webhook_options
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True, help="Output format.")  # fmt: skip
+def webhook_render(output: str, **options: Any) -> None:
+    """Print the configuration (for kubectl apply -f -, a GitOps repository or a chart);
+    needs no cluster. Exits 2 on invalid input, printing nothing on stdout."""
+    body = _webhook_body(**options)
+    if output == "json":
+        click.echo(json.dumps(body, indent=2))
+    else:
+        import yaml
+
+        click.echo(yaml.safe_dump(body, sort_keys=False, width=4096), nl=False)
+
+
+@webhook.command("apply")
+@_webhook_options
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="KUBECONFIG",
+    help="Kubeconfig of the cluster to register the webhook with.",
+)
+@click.option("--context", help="Kubeconfig context (default: the current one).")
+def webhook_apply(kubeconfig: Path | None, context: str | None, **options: Any) -> None:
+    """Create or update the configuration by server-side apply, then read back what the
+    apiserver stored and check that it is what was applied.
+
+    Exits 0 when applied; 1 when the apiserver refused it (e.g. forbidden) or stored
+    something else; 2 on invalid input, the apiserver finding it invalid, or a kubeconfig
+    that cannot be loaded (nothing is applied); 3 when the apiserver cannot be reached.
+    """
+    from canary.k8s.client import (
+        MUTATING_WEBHOOK_CONFIGURATION,
+        Invalid,
+        KubeClient,
+        KubeError,
+        NotFound,
+        Unavailable,
+    )
+    from canary.k8s.webhook_checks import INJECT_CA_FROM
+    from canary.k8s.webhook_config import FIELD_MANAGER
+
+    body = _webhook_body(**options)
+    name = body["metadata"]["name"]
+    try:
+        kube = KubeClient.from_kubeconfig(kubeconfig, context, timeout=10.0)
+    except Exception as exc:  # the kubeconfig library's errors are of many kinds
+        click.echo(f"error: cannot load the kubeconfig ({exc}); pass --kubeconfig", err=True)
+        sys.exit(EXIT_INVALID)
+    kind = "mutatingwebhookconfiguration"
+    with kube:
+        try:
+            try:
+                before: str | None = kube.get(MUTATING_WEBHOOK_CONFIGURATION, None, name)[
+                    "metadata"
+                ]["resourceVersion"]
+            except NotFound:
+                before = None
+            stored = kube.apply(
+                MUTATING_WEBHOOK_CONFIGURATION, None, body, field_manager=FIELD_MANAGER,
+                force=True,
+            )  # fmt: skip
+        except Unavailable as exc:
+            click.echo(f"error: cannot reach the apiserver: {exc}", err=True)
+            sys.exit(EXIT_UNAVAILABLE)
+        except Invalid as exc:
+            click.echo(f"error: the apiserver finds the configuration invalid: {exc}", err=True)
+            sys.exit(EXIT_INVALID)
+        except KubeError as exc:
+            click.echo(f"error: the apiserver refused {kind} {name}: {exc}", err=True)
+            sys.exit(EXIT_BAD)
+    differences = _stored_differences(body, stored)
+    if differences:
+        for difference in differences:
+            click.echo(f"error: the apiserver stored {difference}", err=True)
+        click.echo(
+            f"the stored {kind} {name} is not what was applied; check the apiserver's version "
+            "(matchConditions are enabled by default from Kubernetes 1.28), or remove it with: "
+            f"kubectl delete {kind} {name}",
+            err=True,
+        )
+        sys.exit(EXIT_BAD)
+    if before is None:
+        what = "created"
+    elif stored["metadata"]["resourceVersion"] == before:
+        what = "unchanged"
+    else:
+        what = "configured"
+    (hook,) = stored["webhooks"]
+    service = hook["clientConfig"]["service"]
+    selected = "namespaceSelector" in body["webhooks"][0]
+    scope = "in namespaces matching the selector " if selected else ""
+    click.echo(
+        f"{kind} {name} {what}: UPDATEs of opted-in InferenceServices {scope}"
+        f"go to service {service['namespace']}/{service['name']} port {service['port']} "
+        f"path {service['path']} (failurePolicy Fail, timeout {hook['timeoutSeconds']}s)"
+    )
+    ca_file: _CaFile | None = options["ca_file"]
+    if ca_file is not None:
+        plural = "s" if ca_file.certificates != 1 else ""
+        click.echo(f"caBundle: {ca_file.certificates} certificate{plural} from {ca_file.path}")
+        return
+    source = stored["metadata"]["annotations"][INJECT_CA_FROM]
+    if hook["clientConfig"].get("caBundle"):
+        click.echo(f"caBundle: injected by cert-manager from Certificate {source}")
+    else:
+        click.echo(
+            f"caBundle: not injected yet; cert-manager's cainjector fills it in from Certificate "
+            f"{source}, and until it does the apiserver cannot verify the webhook and refuses "
+            "updates of opted-in InferenceServices"
+        )
+
+
+def _stored_differences(applied: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """What the apiserver stored differently from ``applied`` (a field it does not know is
+    dropped without an error, e.g. matchConditions where they are not enabled)."""
+    differences: list[str] = []
+    (ours,) = applied["webhooks"]
+    theirs = [hook for hook in stored.get("webhooks") or [] if hook.get("name") == ours["name"]]
+    if len(theirs) != 1:
+        return [f"{len(theirs)} webhooks named {ours['name']!r}, not one"]
+    for field, value in ours.items():
+        if field == "clientConfig":
+            for key, part in value.items():
+                if theirs[0].get(field, {}).get(key) != part:
+                    differences.append(
+                        f"clientConfig.{key} {theirs[0].get(field, {}).get(key)!r}, not {part!r}"
+                    )
+        elif theirs[0].get(field) != value:
+            differences.append(f"{field} {theirs[0].get(field)!r}, not {value!r}")
+    for key, part in (applied["metadata"].get("annotations") or {}).items():
+        if (stored["metadata"].get("annotations") or {}).get(key) != part:
+            differences.append(f"no annotation {key}: {part}")
+    return differences
 
 
 if __name__ == "__main__":  # pragma: no cover

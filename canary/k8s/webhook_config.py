@@ -23,9 +23,23 @@ One webhook, ``inferenceservices.kserve-canary.io``, in a configuration named
   ``kserve-canary`` runs after KServe's ``inferenceservice.serving.kserve.io`` defaulter and
   sees the object in the ``model:`` form it stores (see :mod:`canary.admission`).
 
+The apiserver checks the webhook's serving certificate against ``caBundle``, given in one of
+two ways: the PEM of the CA itself, or, where cert-manager issues the certificate, the
+``cert-manager.io/inject-ca-from: NAMESPACE/CERTIFICATE`` annotation and no ``caBundle``:
+cert-manager's cainjector then writes the Certificate's CA into every webhook of the
+configuration (and keeps it current when the CA is renewed). Until it has, the apiserver
+verifies the webhook against its own trust roots, which do not hold a private CA: the calls
+fail and, with ``failurePolicy: Fail``, updates of opted-in InferenceServices are refused.
+
 The configuration is written by server-side apply with our field manager, so re-running
 :func:`ensure_webhook_configuration` is idempotent and replaces what an earlier version of
-the controller wrote.
+the controller wrote; a field the new version no longer sets (the ``caBundle`` when
+switching to cert-manager, the annotation when switching back) is removed, while a
+``caBundle`` written by cainjector (its own field manager) stays.
+
+:func:`webhook_configuration` checks its input before anything is sent
+(:mod:`canary.k8s.webhook_checks`): the apiserver stores a ``caBundle`` it cannot use, or a
+service name that resolves to nothing, and fails only later, on the first call.
 """
 
 from __future__ import annotations
@@ -33,15 +47,23 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from canary.admission import ADMISSION_PATH
 from canary.k8s.client import MUTATING_WEBHOOK_CONFIGURATION, KubeClient, NotFound
+from canary.k8s.webhook_checks import (
+    CONFIGURATION_NAME,
+    INJECT_CA_FROM,
+    ServiceReference,
+    check_ca_bundle,
+    check_configuration_name,
+    check_inject_ca_from,
+    check_service,
+)
 
 __all__ = [
     "CONFIGURATION_NAME",
     "FIELD_MANAGER",
+    "INJECT_CA_FROM",
     "MATCH_OPTED_IN",
     "WEBHOOK_NAME",
     "ServiceReference",
@@ -50,7 +72,6 @@ __all__ = [
     "webhook_configuration",
 ]
 
-CONFIGURATION_NAME = "kserve-canary"
 WEBHOOK_NAME = "inferenceservices.kserve-canary.io"
 FIELD_MANAGER = "kserve-canary"
 MATCH_OPTED_IN = (
@@ -60,37 +81,43 @@ MATCH_OPTED_IN = (
 )
 
 
-@dataclass(frozen=True)
-class ServiceReference:
-    """The webhook reached through a cluster Service (the in-cluster deployment)."""
-
-    namespace: str
-    name: str
-    port: int = 443
-    path: str = ADMISSION_PATH
-
-
 def webhook_configuration(
     *,
-    ca_bundle: bytes,
+    ca_bundle: bytes | None = None,
+    inject_ca_from: str | None = None,
     url: str | None = None,
     service: ServiceReference | None = None,
     namespace_selector: Mapping[str, Any] | None = None,
     timeout_seconds: int = 5,
     name: str = CONFIGURATION_NAME,
 ) -> dict[str, Any]:
-    """The MutatingWebhookConfiguration object. ``ca_bundle`` is the PEM of the CA that
-    signed the server's certificate; exactly one of ``url`` (``https://…``) and ``service``
-    says where the webhook is."""
+    """The MutatingWebhookConfiguration object. Exactly one of ``ca_bundle`` (the PEM of
+    the CA that signed the server's certificate) and ``inject_ca_from`` (``NAMESPACE/NAME``
+    of the cert-manager Certificate whose CA cainjector is to fill in); exactly one of
+    ``url`` (``https://…``) and ``service`` says where the webhook is. ValueError for
+    anything the apiserver would refuse or could not use."""
+    if (ca_bundle is None) == (inject_ca_from is None):
+        raise ValueError("give exactly one of ca_bundle and inject_ca_from")
     if (url is None) == (service is None):
         raise ValueError("give exactly one of url and service")
     if url is not None and not url.startswith("https://"):
         raise ValueError(f"the apiserver calls webhooks over https only; got {url!r}")
+    if service is not None:
+        check_service(service)
     if not 1 <= timeout_seconds <= 30:
         raise ValueError(f"timeout_seconds must be between 1 and 30, not {timeout_seconds}")
-    if b"-----BEGIN CERTIFICATE-----" not in ca_bundle:
-        raise ValueError("ca_bundle must be PEM-encoded certificates")
-    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
+    check_configuration_name(name)
+    client_config: dict[str, Any] = {}
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": {"app.kubernetes.io/managed-by": "kserve-canary"},
+    }
+    if ca_bundle is not None:
+        check_ca_bundle(ca_bundle)
+        client_config["caBundle"] = base64.b64encode(ca_bundle).decode("ascii")
+    elif inject_ca_from is not None:
+        check_inject_ca_from(inject_ca_from)
+        metadata["annotations"] = {INJECT_CA_FROM: inject_ca_from}
     if url is not None:
         client_config["url"] = url
     elif service is not None:
@@ -125,10 +152,7 @@ def webhook_configuration(
     return {
         "apiVersion": MUTATING_WEBHOOK_CONFIGURATION.api_version,
         "kind": MUTATING_WEBHOOK_CONFIGURATION.kind,
-        "metadata": {
-            "name": name,
-            "labels": {"app.kubernetes.io/managed-by": "kserve-canary"},
-        },
+        "metadata": metadata,
         "webhooks": [webhook],
     }
 
@@ -136,7 +160,8 @@ def webhook_configuration(
 def ensure_webhook_configuration(
     kube: KubeClient,
     *,
-    ca_bundle: bytes,
+    ca_bundle: bytes | None = None,
+    inject_ca_from: str | None = None,
     url: str | None = None,
     service: ServiceReference | None = None,
     namespace_selector: Mapping[str, Any] | None = None,
@@ -146,6 +171,7 @@ def ensure_webhook_configuration(
     """Create or update the configuration (server-side apply, forced: it is ours)."""
     body = webhook_configuration(
         ca_bundle=ca_bundle,
+        inject_ca_from=inject_ca_from,
         url=url,
         service=service,
         namespace_selector=namespace_selector,

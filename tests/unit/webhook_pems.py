@@ -1,0 +1,38 @@
+"""PEM material for the webhook registration tests: two self-signed CA certificates (public,
+made for these tests with ``openssl req -x509``; their keys were discarded) and blocks that
+do not belong in a CA bundle (their bodies are placeholders, not keys)."""
+
+from __future__ import annotations
+
+CA_ONE = b"""-----BEGIN CERTIFICATE-----
+MIIBlzCCAT2gAwIBAgIUWPjW3h1lKsOL0YuTkP4jBNWocOkwCgYIKoZIzj0EAwIw
+IDEeMBwGA1UEAwwVa3NlcnZlLWNhbmFyeSB0ZXN0IENBMCAXDTI2MTIwNTEzMTEy
+M1oYDzIxMjYxMTExMTMxMTIzWjAgMR4wHAYDVQQDDBVrc2VydmUtY2FuYXJ5IHRl
+c3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAASw3QGsuvAjvdsL6Bv2vADd
+RtJdgsgpWmJpnUifodN//Qt9V+O26+/nHUT7CUr3mrNcGDdR4nxk5yWv/uNSJsa2
+o1MwUTAdBgNVHQ4EFgQUgKuHRdxFnV8ZevM/GAj3Yzw8v8cwHwYDVR0jBBgwFoAU
+gKuHRdxFnV8ZevM/GAj3Yzw8v8cwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQD
+AgNIADBFAiEAqBx4eWTPxVtPqP8DdV+lL8y8GCJ0ixxPY3R1IoPxTxUCIBbJT9zt
+fRh1RNYGoQ0A7qY0a3zY3PgN9EQeYonaj06O
+-----END CERTIFICATE-----
+"""
+
+CA_TWO = b"""-----BEGIN CERTIFICATE-----
+MIIBpTCCAUugAwIBAgIUTPiDXKGbCi3C0QQB32fR7LABHl8wCgYIKoZIzj0EAwIw
+JzElMCMGA1UEAwwca3NlcnZlLWNhbmFyeSBzZWNvbmQgdGVzdCBDQTAgFw0yNjEy
+MDUxMzExMjNaGA8yMTI2MTExMTEzMTEyM1owJzElMCMGA1UEAwwca3NlcnZlLWNh
+bmFyeSBzZWNvbmQgdGVzdCBDQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABLX/
+bPHGs+Ss77V85j9Cxv5iB3z19sedP4Iv83Fogq3eKtotcLUV4UaBDH42A78ri+wa
+gNwMiPc1rjwpaVfyFgyjUzBRMB0GA1UdDgQWBBQ8i7PFIZZVLPhmA4IpHLxS2KVN
+RTAfBgNVHSMEGDAWgBQ8i7PFIZZVLPhmA4IpHLxS2KVNRTAPBgNVHRMBAf8EBTAD
+AQH/MAoGCCqGSM49BAMCA0gAMEUCIE5qPg7BuTDTcaif5hYe1Dtd59dmbow1fYKV
+HtXyQjmSAiEA8ZmtlPCWqo5xxzb8Vv9uR2HRdNOliZfiB3GBkA+q/N8=
+-----END CERTIFICATE-----
+"""
+
+KEY_BLOCK = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+CSR_BLOCK = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+NOT_X509 = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+BAD_BASE64 = b"-----BEGIN CERTIFICATE-----\nMIIB$lz\n-----END CERTIFICATE-----\n"
+UNCLOSED = CA_ONE.split(b"-----END")[0]
+DER = b"\x30\x82\x01\x97\x30\x82\x01\x3d\xa0\x03\x02\x01\x02"

@@ -353,7 +353,7 @@ def test_ensure_built_a_second_time_is_fast_and_runs_no_go(
 
 def test_changed_go_sources_get_a_new_cache_key(tmp_path: Path) -> None:
     copy = tmp_path / "testbed"
-    shutil.copytree(REPO / "deploy" / "testbed", copy)
+    shutil.copytree(REPO / "testbed" / "go", copy)
     before, versions = cache_key(copy)
     assert before.startswith("k8s-v1.37.2-etcd-v3.6.16-")
 

@@ -42,6 +42,7 @@ from canary.model import (
     RolloutState,
     SetTraffic,
     TrafficView,
+    audit_details,
 )
 from canary.policy import RolloutPolicy
 
@@ -208,7 +209,7 @@ def _audit(action: str, reason: str, who: Identity, details: Mapping[str, object
         reason=reason,
         actor=who.actor,
         actor_kind=who.kind,
-        details=tuple(sorted((k, str(v)) for k, v in merged.items() if v is not None)),
+        details=audit_details(merged),
     )
 
 

@@ -47,6 +47,7 @@ from canary.model import (
     SetTraffic,
     TrafficView,
     Verdict,
+    audit_details,
 )
 from canary.policy import RolloutPolicy, format_duration
 
@@ -75,7 +76,7 @@ def _audit_with(action: str, reason: str, actor: str, details: Mapping[str, obje
         action=action,
         reason=reason,
         actor=actor,
-        details=tuple(sorted((k, str(v)) for k, v in details.items() if v is not None)),
+        details=audit_details(details),
     )
 
 

@@ -7,12 +7,34 @@ document (``to_document`` / ``from_document``) that the audit store keeps in its
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, Literal
 
 from pydantic import TypeAdapter
+
+AuditValue = str | int | float | bool
+"""A value in an audit decision's details: a JSON scalar, its type kept."""
+
+
+def audit_details(details: Mapping[str, object]) -> tuple[tuple[str, AuditValue], ...]:
+    """Details as the audit trail keeps them, sorted by key and without absent ones: JSON
+    scalars with their types (a percent stays a number), an enum as its value, a time as
+    ISO 8601, anything else as its text."""
+
+    def kept(value: object) -> AuditValue:
+        if isinstance(value, Enum):
+            value = value.value
+        if isinstance(value, bool | int | float | str):
+            return value
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return str(value)
+
+    return tuple(sorted((k, kept(v)) for k, v in details.items() if v is not None))
+
 
 __all__ = [
     "ACTIVE_PHASES",
@@ -21,6 +43,7 @@ __all__ = [
     "AnalysisVerdict",
     "ApprovalDecision",
     "ApprovalState",
+    "AuditValue",
     "ChangeOpened",
     "CloseChange",
     "CommandKind",
@@ -42,6 +65,7 @@ __all__ = [
     "Tick",
     "TrafficView",
     "Verdict",
+    "audit_details",
 ]
 
 
@@ -333,7 +357,8 @@ class RecordAudit:
     action: str
     reason: str
     actor: str = "controller"
-    details: tuple[tuple[str, str], ...] = ()
+    # JSON scalars with their types kept (a percent is a number), sorted by key.
+    details: tuple[tuple[str, AuditValue], ...] = ()
     # None: "controller" is the controller, any other actor a human. "unknown": the cluster
     # could not say who made the change (e.g. a field removed, so no manager owns it).
     actor_kind: Literal["human", "unknown"] | None = None

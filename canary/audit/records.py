@@ -79,8 +79,16 @@ JSON: TypeAlias = str | int | float | bool | Sequence["JSON"] | Mapping[str, "JS
 GENESIS_HASH: Final = "0" * 64
 """The ``prev_hash`` of the first record in the chain."""
 
-FORMAT_VERSION: Final = 1
-"""Version of the body layout; stored in every body under the key ``"v"``."""
+FORMAT_VERSION: Final = 2
+"""Version of the body layout; stored in every body under the key ``"v"``.
+
+* 1: the values of a decision's ``detail`` (and ``evidence``) written by the rollout state
+  machine were all strings (a percent read ``"10"``).
+* 2: they keep their JSON types (a percent is the number ``10``). The canonical JSON rules
+  are unchanged, so both verify the same way; a reader of ``detail`` checks ``v``."""
+
+READABLE_VERSIONS: Final = frozenset({1, FORMAT_VERSION})
+"""Body versions :func:`decode_body` reads (every version ever written)."""
 
 ActorKind = Literal["controller", "human", "servicenow", "webhook", "unknown"]
 ACTOR_KINDS: Final[frozenset[str]] = frozenset(get_args(ActorKind))
@@ -397,7 +405,7 @@ def decode_body(body: str | Mapping[str, Any]) -> AuditEntry:
     come back as floats.
     """
     data = parse_body(body) if isinstance(body, str) else body
-    if data.get("v") != FORMAT_VERSION:
+    if data.get("v") not in READABLE_VERSIONS:
         raise ValueError(f"unsupported audit body format {data.get('v')!r}")
     unknown = set(data) - set(_ENTRY_FIELDS) - {"v", "seq"}
     if unknown:

@@ -180,7 +180,7 @@ def test_a_prometheus_that_cannot_be_trusted_holds_the_canary(
     assert _EXPECTED[fault] in (doc.state.pause_reason or ""), doc.state.pause_reason
     records = [r for r in env.records() if r.entry.rollout_id == doc.state.rollout_id]
     shifted = [r.entry.evidence["percent"] for r in records if r.entry.action == "traffic.shifted"]
-    assert shifted == ["10"]  # held at the first step
+    assert shifted == [10]  # held at the first step (a number in the audit)
     assert "promoted" not in [r.entry.action for r in records]
     evaluations = _evaluations(records, doc.state.rollout_id)
     assert evaluations

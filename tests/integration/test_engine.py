@@ -427,7 +427,7 @@ def test_a_new_revision_starts_a_rollout_and_audits_the_intent_before_writing(
     assert started.leader_epoch == 1
     assert started.evidence["revision"] == R2
     assert started.evidence["storage_uri"] == URI2
-    assert started.evidence["first_percent"] == "10"
+    assert started.evidence["first_percent"] == 10  # a number, as it was decided
     if written:
         # The intent was durable when the write happened, and nothing claimed success yet.
         assert at_write == [["rollout.started", "traffic.intent"]]
@@ -1303,7 +1303,7 @@ def test_a_hand_rollback_after_a_promotion_is_recorded_with_its_field_manager(
 
     (manual,) = rig.records("traffic.manual_rollback")
     assert manual.actor == Actor("human", "kubectl-patch")
-    assert dict(manual.evidence)["percent"] == "0"
+    assert dict(manual.evidence)["percent"] == 0
     assert len(rig.router.attempts) == writes  # recorded, not undone
     row = rig.last_rollout()
     assert row.phase == "ManuallyRolledBack"

@@ -78,9 +78,9 @@ def test_traffic_reaching_a_rolled_back_revision(
     record = audit(d, "traffic.drift")
     details = dict(record.details)
     assert (record.actor, record.actor_kind) == ("kubectl-edit", "human")
-    assert details["observed"] == str(share)
+    assert details["observed"] == share
     assert details["revision"] == "r2"
-    assert details["post_rollout"] == "True"
+    assert details["post_rollout"] is True
     assert details["identity_source"] == "metadata.managedFields"
     assert warning_events(d) == ["TrafficDrift"]
     (event,) = [a for a in d.actions if isinstance(a, EmitEvent)]
@@ -142,7 +142,7 @@ def test_record_only_records_each_change_once() -> None:
     assert d.actions == ()
     d.watch(view(40, converged=False))
     assert d.audits() == ["traffic.drift"]
-    assert dict(audit(d, "traffic.drift").details)["observed"] == "40"
+    assert dict(audit(d, "traffic.drift").details)["observed"] == 40
     d.watch(view(0, share=0))
     assert d.audits() == ["traffic.drift"]
     assert "back to 0%" in audit(d, "traffic.drift").reason
@@ -168,7 +168,7 @@ def test_a_hand_rollback_after_a_promotion_is_recorded_with_its_manager(percent:
     d = reach(Phase.SUCCEEDED).watch(view(percent, latest="r2", stable="r2"))
     record = audit(d, "traffic.manual_rollback")
     assert (record.actor, record.actor_kind) == ("kubectl-edit", "human")
-    assert dict(record.details)["percent"] == str(percent)
+    assert dict(record.details)["percent"] == percent
     assert warning_events(d) == ["ManualRollback"]
     assert d.traffic() == []  # a human's rollback to the previous release is not undone
     assert d.phase() is Phase.MANUALLY_ROLLED_BACK

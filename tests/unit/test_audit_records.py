@@ -157,11 +157,15 @@ GOLDEN_BODY = (
     '"stable":{"artifact_digest":"sha256:aaaa","model_name":"scorer",'
     '"revision":"scorer-predictor-00001","storage_uri":"s3://models/scorer/v1"},'
     '"traffic_after":{"scorer-predictor-00001":90,"scorer-predictor-00002":10},'
-    '"traffic_before":{"scorer-predictor-00001":90,"scorer-predictor-00002":10},"v":1,'
+    '"traffic_before":{"scorer-predictor-00001":90,"scorer-predictor-00002":10},"v":2,'
     '"webhook_id":null}'
 )
 # sha256 of GENESIS_HASH + GOLDEN_BODY, cross-checked with coreutils sha256sum.
-GOLDEN_HASH = "c0a8266c020f9c89adfc8dffb14aa696ce4bf261f3b0058fde06bab6a2f828d4"
+GOLDEN_HASH = "7948a13e6eaedfb80253fe58567c963b6e0c95df41a6a2ac15096016b4b9c611"
+
+# The same record as format 1 wrote it: stored records of that format still verify and read.
+GOLDEN_BODY_V1 = GOLDEN_BODY.replace('"v":2,', '"v":1,')
+GOLDEN_HASH_V1 = "c0a8266c020f9c89adfc8dffb14aa696ce4bf261f3b0058fde06bab6a2f828d4"
 
 
 def test_golden_vector_body_is_byte_identical() -> None:
@@ -171,6 +175,16 @@ def test_golden_vector_body_is_byte_identical() -> None:
 def test_golden_vector_hash() -> None:
     body = canonical_json(entry_body(1, _golden_entry()))
     assert compute_record_hash(GENESIS_HASH, body) == GOLDEN_HASH
+
+
+def test_a_format_1_record_still_verifies_and_reads() -> None:
+    assert compute_record_hash(GENESIS_HASH, GOLDEN_BODY_V1) == GOLDEN_HASH_V1
+    assert decode_body(GOLDEN_BODY_V1) == decode_body(GOLDEN_BODY)
+
+
+def test_an_unknown_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported audit body format 3"):
+        decode_body(GOLDEN_BODY.replace('"v":2,', '"v":3,'))
 
 
 def test_hash_depends_on_the_previous_record() -> None:
@@ -203,7 +217,7 @@ def test_decoded_measurement_keeps_non_finite_values() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        pytest.param({"v": 2}, "unsupported audit body format", id="future-version"),
+        pytest.param({"v": 3}, "unsupported audit body format", id="future-version"),
         pytest.param({"extra": 1}, "unknown fields", id="unknown-field"),
     ],
 )

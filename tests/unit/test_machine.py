@@ -754,3 +754,19 @@ def test_a_pending_timeout_names_what_did_not_happen(ready: bool, reason: str) -
     d.at(10 * MIN)
     assert d.phase() is Phase.ROLLING_BACK
     assert d.events() == [reason, "RollingBack"]
+
+
+def test_audited_details_keep_their_types() -> None:
+    """An auditor reads a percent as a number and a step as an index, not as text."""
+    d = Driver().start(spec=0)
+    started = [a for a in d.actions if isinstance(a, RecordAudit) and a.action == "rollout.started"]
+    (record,) = started
+    details = dict(record.details)
+    assert details["first_percent"] == 10
+    assert isinstance(details["first_percent"], int)
+    assert isinstance(details["revision"], str)
+    d = progressing()
+    d.apply(ManualCommand(CommandKind.PAUSE, "dana@bank", "check dashboards"))
+    (pause,) = [a for a in d.actions if isinstance(a, RecordAudit)]
+    assert dict(pause.details)["step"] == 0
+    assert dict(pause.details)["phase"] == "Progressing"  # an enum as its value

@@ -1222,7 +1222,7 @@ def test_traffic_given_back_to_a_rolled_back_revision_is_recorded_and_reverted(
     assert [e.action for e in new] == ["traffic.drift", "traffic.intent", "traffic.applied"]
     drift = new[0]
     assert drift.actor == Actor("human", "ops-bob")
-    assert dict(drift.evidence)["observed"] == str(given)
+    assert dict(drift.evidence)["observed"] == given
     assert dict(drift.evidence)["after"] == finished
     assert new[1].correlation_id == new[2].correlation_id
     assert rig.router.written[-1] == SetTraffic(R2, 0, "rollback")

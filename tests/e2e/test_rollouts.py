@@ -57,7 +57,7 @@ def test_a_healthy_model_is_promoted_step_by_step(env: Env) -> None:
     records = [r for r in env.records() if r.entry.rollout_id == rollout]
     shifted = [dict(r.entry.evidence)["percent"] for r in records
                if r.entry.action == "traffic.shifted"]  # fmt: skip
-    assert shifted == ["10", "25", "50"]  # each step seen in status, in order, once
+    assert shifted == [10, 25, 50]  # each step seen in status, in order, once (numbers)
     actions = [r.entry.action for r in records]
     assert actions[0] == "rollout.started"
     assert actions[-1] == "promoted"

@@ -256,7 +256,8 @@ class Running:
 
     def ready(self, component: str | None = None) -> bool:
         ok, report = self.health.readiness()
-        return ok if component is None else bool(report[component]["ok"])
+        # A component not reported (yet, or any more) is not ready.
+        return ok if component is None else bool(report.get(component, {}).get("ok", False))
 
 
 def eventually(what: str, check: Callable[[], bool], within: float) -> float:

@@ -262,14 +262,22 @@ class Stream:
             self._cache[key] = self._draw(k, share, bad)
         return self._cache[key]
 
+    def _canary(self, bad: bool) -> tuple[float, float, float]:
+        """The canary's 5xx rate, latency scale and false-positive rate, with the regression
+        in force or not."""
+        regime = self.regime
+        factor = regime.factor if bad else 1.0
+        return (
+            BASE_ERROR * (factor if regime.kind == "error" else 1),
+            factor if regime.kind == "latency" else 1.0,
+            BASE_FPR * (factor if regime.kind == "business" else 1),
+        )
+
     def _draw(self, k: int, share: float, bad: bool) -> tuple[Side, Side]:
         regime = self.regime
         rng = random.Random(f"{self.seed}/{k}")
         rate = TRAFFIC[regime.traffic] * INTERVAL_SECONDS
-        factor = regime.factor if bad else 1.0
-        error = BASE_ERROR * (factor if regime.kind == "error" else 1)
-        scale = factor if regime.kind == "latency" else 1.0
-        fpr = BASE_FPR * (factor if regime.kind == "business" else 1)
+        error, scale, fpr = self._canary(bad)
         noise_c = noise_b = 1.0
         if regime.cv > 0:
             shape = 1 / regime.cv**2
@@ -300,12 +308,10 @@ class Stream:
             return [self.interval(k, share, bad)]
         rng = random.Random(f"{self.seed}/{k}/looks")
         rate = TRAFFIC[regime.traffic] * INTERVAL_SECONDS / regime.looks
-        factor = regime.factor if bad else 1.0
-        error = BASE_ERROR * (factor if regime.kind == "error" else 1)
-        scale = factor if regime.kind == "latency" else 1.0
+        error, scale, fpr = self._canary(bad)
         return [
             (
-                sample_side(rng, rate * share, error, scale, BASE_FPR),
+                sample_side(rng, rate * share, error, scale, fpr),
                 sample_side(rng, rate * (1 - share), BASE_ERROR, 1.0, BASE_FPR),
             )
             for _ in range(regime.looks)

@@ -40,7 +40,9 @@ __all__ = [
     "cache_key",
     "cache_root",
     "ensure_built",
+    "locked",
     "source_dir",
+    "stderr_line",
 ]
 
 BINARY_NAMES = ("kube-apiserver", "etcd")
@@ -71,7 +73,7 @@ class Binaries:
     versions: dict[str, str]
 
 
-def _stderr_line(line: str) -> None:
+def stderr_line(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
 
@@ -168,13 +170,15 @@ def _present(path: Path) -> bool:
 
 
 @contextmanager
-def _locked(lock_path: Path, log: Callable[[str], None]) -> Iterator[None]:
+def locked(lock_path: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold the exclusive file lock ``lock_path`` (a build, or a CRD fetch, of the test bed's
+    cache), saying so if another process holds it."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("a") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"another process is building the test-bed binaries; waiting for it ({lock_path})")
+            log(f"another process is filling the test-bed cache; waiting for it ({lock_path})")
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -236,7 +240,7 @@ def _build_one(
     log(f"built {binary} in {time.monotonic() - started:.0f} s → {target}")
 
 
-def ensure_built(*, log: Callable[[str], None] = _stderr_line) -> Binaries:
+def ensure_built(*, log: Callable[[str], None] = stderr_line) -> Binaries:
     """Return the test-bed binaries, building whichever are missing from the cache.
 
     Raises :class:`BuildError` if Go is not installed or a build fails (with the command and
@@ -259,7 +263,7 @@ def ensure_built(*, log: Callable[[str], None] = _stderr_line) -> Binaries:
             f"({src}). Install Go {_required_go(src)} or newer (https://go.dev/dl/) and retry."
         )
     bin_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(bin_dir.parent / "build.lock", log):
+    with locked(bin_dir.parent / "build.lock", log):
         # Another process may have built them while this one waited for the lock.
         for binary, path in paths.items():
             if _present(path):

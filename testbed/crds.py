@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed.binaries import BuildError, _locked, _stderr_line, cache_root, source_dir
+from testbed.binaries import BuildError, cache_root, locked, source_dir, stderr_line
 
 __all__ = ["CRDS", "CrdSource", "crd_cache_dir", "ensure_crds", "module_dir", "split_documents"]
 
@@ -174,7 +174,7 @@ def _json_objects(text: str) -> Iterator[dict[str, object]]:
             yield value
 
 
-def ensure_crds(*, log: Callable[[str], None] = _stderr_line) -> Path:
+def ensure_crds(*, log: Callable[[str], None] = stderr_line) -> Path:
     """The directory of the test bed's CRD files, fetching them if this machine has not yet.
 
     Raises :class:`BuildError` if Go is missing, a module cannot be downloaded, its content
@@ -193,7 +193,7 @@ def ensure_crds(*, log: Callable[[str], None] = _stderr_line) -> Path:
             f"({src / 'go.mod'}). Install Go (https://go.dev/dl/) and retry, or point "
             "KSC_CRD_DIR at a directory holding them."
         )
-    with _locked(target.with_name(target.name + ".lock"), log):
+    with locked(target.with_name(target.name + ".lock"), log):
         if all((target / crd.file).is_file() for crd in CRDS):
             return target  # fetched by another process while this one waited
         log(f"fetching the CRDs from their Go modules ({src / 'go.mod'})…")

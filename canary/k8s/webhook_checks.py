@@ -18,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 
 from canary.admission import ADMISSION_PATH
+from canary.policy import DNS_LABEL
 
 __all__ = [
     "CONFIGURATION_NAME",
@@ -36,7 +37,6 @@ CONFIGURATION_NAME = "kserve-canary"
 KSERVE_CONFIGURATION_NAME = "inferenceservice.serving.kserve.io"
 INJECT_CA_FROM = "cert-manager.io/inject-ca-from"
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _PEM_BLOCK = re.compile(
     r"-----BEGIN (?P<label>[^-\n]*)-----(?P<body>.*?)-----END (?P=label)-----", re.DOTALL
@@ -55,7 +55,7 @@ class ServiceReference:
 
 def check_dns_label(what: str, value: str) -> None:
     """A DNS label, as namespaces and Service names are."""
-    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+    if len(value) > 63 or not DNS_LABEL.fullmatch(value):
         raise ValueError(
             f"{what} {value!r} must be a DNS label: 1-63 lower-case letters, digits and '-', "
             "starting and ending with a letter or digit"

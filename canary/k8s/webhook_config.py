@@ -49,7 +49,12 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from canary.k8s.client import MUTATING_WEBHOOK_CONFIGURATION, KubeClient, NotFound
+from canary.k8s.client import (
+    CONTROLLER_MANAGER,
+    MUTATING_WEBHOOK_CONFIGURATION,
+    KubeClient,
+    NotFound,
+)
 from canary.k8s.webhook_checks import (
     CONFIGURATION_NAME,
     INJECT_CA_FROM,
@@ -73,7 +78,7 @@ __all__ = [
 ]
 
 WEBHOOK_NAME = "inferenceservices.kserve-canary.io"
-FIELD_MANAGER = "kserve-canary"
+FIELD_MANAGER = CONTROLLER_MANAGER
 MATCH_OPTED_IN = (
     "has(object.metadata.annotations) && "
     "'kserve-canary.io/enabled' in object.metadata.annotations && "

@@ -38,7 +38,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from canary.k8s.client import HTTP_ROUTE, INFERENCE_SERVICE, Conflict, Invalid, KubeClient, NotFound
+from canary.k8s.client import (
+    CONTROLLER_MANAGER,
+    HTTP_ROUTE,
+    INFERENCE_SERVICE,
+    Conflict,
+    Invalid,
+    KubeClient,
+    NotFound,
+)
 from canary.model import Revision, SetTraffic, TrafficView
 from canary.routing.base import Observed
 
@@ -49,7 +57,7 @@ WeightsMode = Literal["own-httproute", "kserve-native"]
 
 ROUTE_SUFFIX = "kserve-canary"
 _MANAGED_BY = "app.kubernetes.io/managed-by"
-_MANAGER = "kserve-canary"
+_MANAGER = CONTROLLER_MANAGER
 _MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 _LEGACY_MODES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 _CANARY_BASE = "canary"
@@ -167,7 +175,7 @@ class StandardRouter:
         self,
         kube: KubeClient,
         *,
-        field_manager: str = "kserve-canary",
+        field_manager: str = CONTROLLER_MANAGER,
         weights: WeightsMode = "own-httproute",
         parent_refs: Sequence[Mapping[str, Any]] = (),
         hostnames: Sequence[str] = (),

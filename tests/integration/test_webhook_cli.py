@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +29,7 @@ from canary.k8s.client import (
 )
 from canary.k8s.webhook_config import WEBHOOK_NAME, delete_webhook_configuration
 from testbed.testbed import Testbed
+from tests.integration.test_admission_webhook import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 CANARY = Path(sys.executable).with_name("canary")
 SCOPE_LABEL = "test.kserve-canary.io/webhook-cli"
 INJECT = "cert-manager.io/inject-ca-from"
-T = TypeVar("T")
 
 
 def canary(*args: str) -> subprocess.CompletedProcess[str]:
@@ -185,7 +184,7 @@ def test_the_registration_holds_up_opted_in_updates_only(
             },
         )
     for name in ("opted", "plain"):  # the simulator's own update (its finalizer) comes first
-        _wait(f"{name}'s finalizer", partial(_finalizers, kube, namespace, name))
+        wait_for(f"{name}'s finalizer", partial(_finalizers, kube, namespace, name))
 
     result = registration.apply(
         *registration.args("--ca-file", registration.ca_file, service_namespace=namespace)
@@ -202,7 +201,7 @@ def test_the_registration_holds_up_opted_in_updates_only(
             return exc.message
         return None
 
-    message = _wait("the opted-in update to be refused", refused)
+    message = wait_for("the opted-in update to be refused", refused)
     assert f'failed calling webhook "{WEBHOOK_NAME}"' in message
     stored = kube.patch(INFERENCE_SERVICE, namespace, "plain", {"metadata": {"labels": {"a": "b"}}})
     assert stored["metadata"]["labels"]["a"] == "b"
@@ -213,14 +212,3 @@ def _finalizers(kube: KubeClient, namespace: str, name: str) -> list[str] | None
         "finalizers"
     )
     return found
-
-
-def _wait(what: str, probe: Callable[[], T | None], deadline: float = 30.0) -> T:
-    end = time.monotonic() + deadline
-    last: T | None = None
-    while time.monotonic() < end:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

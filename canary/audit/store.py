@@ -40,14 +40,21 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from canary.audit.commands import CommandQueue
 from canary.audit.deadline import CallDeadline
+from canary.audit.errors import (
+    ActiveRolloutExists,
+    AuditError,
+    FencedOut,
+    StaleRollout,
+    StoreUnavailable,
+)
 from canary.audit.records import (
     GENESIS_HASH,
     ApprovalRow,
     AuditEntry,
     AuditRecord,
     ChainReport,
-    CommandRow,
     CommandState,
     Fence,
     Measurement,
@@ -65,7 +72,6 @@ from canary.audit.schema import (
     ApprovalModel,
     AuditLog,
     Base,
-    CommandModel,
     LeaderFenceRow,
     MeasurementRow,
     RolloutModel,
@@ -87,26 +93,6 @@ __all__ = [
 # Key of the PostgreSQL advisory lock that serialises appends to the chain ("ksc_audt").
 HEAD_LOCK_KEY: Final = 0x6B73635F61756474
 _WRITE: Final = "ksc_write"
-
-
-class AuditError(Exception):
-    """Base class of audit store errors."""
-
-
-class FencedOut(AuditError):
-    """The writer's leader epoch is not the current one: it must stop acting."""
-
-
-class StaleRollout(AuditError):
-    """The rollout changed since the caller read it (optimistic concurrency conflict)."""
-
-
-class ActiveRolloutExists(AuditError):
-    """Another rollout is already active for the same InferenceService."""
-
-
-class StoreUnavailable(AuditError):
-    """The database cannot be reached (or is busy); the operation may be retried."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,22 +347,6 @@ def _rollout_from(m: Mapping[Any, Any]) -> RolloutRow:
     )
 
 
-def _command_from(m: Mapping[Any, Any]) -> CommandRow:
-    return CommandRow(
-        id=m["id"],
-        namespace=m["namespace"],
-        name=m["name"],
-        command=m["command"],
-        actor=m["actor"],
-        reason=m["reason"],
-        args=m["args"],
-        requested_at=m["requested_at"],
-        state=m["state"],
-        result=m["result"],
-        decided_at=m["decided_at"],
-    )
-
-
 def _approval_values(row: ApprovalRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -427,7 +397,7 @@ def _stored_measurement(m: Mapping[Any, Any]) -> StoredMeasurement:
 # --------------------------------------------------------------------------------------------
 
 
-class AuditStore:
+class AuditStore(CommandQueue):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
     There is deliberately no API that deletes or rewrites audit data.
@@ -655,21 +625,6 @@ class AuditStore:
             raise StaleRollout(f"rollout {rollout.id} changed concurrently")
 
     @staticmethod
-    def _settle_command(
-        conn: Connection, command_id: str, state: CommandState, result: str, at: datetime
-    ) -> None:
-        if state == "pending":
-            raise ValueError("a command is settled as accepted, rejected or failed")
-        settled = conn.execute(
-            update(CommandModel)
-            .where(CommandModel.id == command_id, CommandModel.state == "pending")
-            .values(state=state, result=result, decided_at=at)
-            .returning(CommandModel.id)
-        ).first()
-        if settled is None:
-            raise StaleRollout(f"command {command_id} is not pending any more")
-
-    @staticmethod
     def _ensure_single_active(conn: Connection, rollout: RolloutRow) -> None:
         if not rollout.active:
             return
@@ -887,55 +842,6 @@ class AuditStore:
         with self._tx(write=False) as conn:
             rows = conn.execute(query.limit(limit)).all()
         return [_rollout_from(row._mapping) for row in rows]
-
-    # -------------------------------------------------------------------------- commands
-
-    def submit_command(self, command: CommandRow) -> CommandRow:
-        """Queue a manual command for the leader (state ``pending``)."""
-        if command.state != "pending":
-            raise ValueError("a new command must be pending")
-        with self._tx(write=True) as conn:
-            conn.execute(
-                insert(CommandModel).values(
-                    id=command.id,
-                    namespace=command.namespace,
-                    name=command.name,
-                    command=command.command,
-                    actor=command.actor,
-                    reason=command.reason,
-                    args=dict(command.args),
-                    requested_at=command.requested_at,
-                    state="pending",
-                    result=None,
-                    decided_at=None,
-                )
-            )
-        return command
-
-    def pending_commands(self, limit: int = 100) -> list[CommandRow]:
-        """Pending commands, oldest first."""
-        with self._tx(write=False) as conn:
-            rows = conn.execute(
-                select(CommandModel.__table__)
-                .where(CommandModel.state == "pending")
-                .order_by(CommandModel.requested_at, CommandModel.id)
-                .limit(limit)
-            ).all()
-        return [_command_from(row._mapping) for row in rows]
-
-    def get_command(self, command_id: str) -> CommandRow | None:
-        with self._tx(write=False) as conn:
-            row = conn.execute(
-                select(CommandModel.__table__).where(CommandModel.id == command_id)
-            ).first()
-        return None if row is None else _command_from(row._mapping)
-
-    def settle_command(
-        self, command_id: str, state: CommandState, result: str, at: datetime
-    ) -> None:
-        """Record a command's result when it caused no audit records of its own."""
-        with self._tx(write=True) as conn:
-            self._settle_command(conn, command_id, state, result, at)
 
     def measurements_for(self, rollout_id: str) -> list[StoredMeasurement]:
         """Measurements of a rollout, by evaluation time then record order."""

@@ -79,15 +79,18 @@ JSON: TypeAlias = str | int | float | bool | Sequence["JSON"] | Mapping[str, "JS
 GENESIS_HASH: Final = "0" * 64
 """The ``prev_hash`` of the first record in the chain."""
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 """Version of the body layout; stored in every body under the key ``"v"``.
 
 * 1: the values of a decision's ``detail`` (and ``evidence``) written by the rollout state
   machine were all strings (a percent read ``"10"``).
 * 2: they keep their JSON types (a percent is the number ``10``). The canonical JSON rules
-  are unchanged, so both verify the same way; a reader of ``detail`` checks ``v``."""
+  are unchanged, so both verify the same way; a reader of ``detail`` checks ``v``.
+* 3: the ``actor`` object also holds ``uid`` and ``groups``: the identity the apiserver
+  authenticated (TokenReview) for a person's command, ``null`` and ``[]`` otherwise.
+  Versions 1 and 2 have only ``kind`` and ``id`` and read back with no uid and no groups."""
 
-READABLE_VERSIONS: Final = frozenset({1, FORMAT_VERSION})
+READABLE_VERSIONS: Final = frozenset({1, 2, FORMAT_VERSION})
 """Body versions :func:`decode_body` reads (every version ever written)."""
 
 ActorKind = Literal["controller", "human", "servicenow", "webhook", "unknown"]
@@ -194,16 +197,22 @@ def _optional_float(name: str, value: float | None) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who did it: ``controller`` (service account + pod), ``human``, ``servicenow``..."""
+    """Who did it: ``controller`` (service account + pod), ``human``, ``servicenow``...
+
+    For a person, ``id`` is the user name the apiserver authenticated, ``uid`` and
+    ``groups`` what it said with it (a TokenReview); never text the person typed."""
 
     kind: ActorKind
     id: str
+    uid: str | None = None
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ACTOR_KINDS:
             raise ValueError(f"actor kind {self.kind!r} is not one of {sorted(ACTOR_KINDS)}")
         if not self.id:
             raise ValueError("actor id must not be empty")
+        object.__setattr__(self, "groups", tuple(self.groups))
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +425,12 @@ def decode_body(body: str | Mapping[str, Any]) -> AuditEntry:
     actor = data["actor"]
     return AuditEntry(
         at=at,
-        actor=Actor(kind=actor["kind"], id=actor["id"]),
+        actor=Actor(
+            kind=actor["kind"],
+            id=actor["id"],
+            uid=actor.get("uid"),
+            groups=tuple(actor.get("groups") or ()),
+        ),
         action=data["action"],
         rollout_id=data["rollout_id"],
         obj=None

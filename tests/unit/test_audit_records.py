@@ -141,8 +141,9 @@ def _golden_entry() -> AuditEntry:
 
 
 GOLDEN_BODY = (
-    '{"action":"analysis.evaluated","actor":{"id":"system:serviceaccount:kserve-canary:'
-    'controller/pod-0","kind":"controller"},"approval_time":null,"approver":null,'
+    '{"action":"analysis.evaluated","actor":{"groups":[],"id":"system:serviceaccount:'
+    'kserve-canary:controller/pod-0","kind":"controller","uid":null},"approval_time":null,'
+    '"approver":null,'
     '"at":"2026-03-01T12:30:00.000250Z","canary":{"artifact_digest":null,"model_name":"scorer",'
     '"revision":"scorer-predictor-00002","storage_uri":"s3://models/scorer/v2"},'
     '"change_number":null,"change_sys_id":null,"correlation_id":"c-1","evidence":{"a":'
@@ -157,14 +158,21 @@ GOLDEN_BODY = (
     '"stable":{"artifact_digest":"sha256:aaaa","model_name":"scorer",'
     '"revision":"scorer-predictor-00001","storage_uri":"s3://models/scorer/v1"},'
     '"traffic_after":{"scorer-predictor-00001":90,"scorer-predictor-00002":10},'
-    '"traffic_before":{"scorer-predictor-00001":90,"scorer-predictor-00002":10},"v":2,'
+    '"traffic_before":{"scorer-predictor-00001":90,"scorer-predictor-00002":10},"v":3,'
     '"webhook_id":null}'
 )
 # sha256 of GENESIS_HASH + GOLDEN_BODY, cross-checked with coreutils sha256sum.
-GOLDEN_HASH = "7948a13e6eaedfb80253fe58567c963b6e0c95df41a6a2ac15096016b4b9c611"
+GOLDEN_HASH = "3d62a66fb5b739dbab68ef0018535a9a2d4a6cfb888992e74b093e407aa3ba04"
 
-# The same record as format 1 wrote it: stored records of that format still verify and read.
-GOLDEN_BODY_V1 = GOLDEN_BODY.replace('"v":2,', '"v":1,')
+# The same record as formats 2 and 1 wrote it (the actor had no uid and no groups): stored
+# records of those formats still verify and read.
+GOLDEN_BODY_V2 = GOLDEN_BODY.replace(
+    '{"groups":[],"id":"system:serviceaccount:kserve-canary:controller/pod-0",'
+    '"kind":"controller","uid":null}',
+    '{"id":"system:serviceaccount:kserve-canary:controller/pod-0","kind":"controller"}',
+).replace('"v":3,', '"v":2,')
+GOLDEN_HASH_V2 = "7948a13e6eaedfb80253fe58567c963b6e0c95df41a6a2ac15096016b4b9c611"
+GOLDEN_BODY_V1 = GOLDEN_BODY_V2.replace('"v":2,', '"v":1,')
 GOLDEN_HASH_V1 = "c0a8266c020f9c89adfc8dffb14aa696ce4bf261f3b0058fde06bab6a2f828d4"
 
 
@@ -177,14 +185,27 @@ def test_golden_vector_hash() -> None:
     assert compute_record_hash(GENESIS_HASH, body) == GOLDEN_HASH
 
 
-def test_a_format_1_record_still_verifies_and_reads() -> None:
+def test_format_1_and_2_records_still_verify_and_read() -> None:
+    assert compute_record_hash(GENESIS_HASH, GOLDEN_BODY_V2) == GOLDEN_HASH_V2
     assert compute_record_hash(GENESIS_HASH, GOLDEN_BODY_V1) == GOLDEN_HASH_V1
+    assert decode_body(GOLDEN_BODY_V2) == decode_body(GOLDEN_BODY)
     assert decode_body(GOLDEN_BODY_V1) == decode_body(GOLDEN_BODY)
 
 
+def test_an_authenticated_person_is_recorded_with_uid_and_groups() -> None:
+    person = Actor("human", "alice@bank.example", uid="7f3c-uid", groups=["risk", "oncall"])
+    entry = dataclasses.replace(_golden_entry(), actor=person, measurements=())
+    body = canonical_json(entry_body(1, entry))
+    assert (
+        '"actor":{"groups":["risk","oncall"],"id":"alice@bank.example","kind":"human",'
+        '"uid":"7f3c-uid"}' in body
+    )
+    assert decode_body(body).actor == person
+
+
 def test_an_unknown_format_is_refused() -> None:
-    with pytest.raises(ValueError, match="unsupported audit body format 3"):
-        decode_body(GOLDEN_BODY.replace('"v":2,', '"v":3,'))
+    with pytest.raises(ValueError, match="unsupported audit body format 4"):
+        decode_body(GOLDEN_BODY.replace('"v":3,', '"v":4,'))
 
 
 def test_hash_depends_on_the_previous_record() -> None:
@@ -217,7 +238,7 @@ def test_decoded_measurement_keeps_non_finite_values() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        pytest.param({"v": 3}, "unsupported audit body format", id="future-version"),
+        pytest.param({"v": 4}, "unsupported audit body format", id="future-version"),
         pytest.param({"extra": 1}, "unknown fields", id="unknown-field"),
     ],
 )

@@ -409,7 +409,7 @@ class Engine:
             )
             entry = AuditEntry(
                 at=now,
-                actor=Actor("human", command.actor),
+                actor=command.who,
                 action="manual.rejected",
                 obj=ObjectRef(command.namespace, command.name),
                 reason=why,
@@ -423,6 +423,13 @@ class Engine:
         observed = self._observe(doc.mode, isvc) if isvc is not None else None
         obs: Observation = ManualCommand(kind, command.actor, command.reason)
         doc, work = self._step(doc, obs, now)
+        # the machine knows the person by name; the record keeps what the apiserver said
+        work.entries = [
+            replace(e, actor=command.who)
+            if e.actor.kind == "human" and e.actor.id == command.actor
+            else e
+            for e in work.entries
+        ]
         state: CommandState = "rejected" if work.rejected is not None else "accepted"
         result = work.rejected.reason if work.rejected is not None else _accepted(kind, doc)
         self._commit_and_act(
@@ -726,7 +733,7 @@ class Engine:
             why = problem or "cannot start"
             entry = AuditEntry(
                 at=now,
-                actor=Actor("human", command.actor),
+                actor=command.who,
                 action="manual.rejected",
                 obj=ObjectRef(command.namespace, command.name),
                 reason=why,
@@ -749,7 +756,7 @@ class Engine:
         before = dict(observed.view.split)
         intent = AuditEntry(
             at=now,
-            actor=Actor("human", command.actor),
+            actor=command.who,
             action="traffic.intent",
             obj=obj,
             stable=_model(observed.view.stable),

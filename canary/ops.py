@@ -1,9 +1,10 @@
 """What the operator commands do: queue a manual command and wait for the leader's answer,
 and describe rollouts for ``canary status``.
 
-Manual commands go through the database, not to a particular replica: the CLI (or any
-replica's API) queues the command, the leader carries it out and settles it in the same
-transaction as the audit records it causes, and the CLI waits for that result.
+Manual commands go through the database, not to a particular replica: any replica's
+operator API (:mod:`canary.api.operator`) queues the command once the apiserver has
+authenticated and authorised the caller, the leader carries it out and settles it in the
+same transaction as the audit records it causes, and the API waits for that result.
 """
 
 from __future__ import annotations
@@ -40,29 +41,36 @@ def submit_command(
     command: str,
     actor: str,
     reason: str,
+    actor_uid: str | None = None,
+    actor_groups: Sequence[str] = (),
     args: Mapping[str, Any] | None = None,
     wait: float = 30.0,
     poll: float = 0.2,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    command_id: str | None = None,
 ) -> CommandRow:
     """Queue ``command`` and wait up to ``wait`` seconds for the leader to settle it.
 
-    Returns the command as last read: still ``pending`` when no leader answered in time
-    (it stays queued and a leader will carry it out later).
+    ``actor``, ``actor_uid`` and ``actor_groups`` are the caller as the apiserver
+    authenticated them (see :mod:`canary.access`). Returns the command as last read: still
+    ``pending`` when no leader answered in time (it stays queued and a leader will carry it
+    out later).
     """
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
     if not reason.strip():
         raise ValueError("a reason is required for every manual command (--reason)")
     if not actor.strip():
-        raise ValueError("the actor is unknown: pass --actor or use a kubeconfig with a user")
+        raise ValueError("the caller is unknown: a command needs an authenticated user")
     row = store.submit_command(
         CommandRow(
-            id=str(uuid.uuid4()),
+            id=command_id or str(uuid.uuid4()),
             namespace=namespace,
             name=name,
             command=command,
             actor=actor,
+            actor_uid=actor_uid,
+            actor_groups=tuple(actor_groups),
             reason=reason,
             args=dict(args or {}),
             requested_at=clock(),

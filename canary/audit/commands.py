@@ -36,6 +36,8 @@ def _command_from(m: Mapping[Any, Any]) -> CommandRow:
         state=m["state"],
         result=m["result"],
         decided_at=m["decided_at"],
+        actor_uid=m["actor_uid"],
+        actor_groups=tuple(m["actor_groups"] or ()),
     )
 
 
@@ -72,6 +74,8 @@ class CommandQueue:
                     name=command.name,
                     command=command.command,
                     actor=command.actor,
+                    actor_uid=command.actor_uid,
+                    actor_groups=list(command.actor_groups),
                     reason=command.reason,
                     args=dict(command.args),
                     requested_at=command.requested_at,
@@ -89,6 +93,16 @@ class CommandQueue:
                 select(CommandModel.__table__)
                 .where(CommandModel.state == "pending")
                 .order_by(CommandModel.requested_at, CommandModel.id)
+                .limit(limit)
+            ).all()
+        return [_command_from(row._mapping) for row in rows]
+
+    def recent_commands(self, limit: int = 100) -> list[CommandRow]:
+        """The newest commands in any state, newest first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(CommandModel.__table__)
+                .order_by(CommandModel.requested_at.desc(), CommandModel.id)
                 .limit(limit)
             ).all()
         return [_command_from(row._mapping) for row in rows]

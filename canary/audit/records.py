@@ -597,7 +597,15 @@ class CommandRow:
     state: CommandState = "pending"
     result: str | None = None
     decided_at: datetime | None = None
+    actor_uid: str | None = None
+    actor_groups: tuple[str, ...] = ()
+
+    @property
+    def who(self) -> Actor:
+        """The person who sent it, as the apiserver authenticated them."""
+        return Actor("human", self.actor, uid=self.actor_uid, groups=self.actor_groups)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "actor_groups", tuple(self.actor_groups))
         _require_aware("CommandRow.requested_at", self.requested_at)
         _require_aware("CommandRow.decided_at", self.decided_at)

@@ -287,6 +287,8 @@ class CommandModel(Base):
     name: Mapped[str] = mapped_column(Text)
     command: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(Text)
+    actor_uid: Mapped[str | None] = mapped_column(Text)
+    actor_groups: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
     reason: Mapped[str] = mapped_column(Text)
     args: Mapped[dict[str, Any]] = mapped_column(JSON)
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -16,10 +16,12 @@ from analysis.looks import LookSource
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
 from canary import __version__
+from canary.access import Gatekeeper
 from canary.admission import TemplateRules
 from canary.analysis_worker import AnalysisRunner, CircuitBreaker, GuardedProvider, Unanswered
 from canary.api.app import create_app
 from canary.api.health import Health
+from canary.api.operator import router as operator_router
 from canary.audit import AuditStore, Fence
 from canary.controller import Controller
 from canary.engine import Engine
@@ -192,7 +194,20 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         settings.kserve_label_disallowed,
         default_deployment_mode=settings.kserve_default_deployment_mode,
     )
-    app = create_app(health=health, policies=policies, metrics=metrics, admission_rules=rules)
+    operator_api = operator_router(
+        Gatekeeper(kube.review_token, kube.review_access),
+        store,
+        metrics,
+        clock=now,
+        look_seconds=settings.look_period_seconds,
+    )
+    app = create_app(
+        health=health,
+        policies=policies,
+        metrics=metrics,
+        admission_rules=rules,
+        extra_routers=[operator_api],
+    )
     server = HttpServer(
         app,
         host=settings.http_host,

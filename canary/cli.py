@@ -1,7 +1,9 @@
 """The ``canary`` command line.
 
-Exit codes: 0 success; 1 the thing checked is bad (e.g. a broken audit chain); 2 invalid
-input (a malformed policy, a bad option); 3 a dependency could not be reached (database).
+Exit codes: 0 success; 1 the thing checked is bad (e.g. a broken audit chain) or the leader
+refused a command; 2 invalid input (a malformed policy, a bad option); 3 a dependency could
+not be reached (the database, the controller's API, no leader answered in time); 4 the
+apiserver did not authenticate you, or RBAC does not allow you the command.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 EXIT_BAD = 1
 EXIT_INVALID = 2
 EXIT_UNAVAILABLE = 3
+EXIT_DENIED = 4
 
 
 def _default_database_url() -> str:
@@ -206,103 +209,194 @@ def _store(database_url: str | None) -> AuditStore:
     return AuditStore.from_url(database_url or _default_database_url())
 
 
-def _actor(actor: str | None, kubeconfig: Path | None) -> str:
-    if actor:
-        return actor
-    from canary.k8s.client import KubeClient
+# --- operator commands, through the controller's authenticated API ---------------------------
+
+
+@dataclass(frozen=True)
+class _Api:
+    url: str | None
+    ca_file: Path | None
+    tls_server_name: str | None
+    kubeconfig: Path | None
+    context: str | None
+
+
+def _api_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--api-url",
+            envvar="KSC_API_URL",
+            show_envvar=True,
+            help="The controller's operator API, e.g. https://localhost:8443 after "
+            "'kubectl -n kserve-canary port-forward svc/kserve-canary 8443'.",
+        ),
+        click.option(
+            "--api-ca",
+            "api_ca",
+            envvar="KSC_API_CA_FILE",
+            show_envvar=True,
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="CA bundle that signed the controller's serving certificate.",
+        ),
+        click.option(
+            "--tls-server-name",
+            envvar="KSC_API_TLS_SERVER_NAME",
+            show_envvar=True,
+            help="Name to check in the server's certificate when the URL's host differs "
+            "(e.g. kserve-canary.kserve-canary.svc behind a port-forward).",
+        ),
+        click.option(
+            "--kubeconfig",
+            type=click.Path(path_type=Path, dir_okay=False),
+            envvar="KUBECONFIG",
+            help="Kubeconfig whose current context's credentials you act with.",
+        ),
+        click.option("--context", help="Kubeconfig context to use (default: the current one)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _credentials(api: _Api) -> tuple[str, str | None]:
+    """(bearer token, the context's namespace) of the caller's own Kubernetes credentials."""
+    from canary.k8s.client import KubeClient, KubeConfigError
 
     try:
-        with KubeClient.from_kubeconfig(kubeconfig) as kube:
-            user = kube.user
-    except Exception as exc:  # no kubeconfig at all
-        raise click.UsageError(f"cannot tell who you are ({exc}); pass --actor") from exc
-    if not user:
-        raise click.UsageError("the kubeconfig's current context names no user; pass --actor")
-    return user
+        if api.kubeconfig is not None or api.context is not None:
+            kube = KubeClient.from_kubeconfig(api.kubeconfig, api.context)
+        else:
+            kube = KubeClient.connect()
+        with kube:
+            token = kube.bearer_token()
+            namespace = kube.namespace
+    except (KubeConfigError, OSError, ValueError) as exc:
+        raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
+    except Exception as exc:  # the kubernetes loader raises its own ConfigException
+        raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
+    if token is None:
+        raise click.UsageError(
+            "your kubeconfig context authenticates without a bearer token (a client "
+            "certificate?); the operator API identifies you through the apiserver with a "
+            "token: use a context with a token, an exec plugin or OIDC"
+        )
+    return token, namespace
+
+
+def _target(name: str, namespace: str | None, context_namespace: str | None) -> tuple[str, str]:
+    if "/" in name:
+        ns, _, short = name.partition("/")
+        if not ns or not short or "/" in short:
+            raise click.BadParameter(f"expected NAME or NAMESPACE/NAME, got {name!r}")
+        if namespace is not None and namespace != ns:
+            raise click.BadParameter(f"{name!r} names namespace {ns!r} but -n says {namespace!r}")
+        return ns, short
+    return namespace or context_namespace or "default", name
+
+
+def _client(api: _Api, token: str) -> Any:
+    from canary.remote import OperatorClient
+
+    if not api.url:
+        raise click.UsageError(
+            "no operator API given: pass --api-url or set KSC_API_URL (for example "
+            "https://localhost:8443 after 'kubectl -n kserve-canary port-forward "
+            "svc/kserve-canary 8443')"
+        )
+    try:
+        return OperatorClient(
+            api.url, token, ca_file=api.ca_file, tls_server_name=api.tls_server_name
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _refused(status: int, message: str) -> None:
+    """Exit for an answer that carried out nothing."""
+    if status in (401, 403):
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_DENIED)
+    if status in (400, 404, 413, 422):
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_INVALID)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_UNAVAILABLE)
 
 
 def _send(
-    target: str,
+    api: _Api,
+    name: str,
+    namespace: str | None,
     command: str,
     reason: str,
-    actor: str | None,
-    kubeconfig: Path | None,
-    database_url: str | None,
     wait: float,
-    args: dict[str, str] | None = None,
+    storage_uri: str | None = None,
 ) -> None:
-    from canary.audit import AuditError
-    from canary.ops import parse_target, submit_command
+    from canary.remote import Unreachable
 
-    try:
-        namespace, name = parse_target(target)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="NAMESPACE/NAME") from exc
-    who = _actor(actor, kubeconfig)
-    try:
-        with _store(database_url) as store:
-            result = submit_command(
-                store,
-                namespace=namespace,
-                name=name,
-                command=command,
-                actor=who,
-                reason=reason,
-                args=args,
-                wait=wait,
+    if not reason.strip():
+        raise click.BadParameter("must not be empty", param_hint="--reason")
+    token, context_namespace = _credentials(api)
+    ns, short = _target(name, namespace, context_namespace)
+    with _client(api, token) as client:
+        try:
+            answer = client.command(
+                ns, short, command, reason=reason, wait=wait, storage_uri=storage_uri
             )
-    except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_INVALID)
-    except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    if result.state == "accepted":
-        click.echo(f"{command} accepted: {result.result}")
+        except Unreachable as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_UNAVAILABLE)
+    body = answer.body
+    who = (body.get("caller") or {}).get("username", "?")
+    if answer.status == 200:
+        click.echo(f"{command} {ns}/{short} accepted (as {who}): {body.get('result')}")
         return
-    if result.state == "pending":
+    if answer.status == 202:
         click.echo(
-            f"{command} queued (id {result.id}) but no leader answered within {wait:g}s; "
-            "it will be carried out when a controller leads",
+            f"{command} {ns}/{short} queued (id {body.get('id')}) but no leader answered "
+            f"within {wait:g}s; it will be carried out when a controller leads",
             err=True,
         )
         sys.exit(EXIT_UNAVAILABLE)
-    click.echo(f"{command} {result.state}: {result.result}", err=True)
-    sys.exit(EXIT_BAD)
+    if answer.status == 409:
+        click.echo(f"{command} {ns}/{short} {body.get('state')}: {body.get('result')}", err=True)
+        sys.exit(EXIT_BAD)
+    _refused(answer.status, answer.error)
 
 
 reason_option = click.option("--reason", required=True, help="Why (recorded in the audit trail).")
-actor_option = click.option(
-    "--actor", help="Who is acting (default: the kubeconfig's current user)."
-)
-kubeconfig_option = click.option(
-    "--kubeconfig",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="KUBECONFIG",
-    help="Kubeconfig whose current user is the actor.",
+namespace_option = click.option(
+    "-n", "--namespace", help="The InferenceService's namespace (default: the context's)."
 )
 wait_option = click.option(
-    "--wait", default=30.0, show_default=True, help="Seconds to wait for the leader's answer."
+    "--wait",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=120),
+    help="Seconds to wait for the leader's answer.",
 )
 
 
 def _manual(command: str, doc: str) -> None:
     @main.command(command, help=doc)
-    @click.argument("target", metavar="NAMESPACE/NAME")
+    @click.argument("name", metavar="NAME")
+    @namespace_option
     @reason_option
-    @actor_option
-    @kubeconfig_option
-    @database_url_option
     @wait_option
+    @_api_options
     def _command(
-        target: str,
+        name: str,
+        namespace: str | None,
         reason: str,
-        actor: str | None,
-        kubeconfig: Path | None,
-        database_url: str | None,
         wait: float,
+        api_url: str | None,
+        api_ca: Path | None,
+        tls_server_name: str | None,
+        kubeconfig: Path | None,
+        context: str | None,
     ) -> None:
-        _send(target, command, reason, actor, kubeconfig, database_url, wait)
+        api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+        _send(api, name, namespace, command, reason, wait)
 
 
 _manual("pause", "Hold the rollout where it is. Exits 1 if refused (with the reason).")
@@ -317,78 +411,89 @@ def rollout() -> None:
 
 
 @rollout.command("start")
-@click.argument("target", metavar="NAMESPACE/NAME")
+@click.argument("name", metavar="NAME")
+@namespace_option
 @click.option("--storage-uri", required=True, help="Where the new model is.")
 @reason_option
-@actor_option
-@kubeconfig_option
-@database_url_option
 @wait_option
+@_api_options
 def rollout_start(
-    target: str,
+    name: str,
+    namespace: str | None,
     storage_uri: str,
     reason: str,
-    actor: str | None,
-    kubeconfig: Path | None,
-    database_url: str | None,
     wait: float,
+    api_url: str | None,
+    api_ca: Path | None,
+    tls_server_name: str | None,
+    kubeconfig: Path | None,
+    context: str | None,
 ) -> None:
     """Deploy a new model as a canary: ONE write that changes the model and gives the new
     revision only the first step's traffic. The leader makes the write after recording
-    its intent; the rollout then proceeds as its policy says."""
-    _send(
-        target,
-        "start",
-        reason,
-        actor,
-        kubeconfig,
-        database_url,
-        wait,
-        args={"storage_uri": storage_uri},
-    )
+    its intent; the rollout then proceeds as its policy says. Needs, besides the command's
+    own grant, the right to patch the InferenceService yourself."""
+    api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+    _send(api, name, namespace, "start", reason, wait, storage_uri=storage_uri)
 
 
 @main.command("status")
 @click.argument("name", required=False)
-@click.option("-n", "--namespace", help="Only this namespace.")
+@namespace_option
+@click.option(
+    "-A", "--all-namespaces", is_flag=True, help="Rollouts in every namespace you may list."
+)
 @click.option("--all", "include_finished", is_flag=True, help="Include finished rollouts.")
 @click.option(
-    "--look-seconds",
-    type=click.FloatRange(min=0.001),
-    default=5.0,
-    envvar="KSC_LOOK_PERIOD_SECONDS",
-    show_default=True,
-    help="The controller's look period, to turn evidence into time.",
+    "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-@database_url_option
+@_api_options
 def status(
     name: str | None,
     namespace: str | None,
+    all_namespaces: bool,
     include_finished: bool,
-    look_seconds: float,
-    database_url: str | None,
+    output: str,
+    api_url: str | None,
+    api_ca: Path | None,
+    tls_server_name: str | None,
+    kubeconfig: Path | None,
+    context: str | None,
 ) -> None:
     """Rollouts: phase, step, weights, last verdict, next action and when."""
-    from canary.audit import AuditError
-    from canary.ops import render_status, status_lines
+    from canary.ops import StatusLine, render_status
+    from canary.remote import Unreachable
 
-    if name is not None and "/" in name:
-        namespace, _, name = name.partition("/")
-    try:
-        with _store(database_url) as store:
-            lines = status_lines(
-                store,
-                namespace=namespace,
-                name=name,
-                include_finished=include_finished,
-                look_seconds=look_seconds,
-            )
-    except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    if not lines:
-        click.echo("no rollouts" + ("" if include_finished else " in progress"))
+    if all_namespaces and (namespace is not None or name is not None):
+        raise click.UsageError("-A lists every namespace: give no NAME and no -n with it")
+    api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+    token, context_namespace = _credentials(api)
+    ns: str | None
+    if all_namespaces:
+        ns, short = None, None
+    elif name is not None:
+        ns, short = _target(name, namespace, context_namespace)
+    else:
+        ns, short = namespace or context_namespace or "default", None
+    with _client(api, token) as client:
+        try:
+            answer = client.rollouts(ns, short, include_finished=include_finished)
+        except Unreachable as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_UNAVAILABLE)
+    if answer.status != 200:
+        _refused(answer.status, answer.error)
+    items = answer.body.get("items") or []
+    if output == "json":
+        click.echo(json.dumps({"items": items}, indent=2))
         return
+    if not items:
+        where = "in any namespace" if ns is None else f"in namespace {ns}"
+        click.echo("no rollouts" + ("" if include_finished else " in progress") + f" {where}")
+        return
+    lines = [
+        StatusLine(**{**item, "evidence": tuple(item.get("evidence") or ())}) for item in items
+    ]
     click.echo(render_status(lines))
 
 

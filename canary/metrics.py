@@ -15,7 +15,10 @@ Series:
 * ``kserve_canary_tick_lag_seconds``: how late a scheduled rollout check ran;
 * ``kserve_canary_kube_write_retries_total``: Kubernetes writes retried;
 * ``kserve_canary_admission_reviews_total{result}``: admission answers (allowed, patched,
-  denied, error).
+  denied, error);
+* ``kserve_canary_operator_requests_total{command,outcome}``: operator API commands by
+  outcome (accepted, pending, rejected, failed, denied, unauthenticated, invalid,
+  unavailable).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from canary.model import Phase
 
-__all__ = ["ADMISSION_RESULTS", "ControllerMetrics"]
+__all__ = ["ADMISSION_RESULTS", "OPERATOR_OUTCOMES", "ControllerMetrics"]
 
 ADMISSION_RESULTS = ("allowed", "patched", "denied", "error")
+OPERATOR_OUTCOMES = ("accepted", "pending", "rejected", "failed", "denied", "unauthenticated",
+                     "invalid", "unavailable")  # fmt: skip
 
 # Steps hold for minutes (stepHold defaults to 5m) and may stretch to hours.
 _STEP_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
@@ -91,6 +96,12 @@ class ControllerMetrics:
             ["result"],
             registry=r,
         )
+        self._operator = Counter(
+            "kserve_canary_operator_requests",
+            "Operator API commands, by command and outcome.",
+            ["command", "outcome"],
+            registry=r,
+        )
         self._phases_seen: set[str] = {phase.value for phase in Phase}
         for phase in self._phases_seen:
             self._rollouts.labels(phase=phase).set(0)
@@ -141,6 +152,12 @@ class ControllerMetrics:
         if result not in ADMISSION_RESULTS:
             raise ValueError(f"unknown admission result {result!r}; allowed: {ADMISSION_RESULTS}")
         self._admission.labels(result=result).inc()
+
+    def count_operator_request(self, command: str, outcome: str) -> None:
+        """``outcome`` is one of :data:`OPERATOR_OUTCOMES`."""
+        if outcome not in OPERATOR_OUTCOMES:
+            raise ValueError(f"unknown operator outcome {outcome!r}; allowed: {OPERATOR_OUTCOMES}")
+        self._operator.labels(command=command, outcome=outcome).inc()
 
     # --- exposition ------------------------------------------------------------------------
 

@@ -328,11 +328,13 @@ class KubeClient:
         *,
         user: str | None = None,
         timeout: float = 30.0,
+        namespace: str | None = None,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._api = api
         self.user = user
+        self.namespace = namespace  # the kubeconfig context's namespace, if it names one
         self.timeout = float(timeout)
         self._gate: WriteGate | None = None
         self._token: _TokenFile | None = None  # in-cluster: the ServiceAccount token's file
@@ -371,8 +373,9 @@ class KubeClient:
             next((c for c in contexts if c.get("name") == context), active) if context else active
         )
         user = (chosen or {}).get("context", {}).get("user")
+        namespace = (chosen or {}).get("context", {}).get("namespace")
         return cls(_api_client(configuration, agent), user=str(user) if user else None,
-                   timeout=timeout)  # fmt: skip
+                   timeout=timeout, namespace=str(namespace) if namespace else None)  # fmt: skip
 
     @classmethod
     def in_cluster(
@@ -710,6 +713,58 @@ class KubeClient:
             "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body
         )
         return str(result["status"]["userInfo"]["username"])
+
+    def review_token(self, token: str, audiences: Sequence[str] = ()) -> JsonObject:
+        """Ask the apiserver who ``token`` belongs to (a TokenReview, which stores nothing).
+        Returns the review's ``status`` (``authenticated``, ``user``, ``error``...)."""
+        spec: JsonObject = {"token": token}
+        if audiences:
+            spec["audiences"] = list(audiences)
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
+        result = self._request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", body=body)
+        status: JsonObject = result.get("status") or {}
+        return status
+
+    def review_access(self, spec: JsonObject) -> JsonObject:
+        """Ask the apiserver's authorizer whether a user may do something (a
+        SubjectAccessReview with ``spec``, which stores nothing). Returns its ``status``
+        (``allowed``, ``denied``, ``reason``, ``evaluationError``)."""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": spec,
+        }
+        result = self._request(
+            "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=body
+        )
+        status: JsonObject = result.get("status") or {}
+        return status
+
+    def bearer_token(self) -> str | None:
+        """The bearer token this client sends (a kubeconfig's token, one an exec plugin or
+        auth provider produced, or the pod's ServiceAccount token), or None when it
+        authenticates otherwise (a client certificate)."""
+        if self._token is not None:
+            return self._token.current()
+        configuration = self._api.configuration
+        hook = configuration.refresh_api_key_hook
+        if hook is not None:
+            hook(configuration)  # an exec plugin's token may have expired
+        value = configuration.api_key.get("authorization") or configuration.api_key.get(
+            "BearerToken"
+        )
+        if not value:
+            return None
+        prefix = configuration.api_key_prefix.get("authorization")
+        text = str(value)
+        if prefix is None and text.lower().startswith("bearer "):
+            text = text[7:]
+        return text.strip() or None
+
+    @property
+    def server(self) -> str:
+        """The apiserver's URL."""
+        return str(self._api.configuration.host)
 
     def crd_established(self, name: str) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -139,102 +140,75 @@ def _empty_database(path: Path) -> str:
     return url
 
 
-def test_status_on_an_empty_database_says_nothing_is_in_progress(tmp_path: Path) -> None:
-    url = _empty_database(tmp_path / "audit.db")
-    result = run("status", "--database-url", url)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "no rollouts in progress\n"
-
-
-def test_a_command_with_no_controller_to_answer_stays_queued_and_exits_3(tmp_path: Path) -> None:
-    url = _empty_database(tmp_path / "audit.db")
-    result = run(
-        "pause", "fraud/scorer", "--reason", "investigating alert", "--actor", "alice",
-        "--wait", "0.5", "--database-url", url,
-    )  # fmt: skip
-    assert result.returncode == 3, result.stderr
-    assert "Traceback" not in result.stderr
-    assert "pause queued (id " in result.stderr
-    assert "but no leader answered within 0.5s" in result.stderr
-    assert "it will be carried out when a controller leads" in result.stderr
-    with AuditStore.from_url(url) as store:  # a leader that starts later will find it
-        (queued,) = store.pending_commands()
-    assert (queued.namespace, queued.name, queued.command) == ("fraud", "scorer", "pause")
-    assert (queued.actor, queued.reason) == ("alice", "investigating alert")
-    assert f"id {queued.id})" in result.stderr
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         pytest.param(
-            ("pause", "nope", "--reason", "x", "--actor", "a"),
-            "expected NAMESPACE/NAME, got 'nope'",
-            id="target-without-namespace",
+            ("pause", "a/b/c", "--reason", "x"),
+            "expected NAME or NAMESPACE/NAME, got 'a/b/c'",
+            id="bad-target",
         ),
         pytest.param(
-            ("pause", "fraud/scorer", "--actor", "a"),
-            "Missing option '--reason'",
-            id="pause-without-reason",
+            ("pause", "fraud/scorer", "-n", "credit", "--reason", "x"),
+            "names namespace 'fraud' but -n says 'credit'",
+            id="two-namespaces",
+        ),
+        pytest.param(("pause", "scorer"), "Missing option '--reason'", id="pause-without-reason"),
+        pytest.param(("abort", "scorer"), "Missing option '--reason'", id="abort-without-reason"),
+        pytest.param(
+            ("promote", "scorer", "--reason", "  "), "must not be empty", id="blank-reason"
         ),
         pytest.param(
-            ("abort", "fraud/scorer", "--actor", "a"),
-            "Missing option '--reason'",
-            id="abort-without-reason",
-        ),
-        pytest.param(
-            ("rollout", "start", "fraud/scorer", "--reason", "CHG0031337", "--actor", "a"),
+            ("rollout", "start", "scorer", "--reason", "CHG0031337"),
             "Missing option '--storage-uri'",
             id="rollout-start-without-storage-uri",
         ),
+        pytest.param(
+            ("pause", "scorer", "--reason", "x", "--wait", "500"),
+            "500.0 is not in the range 0<=x<=120",
+            id="wait-too-long",
+        ),
+        pytest.param(("status", "-A", "-n", "fraud"), "-A lists every namespace", id="A-with-n"),
     ],
 )
-def test_bad_command_lines_exit_2_and_queue_nothing(
+def test_bad_command_lines_exit_2_before_anything_is_sent(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    url = _empty_database(tmp_path / "audit.db")
-    result = run(*args, "--database-url", url, "--wait", "0")
+    env = dict(os.environ, KUBECONFIG=str(_kubeconfig(tmp_path, "user: {token: abc}")))
+    env["KSC_API_URL"] = "http://127.0.0.1:9"
+    result = run(*args, env=env)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    with AuditStore.from_url(url) as store:
-        assert store.pending_commands() == []
 
 
-def _finished_rollout(
-    store: AuditStore, namespace: str, phase: str, outcome: str, at: datetime
-) -> None:
-    from dataclasses import replace
-
-    from canary import machine
-    from canary.engine import RolloutDocument
-    from canary.model import Phase, Revision, TrafficView
-    from canary.policy import RolloutPolicy
-
-    stable, canary = Revision("scorer-predictor-00001"), Revision("scorer-predictor-00002")
-    view = TrafficView(canary, stable, {stable.name: 100}, 10, False, False)
-    policy = RolloutPolicy(name="default")
-    state, _ = machine.start(f"ro-{namespace}", namespace, "scorer", view, policy, at)
-    state = replace(state.with_phase(Phase(phase), at), outcome=outcome)
-    doc = RolloutDocument(state, policy, "knative", f"uid-{namespace}", "knative-otel")
-    store.commit([], rollout=doc.row(state.rollout_id, at))
+def _kubeconfig(folder: Path, user: str) -> Path:
+    path = folder / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        f"users: [{{name: u, {user}}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    return path
 
 
-def test_status_by_name_shows_each_namespace_and_the_post_rollout_truth(tmp_path: Path) -> None:
-    url = _empty_database(tmp_path / "audit.db")
-    t0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-    with AuditStore.from_url(url) as store:
-        _finished_rollout(store, "fraud", "DriftReverted", "drift reverted by the controller", t0)
-        _finished_rollout(
-            store, "credit", "ManuallyRolledBack", "rolled back by hand by kubectl-patch",
-            t0 + timedelta(minutes=1),
-        )  # fmt: skip
-    result = run("status", "scorer", "--database-url", url)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 3, result.stdout  # a header and one line per namespace
-    assert any("credit" in x and "ManuallyRolledBack" in x and "kubectl-patch" in x for x in lines)
-    assert any("fraud" in x and "DriftReverted" in x and "reverted" in x for x in lines)
-    only = run("status", "fraud/scorer", "--database-url", url)
-    assert "credit" not in only.stdout
-    assert "DriftReverted" in only.stdout
+def test_a_command_with_no_api_named_says_how_to_reach_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KSC_API_URL"}
+    env["KUBECONFIG"] = str(_kubeconfig(tmp_path, "user: {token: abc}"))
+    result = run("pause", "scorer", "--reason", "x", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no operator API given: pass --api-url or set KSC_API_URL" in result.stderr
+
+
+def test_a_client_certificate_context_is_told_to_use_a_token(tmp_path: Path) -> None:
+    from tests.unit.webhook_pems import CA_ONE, KEY_BLOCK
+
+    (tmp_path / "c.crt").write_bytes(CA_ONE)
+    (tmp_path / "c.key").write_bytes(KEY_BLOCK)
+    user = f"user: {{client-certificate: {tmp_path / 'c.crt'}, client-key: {tmp_path / 'c.key'}}}"
+    env = dict(os.environ, KUBECONFIG=str(_kubeconfig(tmp_path, user)))
+    env["KSC_API_URL"] = "https://127.0.0.1:1"
+    result = run("promote", "scorer", "--reason", "x", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "authenticates without a bearer token (a client certificate?)" in result.stderr

@@ -193,7 +193,7 @@ def test_format_1_and_2_records_still_verify_and_read() -> None:
 
 
 def test_an_authenticated_person_is_recorded_with_uid_and_groups() -> None:
-    person = Actor("human", "alice@bank.example", uid="7f3c-uid", groups=["risk", "oncall"])
+    person = Actor("human", "alice@bank.example", uid="7f3c-uid", groups=("risk", "oncall"))
     entry = dataclasses.replace(_golden_entry(), actor=person, measurements=())
     body = canonical_json(entry_body(1, entry))
     assert (

@@ -1,0 +1,144 @@
+"""The client side of the operator API (:mod:`canary.api.operator`), used by the CLI.
+
+It sends the caller's own Kubernetes bearer token, so the controller can ask the apiserver
+who is acting and whether they may; the CLI never holds database credentials. The server's
+certificate is checked against ``ca_file`` (or the system's trust store), under
+``tls_server_name`` when the URL's host is not the name in the certificate (a
+``kubectl port-forward`` to ``localhost``, for example).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+__all__ = ["ApiAnswer", "OperatorClient", "Unreachable"]
+
+_API = "/api/v1"
+
+
+class Unreachable(Exception):
+    """No controller answered at the API URL (refused, timed out, TLS failure)."""
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def error(self) -> str:
+        message = self.body.get("error")
+        return str(message) if message else f"HTTP {self.status}"
+
+
+class OperatorClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        ca_file: Path | None = None,
+        tls_server_name: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"the API URL must be https://HOST[:PORT], not {url!r}")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError(
+                f"refusing to send your credentials over plain HTTP to {parts.hostname}: "
+                "use https:// (plain http only to this machine, e.g. a port-forward)"
+            )
+        if not token:
+            raise ValueError("no bearer token to send")
+        verify: ssl.SSLContext | bool = True
+        if ca_file is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot use the CA file {ca_file}: {exc}") from exc
+        self._base = url.rstrip("/")
+        self._server_name = tls_server_name
+        self._timeout = timeout
+        self._client = httpx.Client(
+            verify=verify,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ApiAnswer:  # fmt: skip
+        extensions = {"sni_hostname": self._server_name} if self._server_name else None
+        try:
+            response = self._client.request(
+                method,
+                f"{self._base}{_API}{path}",
+                json=json,
+                params=params,
+                timeout=timeout or self._timeout,
+                extensions=extensions,
+            )
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"no controller answered at {self._base}: {exc}") from exc
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": f"HTTP {response.status_code}: {response.text[:200]}"}
+        if not isinstance(body, dict):
+            body = {"error": f"HTTP {response.status_code}: unexpected answer"}
+        return ApiAnswer(response.status_code, body)
+
+    def command(
+        self,
+        namespace: str,
+        name: str,
+        command: str,
+        *,
+        reason: str,
+        wait: float,
+        storage_uri: str | None = None,
+    ) -> ApiAnswer:
+        body: dict[str, Any] = {"reason": reason, "waitSeconds": wait}
+        if storage_uri is not None:
+            body["storageUri"] = storage_uri
+        path = f"/namespaces/{quote(namespace, safe='')}/rollouts/{quote(name, safe='')}/{command}"
+        return self._call("POST", path, json=body, timeout=wait + self._timeout)
+
+    def rollouts(
+        self, namespace: str | None, name: str | None, *, include_finished: bool
+    ) -> ApiAnswer:
+        if namespace is None:
+            path = "/rollouts"
+        elif name is None:
+            path = f"/namespaces/{quote(namespace, safe='')}/rollouts"
+        else:
+            path = f"/namespaces/{quote(namespace, safe='')}/rollouts/{quote(name, safe='')}"
+        params = {"all": "true"} if include_finished and name is None else None
+        return self._call("GET", path, params=params)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,238 @@
+"""Who may run which operator command (canary.access): the RBAC checks per command, and how
+the apiserver's answers are read — never trusting a malformed or missing one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from canary.access import (
+    API_GROUP,
+    AccessDenied,
+    Caller,
+    Gatekeeper,
+    Permission,
+    ReviewFailed,
+    Unauthenticated,
+    cluster_roles,
+    command_permissions,
+    read_permission,
+)
+
+ALICE = {"username": "alice@bank.example", "uid": "u-1", "groups": ["risk", "system:authenticated"]}
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("pause", [("create", API_GROUP, "rollouts", "pause")]),
+        ("resume", [("create", API_GROUP, "rollouts", "resume")]),
+        ("promote", [("create", API_GROUP, "rollouts", "promote")]),
+        ("abort", [("create", API_GROUP, "rollouts", "abort")]),
+        (
+            "start",
+            [
+                ("create", API_GROUP, "rollouts", "start"),
+                ("patch", "serving.kserve.io", "inferenceservices", None),
+            ],
+        ),
+    ],
+)
+def test_each_command_is_checked_on_its_own_subresource_in_the_namespace(
+    command: str, expected: list[tuple[str, str, str, str | None]]
+) -> None:
+    checks = command_permissions(command, "fraud", "scorer")
+    assert [(p.verb, p.group, p.resource, p.subresource) for p in checks] == expected
+    assert all((p.namespace, p.name) == ("fraud", "scorer") for p in checks)
+
+
+def test_an_unknown_command_has_no_permission_to_check() -> None:
+    with pytest.raises(ValueError, match="unknown command 'delete'"):
+        command_permissions("delete", "fraud", "scorer")
+
+
+@pytest.mark.parametrize(
+    ("namespace", "name", "verb", "attributes"),
+    [
+        ("fraud", "scorer", "get", {"namespace": "fraud", "name": "scorer"}),
+        ("fraud", None, "list", {"namespace": "fraud"}),
+        (None, None, "list", {}),
+    ],
+)
+def test_status_needs_get_for_one_and_list_for_many(
+    namespace: str | None, name: str | None, verb: str, attributes: dict[str, str]
+) -> None:
+    permission = read_permission(namespace, name)
+    assert permission.attributes() == {
+        "verb": verb,
+        "group": API_GROUP,
+        "resource": "rollouts",
+        **attributes,
+    }
+
+
+def test_the_operator_role_grants_every_command_and_the_viewer_only_reads() -> None:
+    operator, viewer = cluster_roles()
+    assert operator["metadata"]["name"] == "kserve-canary-operator"
+    assert viewer["metadata"]["name"] == "kserve-canary-viewer"
+    granted = {
+        (verb, resource)
+        for rule in operator["rules"]
+        for verb in rule["verbs"]
+        for resource in rule["resources"]
+    }
+    for command in ("pause", "resume", "promote", "abort", "start"):
+        (own, *_) = command_permissions(command, "ns", "x")
+        assert (own.verb, f"{own.resource}/{own.subresource}") in granted
+    assert viewer["rules"] == [
+        {"apiGroups": [API_GROUP], "resources": ["rollouts"], "verbs": ["get", "list"]}
+    ]
+
+
+class Reviews:
+    """The apiserver, as the gatekeeper sees it: canned answers, and what it was asked."""
+
+    def __init__(
+        self,
+        token_answer: Mapping[str, Any] | Exception,
+        access_answers: list[Mapping[str, Any] | Exception] | None = None,
+    ) -> None:
+        self.token_answer = token_answer
+        self.access_answers = list(access_answers or [])
+        self.tokens: list[str] = []
+        self.specs: list[dict[str, Any]] = []
+
+    def token(self, token: str) -> Mapping[str, Any]:
+        self.tokens.append(token)
+        if isinstance(self.token_answer, Exception):
+            raise self.token_answer
+        return self.token_answer
+
+    def access(self, spec: dict[str, Any]) -> Mapping[str, Any]:
+        self.specs.append(spec)
+        answer = self.access_answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_token_the_apiserver_accepts_names_the_caller_with_uid_and_groups() -> None:
+    reviews = Reviews({"authenticated": True, "user": {**ALICE, "extra": {"scopes": ["a"]}}})
+    caller = Gatekeeper(reviews.token, reviews.access).authenticate("Bearer  tok-123 ")
+    assert caller == Caller("alice@bank.example", "u-1", ("risk", "system:authenticated"),
+                            {"scopes": ("a",)})  # fmt: skip
+    assert reviews.tokens == ["tok-123"]
+    assert caller.actor.id == "alice@bank.example"
+    assert (caller.actor.uid, caller.actor.groups) == ("u-1", ("risk", "system:authenticated"))
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (None, "no credentials"),
+        ("", "no credentials"),
+        ("Basic YWxpY2U6cGFzcw==", "must be 'Bearer <token>'"),
+        ("Bearer ", "must be 'Bearer <token>'"),
+        ("tok-123", "must be 'Bearer <token>'"),
+    ],
+)
+def test_a_request_without_a_bearer_token_is_unauthenticated_without_asking(
+    header: str | None, message: str
+) -> None:
+    reviews = Reviews({"authenticated": True, "user": ALICE})
+    with pytest.raises(Unauthenticated, match=message):
+        Gatekeeper(reviews.token, reviews.access).authenticate(header)
+    assert reviews.tokens == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "message"),
+    [
+        ({"authenticated": False, "error": "token expired"}, Unauthenticated, "token expired"),
+        ({"authenticated": False}, Unauthenticated, "does not accept this token"),
+        # what the apiserver says of a token it never issued
+        ({"user": {}, "error": "invalid bearer token"}, Unauthenticated, "invalid bearer"),
+        ({}, Unauthenticated, "does not accept"),
+        # authenticated, but no user to record: nobody may act anonymously
+        ({"authenticated": True}, Unauthenticated, "does not accept"),
+        ({"authenticated": True, "user": {"username": ""}}, ReviewFailed, "malformed"),
+        ({"authenticated": "yes", "user": ALICE}, ReviewFailed, "malformed"),
+        ({"authenticated": True, "user": {**ALICE, "groups": "risk"}}, ReviewFailed, "malformed"),
+        (ConnectionError("apiserver down"), ReviewFailed, "apiserver down"),
+    ],
+)
+def test_a_refused_or_unreadable_token_review_never_lets_anyone_in(
+    answer: Mapping[str, Any] | Exception, error: type[Exception], message: str
+) -> None:
+    reviews = Reviews(answer)
+    with pytest.raises(error, match=message):
+        Gatekeeper(reviews.token, reviews.access).authenticate("Bearer tok")
+
+
+CALLER = Caller("alice@bank.example", "u-1", ("risk",), {"scopes": ("a", "b")})
+
+
+def test_authorisation_asks_about_the_authenticated_identity_and_each_permission() -> None:
+    reviews = Reviews({}, [{"allowed": True}, {"allowed": True}])
+    Gatekeeper(reviews.token, reviews.access).authorize(
+        CALLER, command_permissions("start", "credit", "decider")
+    )
+    first, second = reviews.specs
+    assert first == {
+        "user": "alice@bank.example",
+        "uid": "u-1",
+        "groups": ["risk"],
+        "extra": {"scopes": ["a", "b"]},
+        "resourceAttributes": {
+            "verb": "create",
+            "group": API_GROUP,
+            "resource": "rollouts",
+            "subresource": "start",
+            "namespace": "credit",
+            "name": "decider",
+        },
+    }
+    assert second["resourceAttributes"]["resource"] == "inferenceservices"
+
+
+@pytest.mark.parametrize(
+    ("answers", "error", "message"),
+    [
+        ([{"allowed": False}], AccessDenied, "no RBAC rule grants it"),
+        ([{"allowed": False, "reason": "RBAC: not bound"}], AccessDenied, "RBAC: not bound"),
+        # an explicit deny wins even if another authorizer said yes
+        ([{"allowed": True, "denied": True, "reason": "policy"}], AccessDenied, "policy"),
+        (
+            [{"allowed": False, "evaluationError": "webhook timeout"}],
+            AccessDenied,
+            "evaluation error: webhook timeout",
+        ),
+        ([{}], AccessDenied, "no RBAC rule"),
+        ([{"allowed": "true"}], ReviewFailed, "malformed"),
+        ([RuntimeError("forbidden to review")], ReviewFailed, "forbidden to review"),
+    ],
+)
+def test_anything_but_a_clear_allow_refuses(
+    answers: list[Mapping[str, Any] | Exception], error: type[Exception], message: str
+) -> None:
+    reviews = Reviews({}, answers)
+    with pytest.raises(error, match=message):
+        Gatekeeper(reviews.token, reviews.access).authorize(
+            CALLER, command_permissions("promote", "fraud", "scorer")
+        )
+
+
+def test_start_is_refused_when_the_caller_may_not_patch_the_service_themselves() -> None:
+    reviews = Reviews({}, [{"allowed": True}, {"allowed": False, "reason": "no edit role"}])
+    with pytest.raises(AccessDenied) as refused:
+        Gatekeeper(reviews.token, reviews.access).authorize(
+            CALLER, command_permissions("start", "credit", "decider")
+        )
+    assert refused.value.permission == Permission(
+        "patch", "credit", "decider", group="serving.kserve.io", resource="inferenceservices"
+    )
+    assert "patch inferenceservices.serving.kserve.io 'decider' in namespace credit" in str(
+        refused.value
+    )

@@ -66,6 +66,7 @@ from canary.model import (
     SetMirror,
     SetTraffic,
     Verdict,
+    WriteRejected,
 )
 from canary.policy import CheckSpec, PolicyError, PolicySet, RolloutPolicy, format_duration
 from canary.routing.base import Observed, TrafficRouter
@@ -122,6 +123,7 @@ class Metrics(Protocol):
     def record_analysis(self, check: str, outcome: str) -> None: ...
     def record_rollback(self, kind: str) -> None: ...
     def observe_step_duration(self, seconds: float) -> None: ...
+    def record_kube_write_retry(self) -> None: ...
 
 
 def mode_of(isvc: Mapping[str, Any]) -> Literal["knative", "standard"]:
@@ -941,18 +943,48 @@ class Engine:
             )  # fmt: skip
             doc = replace(doc, version=doc.version + 1)
         execution = carry_out(
-            self._routers[doc.mode], doc.state, doc.mode, doc.pending, observed, self._clock
+            self._routers[doc.mode],
+            doc.state,
+            doc.mode,
+            doc.pending,
+            observed,
+            self._clock,
+            retried=self._metrics.record_kube_write_retry if self._metrics is not None else None,
         )
         outcomes = [
-            self._outcome(doc, r.pending, r.at, f"traffic.{r.outcome}", r.reason, observed)
+            self._outcome(
+                doc, r.pending, r.at, f"traffic.{r.outcome}", r.reason, observed,
+                extra=r.refusal.evidence() if r.refusal is not None else None,
+            )
             for r in execution.results
+        ]  # fmt: skip
+        # A refusal for good is an observation for the machine: it pauses the rollout (or,
+        # for a rollback, reports it while the engine keeps retrying). Recorded in the same
+        # commit as the failed intent, so a crash cannot leave one without the other.
+        refusals = [(r.pending, r.refusal) for r in execution.results if r.refusal is not None] + [
+            (r.pending, r.refusal) for r in execution.rejected if r.changed
         ]
         now = self._clock()
         doc = replace(doc, pending=execution.remaining, retry_at=execution.retry_at)
+        events: list[EmitEvent] = []
+        for pending, refusal in refusals:
+            rejected = WriteRejected(
+                pending.revision, pending.percent, pending.purpose, refusal.status,
+                refusal.reason, refusal.message, refusal.causes,
+            )  # fmt: skip
+            doc, work = self._step(doc, rejected, now)
+            ref = _object_ref(observed)
+            outcomes += [replace(e, at=now, obj=ref) for e in work.entries]
+            events += work.events
         self._store.commit(
             outcomes, fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
         )
-        return replace(doc, version=doc.version + 1)
+        doc = replace(doc, version=doc.version + 1)
+        for event in events:
+            self._emit(_reference(doc, observed), event)
+        if refusals and not doc.state.terminal:
+            self._observe_metrics(doc)  # a paused rollout's weight is the one in force
+        return doc
 
     # ------------------------------------------------------------------ audit entries
 
@@ -1028,6 +1060,8 @@ class Engine:
         action: str,
         reason: str,
         observed: Observed,
+        *,
+        extra: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
         return self._entry(
             doc,
@@ -1039,6 +1073,7 @@ class Engine:
                 "purpose": pending.purpose,
                 "percent": pending.percent,
                 "attempts": pending.attempts,
+                **(extra or {}),
             },
             correlation_id=pending.correlation_id,
         )

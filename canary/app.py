@@ -89,6 +89,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         timeout=settings.kube_timeout_seconds,
         agent=f"{CONTROLLER_MANAGER}/{__version__}",
     )
+    kube.count_write_retries(metrics.record_kube_write_retry)
     store = AuditStore.from_url(
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )

@@ -42,6 +42,7 @@ from canary.audit import (
     ObjectRef,
     RolloutRow,
 )
+from canary.execution import Pending, carry_out
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
 from canary.k8s.events import ObjectReference
 from canary.log import get_logger
@@ -65,6 +66,7 @@ from canary.model import (
     SetMirror,
     SetTraffic,
     Verdict,
+    WriteRejected,
 )
 from canary.policy import CheckSpec, PolicyError, PolicySet, RolloutPolicy, format_duration
 from canary.routing.base import Observed, TrafficRouter
@@ -88,8 +90,6 @@ _MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 _ANALYSED_PHASES = frozenset({Phase.PROGRESSING, Phase.AWAITING_APPROVAL})
 _MIN_WINDOW = timedelta(seconds=10)
 _MAX_WINDOW = timedelta(minutes=5)
-_OUTBOX_RETRY = timedelta(seconds=1)
-_MAX_RETRY = timedelta(seconds=30)
 
 
 class NotLeader(Exception):
@@ -123,6 +123,7 @@ class Metrics(Protocol):
     def record_analysis(self, check: str, outcome: str) -> None: ...
     def record_rollback(self, kind: str) -> None: ...
     def observe_step_duration(self, seconds: float) -> None: ...
+    def record_kube_write_retry(self) -> None: ...
 
 
 def mode_of(isvc: Mapping[str, Any]) -> Literal["knative", "standard"]:
@@ -137,21 +138,6 @@ def mode_of(isvc: Mapping[str, Any]) -> Literal["knative", "standard"]:
 # ---------------------------------------------------------------------------------------
 # The stored document
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A traffic intent committed but not yet known to be applied (the outbox)."""
-
-    correlation_id: str
-    revision: str
-    percent: int
-    purpose: Literal["start", "step", "promote", "rollback", "reassert"]
-    attempts: int = 0
-    last_error: str | None = None
-
-    def action(self) -> SetTraffic:
-        return SetTraffic(self.revision, self.percent, self.purpose)
 
 
 @dataclass(frozen=True)
@@ -963,85 +949,49 @@ class Engine:
                 expected_version=doc.version,
             )  # fmt: skip
             doc = replace(doc, version=doc.version + 1)
-        router = self._routers[doc.mode]
-        outcomes: list[AuditEntry] = []
-        remaining: list[Pending] = []
-        for queued in doc.pending:
-            now = self._clock()
-            latest = observed.view.latest.name
-            aim = aftercare.retarget(doc.state, doc.mode, queued.revision, queued.purpose, latest)
-            pending = replace(queued, revision=aim)
-            if observed.view.latest.name not in (pending.revision, _stable_name(doc)):
-                outcomes.append(
-                    self._outcome(
-                        doc,
-                        pending,
-                        now,
-                        "traffic.abandoned",
-                        f"revision {observed.view.latest.name} replaced "
-                        f"{pending.revision} before the write",
-                        observed,
-                    )
-                )
-                continue
-            try:
-                router.apply(
-                    doc.state.namespace,
-                    doc.state.name,
-                    pending.action(),
-                    resource_version=observed.resource_version,
-                )
-            except NotFound:
-                outcomes.append(
-                    self._outcome(
-                        doc,
-                        pending,
-                        now,
-                        "traffic.abandoned",
-                        "the InferenceService is gone",
-                        observed,
-                    )
-                )
-            except Exception as exc:  # Conflict, Unavailable, Invalid...: retried later
-                log.warning(
-                    "rollout.traffic_write_failed",
-                    namespace=doc.state.namespace,
-                    name=doc.state.name,
-                    revision=pending.revision,
-                    percent=pending.percent,
-                    error=str(exc),
-                    attempts=pending.attempts,
-                )
-                remaining.append(replace(pending, last_error=str(exc)[:500]))
-            else:
-                outcomes.append(
-                    self._outcome(
-                        doc,
-                        pending,
-                        now,
-                        "traffic.applied",
-                        f"{pending.purpose}: {pending.revision} at {pending.percent}% written",
-                        observed,
-                    )
-                )
-                log.info(
-                    "rollout.traffic_written",
-                    namespace=doc.state.namespace,
-                    name=doc.state.name,
-                    revision=pending.revision,
-                    percent=pending.percent,
-                    purpose=pending.purpose,
-                )
+        execution = carry_out(
+            self._routers[doc.mode],
+            doc.state,
+            doc.mode,
+            doc.pending,
+            observed,
+            self._clock,
+            retried=self._metrics.record_kube_write_retry if self._metrics is not None else None,
+        )
+        outcomes = [
+            self._outcome(
+                doc, r.pending, r.at, f"traffic.{r.outcome}", r.reason, observed,
+                extra=r.refusal.evidence() if r.refusal is not None else None,
+            )
+            for r in execution.results
+        ]  # fmt: skip
+        # A refusal for good is an observation for the machine: it pauses the rollout (or,
+        # for a rollback, reports it while the engine keeps retrying). Recorded in the same
+        # commit as the failed intent, so a crash cannot leave one without the other.
+        refusals = [(r.pending, r.refusal) for r in execution.results if r.refusal is not None] + [
+            (r.pending, r.refusal) for r in execution.rejected if r.changed
+        ]
         now = self._clock()
-        retry_at = None
-        if remaining:
-            attempts = max(p.attempts for p in remaining)
-            retry_at = now + min(_OUTBOX_RETRY * 2 ** (attempts - 1), _MAX_RETRY)
-        doc = replace(doc, pending=tuple(remaining), retry_at=retry_at)
+        doc = replace(doc, pending=execution.remaining, retry_at=execution.retry_at)
+        events: list[EmitEvent] = []
+        for pending, refusal in refusals:
+            rejected = WriteRejected(
+                pending.revision, pending.percent, pending.purpose, refusal.status,
+                refusal.reason, refusal.message, refusal.causes,
+            )  # fmt: skip
+            doc, work = self._step(doc, rejected, now)
+            ref = _object_ref(observed)
+            outcomes += [replace(e, at=now, obj=ref) for e in work.entries]
+            events += work.events
         self._store.commit(
             outcomes, fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
         )
-        return replace(doc, version=doc.version + 1)
+        doc = replace(doc, version=doc.version + 1)
+        for event in events:
+            self._emit(_reference(doc, observed), event)
+        if refusals and not doc.state.terminal:
+            self._observe_metrics(doc)  # a paused rollout's weight is the one in force
+        return doc
 
     # ------------------------------------------------------------------ audit entries
 
@@ -1117,6 +1067,8 @@ class Engine:
         action: str,
         reason: str,
         observed: Observed,
+        *,
+        extra: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
         return self._entry(
             doc,
@@ -1128,6 +1080,7 @@ class Engine:
                 "purpose": pending.purpose,
                 "percent": pending.percent,
                 "attempts": pending.attempts,
+                **(extra or {}),
             },
             correlation_id=pending.correlation_id,
         )

@@ -39,6 +39,7 @@ from canary.model import (
     Phase,
     RecordAudit,
     RejectCommand,
+    RejectedWrite,
     RequestApproval,
     RolloutState,
     ServiceDeleted,
@@ -47,6 +48,7 @@ from canary.model import (
     SetTraffic,
     TrafficView,
     Verdict,
+    WriteRejected,
     audit_details,
 )
 from canary.policy import RolloutPolicy, format_duration
@@ -151,6 +153,10 @@ def step(
 ) -> Transition:
     """Apply one observation, then every rule that depends on time."""
     _check_now(now)
+    if isinstance(observation, WriteRejected) and observation.purpose == "rollback":
+        # Also after the rollout ended (an opt-out's or a drift's revert): reported, and the
+        # engine keeps retrying it. A rollback is the safety action; it is never given up.
+        return _rollback_refused(state, observation, policy, now)
     if state.terminal:
         if isinstance(observation, ManualCommand):
             return state, _reject(
@@ -186,6 +192,8 @@ def step(
         state = _on_change_opened(state, observation, actions)
     elif isinstance(observation, ManualCommand):
         state = _on_command(state, observation, policy, now, actions)
+    elif isinstance(observation, WriteRejected):
+        state = _on_write_rejected(state, observation, now, actions)
 
     # Time rules run until the phase settles, so that, say, an approval that arrives after
     # the hold time advances at once instead of at the next tick.
@@ -256,6 +264,27 @@ def _on_view(
     # (in Standard mode the canary entry disappears) and has its own retry rule.
     held = (state.target_percent, previous.spec_percent if previous else None)
     drifted = state.phase in _LIVE and previous is not None and view.spec_percent not in held
+    if drifted and state.rejected_write is not None:
+        # Paused on a refused write: nothing is written until an operator resumes.
+        actions.append(
+            _audit(
+                "traffic.drift",
+                f"spec commands {view.spec_percent}% for {state.canary.name}; not reasserted "
+                "while the rollout is paused on a refused write",
+                revision=state.canary.name,
+                observed=view.spec_percent,
+                target=state.target_percent,
+            )
+        )
+        actions.append(
+            EmitEvent(
+                EventReason.TRAFFIC_DRIFT,
+                f"the canary's traffic was changed outside the controller to "
+                f"{view.spec_percent}%; left as it is while the rollout is paused",
+                "Warning",
+            )
+        )
+        return replace(state, target_percent=view.spec_percent)
     if drifted:
         actions.append(
             _audit(
@@ -388,6 +417,81 @@ def _on_verdict(
         return state
     kind = "inconclusive" if verdict.verdict is Verdict.INCONCLUSIVE else "could not be evaluated"
     return _pause(state, f"analysis {kind}: {verdict.summary}", now, actions, actor="controller")
+
+
+def _on_write_rejected(
+    state: RolloutState, rejected: WriteRejected, now: datetime, actions: list[Action]
+) -> RolloutState:
+    """The apiserver refused a step, promotion, reassertion or the first step for good:
+    pause with the traffic where it stands. Nothing is written until an operator resumes,
+    which sends the refused write again."""
+    if rejected.purpose == "rollback" or rejected.revision != state.canary.name:
+        return state
+    what = f"the apiserver refused the {rejected.purpose} write ({rejected.revision} at "
+    reason = f"{what}{rejected.percent}%): {rejected.describe()}"
+    actions.append(
+        EmitEvent(
+            EventReason.TRAFFIC_WRITE_REJECTED,
+            f"{reason}; the rollout is paused and the traffic left as it stands until an "
+            "operator resumes it",
+            "Warning",
+        )
+    )
+    view = state.last_view
+    in_force = (
+        view.spec_percent if view is not None and view.latest.name == rejected.revision else None
+    )
+    refused = RejectedWrite(
+        revision=rejected.revision,
+        percent=rejected.percent,
+        purpose=rejected.purpose,
+        status=rejected.status,
+        reason=rejected.reason,
+        message=rejected.message,
+        at=now,
+    )
+    if state.phase is Phase.PAUSED:
+        actions.append(_audit("rollout.paused", reason, phase=state.phase.value))
+        paused = replace(state, pause_reason=reason, waiting_for="paused: " + reason)
+    else:
+        paused = _pause(state, reason, now, actions, actor="controller", event=False)
+    return replace(
+        paused,
+        rejected_write=refused,
+        target_percent=state.target_percent if in_force is None else in_force,
+    )
+
+
+def _rollback_refused(
+    state: RolloutState, rejected: WriteRejected, policy: RolloutPolicy, now: datetime
+) -> Transition:
+    reason = (
+        f"the apiserver refused the rollback write ({rejected.revision} at "
+        f"{rejected.percent}%): {rejected.describe()}"
+    )
+    actions: list[Action] = [
+        _audit(
+            "traffic.rejected",
+            f"{reason}; retrying with backoff",
+            revision=rejected.revision,
+            percent=rejected.percent,
+            purpose=rejected.purpose,
+            status=rejected.status,
+            api_reason=rejected.reason,
+            api_message=rejected.message,
+            causes="; ".join(rejected.causes) or None,
+        ),
+        EmitEvent(
+            EventReason.TRAFFIC_WRITE_REJECTED,
+            f"{reason}; the rollback is retried with backoff until the apiserver accepts it",
+            "Warning",
+        ),
+    ]
+    if state.terminal:
+        return state, tuple(actions)
+    waiting = f"retrying the rollback the apiserver refused ({rejected.status} {rejected.reason})"
+    state = replace(state, waiting_for=waiting)
+    return replace(state, next_check_at=_next_check(state, policy, now)), tuple(actions)
 
 
 def _on_change_opened(
@@ -954,6 +1058,7 @@ def _promote(
         traffic_requested_at=now,
         paused_from=None,
         pause_reason=None,
+        rejected_write=None,
         waiting_for="waiting for the status to show the promotion",
     )
 
@@ -980,16 +1085,24 @@ def _rollback(
         rollback_reason=reason,
         paused_from=None,
         pause_reason=None,
+        rejected_write=None,
         waiting_for="waiting for the status to show the rollback",
     )
 
 
 def _pause(
-    state: RolloutState, reason: str, now: datetime, actions: list[Action], *, actor: str
+    state: RolloutState,
+    reason: str,
+    now: datetime,
+    actions: list[Action],
+    *,
+    actor: str,
+    event: bool = True,
 ) -> RolloutState:
     if actor == "controller":
         actions.append(_audit("rollout.paused", reason, phase=state.phase.value))
-    actions.append(EmitEvent(EventReason.PAUSED, reason, "Warning"))
+    if event:
+        actions.append(EmitEvent(EventReason.PAUSED, reason, "Warning"))
     return replace(
         state.with_phase(Phase.PAUSED, now),
         paused_from=state.phase,
@@ -1020,6 +1133,22 @@ def _resume(
             resumed = replace(resumed, step_reached_at=now)
         else:
             resumed = replace(resumed, traffic_requested_at=now)
+    refused = state.rejected_write
+    if refused is not None:
+        # Send the refused write again (the operator fixed what the apiserver objected to).
+        actions.append(
+            _audit(
+                "traffic.retry",
+                f"resumed: the {refused.purpose} write the apiserver refused "
+                f"({refused.status} {refused.reason}) is sent again",
+                revision=refused.revision,
+                percent=refused.percent,
+            )
+        )
+        actions.append(SetTraffic(refused.revision, refused.percent, refused.purpose))
+        return replace(
+            resumed, rejected_write=None, target_percent=refused.percent, traffic_requested_at=now
+        )
     if back_to is Phase.AWAITING_APPROVAL and (
         resumed.approval is None or resumed.approval.status in {"expired", "rejected"}
     ):
@@ -1130,6 +1259,7 @@ def _finish(
         outcome=reason,
         waiting_for=None,
         paused_from=None,
+        rejected_write=None,
         next_check_at=None,
     )
 

@@ -55,6 +55,7 @@ __all__ = [
     "Phase",
     "RecordAudit",
     "RejectCommand",
+    "RejectedWrite",
     "RequestApproval",
     "Revision",
     "RolloutState",
@@ -65,6 +66,7 @@ __all__ = [
     "Tick",
     "TrafficView",
     "Verdict",
+    "WriteRejected",
     "audit_details",
 ]
 
@@ -140,6 +142,7 @@ class EventReason(StrEnum):
     COMMAND_REJECTED = "CommandRejected"
     OPTED_OUT = "OptedOut"
     MANUAL_ROLLBACK = "ManualRollback"
+    TRAFFIC_WRITE_REJECTED = "TrafficWriteRejected"
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,28 @@ class OptedOut:
     kind: Literal["opted_out"] = "opted_out"
 
 
+@dataclass(frozen=True)
+class WriteRejected:
+    """The apiserver refused a traffic write for good (400, 403, 404 of a target other than
+    the InferenceService, 405, 413, 415, 422): sending it again cannot help. ``status``,
+    ``reason``, ``message`` and ``causes`` are the apiserver's answer."""
+
+    revision: str
+    percent: int
+    purpose: Literal["start", "step", "promote", "rollback", "reassert"]
+    status: int
+    reason: str
+    message: str
+    causes: tuple[str, ...] = ()
+    kind: Literal["write_rejected"] = "write_rejected"
+
+    def describe(self) -> str:
+        text = f"{self.status} {self.reason}: {self.message or '(no message)'}"
+        if self.causes and not all(cause in self.message for cause in self.causes):
+            text += f" [{'; '.join(self.causes)}]"
+        return text
+
+
 Observation = (
     ServiceObserved
     | ServiceDeleted
@@ -289,6 +314,7 @@ Observation = (
     | ApprovalDecision
     | ChangeOpened
     | ManualCommand
+    | WriteRejected
 )
 
 # ---------------------------------------------------------------------------------------
@@ -405,6 +431,20 @@ class LastVerdict:
 
 
 @dataclass(frozen=True)
+class RejectedWrite:
+    """A traffic write the apiserver refused for good; the rollout is paused on it, and a
+    resume sends it again."""
+
+    revision: str
+    percent: int
+    purpose: Literal["start", "step", "promote", "reassert"]
+    status: int
+    reason: str
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class RolloutState:
     rollout_id: str
     namespace: str
@@ -432,6 +472,8 @@ class RolloutState:
     # After the rollout ended: the share last seen and recorded for the watched revision
     # (canary.aftercare), so a change is recorded once, not on every resync.
     watched_percent: int | None = None
+    # Paused because the apiserver refused this write; resuming sends it again.
+    rejected_write: RejectedWrite | None = None
     history: tuple[str, ...] = field(default=())  # phases visited, for status and tests
 
     @property

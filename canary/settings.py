@@ -130,14 +130,6 @@ class Settings(BaseSettings):
         description="The range of the values shown and judged against absolute and hard limits "
         "(5xx ratio, p99, request rate), shared by every rollout.",
     )
-    servicenow_url: str | None = None
-    servicenow_user: str | None = None
-    servicenow_password: SecretStr | None = None
-    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        default=(),
-        description="Signing secrets for approval webhooks (comma-separated); several allow "
-        "rotation.",
-    )
     http_port: int = Field(default=8443, ge=0, le=65535, description="0 picks a free port.")
     http_host: str = "0.0.0.0"  # noqa: S104 - the pod's address; probes and webhooks reach it
     tls_cert_file: Path | None = Field(
@@ -255,18 +247,11 @@ class Settings(BaseSettings):
         "or when this replica holds the Lease but cannot act on it (its epoch refused or "
         "never recorded), so Kubernetes restarts it and the Lease goes to a replica that can.",
     )
-    audit_retention_days: int = Field(
-        default=7 * 365,
-        ge=25 * 31,
-        description="How long audit records must be kept. Reg B requires 25 months; many "
-        "firms keep 7 years. There is no delete API; this drives archiving only.",
-    )
 
     @field_validator(
         "namespaces",
         "kserve_annotation_disallowed",
         "kserve_label_disallowed",
-        "webhook_secrets",
         "standard_route_hostnames",
         mode="before",
     )

@@ -108,12 +108,19 @@ MUTATING_WEBHOOK_CONFIGURATION = ResourceKind(
 
 
 class KubeError(Exception):
-    """An error answer from the apiserver (or none at all)."""
+    """An error answer from the apiserver (or none at all).
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    ``reason`` and ``message`` are the ``Status`` object's (or, for a body that is not a
+    Status, the HTTP reason phrase and the body's text); ``causes`` are its
+    ``details.causes`` as ``field: message`` (``message`` alone when no field is named)."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, *, causes: Sequence[str] = ()
+    ) -> None:
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = tuple(causes)
         super().__init__(f"{status} {reason}: {message}")
 
 
@@ -167,20 +174,42 @@ _BY_STATUS: Mapping[int, type[KubeError]] = {
 }
 
 
+_MAX_BODY = 1000  # characters of a body that is not a Status kept as the message
+
+
+def _causes(payload: Mapping[str, Any]) -> list[str]:
+    details = payload.get("details")
+    found = details.get("causes") if isinstance(details, Mapping) else None
+    causes: list[str] = []
+    for cause in found if isinstance(found, list) else []:
+        if not isinstance(cause, Mapping):
+            continue
+        where, what = str(cause.get("field") or ""), str(cause.get("message") or "")
+        text = f"{where}: {what}" if where and what else where or what
+        if text:
+            causes.append(text)
+    return causes
+
+
 def _error(status: int, data: bytes | str | None, default_reason: str) -> KubeError:
-    reason, message = default_reason, ""
+    reason, message, causes = default_reason, "", []
     if data:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         try:
-            payload = json.loads(data)
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        if isinstance(payload, Mapping) and (payload.get("message") or payload.get("reason")):
             reason = str(payload.get("reason") or default_reason)
             message = str(payload.get("message") or "")
-        except (ValueError, AttributeError):
-            message = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+            causes = _causes(payload)
+        else:  # not a Status (a proxy's page, a bare string): keep the text itself
+            message = text.strip()[:_MAX_BODY]
     if status == 409 and reason == "AlreadyExists":
-        return AlreadyExists(status, reason, message)
+        return AlreadyExists(status, reason, message, causes=causes)
     if status == 429 or status >= 500 or status == 0:
-        return Unavailable(status, reason, message)
-    return _BY_STATUS.get(status, KubeError)(status, reason, message)
+        return Unavailable(status, reason, message, causes=causes)
+    return _BY_STATUS.get(status, KubeError)(status, reason, message, causes=causes)
 
 
 @dataclass(frozen=True)
@@ -338,6 +367,12 @@ class KubeClient:
         self.timeout = float(timeout)
         self._gate: WriteGate | None = None
         self._token: _TokenFile | None = None  # in-cluster: the ServiceAccount token's file
+        self._write_retried: Callable[[], None] | None = None
+
+    def count_write_retries(self, counter: Callable[[], None] | None) -> None:
+        """Call ``counter()`` each time this client sends a write again by itself (today:
+        a write refused with 401 while the token file rotated under it)."""
+        self._write_retried = counter
 
     def gate_writes(self, gate: WriteGate | None) -> None:
         """Check ``gate(kind)`` before every write (``None`` removes the check)."""
@@ -483,6 +518,8 @@ class KubeClient:
             if fresh != token:  # the kubelet rotated the token while the request was out
                 response.read()
                 log.info("kube.token_rotated", method=method, path=path)
+                if method != "GET" and self._write_retried is not None:
+                    self._write_retried()
                 response = self._send(method, path, query, body, content_type, timeout, fresh)
         if stream and 200 <= response.status < 300:
             return response.response

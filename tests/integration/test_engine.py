@@ -37,12 +37,20 @@ from canary.audit import (
 )
 from canary.engine import Engine, RolloutAnalyzer, RolloutDocument
 from canary.k8s.client import Conflict, KubeClient, KubeError, NotFound, ResourceKind, Unavailable
+from canary.metrics import ControllerMetrics
 from canary.model import Revision, SetTraffic, TrafficView
 from canary.policy import PolicySet, RolloutPolicy
 from canary.routing.base import Observed, TrafficRouter
 from tests.conftest import Database
+from tests.unit.test_controller_metrics import value
 from tests.unit.test_looks import FakePrometheus
 from tests.unit.test_looks import Revision as Served
+
+
+def metrics_value(metrics: ControllerMetrics, metric: str, *where: str) -> float | None:
+    labels = dict(zip(("namespace", "name"), where, strict=False))
+    return value(metrics, metric, **labels)
+
 
 pytestmark = pytest.mark.integration
 
@@ -1386,3 +1394,131 @@ def test_an_opt_outs_return_to_stable_survives_a_conflict_and_a_minted_revision(
     assert (row.phase, row.active) == ("OptedOut", False)
     assert "traffic.abandoned" not in rig.actions()
     intents_precede_outcomes(rig)
+
+
+# ---------------------------------------------------------------------------------------
+# Writes the apiserver refuses for good (422 Invalid and its kin)
+# ---------------------------------------------------------------------------------------
+
+INVALID = KubeError(
+    422,
+    "Invalid",
+    'InferenceService.serving.kserve.io "scorer" is invalid: spec.predictor.'
+    "canaryTrafficPercent: Invalid value: 10: refused by policy",
+    causes=("spec.predictor.canaryTrafficPercent: Invalid value: 10: refused by policy",),
+)
+
+
+def observed_rig(store: AuditStore) -> tuple[Rig, Events, ControllerMetrics]:
+    """A rig whose engine emits Events and feeds the controller's metrics."""
+    rig = make_rig(store)
+    events, metrics = Events(), ControllerMetrics()
+    rig.engine = Engine(
+        store=store,
+        kube=cast(KubeClient, FakeKube(rig.cluster)),
+        routers={"knative": cast(TrafficRouter, rig.router)},
+        policies=lambda: POLICIES,
+        leadership=lambda: rig.fence,
+        clock=rig.clock,
+        instance="pod-a",
+        events=events,
+        metrics=metrics,
+    )
+    return rig, events, metrics
+
+
+def test_a_refused_first_step_fails_the_intent_pauses_and_writes_nothing_until_resumed(
+    lite_store: AuditStore,
+) -> None:
+    rig, events, _ = observed_rig(lite_store)
+    rig.cluster.view = new_revision_view()
+    rig.router.failures = [INVALID]
+
+    wake = rig.engine.reconcile(NS, NAME)
+
+    (intent,) = rig.records("traffic.intent")
+    (failed,) = rig.records("traffic.failed")
+    assert failed.correlation_id == intent.correlation_id
+    assert failed.evidence["status"] == 422
+    assert failed.evidence["api_reason"] == "Invalid"
+    assert failed.evidence["api_message"] == INVALID.message
+    assert failed.evidence["causes"] == list(INVALID.causes)
+    assert "refused by policy" in (failed.reason or "")
+    assert rig.actions()[-1] == "rollout.paused"
+    row = rig.last_rollout()
+    assert (row.phase, row.state["pending"], wake) == ("Paused", [], None)
+    assert [(r, t) for r, _, t in events.seen][-1] == ("TrafficWriteRejected", "Warning")
+    assert INVALID.message in events.seen[-1][1]
+    assert rig.router.written == []
+
+    # Time passes and the controller restarts: the pause and its reason are still there,
+    # and nothing is written again.
+    rig.clock.advance(600)
+    restarted, router = rig.leader("pod-b", 2)
+    restarted.reconcile(NS, NAME)
+    assert router.attempts == []
+    row = rig.last_rollout()
+    assert row.phase == "Paused"
+    assert "422 Invalid" in row.state["machine"]["pause_reason"]
+    assert row.state["machine"]["rejected_write"]["status"] == 422
+
+    # The operator fixed the cause and resumes: the refused write is sent again.
+    rig.fence = Fence(LEASE, "pod-b", 2)
+    assert restarted.run_command(rig.command("resume"))[0] == "accepted"
+    assert router.written == [SetTraffic(R2, 10, "start")]
+    assert rig.last_rollout().phase == "Pending"
+    intents_precede_outcomes(rig)
+
+
+def test_a_refused_promotion_leaves_the_traffic_at_the_last_step(lite_store: AuditStore) -> None:
+    rig, events, metrics = observed_rig(lite_store)
+    rig.to_first_step()
+    rig.router.failures = [INVALID]
+
+    assert rig.engine.run_command(rig.command("promote"))[0] == "accepted"
+
+    assert rig.router.written == [SetTraffic(R2, 10, "start")]
+    assert rig.cluster.view.spec_percent == 10
+    row = rig.last_rollout()
+    assert row.phase == "Paused"
+    assert row.state["machine"]["paused_from"] == "Promoting"
+    assert row.state["machine"]["target_percent"] == 10
+    assert "TrafficWriteRejected" in [r for r, _, _ in events.seen]
+    weight = metrics_value(metrics, "kserve_canary_canary_weight_percent", NS, NAME)
+    assert weight == 10, "the weight shown is the one in force, not the refused 100"
+
+
+def test_a_refused_rollback_is_retried_reported_once_and_counted(lite_store: AuditStore) -> None:
+    rig, events, metrics = observed_rig(lite_store)
+    rig.to_first_step()
+    rig.router.failures = [INVALID, INVALID, INVALID]
+
+    rig.engine.run_command(rig.command("abort"))
+    for _ in range(3):  # within the traffic timeout: the same intent, sent again
+        rig.clock.advance(10)
+        rig.engine.reconcile(NS, NAME)
+
+    assert rig.last_rollout().phase in ("RollingBack", "Aborted")
+    assert rig.router.attempts.count(SetTraffic(R2, 0, "rollback")) == 4
+    assert rig.router.written == [SetTraffic(R2, 10, "start"), SetTraffic(R2, 0, "rollback")]
+    assert len(rig.records("traffic.rejected")) == 1, "the same refusal is recorded once"
+    assert rig.records("traffic.failed") == [], "a rollback is never given up"
+    assert [r for r, _, _ in events.seen].count("TrafficWriteRejected") == 1
+    assert metrics_value(metrics, "kserve_canary_kube_write_retries_total") == 3
+
+
+def test_a_retryable_failure_is_still_retried_and_counted(lite_store: AuditStore) -> None:
+    rig, events, metrics = observed_rig(lite_store)
+    rig.cluster.view = new_revision_view()
+    rig.router.failures = [Unavailable(500, "InternalError", "etcdserver: leader changed")]
+
+    wake = rig.engine.reconcile(NS, NAME)
+    assert metrics_value(metrics, "kserve_canary_kube_write_retries_total") == 0
+    assert wake is not None
+    rig.clock.now = wake
+    rig.engine.reconcile(NS, NAME)
+
+    assert rig.router.written == [SetTraffic(R2, 10, "start")]
+    assert rig.records("traffic.failed") == []
+    assert "TrafficWriteRejected" not in [r for r, _, _ in events.seen]
+    assert metrics_value(metrics, "kserve_canary_kube_write_retries_total") == 1

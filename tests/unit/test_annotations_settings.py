@@ -73,11 +73,13 @@ def test_settings_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         "log_level: debug\n"
     )
     monkeypatch.setenv("KSC_LOG_LEVEL", "warning")  # the environment beats the file
-    monkeypatch.setenv("KSC_WEBHOOK_SECRETS", "old-secret,new-secret")
+    monkeypatch.setenv("KSC_PROMETHEUS_BEARER_TOKEN", "old-secret")
     settings = load_settings(config)
     assert settings.log_level == "warning"
     assert settings.namespaces == ("fraud", "credit")
-    assert [s.get_secret_value() for s in settings.webhook_secrets] == ["old-secret", "new-secret"]
+    token = settings.prometheus_bearer_token
+    assert token is not None
+    assert token.get_secret_value() == "old-secret"
     assert "hunter2" not in repr(settings)
     assert "old-secret" not in repr(settings)
     assert settings.database_url.get_secret_value().endswith("@db/audit")
@@ -101,9 +103,16 @@ def test_settings_errors_name_the_setting_and_hide_secrets(
         load_settings(tmp_path / "absent.yaml")
 
 
-def test_audit_retention_cannot_go_below_reg_b() -> None:
-    with pytest.raises(SettingsError, match="audit_retention_days"):
-        load_settings(audit_retention_days=30)
+@pytest.mark.parametrize(
+    "removed", ["audit_retention_days", "servicenow_url", "servicenow_password", "webhook_secrets"]
+)
+def test_a_setting_that_did_nothing_is_gone_and_refused_by_name(
+    tmp_path: Path, removed: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"{removed}: x\n")
+    with pytest.raises(SettingsError, match=f"setting {removed}: unknown setting"):
+        load_settings(config)
 
 
 @pytest.mark.parametrize("environment", ["production", "development"])

@@ -21,7 +21,9 @@ from structlog.testing import capture_logs
 
 from canary.app import build
 from canary.k8s.client import NAMESPACE, KubeClient, KubeConfigError, Unauthorized
+from canary.metrics import ControllerMetrics
 from canary.settings import load_settings
+from tests.unit.test_controller_metrics import value as metric_value
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = "kserve-canary/1.2.3"
@@ -332,3 +334,32 @@ def test_a_token_that_names_no_service_account_leaves_the_user_unknown(
     (pod / "token").write_text(token)
     with in_cluster(pod) as kube:
         assert kube.user is None
+
+
+@pytest.mark.parametrize(
+    ("rotate", "write", "counted"),
+    [
+        pytest.param(True, True, 1, id="a-write-sent-again-after-a-rotation"),
+        pytest.param(True, False, 0, id="a-read-sent-again-is-not-a-write-retry"),
+        pytest.param(False, True, 0, id="a-first-time-success"),
+    ],
+)
+def test_a_write_sent_again_after_a_rotation_counts_as_a_write_retry(
+    pod: Path, monkeypatch: pytest.MonkeyPatch, rotate: bool, write: bool, counted: int
+) -> None:
+    def kubelet_rotates(token: str) -> None:
+        if rotate and token == TOKEN_A:
+            (pod / "token").write_text(TOKEN_B)
+
+    metrics = ControllerMetrics()
+    accepted = TOKEN_B if rotate else TOKEN_A
+    apiserver = FakeApiserver(accept=lambda token: token == accepted, on_request=kubelet_rotates)
+    with in_cluster(pod) as kube:
+        kube.count_write_retries(metrics.record_kube_write_retry)
+        serve(kube, monkeypatch, apiserver)
+        if write:
+            kube.patch(NAMESPACE, None, "default", {"metadata": {"labels": {"a": "b"}}})
+        else:
+            kube.get(NAMESPACE, None, "default")
+    assert len(apiserver.tokens) == (2 if rotate else 1)
+    assert metric_value(metrics, "kserve_canary_kube_write_retries_total") == counted

@@ -78,6 +78,7 @@ deps: venv system-deps testbed-binaries
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --failure-threshold warning deploy/Dockerfile
 
 .PHONY: typecheck
 typecheck: venv

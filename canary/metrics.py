@@ -15,7 +15,10 @@ Series:
 * ``kserve_canary_tick_lag_seconds``: how late a scheduled rollout check ran;
 * ``kserve_canary_kube_write_retries_total``: Kubernetes writes retried;
 * ``kserve_canary_admission_reviews_total{result}``: admission answers (allowed, patched,
-  denied, error).
+  denied, error);
+* ``kserve_canary_certificate_reloads_total``: serving certificates loaded after a rotation;
+* ``kserve_canary_certificate_reload_failures_total``: rotated files that did not load as a
+  pair (the previous certificate is still served; retried on the next poll).
 """
 
 from __future__ import annotations
@@ -91,6 +94,17 @@ class ControllerMetrics:
             ["result"],
             registry=r,
         )
+        self._certificate_reloads = Counter(
+            "kserve_canary_certificate_reloads",
+            "Serving certificates loaded after the mounted files changed (a rotation).",
+            registry=r,
+        )
+        self._certificate_reload_failures = Counter(
+            "kserve_canary_certificate_reload_failures",
+            "Changed serving certificate files that did not load as a pair; the previous "
+            "certificate is still served.",
+            registry=r,
+        )
         self._phases_seen: set[str] = {phase.value for phase in Phase}
         for phase in self._phases_seen:
             self._rollouts.labels(phase=phase).set(0)
@@ -141,6 +155,12 @@ class ControllerMetrics:
         if result not in ADMISSION_RESULTS:
             raise ValueError(f"unknown admission result {result!r}; allowed: {ADMISSION_RESULTS}")
         self._admission.labels(result=result).inc()
+
+    def record_certificate_reload(self) -> None:
+        self._certificate_reloads.inc()
+
+    def record_certificate_reload_failure(self) -> None:
+        self._certificate_reload_failures.inc()
 
     # --- exposition ------------------------------------------------------------------------
 

@@ -13,8 +13,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The venv is rebuilt only when the lock or the package metadata change.
-VENV_STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+# Two hash-pinned locks: requirements-runtime.lock is what the installed product needs (the
+# image installs it alone); requirements-dev.lock is the same pins plus the development tools
+# (the venv installs it). The venv is rebuilt only when a lock or the package metadata change.
+LOCKS := requirements-runtime.lock requirements-dev.lock
+VENV_STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real. PostgreSQL's server binaries live in
 # /usr/lib/postgresql/<major>/bin; the test harness starts its own private cluster.
@@ -33,14 +36,14 @@ help:
 	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
 	@echo "make bench-sandbox   time the test bed's start and stop"
 	@echo "make bench-judgement   decision quality of ours vs Flagger- and Kayenta-style judges"
-	@echo "make lock   re-resolve requirements.lock from pyproject.toml"
+	@echo "make lock   re-resolve requirements-runtime.lock and requirements-dev.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
 
-$(VENV_STAMP): requirements.lock pyproject.toml
+$(VENV_STAMP): $(LOCKS) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version)'
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -75,6 +78,7 @@ deps: venv system-deps testbed-binaries
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --failure-threshold warning deploy/Dockerfile
 
 .PHONY: typecheck
 typecheck: venv
@@ -122,11 +126,18 @@ sandbox-down: venv
 
 # --- maintenance ----------------------------------------------------------------------------
 
+# The runtime lock first; the dev lock is then resolved with it as a constraint, so every
+# package the two share has the same pin (tests/unit/test_locks.py checks it). Existing pins
+# are kept unless pyproject.toml asks otherwise (pip-compile --upgrade moves them).
+PIP_COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-find-links
+
 .PHONY: lock
 lock: venv
 	$(BIN)/python -m pip install --quiet pip-tools
-	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --extra dev --strip-extras \
-		-o requirements.lock pyproject.toml
+	$(PIP_COMPILE) -o requirements-runtime.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev --constraint requirements-runtime.lock \
+		-o requirements-dev.lock pyproject.toml
 
 .PHONY: clean
 clean:

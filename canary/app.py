@@ -215,5 +215,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         port=settings.http_port,
         certfile=settings.tls_cert_file,
         keyfile=settings.tls_key_file,
+        reload_interval=settings.tls_reload_seconds,
+        metrics=metrics,
     )
     return Application(settings, controller, server, store, kube, health, metrics)

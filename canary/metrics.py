@@ -18,7 +18,10 @@ Series:
   denied, error);
 * ``kserve_canary_operator_requests_total{command,outcome}``: operator API commands by
   outcome (accepted, pending, rejected, failed, denied, unauthenticated, invalid,
-  unavailable).
+  unavailable);
+* ``kserve_canary_certificate_reloads_total``: serving certificates loaded after a rotation;
+* ``kserve_canary_certificate_reload_failures_total``: rotated files that did not load as a
+  pair (the previous certificate is still served; retried on the next poll).
 """
 
 from __future__ import annotations
@@ -102,6 +105,17 @@ class ControllerMetrics:
             ["command", "outcome"],
             registry=r,
         )
+        self._certificate_reloads = Counter(
+            "kserve_canary_certificate_reloads",
+            "Serving certificates loaded after the mounted files changed (a rotation).",
+            registry=r,
+        )
+        self._certificate_reload_failures = Counter(
+            "kserve_canary_certificate_reload_failures",
+            "Changed serving certificate files that did not load as a pair; the previous "
+            "certificate is still served.",
+            registry=r,
+        )
         self._phases_seen: set[str] = {phase.value for phase in Phase}
         for phase in self._phases_seen:
             self._rollouts.labels(phase=phase).set(0)
@@ -158,6 +172,12 @@ class ControllerMetrics:
         if outcome not in OPERATOR_OUTCOMES:
             raise ValueError(f"unknown operator outcome {outcome!r}; allowed: {OPERATOR_OUTCOMES}")
         self._operator.labels(command=command, outcome=outcome).inc()
+
+    def record_certificate_reload(self) -> None:
+        self._certificate_reloads.inc()
+
+    def record_certificate_reload_failure(self) -> None:
+        self._certificate_reload_failures.inc()
 
     # --- exposition ------------------------------------------------------------------------
 

@@ -7,10 +7,14 @@ once the server listens; a bad certificate or a taken port raises there, in the 
 
 With ``certfile`` and ``keyfile`` it serves HTTPS, which the apiserver requires of
 admission webhooks; without them plain HTTP (probes and scrapes on a private network, tests).
+While it serves HTTPS it watches the two files (every ``reload_interval`` seconds, on the
+server's event loop) and loads a rotated pair into the TLS context it serves from, so new
+connections get the new certificate without a restart (:mod:`canary.tls_reload`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -20,6 +24,9 @@ from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from canary.metrics import ControllerMetrics
+from canary.tls_reload import CertificateReloader
 
 __all__ = ["HttpServer", "HttpServerError"]
 
@@ -41,11 +48,15 @@ class HttpServer:
         keyfile: Path | None,
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
+        reload_interval: float = 5.0,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ValueError("TLS needs both certfile and keyfile (or neither, for plain HTTP)")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {port}")
+        if reload_interval <= 0:
+            raise ValueError(f"reload_interval must be positive, not {reload_interval}")
         self._app = app
         self._host = host
         self._requested_port = port
@@ -53,6 +64,10 @@ class HttpServer:
         self._keyfile = keyfile
         self._startup_timeout = startup_timeout
         self._shutdown_timeout = shutdown_timeout
+        self._reload_interval = reload_interval
+        self._metrics = metrics
+        self._reloader: CertificateReloader | None = None
+        self._watching = False
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -69,6 +84,17 @@ class HttpServer:
         if self._port is None:
             raise RuntimeError("the server has not been started")
         return self._port
+
+    @property
+    def certificate_reloader(self) -> CertificateReloader | None:
+        """The watcher of the certificate files (HTTPS only, once started)."""
+        return self._reloader
+
+    @property
+    def watching_certificates(self) -> bool:
+        """True while the certificate files are being watched (HTTPS, between start and
+        stop)."""
+        return self._watching
 
     @property
     def running(self) -> bool:
@@ -92,10 +118,20 @@ class HttpServer:
             server_header=False,
             timeout_graceful_shutdown=int(self._shutdown_timeout) or 1,
         )
+        reloader = None
+        if self._certfile is not None and self._keyfile is not None:
+            # read before the first load: a rotation in between is then seen on the first poll
+            reloader = CertificateReloader(
+                None, self._certfile, self._keyfile, metrics=self._metrics
+            )
         try:
             config.load()  # reads the certificate and key: their errors surface here
         except (OSError, ValueError) as exc:
             raise HttpServerError(f"cannot load the TLS certificate or key: {exc}") from exc
+        if reloader is not None:
+            assert config.ssl is not None
+            reloader.attach(config.ssl)  # the context every new connection is wrapped with
+        self._reloader = reloader
         sock = self._bind()
         self._socket = sock
         self._port = int(sock.getsockname()[1])
@@ -138,9 +174,25 @@ class HttpServer:
 
     def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
         try:
-            server.run(sockets=[sock])
+            with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+                runner.run(self._serve(server, sock))
         except BaseException as exc:  # uvicorn exits a failed start with SystemExit
             self._error = exc
+
+    async def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        """uvicorn's serve, with the certificate watcher beside it on the same loop."""
+        watcher = None
+        if self._reloader is not None:
+            watcher = asyncio.create_task(self._reloader.watch(self._reload_interval))
+            self._watching = True
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+                self._watching = False
 
     def stop(self) -> None:
         """Finish in-flight requests (up to ``shutdown_timeout``), then close; idempotent."""

@@ -138,6 +138,15 @@ class Settings(BaseSettings):
         "HTTPS only, so production sets it; without it the server speaks plain HTTP.",
     )
     tls_key_file: Path | None = None
+    tls_reload_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often the serving certificate and key files are compared with the "
+        "pair being served. A rotated pair (cert-manager renewing the Secret, the kubelet "
+        "swapping the mounted files) is loaded for new connections without a restart; a pair "
+        "that does not load keeps the previous one served and is tried again next time.",
+    )
     kubeconfig: Path | None = Field(
         default=None,
         description="Kubeconfig file. Empty: the file KUBECONFIG names, else ~/.kube/config, "

@@ -14,7 +14,11 @@ simulators, real Prometheus) and a private PostgreSQL, runs the controller exact
   real MutatingWebhookConfiguration with the test bed's CA) adds the first step to that
   very write, so the new revision never gets more than 10% before analysis.
 
-The first three start with ``canary rollout start`` (one write: new model + first step).
+The first three start with ``canary rollout start`` (one write: new model + first step),
+sent to the controller's operator API with the token of ``release-manager``, a
+ServiceAccount bound to the ``kserve-canary-operator`` ClusterRole: the apiserver says who
+is acting and RBAC decides. Before that, ``intern`` (bound only to the viewer role) tries
+to promote and is refused; the refusal is in the audit trail.
 Progress is printed live, with each check's distance to a decision; at the end a summary
 is read back from the audit database, with the evaluation that decided each rollout and
 its evidence (values, counts, e-value against its threshold, query, response digest), and
@@ -36,14 +40,21 @@ from functools import partial
 from pathlib import Path
 
 from analysis.sequential_check import describe
+from canary.access import cluster_roles
 from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
 from canary.audit import AuditRecord, AuditStore, upgrade_to_head
 from canary.engine import RolloutDocument, check_definitions
-from canary.k8s.client import INFERENCE_SERVICE, KubeClient
+from canary.k8s.client import (
+    INFERENCE_SERVICE,
+    SERVICE_ACCOUNT,
+    AlreadyExists,
+    KubeClient,
+    ResourceKind,
+)
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.log import configure_logging
-from canary.ops import submit_command
+from canary.remote import OperatorClient
 from canary.settings import load_settings
 from testbed.behaviour import LatencyProfile, ModelBehaviour
 from testbed.postgres import PostgresServer
@@ -247,6 +258,47 @@ def _show_evidence(record: AuditRecord) -> None:
         _say(f"    {'':12} response sha256 {m.response_digest[:16]}...")
 
 
+_RBAC = "rbac.authorization.k8s.io"
+_CLUSTER_ROLE = ResourceKind(_RBAC, "v1", "clusterroles", "ClusterRole", namespaced=False)
+_ROLE = ResourceKind(_RBAC, "v1", "roles", "Role")
+_ROLE_BINDING = ResourceKind(_RBAC, "v1", "rolebindings", "RoleBinding")
+
+
+def _operators(kube: KubeClient) -> dict[str, str]:
+    """Two people, as ServiceAccounts: ``release-manager`` (the operator role, and may
+    patch InferenceServices) and ``intern`` (the viewer role). Their tokens."""
+    for cluster_role in cluster_roles():
+        kube.apply(_CLUSTER_ROLE, None, cluster_role, field_manager="demo")
+    editor = {
+        "apiVersion": f"{_RBAC}/v1",
+        "kind": "Role",
+        "metadata": {"name": "isvc-editor", "namespace": NAMESPACE},
+        "rules": [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                   "verbs": ["get", "patch"]}],
+    }  # fmt: skip
+    kube.apply(_ROLE, NAMESPACE, editor, field_manager="demo")
+    grants = {
+        "release-manager": [("ClusterRole", "kserve-canary-operator"), ("Role", "isvc-editor")],
+        "intern": [("ClusterRole", "kserve-canary-viewer")],
+    }
+    tokens: dict[str, str] = {}
+    for who, roles in grants.items():
+        with contextlib.suppress(AlreadyExists):
+            kube.create(SERVICE_ACCOUNT, NAMESPACE, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                     "metadata": {"name": who}})  # fmt: skip
+        for kind, role in roles:
+            binding = {
+                "apiVersion": f"{_RBAC}/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": f"{who}-{role}", "namespace": NAMESPACE},
+                "roleRef": {"apiGroup": _RBAC, "kind": kind, "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": who, "namespace": NAMESPACE}],
+            }
+            kube.apply(_ROLE_BINDING, NAMESPACE, binding, field_manager="demo")
+        tokens[who] = kube.request_token(NAMESPACE, who, expiration_seconds=3600)
+    return tokens
+
+
 def _summary(store: AuditStore, final: dict[str, RolloutDocument]) -> bool:
     ok = True
     _say("\nWhat the audit database says")
@@ -277,6 +329,15 @@ def _summary(store: AuditStore, final: dict[str, RolloutDocument]) -> bool:
         verdict = "as expected" if state.phase.value == scenario.expect else "UNEXPECTED"
         _say(f"  => {state.phase.value} ({verdict})")
         ok = ok and state.phase.value == scenario.expect
+    for record in records:
+        entry = record.entry
+        if entry.action == "manual.denied":
+            _say(f"\n#{record.seq} manual.denied: {entry.reason}")
+            _say(f"  recorded as {entry.actor.id} (uid {entry.actor.uid}, groups "
+                 f"{', '.join(entry.actor.groups)})")  # fmt: skip
+        if entry.action == "traffic.intent" and entry.evidence.get("purpose") == "start":
+            obj = entry.obj.name if entry.obj else "?"
+            _say(f"\n#{record.seq} {obj} started by {entry.actor.id} (uid {entry.actor.uid})")
     report = store.verify()
     if report.ok:
         _say(f"\naudit chain intact: {report.records_checked} records, head {report.head_hash}")
@@ -352,7 +413,15 @@ def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
             url=f"{application.url}{ADMISSION_PATH}",
         )
         _wait("the apiserver to call the webhook", partial(_webhook_active, kube), 30)
-        with AuditStore.from_url(url) as store:
+        tokens = _operators(kube)
+        api = partial(OperatorClient, application.url, ca_file=cluster.ca_path)
+        with api(tokens["intern"]) as client:
+            _say(f"$ canary promote fraud-healthy -n {NAMESPACE} --reason 'looks fine'   "
+                 "# as intern (viewer only)")  # fmt: skip
+            answer = client.command(NAMESPACE, "fraud-healthy", "promote",
+                                    reason="looks fine", wait=5)  # fmt: skip
+            _say(f"  refused (HTTP {answer.status}): {answer.error}")
+        with AuditStore.from_url(url) as store, api(tokens["release-manager"]) as client:
             for scenario in SCENARIOS:
                 uri = _uri(scenario, "v2")
                 if scenario.gitops:
@@ -363,18 +432,14 @@ def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
                     percent = stored["spec"]["predictor"].get("canaryTrafficPercent")
                     _say(f"  stored with canaryTrafficPercent={percent} (added by the webhook)")
                     continue
-                _say(f"$ canary rollout start {NAMESPACE}/{scenario.name} --storage-uri {uri}")
-                result = submit_command(
-                    store,
-                    namespace=NAMESPACE,
-                    name=scenario.name,
-                    command="start",
-                    actor="demo-user",
-                    reason=f"deploy {scenario.name} v2",
-                    args={"storage_uri": uri},
-                    wait=30,
-                )
-                _say(f"  {result.state}: {result.result}")
+                _say(f"$ canary rollout start {scenario.name} -n {NAMESPACE} --storage-uri {uri} "
+                     f"--reason 'deploy v2'   # as release-manager")  # fmt: skip
+                answer = client.command(NAMESPACE, scenario.name, "start",
+                                        reason=f"deploy {scenario.name} v2", wait=30,
+                                        storage_uri=uri)  # fmt: skip
+                who = (answer.body.get("caller") or {}).get("username", "?")
+                outcome = answer.body.get("state", f"HTTP {answer.status}")
+                _say(f"  {outcome} (as {who}): {answer.body.get('result') or answer.error}")
             _say("\nLive progress")
             started = time.monotonic()
             final = _progress(store, started, timeout)

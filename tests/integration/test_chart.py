@@ -587,6 +587,23 @@ def test_the_service_monitor_scrapes_metrics_over_https_with_the_serving_ca(
     assert only(own, "ConfigMap", ca["name"])["data"][ca["key"]].strip() == CA_ONE.decode().strip()
 
 
+def test_the_notes_say_how_to_reach_the_api_and_verify(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))  # a client dry run
+    result = subprocess.run(
+        [str(helm.path), "install", "kserve-canary", str(CHART), "--namespace", "ops",
+         "--dry-run=client"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n ops port-forward service/kserve-canary 8443:8443" in notes
+    assert "kubectl -n ops rollout status deployment/kserve-canary" in notes
+    assert "https://kserve-canary.ops.svc:8443/readyz" in notes
+    assert "mutatingwebhookconfiguration kserve-canary" in notes
+
+
 # ---------------------------------------------------------------------- RBAC
 
 
@@ -776,7 +793,9 @@ def scoped(values: dict[str, Any], token: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("variant", ["default", "own-secret", "namespaced", "sqlite"])
+@pytest.mark.parametrize(
+    "variant", ["default", "cluster-monitored", "own-secret", "namespaced", "sqlite"]
+)
 def test_the_rendered_chart_is_accepted_by_the_apiserver(
     testbed: Testbed, chart_crds: None, helm: Tool, variant: str, tmp_path: Path
 ) -> None:

@@ -16,7 +16,9 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +44,7 @@ from canary.k8s.client import (
 )
 from canary.policy import load_policies
 from canary.settings import Settings, load_settings
-from testbed.binaries import BuildError, Tool, ensure_helm
+from testbed.binaries import BuildError, Tool, cache_key, ensure_helm, helm_cache_key
 from testbed.testbed import Testbed
 from tests.unit.webhook_pems import CA_ONE
 
@@ -191,6 +193,50 @@ def webhook_render(*args: str) -> dict[str, Any]:
     assert result.exit_code == 0, result.output
     rendered: dict[str, Any] = json.loads(result.output)
     return rendered
+
+
+# ---------------------------------------------------------------------- helm itself
+
+
+def test_helm_is_the_pinned_version_and_a_second_build_only_checks_the_cache(
+    helm: Tool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = subprocess.run(
+        [str(helm.path), "version", "--short"], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.startswith("v4.3.2"), result.stdout + result.stderr
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"ensure_helm ran a command: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setenv("PATH", "")
+    began = time.monotonic()
+    assert ensure_helm() == helm
+    assert time.monotonic() - began < 1.0
+
+
+def test_helm_and_the_control_plane_are_cached_independently(tmp_path: Path) -> None:
+    copy = tmp_path / "go"
+    shutil.copytree(REPO / "testbed" / "go", copy)
+    control_plane = cache_key(copy)[0]
+    before, version = helm_cache_key(copy)
+    assert before.startswith("helm-v4.3.2-")
+    assert version == "v4.3.2"
+    # another helm: a new helm key, the same control-plane key (kube-apiserver not rebuilt)
+    go_mod = copy / "helm" / "go.mod"
+    go_mod.write_text(
+        go_mod.read_text().replace("helm.sh/helm/v4 v4.3.2", "helm.sh/helm/v4 v4.3.3")
+    )
+    bumped = helm_cache_key(copy)[0]
+    assert bumped.startswith("helm-v4.3.3-")
+    assert cache_key(copy)[0] == control_plane
+    # another etcd: a new control-plane key, the same helm key
+    main_go = copy / "etcd" / "main.go"
+    main_go.write_text(main_go.read_text() + "\n// changed\n")
+    assert cache_key(copy)[0] != control_plane
+    assert helm_cache_key(copy)[0] == bumped
 
 
 # ---------------------------------------------------------------------- lint and values

@@ -368,7 +368,8 @@ def test_two_replicas_with_probes_on_the_one_https_port(helm: Tool, tmp_path: Pa
     }  # fmt: skip
     assert container["resources"]["requests"]["cpu"]
     assert container["resources"]["limits"]["memory"]
-    assert container["args"] == ["run"]
+    assert container["command"] == ["canary", "run"]
+    assert "args" not in container
     spec = deployment["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == FULLNAME
     # replicas land on different nodes where they can
@@ -530,7 +531,8 @@ def test_the_migration_hook_runs_canary_db_upgrade_on_the_same_database(
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     spec = job["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    assert container["args"] == ["db", "upgrade"]
+    assert container["command"] == ["canary", "db", "upgrade"]
+    assert "args" not in container
     assert (
         container["image"]
         == only(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]

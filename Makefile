@@ -61,8 +61,8 @@ ifneq ($(MISSING_DEBS),)
 endif
 	@command -v go >/dev/null || { echo "Go (1.26 or newer) is needed to build the test bed's kube-apiserver and etcd; this machine has none" >&2; exit 1; }
 
-# kube-apiserver and etcd, compiled from Go modules once per machine into a cache outside
-# the repository (several minutes the first time; a second run only checks the cache).
+# kube-apiserver, etcd and helm (for the chart's tests), compiled from Go modules once per
+# machine into a cache outside the repository (several minutes the first time; a second run only checks the cache).
 # `python -m testbed` is the test bed's own command line: testbed/ is development-only and
 # not installed with the product, so it is found from the repository root, where make runs.
 .PHONY: testbed-binaries

@@ -1,6 +1,7 @@
 """``python -m testbed``: the local test bed's commands (development only, not in the product).
 
-    python -m testbed build     build (or reuse) kube-apiserver and etcd, fetch (or reuse) the CRDs
+    python -m testbed build     build (or reuse) kube-apiserver, etcd and helm, fetch (or reuse)
+                                the CRDs
     python -m testbed up        start the test bed in the background and print how to reach it
     python -m testbed status    which parts are running
     python -m testbed down      stop every process of the test bed
@@ -41,19 +42,21 @@ def main() -> None:
 
 @main.command("build")
 def build() -> None:
-    """Build (or reuse) the kube-apiserver and etcd binaries for this machine, and fetch (or
-    reuse) the CRDs from their pinned Go modules."""
-    from testbed.binaries import BuildError, ensure_built
+    """Build (or reuse) the kube-apiserver and etcd binaries and helm (for the chart's tests)
+    for this machine, and fetch (or reuse) the CRDs from their pinned Go modules."""
+    from testbed.binaries import BuildError, ensure_built, ensure_helm
     from testbed.crds import ensure_crds
 
     try:
         binaries = ensure_built(log=lambda line: click.echo(line, err=True))
+        helm = ensure_helm(log=lambda line: click.echo(line, err=True))
         crds = ensure_crds(log=lambda line: click.echo(line, err=True))
     except BuildError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
     click.echo(f"kube-apiserver: {binaries.kube_apiserver}")
     click.echo(f"etcd:           {binaries.etcd}")
+    click.echo(f"helm:           {helm.path} ({helm.version})")
     click.echo(f"CRDs:           {crds}")
 
 

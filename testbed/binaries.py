@@ -1,19 +1,24 @@
-"""Build, or reuse, the kube-apiserver and etcd binaries of the local test bed.
+"""Build, or reuse, the kube-apiserver and etcd binaries of the local test bed, and the helm
+command the chart's tests run.
 
 The Go sources live in ``testbed/go/`` (one Go module per binary). They are compiled once per
 machine into a cache outside the repository::
 
     $KSC_TESTBED_CACHE/<key>/bin/{kube-apiserver,etcd}
+    $KSC_TESTBED_CACHE/<helm key>/bin/helm
     (default root: ${XDG_CACHE_HOME:-~/.cache}/kserve-canary/testbed)
 
-``<key>`` names the Kubernetes and etcd versions and ends in a short hash of the Go sources
-(``go.mod``, ``go.sum``, ``*.go``), so changed sources rebuild and unchanged ones are reused.
-Reuse only reads those few files and checks that the binaries exist: ``go`` is not run.
-A file lock serialises concurrent builders; binaries appear by atomic rename, complete or not
-at all.
+``<key>`` names the Kubernetes and etcd versions and ends in a short hash of their Go sources
+(``go.mod``, ``go.sum``, ``*.go``), so changed sources rebuild and unchanged ones are reused;
+``<helm key>`` does the same for helm on its own, so moving helm to another version rebuilds
+helm only, never the control plane. Reuse only reads those few files and checks that the
+binaries exist: ``go`` is not run. A file lock serialises concurrent builders; binaries
+appear by atomic rename, complete or not at all.
 
     binaries = ensure_built(log=print_to_stderr)
     binaries.kube_apiserver, binaries.etcd
+    helm = ensure_helm(log=print_to_stderr)
+    helm.path, helm.version
 """
 
 from __future__ import annotations
@@ -35,11 +40,15 @@ from pathlib import Path
 
 __all__ = [
     "BINARY_NAMES",
+    "HELM",
     "Binaries",
     "BuildError",
+    "Tool",
     "cache_key",
     "cache_root",
     "ensure_built",
+    "ensure_helm",
+    "helm_cache_key",
     "locked",
     "source_dir",
     "stderr_line",
@@ -55,7 +64,16 @@ _VERSION_MODULES = {
 # kube-apiserver reports its version (GET /version, kubectl version) from variables that
 # Kubernetes' own release build sets with -X; without them it says v0.0.0-master.
 _K8S_VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-_EXPECTED_TIME = {"kube-apiserver": "several minutes", "etcd": "about a minute"}
+_EXPECTED_TIME = {
+    "kube-apiserver": "several minutes",
+    "etcd": "about a minute",
+    "helm": "a minute or two",
+}
+HELM = "helm"
+"""The Go module directory (under testbed/go/) and the binary of the helm command."""
+_HELM_MODULE = "helm.sh/helm/v4"
+# helm reports its version (helm version) from a variable its release build sets with -X.
+_HELM_VERSION_PACKAGE = "helm.sh/helm/v4/internal/version"
 _BUILD_TIMEOUT = 3600.0
 _TAIL_LINES = 40
 
@@ -71,6 +89,14 @@ class Binaries:
     kube_apiserver: Path
     etcd: Path
     versions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A command-line tool built for the tests (helm): its path and version."""
+
+    path: Path
+    version: str
 
 
 def stderr_line(line: str) -> None:
@@ -96,9 +122,9 @@ def cache_root() -> Path:
     return base / "kserve-canary" / "testbed"
 
 
-def _source_files(src: Path) -> list[Path]:
+def _source_files(src: Path, binaries: tuple[str, ...] = BINARY_NAMES) -> list[Path]:
     files: list[Path] = []
-    for binary in BINARY_NAMES:
+    for binary in binaries:
         module = src / binary
         if not (module / "go.mod").is_file():
             raise BuildError(
@@ -114,15 +140,19 @@ def _source_files(src: Path) -> list[Path]:
     return files
 
 
+def _required_version(go_mod_path: Path, module_path: str) -> str:
+    go_mod = go_mod_path.read_text(encoding="utf-8")
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module_path)}\s+(v\S+)", go_mod, re.M)
+    if match is None:
+        raise BuildError(f"{go_mod_path} does not require {module_path}")
+    return match.group(1)
+
+
 def _versions(src: Path) -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for binary, (label, module_path) in _VERSION_MODULES.items():
-        go_mod = (src / binary / "go.mod").read_text(encoding="utf-8")
-        match = re.search(rf"^\s*(?:require\s+)?{re.escape(module_path)}\s+(v\S+)", go_mod, re.M)
-        if match is None:
-            raise BuildError(f"{src / binary / 'go.mod'} does not require {module_path}")
-        versions[label] = match.group(1)
-    return versions
+    return {
+        label: _required_version(src / binary / "go.mod", module_path)
+        for binary, (label, module_path) in _VERSION_MODULES.items()
+    }
 
 
 def _ldflags(binary: str, versions: dict[str, str]) -> str:
@@ -158,11 +188,42 @@ def cache_key(src: Path | None = None) -> tuple[str, dict[str, str]]:
         digest.update(b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")
-    machine = f"{sys.platform}-{platform.machine().lower()}"
     key = (
-        f"k8s-{versions['kubernetes']}-etcd-{versions['etcd']}-{machine}-{digest.hexdigest()[:12]}"
+        f"k8s-{versions['kubernetes']}-etcd-{versions['etcd']}-{_machine()}-"
+        f"{digest.hexdigest()[:12]}"
     )
     return key, versions
+
+
+def _machine() -> str:
+    return f"{sys.platform}-{platform.machine().lower()}"
+
+
+def _helm_ldflags(version: str) -> str:
+    return " ".join(
+        [
+            "-s",
+            "-w",
+            f"-X={_HELM_VERSION_PACKAGE}.version={version}",
+            f"-X={_HELM_VERSION_PACKAGE}.gitTreeState=clean",
+        ]
+    )
+
+
+def helm_cache_key(src: Path | None = None) -> tuple[str, str]:
+    """The cache directory name of helm built from these sources, and helm's version.
+    Independent of :func:`cache_key`: a new helm never rebuilds the control plane."""
+    src = src or source_dir()
+    files = _source_files(src, (HELM,))  # first: a clear error if the module is missing
+    version = _required_version(src / HELM / "go.mod", _HELM_MODULE)
+    digest = hashlib.sha256()
+    digest.update(f"{HELM}: {_helm_ldflags(version)}\0".encode())
+    for path in files:
+        digest.update(path.relative_to(src).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return f"helm-{version}-{_machine()}-{digest.hexdigest()[:12]}", version
 
 
 def _present(path: Path) -> bool:
@@ -275,6 +336,35 @@ def ensure_built(*, log: Callable[[str], None] = stderr_line) -> Binaries:
             )
             _build_one(go, binary, src / binary, path, _ldflags(binary, versions), log)
     return binaries
+
+
+def ensure_helm(*, log: Callable[[str], None] = stderr_line) -> Tool:
+    """Return helm (built from ``testbed/go/helm`` at its pinned version), building it if
+    this machine has not yet. A second call only checks the cache: ``go`` is not run.
+
+    Raises :class:`BuildError` if Go is not installed or the build fails."""
+    src = source_dir()
+    key, version = helm_cache_key(src)
+    bin_dir = cache_root() / key / "bin"
+    tool = Tool(bin_dir / HELM, version)
+    if _present(tool.path):
+        return tool
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError(
+            f"Go is not on PATH: the chart's tests build helm {version} from source "
+            f"({src / HELM}). Install Go {_required_go(src)} or newer (https://go.dev/dl/) "
+            "and retry."
+        )
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    with locked(bin_dir.parent / "build.lock", log):
+        if not _present(tool.path):  # another process may have built it meanwhile
+            log(
+                f"building helm {version} (first time on this machine for these sources, "
+                f"{_EXPECTED_TIME[HELM]})…"
+            )
+            _build_one(go, HELM, src / HELM, tool.path, _helm_ldflags(version), log)
+    return tool
 
 
 def _required_go(src: Path) -> str:

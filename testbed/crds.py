@@ -71,6 +71,16 @@ CRDS: tuple[CrdSource, ...] = (
         "github.com/prometheus-operator/prometheus-operator",
         "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
     ),
+    CrdSource(
+        "cert-manager.io_certificates.yaml",
+        "github.com/cert-manager/cert-manager",
+        "deploy/crds/cert-manager.io_certificates.yaml",
+    ),
+    CrdSource(
+        "cert-manager.io_issuers.yaml",
+        "github.com/cert-manager/cert-manager",
+        "deploy/crds/cert-manager.io_issuers.yaml",
+    ),
 )
 """Every CRD file the test bed and the chart's tests need, from its upstream module."""
 

@@ -1,0 +1,94 @@
+{{/* The full name of the release's objects. */}}
+{{- define "ksc.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 48 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default "kserve-canary" .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 48 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 48 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ksc.selectorLabels" -}}
+app.kubernetes.io/name: {{ default "kserve-canary" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "ksc.labels" -}}
+{{ include "ksc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "ksc.serviceAccountName" -}}
+{{- default (include "ksc.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "ksc.webhookService" -}}{{ include "ksc.fullname" . }}-webhook{{- end -}}
+{{- define "ksc.apiService" -}}{{ include "ksc.fullname" . }}{{- end -}}
+{{- define "ksc.certificate" -}}{{ include "ksc.fullname" . }}-serving{{- end -}}
+
+{{/* The Secret holding tls.crt, tls.key (and ca.crt with cert-manager). */}}
+{{- define "ksc.tlsSecret" -}}
+{{- if eq .Values.tls.source "secret" -}}
+{{- .Values.tls.secret.name -}}
+{{- else -}}
+{{- include "ksc.fullname" . }}-tls
+{{- end -}}
+{{- end -}}
+
+{{- define "ksc.policyConfigMap" -}}
+{{- default (printf "%s-policies" (include "ksc.fullname" .)) .Values.policies.existingConfigMap -}}
+{{- end -}}
+
+{{/* The Secret with the database URL: the chart's own when database.url is set. */}}
+{{- define "ksc.databaseSecret" -}}
+{{- if .Values.database.url -}}
+{{- printf "%s-database" (include "ksc.fullname" .) -}}
+{{- else -}}
+{{- .Values.database.existingSecret.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ksc.sqliteClaim" -}}{{ include "ksc.fullname" . }}-sqlite{{- end -}}
+
+{{- define "ksc.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Checks across values that the schema does not express; each failure says what to change.
+Included by the Deployment, so `helm template` and `helm install` run them (`helm lint`
+only logs a template's `fail`, as Helm's lint mode does for every chart).
+*/}}
+{{- define "ksc.validate" -}}
+{{- if and (eq .Values.database.type "sqlite") (ne (int .Values.replicas) 1) -}}
+{{- fail (printf "database.type sqlite keeps the audit database in a file on one volume, so it needs replicas: 1 (got replicas: %d); use database.type postgresql for more replicas" (int .Values.replicas)) -}}
+{{- end -}}
+{{- if and (eq .Values.database.type "postgresql") (not .Values.database.existingSecret.name) (not .Values.database.url) -}}
+{{- fail "database.type postgresql needs the database URL: set database.existingSecret.name (and .key) to a Secret holding it, or database.url (evaluation only: the chart then creates the Secret)" -}}
+{{- end -}}
+{{- if and (eq .Values.tls.source "secret") (not .Values.tls.secret.name) -}}
+{{- fail "tls.source secret needs tls.secret.name: a kubernetes.io/tls Secret with tls.crt and tls.key in the release namespace (or use tls.source cert-manager)" -}}
+{{- end -}}
+{{- if and (eq .Values.tls.source "secret") (not .Values.tls.caBundle) -}}
+{{- fail "tls.source secret needs tls.caBundle: the PEM of the CA that signed the certificate in tls.secret.name (the apiserver verifies the webhook with it)" -}}
+{{- end -}}
+{{- if and (eq .Values.tls.source "secret") .Values.tls.caBundle (not (contains "-----BEGIN CERTIFICATE-----" .Values.tls.caBundle)) -}}
+{{- fail "tls.caBundle must be the CA's PEM (-----BEGIN CERTIFICATE----- …), not base64 of it" -}}
+{{- end -}}
+{{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) -}}
+{{- fail "rbac.scope namespaced needs watchNamespaces: the namespaces to grant access in and to watch" -}}
+{{- end -}}
+{{- if not (lt "inferenceservice.serving.kserve.io" .Values.webhook.configurationName) -}}
+{{- fail (printf "webhook.configurationName %q must sort after KServe's inferenceservice.serving.kserve.io: the apiserver calls mutating webhooks in name order" .Values.webhook.configurationName) -}}
+{{- end -}}
+{{- end -}}

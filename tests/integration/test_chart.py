@@ -1,0 +1,963 @@
+"""The Helm chart (deploy/helm/kserve-canary), checked with helm v4 built from its Go module
+(testbed/go/helm) and, for what the apiserver accepts, against the test bed's kube-apiserver.
+
+What a platform team relies on: the values are checked (schema and cross-field rules with
+clear messages), the pods follow the restricted Pod Security profile, the controller's
+ServiceAccount gets exactly the calls canary/ makes, every KSC_ variable is a real setting,
+and the webhook is the one `canary webhook render` makes. The objects applied to the test
+bed's apiserver are stored, but nothing runs them (no kubelet, no controller-manager, no
+cert-manager): the webhook configurations applied here are scoped to a label no namespace
+carries, and every cluster-scoped object is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from canary.cli import main as canary_cli
+from canary.k8s.client import (
+    CONFIG_MAP,
+    CRD,
+    EVENT,
+    HTTP_ROUTE,
+    INFERENCE_SERVICE,
+    LEASE,
+    SERVICE_ACCOUNT,
+    KubeClient,
+    KubeError,
+    NotFound,
+    ResourceKind,
+)
+from canary.policy import load_policies
+from canary.settings import Settings, load_settings
+from testbed.binaries import BuildError, Tool, cache_key, ensure_helm, helm_cache_key
+from testbed.testbed import Testbed
+from tests.unit.webhook_pems import CA_ONE
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "kserve-canary"
+RELEASE = "ksc"
+NAMESPACE = "kserve-canary"
+FULLNAME = "ksc-kserve-canary"
+SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+SCOPE_LABEL = "test.kserve-canary.io/chart"
+
+OWN_SECRET: dict[str, Any] = {
+    "tls": {"source": "secret", "secret": {"name": "ksc-serving"}, "caBundle": CA_ONE.decode()},
+}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cluster-monitored": {"serviceMonitor": {"enabled": True}, "watchNamespaces": ["team-a"]},
+    "namespaced": {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["team-a", "team-b"]},
+    "own-secret": {**OWN_SECRET, "serviceMonitor": {"enabled": True}},
+    "own-issuer": {
+        "tls": {"certManager": {"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}
+    },
+    "url-secret": {"database": {"url": "postgresql+psycopg://canary:pw@db.example:5432/audit"}},
+    "sqlite": {"database": {"type": "sqlite"}, "replicas": 1},
+    "aggregated": {"rbac": {"aggregateToDefaultRoles": True}},
+    "tuned": {
+        "controller": {
+            "kserveDefaultDeploymentMode": "Standard",
+            "standardRouteParentRefs": [
+                {"name": "gw", "namespace": "kserve", "sectionName": "http"}
+            ],
+            "standardRouteHostnames": ["models.example.com"],
+            "kserveAnnotationDisallowed": ["kserve-canary.io/enabled"],
+            "extraEnv": {"KSC_LOOK_PERIOD_SECONDS": "10", "KSC_RESYNC_SECONDS": 120},
+            "prometheusBearerToken": {"secretName": "prom-token", "key": "token"},
+        }
+    },
+}
+
+# The controller's calls (canary/k8s, canary/routing, canary/controller.py, canary/engine.py,
+# and the operator API's reviews), as (apiGroup, resource, verb).
+WORKLOAD_GRANTS = {
+    *{("serving.kserve.io", "inferenceservices", v) for v in ("get", "list", "watch", "patch")},
+    *{("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "create", "patch")},
+    ("", "events", "create"),
+    ("", "events", "patch"),
+}
+REVIEW_GRANTS = {
+    ("authentication.k8s.io", "tokenreviews", "create"),
+    ("authorization.k8s.io", "subjectaccessreviews", "create"),
+}
+LEASE_GRANTS = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def helm() -> Tool:
+    problem: str | None = None
+    try:
+        return ensure_helm()
+    except BuildError as exc:
+        problem = str(exc)
+    pytest.fail(f"helm could not be built:\n{problem}", pytrace=False)
+
+
+def run_helm(
+    helm: Tool, command: str, values: dict[str, Any], tmp_path: Path, namespace: str = NAMESPACE
+) -> subprocess.CompletedProcess[str]:
+    values_file = tmp_path / f"values-{uuid.uuid4().hex[:8]}.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    args = [str(helm.path), command]
+    if command == "template":
+        args.append(RELEASE)
+    args += [str(CHART), "--namespace", namespace, "--values", str(values_file)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+
+
+def render(
+    helm: Tool, values: dict[str, Any], tmp_path: Path, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
+    result = run_helm(helm, "template", values, tmp_path, namespace)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def only(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [
+        o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"{len(found)} {kind} objects named {name!r}"
+    return found[0]
+
+
+def of_kind(objects: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] in kinds]
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {entry["name"]: entry for entry in container["env"]}
+
+
+def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule.get("verbs", [])
+    }
+
+
+def controller_grants(objects: list[dict[str, Any]]) -> dict[str | None, set[tuple[str, str, str]]]:
+    """What the controller's ServiceAccount is granted, by namespace (None: cluster-wide),
+    following the chart's bindings to their roles."""
+    roles = {
+        (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+        for o in of_kind(objects, "ClusterRole", "Role")
+    }
+    granted: dict[str | None, set[tuple[str, str, str]]] = {}
+    for binding in of_kind(objects, "ClusterRoleBinding", "RoleBinding"):
+        subjects = {(s["kind"], s.get("namespace"), s["name"]) for s in binding.get("subjects", [])}
+        if ("ServiceAccount", NAMESPACE, FULLNAME) not in subjects:
+            continue
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace")
+        role_ns = None if ref["kind"] == "ClusterRole" else namespace
+        role = roles[(ref["kind"], role_ns, ref["name"])]
+        granted.setdefault(namespace, set()).update(grants(role["rules"]))
+    return granted
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in of_kind(objects, "Deployment", "Job")
+    ]
+
+
+def webhook_render(*args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(canary_cli, ["webhook", "render", "-o", "json", *args])
+    assert result.exit_code == 0, result.output
+    rendered: dict[str, Any] = json.loads(result.output)
+    return rendered
+
+
+# ---------------------------------------------------------------------- helm itself
+
+
+def test_helm_is_the_pinned_version_and_a_second_build_only_checks_the_cache(
+    helm: Tool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = subprocess.run(
+        [str(helm.path), "version", "--short"], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.startswith("v4.3.2"), result.stdout + result.stderr
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"ensure_helm ran a command: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setenv("PATH", "")
+    began = time.monotonic()
+    assert ensure_helm() == helm
+    assert time.monotonic() - began < 1.0
+
+
+def test_helm_and_the_control_plane_are_cached_independently(tmp_path: Path) -> None:
+    copy = tmp_path / "go"
+    shutil.copytree(REPO / "testbed" / "go", copy)
+    control_plane = cache_key(copy)[0]
+    before, version = helm_cache_key(copy)
+    assert before.startswith("helm-v4.3.2-")
+    assert version == "v4.3.2"
+    # another helm: a new helm key, the same control-plane key (kube-apiserver not rebuilt)
+    go_mod = copy / "helm" / "go.mod"
+    go_mod.write_text(
+        go_mod.read_text().replace("helm.sh/helm/v4 v4.3.2", "helm.sh/helm/v4 v4.3.3")
+    )
+    bumped = helm_cache_key(copy)[0]
+    assert bumped.startswith("helm-v4.3.3-")
+    assert cache_key(copy)[0] == control_plane
+    # another etcd: a new control-plane key, the same helm key
+    main_go = copy / "etcd" / "main.go"
+    main_go.write_text(main_go.read_text() + "\n// changed\n")
+    assert cache_key(copy)[0] != control_plane
+    assert helm_cache_key(copy)[0] == bumped
+
+
+# ---------------------------------------------------------------------- lint and values
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_helm_lint_passes(helm: Tool, variant: str, tmp_path: Path) -> None:
+    result = run_helm(helm, "lint", VARIANTS[variant], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[ERROR]" not in result.stdout
+    assert "[WARNING]" not in result.stdout
+    assert "funcMap fail" not in result.stderr  # no cross-field rule broken either
+
+
+BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "sqlite-two-replicas",
+        {"database": {"type": "sqlite"}, "replicas": 2},
+        "database.type sqlite keeps the audit database in a file on one volume, so it needs "
+        "replicas: 1 (got replicas: 2)",
+    ),
+    (
+        "secret-without-name",
+        {"tls": {"source": "secret", "caBundle": CA_ONE.decode()}},
+        "tls.source secret needs tls.secret.name",
+    ),
+    (
+        "secret-without-ca",
+        {"tls": {"source": "secret", "secret": {"name": "mine"}}},
+        "tls.source secret needs tls.caBundle",
+    ),
+    (
+        "ca-in-base64",
+        {**OWN_SECRET, "tls": {**OWN_SECRET["tls"], "caBundle": base64.b64encode(CA_ONE).decode()}},
+        "tls.caBundle must be the CA's PEM",
+    ),
+    (
+        "no-database-url",
+        {"database": {"existingSecret": {"name": ""}}},
+        "database.type postgresql needs the database URL",
+    ),
+    (
+        "namespaced-without-namespaces",
+        {"rbac": {"scope": "namespaced"}},
+        "rbac.scope namespaced needs watchNamespaces",
+    ),
+    (
+        "webhook-sorted-before-kserve",
+        {"webhook": {"configurationName": "aaa-canary"}},
+        "must sort after KServe's inferenceservice.serving.kserve.io",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), [v[1:] for v in BAD_VALUES],
+                         ids=[v[0] for v in BAD_VALUES])  # fmt: skip
+def test_bad_values_fail_rendering_with_a_clear_message(
+    helm: Tool, values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    result = run_helm(helm, "template", values, tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown-key", {"replica": 2}, "additional properties 'replica' not allowed"),
+    ("unknown-nested-key", {"tls": {"sorce": "secret"}}, "additional properties 'sorce'"),
+    ("unknown-tls-source", {"tls": {"source": "vault"}}, "/tls/source"),
+    (
+        "not-a-setting",
+        {"controller": {"extraEnv": {"KSC_NO_SUCH_SETTING": "1"}}},
+        "invalid propertyName 'KSC_NO_SUCH_SETTING'",
+    ),
+    (
+        "chart-managed-setting",
+        {"controller": {"extraEnv": {"KSC_DATABASE_URL": "x"}}},
+        "invalid propertyName 'KSC_DATABASE_URL'",
+    ),
+    ("replicas-zero", {"replicas": 0}, "/replicas"),
+    ("bad-log-level", {"controller": {"logLevel": "verbose"}}, "/controller/logLevel"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), [v[1:] for v in SCHEMA_ERRORS],
+                         ids=[v[0] for v in SCHEMA_ERRORS])  # fmt: skip
+def test_values_outside_the_schema_fail_lint_and_rendering(
+    helm: Tool, values: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    lint = run_helm(helm, "lint", values, tmp_path)
+    assert lint.returncode != 0
+    assert message in lint.stdout + lint.stderr
+    template = run_helm(helm, "template", values, tmp_path)
+    assert template.returncode != 0
+    assert "values don't meet the specifications of the schema" in template.stderr
+    assert message in template.stderr
+
+
+def test_extra_env_accepts_only_settings_the_chart_does_not_set_itself(
+    helm: Tool, tmp_path: Path
+) -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    extra = schema["properties"]["controller"]["properties"]["extraEnv"]["propertyNames"]["enum"]
+    fields = {f"KSC_{name.upper()}" for name in Settings.model_fields}
+    assert set(extra) <= fields
+    deployment = only(render(helm, {}, tmp_path), "Deployment")
+    assert not set(extra) & set(env_of(deployment))  # the chart never sets one twice
+    secrets = {"KSC_DATABASE_URL", "KSC_SERVICENOW_PASSWORD", "KSC_WEBHOOK_SECRETS",
+               "KSC_PROMETHEUS_BEARER_TOKEN"}  # fmt: skip
+    assert not set(extra) & secrets
+
+
+# ---------------------------------------------------------------------- the controller's pods
+
+
+def test_two_replicas_with_probes_on_the_one_https_port(helm: Tool, tmp_path: Path) -> None:
+    objects = render(helm, {}, tmp_path)
+    deployment = only(objects, "Deployment", FULLNAME)
+    assert deployment["spec"]["replicas"] == 2
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (port,) = container["ports"]
+    assert port == {"name": "https", "containerPort": 8443, "protocol": "TCP"}
+    assert env_of(deployment)["KSC_HTTP_PORT"]["value"] == "8443"
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz", "port": "https", "scheme": "HTTPS"
+    }  # fmt: skip
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz", "port": "https", "scheme": "HTTPS"
+    }  # fmt: skip
+    assert container["resources"]["requests"]["cpu"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["command"] == ["canary", "run"]
+    assert "args" not in container
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == FULLNAME
+    # replicas land on different nodes where they can
+    spread = spec["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {
+        "kubernetes.io/hostname", "topology.kubernetes.io/zone"
+    }  # fmt: skip
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert all(c["labelSelector"]["matchLabels"] == selector for c in spread)
+    anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_pod_follows_the_restricted_pod_security_profile(
+    helm: Tool, variant: str, tmp_path: Path
+) -> None:
+    specs = pod_specs(render(helm, VARIANTS[variant], tmp_path))
+    assert {name for name, _ in specs} == {FULLNAME, f"{FULLNAME}-migrate"}
+    for name, spec in specs:
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["runAsUser"] == 65532, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not spec.get("hostNetwork"), name
+        assert not spec.get("hostPID"), name
+        for container in spec["containers"] + spec.get("initContainers", []):
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, name
+            tmp = next(v for v in spec["volumes"] if v["name"] == mounts["/tmp"])
+            assert "emptyDir" in tmp, name
+        for volume in spec["volumes"]:
+            assert "hostPath" not in volume, name
+
+
+def test_the_pod_disruption_budget_keeps_one_replica(helm: Tool, tmp_path: Path) -> None:
+    objects = render(helm, {}, tmp_path)
+    pdb = only(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    deployment = only(objects, "Deployment")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    single = render(helm, VARIANTS["sqlite"], tmp_path)
+    assert not of_kind(single, "PodDisruptionBudget")  # with one replica it would block drains
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
+    helm: Tool, variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = render(helm, VARIANTS[variant], tmp_path)
+    env = env_of(only(objects, "Deployment"))
+    fields = set(Settings.model_fields)
+    for name in env:
+        assert name.startswith("KSC_"), name
+        assert name.removeprefix("KSC_").lower() in fields, f"{name} is not a setting"
+    # The values as the pod gets them load as settings (a Secret's value stands in here).
+    for name in [k for k in os.environ if k.startswith("KSC_")]:
+        monkeypatch.delenv(name)
+    for name, entry in env.items():
+        if "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            monkeypatch.setenv(name, "postgresql+psycopg://u:p@db/audit")
+        else:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            monkeypatch.setenv(name, "ksc-kserve-canary-7d9f-abcde")
+    settings = load_settings()
+    assert settings.lease_namespace == NAMESPACE
+    assert settings.http_port == 8443
+    assert str(settings.tls_cert_file) == "/etc/kserve-canary/tls/tls.crt"
+    assert str(settings.policy_path) == "/etc/kserve-canary/policies"
+    assert settings.namespaces == tuple(VARIANTS[variant].get("watchNamespaces", ()))
+    assert env["KSC_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    if variant == "tuned":
+        assert settings.look_period_seconds == 10.0
+        assert settings.resync_seconds == 120
+        assert [r.as_ref() for r in settings.standard_route_parent_refs] == [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw",
+             "namespace": "kserve", "sectionName": "http"}
+        ]  # fmt: skip
+        assert settings.standard_route_hostnames == ("models.example.com",)
+        assert env["KSC_PROMETHEUS_BEARER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "prom-token", "key": "token"
+        }  # fmt: skip
+
+
+def test_tls_policies_and_database_are_mounted_where_the_settings_point(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, {}, tmp_path)
+    deployment = only(objects, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    env = env_of(deployment)
+    (container,) = spec["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    tls = volumes["tls"]["secret"]
+    assert tls["secretName"] == f"{FULLNAME}-tls"
+    for key in ("tls.crt", "tls.key"):
+        assert {"key": key, "path": key} in tls["items"]
+    assert env["KSC_TLS_CERT_FILE"]["value"] == f"{mounts['tls']}/tls.crt"
+    assert env["KSC_TLS_KEY_FILE"]["value"] == f"{mounts['tls']}/tls.key"
+    assert env["KSC_POLICY_PATH"]["value"] == mounts["policies"]
+    assert volumes["policies"]["configMap"]["name"] == f"{FULLNAME}-policies"
+    assert env["KSC_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kserve-canary-database", "key": "database-url"
+    }  # fmt: skip
+
+    # The policies the chart ships are valid, and are the repository's default policy.
+    config_map = only(objects, "ConfigMap", f"{FULLNAME}-policies")
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    for name, text in config_map["data"].items():
+        (folder / name).write_text(text)
+    assert load_policies(folder).names() == ["default"]
+    shipped = yaml.safe_load((REPO / "deploy" / "policies" / "default.yaml").read_text())
+    assert yaml.safe_load(config_map["data"]["default.yaml"]) == shipped
+
+    # An existing ConfigMap replaces the chart's own.
+    theirs = render(helm, {"policies": {"existingConfigMap": "team-policies"}}, tmp_path)
+    spec = only(theirs, "Deployment")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in spec["volumes"]}["policies"]["configMap"]["name"] == (
+        "team-policies"
+    )
+    assert not [c for c in of_kind(theirs, "ConfigMap") if "policies" in c["metadata"]["name"]]
+
+
+def test_a_database_url_in_the_values_becomes_a_secret_the_pods_read(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, VARIANTS["url-secret"], tmp_path)
+    secret = only(objects, "Secret", f"{FULLNAME}-database")
+    assert secret["stringData"] == {
+        "database-url": "postgresql+psycopg://canary:pw@db.example:5432/audit"
+    }
+    # it must exist before the migration hook runs
+    assert secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    for _, spec in pod_specs(objects):
+        (container,) = spec["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert (
+            env["KSC_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"{FULLNAME}-database"
+        )
+
+
+def test_the_migration_hook_runs_canary_db_upgrade_on_the_same_database(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, {}, tmp_path)
+    job = only(objects, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["canary", "db", "upgrade"]
+    assert "args" not in container
+    assert (
+        container["image"]
+        == only(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    job_env = {e["name"]: e for e in container["env"]}
+    assert job_env["KSC_DATABASE_URL"] == env_of(only(objects, "Deployment"))["KSC_DATABASE_URL"]
+
+
+def test_sqlite_lives_on_a_claim_made_before_the_hook_and_never_deleted_by_helm(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, VARIANTS["sqlite"], tmp_path)
+    claim = only(objects, "PersistentVolumeClaim")
+    job = only(objects, "Job")
+    annotations = claim["metadata"]["annotations"]
+    assert annotations["helm.sh/resource-policy"] == "keep"
+    assert "pre-install" in annotations["helm.sh/hook"]
+    assert int(annotations["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+    # Without a delete policy Helm applies before-hook-creation: the claim would be deleted
+    # (with the audit trail) before every upgrade.
+    assert "before-hook-creation" not in annotations["helm.sh/hook-delete-policy"]
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    for _, spec in pod_specs(objects):
+        (container,) = spec["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        path = env["KSC_DATABASE_URL"]["value"].removeprefix("sqlite:///")
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert Path(path).parent == Path(mounts["sqlite"])
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["sqlite"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+# ---------------------------------------------------------------------- services and TLS
+
+
+def test_the_webhook_service_keeps_not_ready_replicas_and_the_api_service_does_not(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, {}, tmp_path)
+    labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    webhook = only(objects, "Service", f"{FULLNAME}-webhook")
+    api = only(objects, "Service", FULLNAME)
+    assert webhook["spec"]["publishNotReadyAddresses"] is True
+    assert not api["spec"].get("publishNotReadyAddresses")
+    for service in (webhook, api):
+        assert service["spec"]["selector"].items() <= labels.items()
+        (port,) = service["spec"]["ports"]
+        assert port["targetPort"] == "https"
+    assert webhook["spec"]["ports"][0]["port"] == 443
+    assert api["spec"]["ports"][0]["port"] == 8443
+
+
+def test_cert_manager_certificate_names_both_services(helm: Tool, tmp_path: Path) -> None:
+    objects = render(helm, {}, tmp_path)
+    serving = only(objects, "Certificate", f"{FULLNAME}-serving")
+    assert serving["spec"]["secretName"] == f"{FULLNAME}-tls"
+    for service in (f"{FULLNAME}-webhook", FULLNAME):
+        assert f"{service}.{NAMESPACE}.svc" in serving["spec"]["dnsNames"]
+    ca_issuer = only(objects, "Issuer", f"{FULLNAME}-ca")
+    assert serving["spec"]["issuerRef"]["name"] == ca_issuer["metadata"]["name"]
+    assert only(objects, "Certificate", f"{FULLNAME}-ca")["spec"]["isCA"] is True
+
+    theirs = render(helm, VARIANTS["own-issuer"], tmp_path)
+    assert not of_kind(theirs, "Issuer")
+    assert only(theirs, "Certificate")["spec"]["issuerRef"] == {
+        "name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"
+    }  # fmt: skip
+
+    own = render(helm, VARIANTS["own-secret"], tmp_path)
+    assert not of_kind(own, "Certificate", "Issuer")
+    spec = only(own, "Deployment")["spec"]["template"]["spec"]
+    assert {v["name"]: v for v in spec["volumes"]}["tls"]["secret"]["secretName"] == "ksc-serving"
+
+
+def test_the_service_monitor_scrapes_metrics_over_https_with_the_serving_ca(
+    helm: Tool, tmp_path: Path
+) -> None:
+    assert not of_kind(render(helm, {}, tmp_path), "ServiceMonitor")
+    objects = render(helm, VARIANTS["cluster-monitored"], tmp_path)
+    monitor = only(objects, "ServiceMonitor")
+    api = only(objects, "Service", FULLNAME)
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
+    webhook_labels = only(objects, "Service", f"{FULLNAME}-webhook")["metadata"]["labels"]
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= webhook_labels.items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == f"{FULLNAME}.{NAMESPACE}.svc"
+    assert endpoint["tlsConfig"]["ca"] == {"secret": {"name": f"{FULLNAME}-tls", "key": "ca.crt"}}
+
+    own = render(helm, VARIANTS["own-secret"], tmp_path)
+    ca = only(own, "ServiceMonitor")["spec"]["endpoints"][0]["tlsConfig"]["ca"]["configMap"]
+    assert only(own, "ConfigMap", ca["name"])["data"][ca["key"]].strip() == CA_ONE.decode().strip()
+
+
+def test_the_notes_say_how_to_reach_the_api_and_verify(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))  # a client dry run
+    result = subprocess.run(
+        [str(helm.path), "install", "kserve-canary", str(CHART), "--namespace", "ops",
+         "--dry-run=client"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n ops port-forward service/kserve-canary 8443:8443" in notes
+    assert "kubectl -n ops rollout status deployment/kserve-canary" in notes
+    assert "https://kserve-canary.ops.svc:8443/readyz" in notes
+    assert "mutatingwebhookconfiguration kserve-canary" in notes
+
+
+# ---------------------------------------------------------------------- RBAC
+
+
+def test_the_controller_is_granted_exactly_the_calls_it_makes(helm: Tool, tmp_path: Path) -> None:
+    granted = controller_grants(render(helm, {}, tmp_path))
+    assert granted == {None: WORKLOAD_GRANTS | REVIEW_GRANTS, NAMESPACE: LEASE_GRANTS}
+
+
+def test_the_namespaced_variant_grants_workloads_only_in_the_watched_namespaces(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, VARIANTS["namespaced"], tmp_path)
+    granted = controller_grants(objects)
+    assert granted == {
+        None: REVIEW_GRANTS,
+        "team-a": WORKLOAD_GRANTS,
+        "team-b": WORKLOAD_GRANTS,
+        NAMESPACE: LEASE_GRANTS,
+    }
+    for role in of_kind(objects, "ClusterRole"):
+        resources = {r for _, r, _ in grants(role["rules"])}
+        assert not resources & {"inferenceservices", "httproutes", "events"}, role
+    assert env_of(only(objects, "Deployment"))["KSC_NAMESPACES"]["value"] == "team-a,team-b"
+
+
+@pytest.mark.parametrize("aggregate", [False, True])
+def test_the_operator_and_viewer_roles_of_the_api_contract(
+    helm: Tool, aggregate: bool, tmp_path: Path
+) -> None:
+    objects = render(helm, {"rbac": {"aggregateToDefaultRoles": aggregate}}, tmp_path)
+    viewer = only(objects, "ClusterRole", "kserve-canary-viewer")
+    operator = only(objects, "ClusterRole", "kserve-canary-operator")
+    reads = {("kserve-canary.io", "rollouts", "get"), ("kserve-canary.io", "rollouts", "list")}
+    assert grants(viewer["rules"]) == reads
+    commands = {
+        ("kserve-canary.io", f"rollouts/{c}", "create")
+        for c in ("pause", "resume", "promote", "abort", "start")
+    }
+    assert grants(operator["rules"]) == reads | commands
+    aggregation = {k for k in operator["metadata"]["labels"] if k.startswith("rbac.")}
+    assert bool(aggregation) is aggregate
+    if aggregate:
+        assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == (
+            "true"
+        )
+        assert "rbac.authorization.k8s.io/aggregate-to-view" not in operator["metadata"]["labels"]
+        assert operator["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == (
+            "true"
+        )
+
+
+# ---------------------------------------------------------------------- the webhook
+
+
+COMPARED = (
+    "name", "rules", "namespaceSelector", "objectSelector", "matchConditions", "failurePolicy",
+    "sideEffects", "timeoutSeconds", "admissionReviewVersions", "matchPolicy",
+    "reinvocationPolicy",
+)  # fmt: skip
+
+
+def test_the_webhook_is_the_one_canary_webhook_render_makes(helm: Tool, tmp_path: Path) -> None:
+    objects = render(helm, {}, tmp_path)
+    (chart,) = only(objects, "MutatingWebhookConfiguration")["webhooks"]
+    cli = webhook_render(
+        "--service-namespace", NAMESPACE, "--service-name", f"{FULLNAME}-webhook",
+        "--cert-manager-certificate", f"{NAMESPACE}/{FULLNAME}-serving",
+    )  # fmt: skip
+    (expected,) = cli["webhooks"]
+    for field in COMPARED:
+        assert chart.get(field) == expected.get(field), field
+    assert chart["clientConfig"] == expected["clientConfig"]
+    configuration = only(objects, "MutatingWebhookConfiguration")
+    assert configuration["metadata"]["name"] == cli["metadata"]["name"]
+    assert configuration["metadata"]["annotations"] == cli["metadata"]["annotations"]
+    # the cert-manager form: the Certificate it names is the chart's serving certificate
+    serving = only(objects, "Certificate", f"{FULLNAME}-serving")
+    assert cli["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{serving['metadata']['namespace']}/{serving['metadata']['name']}"
+    )
+
+
+def test_the_webhook_with_a_given_ca_and_namespace_selector(helm: Tool, tmp_path: Path) -> None:
+    values = {
+        **OWN_SECRET,
+        "webhook": {"namespaceSelector": {"matchLabels": {"canary": "on"}}, "timeoutSeconds": 7},
+    }
+    configuration = only(render(helm, values, tmp_path), "MutatingWebhookConfiguration")
+    (chart,) = configuration["webhooks"]
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(CA_ONE)
+    cli = webhook_render(
+        "--service-namespace", NAMESPACE, "--service-name", f"{FULLNAME}-webhook",
+        "--ca-file", str(ca_file), "--namespace-selector", "canary=on", "--timeout-seconds", "7",
+    )  # fmt: skip
+    (expected,) = cli["webhooks"]
+    for field in COMPARED:
+        assert chart.get(field) == expected.get(field), field
+    assert chart["clientConfig"] == expected["clientConfig"]
+    assert base64.b64decode(chart["clientConfig"]["caBundle"]) == CA_ONE
+    assert "annotations" not in configuration["metadata"]
+
+
+# ---------------------------------------------------------------------- on the apiserver
+
+
+_KINDS: dict[str, ResourceKind] = {
+    kind.kind: kind
+    for kind in (
+        SERVICE_ACCOUNT,
+        CONFIG_MAP,
+        ResourceKind("", "v1", "secrets", "Secret"),
+        ResourceKind("", "v1", "services", "Service"),
+        ResourceKind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+        ResourceKind("apps", "v1", "deployments", "Deployment"),
+        ResourceKind("batch", "v1", "jobs", "Job"),
+        ResourceKind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+        ResourceKind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+        ResourceKind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+        ResourceKind("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole",
+                     namespaced=False),
+        ResourceKind("rbac.authorization.k8s.io", "v1", "clusterrolebindings",
+                     "ClusterRoleBinding", namespaced=False),
+        ResourceKind("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations",
+                     "MutatingWebhookConfiguration", namespaced=False),
+        ResourceKind("cert-manager.io", "v1", "certificates", "Certificate"),
+        ResourceKind("cert-manager.io", "v1", "issuers", "Issuer"),
+        ResourceKind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
+    )
+}  # fmt: skip
+_CHART_CRDS = (
+    "cert-manager.io_certificates.yaml",
+    "cert-manager.io_issuers.yaml",
+    "monitoring.coreos.com_servicemonitors.yaml",
+)
+
+
+@pytest.fixture(scope="module")
+def chart_crds(testbed: Testbed) -> None:
+    """cert-manager's and the Prometheus Operator's CRDs, fetched by testbed/crds.py."""
+    assert testbed.crd_dir is not None
+    names = []
+    for file_name in _CHART_CRDS:
+        document = yaml.safe_load((testbed.crd_dir / file_name).read_text())
+        testbed.kube.apply(CRD, None, document, field_manager="chart-test", force=True)
+        names.append(document["metadata"]["name"])
+    for name in names:
+        wait_until(lambda name=name: testbed.kube.crd_established(name), f"CRD {name}")
+
+
+def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def applied(kube: KubeClient, objects: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Server-side apply every object (no dry run); delete the cluster-scoped ones after."""
+    stored: list[dict[str, Any]] = []
+    try:
+        for body in objects:
+            kind = _KINDS[body["kind"]]
+            namespace = body["metadata"].get("namespace") if kind.namespaced else None
+            stored.append(kube.apply(kind, namespace, body, field_manager="helm", force=True))
+        yield stored
+    finally:
+        for body in objects:
+            kind = _KINDS[body["kind"]]
+            if not kind.namespaced:
+                with contextlib.suppress(NotFound):
+                    kube.delete(kind, None, body["metadata"]["name"])
+
+
+def scoped(values: dict[str, Any], token: str) -> dict[str, Any]:
+    """The values with a webhook that no namespace reaches and a name unique to the test."""
+    return {
+        **values,
+        "webhook": {
+            "configurationName": f"kserve-canary-chart-{token}",
+            "namespaceSelector": {"matchLabels": {SCOPE_LABEL: token}},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "variant", ["default", "cluster-monitored", "own-secret", "namespaced", "sqlite"]
+)
+def test_the_rendered_chart_is_accepted_by_the_apiserver(
+    testbed: Testbed, chart_crds: None, helm: Tool, variant: str, tmp_path: Path
+) -> None:
+    token = uuid.uuid4().hex[:8]
+    namespace = testbed.namespace(f"chart-{variant}-{token}")
+    values = scoped(VARIANTS[variant], token)
+    if "watchNamespaces" in values:
+        values["watchNamespaces"] = [
+            testbed.namespace(f"{n}-{token}") for n in values["watchNamespaces"]
+        ]
+    objects = render(helm, values, tmp_path, namespace)
+    if variant == "namespaced":
+        assert {o["metadata"].get("namespace") for o in of_kind(objects, "Role")} == {
+            namespace, *values["watchNamespaces"]
+        }  # fmt: skip
+    with applied(testbed.kube, objects) as stored:
+        assert len(stored) == len(objects)
+        for body, answer in zip(objects, stored, strict=True):
+            assert answer["kind"] == body["kind"]
+            assert answer["metadata"]["name"] == body["metadata"]["name"]
+            assert answer["metadata"]["uid"]
+        deployment = next(s for s in stored if s["kind"] == "Deployment")
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+        webhook = next(s for s in stored if s["kind"] == "MutatingWebhookConfiguration")
+        rendered = only(objects, "MutatingWebhookConfiguration")
+        assert (
+            webhook["webhooks"][0]["matchConditions"] == rendered["webhooks"][0]["matchConditions"]
+        )  # the apiserver kept them (a server without the feature drops them silently)
+
+
+def _service_account_client(
+    testbed: Testbed, namespace: str, account: str, folder: Path
+) -> KubeClient:
+    config = yaml.safe_load(testbed.kubeconfig_path.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    folder.mkdir()
+    ca = folder / "ca.crt"
+    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    token = folder / "token"
+    token.write_text(testbed.kube.request_token(namespace, account, expiration_seconds=3600))
+    return KubeClient.in_cluster(str(cluster["server"]), token_file=token, ca_file=ca,
+                                 timeout=10.0, agent="kserve-canary/chart-test")  # fmt: skip
+
+
+def _forbidden(call: Any) -> bool:
+    try:
+        call()
+    except KubeError as exc:
+        return exc.status == 403
+    return False
+
+
+def test_the_controller_s_service_account_can_make_its_calls_and_no_others(
+    testbed: Testbed, chart_crds: None, helm: Tool, tmp_path: Path
+) -> None:
+    """The namespaced variant on the apiserver, as the controller's ServiceAccount: what
+    the code calls is allowed in the watched namespace, and the rest is refused."""
+    token = uuid.uuid4().hex[:8]
+    namespace = testbed.namespace(f"chart-rbac-{token}")
+    watched = testbed.namespace(f"chart-watched-{token}")
+    other = testbed.namespace(f"chart-other-{token}")
+    values = scoped({"rbac": {"scope": "namespaced"}, "watchNamespaces": [watched]}, token)
+    objects = render(helm, values, tmp_path, namespace)
+    account = only(objects, "ServiceAccount")["metadata"]["name"]
+    with (
+        applied(testbed.kube, objects),
+        _service_account_client(testbed, namespace, account, tmp_path / "serviceaccount") as kube,
+    ):
+        assert kube.authenticated_user() == f"system:serviceaccount:{namespace}:{account}"
+        # what the controller does in a watched namespace
+        kube.list(INFERENCE_SERVICE, watched)
+        route = {
+            "apiVersion": HTTP_ROUTE.api_version, "kind": HTTP_ROUTE.kind,
+            "metadata": {"name": "r", "namespace": watched}, "spec": {},
+        }  # fmt: skip
+        kube.apply(HTTP_ROUTE, watched, route, field_manager="kserve-canary", force=True)
+        kube.apply(HTTP_ROUTE, watched, route, field_manager="kserve-canary", force=True)
+        kube.get(HTTP_ROUTE, watched, "r")
+        kube.create(EVENT, watched, {
+            "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "c-"},
+            "involvedObject": {"kind": "InferenceService", "namespace": watched, "name": "m"},
+            "reason": "Test", "message": "chart test", "type": "Normal",
+        })  # fmt: skip
+        # leader election in its own namespace
+        lease = {
+            "apiVersion": LEASE.api_version, "kind": LEASE.kind,
+            "metadata": {"name": "kserve-canary-leader"}, "spec": {"holderIdentity": "x"},
+        }  # fmt: skip
+        created = kube.create(LEASE, namespace, lease)
+        kube.replace(LEASE, namespace, "kserve-canary-leader", created)
+        kube.get(LEASE, namespace, "kserve-canary-leader")
+        # and nothing else
+        assert _forbidden(lambda: kube.list(INFERENCE_SERVICE, other))
+        assert _forbidden(lambda: kube.list(INFERENCE_SERVICE, None))
+        assert _forbidden(lambda: kube.delete(INFERENCE_SERVICE, watched, "m"))
+        assert _forbidden(lambda: kube.delete(HTTP_ROUTE, watched, "r"))
+        assert _forbidden(lambda: kube.list(CONFIG_MAP, namespace))
+        assert _forbidden(lambda: kube.list(ResourceKind("", "v1", "secrets", "Secret"), namespace))
+        assert _forbidden(lambda: kube.create(LEASE, watched, lease))
+        # the operator API's reviews (cluster-scoped)
+        review = ResourceKind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview",
+                              namespaced=False)  # fmt: skip
+        answer = kube.create(review, None, {
+            "apiVersion": review.api_version, "kind": review.kind,
+            "spec": {"token": "not-a-token"},
+        })  # fmt: skip
+        assert answer["status"].get("authenticated") is not True
+        access = ResourceKind("authorization.k8s.io", "v1", "subjectaccessreviews",
+                              "SubjectAccessReview", namespaced=False)  # fmt: skip
+        decision = kube.create(access, None, {
+            "apiVersion": access.api_version, "kind": access.kind,
+            "spec": {"user": "alice", "resourceAttributes": {
+                "group": "kserve-canary.io", "resource": "rollouts", "verb": "get",
+                "namespace": watched}},
+        })  # fmt: skip
+        assert decision["status"]["allowed"] is False
+        assert _forbidden(lambda: kube.delete(LEASE, namespace, "kserve-canary-leader"))

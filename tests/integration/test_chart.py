@@ -28,6 +28,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from canary.access import cluster_roles
 from canary.cli import main as canary_cli
 from canary.k8s.client import (
     CONFIG_MAP,
@@ -691,6 +692,12 @@ def test_the_operator_and_viewer_roles_of_the_api_contract(
         for c in ("pause", "resume", "promote", "abort", "start")
     }
     assert grants(operator["rules"]) == reads | commands
+    # the very grants the controller checks (canary.access), so chart and code cannot drift
+    product = {role["metadata"]["name"]: grants(role["rules"]) for role in cluster_roles()}
+    assert product == {
+        "kserve-canary-operator": grants(operator["rules"]),
+        "kserve-canary-viewer": grants(viewer["rules"]),
+    }
     aggregation = {k for k in operator["metadata"]["labels"] if k.startswith("rbac.")}
     assert bool(aggregation) is aggregate
     if aggregate:

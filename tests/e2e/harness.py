@@ -374,10 +374,19 @@ class Env:
 
     # --- the controller as its own process (``canary run``), for kill tests ---------------
 
-    def spawn(self, identity: str, log_dir: Path) -> Replica:
-        """Run ``canary run`` as a separate process, configured by KSC_* variables."""
+    def spawn(
+        self,
+        identity: str,
+        log_dir: Path,
+        *,
+        environment: dict[str, str | None] | None = None,
+        wrapper: tuple[str, ...] = (),
+    ) -> Replica:
+        """Run ``canary run`` as a separate process, configured by KSC_* variables.
+        ``environment`` overrides variables (``None`` removes one); ``wrapper`` is a command
+        line the process is started under (e.g. a mount namespace that plays a pod)."""
         port = _free_port()
-        env = {
+        env: dict[str, str] = {
             **os.environ,
             "KSC_DATABASE_URL": self.database_url,
             "KSC_POLICY_PATH": str(self.policy_dir),
@@ -397,10 +406,15 @@ class Env:
             "KSC_RESYNC_SECONDS": "30",
             "KSC_ENVIRONMENT": "production",
         }
+        for key, value in (environment or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         log_dir.mkdir(parents=True, exist_ok=True)
         log = (log_dir / f"{identity}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "canary.cli", "run"],
+            [*wrapper, sys.executable, "-m", "canary.cli", "run"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

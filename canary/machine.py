@@ -264,47 +264,39 @@ def _on_view(
     # (in Standard mode the canary entry disappears) and has its own retry rule.
     held = (state.target_percent, previous.spec_percent if previous else None)
     drifted = state.phase in _LIVE and previous is not None and view.spec_percent not in held
-    if drifted and state.rejected_write is not None:
-        # Paused on a refused write: nothing is written until an operator resumes.
-        actions.append(
-            _audit(
-                "traffic.drift",
-                f"spec commands {view.spec_percent}% for {state.canary.name}; not reasserted "
-                "while the rollout is paused on a refused write",
-                revision=state.canary.name,
-                observed=view.spec_percent,
-                target=state.target_percent,
-            )
+    if not drifted:
+        return state
+    # Paused on a refused write: nothing is written until an operator resumes.
+    paused = state.rejected_write is not None
+    audit_note, event_note = (
+        ("not reasserted while the rollout is paused on a refused write",
+         "left as it is while the rollout is paused")
+        if paused
+        else (f"the rollout holds {state.target_percent}%; reasserting",
+              f"restored to {state.target_percent}%")
+    )  # fmt: skip
+    actions.append(
+        _audit(
+            "traffic.drift",
+            f"spec commands {view.spec_percent}% for {state.canary.name}"
+            + ("; " if paused else ", ")
+            + audit_note,
+            revision=state.canary.name,
+            observed=view.spec_percent,
+            target=state.target_percent,
         )
-        actions.append(
-            EmitEvent(
-                EventReason.TRAFFIC_DRIFT,
-                f"the canary's traffic was changed outside the controller to "
-                f"{view.spec_percent}%; left as it is while the rollout is paused",
-                "Warning",
-            )
+    )
+    actions.append(
+        EmitEvent(
+            EventReason.TRAFFIC_DRIFT,
+            f"the canary's traffic was changed outside the controller to "
+            f"{view.spec_percent}%; {event_note}",
+            "Warning",
         )
+    )
+    if paused:
         return replace(state, target_percent=view.spec_percent)
-    if drifted:
-        actions.append(
-            _audit(
-                "traffic.drift",
-                f"spec commands {view.spec_percent}% for {state.canary.name}, the rollout "
-                f"holds {state.target_percent}%; reasserting",
-                revision=state.canary.name,
-                observed=view.spec_percent,
-                target=state.target_percent,
-            )
-        )
-        actions.append(
-            EmitEvent(
-                EventReason.TRAFFIC_DRIFT,
-                f"the canary's traffic was changed outside the controller to "
-                f"{view.spec_percent}%; restored to {state.target_percent}%",
-                "Warning",
-            )
-        )
-        actions.append(SetTraffic(state.canary.name, state.target_percent, "reassert"))
+    actions.append(SetTraffic(state.canary.name, state.target_percent, "reassert"))
     return state
 
 

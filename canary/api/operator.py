@@ -241,29 +241,26 @@ def router(
         items = [{**asdict(line), "evidence": list(line.evidence)} for line in lines]
         return JSONResponse({"items": items})
 
-    @routes.get("/rollouts")
-    async def list_everywhere(request: Request, all: bool = False) -> JSONResponse:
+    async def answer_read(
+        request: Request, namespace: str | None, name: str | None, include_finished: bool
+    ) -> JSONResponse:
         refused = _insecure(request)
         if refused is not None:
             return refused
         auth = request.headers.get("authorization")
-        return await run_in_threadpool(read, auth, None, None, all)
+        return await run_in_threadpool(read, auth, namespace, name, include_finished)
+
+    @routes.get("/rollouts")
+    async def list_everywhere(request: Request, all: bool = False) -> JSONResponse:
+        return await answer_read(request, None, None, all)
 
     @routes.get("/namespaces/{namespace}/rollouts")
     async def list_in(namespace: str, request: Request, all: bool = False) -> JSONResponse:
-        refused = _insecure(request)
-        if refused is not None:
-            return refused
-        auth = request.headers.get("authorization")
-        return await run_in_threadpool(read, auth, namespace, None, all)
+        return await answer_read(request, namespace, None, all)
 
     @routes.get("/namespaces/{namespace}/rollouts/{name}")
     async def get_one(namespace: str, name: str, request: Request) -> JSONResponse:
-        refused = _insecure(request)
-        if refused is not None:
-            return refused
-        auth = request.headers.get("authorization")
-        return await run_in_threadpool(read, auth, namespace, name, False)
+        return await answer_read(request, namespace, name, False)
 
     return routes
 

@@ -12,22 +12,20 @@ has them (``/var/run/secrets/kubernetes.io/serviceaccount``), with an empty home
 
 from __future__ import annotations
 
-import base64
 import shutil
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, KubeError
 from canary.model import Phase
 from testbed.binaries import BuildError, ensure_helm
-from testbed.testbed import Testbed
 from tests.e2e.harness import Env
 from tests.e2e.test_rollouts import SLOW_MODEL
 from tests.integration.test_chart import applied, only, render, scoped
+from tests.pod_secrets import pod_secrets
 
 pytestmark = pytest.mark.e2e
 
@@ -43,20 +41,6 @@ POD = (
     'shift; exec "$@"',
     "pod",
 )  # fmt: skip
-
-
-def _pod_files(testbed: Testbed, namespace: str, account: str, folder: Path) -> tuple[str, str]:
-    """Write ``token`` and ``ca.crt`` as the kubelet would; the apiserver's host and port."""
-    config = yaml.safe_load(testbed.kubeconfig_path.read_text())
-    cluster = config["clusters"][0]["cluster"]
-    folder.mkdir()
-    (folder / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    token = testbed.kube.request_token(namespace, account, expiration_seconds=3600)
-    (folder / "token").write_text(token)
-    (folder / "namespace").write_text(namespace)
-    server = urlsplit(str(cluster["server"]))
-    assert server.hostname is not None
-    return server.hostname, str(server.port or 443)
 
 
 def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_the_rest(
@@ -79,8 +63,10 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
     user = f"system:serviceaccount:{release_ns}:{account}"
 
     with applied(testbed.kube, objects):
-        secrets = tmp_path / "serviceaccount"
-        host, port = _pod_files(testbed, release_ns, account, secrets)
+        pod_files = pod_secrets(testbed, release_ns, account, tmp_path / "serviceaccount")
+        secrets = pod_files.folder
+        server = urlsplit(pod_files.server)
+        host, port = str(server.hostname), str(server.port or 443)
         home = tmp_path / "home"
         home.mkdir()
         replica = env.spawn(

@@ -47,6 +47,7 @@ from canary.policy import load_policies
 from canary.settings import Settings, load_settings
 from testbed.binaries import BuildError, Tool, cache_key, ensure_helm, helm_cache_key
 from testbed.testbed import Testbed
+from tests.pod_secrets import pod_secrets
 from tests.unit.webhook_pems import CA_ONE
 
 pytestmark = pytest.mark.integration
@@ -884,14 +885,8 @@ def test_the_rendered_chart_is_accepted_by_the_apiserver(
 def _service_account_client(
     testbed: Testbed, namespace: str, account: str, folder: Path
 ) -> KubeClient:
-    config = yaml.safe_load(testbed.kubeconfig_path.read_text())
-    cluster = config["clusters"][0]["cluster"]
-    folder.mkdir()
-    ca = folder / "ca.crt"
-    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    token = folder / "token"
-    token.write_text(testbed.kube.request_token(namespace, account, expiration_seconds=3600))
-    return KubeClient.in_cluster(str(cluster["server"]), token_file=token, ca_file=ca,
+    secrets = pod_secrets(testbed, namespace, account, folder)
+    return KubeClient.in_cluster(secrets.server, token_file=secrets.token, ca_file=secrets.ca,
                                  timeout=10.0, agent="kserve-canary/chart-test")  # fmt: skip
 
 

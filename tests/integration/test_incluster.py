@@ -6,16 +6,15 @@ bound tokens, writes them where a pod would find them, and rewrites the file to 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from canary.k8s.client import SERVICE_ACCOUNT, AlreadyExists, KubeClient, Unauthorized
 from testbed.testbed import Testbed
+from tests.pod_secrets import pod_secrets
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +36,9 @@ def service_account(testbed: Testbed, name: str) -> str:
 
 def mounted_secrets(testbed: Testbed, namespace: str, folder: Path) -> tuple[str, Path, Path]:
     """The apiserver's URL, and ``token`` and ``ca.crt`` files as the kubelet would mount
-    them (the CA taken from the test bed's kubeconfig)."""
-    config = yaml.safe_load(testbed.kubeconfig_path.read_text())
-    cluster = config["clusters"][0]["cluster"]
-    folder.mkdir()
-    ca = folder / "ca.crt"
-    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
-    token = folder / "token"
-    token.write_text(testbed.kube.request_token(namespace, ACCOUNT, expiration_seconds=3600))
-    return str(cluster["server"]), token, ca
+    them."""
+    secrets = pod_secrets(testbed, namespace, ACCOUNT, folder)
+    return secrets.server, secrets.token, secrets.ca
 
 
 def test_a_pod_is_its_service_account_and_follows_the_token_as_it_rotates(

@@ -212,8 +212,15 @@ class Gatekeeper:
         self._review_token = review_token
         self._review_access = review_access
 
-    def authenticate(self, authorization: str | None) -> Caller:
-        """The caller that the ``Authorization`` header's bearer token belongs to."""
+    def authenticate(
+        self, authorization: str | None, certificate: Mapping[str, Any] | None = None
+    ) -> Caller:
+        """The caller: named by the client certificate verified in the TLS handshake (it
+        chains to the cluster's client CA, which the apiserver publishes), as the apiserver
+        names such a caller; else the one the ``Authorization`` header's bearer token
+        belongs to, as a TokenReview says."""
+        if certificate:
+            return _certificate_caller(certificate)
         token = _bearer(authorization)
         try:
             answer = self._review_token(token)
@@ -270,10 +277,32 @@ class Gatekeeper:
             raise AccessDenied(caller, permission, why)
 
 
+def _certificate_caller(certificate: Mapping[str, Any]) -> Caller:
+    """The user of a verified client certificate, as Kubernetes reads one: the subject's
+    common name is the user name and each organization a group (no UID)."""
+    names: list[str] = []
+    groups: list[str] = []
+    for rdn in certificate.get("subject") or ():
+        for attribute in rdn:
+            if len(attribute) != 2:
+                continue
+            key, value = attribute
+            if key == "commonName":
+                names.append(str(value))
+            elif key == "organizationName":
+                groups.append(str(value))
+    if len(names) != 1 or not names[0].strip():
+        raise Unauthenticated("the client certificate names no single user (subject CN)")
+    if "system:authenticated" not in groups:
+        groups.append("system:authenticated")  # as the apiserver adds to every user
+    return Caller(username=names[0], groups=tuple(groups))
+
+
 def _bearer(authorization: str | None) -> str:
     if not authorization:
         raise Unauthenticated(
-            "no credentials: send your Kubernetes bearer token (Authorization: Bearer ...)"
+            "no credentials: send your Kubernetes bearer token (Authorization: Bearer ...) "
+            "or a client certificate signed by the cluster's client CA"
         )
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -25,7 +25,7 @@ from canary.api.operator import router as operator_router
 from canary.audit import AuditStore, Fence
 from canary.controller import Controller
 from canary.engine import Engine
-from canary.k8s.client import CONTROLLER_MANAGER, KubeClient
+from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
 from canary.k8s.events import EventRecorder
 from canary.k8s.lease import LeaseElector
 from canary.log import get_logger
@@ -209,8 +209,18 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         admission_rules=rules,
         extra_routers=[operator_api],
     )
+    client_ca: bytes | None = None
+    if settings.tls_cert_file is not None:
+        # Operators whose kubeconfig holds a client certificate authenticate with it, as they
+        # do with the apiserver: trust the CA the apiserver publishes for that.
+        try:
+            client_ca = kube.client_ca_bundle()
+        except KubeError as exc:
+            log.warning("api.client_ca_unavailable", error=str(exc),
+                        detail="operators can authenticate with bearer tokens only")  # fmt: skip
     server = HttpServer(
         app,
+        client_ca=client_ca,
         host=settings.http_host,
         port=settings.http_port,
         certfile=settings.tls_cert_file,

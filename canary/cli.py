@@ -258,8 +258,16 @@ def _api_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _credentials(api: _Api) -> tuple[str, str | None]:
-    """(bearer token, the context's namespace) of the caller's own Kubernetes credentials."""
+@dataclass(frozen=True)
+class _Credentials:
+    token: str | None
+    certificate: tuple[str, str] | None
+    namespace: str | None  # the context's
+
+
+def _credentials(api: _Api) -> _Credentials:
+    """The caller's own Kubernetes credentials: the context's bearer token, or else its
+    client certificate (with the files the kubernetes library wrote for inline data)."""
     from canary.k8s.client import KubeClient, KubeConfigError
 
     try:
@@ -268,19 +276,17 @@ def _credentials(api: _Api) -> tuple[str, str | None]:
         else:
             kube = KubeClient.connect()
         with kube:
-            token = kube.bearer_token()
-            namespace = kube.namespace
+            found = _Credentials(kube.bearer_token(), kube.client_certificate(), kube.namespace)
     except (KubeConfigError, OSError, ValueError) as exc:
         raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
     except Exception as exc:  # the kubernetes loader raises its own ConfigException
         raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
-    if token is None:
+    if found.token is None and found.certificate is None:
         raise click.UsageError(
-            "your kubeconfig context authenticates without a bearer token (a client "
-            "certificate?); the operator API identifies you through the apiserver with a "
-            "token: use a context with a token, an exec plugin or OIDC"
+            "your kubeconfig context has neither a bearer token nor a client certificate; "
+            "the operator API identifies you by the same credentials as the apiserver"
         )
-    return token, namespace
+    return found
 
 
 def _target(name: str, namespace: str | None, context_namespace: str | None) -> tuple[str, str]:
@@ -294,7 +300,7 @@ def _target(name: str, namespace: str | None, context_namespace: str | None) -> 
     return namespace or context_namespace or "default", name
 
 
-def _client(api: _Api, token: str) -> Any:
+def _client(api: _Api, credentials: _Credentials) -> Any:
     from canary.remote import OperatorClient
 
     if not api.url:
@@ -305,7 +311,11 @@ def _client(api: _Api, token: str) -> Any:
         )
     try:
         return OperatorClient(
-            api.url, token, ca_file=api.ca_file, tls_server_name=api.tls_server_name
+            api.url,
+            credentials.token,
+            certificate=credentials.certificate,
+            ca_file=api.ca_file,
+            tls_server_name=api.tls_server_name,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -336,9 +346,9 @@ def _send(
 
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint="--reason")
-    token, context_namespace = _credentials(api)
-    ns, short = _target(name, namespace, context_namespace)
-    with _client(api, token) as client:
+    credentials = _credentials(api)
+    ns, short = _target(name, namespace, credentials.namespace)
+    with _client(api, credentials) as client:
         try:
             answer = client.command(
                 ns, short, command, reason=reason, wait=wait, storage_uri=storage_uri
@@ -467,7 +477,8 @@ def status(
     if all_namespaces and (namespace is not None or name is not None):
         raise click.UsageError("-A lists every namespace: give no NAME and no -n with it")
     api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
-    token, context_namespace = _credentials(api)
+    credentials = _credentials(api)
+    context_namespace = credentials.namespace
     ns: str | None
     if all_namespaces:
         ns, short = None, None
@@ -475,7 +486,7 @@ def status(
         ns, short = _target(name, namespace, context_namespace)
     else:
         ns, short = namespace or context_namespace or "default", None
-    with _client(api, token) as client:
+    with _client(api, credentials) as client:
         try:
             answer = client.rollouts(ns, short, include_finished=include_finished)
         except Unreachable as exc:

@@ -1,8 +1,9 @@
 """The client side of the operator API (:mod:`canary.api.operator`), used by the CLI.
 
-It sends the caller's own Kubernetes bearer token, so the controller can ask the apiserver
-who is acting and whether they may; the CLI never holds database credentials. The server's
-certificate is checked against ``ca_file`` (or the system's trust store), under
+It sends the caller's own Kubernetes credentials — the bearer token, or else the client
+certificate, of their kubeconfig context — so the controller can learn from the cluster who
+is acting and ask the apiserver whether they may; the CLI never holds database credentials.
+The server's certificate is checked against ``ca_file`` (or the system's trust store), under
 ``tls_server_name`` when the URL's host is not the name in the certificate (a
 ``kubectl port-forward`` to ``localhost``, for example).
 """
@@ -42,8 +43,9 @@ class OperatorClient:
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | None,
         *,
+        certificate: tuple[str, str] | None = None,
         ca_file: Path | None = None,
         tls_server_name: str | None = None,
         timeout: float = 10.0,
@@ -56,8 +58,8 @@ class OperatorClient:
                 f"refusing to send your credentials over plain HTTP to {parts.hostname}: "
                 "use https:// (plain http only to this machine, e.g. a port-forward)"
             )
-        if not token:
-            raise ValueError("no bearer token to send")
+        if not token and certificate is None:
+            raise ValueError("no credentials to send: neither a bearer token nor a certificate")
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
             try:
@@ -67,11 +69,21 @@ class OperatorClient:
         self._base = url.rstrip("/")
         self._server_name = tls_server_name
         self._timeout = timeout
-        self._client = httpx.Client(
-            verify=verify,
-            headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-            timeout=timeout,
-        )
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        elif certificate is not None and parts.scheme != "https":
+            raise ValueError("a client certificate is presented over https:// only")
+        if certificate is not None and not token:
+            if not isinstance(verify, ssl.SSLContext):
+                verify = ssl.create_default_context()
+            try:
+                verify.load_cert_chain(*certificate)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"cannot use the client certificate {certificate[0]}: {exc}"
+                ) from exc
+        self._client = httpx.Client(verify=verify, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -24,11 +25,29 @@ from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from canary.metrics import ControllerMetrics
 from canary.tls_reload import CertificateReloader
 
-__all__ = ["HttpServer", "HttpServerError"]
+__all__ = ["PEER_CERTIFICATE", "HttpServer", "HttpServerError"]
+
+PEER_CERTIFICATE = "tls_peer_certificate"
+"""Key in each request's ``state`` (``request.state``): the client certificate verified in
+the TLS handshake, as :meth:`ssl.SSLSocket.getpeercert` describes it, or None."""
+
+
+class _PeerAwareH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with the connection's verified client certificate in
+    every request's ``state`` (ASGI has no standard place for it). One protocol object
+    serves one connection, and each request's state is a copy of ``app_state``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        peer = ssl_object.getpeercert() if ssl_object is not None else None
+        self.app_state = {**self.app_state, PEER_CERTIFICATE: peer or None}
+
 
 _POLL = 0.01
 
@@ -50,6 +69,7 @@ class HttpServer:
         shutdown_timeout: float = 5.0,
         reload_interval: float = 5.0,
         metrics: ControllerMetrics | None = None,
+        client_ca: bytes | None = None,
     ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ValueError("TLS needs both certfile and keyfile (or neither, for plain HTTP)")
@@ -57,6 +77,8 @@ class HttpServer:
             raise ValueError(f"port must be between 0 and 65535, not {port}")
         if reload_interval <= 0:
             raise ValueError(f"reload_interval must be positive, not {reload_interval}")
+        if client_ca is not None and certfile is None:
+            raise ValueError("client certificates need TLS: give certfile and keyfile")
         self._app = app
         self._host = host
         self._requested_port = port
@@ -66,6 +88,7 @@ class HttpServer:
         self._shutdown_timeout = shutdown_timeout
         self._reload_interval = reload_interval
         self._metrics = metrics
+        self._client_ca = client_ca
         self._reloader: CertificateReloader | None = None
         self._watching = False
         self._server: uvicorn.Server | None = None
@@ -111,7 +134,7 @@ class HttpServer:
             ssl_keyfile=self._keyfile,
             lifespan="off",
             ws="none",
-            http="h11",
+            http=_PeerAwareH11,
             loop="asyncio",
             log_config=None,
             access_log=False,
@@ -131,6 +154,16 @@ class HttpServer:
         if reloader is not None:
             assert config.ssl is not None
             reloader.attach(config.ssl)  # the context every new connection is wrapped with
+        if self._client_ca is not None:
+            assert config.ssl is not None
+            try:
+                config.ssl.load_verify_locations(cadata=self._client_ca.decode("ascii"))
+            except (ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+                raise HttpServerError(f"cannot load the client CA: {exc}") from exc
+            # A client may present a certificate; one that does not chain to the CA fails the
+            # handshake. Without one (the apiserver calling the webhook, probes, scrapes, a
+            # bearer token) nothing changes.
+            config.ssl.verify_mode = ssl.CERT_OPTIONAL
         self._reloader = reloader
         sock = self._bind()
         self._socket = sock

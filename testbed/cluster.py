@@ -90,6 +90,12 @@ extendedKeyUsage = serverAuth
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 subjectAltName = ${ENV::KSC_SANS}
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 """
 
 
@@ -534,6 +540,32 @@ class Cluster:
         if not (self.pki_dir / "ca.key").is_file():
             raise ClusterError("the cluster's CA does not exist yet: start the cluster first")
         return self._issue(name, hosts)
+
+    def issue_client_certificate(
+        self, name: str, user: str, groups: Sequence[str] = ()
+    ) -> tuple[Path, Path]:
+        """A client certificate signed by the cluster's CA (the apiserver's client CA): the
+        apiserver, and anything that trusts the CA it publishes, reads ``user`` from the
+        subject's CN and a group from each O. (cert path, key path)."""
+        if not _CERT_NAME.fullmatch(name) or name in _RESERVED_CERT_NAMES:
+            raise ValueError(f"certificate name {name!r}: use [a-z0-9-], not one of the cluster's")
+        if not (self.pki_dir / "ca.key").is_file():
+            raise ClusterError("the cluster's CA does not exist yet: start the cluster first")
+        for part in (user, *groups):
+            if not part or any(c in part for c in "/=\\\n+,"):
+                raise ValueError(f"{part!r} cannot be put in a certificate subject here")
+        subject = "".join(f"/O={group}" for group in groups) + f"/CN={user}"
+        key, csr, cert = f"{name}.key", f"{name}.csr", f"{name}.crt"
+        self._new_key(key)
+        self._openssl("req", "-new", "-key", key, "-subj", subject, "-config", "openssl.cnf",
+                      "-out", csr)  # fmt: skip
+        self._openssl(
+            "x509", "-req", "-in", csr, "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-set_serial", f"0x{secrets.token_hex(16)}", "-days", str(_CERT_DAYS),
+            "-extfile", "openssl.cnf", "-extensions", "client", "-out", cert,
+        )  # fmt: skip
+        (self.pki_dir / csr).unlink()
+        return self.pki_dir / cert, self.pki_dir / key
 
     def _issue(self, name: str, hosts: Sequence[str]) -> tuple[Path, Path]:
         sans = []

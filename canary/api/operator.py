@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -47,6 +47,7 @@ from canary.audit import AuditEntry, AuditError, AuditStore, ObjectRef
 from canary.log import get_logger
 from canary.metrics import ControllerMetrics
 from canary.ops import status_lines, submit_command
+from canary.server import PEER_CERTIFICATE
 
 __all__ = ["API_PREFIX", "CommandBody", "router"]
 
@@ -125,12 +126,17 @@ def router(
         return True
 
     def run_command(
-        request_headers: dict[str, str], raw: bytes, namespace: str, name: str, command: str
+        request_headers: dict[str, str],
+        certificate: Mapping[str, Any] | None,
+        raw: bytes,
+        namespace: str,
+        name: str,
+        command: str,
     ) -> JSONResponse:
         if command not in COMMAND_NAMES:
             return _error(404, f"unknown command {command!r}; one of {', '.join(COMMAND_NAMES)}")
         try:
-            caller = gate.authenticate(request_headers.get("authorization"))
+            caller = gate.authenticate(request_headers.get("authorization"), certificate)
         except Unauthenticated as exc:
             metrics.count_operator_request(command, "unauthenticated")
             log.warning("api.unauthenticated", command=command, namespace=namespace, name=name,
@@ -207,16 +213,19 @@ def router(
         if len(raw) > _MAX_BODY:
             return _error(413, f"the body is larger than {_MAX_BODY} bytes")
         headers = {"authorization": request.headers.get("authorization") or ""}
-        return await run_in_threadpool(run_command, headers, raw, namespace, name, command)
+        return await run_in_threadpool(
+            run_command, headers, _peer(request), raw, namespace, name, command
+        )
 
     def read(
         authorization: str | None,
+        certificate: Mapping[str, Any] | None,
         namespace: str | None,
         name: str | None,
         include_finished: bool,
     ) -> JSONResponse:
         try:
-            caller = gate.authenticate(authorization)
+            caller = gate.authenticate(authorization, certificate)
             gate.authorize(caller, (read_permission(namespace, name),))
         except Unauthenticated as exc:
             return _error(401, str(exc))
@@ -248,7 +257,9 @@ def router(
         if refused is not None:
             return refused
         auth = request.headers.get("authorization")
-        return await run_in_threadpool(read, auth, namespace, name, include_finished)
+        return await run_in_threadpool(
+            read, auth, _peer(request), namespace, name, include_finished
+        )
 
     @routes.get("/rollouts")
     async def list_everywhere(request: Request, all: bool = False) -> JSONResponse:
@@ -263,6 +274,12 @@ def router(
         return await answer_read(request, namespace, name, False)
 
     return routes
+
+
+def _peer(request: Request) -> Mapping[str, Any] | None:
+    """The client certificate verified in the TLS handshake (see :mod:`canary.server`)."""
+    peer = getattr(request.state, PEER_CERTIFICATE, None)
+    return peer if isinstance(peer, Mapping) and peer else None
 
 
 def _reason_of(raw: bytes) -> str | None:

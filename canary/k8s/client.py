@@ -798,6 +798,25 @@ class KubeClient:
             text = text[7:]
         return text.strip() or None
 
+    def client_certificate(self) -> tuple[str, str] | None:
+        """(certificate file, key file) this client authenticates with, or None (a kubeconfig's
+        inline data is in files the kubernetes library wrote for this process)."""
+        configuration = self._api.configuration
+        if configuration.cert_file and configuration.key_file:
+            return str(configuration.cert_file), str(configuration.key_file)
+        return None
+
+    def client_ca_bundle(self) -> bytes | None:
+        """The CA bundle that signs the cluster's client certificates, as the apiserver
+        publishes it for other servers (``client-ca-file`` in the ConfigMap
+        kube-system/extension-apiserver-authentication), or None when it has none."""
+        try:
+            config_map = self.get(CONFIG_MAP, "kube-system", "extension-apiserver-authentication")
+        except NotFound:
+            return None
+        pem = (config_map.get("data") or {}).get("client-ca-file")
+        return str(pem).encode("ascii") if pem else None
+
     @property
     def server(self) -> str:
         """The apiserver's URL."""

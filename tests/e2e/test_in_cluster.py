@@ -69,6 +69,8 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
         host, port = str(server.hostname), str(server.port or 443)
         home = tmp_path / "home"
         home.mkdir()
+        assert testbed.cluster is not None
+        cert, key = testbed.cluster.issue_certificate(f"in-pod-{token}", ["127.0.0.1"])
         replica = env.spawn(
             "in-pod",
             tmp_path / "logs",
@@ -79,6 +81,10 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
                 "KUBERNETES_SERVICE_HOST": host,
                 "KUBERNETES_SERVICE_PORT": port,
                 "KSC_LEASE_NAMESPACE": release_ns,
+                # HTTPS, so it also loads the cluster's client CA (for operators' certificates)
+                # with the chart's grant in kube-system
+                "KSC_TLS_CERT_FILE": str(cert),
+                "KSC_TLS_KEY_FILE": str(key),
             },
             wrapper=(*POD, str(secrets)),
         )
@@ -107,6 +113,7 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
         assert replica.process.poll() is None, log.read_text()[-3000:]
         text = log.read_text()
         assert "Forbidden" not in text, text[-3000:]
+        assert "client_ca_unavailable" not in text, text[-3000:]
         field_managers = {
             entry.get("manager") for entry in env.isvc()["metadata"].get("managedFields", [])
         }

@@ -101,6 +101,17 @@ REVIEW_GRANTS = {
     ("authorization.k8s.io", "subjectaccessreviews", "create"),
 }
 LEASE_GRANTS = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+# The cluster's client CA (for operators' client certificates), through the Role every
+# apiserver bootstraps for that in kube-system.
+CLIENT_CA_READER = ("Role", "kube-system", "extension-apiserver-authentication-reader")
+BUILTIN_ROLES: dict[tuple[str, str | None, str], dict[str, Any]] = {
+    CLIENT_CA_READER: {
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                   "verbs": ["get", "list", "watch"],
+                   "resourceNames": ["extension-apiserver-authentication"]}],
+    },
+}  # fmt: skip
+CLIENT_CA_GRANTS = {("", "configmaps", v) for v in ("get", "list", "watch")}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -166,10 +177,11 @@ def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 def controller_grants(objects: list[dict[str, Any]]) -> dict[str | None, set[tuple[str, str, str]]]:
     """What the controller's ServiceAccount is granted, by namespace (None: cluster-wide),
     following the chart's bindings to their roles."""
-    roles = {
+    roles: dict[tuple[str, str | None, str], dict[str, Any]] = {
         (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
         for o in of_kind(objects, "ClusterRole", "Role")
     }
+    roles.update(BUILTIN_ROLES)
     granted: dict[str | None, set[tuple[str, str, str]]] = {}
     for binding in of_kind(objects, "ClusterRoleBinding", "RoleBinding"):
         subjects = {(s["kind"], s.get("namespace"), s["name"]) for s in binding.get("subjects", [])}
@@ -659,7 +671,11 @@ def test_the_notes_say_how_to_reach_the_api_and_verify(
 
 def test_the_controller_is_granted_exactly_the_calls_it_makes(helm: Tool, tmp_path: Path) -> None:
     granted = controller_grants(render(helm, {}, tmp_path))
-    assert granted == {None: WORKLOAD_GRANTS | REVIEW_GRANTS, NAMESPACE: LEASE_GRANTS}
+    assert granted == {
+        None: WORKLOAD_GRANTS | REVIEW_GRANTS,
+        NAMESPACE: LEASE_GRANTS,
+        "kube-system": CLIENT_CA_GRANTS,
+    }
 
 
 def test_the_namespaced_variant_grants_workloads_only_in_the_watched_namespaces(
@@ -672,6 +688,7 @@ def test_the_namespaced_variant_grants_workloads_only_in_the_watched_namespaces(
         "team-a": WORKLOAD_GRANTS,
         "team-b": WORKLOAD_GRANTS,
         NAMESPACE: LEASE_GRANTS,
+        "kube-system": CLIENT_CA_GRANTS,
     }
     for role in of_kind(objects, "ClusterRole"):
         resources = {r for _, r, _ in grants(role["rules"])}
@@ -915,6 +932,7 @@ def test_the_controller_s_service_account_can_make_its_calls_and_no_others(
         _service_account_client(testbed, namespace, account, tmp_path / "serviceaccount") as kube,
     ):
         assert kube.authenticated_user() == f"system:serviceaccount:{namespace}:{account}"
+        assert kube.client_ca_bundle()  # the cluster's client CA, for operators' certificates
         # what the controller does in a watched namespace
         kube.list(INFERENCE_SERVICE, watched)
         route = {

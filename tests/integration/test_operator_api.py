@@ -7,7 +7,9 @@ ordinary RoleBindings).
 Who is who: ServiceAccounts, whose tokens the apiserver issues and reviews like any user's:
 ``alice`` is bound to kserve-canary-operator in the namespace, ``bob`` to
 kserve-canary-viewer, ``carol`` to the operator role and may also patch InferenceServices,
-``mallory`` to nothing. A command that reaches the queue is settled by a stand-in for the
+``mallory`` to nothing. ``dora`` authenticates with a client certificate signed by the
+cluster's client CA (user ``dora``, group ``risk-owners``, the group bound to the operator
+role). A command that reaches the queue is settled by a stand-in for the
 leader (the e2e tests run the real one)."""
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -58,6 +61,7 @@ class Bed:
     kubeconfigs: dict[str, Path]
     uids: dict[str, str]
     settle: dict[str, tuple[str, str]]  # command -> (state, result) the stand-in leader gives
+    ca: Path  # the serving certificate's CA
 
     def user(self, who: str) -> str:
         return f"system:serviceaccount:{self.namespace}:{who}"
@@ -78,7 +82,9 @@ def _bind(testbed: Testbed, namespace: str, who: str, role_kind: str, role: str)
     )
 
 
-def _kubeconfig(testbed: Testbed, path: Path, token: str, namespace: str | None) -> Path:
+def _kubeconfig(
+    testbed: Testbed, path: Path, token: str | dict[str, str], namespace: str | None
+) -> Path:
     config = yaml.safe_load(testbed.kubeconfig_path.read_text())
     context: dict[str, Any] = {"cluster": "bed", "user": "me"}
     if namespace:
@@ -89,7 +95,9 @@ def _kubeconfig(testbed: Testbed, path: Path, token: str, namespace: str | None)
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "bed", "cluster": config["clusters"][0]["cluster"]}],
-                "users": [{"name": "me", "user": {"token": token}}],
+                "users": [
+                    {"name": "me", "user": {"token": token} if isinstance(token, str) else token}
+                ],
                 "contexts": [{"name": "bed", "context": context}],
                 "current-context": "bed",
             }
@@ -148,6 +156,25 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     _bind(testbed, namespace, "bob", "ClusterRole", "kserve-canary-viewer")
     _bind(testbed, namespace, "carol", "ClusterRole", "kserve-canary-operator")
     _bind(testbed, namespace, "carol", "Role", "isvc-editor")
+    testbed.kube.apply(
+        ROLE_BINDING,
+        namespace,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "risk-owners-operator", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "kserve-canary-operator"},
+            "subjects": [{"kind": "Group", "name": "risk-owners",
+                          "apiGroup": "rbac.authorization.k8s.io"}],
+        },
+        field_manager=MANAGER,
+    )  # fmt: skip
+    assert testbed.cluster is not None
+    for who, groups in (("dora", ["risk-owners"]), ("eve", [])):
+        cert, key = testbed.cluster.issue_client_certificate(f"user-{who}", who, groups)
+        user = {"client-certificate": str(cert), "client-key": str(key)}
+        kubeconfigs[who] = _kubeconfig(testbed, folder / f"{who}.kubeconfig", user, namespace)
 
     database_url = f"sqlite:///{folder / 'audit.db'}"
     upgrade_to_head(database_url)
@@ -167,15 +194,21 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             )
         ],
     )
-    server = HttpServer(app, host="127.0.0.1", port=0, certfile=None, keyfile=None)
+    cluster = testbed.cluster
+    assert cluster is not None
+    cert, key = cluster.issue_certificate("operator-api", ["127.0.0.1"])
+    client_ca = testbed.kube.client_ca_bundle()
+    assert client_ca, "the apiserver publishes no client CA"
+    server = HttpServer(app, host="127.0.0.1", port=0, certfile=cert, keyfile=key,
+                        client_ca=client_ca)  # fmt: skip
     server.start()
     settle: dict[str, tuple[str, str]] = {}
     stop = threading.Event()
     leader = threading.Thread(target=_leader, args=(database_url, settle, stop), daemon=True)
     leader.start()
     try:
-        yield Bed(namespace, f"http://127.0.0.1:{server.port}", database_url, kubeconfigs, uids,
-                  settle)  # fmt: skip
+        yield Bed(namespace, f"https://127.0.0.1:{server.port}", database_url, kubeconfigs, uids,
+                  settle, cluster.ca_path)  # fmt: skip
     finally:
         stop.set()
         leader.join(5)
@@ -189,6 +222,7 @@ def canary(
     env = {k: v for k, v in os.environ.items() if not k.startswith("KSC_")}
     env["KUBECONFIG"] = str(bed.kubeconfigs[who])
     env["KSC_API_URL"] = api or bed.url
+    env["KSC_API_CA_FILE"] = str(bed.ca)
     return subprocess.run(
         [str(CANARY), *args],
         capture_output=True,
@@ -325,6 +359,38 @@ def test_an_unreachable_api_exits_3_and_says_where_it_looked(bed: Bed) -> None:
     assert "no controller answered at http://127.0.0.1:9" in result.stderr
 
 
+def test_a_client_certificate_of_the_cluster_identifies_its_user_and_groups(bed: Bed) -> None:
+    bed.settle["promote"] = ("accepted", "promoting")
+    result = canary(bed, "dora", "promote", "scorer", "--reason", "risk sign-off RSK-12")
+    assert result.returncode == 0, result.stderr
+    assert "accepted (as dora)" in result.stdout
+    (row,) = [c for c in _commands(bed) if c.command == "promote" and c.actor == "dora"]
+    assert row.actor_uid is None  # certificates carry no UID
+    assert set(row.actor_groups) == {"risk-owners", "system:authenticated"}
+    # the group decides: eve's certificate is as valid, but no group of hers is bound
+    refused = canary(bed, "eve", "promote", "scorer", "--reason", "me too")
+    assert refused.returncode == 4
+    assert "eve may not create rollouts/promote" in refused.stderr
+    denied = [e for e in _records(bed) if e.action == "manual.denied" and e.actor.id == "eve"]
+    assert len(denied) == 1
+    assert denied[0].actor.groups == ("system:authenticated",)
+
+
+def test_a_certificate_from_another_ca_is_refused_at_the_handshake(
+    bed: Bed, tmp_path: Path, testbed: Testbed
+) -> None:
+    from tests.tls_pairs import make_pair
+
+    pair = make_pair(tmp_path / "impostor-pki", 7)  # self-signed: not the cluster's CA
+    user = {"client-certificate": str(pair.cert), "client-key": str(pair.key)}
+    bed.kubeconfigs["impostor"] = _kubeconfig(testbed, tmp_path / "impostor", user, None)
+    commands, records = len(_commands(bed)), len(_records(bed))
+    result = canary(bed, "impostor", "abort", "scorer", "-n", bed.namespace, "--reason", "x")
+    assert result.returncode == 3, result.stderr
+    assert "no controller answered" in result.stderr
+    assert (len(_commands(bed)), len(_records(bed))) == (commands, records)
+
+
 def test_credentials_are_never_sent_in_clear_to_another_machine(bed: Bed) -> None:
     result = canary(bed, "alice", "pause", "scorer", "--reason", "x", api="http://10.0.0.1:8443")
     assert result.returncode == 2
@@ -333,7 +399,8 @@ def test_credentials_are_never_sent_in_clear_to_another_machine(bed: Bed) -> Non
 
 def test_operator_requests_are_counted_by_outcome(bed: Bed) -> None:
     assert canary(bed, "mallory", "abort", "scorer", "--reason", "x").returncode == 4
-    with urllib.request.urlopen(f"{bed.url}/metrics", timeout=10) as response:
+    context = ssl.create_default_context(cafile=str(bed.ca))
+    with urllib.request.urlopen(f"{bed.url}/metrics", timeout=10, context=context) as response:
         text = response.read().decode()
     assert 'kserve_canary_operator_requests_total{command="abort",outcome="denied"}' in text
 

@@ -236,3 +236,49 @@ def test_start_is_refused_when_the_caller_may_not_patch_the_service_themselves()
     assert "patch inferenceservices.serving.kserve.io 'decider' in namespace credit" in str(
         refused.value
     )
+
+
+def _subject(*pairs: tuple[str, str]) -> dict[str, Any]:
+    """A verified peer certificate as ssl.SSLSocket.getpeercert() describes it."""
+    return {"subject": tuple(((key, value),) for key, value in pairs)}
+
+
+@pytest.mark.parametrize(
+    ("certificate", "expected"),
+    [
+        (_subject(("commonName", "dora")), Caller("dora", None, ("system:authenticated",))),
+        (
+            _subject(("organizationName", "risk"), ("organizationName", "oncall"),
+                     ("commonName", "dora")),
+            Caller("dora", None, ("risk", "oncall", "system:authenticated")),
+        ),
+        (
+            _subject(("countryName", "GB"), ("organizationName", "system:authenticated"),
+                     ("commonName", "dora")),
+            Caller("dora", None, ("system:authenticated",)),
+        ),
+    ],
+)  # fmt: skip
+def test_a_verified_client_certificate_names_the_user_as_kubernetes_reads_it(
+    certificate: dict[str, Any], expected: Caller
+) -> None:
+    reviews = Reviews({"authenticated": True, "user": ALICE})
+    # the certificate wins over a token in the same request, as in the apiserver
+    caller = Gatekeeper(reviews.token, reviews.access).authenticate("Bearer tok", certificate)
+    assert caller == expected
+    assert reviews.tokens == []
+
+
+@pytest.mark.parametrize(
+    "certificate",
+    [
+        _subject(("organizationName", "risk")),
+        _subject(("commonName", "a"), ("commonName", "b")),
+        _subject(("commonName", "  ")),
+        {"subject": ()},
+    ],
+)
+def test_a_certificate_that_names_no_single_user_is_refused(certificate: dict[str, Any]) -> None:
+    reviews = Reviews({"authenticated": True, "user": ALICE})
+    with pytest.raises(Unauthenticated, match="names no single user"):
+        Gatekeeper(reviews.token, reviews.access).authenticate(None, certificate)

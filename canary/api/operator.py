@@ -12,17 +12,19 @@ see :mod:`canary.access`), in that order and before the body is read. Any replic
 a command is queued in the database for the leader, which carries it out and settles it in
 the same transaction as the audit records it causes; the request waits for that.
 
-Answers: 200 accepted; 202 queued but no leader settled it in time; 400 a bad body; 401 no
-or unknown credentials; 403 refused by RBAC (recorded in the audit trail as
-``manual.denied``, with who tried and why); 404 no such rollout (status) or command; 409
-the leader refused the command (it explains why); 503 the apiserver or the database cannot
-be asked. Errors are JSON objects ``{"error": "..."}``.
+Answers: 200 accepted; 202 queued but no leader settled it in time; 400 a bad body or a
+namespace or name that is no Kubernetes name; 401 no or unknown credentials; 403 refused by
+RBAC (recorded in the audit trail as ``manual.denied``, with who tried and why); 404 no such
+rollout (status) or command; 409 the leader refused the command (it explains why); 429 too
+many operator requests at once (:data:`MAX_IN_FLIGHT`); 503 the apiserver or the database
+cannot be asked. Errors are JSON objects ``{"error": "..."}``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -47,12 +49,17 @@ from canary.audit import AuditEntry, AuditError, AuditStore, ObjectRef
 from canary.log import get_logger
 from canary.metrics import ControllerMetrics
 from canary.ops import status_lines, submit_command
+from canary.policy import DNS_LABEL
 from canary.server import PEER_CERTIFICATE
 
 __all__ = ["API_PREFIX", "CommandBody", "router"]
 
 API_PREFIX = "/api/v1"
 MAX_WAIT_SECONDS = 120.0
+MAX_IN_FLIGHT = 8
+"""Operator requests served at once. A command may wait up to ``MAX_WAIT_SECONDS`` for the
+leader on a worker thread; the admission webhook shares those threads, and must never
+queue behind a burst of commands (with ``failurePolicy: Fail`` that would block updates)."""
 _MAX_BODY = 64 * 1024
 
 log = get_logger("canary.api.operator")
@@ -85,6 +92,13 @@ def _insecure(request: Request) -> JSONResponse | None:
     )
 
 
+def _bad_target(namespace: str | None, name: str | None) -> JSONResponse | None:
+    for what, value in (("namespace", namespace), ("name", name)):
+        if value is not None and (not DNS_LABEL.match(value) or len(value) > 63):
+            return _error(400, f"{what} {value[:80]!r} is not a Kubernetes name (a DNS label)")
+    return None
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="kserve-canary"'} if status == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
@@ -99,6 +113,16 @@ def router(
     look_seconds: float,
 ) -> APIRouter:
     routes = APIRouter(prefix=API_PREFIX)
+    in_flight = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+
+    async def limited(call: Callable[..., JSONResponse], *args: Any) -> JSONResponse:
+        if not in_flight.acquire(blocking=False):
+            return _error(429, f"{MAX_IN_FLIGHT} operator requests are in progress; try again",
+                          retry_after=1)  # fmt: skip
+        try:
+            return await run_in_threadpool(call, *args)
+        finally:
+            in_flight.release()
 
     def audit_denial(
         denied: AccessDenied, namespace: str, name: str, command: str, reason: str | None
@@ -206,16 +230,14 @@ def router(
     async def command_endpoint(
         namespace: str, name: str, command: str, request: Request
     ) -> JSONResponse:
-        refused = _insecure(request)
+        refused = _insecure(request) or _bad_target(namespace, name)
         if refused is not None:
             return refused
         raw = await request.body()
         if len(raw) > _MAX_BODY:
             return _error(413, f"the body is larger than {_MAX_BODY} bytes")
         headers = {"authorization": request.headers.get("authorization") or ""}
-        return await run_in_threadpool(
-            run_command, headers, _peer(request), raw, namespace, name, command
-        )
+        return await limited(run_command, headers, _peer(request), raw, namespace, name, command)
 
     def read(
         authorization: str | None,
@@ -253,13 +275,11 @@ def router(
     async def answer_read(
         request: Request, namespace: str | None, name: str | None, include_finished: bool
     ) -> JSONResponse:
-        refused = _insecure(request)
+        refused = _insecure(request) or _bad_target(namespace, name)
         if refused is not None:
             return refused
         auth = request.headers.get("authorization")
-        return await run_in_threadpool(
-            read, auth, _peer(request), namespace, name, include_finished
-        )
+        return await limited(read, auth, _peer(request), namespace, name, include_finished)
 
     @routes.get("/rollouts")
     async def list_everywhere(request: Request, all: bool = False) -> JSONResponse:

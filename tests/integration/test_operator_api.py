@@ -23,17 +23,20 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from canary.access import Gatekeeper, cluster_roles
 from canary.api.app import create_app
 from canary.api.health import Health
+from canary.api.operator import MAX_IN_FLIGHT
 from canary.api.operator import router as operator_router
 from canary.audit import AuditStore, upgrade_to_head
 from canary.k8s.client import SERVICE_ACCOUNT, AlreadyExists, ResourceKind
@@ -62,6 +65,7 @@ class Bed:
     uids: dict[str, str]
     settle: dict[str, tuple[str, str]]  # command -> (state, result) the stand-in leader gives
     ca: Path  # the serving certificate's CA
+    tokens: dict[str, str]
 
     def user(self, who: str) -> str:
         return f"system:serviceaccount:{self.namespace}:{who}"
@@ -141,7 +145,7 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         },
         field_manager=MANAGER,
     )
-    kubeconfigs, uids = {}, {}
+    kubeconfigs, uids, tokens = {}, {}, {}
     for who in ("alice", "bob", "carol", "mallory"):
         with contextlib.suppress(AlreadyExists):
             testbed.kube.create(
@@ -151,6 +155,7 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             )
         uids[who] = testbed.kube.get(SERVICE_ACCOUNT, namespace, who)["metadata"]["uid"]
         token = testbed.kube.request_token(namespace, who, expiration_seconds=3600)
+        tokens[who] = token
         kubeconfigs[who] = _kubeconfig(testbed, folder / f"{who}.kubeconfig", token, namespace)
     _bind(testbed, namespace, "alice", "ClusterRole", "kserve-canary-operator")
     _bind(testbed, namespace, "bob", "ClusterRole", "kserve-canary-viewer")
@@ -208,7 +213,7 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     leader.start()
     try:
         yield Bed(namespace, f"https://127.0.0.1:{server.port}", database_url, kubeconfigs, uids,
-                  settle, cluster.ca_path)  # fmt: skip
+                  settle, cluster.ca_path, tokens)  # fmt: skip
     finally:
         stop.set()
         leader.join(5)
@@ -444,3 +449,55 @@ def test_status_by_name_shows_the_post_rollout_truth_as_a_table_or_json(bed: Bed
     other = canary(bed, "bob", "status", "elsewhere/ranker")
     assert other.returncode == 4
     assert "may not get rollouts.kserve-canary.io 'ranker' in namespace elsewhere" in other.stderr
+
+
+def _post(bed: Bed, who: str, path: str, body: Any) -> httpx.Response:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(bed.ca)), timeout=30) as client:
+        return client.post(
+            f"{bed.url}/api/v1{path}",
+            content=body if isinstance(body, bytes) else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {bed.tokens[who]}"},
+        )
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/rollouts/scorer/pause", {"reason": "x"}, 404, "Not Found"),
+        ("/namespaces/Bad_NS/rollouts/scorer/pause", {"reason": "x"}, 400, "not a Kubernetes name"),
+        ("/namespaces/{ns}/rollouts/-scorer/pause", {"reason": "x"}, 400, "not a Kubernetes name"),
+        ("/namespaces/{ns}/rollouts/scorer/delete", {"reason": "x"}, 404, "unknown command"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", {}, 400, "reason: Field required"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", {"reason": ""}, 400, "reason: String should"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", {"reason": "x", "actor": "ceo"}, 400,
+         "actor: Extra inputs are not permitted"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", {"reason": "x", "waitSeconds": 1e9}, 400,
+         "waitSeconds"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", {"reason": "x", "storageUri": "s3://m"}, 400,
+         "storageUri is only for start"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", b"{not json", 400, "invalid command body"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", b"[1, 2]", 400, "invalid command body"),
+        ("/namespaces/{ns}/rollouts/scorer/pause", b"x" * 70_000, 413, "larger than"),
+    ],
+)  # fmt: skip
+def test_a_malformed_request_is_refused_clearly_and_queues_nothing(
+    bed: Bed, path: str, body: Any, status: int, message: str
+) -> None:
+    before = len(_commands(bed))
+    response = _post(bed, "alice", path.replace("{ns}", bed.namespace), body)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    assert len(_commands(bed)) == before
+
+
+def test_a_burst_of_waiting_commands_never_takes_every_worker(bed: Bed) -> None:
+    """Commands wait for the leader on worker threads that the admission webhook shares: at
+    most MAX_IN_FLIGHT at once; the rest are told to come back (429), and health answers."""
+    bed.settle.pop("resume", None)  # no leader answers: each command waits its full time
+    path = f"/namespaces/{bed.namespace}/rollouts/burst/resume"
+    body = {"reason": "burst", "waitSeconds": 4}
+    with ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT + 4) as pool:
+        futures = [pool.submit(_post, bed, "alice", path, body) for _ in range(MAX_IN_FLIGHT + 4)]
+        codes = sorted(f.result().status_code for f in futures)
+    assert codes.count(202) == MAX_IN_FLIGHT, codes
+    assert codes.count(429) == 4, codes

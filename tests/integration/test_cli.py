@@ -201,14 +201,23 @@ def test_a_command_with_no_api_named_says_how_to_reach_one(tmp_path: Path) -> No
     assert "no operator API given: pass --api-url or set KSC_API_URL" in result.stderr
 
 
-def test_a_client_certificate_context_is_told_to_use_a_token(tmp_path: Path) -> None:
+def test_a_context_with_no_credentials_is_told_what_is_needed(tmp_path: Path) -> None:
+    env = dict(os.environ, KUBECONFIG=str(_kubeconfig(tmp_path, "user: {}")))
+    env["KSC_API_URL"] = "https://127.0.0.1:1"
+    result = run("promote", "scorer", "--reason", "x", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "has neither a bearer token nor a client certificate" in result.stderr
+
+
+def test_a_client_certificate_that_does_not_load_is_named(tmp_path: Path) -> None:
     from tests.unit.webhook_pems import CA_ONE, KEY_BLOCK
 
     (tmp_path / "c.crt").write_bytes(CA_ONE)
-    (tmp_path / "c.key").write_bytes(KEY_BLOCK)
+    (tmp_path / "c.key").write_bytes(KEY_BLOCK)  # not a usable key
     user = f"user: {{client-certificate: {tmp_path / 'c.crt'}, client-key: {tmp_path / 'c.key'}}}"
     env = dict(os.environ, KUBECONFIG=str(_kubeconfig(tmp_path, user)))
     env["KSC_API_URL"] = "https://127.0.0.1:1"
     result = run("promote", "scorer", "--reason", "x", env=env)
     assert result.returncode == 2, result.stderr
-    assert "authenticates without a bearer token (a client certificate?)" in result.stderr
+    assert "cannot use the client certificate" in result.stderr
+    assert "Traceback" not in result.stderr

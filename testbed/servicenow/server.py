@@ -54,7 +54,6 @@ from testbed.servicenow import query as encoded_query
 from testbed.servicenow import signing
 from testbed.servicenow.render import DisplayMode, table_record, wrapped_record
 from testbed.servicenow.store import (
-    APPROVER_STATES,
     CHANGE_STATES,
     TABLES,
     Decision,
@@ -553,13 +552,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(400, "Invalid fault", "kind is 'status' or 'hang'; status 400-599")
         if not isinstance(count, int) or count < 1:
             raise Refused(400, "Invalid fault", "count is a positive integer")
+        try:
+            retry_after, seconds = int(body.get("retry_after", 1)), float(body.get("seconds", 0))
+        except (TypeError, ValueError):
+            raise Refused(400, "Invalid fault", "retry_after and seconds are numbers") from None
         return Fault(
             kind=kind,
             status=status,
             count=count,
             path_prefix=str(body.get("path_prefix", "/api/")),
-            retry_after=int(body.get("retry_after", 1)),
-            seconds=float(body.get("seconds", 0)),
+            retry_after=retry_after,
+            seconds=seconds,
         )
 
     @staticmethod
@@ -628,7 +631,6 @@ class _Handler(BaseHTTPRequestHandler):
             number, user_name, verdict, comments, force=body.get("force") is True
         )
         deliveries = self.sim.deliver(decision, mode)
-        assert decision.approver["state"] in APPROVER_STATES
         return (
             200,
             {

@@ -104,7 +104,7 @@ def approvers(api: httpx.Client, change_sys_id: str) -> dict[str, dict[str, Any]
             "sysparm_exclude_reference_link": "true",
         },
     )
-    by_name = {}
+    by_name: dict[str, dict[str, Any]] = {}
     for record in answer.json()["result"]:
         user = api.get(f"{TABLE}/sys_user/{record['approver']}").json()["result"]
         by_name[user["user_name"]] = record

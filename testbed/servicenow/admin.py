@@ -118,6 +118,10 @@ class SimAdmin:
     def set_callback(self, url: str, secrets: list[str]) -> None:
         self.call("POST", "/__sim/callback", {"url": url, "secrets": secrets})
 
+    def numeric_state(self, enabled: bool = True) -> None:
+        """The Table API answers ``state`` as a JSON number, as some instances' scripts do."""
+        self.call("POST", "/__sim/quirks", {"numeric_state": enabled})
+
     def deliveries(self) -> list[dict[str, Any]]:
         answer: list[dict[str, Any]] = self.call("GET", "/__sim/deliveries")["deliveries"]
         return answer

@@ -29,6 +29,8 @@ Routes (SERVICENOW.md §2-§7):
                                              "forged"|"none"}
     GET    /__sim/callback                  the callback target; POST {"url", "secrets"}
     GET    /__sim/deliveries                every callback delivery attempted, with its answer
+    POST   /__sim/quirks                    {"numeric_state": true}: the Table API answers
+                                             change states as JSON numbers (-3, not "-3")
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class ServiceNowServer:
         self.counts: Counter[str] = Counter()
         self.faulted: Counter[str] = Counter()
         self.deliveries: list[dict[str, Any]] = []
+        self.numeric_state = False  # answer "state" as a JSON number in the Table API
         self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -426,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
             display = "false"
         fields = [f.strip() for f in params.get("sysparm_fields", "").split(",") if f.strip()]
         mode: DisplayMode = "true" if display == "true" else "all" if display == "all" else "false"
-        return table_record(
+        shown = table_record(
             table,
             record,
             lookup=self._lookup,
@@ -435,6 +438,11 @@ class _Handler(BaseHTTPRequestHandler):
             fields=fields or None,
             exclude_reference_link=_flag(params, "sysparm_exclude_reference_link"),
         )
+        # the contract's "numbers where strings are expected" (SERVICENOW.md §8)
+        state = shown.get("state")
+        if self.sim.numeric_state and isinstance(state, str) and re.fullmatch(r"-?\d+", state):
+            shown["state"] = int(state)
+        return shown
 
     def _query(self, table: str, params: dict[str, str]) -> list[dict[str, str]]:
         try:
@@ -537,6 +545,13 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "POST":
                 sim.callback = self._callback_target(self._json())
             return 200, {"url": sim.callback.url, "secrets": len(sim.callback.secrets)}, {}
+        if path == "/__sim/quirks":
+            if method == "POST":
+                numeric = self._json().get("numeric_state", False)
+                if not isinstance(numeric, bool):
+                    raise Refused(400, "Invalid quirk", "numeric_state is true or false")
+                sim.numeric_state = numeric
+            return 200, {"numeric_state": sim.numeric_state}, {}
         if path == "/__sim/deliveries" and method == "GET":
             with sim._lock:
                 return 200, {"deliveries": list(sim.deliveries)}, {}

@@ -451,6 +451,17 @@ def test_an_outsider_approves_only_when_forced(servicenow: ServiceNowSim) -> Non
         assert approvers(api, change["sys_id"])["mallory"]["state"] == "approved"
 
 
+def test_states_can_be_answered_as_numbers(servicenow: ServiceNowSim) -> None:
+    with client(servicenow) as api:
+        change = create(api, "kserve-canary:numbers:3")
+        servicenow.admin.numeric_state()
+        read = api.get(f"{TABLE}/change_request/{change['sys_id']}").json()["result"]
+        assert read["state"] == -5
+        servicenow.admin.numeric_state(False)
+        read = api.get(f"{TABLE}/change_request/{change['sys_id']}").json()["result"]
+        assert read["state"] == "-5"
+
+
 # --- closing -----------------------------------------------------------------------------
 
 

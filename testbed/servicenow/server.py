@@ -255,6 +255,7 @@ def _handler_for(server: ServiceNowServer) -> type[BaseHTTPRequestHandler]:
 
 class _Handler(BaseHTTPRequestHandler):
     sim: ServiceNowServer
+    _body: bytes | None = None
     protocol_version = "HTTP/1.1"
     server_version = "ServiceNow-simulator"
     sys_version = ""
@@ -292,10 +293,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _raw_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise _Answer(413, error_body("Request too large", f"more than {MAX_BODY} bytes"))
-        return self.rfile.read(length) if length > 0 else b""
+        """The request's body, read once. Every request's body is read before the answer
+        (see ``_dispatch``), or the next request on a kept-alive connection would start in
+        the middle of it."""
+        if self._body is None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 <= length <= MAX_BODY:
+                self.close_connection = True
+                raise _Answer(
+                    413,
+                    error_body(
+                        "Request too large",
+                        f"more than {MAX_BODY} bytes, or no valid Content-Length",
+                    ),
+                )
+            self._body = self.rfile.read(length) if length > 0 else b""
+        return self._body
 
     def _json(self) -> dict[str, Any]:
         raw = self._raw_body()
@@ -321,6 +337,7 @@ class _Handler(BaseHTTPRequestHandler):
         return f"http://{self.headers.get('Host') or f'127.0.0.1:{self.sim.port}'}"
 
     def _dispatch(self, method: str) -> None:
+        self._body = None
         split = urllib.parse.urlsplit(self.path)
         path = split.path
         params = {k: v[-1] for k, v in urllib.parse.parse_qs(split.query).items()}
@@ -338,6 +355,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         except Exception as exc:  # a bug in the simulator: still in ServiceNow's shape
             status, body, headers = 500, error_body("Simulator error", repr(exc)), {}
+        with contextlib.suppress(_Answer):
+            self._raw_body()  # an answer given before the body was needed (401, 404...)
         # the client may have given up (a hang fault, its timeout)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._send(status, body, headers)
@@ -363,7 +382,6 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "hang":
             time.sleep(fault.seconds)
         elif fault is not None:
-            self._raw_body()  # drain, so the connection stays usable
             if fault.status == 429:
                 return (
                     429,

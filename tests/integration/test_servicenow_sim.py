@@ -180,6 +180,10 @@ def test_basic_auth_accepts_the_right_password_only(servicenow: ServiceNowSim) -
         assert answer.status_code == 401
         assert answer.json() == UNAUTHENTICATED
         assert "WWW-Authenticate" in answer.headers
+    with client(servicenow) as api:  # one kept-alive connection
+        refused = api.post(f"{TABLE}/change_request", json={"x": "y" * 5000}, auth=("a", "b"))
+        assert refused.status_code == 401
+        assert api.get(f"{TABLE}/change_request").json() == {"result": []}
 
 
 def test_oauth_tokens_are_issued_used_expired_and_refreshed(servicenow: ServiceNowSim) -> None:

@@ -6,6 +6,8 @@
     python -m testbed status    which parts are running
     python -m testbed down      stop every process of the test bed
     python -m testbed demo      the controller on the test bed (what `make demo` runs)
+    python -m testbed servicenow serve|approve|reject|list
+                                the ServiceNow simulator, and a risk owner's decisions
 
 Run from the repository root (or with it on ``PYTHONPATH``): the test bed is not installed
 with the product. Exit codes are the ``canary`` command's: 0 success; 1 the thing checked is
@@ -142,6 +144,15 @@ def demo() -> None:
     from testbed.demo import main as run_demo
 
     sys.exit(run_demo())
+
+
+def _servicenow() -> click.Group:
+    from testbed.servicenow.cli import servicenow
+
+    return servicenow
+
+
+main.add_command(_servicenow())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,6 +5,8 @@
   required: if it cannot start, the tests that need it FAIL (never skip).
 * The whole local test bed, started once per session and shared by tests/integration and
   tests/e2e.
+* A ServiceNow simulator (``servicenow``), a fresh process per test that asks for it; not
+  part of the test bed, so the test bed starts no slower.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from canary.audit import AuditStore, upgrade_to_head
 from canary.k8s.client import KubeClient
 from testbed.postgres import PostgresServer, PostgresUnavailable
+from testbed.servicenow.process import ServiceNowSim, ServiceNowSimError
 from testbed.testbed import Testbed
 
 _ROOT = Path(__file__).parent
@@ -188,3 +191,22 @@ def kube(testbed: Testbed) -> KubeClient:
 def namespace(testbed: Testbed, request: pytest.FixtureRequest) -> str:
     """A fresh namespace for one test."""
     return testbed.namespace(f"t{next(_names)}-{request.node.name[:30]}")
+
+
+@pytest.fixture
+def servicenow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceNowSim]:
+    """A fresh ServiceNow simulator (testbed/servicenow/, docs/SERVICENOW.md) on a free
+    loopback port with the default seed (testbed/servicenow/seed.yaml) and its own state
+    file; ``restart()`` keeps both. If it cannot start, the test FAILS."""
+    sim = ServiceNowSim(tmp_path_factory.mktemp("servicenow"))
+    problem: str | None = None
+    try:
+        sim.start()
+    except ServiceNowSimError as exc:
+        problem = str(exc)
+    if problem is not None:
+        pytest.fail(f"the ServiceNow simulator could not start:\n{problem}", pytrace=False)
+    try:
+        yield sim
+    finally:
+        sim.stop()

@@ -45,3 +45,13 @@ def test_down_without_a_test_bed_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(bed, ["down", "--dir", str(tmp_path)])
     assert result.exit_code == 0
     assert result.output == f"no sandbox in {tmp_path}\n"
+
+
+def test_the_servicenow_simulator_has_its_commands() -> None:
+    result = CliRunner().invoke(bed, ["servicenow", "--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "approve", "reject", "list"):
+        assert f"  {command} " in result.output
+    approve = CliRunner().invoke(bed, ["servicenow", "approve", "--help"])
+    assert "--as" in approve.output
+    assert "KSC_SERVICENOW_URL" in approve.output

@@ -28,6 +28,7 @@ __all__ = [
     "User",
     "check_query_value",
     "check_sys_id",
+    "require_aware",
 ]
 
 _SYS_ID = re.compile(r"[0-9a-f]{32}")
@@ -144,7 +145,7 @@ def check_query_value(value: str, what: str) -> str:
     return value
 
 
-def _require_aware(what: str, value: datetime | None) -> None:
+def require_aware(what: str, value: datetime | None) -> None:
     if value is not None and (value.tzinfo is None or value.utcoffset() is None):
         raise ValueError(f"{what} must be timezone-aware, got {value!r}")
 
@@ -168,8 +169,8 @@ class Change:
         check_sys_id(self.sys_id, "change sys_id")
         if not self.number:
             raise ValueError("a change needs a number")
-        _require_aware("Change.planned_start", self.planned_start)
-        _require_aware("Change.planned_end", self.planned_end)
+        require_aware("Change.planned_start", self.planned_start)
+        require_aware("Change.planned_end", self.planned_end)
 
     @property
     def finished(self) -> bool:
@@ -190,7 +191,7 @@ class ApproverRecord:
     def __post_init__(self) -> None:
         check_sys_id(self.sys_id, "approver record sys_id")
         check_sys_id(self.approver, "approver user sys_id")
-        _require_aware("ApproverRecord.updated_at", self.updated_at)
+        require_aware("ApproverRecord.updated_at", self.updated_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,8 +255,8 @@ class ChangeDraft:
         check_sys_id(self.assignment_group, "assignment group")
         if self.requested_by is not None:
             check_sys_id(self.requested_by, "requested_by")
-        _require_aware("ChangeDraft.planned_start", self.planned_start)
-        _require_aware("ChangeDraft.planned_end", self.planned_end)
+        require_aware("ChangeDraft.planned_start", self.planned_start)
+        require_aware("ChangeDraft.planned_end", self.planned_end)
         if self.planned_end <= self.planned_start:
             raise ValueError(
                 f"the planned window ends ({self.planned_end.isoformat()}) before it starts "

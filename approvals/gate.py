@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Literal, Protocol
 
 from approvals.types import (
@@ -228,33 +229,33 @@ def servicenow_decision(
     answer; the approver records say who gave it.
     """
     require_aware("now", now)
-    base = {"checked_at": now, "change_number": change.number, "change_sys_id": change.sys_id}
+    base = partial(
+        Decision, checked_at=now, change_number=change.number, change_sys_id=change.sys_id
+    )
     by_time = sorted(approvers, key=lambda r: r.updated_at)
 
     if change.approval is ChangeApproval.REJECTED:
         rejecting = [r for r in by_time if r.state is ApproverState.REJECTED]
         if not rejecting:
-            return Decision(Outcome.REJECTED, f"{change.number} was rejected in ServiceNow", **base)
+            return base(Outcome.REJECTED, f"{change.number} was rejected in ServiceNow")
         first = rejecting[0]
         rejecter = users.get(first.approver)
         name = rejecter.user_name if rejecter is not None else first.approver
         comments = "\n".join(r.comments for r in rejecting if r.comments)
-        return Decision(
+        return base(
             Outcome.REJECTED,
             f"{change.number} was rejected by {name}",
             approver=first.approver,
             approver_name=rejecter.user_name if rejecter is not None else None,
             decided_at=first.updated_at,
             comments=comments,
-            **base,
         )
 
     if change.state in (ChangeState.CANCELED, ChangeState.CLOSED):
         ended = "canceled" if change.state is ChangeState.CANCELED else "closed"
-        return Decision(
+        return base(
             Outcome.REJECTED,
             f"{change.number} was {ended} in ServiceNow before the promotion",
-            **base,
         )
 
     if change.approval is not ChangeApproval.APPROVED:
@@ -264,7 +265,7 @@ def servicenow_decision(
             if change.approval is ChangeApproval.NOT_REQUESTED
             else f"awaiting approval ({answered} of {len(approvers)} approvers answered)"
         )
-        return Decision(Outcome.PENDING, f"{change.number}: {waiting}", **base)
+        return base(Outcome.PENDING, f"{change.number}: {waiting}")
 
     wanted = {r.casefold() for r in requesters}
     violations: list[Violation] = []
@@ -276,7 +277,7 @@ def servicenow_decision(
             violations.extend(found)
             continue
         user_name = users[record.approver].user_name
-        return Decision(
+        return base(
             Outcome.APPROVED,
             f"{change.number} was approved by {user_name}",
             approver=record.approver,
@@ -285,7 +286,6 @@ def servicenow_decision(
             comments=record.comments,
             violations=tuple(violations) + _later_violations(by_time, record, users, members,
                                                             wanted, window),
-            **base,
         )  # fmt: skip
     if not violations:
         violations.append(
@@ -295,12 +295,11 @@ def servicenow_decision(
                 "approved it",
             )
         )
-    return Decision(
+    return base(
         Outcome.REFUSED,
         f"{change.number} is approved in ServiceNow, but no approval satisfies segregation of "
         "duties: " + "; ".join(v.message for v in violations),
         violations=tuple(violations),
-        **base,
     )
 
 

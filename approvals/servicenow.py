@@ -403,6 +403,9 @@ class ServiceNowClient:
 
     def find_change(self, correlation_id: str) -> Change | None:
         """The newest change carrying ``correlation_id``, or None."""
+        return self._find_change(correlation_id, None)
+
+    def _find_change(self, correlation_id: str, deadline: float | None) -> Change | None:
         check_query_value(correlation_id, "correlation id")
         body = self._send(
             "GET",
@@ -412,6 +415,7 @@ class ServiceNowClient:
                 "sysparm_query": f"correlation_id={correlation_id}^ORDERBYDESCsys_created_on",
                 "sysparm_limit": "1",
             },
+            deadline=deadline,
         )
         records = _results(body, "a change by correlation id")
         if not records:
@@ -433,7 +437,7 @@ class ServiceNowClient:
         attempt = 0
         while True:
             attempt += 1
-            existing = self.find_change(draft.correlation_id)
+            existing = self._find_change(draft.correlation_id, deadline)
             if existing is not None:
                 _log.info(
                     "servicenow.change_found",
@@ -470,21 +474,22 @@ class ServiceNowClient:
 
     def _create(self, draft: ChangeDraft, api: ChangeApi, deadline: float) -> Change:
         fields = change_fields(draft)
-        if api == "change":
-            path, params = CHANGE_API_PATH, None
-        elif api == "table":
+        params: Mapping[str, str] | None = None
+        path = CHANGE_API_PATH
+        if api == "table":
             path, params = _CHANGES, _PLAIN
             fields["type"] = "normal"
-        else:
-            raise ValueError(f"api must be 'change' or 'table', not {api!r}")
         body = self._send(
             "POST", path, json=fields, params=params, repeatable=False, deadline=deadline
         )
         return _parse(_ChangeRecord, _result(body, "a new change"), "a new change").value()
 
     def read_change(self, sys_id: str) -> Change:
+        return self._read_change(sys_id, None)
+
+    def _read_change(self, sys_id: str, deadline: float | None) -> Change:
         check_sys_id(sys_id, "change sys_id")
-        body = self._send("GET", f"{_CHANGES}/{sys_id}", params=_PLAIN)
+        body = self._send("GET", f"{_CHANGES}/{sys_id}", params=_PLAIN, deadline=deadline)
         change = _parse(_ChangeRecord, _result(body, "a change"), "a change").value()
         if change.sys_id != sys_id:
             raise ServiceNowError(None, f"asked for change {sys_id}, got {change.sys_id}")
@@ -499,7 +504,7 @@ class ServiceNowClient:
         while True:
             attempt += 1
             if attempt > 1:
-                current = self.read_change(change.sys_id)
+                current = self._read_change(change.sys_id, deadline)
             if current.approval is not ChangeApproval.NOT_REQUESTED or current.state not in (
                 ChangeState.NEW,
                 ChangeState.ASSESS,

@@ -67,7 +67,8 @@ class FakeServiceNow:
         )
         if isinstance(reply, Exception):
             raise reply
-        return reply
+        # A fresh response each time: one scripted answer may be given more than once.
+        return httpx.Response(reply.status_code, headers=reply.headers, content=reply.content)
 
     def bodies(self, method: str) -> list[Any]:
         return [json.loads(r.content) for r in self.received if r.method == method]

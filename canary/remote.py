@@ -11,13 +11,12 @@ The server's certificate is checked against ``ca_file`` (or the system's trust s
 from __future__ import annotations
 
 import ipaddress
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
+from approvals.transport import Transport, TransportError
 
 __all__ = ["ApiAnswer", "OperatorClient", "Unreachable"]
 
@@ -60,33 +59,24 @@ class OperatorClient:
             )
         if not token and certificate is None:
             raise ValueError("no credentials to send: neither a bearer token nor a certificate")
-        verify: ssl.SSLContext | bool = True
-        if ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(f"cannot use the CA file {ca_file}: {exc}") from exc
         self._base = url.rstrip("/")
-        self._server_name = tls_server_name
         self._timeout = timeout
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         elif certificate is not None and parts.scheme != "https":
             raise ValueError("a client certificate is presented over https:// only")
-        if certificate is not None and not token:
-            if not isinstance(verify, ssl.SSLContext):
-                verify = ssl.create_default_context()
-            try:
-                verify.load_cert_chain(*certificate)
-            except (OSError, ssl.SSLError) as exc:
-                raise ValueError(
-                    f"cannot use the client certificate {certificate[0]}: {exc}"
-                ) from exc
-        self._client = httpx.Client(verify=verify, headers=headers, timeout=timeout)
+        self._transport = Transport(
+            self._base + _API,
+            timeout=timeout,
+            verify=ca_file if ca_file is not None else True,
+            client_certificate=certificate if not token else None,
+            tls_server_name=tls_server_name,
+            headers=headers,
+        )
 
     def close(self) -> None:
-        self._client.close()
+        self._transport.close()
 
     def __enter__(self) -> OperatorClient:
         return self
@@ -98,25 +88,19 @@ class OperatorClient:
         self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> ApiAnswer:  # fmt: skip
-        extensions = {"sni_hostname": self._server_name} if self._server_name else None
         try:
-            response = self._client.request(
-                method,
-                f"{self._base}{_API}{path}",
-                json=json,
-                params=params,
-                timeout=timeout or self._timeout,
-                extensions=extensions,
+            response = self._transport.request(
+                method, path, json=json, params=params, timeout=timeout or self._timeout
             )
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             raise Unreachable(f"no controller answered at {self._base}: {exc}") from exc
         try:
             body = response.json()
         except ValueError:
-            body = {"error": f"HTTP {response.status_code}: {response.text[:200]}"}
+            body = {"error": f"HTTP {response.status}: {response.text[:200]}"}
         if not isinstance(body, dict):
-            body = {"error": f"HTTP {response.status_code}: unexpected answer"}
-        return ApiAnswer(response.status_code, body)
+            body = {"error": f"HTTP {response.status}: unexpected answer"}
+        return ApiAnswer(response.status, body)
 
     def command(
         self,

@@ -131,7 +131,9 @@ def run_helm(
     helm: Tool, command: str, values: dict[str, Any], tmp_path: Path, namespace: str = NAMESPACE
 ) -> subprocess.CompletedProcess[str]:
     values_file = tmp_path / f"values-{uuid.uuid4().hex[:8]}.yaml"
-    values_file.write_text(yaml.safe_dump(values))
+    # JSON is YAML whose strings are always quoted: a generated value such as "1e123456"
+    # stays a string for helm's YAML parser (which would read it as a number).
+    values_file.write_text(json.dumps(values))
     args = [str(helm.path), command]
     if command == "template":
         args.append(RELEASE)
@@ -864,6 +866,16 @@ def scoped(values: dict[str, Any], token: str) -> dict[str, Any]:
             "namespaceSelector": {"matchLabels": {SCOPE_LABEL: token}},
         },
     }
+
+
+@pytest.mark.parametrize("token", ["8e123456", "12345678", "0x1f", "true", "null"])
+def test_a_generated_value_that_reads_as_a_number_stays_a_string(
+    helm: Tool, token: str, tmp_path: Path
+) -> None:
+    """Values reach helm as text; a random label like 8e123456 must not become a float."""
+    objects = render(helm, scoped({}, token), tmp_path)
+    (webhook,) = only(objects, "MutatingWebhookConfiguration")["webhooks"]
+    assert webhook["namespaceSelector"]["matchLabels"] == {SCOPE_LABEL: token}
 
 
 @pytest.mark.parametrize(

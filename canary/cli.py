@@ -268,7 +268,7 @@ class _Credentials:
 def _credentials(api: _Api) -> _Credentials:
     """The caller's own Kubernetes credentials: the context's bearer token, or else its
     client certificate (with the files the kubernetes library wrote for inline data)."""
-    from canary.k8s.client import KubeClient, KubeConfigError
+    from canary.k8s.client import KubeClient
 
     try:
         if api.kubeconfig is not None or api.context is not None:
@@ -277,9 +277,7 @@ def _credentials(api: _Api) -> _Credentials:
             kube = KubeClient.connect()
         with kube:
             found = _Credentials(kube.bearer_token(), kube.client_certificate(), kube.namespace)
-    except (KubeConfigError, OSError, ValueError) as exc:
-        raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
-    except Exception as exc:  # the kubernetes loader raises its own ConfigException
+    except Exception as exc:  # KubeConfigError, OSError, the kubernetes loader's own errors
         raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
     if found.token is None and found.certificate is None:
         raise click.UsageError(

@@ -6,6 +6,7 @@ risk owner's decision and judging it, and riding out 429s."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from approvals.servicenow import OAuthPassword, ServiceNowClient
 from approvals.transport import Transport
 from approvals.types import ChangeApproval, ChangeDraft
 from testbed.servicenow.process import ServiceNowSim
+from tests.unit.test_servicenow import draft
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +30,9 @@ def client(servicenow: ServiceNowSim) -> Iterator[ServiceNowClient]:
 
 
 def _draft(group_sys_id: str, correlation: str, now: datetime) -> ChangeDraft:
-    return ChangeDraft(
-        short_description="Promote credit/decider to model v7",
-        description="kserve-canary asks to promote a canary that passed its analysis.",
+    return replace(
+        draft(),
         correlation_id=correlation,
-        model="decider",
-        inference_service="credit/decider",
-        old_storage_uri="s3://models/decider/v6",
-        new_storage_uri="s3://models/decider/v7",
-        old_revision="decider-predictor-00006",
-        new_revision="decider-predictor-00007",
-        policy="credit-decisioning",
-        evidence=("error-rate: Successful, 12,000 canary requests",),
-        audit_links=("audit seq 42",),
         assignment_group=group_sys_id,
         planned_start=now - timedelta(minutes=5),
         planned_end=now + timedelta(days=1),

@@ -53,7 +53,9 @@ __all__ = [
     "PlannedWindow",
     "Rule",
     "Violation",
+    "kubernetes_decision",
     "servicenow_decision",
+    "webhook_decision",
 ]
 
 GateKind = Literal["servicenow", "kubernetes", "webhook"]
@@ -81,10 +83,12 @@ class ApprovalKey:
     rollout_id: str
     revision: str
     step_index: int
+    attempt: int = 1  # asked again (after an expiry and a resume): a new change
 
     @property
     def correlation_id(self) -> str:
-        return f"kserve-canary:{self.rollout_id}:{self.step_index}"
+        base = f"kserve-canary:{self.rollout_id}:{self.step_index}"
+        return base if self.attempt == 1 else f"{base}:{self.attempt}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +200,10 @@ class ApprovalStore(Protocol):
 
 
 class ApprovalGate(Protocol):
+    """A gate whose source of truth is a system we ask (ServiceNow). The Kubernetes and the
+    signed-webhook gates decide from what reaches the controller, with
+    :func:`kubernetes_decision` and :func:`webhook_decision`."""
+
     kind: GateKind
 
     def request(self, request: ApprovalRequest, now: datetime) -> PendingApproval:
@@ -204,6 +212,23 @@ class ApprovalGate(Protocol):
 
     def decision(self, pending: PendingApproval, now: datetime) -> Decision:
         """Re-read the source of truth and decide; never trusts a callback's payload."""
+        ...
+
+    def asked(self, pending: PendingApproval) -> tuple[str, ...]:
+        """Who has been asked and not answered yet (user names), for ``canary status``."""
+        ...
+
+    def add_note(self, pending: PendingApproval, text: str) -> None:
+        """Tell the approvers something new (the evidence since the request)."""
+        ...
+
+    def close(
+        self,
+        pending: PendingApproval,
+        code: Literal["successful", "successful_issues", "unsuccessful", "cancelled"],
+        note: str,
+    ) -> None:
+        """Close (or cancel) the request when the rollout no longer needs it."""
         ...
 
 
@@ -351,3 +376,115 @@ def _check(
             )
         )
     return found
+
+
+# ------------------------------------------------------------------------------------------
+# The Kubernetes gate and the signed-webhook gate: the decision, pure
+# ------------------------------------------------------------------------------------------
+
+
+def kubernetes_decision(
+    *,
+    approved: bool,
+    user: str,
+    groups: Collection[str],
+    risk_owner_group: str,
+    requesters: Collection[str],
+    window: PlannedWindow | None,
+    comment: str,
+    now: datetime,
+) -> Decision:
+    """A person's ``canary approve|reject``, as the apiserver identified them (TokenReview:
+    ``user`` and ``groups``; RBAC already allowed the verb). An approval counts only from a
+    member of ``risk_owner_group`` who did not start the rollout, inside the window; a
+    rejection counts from anyone allowed to decide (refusing to promote is always safe)."""
+    require_aware("now", now)
+    if not approved:
+        return Decision(
+            Outcome.REJECTED, f"rejected by {user}", checked_at=now, approver=user,
+            approver_name=user, decided_at=now, comments=comment,
+        )  # fmt: skip
+    violations: list[Violation] = []
+    if risk_owner_group not in groups:
+        violations.append(
+            Violation(
+                Rule.NOT_IN_GROUP,
+                f"{user} is not in the risk-owner group {risk_owner_group} (the cluster says "
+                f"their groups are: {', '.join(sorted(groups)) or 'none'})",
+                approver=user,
+                at=now,
+            )
+        )
+    return _identity_checked(user, requesters, window, comment, now, violations)
+
+
+def webhook_decision(
+    *,
+    approved: bool,
+    approver: str,
+    allowed: Collection[str],
+    requesters: Collection[str],
+    window: PlannedWindow | None,
+    comment: str,
+    now: datetime,
+) -> Decision:
+    """A signed decision from a firm's change system: the approver is who the signed payload
+    names, and counts only if listed in the policy's ``approvers`` (compared without regard
+    to case), did not start the rollout, and decided inside the window. A rejection by
+    anyone the policy lists counts; one by someone else is refused like an approval."""
+    require_aware("now", now)
+    listed = {a.casefold() for a in allowed}
+    violations: list[Violation] = []
+    if approver.casefold() not in listed:
+        violations.append(
+            Violation(
+                Rule.NOT_IN_GROUP, f"{approver} is not one of the policy's approvers",
+                approver=approver, at=now,
+            )
+        )  # fmt: skip
+    if not approved:
+        if violations:
+            return Decision(
+                Outcome.REFUSED, violations[0].message, checked_at=now,
+                violations=tuple(violations),
+            )  # fmt: skip
+        return Decision(
+            Outcome.REJECTED, f"rejected by {approver}", checked_at=now, approver=approver,
+            approver_name=approver, decided_at=now, comments=comment,
+        )  # fmt: skip
+    return _identity_checked(approver, requesters, window, comment, now, violations)
+
+
+def _identity_checked(
+    user: str,
+    requesters: Collection[str],
+    window: PlannedWindow | None,
+    comment: str,
+    now: datetime,
+    violations: list[Violation],
+) -> Decision:
+    if user.casefold() in {r.casefold() for r in requesters}:
+        violations.append(
+            Violation(Rule.SELF_APPROVAL, f"{user} started this rollout", approver=user, at=now)
+        )
+    if window is not None and not window.contains(now):
+        violations.append(
+            Violation(
+                Rule.OUTSIDE_WINDOW,
+                f"{user} approved at {now.isoformat()}, outside the window "
+                f"{window.start.isoformat()} to {window.end.isoformat()}",
+                approver=user,
+                at=now,
+            )
+        )
+    if violations:
+        return Decision(
+            Outcome.REFUSED,
+            "the approval does not count: " + "; ".join(v.message for v in violations),
+            checked_at=now,
+            violations=tuple(violations),
+        )
+    return Decision(
+        Outcome.APPROVED, f"approved by {user}", checked_at=now, approver=user,
+        approver_name=user, decided_at=now, comments=comment,
+    )  # fmt: skip

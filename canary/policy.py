@@ -301,8 +301,9 @@ def _default_checks() -> tuple[CheckSpec, ...]:
 
 class ApprovalGateKind(StrEnum):
     NONE = "none"
-    WEBHOOK = "webhook"
-    SERVICENOW = "servicenow"
+    WEBHOOK = "webhook"  # a firm's own change system posts a signed approve/reject
+    SERVICENOW = "servicenow"  # a normal change request in ServiceNow
+    KUBERNETES = "kubernetes"  # `canary approve|reject`, identity and groups from the cluster
 
 
 class ApprovalPolicy(_Model):
@@ -311,14 +312,50 @@ class ApprovalPolicy(_Model):
         default=100,
         description="Approval is needed before traffic reaches this step (a value in steps).",
     )
-    risk_owner_group: str | None = None
+    risk_owner_group: str | None = Field(
+        default=None,
+        max_length=255,
+        description="Who may approve: the ServiceNow group (servicenow gate, also the change's "
+        "assignment group), the Kubernetes group (kubernetes gate), or a label for the "
+        "approvers list (webhook gate).",
+    )
+    approvers: tuple[str, ...] = Field(
+        default=(),
+        max_length=200,
+        description="webhook gate only: the identities (as the change system signs them, e.g. "
+        "e-mail addresses) whose decisions count.",
+    )
     deadline: Duration = timedelta(hours=24)
     on_expiry: Literal["hold", "rollback"] = "hold"
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers_shape(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for approver in value:
+            if not approver.strip() or len(approver) > 256 or approver != approver.strip():
+                raise ValueError(
+                    f"approver {approver!r} must be a non-empty identity of at most 256 "
+                    "characters without surrounding spaces"
+                )
+            if approver.casefold() in seen:
+                raise ValueError(f"approver {approver!r} is listed twice")
+            seen.add(approver.casefold())
+        return value
 
     @model_validator(mode="after")
     def _group_required(self) -> Self:
         if self.gate is not ApprovalGateKind.NONE and not self.risk_owner_group:
             raise ValueError(f"gate {self.gate.value!r} needs 'riskOwnerGroup': who may approve")
+        if self.gate is ApprovalGateKind.WEBHOOK and not self.approvers:
+            raise ValueError(
+                "gate 'webhook' needs 'approvers': the identities whose signed decisions count"
+            )
+        if self.approvers and self.gate is not ApprovalGateKind.WEBHOOK:
+            raise ValueError(
+                f"'approvers' applies to gate 'webhook' only; gate {self.gate.value!r} takes its "
+                "approvers from 'riskOwnerGroup'"
+            )
         if self.deadline <= timedelta(0):
             raise ValueError("'deadline' must be longer than 0s")
         return self

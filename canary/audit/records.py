@@ -470,7 +470,7 @@ def is_hash(value: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 RolloutMode = Literal["knative", "standard"]
-ApprovalGateKind = Literal["webhook", "servicenow"]
+ApprovalGateKind = Literal["webhook", "servicenow", "kubernetes"]
 ApprovalState = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 
 
@@ -535,12 +535,34 @@ class ApprovalRow:
     decided_at: datetime | None = None
     close_code: str | None = None
     last_checked_at: datetime | None = None
+    attempt: int = 1
+    percent: int | None = None
+    requesters: tuple[str, ...] = ()  # who may not approve (started the rollout)
+    window_start: datetime | None = None  # an approval counts only inside the window
+    window_end: datetime | None = None
+    decision: dict[str, Any] | None = None  # the verified decision, with its evidence
+    recheck_requested_at: datetime | None = None  # a callback asked for a re-read
+    trigger: dict[str, Any] | None = None  # that callback: webhook id, payload digest
+    noted_at: datetime | None = None  # the last work note sent to the change
+    noted_digest: str | None = None
+    close_note: str | None = None  # set with close_code: the change is to be closed
+    closed_at: datetime | None = None  # ... and was closed in the change system
+    last_error: str | None = None  # the change system's last error, for status
+    refused_digest: str | None = None  # the refusals already recorded
+    asked: tuple[str, ...] = ()  # who was asked and has not answered
 
     def __post_init__(self) -> None:
-        for name in ("requested_at", "deadline", "decided_at", "last_checked_at"):
+        object.__setattr__(self, "requesters", tuple(self.requesters))
+        object.__setattr__(self, "asked", tuple(self.asked))
+        for name in (
+            "requested_at", "deadline", "decided_at", "last_checked_at", "window_start",
+            "window_end", "recheck_requested_at", "noted_at", "closed_at",
+        ):  # fmt: skip
             _require_aware(f"ApprovalRow.{name}", getattr(self, name))
         if self.gate not in get_args(ApprovalGateKind):
-            raise ValueError(f"approval gate {self.gate!r} is not 'webhook' or 'servicenow'")
+            raise ValueError(
+                f"approval gate {self.gate!r} is not one of {get_args(ApprovalGateKind)}"
+            )
         if self.state not in get_args(ApprovalState):
             raise ValueError(
                 f"approval state {self.state!r} is not one of {get_args(ApprovalState)}"

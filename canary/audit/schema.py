@@ -254,14 +254,30 @@ class ApprovalModel(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     close_code: Mapped[str | None] = mapped_column(Text)
     last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempt: Mapped[int] = mapped_column(Integer, server_default="1")
+    percent: Mapped[int | None] = mapped_column(Integer)
+    requesters: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    recheck_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    noted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    noted_digest: Mapped[str | None] = mapped_column(Text)
+    close_note: Mapped[str | None] = mapped_column(Text)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    refused_digest: Mapped[str | None] = mapped_column(Text)
+    asked: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
 
     __table_args__ = (
         UniqueConstraint("rollout_id", "revision", "step_index"),
-        CheckConstraint("gate IN ('webhook', 'servicenow')", name="gate"),
+        CheckConstraint("gate IN ('webhook', 'servicenow', 'kubernetes')", name="gate"),
         CheckConstraint(
             "state IN ('pending', 'approved', 'rejected', 'expired', 'cancelled')", name="state"
         ),
         Index("ix_approvals_state_deadline", "state", "deadline"),
+        Index("ix_approvals_change_sys_id", "change_sys_id"),
     )
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from canary.audit.approvals import ApprovalBook
 from canary.audit.commands import CommandQueue
 from canary.audit.deadline import CallDeadline
 from canary.audit.errors import (
@@ -69,13 +70,11 @@ from canary.audit.records import (
     parse_timestamp,
 )
 from canary.audit.schema import (
-    ApprovalModel,
     AuditLog,
     Base,
     LeaderFenceRow,
     MeasurementRow,
     RolloutModel,
-    WebhookDeliveryRow,
 )
 
 __all__ = [
@@ -347,27 +346,6 @@ def _rollout_from(m: Mapping[Any, Any]) -> RolloutRow:
     )
 
 
-def _approval_values(row: ApprovalRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "rollout_id": row.rollout_id,
-        "revision": row.revision,
-        "step_index": row.step_index,
-        "gate": row.gate,
-        "change_number": row.change_number,
-        "change_sys_id": row.change_sys_id,
-        "risk_owner_group": row.risk_owner_group,
-        "requested_by": row.requested_by,
-        "requested_at": row.requested_at,
-        "deadline": row.deadline,
-        "state": row.state,
-        "approver": row.approver,
-        "decided_at": row.decided_at,
-        "close_code": row.close_code,
-        "last_checked_at": row.last_checked_at,
-    }
-
-
 def _stored_measurement(m: Mapping[Any, Any]) -> StoredMeasurement:
     return StoredMeasurement(
         audit_seq=m["audit_seq"],
@@ -397,7 +375,7 @@ def _stored_measurement(m: Mapping[Any, Any]) -> StoredMeasurement:
 # --------------------------------------------------------------------------------------------
 
 
-class AuditStore(CommandQueue):
+class AuditStore(CommandQueue, ApprovalBook):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
     There is deliberately no API that deletes or rewrites audit data.
@@ -494,6 +472,7 @@ class AuditStore(CommandQueue):
         rollout: RolloutRow | None = None,
         expected_version: int | None = None,
         command: tuple[str, CommandState, str, datetime] | None = None,
+        approvals: Sequence[ApprovalRow] = (),
     ) -> list[AuditRecord]:
         """Append ``entries`` and write ``rollout`` in one transaction (all or nothing).
 
@@ -505,6 +484,8 @@ class AuditStore(CommandQueue):
         * ``command``: ``(id, state, result, at)`` settles a pending manual command in the
           same transaction, so a command is carried out exactly once (a command that is no
           longer pending raises :class:`StaleRollout`).
+        * ``approvals``: approval rows upserted in the same transaction (the engine's
+          requests and close requests for the approval worker).
         """
         if rollout is None and expected_version is not None:
             raise ValueError("expected_version given without a rollout")
@@ -517,6 +498,8 @@ class AuditStore(CommandQueue):
                 self._write_rollout(conn, rollout, expected_version)
             if command is not None:
                 self._settle_command(conn, *command)
+            for approval in approvals:
+                self._upsert_approval(conn, approval)
             return self._append(conn, items)
 
     def append(
@@ -672,88 +655,7 @@ class AuditStore(CommandQueue):
             ).first()
         return None if row is None else Fence(lease_name, row.holder, row.epoch)
 
-    def record_delivery(
-        self,
-        webhook_id: str,
-        *,
-        received_at: datetime,
-        source: str,
-        payload_digest: str,
-        signature_valid: bool,
-        outcome: str,
-    ) -> bool:
-        """Store a webhook delivery; False (no exception) if ``webhook_id`` was seen before."""
-        values = {
-            "webhook_id": webhook_id,
-            "received_at": received_at,
-            "source": source,
-            "payload_digest": payload_digest,
-            "signature_valid": signature_valid,
-            "outcome": outcome,
-        }
-        with self._tx(write=True) as conn:
-            if self._dialect == "postgresql":
-                stmt: Any = pg_dialect.insert(WebhookDeliveryRow).values(**values)
-            else:
-                stmt = sqlite_dialect.insert(WebhookDeliveryRow).values(**values)
-            stmt = stmt.on_conflict_do_nothing().returning(WebhookDeliveryRow.webhook_id)
-            return conn.execute(stmt).first() is not None
-
-    def upsert_approval(self, row: ApprovalRow) -> ApprovalRow:
-        """Insert or update the approval for (rollout_id, revision, step_index).
-
-        An existing row keeps its ``id``; every other field is replaced. Returns the stored row.
-        """
-        values = _approval_values(row)
-        key = ("rollout_id", "revision", "step_index")
-        keep = ("id", *key)
-        with self._tx(write=True) as conn:
-            if self._dialect == "postgresql":
-                pg_stmt = pg_dialect.insert(ApprovalModel).values(**values)
-                stmt: Any = pg_stmt.on_conflict_do_update(
-                    index_elements=list(key),
-                    set_={k: pg_stmt.excluded[k] for k in values if k not in keep},
-                )
-            else:
-                lite_stmt = sqlite_dialect.insert(ApprovalModel).values(**values)
-                stmt = lite_stmt.on_conflict_do_update(
-                    index_elements=list(key),
-                    set_={k: lite_stmt.excluded[k] for k in values if k not in keep},
-                )
-            conn.execute(stmt)
-            stored = self._approval(conn, row.rollout_id, row.revision, row.step_index)
-        assert stored is not None
-        return stored
-
     # ---------------------------------------------------------------------------- reads
-
-    @staticmethod
-    def _approval(
-        conn: Connection, rollout_id: str, revision: str, step_index: int
-    ) -> ApprovalRow | None:
-        row = conn.execute(
-            select(ApprovalModel.__table__).where(
-                ApprovalModel.rollout_id == rollout_id,
-                ApprovalModel.revision == revision,
-                ApprovalModel.step_index == step_index,
-            )
-        ).first()
-        return None if row is None else ApprovalRow(**row._mapping)
-
-    def get_approval(self, rollout_id: str, revision: str, step_index: int) -> ApprovalRow | None:
-        """The approval for (rollout_id, revision, step_index), if any."""
-        with self._tx(write=False) as conn:
-            return self._approval(conn, rollout_id, revision, step_index)
-
-    def pending_approvals(self) -> list[ApprovalRow]:
-        """All approvals in state ``pending``, earliest deadline first."""
-        with self._tx(write=False) as conn:
-            rows = conn.execute(
-                select(ApprovalModel.__table__)
-                .where(ApprovalModel.state == "pending")
-                .order_by(ApprovalModel.deadline, ApprovalModel.id)
-            ).all()
-        return [ApprovalRow(**row._mapping) for row in rows]
 
     def head(self) -> tuple[int, str]:
         """(seq, record_hash) of the last record; ``(0, GENESIS_HASH)`` when empty."""

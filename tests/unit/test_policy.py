@@ -162,12 +162,37 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
         "approval-unknown-gate",
         {"approval": {"gate": "email", "riskOwnerGroup": "g"}},
         "approval.gate",
-        "'none', 'webhook' or 'servicenow'",
+        "'none', 'webhook', 'servicenow' or 'kubernetes'",
         "'email'",
     ),
     (
+        "approval-webhook-without-approvers",
+        {"approval": {"gate": "webhook", "riskOwnerGroup": "g"}},
+        "approval",
+        "needs 'approvers'",
+        "",
+    ),
+    (
+        "approval-approvers-on-servicenow",
+        {"approval": {"gate": "servicenow", "riskOwnerGroup": "g", "approvers": ["a@x"]}},
+        "approval",
+        "applies to gate 'webhook' only",
+        "",
+    ),
+    (
+        "approval-approver-twice",
+        {
+            "approval": {
+                "gate": "webhook", "riskOwnerGroup": "g", "approvers": ["Ann@x", "ann@x"]
+            }
+        },
+        "approval.approvers",
+        "listed twice",
+        "",
+    ),
+    (
         "approval-step-not-a-step",
-        {"approval": {"gate": "webhook", "riskOwnerGroup": "g", "beforeStep": 30}},
+        {"approval": {"gate": "kubernetes", "riskOwnerGroup": "g", "beforeStep": 30}},
         "",
         "beforeStep 30 is not one of the steps",
         "",

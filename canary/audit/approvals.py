@@ -1,0 +1,211 @@
+"""Approvals and webhook deliveries in the database.
+
+An ``approvals`` row is one gate instance (a rollout's revision at one step, asked again
+after an expiry as a new attempt). It is the outbox between the engine and the approval
+worker (:mod:`canary.approval_worker`): the engine writes the request and, when the rollout
+no longer needs it, the close request, in the same transaction as the rollout's state; the
+worker carries them out against the change system and writes back what the change system
+said (the change's number, a verified decision, who was asked). The engine reads a decided
+row on its next pass and hands the decision to the state machine.
+
+``webhook_deliveries`` is append-only: a delivery's ``webhook-id`` is stored once, so a
+duplicate (sent twice, or twice at once) is recognised by the insert that fails.
+
+:class:`ApprovalBook` is a part of :class:`canary.audit.AuditStore`, which provides the
+transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, or_, select, update
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from canary.audit.records import ApprovalRow
+from canary.audit.schema import ApprovalModel, WebhookDeliveryRow
+
+__all__ = ["ApprovalBook"]
+
+_KEY = ("rollout_id", "revision", "step_index")
+_COLUMNS = tuple(c.name for c in ApprovalModel.__table__.columns)
+
+
+def _values(row: ApprovalRow) -> dict[str, Any]:
+    values = {name: getattr(row, name) for name in _COLUMNS}
+    values["requesters"] = list(row.requesters)
+    values["asked"] = list(row.asked)
+    return values
+
+
+def _row(mapping: Mapping[Any, Any]) -> ApprovalRow:
+    values = dict(mapping)
+    values["requesters"] = tuple(values.get("requesters") or ())
+    values["asked"] = tuple(values.get("asked") or ())
+    return ApprovalRow(**values)
+
+
+class ApprovalBook:
+    """Write and read approvals and webhook deliveries (mixed into the audit store)."""
+
+    _dialect: str
+
+    def _tx(self, *, write: bool) -> AbstractContextManager[Connection]:
+        raise NotImplementedError  # the audit store provides its transactions
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _upsert_approval(self, conn: Connection, row: ApprovalRow) -> None:
+        values = _values(row)
+        keep = ("id", *_KEY)
+        if self._dialect == "postgresql":
+            pg_stmt = pg_dialect.insert(ApprovalModel).values(**values)
+            stmt: Any = pg_stmt.on_conflict_do_update(
+                index_elements=list(_KEY),
+                set_={k: pg_stmt.excluded[k] for k in values if k not in keep},
+            )
+        else:
+            lite_stmt = sqlite_dialect.insert(ApprovalModel).values(**values)
+            stmt = lite_stmt.on_conflict_do_update(
+                index_elements=list(_KEY),
+                set_={k: lite_stmt.excluded[k] for k in values if k not in keep},
+            )
+        conn.execute(stmt)
+
+    def upsert_approval(self, row: ApprovalRow) -> ApprovalRow:
+        """Insert or update the approval for (rollout_id, revision, step_index).
+
+        An existing row keeps its ``id``; every other field is replaced. Returns the stored row.
+        """
+        with self._tx(write=True) as conn:
+            self._upsert_approval(conn, row)
+            stored = self._approval(conn, row.rollout_id, row.revision, row.step_index)
+        assert stored is not None
+        return stored
+
+    def update_approval(
+        self, approval_id: str, *, only_if_state: str | None = None, **values: Any
+    ) -> bool:
+        """Set ``values`` on one approval; with ``only_if_state``, only while it is in that
+        state (a decision is written once). False when nothing was updated."""
+        unknown = set(values) - set(_COLUMNS)
+        if unknown or {"id", *_KEY} & set(values):
+            raise ValueError(f"cannot set {sorted(unknown or set(values))} on an approval")
+        for name in ("requesters", "asked"):
+            if name in values:
+                values[name] = list(values[name])
+        stmt = update(ApprovalModel).where(ApprovalModel.id == approval_id)
+        if only_if_state is not None:
+            stmt = stmt.where(ApprovalModel.state == only_if_state)
+        with self._tx(write=True) as conn:
+            done = conn.execute(stmt.values(**values).returning(ApprovalModel.id)).first()
+        return done is not None
+
+    def record_delivery(
+        self,
+        webhook_id: str,
+        *,
+        received_at: datetime,
+        source: str,
+        payload_digest: str,
+        signature_valid: bool,
+        outcome: str,
+    ) -> bool:
+        """Store a webhook delivery; False (no exception) if ``webhook_id`` was seen before."""
+        values = {
+            "webhook_id": webhook_id,
+            "received_at": received_at,
+            "source": source,
+            "payload_digest": payload_digest,
+            "signature_valid": signature_valid,
+            "outcome": outcome,
+        }
+        with self._tx(write=True) as conn:
+            if self._dialect == "postgresql":
+                stmt: Any = pg_dialect.insert(WebhookDeliveryRow).values(**values)
+            else:
+                stmt = sqlite_dialect.insert(WebhookDeliveryRow).values(**values)
+            stmt = stmt.on_conflict_do_nothing().returning(WebhookDeliveryRow.webhook_id)
+            return conn.execute(stmt).first() is not None
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _approval(
+        conn: Connection, rollout_id: str, revision: str, step_index: int
+    ) -> ApprovalRow | None:
+        row = conn.execute(
+            select(ApprovalModel.__table__).where(
+                ApprovalModel.rollout_id == rollout_id,
+                ApprovalModel.revision == revision,
+                ApprovalModel.step_index == step_index,
+            )
+        ).first()
+        return None if row is None else _row(row._mapping)
+
+    def get_approval(self, rollout_id: str, revision: str, step_index: int) -> ApprovalRow | None:
+        """The approval for (rollout_id, revision, step_index), if any."""
+        with self._tx(write=False) as conn:
+            return self._approval(conn, rollout_id, revision, step_index)
+
+    def approval_by_id(self, approval_id: str) -> ApprovalRow | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(ApprovalModel.__table__).where(ApprovalModel.id == approval_id)
+            ).first()
+        return None if row is None else _row(row._mapping)
+
+    def approval_by_change(
+        self, *, sys_id: str | None = None, number: str | None = None
+    ) -> ApprovalRow | None:
+        """The approval whose change has this sys_id or number (the latest asked, should a
+        change system reuse a number)."""
+        if sys_id is None and number is None:
+            raise ValueError("give a change sys_id or number")
+        conditions = []
+        if sys_id is not None:
+            conditions.append(ApprovalModel.change_sys_id == sys_id)
+        if number is not None:
+            conditions.append(ApprovalModel.change_number == number)
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(ApprovalModel.__table__)
+                .where(or_(*conditions))
+                .order_by(ApprovalModel.requested_at.desc(), ApprovalModel.id)
+                .limit(1)
+            ).first()
+        return None if row is None else _row(row._mapping)
+
+    def approvals_for(self, rollout_id: str) -> list[ApprovalRow]:
+        """Every approval of one rollout, oldest first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(ApprovalModel.__table__)
+                .where(ApprovalModel.rollout_id == rollout_id)
+                .order_by(ApprovalModel.requested_at, ApprovalModel.id)
+            ).all()
+        return [_row(r._mapping) for r in rows]
+
+    def pending_approvals(self) -> list[ApprovalRow]:
+        """All approvals in state ``pending``, earliest deadline first."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(ApprovalModel.__table__)
+                .where(ApprovalModel.state == "pending")
+                .order_by(ApprovalModel.deadline, ApprovalModel.id)
+            ).all()
+        return [_row(r._mapping) for r in rows]
+
+    def approvals_to_close(self) -> list[ApprovalRow]:
+        """Approvals whose change is to be closed and has not been yet."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(ApprovalModel.__table__)
+                .where(ApprovalModel.close_code.is_not(None), ApprovalModel.closed_at.is_(None))
+                .order_by(ApprovalModel.requested_at, ApprovalModel.id)
+            ).all()
+        return [_row(r._mapping) for r in rows]

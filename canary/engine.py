@@ -40,8 +40,9 @@ from canary.audit import (
     Measurement,
     ModelRef,
     ObjectRef,
-    RolloutRow,
 )
+from canary.document import DOCUMENT_VERSION, RolloutDocument, mode_of
+from canary.entries import Entries, model_ref, object_ref
 from canary.execution import Pending, carry_out
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
 from canary.k8s.events import ObjectReference
@@ -85,8 +86,6 @@ __all__ = [
 
 log = get_logger("canary.engine")
 
-DOCUMENT_VERSION = 1
-_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 _ANALYSED_PHASES = frozenset({Phase.PROGRESSING, Phase.AWAITING_APPROVAL})
 _MIN_WINDOW = timedelta(seconds=10)
 _MAX_WINDOW = timedelta(minutes=5)
@@ -124,122 +123,6 @@ class Metrics(Protocol):
     def record_rollback(self, kind: str) -> None: ...
     def observe_step_duration(self, seconds: float) -> None: ...
     def record_kube_write_retry(self) -> None: ...
-
-
-def mode_of(isvc: Mapping[str, Any]) -> Literal["knative", "standard"]:
-    """The KServe deployment mode: the recorded status wins, then the annotation."""
-    status = isvc.get("status") or {}
-    recorded = str(status.get("deploymentMode") or "")
-    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
-    wanted = recorded or str(annotations.get(_MODE_ANNOTATION) or "")
-    return "standard" if wanted in ("Standard", "RawDeployment") else "knative"
-
-
-# ---------------------------------------------------------------------------------------
-# The stored document
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RolloutDocument:
-    """Everything the engine keeps about one rollout, stored in ``rollouts.state``."""
-
-    state: RolloutState
-    policy: RolloutPolicy  # pinned when the rollout started
-    mode: Literal["knative", "standard"]
-    uid: str
-    metric_profile: str
-    pending: tuple[Pending, ...] = ()
-    next_analysis_at: datetime | None = None
-    next_look_at: datetime | None = None  # the next grouped look (fast path)
-    memory: Mapping[str, CheckMemory] = field(default_factory=dict)
-    retry_at: datetime | None = None  # when unapplied intents are tried again
-    version: int = 0  # the row version it was read at (0: not stored yet)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "v": DOCUMENT_VERSION,
-            "machine": self.state.to_document(),
-            "policy": self.policy.model_dump(mode="json", by_alias=True),
-            "mode": self.mode,
-            "uid": self.uid,
-            "metric_profile": self.metric_profile,
-            "pending": [
-                {
-                    "correlation_id": p.correlation_id,
-                    "revision": p.revision,
-                    "percent": p.percent,
-                    "purpose": p.purpose,
-                    "attempts": p.attempts,
-                    "last_error": p.last_error,
-                }
-                for p in self.pending
-            ],
-            "next_analysis_at": self.next_analysis_at.isoformat()
-            if self.next_analysis_at
-            else None,
-            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
-            "next_look_at": self.next_look_at.isoformat() if self.next_look_at else None,
-            "memory": {name: m.to_json() for name, m in sorted(self.memory.items())},
-        }
-
-    @classmethod
-    def from_row(cls, row: RolloutRow) -> RolloutDocument:
-        doc = row.state
-        if doc.get("v") != DOCUMENT_VERSION:
-            raise ValueError(f"rollout {row.id}: unknown state document version {doc.get('v')!r}")
-        next_analysis = doc.get("next_analysis_at")
-        return cls(
-            state=RolloutState.from_document(doc["machine"]),
-            policy=RolloutPolicy.model_validate(doc["policy"]),
-            mode=doc["mode"],
-            uid=doc["uid"],
-            metric_profile=doc["metric_profile"],
-            pending=tuple(Pending(**p) for p in doc.get("pending", ())),
-            next_analysis_at=datetime.fromisoformat(next_analysis) if next_analysis else None,
-            memory={name: CheckMemory.from_json(m) for name, m in doc.get("memory", {}).items()},
-            retry_at=datetime.fromisoformat(doc["retry_at"]) if doc.get("retry_at") else None,
-            next_look_at=datetime.fromisoformat(doc["next_look_at"])
-            if doc.get("next_look_at")
-            else None,
-            version=row.version,
-        )
-
-    def wake_at(self) -> datetime | None:
-        """When the scheduler must call the engine again for this rollout."""
-        if self.state.terminal:
-            # a finished rollout's last traffic write (an opt-out's or a drift's revert)
-            # is retried like any other until it is carried out
-            return (self.retry_at or self.state.phase_entered_at) if self.pending else None
-        candidates = [self.state.next_check_at]
-        if self.state.phase in _ANALYSED_PHASES and self.state.step_reached_at is not None:
-            # Never analysed at this step yet: due as soon as its split shows.
-            candidates.append(self.next_analysis_at or self.state.step_reached_at)
-            candidates.append(self.next_look_at)
-        if self.pending:
-            candidates.append(self.retry_at or self.state.phase_entered_at)
-        present = [c for c in candidates if c is not None]
-        return min(present) if present else None
-
-    def row(self, rollout_id: str, now: datetime) -> RolloutRow:
-        state = self.state
-        return RolloutRow(
-            id=rollout_id,
-            namespace=state.namespace,
-            name=state.name,
-            isvc_uid=self.uid,
-            policy_name=self.policy.name,
-            mode=self.mode,
-            phase=state.phase.value,
-            step_index=state.step_index,
-            canary_revision=state.canary.name,
-            stable_revision=state.stable.name if state.stable else None,
-            state=self.to_json(),
-            created_at=state.created_at,
-            updated_at=now,
-            next_check_at=self.wake_at(),
-            active=not state.terminal or bool(self.pending),
-        )
 
 
 def check_definitions(policy: RolloutPolicy) -> list[CheckDefinition]:
@@ -340,6 +223,7 @@ class Engine:
         self._leadership = leadership
         self._clock = clock
         self._instance = instance
+        self._entries = Entries(instance, leadership)
         self._analyzer = analyzer
         self._events = events
         self._metrics = metrics
@@ -574,7 +458,7 @@ class Engine:
         if self._metrics is not None:
             for evaluation in result.evaluations:
                 self._metrics.record_analysis(evaluation.check, evaluation.outcome.value)
-        evaluated = self._entry(
+        evaluated = self._entries.entry(
             doc,
             now,
             action="analysis.evaluated",
@@ -738,14 +622,14 @@ class Engine:
         shadow_first = policy.shadow.enabled and policy.shadow.required_before_canary
         percent = 0 if shadow_first else policy.first_step
         correlation = str(uuid.uuid4())
-        obj = _object_ref(observed)
+        obj = object_ref(observed)
         before = dict(observed.view.split)
         intent = AuditEntry(
             at=now,
             actor=command.who,
             action="traffic.intent",
             obj=obj,
-            stable=_model(observed.view.stable),
+            stable=model_ref(observed.view.stable),
             canary=ModelRef(None, uri, None, None),
             traffic_before=before,
             reason=f"rollout start requested by {command.actor}: {command.reason}",
@@ -855,7 +739,7 @@ class Engine:
         work = _Pass()
         for action in actions:
             if isinstance(action, RecordAudit):
-                work.entries.append(self._audit_entry(doc, action))
+                work.entries.append(self._entries.from_action(doc, action))
             elif isinstance(action, EmitEvent):
                 work.events.append(action)
             elif isinstance(action, RejectCommand):
@@ -864,13 +748,13 @@ class Engine:
                 pending = Pending(str(uuid.uuid4()), action.revision, action.percent,
                                   action.purpose)  # fmt: skip
                 work.pending = (pending,)
-                work.entries.append(self._intent_entry(doc, pending))
+                work.entries.append(self._entries.intent(doc, pending))
             elif isinstance(action, (SetMirror, RequestApproval, CloseChange)):
                 # Mirroring and the change-request gate arrive with milestone 2; until then
                 # the decision is audited and the machine's own timers keep the rollout safe
                 # (an approval that never arrives expires; nothing is promoted without it).
                 work.entries.append(
-                    self._entry(
+                    self._entries.entry(
                         doc,
                         doc.state.phase_entered_at,
                         action=f"integration.{action.kind}",
@@ -905,7 +789,7 @@ class Engine:
         if fresh:
             doc = replace(doc, pending=fresh)
         entries = [
-            replace(e, at=now, obj=_object_ref(observed) if observed else e.obj)
+            replace(e, at=now, obj=object_ref(observed) if observed else e.obj)
             for e in work.entries
         ]
         entries = [replace(e, traffic_before=_before(e, observed)) for e in entries]
@@ -959,7 +843,7 @@ class Engine:
             retried=self._metrics.record_kube_write_retry if self._metrics is not None else None,
         )
         outcomes = [
-            self._outcome(
+            self._entries.outcome(
                 doc, r.pending, r.at, f"traffic.{r.outcome}", r.reason, observed,
                 extra=r.refusal.evidence() if r.refusal is not None else None,
             )
@@ -980,7 +864,7 @@ class Engine:
                 refusal.reason, refusal.message, refusal.causes,
             )  # fmt: skip
             doc, work = self._step(doc, rejected, now)
-            ref = _object_ref(observed)
+            ref = object_ref(observed)
             outcomes += [replace(e, at=now, obj=ref) for e in work.entries]
             events += work.events
         self._store.commit(
@@ -992,98 +876,6 @@ class Engine:
         if refusals and not doc.state.terminal:
             self._observe_metrics(doc)  # a paused rollout's weight is the one in force
         return doc
-
-    # ------------------------------------------------------------------ audit entries
-
-    def _entry(
-        self,
-        doc: RolloutDocument,
-        at: datetime,
-        *,
-        action: str,
-        reason: str,
-        observed: Observed | None = None,
-        actor: Actor | None = None,
-        evidence: Mapping[str, Any] | None = None,
-        measurements: tuple[Measurement, ...] = (),
-        correlation_id: str | None = None,
-        traffic_after: Mapping[str, int] | None = None,
-    ) -> AuditEntry:
-        state = doc.state
-        fence = self._leadership()
-        return AuditEntry(
-            at=at,
-            actor=actor or Actor("controller", self._instance),
-            action=action,
-            rollout_id=state.rollout_id,
-            obj=_object_ref(observed)
-            if observed
-            else ObjectRef(state.namespace, state.name, doc.uid),
-            stable=_model(state.stable),
-            canary=_model(state.canary),
-            traffic_after=traffic_after,
-            reason=reason,
-            evidence=dict(evidence or {}),
-            measurements=measurements,
-            leader_epoch=fence.epoch if fence else None,
-            correlation_id=correlation_id,
-        )
-
-    def _audit_entry(self, doc: RolloutDocument, action: RecordAudit) -> AuditEntry:
-        actor = (
-            Actor("controller", self._instance)
-            if action.actor == "controller" and action.actor_kind is None
-            else Actor(action.actor_kind or "human", action.actor)
-        )
-        return self._entry(
-            doc,
-            doc.state.phase_entered_at,
-            action=action.action,
-            reason=action.reason,
-            actor=actor,
-            evidence=dict(action.details),
-        )
-
-    def _intent_entry(self, doc: RolloutDocument, pending: Pending) -> AuditEntry:
-        stable = _stable_name(doc)
-        after = {pending.revision: pending.percent}
-        if stable and stable != pending.revision:
-            after[stable] = 100 - pending.percent
-        return self._entry(
-            doc,
-            doc.state.phase_entered_at,
-            action="traffic.intent",
-            reason=f"{pending.purpose}: give {pending.revision} {pending.percent}%",
-            evidence={"purpose": pending.purpose, "percent": pending.percent},
-            correlation_id=pending.correlation_id,
-            traffic_after=after,
-        )
-
-    def _outcome(
-        self,
-        doc: RolloutDocument,
-        pending: Pending,
-        at: datetime,
-        action: str,
-        reason: str,
-        observed: Observed,
-        *,
-        extra: Mapping[str, Any] | None = None,
-    ) -> AuditEntry:
-        return self._entry(
-            doc,
-            at,
-            action=action,
-            reason=reason,
-            observed=observed,
-            evidence={
-                "purpose": pending.purpose,
-                "percent": pending.percent,
-                "attempts": pending.attempts,
-                **(extra or {}),
-            },
-            correlation_id=pending.correlation_id,
-        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -1149,26 +941,6 @@ def _same(mode: str, a: Revision, b: Revision) -> bool:
     if mode == "knative":
         return a.name == b.name
     return a.name == b.name and (a.storage_uri or None) == (b.storage_uri or None)
-
-
-def _stable_name(doc: RolloutDocument) -> str | None:
-    return doc.state.stable.name if doc.state.stable else None
-
-
-def _model(revision: Revision | None) -> ModelRef | None:
-    if revision is None:
-        return None
-    return ModelRef(None, revision.storage_uri, revision.artifact_digest, revision.name)
-
-
-def _object_ref(observed: Observed) -> ObjectRef:
-    return ObjectRef(
-        observed.namespace,
-        observed.name,
-        observed.uid,
-        observed.generation,
-        observed.resource_version,
-    )
 
 
 def _reference(doc: RolloutDocument, observed: Observed | None) -> ObjectReference:

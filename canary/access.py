@@ -7,7 +7,8 @@ then recorded in the audit trail as the apiserver named them: user name, UID and
 
 What each command needs is expressed on a *virtual* resource that a platform team grants
 with ordinary RBAC (no CustomResourceDefinition is installed for it): the API group
-``kserve-canary.io``, the resource ``rollouts`` and one subresource per command.
+``kserve-canary.io``, the resource ``rollouts`` and one subresource per operator command; an
+approval decision is the verb ``approve`` on the rollout itself.
 
 =============  ===============================================================
 command        RBAC check (in the InferenceService's namespace, for its name)
@@ -18,10 +19,18 @@ resume         ``create`` ``rollouts/resume``
 promote        ``create`` ``rollouts/promote``
 abort          ``create`` ``rollouts/abort``
 start          ``create`` ``rollouts/start`` and ``patch`` the InferenceService
+approve        ``approve`` ``rollouts``
+reject         ``approve`` ``rollouts``
 =============  ===============================================================
 
 ``start`` changes the InferenceService's model, so the caller must also be allowed to patch
 it themselves: the controller never writes for someone what they could not write.
+
+``approve`` and ``reject`` decide a Kubernetes approval gate. One right covers both, the
+right to decide, and only the risk-owner role grants it: an operator who may promote a
+canary may not also approve it (segregation of duties). RBAC is the first check only; the
+leader also requires the approver to be in the policy's risk-owner group, which it reads
+from the groups the apiserver authenticated (stored with the command).
 """
 
 from __future__ import annotations
@@ -36,9 +45,13 @@ from canary.audit.records import Actor
 
 __all__ = [
     "API_GROUP",
+    "APPROVAL_COMMANDS",
+    "APPROVE_VERB",
     "COMMAND_NAMES",
+    "OPERATOR_COMMANDS",
     "OPERATOR_ROLE",
     "RESOURCE",
+    "RISK_OWNER_ROLE",
     "VIEWER_ROLE",
     "AccessDenied",
     "Caller",
@@ -53,7 +66,12 @@ __all__ = [
 
 API_GROUP: Final = "kserve-canary.io"
 RESOURCE: Final = "rollouts"
-COMMAND_NAMES: Final = ("pause", "resume", "promote", "abort", "start")
+OPERATOR_COMMANDS: Final = ("pause", "resume", "promote", "abort", "start")
+"""Commands that act on a rollout, each granted by ``create`` on its own subresource."""
+APPROVAL_COMMANDS: Final = ("approve", "reject")
+"""Decisions of a Kubernetes approval gate, both granted by :data:`APPROVE_VERB`."""
+COMMAND_NAMES: Final = OPERATOR_COMMANDS + APPROVAL_COMMANDS
+APPROVE_VERB: Final = "approve"
 
 
 class Unauthenticated(Exception):
@@ -125,6 +143,8 @@ def command_permissions(command: str, namespace: str, name: str) -> tuple[Permis
     """Every check ``command`` on ``namespace/name`` must pass, in order."""
     if command not in COMMAND_NAMES:
         raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMAND_NAMES)}")
+    if command in APPROVAL_COMMANDS:
+        return (Permission(APPROVE_VERB, namespace, name),)
     own = Permission("create", namespace, name, subresource=command)
     if command != "start":
         return (own,)
@@ -136,19 +156,23 @@ def command_permissions(command: str, namespace: str, name: str) -> tuple[Permis
 
 OPERATOR_ROLE: Final = "kserve-canary-operator"
 VIEWER_ROLE: Final = "kserve-canary-viewer"
+RISK_OWNER_ROLE: Final = "kserve-canary-risk-owner"
 
 
 def cluster_roles() -> list[dict[str, Any]]:
-    """The ClusterRoles ``kserve-canary-operator`` (every command and status) and
-    ``kserve-canary-viewer`` (status only), to bind per namespace with RoleBindings or
-    everywhere with ClusterRoleBindings. ``start`` also needs ``patch`` on the
-    InferenceService, which these roles do not grant (the namespace's edit role does)."""
+    """The ClusterRoles ``kserve-canary-operator`` (every operator command and status),
+    ``kserve-canary-viewer`` (status only) and ``kserve-canary-risk-owner`` (approve or
+    reject, and status), to bind per namespace with RoleBindings or everywhere with
+    ClusterRoleBindings. ``start`` also needs ``patch`` on the InferenceService, which these
+    roles do not grant (the namespace's edit role does). The operator role never grants
+    ``approve``: whoever drives a rollout does not also approve it."""
     read = {"apiGroups": [API_GROUP], "resources": [RESOURCE], "verbs": ["get", "list"]}
     commands = {
         "apiGroups": [API_GROUP],
-        "resources": [f"{RESOURCE}/{command}" for command in COMMAND_NAMES],
+        "resources": [f"{RESOURCE}/{command}" for command in OPERATOR_COMMANDS],
         "verbs": ["create"],
     }
+    decide = {"apiGroups": [API_GROUP], "resources": [RESOURCE], "verbs": [APPROVE_VERB]}
 
     def role(name: str, rules: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -158,7 +182,11 @@ def cluster_roles() -> list[dict[str, Any]]:
             "rules": rules,
         }
 
-    return [role(OPERATOR_ROLE, [read, commands]), role(VIEWER_ROLE, [read])]
+    return [
+        role(OPERATOR_ROLE, [read, commands]),
+        role(VIEWER_ROLE, [read]),
+        role(RISK_OWNER_ROLE, [read, decide]),
+    ]
 
 
 def read_permission(namespace: str | None, name: str | None) -> Permission:

@@ -339,11 +339,12 @@ def _send(
     reason: str,
     wait: float,
     storage_uri: str | None = None,
+    reason_option: str = "--reason",
 ) -> None:
     from canary.remote import Unreachable
 
     if not reason.strip():
-        raise click.BadParameter("must not be empty", param_hint="--reason")
+        raise click.BadParameter("must not be empty", param_hint=reason_option)
     credentials = _credentials(api)
     ns, short = _target(name, namespace, credentials.namespace)
     with _client(api, credentials) as client:
@@ -411,6 +412,58 @@ _manual("pause", "Hold the rollout where it is. Exits 1 if refused (with the rea
 _manual("resume", "Continue a paused rollout; the current step needs fresh evidence.")
 _manual("promote", "Promote the canary to 100% now (still subject to approvals and windows).")
 _manual("abort", "Roll the canary back to 0% and end the rollout.")
+
+
+_DECISION_HELP = """
+
+The decision for a rollout whose policy uses the Kubernetes approval gate, sent as you: the
+controller learns who you are, and your groups, from your cluster credentials
+(the kubeconfig context's token or client certificate), never from this command line. RBAC
+must grant you the verb "approve" on rollouts.kserve-canary.io for this rollout (the
+kserve-canary-risk-owner role; the operator role does not). The leader then checks you
+against the policy's risk-owner group, and refuses an approval by whoever started the
+rollout. --comment is required: it is kept in the audit trail with your name.
+
+Exits 0 when the leader accepted the decision, 1 when it refused it (with its reason), 2 on
+invalid input (e.g. no --comment), 3 when no controller or no leader answered, 4 when the
+apiserver did not authenticate you or RBAC refused you."""
+
+
+def _decision(command: str, summary: str) -> None:
+    @main.command(command, help=summary + _DECISION_HELP)
+    @click.argument("name", metavar="NAME")
+    @namespace_option
+    @click.option(
+        "--comment",
+        "--reason",
+        "comment",
+        help="Why you decide so, for whoever reviews the decision (required; kept in the "
+        "audit trail).",
+    )
+    @wait_option
+    @_api_options
+    def _command(
+        name: str,
+        namespace: str | None,
+        comment: str | None,
+        wait: float,
+        api_url: str | None,
+        api_ca: Path | None,
+        tls_server_name: str | None,
+        kubeconfig: Path | None,
+        context: str | None,
+    ) -> None:
+        if comment is None:
+            raise click.UsageError(
+                f"{command} needs --comment: say why, for whoever reviews the decision (it "
+                "is kept in the audit trail with your name)"
+            )
+        api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+        _send(api, name, namespace, command, comment, wait, reason_option="--comment")
+
+
+_decision("approve", "Approve the canary awaiting approval, so the rollout may go on.")
+_decision("reject", "Reject the canary awaiting approval: the rollout is rolled back.")
 
 
 @main.group()

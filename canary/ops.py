@@ -17,12 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from analysis.sequential_check import describe
+from canary.access import COMMAND_NAMES
 from canary.audit import AuditStore, CommandRow, RolloutRow
 from canary.engine import RolloutDocument, check_definitions, describe_wait
 
 __all__ = ["StatusLine", "parse_target", "render_status", "status_lines", "submit_command"]
-
-COMMANDS = ("pause", "resume", "promote", "abort", "start")
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -56,10 +55,13 @@ def submit_command(
     ``pending`` when no leader answered in time (it stays queued and a leader will carry it
     out later).
     """
-    if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMANDS)}")
+    if command not in COMMAND_NAMES:
+        raise ValueError(f"unknown command {command!r}; allowed: {', '.join(COMMAND_NAMES)}")
     if not reason.strip():
-        raise ValueError("a reason is required for every manual command (--reason)")
+        raise ValueError(
+            "a reason is required for every manual command (--reason; --comment for approve "
+            "and reject)"
+        )
     if not actor.strip():
         raise ValueError("the caller is unknown: a command needs an authenticated user")
     row = store.submit_command(

@@ -1,7 +1,9 @@
 """The operator API: manual commands and rollout status, authenticated by the cluster.
 
 * ``POST /api/v1/namespaces/{namespace}/rollouts/{name}/{command}`` with a JSON body
-  ``{"reason": "...", "storageUri": "..." (start only), "waitSeconds": 30}``;
+  ``{"reason": "...", "storageUri": "..." (start only), "waitSeconds": 30}``, where
+  ``command`` is ``pause``, ``resume``, ``promote``, ``abort``, ``start``, or ``approve`` or
+  ``reject`` (a Kubernetes approval gate's decision; ``reason`` is the approver's comment);
 * ``GET /api/v1/namespaces/{namespace}/rollouts/{name}``, ``GET
   /api/v1/namespaces/{namespace}/rollouts`` and ``GET /api/v1/rollouts`` (``?all=true``
   includes finished rollouts).
@@ -10,7 +12,10 @@ Every request carries the caller's own Kubernetes bearer token. The controller a
 apiserver who it belongs to (TokenReview) and whether they may do this (SubjectAccessReview,
 see :mod:`canary.access`), in that order and before the body is read. Any replica answers:
 a command is queued in the database for the leader, which carries it out and settles it in
-the same transaction as the audit records it causes; the request waits for that.
+the same transaction as the audit records it causes; the request waits for that. The command
+is queued with the caller's user name, UID and groups as the apiserver gave them, never as
+the body says (the leader checks an approver's groups against the policy's risk-owner
+group).
 
 Answers: 200 accepted; 202 queued but no leader settled it in time; 400 a bad body or a
 namespace or name that is no Kubernetes name; 401 no or unknown credentials; 403 refused by

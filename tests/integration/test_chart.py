@@ -699,12 +699,13 @@ def test_the_namespaced_variant_grants_workloads_only_in_the_watched_namespaces(
 
 
 @pytest.mark.parametrize("aggregate", [False, True])
-def test_the_operator_and_viewer_roles_of_the_api_contract(
+def test_the_operator_viewer_and_risk_owner_roles_of_the_api_contract(
     helm: Tool, aggregate: bool, tmp_path: Path
 ) -> None:
     objects = render(helm, {"rbac": {"aggregateToDefaultRoles": aggregate}}, tmp_path)
     viewer = only(objects, "ClusterRole", "kserve-canary-viewer")
     operator = only(objects, "ClusterRole", "kserve-canary-operator")
+    risk_owner = only(objects, "ClusterRole", "kserve-canary-risk-owner")
     reads = {("kserve-canary.io", "rollouts", "get"), ("kserve-canary.io", "rollouts", "list")}
     assert grants(viewer["rules"]) == reads
     commands = {
@@ -712,14 +713,19 @@ def test_the_operator_and_viewer_roles_of_the_api_contract(
         for c in ("pause", "resume", "promote", "abort", "start")
     }
     assert grants(operator["rules"]) == reads | commands
+    # segregation of duties: only the risk owner may approve, and may not drive the rollout
+    assert grants(risk_owner["rules"]) == reads | {("kserve-canary.io", "rollouts", "approve")}
     # the very grants the controller checks (canary.access), so chart and code cannot drift
     product = {role["metadata"]["name"]: grants(role["rules"]) for role in cluster_roles()}
     assert product == {
         "kserve-canary-operator": grants(operator["rules"]),
         "kserve-canary-viewer": grants(viewer["rules"]),
+        "kserve-canary-risk-owner": grants(risk_owner["rules"]),
     }
     aggregation = {k for k in operator["metadata"]["labels"] if k.startswith("rbac.")}
     assert bool(aggregation) is aggregate
+    # a namespace editor or admin never becomes an approver by aggregation
+    assert not [k for k in risk_owner["metadata"]["labels"] if k.startswith("rbac.")]
     if aggregate:
         assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == (
             "true"

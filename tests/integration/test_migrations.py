@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from alembic import command
 
-from canary.audit import AuditStore, alembic_config, schema_differences, upgrade_to_head
+from canary.audit import (
+    AuditError,
+    AuditStore,
+    CommandRow,
+    alembic_config,
+    schema_differences,
+    upgrade_to_head,
+)
 from tests.conftest import Database
 
 pytestmark = pytest.mark.integration
@@ -46,7 +53,7 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0003",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0004",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
 
@@ -81,6 +88,35 @@ def test_models_and_migrations_agree(db: Database) -> None:
     assert schema_differences(db.url) == []
 
 
+def _command(command: str) -> CommandRow:
+    return CommandRow(id=f"c-{command}", namespace="credit", name="decider", command=command,
+                      actor="rita", reason="RSK-12 reviewed", args={}, requested_at=_t0(),
+                      actor_groups=("risk-owners",))  # fmt: skip
+
+
+def test_the_command_queue_takes_approval_decisions_and_only_known_commands(db: Database) -> None:
+    with AuditStore.from_url(db.url) as store:
+        store.submit_command(_command("approve"))
+        store.submit_command(_command("reject"))
+        with pytest.raises(AuditError, match="ck_commands_command"):
+            store.submit_command(_command("delete"))
+        queued = {(c.command, c.actor_groups) for c in store.pending_commands()}
+    assert queued == {("approve", ("risk-owners",)), ("reject", ("risk-owners",))}
+
+
+def test_downgrading_below_approval_decisions_drops_their_queue_rows_only(db: Database) -> None:
+    with AuditStore.from_url(db.url) as store:
+        store.submit_command(_command("approve"))
+        store.submit_command(_command("pause"))
+    command.downgrade(alembic_config(db.url), "0003")
+    with AuditStore.from_url(db.url) as store:
+        assert [c.command for c in store.pending_commands()] == ["pause"]
+        with pytest.raises(AuditError, match="ck_commands_command"):
+            store.submit_command(_command("reject"))
+    upgrade_to_head(db.url)
+    assert schema_differences(db.url) == []
+
+
 def test_schema_drift_is_reported(db: Database) -> None:
     db.query("DROP INDEX ix_audit_log_action")
     differences = schema_differences(db.url)
@@ -112,7 +148,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0003 (head)" in current.stdout
+    assert "0004 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:

@@ -7,9 +7,10 @@ ordinary RoleBindings).
 Who is who: ServiceAccounts, whose tokens the apiserver issues and reviews like any user's:
 ``alice`` is bound to kserve-canary-operator in the namespace, ``bob`` to
 kserve-canary-viewer, ``carol`` to the operator role and may also patch InferenceServices,
-``mallory`` to nothing. ``dora`` authenticates with a client certificate signed by the
-cluster's client CA (user ``dora``, group ``risk-owners``, the group bound to the operator
-role). A command that reaches the queue is settled by a stand-in for the
+``rita`` to kserve-canary-risk-owner (she approves or rejects), ``mallory`` to nothing.
+``dora`` authenticates with a client certificate signed by the cluster's client CA (user
+``dora``, group ``risk-owners``, the group bound to the operator role). A command that
+reaches the queue is settled by a stand-in for the
 leader (the e2e tests run the real one)."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import httpx
 import pytest
 import yaml
 
-from canary.access import Gatekeeper, cluster_roles
+from canary.access import RISK_OWNER_ROLE, Gatekeeper, cluster_roles
 from canary.api.app import create_app
 from canary.api.health import Health
 from canary.api.operator import MAX_IN_FLIGHT
@@ -146,7 +147,7 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         field_manager=MANAGER,
     )
     kubeconfigs, uids, tokens = {}, {}, {}
-    for who in ("alice", "bob", "carol", "mallory"):
+    for who in ("alice", "bob", "carol", "rita", "mallory"):
         with contextlib.suppress(AlreadyExists):
             testbed.kube.create(
                 SERVICE_ACCOUNT,
@@ -161,6 +162,7 @@ def bed(testbed: Testbed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     _bind(testbed, namespace, "bob", "ClusterRole", "kserve-canary-viewer")
     _bind(testbed, namespace, "carol", "ClusterRole", "kserve-canary-operator")
     _bind(testbed, namespace, "carol", "Role", "isvc-editor")
+    _bind(testbed, namespace, "rita", "ClusterRole", RISK_OWNER_ROLE)
     testbed.kube.apply(
         ROLE_BINDING,
         namespace,
@@ -408,6 +410,101 @@ def test_operator_requests_are_counted_by_outcome(bed: Bed) -> None:
     with urllib.request.urlopen(f"{bed.url}/metrics", timeout=10, context=context) as response:
         text = response.read().decode()
     assert 'kserve_canary_operator_requests_total{command="abort",outcome="denied"}' in text
+
+
+# --- approval decisions (a Kubernetes approval gate) ---------------------------------------
+
+
+def test_a_risk_owner_s_decision_is_queued_with_the_apiserver_s_identity_and_groups(
+    bed: Bed,
+) -> None:
+    bed.settle["approve"] = ("accepted", "approved: the rollout goes on to 100%")
+    result = canary(bed, "rita", "approve", "decider", "--comment", "RSK-12 back-test signed")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"approve {bed.namespace}/decider accepted (as {bed.user('rita')}): "
+        "approved: the rollout goes on to 100%\n"
+    )
+    (row,) = [c for c in _commands(bed) if c.command == "approve"]
+    assert (row.namespace, row.name, row.reason) == (
+        bed.namespace, "decider", "RSK-12 back-test signed",
+    )  # fmt: skip
+    # the leader judges the approver by these: the apiserver's identity and groups
+    assert (row.actor, row.actor_uid) == (bed.user("rita"), bed.uids["rita"])
+    assert {f"system:serviceaccounts:{bed.namespace}", "system:authenticated"} <= set(
+        row.actor_groups
+    )
+
+
+def test_a_decision_the_leader_refuses_exits_1_with_its_reason(bed: Bed) -> None:
+    bed.settle["reject"] = ("rejected", f"no approval is awaited for {bed.namespace}/scorer")
+    result = canary(bed, "rita", "reject", f"{bed.namespace}/scorer", "--comment", "bias")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"reject {bed.namespace}/scorer rejected: no approval is awaited for "
+        f"{bed.namespace}/scorer\n"
+    )
+    (row,) = [c for c in _commands(bed) if c.command == "reject"]
+    assert (row.actor, row.reason) == (bed.user("rita"), "bias")
+
+
+@pytest.mark.parametrize("command", ["approve", "reject"])
+def test_an_operator_may_drive_a_rollout_but_not_decide_its_approval(
+    bed: Bed, command: str
+) -> None:
+    before = len(_commands(bed))
+    result = canary(bed, "alice", command, "decider", "--comment", "LGTM, ship it")
+    assert result.returncode == 4, result.stderr
+    assert (
+        f"{bed.user('alice')} may not approve rollouts.kserve-canary.io 'decider' in namespace "
+        f"{bed.namespace}" in result.stderr
+    )
+    assert len(_commands(bed)) == before  # nothing queued
+    record = [e for e in _records(bed) if e.action == "manual.denied"][-1]
+    assert (record.actor.id, record.actor.uid) == (bed.user("alice"), bed.uids["alice"])
+    assert (record.obj.namespace, record.obj.name) == (bed.namespace, "decider")
+    assert record.evidence["command"] == command
+    assert record.evidence["reason"] == "LGTM, ship it"
+    assert str(record.evidence["required"]).startswith("approve rollouts.kserve-canary.io")
+    assert f"{command} refused: " in str(record.reason)
+
+
+def test_a_viewer_and_a_stranger_may_not_approve(bed: Bed) -> None:
+    for who in ("bob", "mallory"):
+        before = len(_commands(bed))
+        result = canary(bed, who, "approve", "decider", "--comment", "looks fine to me")
+        assert result.returncode == 4, result.stderr
+        assert f"{bed.user(who)} may not approve rollouts.kserve-canary.io" in result.stderr
+        assert len(_commands(bed)) == before
+        denied = [e for e in _records(bed) if e.action == "manual.denied"]
+        assert (denied[-1].actor.id, denied[-1].evidence["command"]) == (bed.user(who), "approve")
+
+
+def test_a_risk_owner_may_read_but_not_drive_a_rollout(bed: Bed) -> None:
+    listed = canary(bed, "rita", "status", "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    promoted = canary(bed, "rita", "promote", "decider", "--reason", "approved anyway")
+    assert promoted.returncode == 4
+    assert f"{bed.user('rita')} may not create rollouts/promote" in promoted.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "reason: Field required"),
+        ({"reason": ""}, "reason: String should"),
+        ({"reason": "ok", "storageUri": "s3://m"}, "storageUri is only for start, not approve"),
+        ({"reason": "ok", "approver": "ceo"}, "approver: Extra inputs are not permitted"),
+    ],
+)
+def test_a_malformed_decision_is_refused_clearly_and_queues_nothing(
+    bed: Bed, body: dict[str, Any], message: str
+) -> None:
+    before = len(_commands(bed))
+    response = _post(bed, "rita", f"/namespaces/{bed.namespace}/rollouts/decider/approve", body)
+    assert response.status_code == 400, response.text
+    assert message in response.json()["error"]
+    assert len(_commands(bed)) == before
 
 
 def _finished_rollout(store: AuditStore, namespace: str, name: str, phase: str, outcome: str,

@@ -10,6 +10,9 @@ import pytest
 
 from canary.access import (
     API_GROUP,
+    OPERATOR_ROLE,
+    RISK_OWNER_ROLE,
+    VIEWER_ROLE,
     AccessDenied,
     Caller,
     Gatekeeper,
@@ -38,6 +41,9 @@ ALICE = {"username": "alice@bank.example", "uid": "u-1", "groups": ["risk", "sys
                 ("patch", "serving.kserve.io", "inferenceservices", None),
             ],
         ),
+        # an approval decision, either way, is the right to approve the rollout itself
+        ("approve", [("approve", API_GROUP, "rollouts", None)]),
+        ("reject", [("approve", API_GROUP, "rollouts", None)]),
     ],
 )
 def test_each_command_is_checked_on_its_own_subresource_in_the_namespace(
@@ -73,22 +79,67 @@ def test_status_needs_get_for_one_and_list_for_many(
     }
 
 
-def test_the_operator_role_grants_every_command_and_the_viewer_only_reads() -> None:
-    operator, viewer = cluster_roles()
-    assert operator["metadata"]["name"] == "kserve-canary-operator"
-    assert viewer["metadata"]["name"] == "kserve-canary-viewer"
-    granted = {
-        (verb, resource)
-        for rule in operator["rules"]
-        for verb in rule["verbs"]
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
         for resource in rule["resources"]
+        for verb in rule["verbs"]
     }
+
+
+def _allows(role: dict[str, Any], permission: Permission) -> bool:
+    """What RBAC would answer for ``permission`` under ``role`` (no wildcards are used)."""
+    resource = permission.resource + (f"/{permission.subresource}" if permission.subresource
+                                      else "")  # fmt: skip
+    return (permission.group, resource, permission.verb) in _granted(role)
+
+
+def _roles() -> dict[str, dict[str, Any]]:
+    return {role["metadata"]["name"]: role for role in cluster_roles()}
+
+
+def test_the_roles_are_the_operator_the_viewer_and_the_risk_owner() -> None:
+    assert list(_roles()) == [OPERATOR_ROLE, VIEWER_ROLE, RISK_OWNER_ROLE]
+    assert (OPERATOR_ROLE, VIEWER_ROLE, RISK_OWNER_ROLE) == (
+        "kserve-canary-operator", "kserve-canary-viewer", "kserve-canary-risk-owner",
+    )  # fmt: skip
+
+
+def test_the_operator_role_grants_every_command_and_the_viewer_only_reads() -> None:
+    roles = _roles()
+    operator, viewer = roles[OPERATOR_ROLE], roles[VIEWER_ROLE]
     for command in ("pause", "resume", "promote", "abort", "start"):
         (own, *_) = command_permissions(command, "ns", "x")
-        assert (own.verb, f"{own.resource}/{own.subresource}") in granted
+        assert _allows(operator, own), command
     assert viewer["rules"] == [
         {"apiGroups": [API_GROUP], "resources": ["rollouts"], "verbs": ["get", "list"]}
     ]
+
+
+@pytest.mark.parametrize("command", ["approve", "reject"])
+def test_only_the_risk_owner_may_decide_an_approval(command: str) -> None:
+    roles = _roles()
+    (decide,) = command_permissions(command, "credit", "decider")
+    assert _allows(roles[RISK_OWNER_ROLE], decide)
+    # segregation of duties: whoever may promote a canary may not also approve it
+    assert not _allows(roles[OPERATOR_ROLE], decide)
+    assert not _allows(roles[VIEWER_ROLE], decide)
+
+
+def test_the_risk_owner_reads_rollouts_but_drives_none() -> None:
+    risk_owner = _roles()[RISK_OWNER_ROLE]
+    assert _allows(risk_owner, read_permission("credit", "decider"))
+    assert _allows(risk_owner, read_permission("credit", None))
+    for command in ("pause", "resume", "promote", "abort", "start"):
+        (own, *_) = command_permissions(command, "credit", "decider")
+        assert not _allows(risk_owner, own), command
+    assert _granted(risk_owner) == {
+        (API_GROUP, "rollouts", "get"),
+        (API_GROUP, "rollouts", "list"),
+        (API_GROUP, "rollouts", "approve"),
+    }
 
 
 class Reviews:
@@ -235,6 +286,26 @@ def test_start_is_refused_when_the_caller_may_not_patch_the_service_themselves()
     )
     assert "patch inferenceservices.serving.kserve.io 'decider' in namespace credit" in str(
         refused.value
+    )
+
+
+def test_an_approval_is_asked_as_the_verb_approve_on_the_rollout_itself() -> None:
+    reviews = Reviews({}, [{"allowed": False, "reason": "no RBAC policy matched"}])
+    with pytest.raises(AccessDenied) as refused:
+        Gatekeeper(reviews.token, reviews.access).authorize(
+            CALLER, command_permissions("reject", "credit", "decider")
+        )
+    (spec,) = reviews.specs
+    assert spec["resourceAttributes"] == {
+        "verb": "approve",
+        "group": API_GROUP,
+        "resource": "rollouts",
+        "namespace": "credit",
+        "name": "decider",
+    }
+    assert str(refused.value) == (
+        "alice@bank.example may not approve rollouts.kserve-canary.io 'decider' in namespace "
+        "credit: no RBAC policy matched"
     )
 
 

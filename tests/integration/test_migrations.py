@@ -53,7 +53,7 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0004",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0005",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
 
@@ -108,7 +108,7 @@ def test_downgrading_below_approval_decisions_drops_their_queue_rows_only(db: Da
     with AuditStore.from_url(db.url) as store:
         store.submit_command(_command("approve"))
         store.submit_command(_command("pause"))
-    command.downgrade(alembic_config(db.url), "0003")
+    command.downgrade(alembic_config(db.url), "0004")
     with AuditStore.from_url(db.url) as store:
         assert [c.command for c in store.pending_commands()] == ["pause"]
         with pytest.raises(AuditError, match="ck_commands_command"):
@@ -148,7 +148,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0004 (head)" in current.stdout
+    assert "0005 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:

@@ -1,17 +1,17 @@
 """Manual commands include the decisions of a Kubernetes approval gate: ``approve`` and
 ``reject`` (``canary approve|reject``), queued for the leader like every other command.
 
-Revision ID: 0004
-Revises: 0003
-Created: 2026-12-12
+Revision ID: 0005
+Revises: 0004
+Created: 2026-12-05
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

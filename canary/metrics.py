@@ -19,6 +19,9 @@ Series:
 * ``kserve_canary_operator_requests_total{command,outcome}``: operator API commands by
   outcome (accepted, pending, rejected, failed, denied, unauthenticated, invalid,
   unavailable);
+* ``kserve_canary_webhook_deliveries_total{source,outcome}``: approval webhook deliveries
+  (source ``servicenow`` or ``webhook``) by outcome (accepted, duplicate, unknown, gone,
+  refused, unauthorized, malformed, too_large, unavailable, error);
 * ``kserve_canary_certificate_reloads_total``: serving certificates loaded after a rotation;
 * ``kserve_canary_certificate_reload_failures_total``: rotated files that did not load as a
   pair (the previous certificate is still served; retried on the next poll).
@@ -34,11 +37,17 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from canary.model import Phase
 
-__all__ = ["ADMISSION_RESULTS", "OPERATOR_OUTCOMES", "ControllerMetrics"]
+__all__ = [
+    "ADMISSION_RESULTS", "OPERATOR_OUTCOMES", "WEBHOOK_OUTCOMES", "WEBHOOK_SOURCES",
+    "ControllerMetrics",
+]  # fmt: skip
 
 ADMISSION_RESULTS = ("allowed", "patched", "denied", "error")
 OPERATOR_OUTCOMES = ("accepted", "pending", "rejected", "failed", "denied", "unauthenticated",
                      "invalid", "unavailable")  # fmt: skip
+WEBHOOK_SOURCES = ("servicenow", "webhook")
+WEBHOOK_OUTCOMES = ("accepted", "duplicate", "unknown", "gone", "refused", "unauthorized",
+                    "malformed", "too_large", "unavailable", "error")  # fmt: skip
 
 # Steps hold for minutes (stepHold defaults to 5m) and may stretch to hours.
 _STEP_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
@@ -105,6 +114,12 @@ class ControllerMetrics:
             ["command", "outcome"],
             registry=r,
         )
+        self._webhooks = Counter(
+            "kserve_canary_webhook_deliveries",
+            "Approval webhook deliveries, by source (servicenow, webhook) and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
         self._certificate_reloads = Counter(
             "kserve_canary_certificate_reloads",
             "Serving certificates loaded after the mounted files changed (a rotation).",
@@ -121,6 +136,9 @@ class ControllerMetrics:
             self._rollouts.labels(phase=phase).set(0)
         for result in ADMISSION_RESULTS:
             self._admission.labels(result=result)
+        for source in WEBHOOK_SOURCES:
+            for outcome in WEBHOOK_OUTCOMES:
+                self._webhooks.labels(source=source, outcome=outcome)
         self._leader.set(0)
 
     # --- rollouts --------------------------------------------------------------------------
@@ -172,6 +190,15 @@ class ControllerMetrics:
         if outcome not in OPERATOR_OUTCOMES:
             raise ValueError(f"unknown operator outcome {outcome!r}; allowed: {OPERATOR_OUTCOMES}")
         self._operator.labels(command=command, outcome=outcome).inc()
+
+    def record_webhook(self, source: str, outcome: str) -> None:
+        """``source`` is one of :data:`WEBHOOK_SOURCES`, ``outcome`` one of
+        :data:`WEBHOOK_OUTCOMES`."""
+        if source not in WEBHOOK_SOURCES:
+            raise ValueError(f"unknown webhook source {source!r}; allowed: {WEBHOOK_SOURCES}")
+        if outcome not in WEBHOOK_OUTCOMES:
+            raise ValueError(f"unknown webhook outcome {outcome!r}; allowed: {WEBHOOK_OUTCOMES}")
+        self._webhooks.labels(source=source, outcome=outcome).inc()
 
     def record_certificate_reload(self) -> None:
         self._certificate_reloads.inc()

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from canary.metrics import ADMISSION_RESULTS, ControllerMetrics
+from canary.metrics import ADMISSION_RESULTS, WEBHOOK_OUTCOMES, WEBHOOK_SOURCES, ControllerMetrics
 from canary.model import Phase
 
 
@@ -29,6 +29,10 @@ def test_every_series_is_there_from_the_start() -> None:
         assert value(metrics, "kserve_canary_rollouts", phase=phase.value) == 0
     for result in ADMISSION_RESULTS:
         assert value(metrics, "kserve_canary_admission_reviews_total", result=result) == 0
+    deliveries = "kserve_canary_webhook_deliveries_total"
+    for source in WEBHOOK_SOURCES:
+        for outcome in WEBHOOK_OUTCOMES:
+            assert value(metrics, deliveries, source=source, outcome=outcome) == 0
     assert value(metrics, "kserve_canary_leader") == 0
     assert value(metrics, "kserve_canary_kube_write_retries_total") == 0
     assert value(metrics, "kserve_canary_tick_lag_seconds_count") == 0
@@ -85,6 +89,25 @@ def test_counters() -> None:
 def test_unknown_admission_result_is_refused() -> None:
     with pytest.raises(ValueError, match="allowed"):
         ControllerMetrics().record_admission("maybe")
+
+
+def test_webhook_deliveries_by_source_and_outcome() -> None:
+    metrics = ControllerMetrics()
+    metrics.record_webhook("servicenow", "accepted")
+    metrics.record_webhook("servicenow", "unauthorized")
+    metrics.record_webhook("servicenow", "unauthorized")
+    metrics.record_webhook("webhook", "refused")
+    deliveries = "kserve_canary_webhook_deliveries_total"
+    assert value(metrics, deliveries, source="servicenow", outcome="accepted") == 1
+    assert value(metrics, deliveries, source="servicenow", outcome="unauthorized") == 2
+    assert value(metrics, deliveries, source="webhook", outcome="refused") == 1
+    assert value(metrics, deliveries, source="webhook", outcome="accepted") == 0
+
+
+@pytest.mark.parametrize(("source", "outcome"), [("email", "accepted"), ("webhook", "lost")])
+def test_unknown_webhook_source_or_outcome_is_refused(source: str, outcome: str) -> None:
+    with pytest.raises(ValueError, match="unknown webhook"):
+        ControllerMetrics().record_webhook(source, outcome)
 
 
 def test_leader_gauge() -> None:

@@ -204,7 +204,8 @@ class ApprovalGate(Protocol):
     signed-webhook gates decide from what reaches the controller, with
     :func:`kubernetes_decision` and :func:`webhook_decision`."""
 
-    kind: GateKind
+    @property
+    def kind(self) -> GateKind: ...
 
     def request(self, request: ApprovalRequest, now: datetime) -> PendingApproval:
         """Ask for approval, or find the request made before (idempotent per key)."""

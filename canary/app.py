@@ -12,9 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pydantic import SecretStr
+
 from analysis.looks import LookSource
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
+from approvals.gate import ApprovalGate
+from approvals.servicenow import (
+    BasicAuth,
+    OAuthClientCredentials,
+    OAuthPassword,
+    ServiceNowAuth,
+    ServiceNowClient,
+)
+from approvals.servicenow_gate import ServiceNowGate
+from approvals.transport import Transport
 from canary import __version__
 from canary.access import Gatekeeper
 from canary.admission import TemplateRules
@@ -22,6 +34,9 @@ from canary.analysis_worker import AnalysisRunner, CircuitBreaker, GuardedProvid
 from canary.api.app import create_app
 from canary.api.health import Health
 from canary.api.operator import router as operator_router
+from canary.api.webhooks import webhook_router
+from canary.approval_inbox import ApprovalInboxService
+from canary.approval_worker import ApprovalWorker
 from canary.audit import AuditStore, Fence
 from canary.controller import Controller
 from canary.engine import Engine
@@ -56,12 +71,18 @@ class Application:
     health: Health
     metrics: ControllerMetrics
 
+    approvals: ApprovalWorker | None = None
+
     def start(self) -> None:
         self.server.start()
         self.controller.start()
+        if self.approvals is not None:
+            self.approvals.start()
         self.health.set_ready("process", True, "running")
 
     def stop(self) -> None:
+        if self.approvals is not None:
+            self.approvals.stop()
         self.controller.stop()
         self.server.stop()
         self.store.close()
@@ -195,6 +216,38 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         settings.kserve_label_disallowed,
         default_deployment_mode=settings.kserve_default_deployment_mode,
     )
+    gates: dict[str, ApprovalGate] = {}
+    servicenow = servicenow_gate(settings)
+    if servicenow is not None:
+        gates["servicenow"] = servicenow
+    worker = ApprovalWorker(
+        store=store,
+        gates=gates,
+        leadership=controller.fence,
+        clock=now,
+        enqueue=controller.enqueue,
+        instance=identity,
+        events=events,
+        metrics=metrics,
+        poll_interval=timedelta(seconds=settings.approval_poll_seconds),
+    )
+    inbox = ApprovalInboxService(
+        store=store,
+        worker=worker,
+        leadership=controller.fence,
+        enqueue=controller.enqueue,
+        instance=identity,
+        events=events,
+    )
+    webhooks = webhook_router(
+        inbox=inbox,
+        servicenow_secrets=lambda: [
+            s.get_secret_value() for s in settings.servicenow_callback_secrets
+        ],
+        gate_secrets=lambda: [s.get_secret_value() for s in settings.approval_webhook_secrets],
+        clock=now,
+        metrics=metrics,
+    )
     operator_api = operator_router(
         Gatekeeper(kube.review_token, kube.review_access),
         store,
@@ -207,7 +260,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         policies=policies,
         metrics=metrics,
         admission_rules=rules,
-        extra_routers=[operator_api],
+        extra_routers=[operator_api, webhooks],
     )
     client_ca: bytes | None = None
     if settings.tls_cert_file is not None:
@@ -228,4 +281,36 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         reload_interval=settings.tls_reload_seconds,
         metrics=metrics,
     )
-    return Application(settings, controller, server, store, kube, health, metrics)
+    return Application(settings, controller, server, store, kube, health, metrics, worker)
+
+
+def servicenow_gate(settings: Settings) -> ServiceNowGate | None:
+    """The ServiceNow change gate the settings describe, or None without an instance URL."""
+    if settings.servicenow_url is None:
+        return None
+
+    def secret(value: SecretStr | None) -> str:
+        return value.get_secret_value() if value is not None else ""
+
+    auth: ServiceNowAuth
+    if settings.servicenow_auth == "basic":
+        auth = BasicAuth(settings.servicenow_user or "", secret(settings.servicenow_password))
+    elif settings.servicenow_auth == "oauth-password":
+        auth = OAuthPassword(
+            client_id=settings.servicenow_client_id or "",
+            client_secret=secret(settings.servicenow_client_secret),
+            username=settings.servicenow_user or "",
+            password=secret(settings.servicenow_password),
+        )
+    else:
+        auth = OAuthClientCredentials(
+            client_id=settings.servicenow_client_id or "",
+            client_secret=secret(settings.servicenow_client_secret),
+        )
+    transport = Transport(
+        settings.servicenow_url.rstrip("/"),
+        timeout=settings.servicenow_timeout_seconds,
+        verify=settings.servicenow_ca_file or True,
+    )
+    client = ServiceNowClient(transport, auth, timeout=settings.servicenow_timeout_seconds)
+    return ServiceNowGate(client, api=settings.servicenow_api)

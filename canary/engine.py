@@ -27,11 +27,24 @@ from typing import Any, Literal, Protocol
 from analysis import CheckDefinition, CheckMemory, Outcome, Subject
 from analysis.looks import LookSource
 from analysis.types import SEQUENTIAL_BUILTINS
+from approvals.gate import Outcome as ApprovalOutcome
+from approvals.gate import kubernetes_decision
 from canary import aftercare, machine
 from canary.analysis_worker import AnalysisRequest, AnalysisRunner, Analyzes, analysis_ticket
 from canary.annotations import AnnotationError, parse_annotations
+from canary.approval_flow import (
+    close_row,
+    decision_actor,
+    decision_evidence,
+    decision_json,
+    observations,
+    pending_of,
+    request_row,
+    violations_json,
+)
 from canary.audit import (
     Actor,
+    ApprovalRow,
     AuditEntry,
     AuditStore,
     CommandRow,
@@ -50,6 +63,7 @@ from canary.log import get_logger
 from canary.model import (
     Action,
     AnalysisVerdict,
+    ApprovalDecision,
     CloseChange,
     CommandKind,
     EmitEvent,
@@ -69,7 +83,14 @@ from canary.model import (
     Verdict,
     WriteRejected,
 )
-from canary.policy import CheckSpec, PolicyError, PolicySet, RolloutPolicy, format_duration
+from canary.policy import (
+    ApprovalGateKind,
+    CheckSpec,
+    PolicyError,
+    PolicySet,
+    RolloutPolicy,
+    format_duration,
+)
 from canary.routing.base import Observed, TrafficRouter
 
 __all__ = [
@@ -189,6 +210,7 @@ class _Pass:
     events: list[EmitEvent] = field(default_factory=list)
     rejected: RejectCommand | None = None
     pending: tuple[Pending, ...] = ()  # a new intent replaces any older one not carried out
+    approvals: list[ApprovalRow] = field(default_factory=list)  # requests and close requests
 
 
 class Engine:
@@ -267,6 +289,8 @@ class Engine:
         now = self._clock()
         if command.command == "start":
             return self._start_command(fence, command, now)
+        if command.command in ("approve", "reject"):
+            return self._decide_command(fence, command, now)
         try:
             kind = CommandKind(command.command)
         except ValueError:
@@ -307,6 +331,130 @@ class Engine:
         )
         return state, result
 
+    def _decide_command(
+        self, fence: Fence, command: CommandRow, now: datetime
+    ) -> tuple[CommandState, str]:
+        """``canary approve|reject``: the Kubernetes gate. RBAC allowed the caller to decide
+        (the operator API checked the ``approve`` verb); here the policy's rules apply: an
+        approval counts only from a member of the risk-owner group (the groups the
+        apiserver gave for the caller) who did not start the rollout, before the deadline."""
+        approved = command.command == "approve"
+        row = self._store.rollout_for(command.namespace, command.name)
+        target = f"{command.namespace}/{command.name}"
+        if row is None:
+            return self._refuse_command(fence, command, f"no active rollout for {target}", now)
+        doc = RolloutDocument.from_row(row)
+        state, policy = doc.state, doc.policy
+        approval = state.approval
+        if policy.approval.gate is not ApprovalGateKind.KUBERNETES:
+            gate = policy.approval.gate.value
+            why = (
+                f"{target} is under policy {policy.name}, whose approvals go through the "
+                f"{gate} gate, not `canary {command.command}`"
+            )
+            return self._refuse_command(fence, command, why, now, rollout_id=row.id)
+        if approval is None or approval.status != "pending":
+            why = f"{target} is not awaiting approval (phase {state.phase.value})"
+            if approval is not None:
+                why += f"; its approval is {approval.status}"
+            return self._refuse_command(fence, command, why, now, rollout_id=row.id)
+        stored = self._store.get_approval(row.id, state.canary.name, approval.step_index)
+        if stored is None:
+            why = f"{target}: the approval request is not recorded yet; try again"
+            return self._refuse_command(fence, command, why, now, rollout_id=row.id)
+        decision = kubernetes_decision(
+            approved=approved,
+            user=command.actor,
+            groups=command.actor_groups,
+            risk_owner_group=policy.approval.risk_owner_group or "",
+            requesters=stored.requesters,
+            window=pending_of(stored).window,
+            comment=command.reason,
+            now=now,
+        )
+        isvc = self._get(command.namespace, command.name)
+        observed = self._observe(doc.mode, isvc) if isvc is not None else None
+        if decision.outcome is ApprovalOutcome.REFUSED:
+            entry = self._entries.entry(
+                doc,
+                now,
+                action="approval.refused",
+                reason=decision.reason,
+                observed=observed,
+                actor=command.who,
+                evidence={
+                    "gate": "kubernetes",
+                    "violations": violations_json(decision.violations),
+                    "comment": command.reason,
+                    "command_id": command.id,
+                    "revision": state.canary.name,
+                },
+            )
+            self._store.commit(
+                [entry], fence=fence, command=(command.id, "rejected", decision.reason, now)
+            )
+            refusal = EmitEvent(
+                EventReason.APPROVAL_REFUSED,
+                f"approval by {command.actor} does not count: {decision.reason}",
+                "Warning",
+            )
+            self._emit(_reference(doc, observed), refusal)
+            return "rejected", decision.reason
+        record = decision_json(decision, "kubernetes") | {
+            "command_id": command.id,
+            "groups": list(command.actor_groups),
+            "uid": command.actor_uid,
+        }
+        found = ApprovalDecision(
+            approved, state.canary.name, command.actor, now, None, command.reason
+        )
+        doc, work = self._step(doc, found, now)
+        closing = next((a for a in work.approvals if a.id == stored.id), stored)
+        decided = replace(
+            closing,
+            state="approved" if approved else "rejected",
+            approver=command.actor,
+            decided_at=now,
+            decision=record,
+        )
+        work.approvals = [a for a in work.approvals if a.id != stored.id] + [decided]
+        work.entries = [
+            replace(e, actor=command.who, evidence={**e.evidence, **decision_evidence(decided)})
+            if e.action in _DECISION_RECORDS
+            else e
+            for e in work.entries
+        ]
+        verb = "approved" if approved else "rejected"
+        result = f"{target}: {state.canary.name} {verb} by {command.actor}" + (
+            "; the promotion proceeds" if approved else "; rolling back"
+        )
+        self._commit_and_act(
+            fence, row.id, doc, work, observed, now, command=(command.id, "accepted", result, now)
+        )
+        return "accepted", result
+
+    def _refuse_command(
+        self,
+        fence: Fence,
+        command: CommandRow,
+        why: str,
+        now: datetime,
+        *,
+        rollout_id: str | None = None,
+    ) -> tuple[CommandState, str]:
+        entry = AuditEntry(
+            at=now,
+            actor=command.who,
+            action="manual.rejected",
+            rollout_id=rollout_id,
+            obj=ObjectRef(command.namespace, command.name),
+            reason=why,
+            evidence={"command": command.command, "reason": command.reason},
+            leader_epoch=fence.epoch,
+        )
+        self._store.commit([entry], fence=fence, command=(command.id, "rejected", why, now))
+        return "rejected", why
+
     def active_keys(self) -> list[tuple[str, str, datetime | None]]:
         """Every active rollout and when it wants to be looked at (for the scheduler)."""
         return [(r.namespace, r.name, r.next_check_at) for r in self._store.active_rollouts()]
@@ -329,6 +477,7 @@ class Engine:
             if isvc is None:
                 return self._advance(fence, rollout_id, doc, None)
             observed = self._observe(doc.mode, isvc)
+        doc = self._take_approval(fence, rollout_id, doc, observed, now)
         opted_out = aftercare.opted_out(isvc, doc.state, observed.view.latest.name)
         if opted_out is not None:  # the owner opted out mid-rollout
             doc, work = self._step(doc, opted_out, now)
@@ -339,6 +488,38 @@ class Engine:
         if due is not None:
             doc = self._analyse(fence, rollout_id, doc, observed, now, fast=due == "look")
         return doc
+
+    def _take_approval(
+        self,
+        fence: Fence,
+        rollout_id: str,
+        doc: RolloutDocument,
+        observed: Observed,
+        now: datetime,
+    ) -> RolloutDocument:
+        """Hand the machine what the approval worker found: the change it opened, the
+        decision it verified with the change system (canary.approval_flow)."""
+        approval = doc.state.approval
+        if approval is None or approval.status != "pending":
+            return doc
+        row = self._store.get_approval(rollout_id, doc.state.canary.name, approval.step_index)
+        for found in observations(doc.state, row):
+            assert row is not None
+            doc, work = self._step(doc, found, now)
+            work.entries = [_with_decision(e, row) for e in work.entries]
+            doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
+        return doc
+
+    def _approval_row(self, state: RolloutState, work: _Pass) -> ApprovalRow | None:
+        """The row of the machine's current approval (written in this pass, or stored)."""
+        if state.approval is None:
+            return None
+        for row in work.approvals:
+            if (row.revision, row.step_index) == (state.canary.name, state.approval.step_index):
+                return row
+        return self._store.get_approval(
+            state.rollout_id, state.canary.name, state.approval.step_index
+        )
 
     def _aftercare(self, fence: Fence, isvc: dict[str, Any]) -> RolloutDocument | None:
         """Keep watching the service of a rollout that ended (canary.aftercare); returns
@@ -551,6 +732,9 @@ class Engine:
         rollout_id = str(uuid.uuid4())
         state, actions = machine.start(rollout_id, namespace, name, view, policy, now)
         assert state.stable is not None
+        starter = self._store.starter(namespace, name, view.latest.storage_uri)
+        if starter is not None:
+            state = replace(state, started_by=starter.actor)
         doc = RolloutDocument(
             state=state,
             policy=policy,
@@ -749,10 +933,21 @@ class Engine:
                                   action.purpose)  # fmt: skip
                 work.pending = (pending,)
                 work.entries.append(self._entries.intent(doc, pending))
-            elif isinstance(action, (SetMirror, RequestApproval, CloseChange)):
-                # Mirroring and the change-request gate arrive with milestone 2; until then
-                # the decision is audited and the machine's own timers keep the rollout safe
-                # (an approval that never arrives expires; nothing is promoted without it).
+            elif isinstance(action, RequestApproval):
+                previous = self._store.get_approval(
+                    doc.state.rollout_id, action.revision, action.step_index
+                )
+                now = doc.state.phase_entered_at
+                work.approvals.append(request_row(doc.state, doc.policy, action, previous, now))
+            elif isinstance(action, CloseChange):
+                closing = self._approval_row(doc.state, work)
+                if closing is not None:
+                    closed = close_row(closing, doc.state, action, self._clock())
+                    work.approvals = [a for a in work.approvals if a.id != closed.id]
+                    work.approvals.append(closed)
+            elif isinstance(action, SetMirror):
+                # Mirroring arrives with the shadow milestone; until then the decision is
+                # audited and the machine's own timers keep the rollout safe.
                 work.entries.append(
                     self._entries.entry(
                         doc,
@@ -793,7 +988,7 @@ class Engine:
             for e in work.entries
         ]
         entries = [replace(e, traffic_before=_before(e, observed)) for e in entries]
-        changed = bool(entries or fresh) or new or command is not None
+        changed = bool(entries or fresh or work.approvals) or new or command is not None
         if changed or doc.state != work.before:
             self._store.commit(
                 entries,
@@ -801,6 +996,7 @@ class Engine:
                 rollout=doc.row(rollout_id, now),
                 expected_version=None if new else doc.version,
                 command=command,
+                approvals=work.approvals,
             )
             doc = replace(doc, version=1 if new else doc.version + 1)
         for event in work.events:
@@ -933,6 +1129,22 @@ class Engine:
 
 
 # ---------------------------------------------------------------------------------------
+
+
+_DECISION_RECORDS = frozenset({"approval.verified", "approval.rejected", "approval.change_opened"})
+
+
+def _with_decision(entry: AuditEntry, row: ApprovalRow) -> AuditEntry:
+    """An ``approval.*`` record made from a row carries the row's evidence, and names the
+    change system's user who decided."""
+    if entry.action not in _DECISION_RECORDS:
+        return entry
+    actor = decision_actor(row) if entry.action != "approval.change_opened" else None
+    return replace(
+        entry,
+        actor=actor or entry.actor,
+        evidence={**entry.evidence, **decision_evidence(row)},
+    )
 
 
 def _same(mode: str, a: Revision, b: Revision) -> bool:

@@ -1171,7 +1171,7 @@ def _request_approval(
     actions.append(RequestApproval(state.canary.name, index, percent, deadline, group))
     actions.append(
         EmitEvent(
-            EventReason.AWAITING_APPROVAL,
+            EventReason.APPROVAL_REQUESTED,
             f"promotion of {state.canary.name} to {percent}% awaits approval by {group} "
             f"until {deadline.isoformat()}",
         )

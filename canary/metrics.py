@@ -131,6 +131,29 @@ class ControllerMetrics:
             "certificate is still served.",
             registry=r,
         )
+        self._approvals_pending = Gauge(
+            "kserve_canary_approvals_pending",
+            "Approvals asked for and not decided yet (every gate).",
+            registry=r,
+        )
+        self._approval_oldest = Gauge(
+            "kserve_canary_approval_oldest_pending_seconds",
+            "Age of the oldest approval still pending (0 when none is).",
+            registry=r,
+        )
+        self._approval_outcomes = Counter(
+            "kserve_canary_approvals",
+            "Approval decisions, by gate and outcome (approved, rejected, refused: an "
+            "approval that broke segregation of duties and did not count).",
+            ["gate", "outcome"],
+            registry=r,
+        )
+        self._change_system_errors = Counter(
+            "kserve_canary_change_system_errors",
+            "Failed requests to the change system (ServiceNow), by gate and operation.",
+            ["gate", "operation"],
+            registry=r,
+        )
         self._phases_seen: set[str] = {phase.value for phase in Phase}
         for phase in self._phases_seen:
             self._rollouts.labels(phase=phase).set(0)
@@ -140,6 +163,18 @@ class ControllerMetrics:
             for outcome in WEBHOOK_OUTCOMES:
                 self._webhooks.labels(source=source, outcome=outcome)
         self._leader.set(0)
+
+    # --- approvals -------------------------------------------------------------------------
+
+    def record_approval(self, gate: str, outcome: str) -> None:
+        self._approval_outcomes.labels(gate=gate, outcome=outcome).inc()
+
+    def record_change_system_error(self, system: str, operation: str) -> None:
+        self._change_system_errors.labels(gate=system, operation=operation).inc()
+
+    def set_pending_approvals(self, count: int, oldest_seconds: float) -> None:
+        self._approvals_pending.set(count)
+        self._approval_oldest.set(oldest_seconds)
 
     # --- rollouts --------------------------------------------------------------------------
 

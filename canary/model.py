@@ -120,10 +120,11 @@ class EventReason(StrEnum):
     ROLLOUT_STARTED = "RolloutStarted"
     STEP_ADVANCED = "StepAdvanced"
     ANALYSIS_FAILED = "AnalysisFailed"
-    AWAITING_APPROVAL = "AwaitingApproval"
+    APPROVAL_REQUESTED = "ApprovalRequested"
     APPROVED = "Approved"
     APPROVAL_REJECTED = "ApprovalRejected"
     APPROVAL_EXPIRED = "ApprovalExpired"
+    APPROVAL_REFUSED = "ApprovalRefused"  # an approval broke segregation of duties
     PROMOTING = "Promoting"
     PROMOTED = "Promoted"
     ROLLING_BACK = "RollingBack"
@@ -475,6 +476,9 @@ class RolloutState:
     # Paused because the apiserver refused this write; resuming sends it again.
     rejected_write: RejectedWrite | None = None
     history: tuple[str, ...] = field(default=())  # phases visited, for status and tests
+    # Who started the rollout, as the apiserver authenticated them (a `canary rollout start`
+    # command), if known: they may not approve its promotion.
+    started_by: str | None = None
 
     @property
     def terminal(self) -> bool:

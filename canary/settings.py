@@ -11,10 +11,18 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -22,6 +30,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from approvals.signatures import InvalidSecret, parse_secret
 
 __all__ = ["RouteParentRef", "Settings", "SettingsError", "load_settings"]
 
@@ -256,6 +266,86 @@ class Settings(BaseSettings):
         "or when this replica holds the Lease but cannot act on it (its epoch refused or "
         "never recorded), so Kubernetes restarts it and the Lease goes to a replica that can.",
     )
+
+    # -- approvals ----------------------------------------------------------------------
+    servicenow_url: str | None = Field(
+        default=None,
+        description="The ServiceNow instance (https://example.service-now.com). Unset: "
+        "policies with gate servicenow wait until their deadline (nothing can approve them).",
+    )
+    servicenow_auth: Literal["basic", "oauth-password", "oauth-client-credentials"] = "basic"
+    servicenow_user: str | None = Field(default=None, description="The integration user.")
+    servicenow_password: SecretStr | None = None
+    servicenow_client_id: str | None = None
+    servicenow_client_secret: SecretStr | None = None
+    servicenow_api: Literal["change", "table"] = Field(
+        default="change",
+        description="Open changes through the Change Management API (change) or the Table "
+        "API (table).",
+    )
+    servicenow_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    servicenow_ca_file: Path | None = Field(
+        default=None, description="CA bundle for the instance's certificate (default: system)."
+    )
+    approval_poll_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        le=3600,
+        description="How often a pending ServiceNow approval is read again (the source of "
+        "truth: ServiceNow sends nothing by itself; a signed callback only makes it sooner). "
+        "Each read costs about 3 + 2 per approver requests: keep within the instance's rate "
+        "limit.",
+    )
+    servicenow_callback_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description="whsec_ secrets the ServiceNow callback is signed with (several during a "
+        "rotation), comma-separated in the environment.",
+    )
+    approval_webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description="whsec_ secrets of the generic signed-webhook gate (a firm's own change "
+        "system), comma-separated in the environment.",
+    )
+
+    @field_validator("servicenow_callback_secrets", "approval_webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str | SecretStr):
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            return tuple(SecretStr(p.strip()) for p in text.split(",") if p.strip())
+        return value
+
+    @field_validator("servicenow_callback_secrets", "approval_webhook_secrets")
+    @classmethod
+    def _secrets_are_whsec(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for index, secret in enumerate(value):
+            try:
+                parse_secret(secret.get_secret_value())
+            except InvalidSecret as exc:
+                raise ValueError(f"secret #{index + 1}: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _servicenow_credentials(self) -> Self:
+        if self.servicenow_url is None:
+            return self
+        if not self.servicenow_url.startswith(("https://", "http://")):
+            raise ValueError("servicenow_url must start with https:// (or http:// in tests)")
+        needs = {
+            "basic": ("servicenow_user", "servicenow_password"),
+            "oauth-password": (
+                "servicenow_user", "servicenow_password", "servicenow_client_id",
+                "servicenow_client_secret",
+            ),
+            "oauth-client-credentials": ("servicenow_client_id", "servicenow_client_secret"),
+        }[self.servicenow_auth]  # fmt: skip
+        missing = [name for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"servicenow_auth {self.servicenow_auth} needs {', '.join(missing)} "
+                "(environment KSC_" + ", KSC_".join(m.upper() for m in missing) + ")"
+            )
+        return self
 
     @field_validator(
         "namespaces",

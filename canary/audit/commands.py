@@ -107,6 +107,29 @@ class CommandQueue:
             ).all()
         return [_command_from(row._mapping) for row in rows]
 
+    def starter(self, namespace: str, name: str, storage_uri: str | None) -> CommandRow | None:
+        """The accepted ``start`` command that set this model on namespace/name, if one did
+        (the newest): who started the rollout, as the apiserver authenticated them."""
+        if not storage_uri:
+            return None
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(CommandModel.__table__)
+                .where(
+                    CommandModel.namespace == namespace,
+                    CommandModel.name == name,
+                    CommandModel.command == "start",
+                    CommandModel.state == "accepted",
+                )
+                .order_by(CommandModel.requested_at.desc(), CommandModel.id)
+                .limit(20)
+            ).all()
+        for row in rows:
+            command = _command_from(row._mapping)
+            if command.args.get("storage_uri") == storage_uri:
+                return command
+        return None
+
     def get_command(self, command_id: str) -> CommandRow | None:
         with self._tx(write=False) as conn:
             row = conn.execute(

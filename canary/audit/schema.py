@@ -314,7 +314,8 @@ class CommandModel(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "command IN ('pause', 'resume', 'promote', 'abort', 'start', 'approve', 'reject')", name="command"
+            "command IN ('pause', 'resume', 'promote', 'abort', 'start', 'approve', 'reject')",
+            name="command",
         ),
         CheckConstraint("state IN ('pending', 'accepted', 'rejected', 'failed')", name="state"),
         Index("ix_commands_state_requested_at", "state", "requested_at"),

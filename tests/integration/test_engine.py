@@ -24,6 +24,7 @@ from analysis.runner import Analyzer
 from canary.analysis_worker import AnalysisRunner, CircuitBreaker
 from canary.audit import (
     Actor,
+    ApprovalRow,
     AuditEntry,
     AuditRecord,
     AuditStore,
@@ -270,6 +271,7 @@ class FlakyStore(AuditStore):
         rollout: RolloutRow | None = None,
         expected_version: int | None = None,
         command: tuple[str, CommandState, str, datetime] | None = None,
+        approvals: Sequence[ApprovalRow] = (),
     ) -> list[AuditRecord]:
         if self.down:
             raise StoreUnavailable("database audit.db unavailable: connection refused")
@@ -279,6 +281,7 @@ class FlakyStore(AuditStore):
             rollout=rollout,
             expected_version=expected_version,
             command=command,
+            approvals=approvals,
         )
 
 

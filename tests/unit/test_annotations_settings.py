@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,7 @@ def test_settings_errors_name_the_setting_and_hide_secrets(
         load_settings(tmp_path / "absent.yaml")
 
 
-@pytest.mark.parametrize(
-    "removed", ["audit_retention_days", "servicenow_url", "servicenow_password", "webhook_secrets"]
-)
+@pytest.mark.parametrize("removed", ["audit_retention_days", "webhook_secrets"])
 def test_a_setting_that_did_nothing_is_gone_and_refused_by_name(
     tmp_path: Path, removed: str
 ) -> None:
@@ -113,6 +113,41 @@ def test_a_setting_that_did_nothing_is_gone_and_refused_by_name(
     config.write_text(f"{removed}: x\n")
     with pytest.raises(SettingsError, match=f"setting {removed}: unknown setting"):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("servicenow_url: https://sn.example\n", "needs servicenow_user, servicenow_password"),
+        (
+            "servicenow_url: https://sn.example\nservicenow_auth: oauth-client-credentials\n"
+            "servicenow_client_id: c\n",
+            "needs servicenow_client_secret",
+        ),
+        ("servicenow_url: sn.example\nservicenow_user: u\nservicenow_password: p\n", "https://"),
+        ("servicenow_callback_secrets: [nope]\n", "secret #1: a webhook secret is written whsec_"),
+        ("approval_webhook_secrets: [whsec_!!]\n", "secret #1: the part after whsec_"),
+        ("approval_poll_seconds: 1\n", "approval_poll_seconds"),
+    ],
+)
+def test_approval_settings_are_refused_with_the_fix(
+    tmp_path: Path, config: str, message: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(config)
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(path)
+
+
+def test_webhook_secrets_come_from_a_comma_list_and_never_show(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    two = "whsec_" + base64.b64encode(b"j" * 32).decode()
+    monkeypatch.setenv("KSC_SERVICENOW_CALLBACK_SECRETS", f"{one}, {two}")
+    settings = load_settings(None)
+    assert [s.get_secret_value() for s in settings.servicenow_callback_secrets] == [one, two]
+    assert one not in repr(settings)
 
 
 @pytest.mark.parametrize("environment", ["production", "development"])

@@ -71,7 +71,9 @@ def request_row(
         attempt=attempt,
         percent=action.percent,
         requesters=requesters,
-        window_start=now,
+        # Change systems keep times to the second: an approval in the very second the
+        # request was made must fall inside the window.
+        window_start=now.replace(microsecond=0),
         window_end=action.deadline,
     )
 

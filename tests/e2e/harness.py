@@ -198,6 +198,7 @@ class Env:
         *,
         webhook: bool = False,
         prometheus_url: str | None = None,
+        **settings_overrides: Any,
     ) -> Application:
         tls: dict[str, Path] = {}
         if webhook:
@@ -227,6 +228,7 @@ class Env:
             look_lag_seconds=1.5,
             analysis_window_seconds=10,
             environment="development",
+            **settings_overrides,
         )
         app = build(settings)
         app.start()

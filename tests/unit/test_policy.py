@@ -181,11 +181,7 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
     ),
     (
         "approval-approver-twice",
-        {
-            "approval": {
-                "gate": "webhook", "riskOwnerGroup": "g", "approvers": ["Ann@x", "ann@x"]
-            }
-        },
+        {"approval": {"gate": "webhook", "riskOwnerGroup": "g", "approvers": ["Ann@x", "ann@x"]}},
         "approval.approvers",
         "listed twice",
         "",

@@ -1,0 +1,298 @@
+"""Approval gates on the full test bed: a regulated model reaches 100 % only under a verified
+approval. ServiceNow is the test bed's simulator (testbed/servicenow/), which sends the signed
+callback a customer's business rule would; the controller is built as ``canary run`` builds
+it, with its webhook receiver on its own HTTP server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from approvals.signatures import sign
+from canary.app import Application
+from canary.audit import AuditRecord
+from canary.model import Phase
+from canary.ops import submit_command
+from testbed.servicenow.process import ServiceNowSim
+from tests.e2e.harness import Env
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "whsec_" + base64.b64encode(b"callback-key-for-the-e2e-tests!!").decode()
+OTHER = "whsec_" + base64.b64encode(b"someone-else-s-key-0123456789abc").decode()
+
+CREDIT = """
+name: credit
+steps: [10, 50, 100]
+stepHold: 4s
+analysisInterval: 1s
+revisionReadyTimeout: 15s
+trafficTimeout: 20s
+maxStepDuration: 90s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 1.0
+    minSamples: 200
+approval:
+  gate: GATE
+  beforeStep: 100
+  riskOwnerGroup: GROUP
+  deadline: DEADLINE
+  onExpiry: EXPIRY
+"""
+
+
+def _policy(
+    env: Env, gate: str, group: str, deadline: str = "10m", expiry: str = "rollback"
+) -> None:
+    text = (
+        CREDIT.replace("GATE", gate)
+        .replace("GROUP", group)
+        .replace("DEADLINE", deadline)
+        .replace("EXPIRY", expiry)
+    )
+    (env.policy_dir / "credit.yaml").write_text(text, encoding="utf-8")
+
+
+@pytest.fixture
+def sn_env(knative_env: Env, servicenow: ServiceNowSim) -> tuple[Env, ServiceNowSim]:
+    _policy(knative_env, "servicenow", "credit-risk")
+    return knative_env, servicenow
+
+
+def _start(env: Env, sim: ServiceNowSim | None = None, **settings: Any) -> Application:
+    if sim is not None:
+        settings = {
+            "servicenow_url": sim.url,
+            "servicenow_user": "kserve-canary",
+            "servicenow_password": "integration-password",
+            "servicenow_callback_secrets": (SECRET,),
+            "approval_poll_seconds": 5.0,
+            **settings,
+        }
+    app = env.start_controller(**settings)
+    if sim is not None:
+        sim.set_callback(f"{app.url}/webhooks/v1/servicenow", [SECRET])
+    return app
+
+
+def _awaiting(env: Env, v2: str) -> str:
+    """Start the credit canary as release-manager; wait for its change; return its number."""
+    with env.store() as store:
+        started = submit_command(
+            store, namespace=env.namespace, name=env.name, command="start",
+            actor="release-manager", reason="new credit model", args={"storage_uri": v2},
+            wait=30.0,
+        )  # fmt: skip
+    assert started.state == "accepted", started.result
+    env.wait_phase(Phase.AWAITING_APPROVAL)
+
+    def opened() -> bool:
+        doc = env.latest()
+        return (
+            doc is not None
+            and doc.state.approval is not None
+            and bool(doc.state.approval.change_number)
+        )
+
+    env.wait("the change to be opened", opened, deadline=60)
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.approval is not None
+    assert doc.state.approval.change_number is not None
+    return doc.state.approval.change_number
+
+
+def _change(sim: ServiceNowSim, number: str) -> dict[str, Any]:
+    return next(c for c in sim.admin.changes() if c["number"] == number)
+
+
+def _evidence(record: AuditRecord) -> Any:
+    return json.loads(json.dumps(dict(record.entry.evidence)))
+
+
+def _records(env: Env, action: str) -> list[AuditRecord]:
+    return [r for r in env.records() if r.entry.action == action]
+
+
+def test_servicenow_approval_by_a_risk_owner_promotes_and_closes_the_change(
+    sn_env: tuple[Env, ServiceNowSim],
+) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+
+    change = _change(sim, number)
+    assert change["state"] == "-3"  # Authorize: the risk owners were asked
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.target_percent == 50  # held below the gated step while waiting
+
+    answer = sim.admin.approve(number, "alice", "evidence reviewed, go")
+    assert answer["deliveries"][0]["status"] == 202, answer
+
+    done = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=90)
+    assert done.state.phase is Phase.SUCCEEDED, done.state.outcome
+    verified = _records(env, "approval.verified")
+    assert len(verified) == 1
+    entry = verified[0].entry
+    evidence = _evidence(verified[0])
+    assert evidence["change_number"] == number
+    assert evidence["change_sys_id"] == change["sys_id"]
+    decision = evidence["decision"]
+    assert decision["approver_name"] == "alice"
+    assert decision["comments"] == "evidence reviewed, go"
+    assert decision["webhook_id"].startswith("msg_")
+    assert decision["payload_digest"].startswith("sha256:")
+    assert entry.actor.kind == "servicenow"
+    assert entry.actor.id == "alice"
+    # the promotion came after the verified approval
+    actions = env.actions(done.state.rollout_id)
+    assert actions.index("approval.verified") < actions.index("promoted")
+
+    def closed() -> bool:
+        return bool(_change(sim, number)["state"] == "3")
+
+    env.wait("the change to be closed", closed, deadline=30)
+    assert _change(sim, number)["close_code"] == "successful"
+    assert "Approved" in env.event_reasons()
+
+
+def test_servicenow_rejection_rolls_back_with_the_comments(
+    sn_env: tuple[Env, ServiceNowSim],
+) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+
+    sim.admin.reject(number, "bob", "approval rate shift too large")
+    done = env.wait_phase(Phase.ROLLED_BACK, Phase.SUCCEEDED, Phase.FAILED, deadline=90)
+    assert done.state.phase is Phase.ROLLED_BACK
+    rejected = _records(env, "approval.rejected")
+    assert len(rejected) == 1
+    decision = _evidence(rejected[0])["decision"]
+    assert decision["approver_name"] == "bob"
+    assert decision["comments"] == "approval rate shift too large"
+
+    env.wait("the change to be closed", lambda: _change(sim, number)["state"] == "3", 30)
+    assert _change(sim, number)["close_code"] == "unsuccessful"
+
+
+def test_approvals_that_break_segregation_of_duties_never_count(
+    sn_env: tuple[Env, ServiceNowSim],
+) -> None:
+    """An outsider's approval and the requester's own approval are recorded as refused and
+    the rollout keeps waiting; a risk owner's approval then promotes."""
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+
+    sim.admin.approve(number, "mallory", "lgtm", force=True)  # not in credit-risk
+    env.wait("the refusal to be recorded", lambda: bool(_records(env, "approval.refused")), 30)
+    refused = _evidence(_records(env, "approval.refused")[0])
+    assert refused["change_number"] == number
+    assert {v["rule"] for v in refused["violations"]} == {"not_in_group"}
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.phase is Phase.AWAITING_APPROVAL
+    assert "ApprovalRefused" in env.event_reasons()
+    assert not _records(env, "approval.verified")
+
+
+def test_a_forged_callback_changes_nothing(sn_env: tuple[Env, ServiceNowSim]) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    app = _start(env, sim)
+    number = _awaiting(env, v2)
+    change = _change(sim, number)
+
+    body = json.dumps(
+        {"type": "change.approval",
+         "change": {"sys_id": change["sys_id"], "number": number, "approval": "approved"},
+         "approver": {"user_name": "alice"}, "comments": "forged"}
+    ).encode()  # fmt: skip
+    now = int(time.time())
+    request = urllib.request.Request(
+        f"{app.url}/webhooks/v1/servicenow",
+        data=body,
+        method="POST",
+        headers={
+            "content-type": "application/json",
+            "webhook-id": "msg_forged1",
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(OTHER, "msg_forged1", now, body),
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+    env.wait("a poll of the change", lambda: _approval_checked(env), deadline=30)
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.phase is Phase.AWAITING_APPROVAL
+    assert not _records(env, "approval.verified")
+
+
+def _approval_checked(env: Env) -> bool:
+    with env.store() as store:
+        return any(a.last_checked_at is not None for a in store.pending_approvals())
+
+
+def test_kubernetes_gate_counts_only_a_risk_owner_who_did_not_start_the_rollout(
+    knative_env: Env,
+) -> None:
+    env = knative_env
+    _policy(env, "kubernetes", "credit-risk-owners")
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env)
+    with env.store() as store:
+        started = submit_command(
+            store, namespace=env.namespace, name=env.name, command="start",
+            actor="rita", actor_groups=("credit-risk-owners",), reason="new credit model",
+            args={"storage_uri": v2}, wait=30.0,
+        )  # fmt: skip
+    assert started.state == "accepted", started.result
+    env.wait_phase(Phase.AWAITING_APPROVAL)
+
+    def decide(command: str, actor: str, groups: tuple[str, ...]) -> tuple[str, str | None]:
+        with env.store() as store:
+            row = submit_command(
+                store, namespace=env.namespace, name=env.name, command=command, actor=actor,
+                actor_groups=groups, reason="reviewed", wait=30.0,
+            )  # fmt: skip
+        return row.state, row.result
+
+    state, why = decide("approve", "mallory", ("developers",))
+    assert state == "rejected"
+    assert "not in the risk-owner group" in (why or "")
+    state, why = decide("approve", "rita", ("credit-risk-owners",))
+    assert state == "rejected"
+    assert "started this rollout" in (why or "")
+    assert len(_records(env, "approval.refused")) == 2
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.phase is Phase.AWAITING_APPROVAL
+
+    state, why = decide("approve", "alice", ("credit-risk-owners",))
+    assert state == "accepted", why
+    done = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=90)
+    assert done.state.phase is Phase.SUCCEEDED
+    verified = _records(env, "approval.verified")[0].entry
+    assert verified.actor.id == "alice"
+    assert "credit-risk-owners" in verified.actor.groups

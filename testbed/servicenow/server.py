@@ -641,6 +641,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "assignment_group": group["name"] if group else change["assignment_group"],
                     "correlation_id": change["correlation_id"],
                     "short_description": change["short_description"],
+                    "close_code": change.get("close_code", ""),
+                    "close_notes": change.get("close_notes", ""),
                     "approvers": approvers,
                 }
             )

@@ -240,6 +240,7 @@ def test_a_forged_callback_changes_nothing(sn_env: tuple[Env, ServiceNowSim]) ->
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
+    refused.value.close()
     assert refused.value.code == 401
     env.wait("a poll of the change", lambda: _approval_checked(env), deadline=30)
     doc = env.latest()

@@ -554,7 +554,14 @@ def status(
         click.echo("no rollouts" + ("" if include_finished else " in progress") + f" {where}")
         return
     lines = [
-        StatusLine(**{**item, "evidence": tuple(item.get("evidence") or ())}) for item in items
+        StatusLine(
+            **{
+                **item,
+                "evidence": tuple(item.get("evidence") or ()),
+                "approval": tuple(item.get("approval") or ()),
+            }
+        )
+        for item in items
     ]
     click.echo(render_status(lines))
 

@@ -13,13 +13,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from analysis.sequential_check import describe
 from canary.access import COMMAND_NAMES
 from canary.audit import AuditStore, CommandRow, RolloutRow
 from canary.engine import RolloutDocument, check_definitions, describe_wait
+from canary.policy import format_duration
 
 __all__ = ["StatusLine", "parse_target", "render_status", "status_lines", "submit_command"]
 
@@ -97,6 +98,7 @@ class StatusLine:
     next_action: str
     started: str
     evidence: tuple[str, ...] = ()
+    approval: tuple[str, ...] = ()  # the approval awaited: change, state, deadline, who
 
 
 def _evidence(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]:
@@ -113,7 +115,39 @@ def _evidence(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _line(row: RolloutRow, now: datetime, look_seconds: float = 5.0) -> StatusLine:
+def _approval(store: AuditStore, doc: RolloutDocument, now: datetime) -> tuple[str, ...]:
+    """For a rollout awaiting approval: the change, its state, the deadline, who was asked,
+    and the change system's last error."""
+    state = doc.state
+    approval = state.approval
+    if approval is None or state.terminal or approval.status == "approved":
+        return ()
+    row = store.get_approval(state.rollout_id, state.canary.name, approval.step_index)
+    gate = doc.policy.approval.gate.value
+    group = doc.policy.approval.risk_owner_group or "-"
+    left = approval.deadline - now
+    due = (
+        f"deadline {approval.deadline:%Y-%m-%d %H:%M:%S} UTC "
+        f"({format_duration(max(left, timedelta(0)))} left, then "
+        f"{doc.policy.approval.on_expiry})"
+    )
+    if row is None:
+        return (f"approval ({gate}): {approval.status}, requested; {due}",)
+    change = row.change_number or ("not opened yet" if gate == "servicenow" else "-")
+    lines = [f"approval ({gate}): change {change}, {row.state}; {due}"]
+    if gate == "webhook":
+        asked = ", ".join(doc.policy.approval.approvers)
+    else:
+        asked = ", ".join(row.asked) or f"members of {group}"
+    lines.append(f"asked: {asked} (group {group})")
+    if row.last_error:
+        lines.append(f"change system error: {row.last_error}")
+    return tuple(lines)
+
+
+def _line(
+    row: RolloutRow, now: datetime, look_seconds: float = 5.0, store: AuditStore | None = None
+) -> StatusLine:
     doc = RolloutDocument.from_row(row)
     state = doc.state
     steps = doc.policy.steps
@@ -143,6 +177,7 @@ def _line(row: RolloutRow, now: datetime, look_seconds: float = 5.0) -> StatusLi
         next_action=describe_wait(doc, now),
         started=f"{state.created_at:%Y-%m-%d %H:%M:%S}",
         evidence=_evidence(doc, look_seconds),
+        approval=_approval(store, doc, now) if store is not None else (),
     )
 
 
@@ -168,7 +203,7 @@ def status_lines(
             rows = list(newest.values())
     else:
         rows = store.rollouts(namespace=namespace, active=True)
-    return [_line(row, at, look_seconds) for row in rows]
+    return [_line(row, at, look_seconds, store) for row in rows]
 
 
 def render_status(lines: Sequence[StatusLine]) -> str:
@@ -182,5 +217,6 @@ def render_status(lines: Sequence[StatusLine]) -> str:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         out.append("  ".join([*cells, row[-1]]).rstrip())
         if index > 0:
+            out.extend(f"  {line}" for line in lines[index - 1].approval)
             out.extend(f"  {line}" for line in lines[index - 1].evidence)
     return "\n".join(out)

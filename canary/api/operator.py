@@ -274,7 +274,10 @@ def router(
             return _error(503, f"the audit database cannot be reached: {exc}")
         if name is not None and not lines:
             return _error(404, f"no rollout for {namespace}/{name}")
-        items = [{**asdict(line), "evidence": list(line.evidence)} for line in lines]
+        items = [
+            {**asdict(line), "evidence": list(line.evidence), "approval": list(line.approval)}
+            for line in lines
+        ]
         return JSONResponse({"items": items})
 
     async def answer_read(

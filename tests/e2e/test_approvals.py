@@ -11,6 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from approvals.signatures import sign
 from canary.app import Application
 from canary.audit import AuditRecord
 from canary.model import Phase
-from canary.ops import submit_command
+from canary.ops import status_lines, submit_command
 from testbed.servicenow.process import ServiceNowSim
 from tests.e2e.harness import Env
 
@@ -137,6 +138,10 @@ def test_servicenow_approval_by_a_risk_owner_promotes_and_closes_the_change(
     doc = env.latest()
     assert doc is not None
     assert doc.state.target_percent == 50  # held below the gated step while waiting
+    with env.store() as store:
+        shown = status_lines(store, namespace=env.namespace)[0].approval
+    assert shown[0].startswith(f"approval (servicenow): change {number}, pending; deadline ")
+    assert shown[1] == "asked: alice, bob (group credit-risk)"
 
     answer = sim.admin.approve(number, "alice", "evidence reviewed, go")
     assert answer["deliveries"][0]["status"] == 202, answer
@@ -297,3 +302,179 @@ def test_kubernetes_gate_counts_only_a_risk_owner_who_did_not_start_the_rollout(
     verified = _records(env, "approval.verified")[0].entry
     assert verified.actor.id == "alice"
     assert "credit-risk-owners" in verified.actor.groups
+
+
+# --- deadlines, duplicates, faults, restarts, late answers ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expiry", "phase"), [("rollback", Phase.ROLLED_BACK), ("hold", Phase.PAUSED)]
+)
+def test_an_approval_that_never_comes_expires_into_the_policys_outcome(
+    knative_env: Env, servicenow: ServiceNowSim, expiry: str, phase: Phase
+) -> None:
+    env, sim = knative_env, servicenow
+    _policy(env, "servicenow", "credit-risk", deadline="15s", expiry=expiry)
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+
+    doc = env.wait_phase(phase, Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=60)
+    assert doc.state.phase is phase
+    assert _records(env, "approval.expired")
+    assert "ApprovalExpired" in env.event_reasons()
+    # the change is cancelled: nobody can approve an expired request into a promotion
+    env.wait("the change to be cancelled", lambda: _change(sim, number)["state"] == "4", 30)
+
+
+@pytest.mark.parametrize("mode", ["twice", "concurrent"])
+def test_a_duplicated_callback_is_accepted_once(
+    sn_env: tuple[Env, ServiceNowSim], mode: str
+) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+
+    answer = sim.admin.approve(number, "alice", "ok", callback=mode)
+    statuses = sorted(d["status"] for d in answer["deliveries"])
+    assert statuses == [200, 202], answer  # one accepted, the same webhook-id a duplicate
+    done = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=90)
+    assert done.state.phase is Phase.SUCCEEDED
+    assert len(_records(env, "approval.verified")) == 1
+
+
+@pytest.mark.parametrize(("status", "count"), [(500, 6), (429, 6), (503, 12)])
+def test_servicenow_failing_holds_the_rollout_and_never_opens_a_second_change(
+    sn_env: tuple[Env, ServiceNowSim], status: int, count: int
+) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    sim.admin.fail_next(status, count=count, retry_after=1)
+    number = _awaiting(env, v2)  # opened once ServiceNow answers again
+    ours = [c for c in sim.admin.changes() if c["correlation_id"].startswith("kserve-canary:")]
+    assert [c["number"] for c in ours] == [number]
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.phase is Phase.AWAITING_APPROVAL  # held, never promoted meanwhile
+    assert doc.state.target_percent == 50
+
+
+def test_a_restart_while_awaiting_approval_finds_the_same_change(
+    sn_env: tuple[Env, ServiceNowSim],
+) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    app = _start(env, sim)
+    number = _awaiting(env, v2)
+
+    app.stop()
+    env.app = None
+    _start(env, sim, identity="replica-b")
+    sim.admin.approve(number, "alice", "approved after the restart")
+    done = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=90)
+    assert done.state.phase is Phase.SUCCEEDED
+    assert len(sim.admin.changes()) == 1
+    assert _evidence(_records(env, "approval.verified")[0])["change_number"] == number
+
+
+def test_the_requester_cannot_approve_their_own_change(sn_env: tuple[Env, ServiceNowSim]) -> None:
+    """The change is requested by the integration user; its approval never counts."""
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+
+    sim.admin.approve(number, "kserve-canary", "self-approved", force=True)
+    env.wait("the refusal to be recorded", lambda: bool(_records(env, "approval.refused")), 30)
+    rules = {v["rule"] for v in _evidence(_records(env, "approval.refused")[0])["violations"]}
+    assert "self_approval" in rules
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.phase is Phase.AWAITING_APPROVAL
+
+
+def test_an_approval_after_the_rollback_changes_nothing_and_is_recorded(
+    sn_env: tuple[Env, ServiceNowSim],
+) -> None:
+    env, sim = sn_env
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, sim)
+    number = _awaiting(env, v2)
+    sim.admin.reject(number, "bob", "no")
+    env.wait_phase(Phase.ROLLED_BACK, deadline=60)
+    env.wait("the change to be closed", lambda: _change(sim, number)["state"] == "3", 30)
+
+    answer = sim.admin.approve(number, "alice", "too late", force=True)
+    assert answer["deliveries"][0]["status"] == 410, answer
+    late = _records(env, "approval.late")
+    assert len(late) == 1
+    assert _evidence(late[0])["change_number"] == number
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.phase is Phase.ROLLED_BACK
+    assert not _records(env, "approval.verified")
+
+
+def _post(app: Application, path: str, body: dict[str, Any], secret: str) -> int:
+    data = json.dumps(body).encode()
+    now = int(time.time())
+    msg = f"msg_{uuid.uuid4().hex[:16]}"
+    request = urllib.request.Request(
+        f"{app.url}{path}",
+        data=data,
+        method="POST",
+        headers={
+            "content-type": "application/json",
+            "webhook-id": msg,
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign(secret, msg, now, data),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+def test_the_signed_webhook_gate_counts_only_the_policys_approvers(knative_env: Env) -> None:
+    env = knative_env
+    text = CREDIT.replace("GATE", "webhook").replace("GROUP", "credit-committee")
+    text = text.replace("DEADLINE", "10m").replace("EXPIRY", "rollback")
+    text += "  approvers: [alice@bank.example, bob@bank.example]\n"
+    (env.policy_dir / "credit.yaml").write_text(text, encoding="utf-8")
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    app = _start(env, approval_webhook_secrets=(SECRET,))
+    with env.store() as store:
+        submit_command(
+            store, namespace=env.namespace, name=env.name, command="start",
+            actor="release-manager", reason="new credit model", args={"storage_uri": v2},
+            wait=30.0,
+        )  # fmt: skip
+    env.wait_phase(Phase.AWAITING_APPROVAL)
+
+    decision = {"type": "approval.decision", "namespace": env.namespace, "name": env.name,
+                "decision": "approve", "comment": "ok", "changeId": "CR-77"}  # fmt: skip
+    path = "/webhooks/v1/approvals"
+    assert _post(app, path, {**decision, "approver": "mallory@bank.example"}, SECRET) == 403
+    assert _post(app, path, {**decision, "approver": "ALICE@bank.example"}, OTHER) == 401
+    refused = _records(env, "approval.refused")
+    assert len(refused) == 1
+    assert refused[0].entry.actor.id == "mallory@bank.example"
+    assert _post(app, path, {**decision, "approver": "Alice@Bank.example"}, SECRET) == 202
+    done = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=90)
+    assert done.state.phase is Phase.SUCCEEDED
+    verified = _evidence(_records(env, "approval.verified")[0])
+    assert verified["decision"]["approver_name"] == "Alice@Bank.example"
+    assert verified["decision"]["webhook_id"].startswith("msg_")
+    assert verified["change_number"] == "CR-77"

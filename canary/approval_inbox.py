@@ -227,7 +227,7 @@ class ApprovalInboxService:
     def _late(
         self, row: ApprovalRow, delivery: Delivery, detail: str, extra: dict[str, Any]
     ) -> None:
-        rollout = self._store.rollout_by_id(row.rollout_id)
+        rollout = self._store.get_rollout(row.rollout_id)
         if rollout is None:
             entry = AuditEntry(
                 at=delivery.received_at,

@@ -180,7 +180,7 @@ class ApprovalWorker:
             self._close(row, now)
 
     def _document(self, row: ApprovalRow) -> RolloutDocument | None:
-        rollout = self._store.rollout_by_id(row.rollout_id)
+        rollout = self._store.get_rollout(row.rollout_id)
         if rollout is None or not rollout.active:
             return None
         doc = RolloutDocument.from_row(rollout)
@@ -361,7 +361,7 @@ class ApprovalWorker:
         self._backoff.pop(row.id, None)
         log.info("approvals.change_closed", change=row.change_number, close_code=code)
         fence = self._leadership()
-        rollout = self._store.rollout_by_id(row.rollout_id)
+        rollout = self._store.get_rollout(row.rollout_id)
         if fence is not None and rollout is not None:
             doc = RolloutDocument.from_row(rollout)
             entry = self._entries.entry(

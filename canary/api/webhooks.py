@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from fastapi import APIRouter, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +51,7 @@ from approvals.signatures import (
     VerifiedDelivery,
     verify,
 )
+from canary import __version__
 from canary.audit import AuditError
 from canary.log import get_logger
 from canary.policy import DNS_LABEL
@@ -74,6 +76,7 @@ __all__ = [
 WEBHOOK_PREFIX = "/webhooks/v1"
 SERVICENOW_PATH = "/servicenow"
 GATE_PATH = "/approvals"
+OPENAPI_PATH = "/openapi.json"  # under WEBHOOK_PREFIX
 DEFAULT_MAX_BODY = 64 * 1024
 
 Source = Literal["servicenow", "webhook"]
@@ -408,6 +411,19 @@ def webhook_router(
     )
     async def gate_decision(request: Request) -> JSONResponse:
         return await receive(gate, request, run_gate)
+
+    published = [r for r in routes.routes if getattr(r, "include_in_schema", False)]
+    document = get_openapi(
+        title="kserve-canary approval webhooks",
+        version=__version__,
+        description="Signed (Standard Webhooks v1) approval deliveries to the controller.",
+        routes=published,
+    )
+
+    @routes.get(OPENAPI_PATH, include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        """The receiver's OpenAPI document (the webhook routes only)."""
+        return JSONResponse(document)
 
     return routes
 

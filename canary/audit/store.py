@@ -713,13 +713,6 @@ class AuditStore(CommandQueue, ApprovalBook):
             ).first()
         return None if row is None else _rollout_from(row._mapping)
 
-    def rollout_by_id(self, rollout_id: str) -> RolloutRow | None:
-        with self._tx(write=False) as conn:
-            row = conn.execute(
-                select(RolloutModel.__table__).where(RolloutModel.id == rollout_id)
-            ).first()
-        return None if row is None else _rollout_from(row._mapping)
-
     def last_rollout_for(self, namespace: str, name: str) -> RolloutRow | None:
         """The most recently created rollout of an InferenceService, active or finished."""
         with self._tx(write=False) as conn:

@@ -792,3 +792,20 @@ def test_the_gate_schema_forbids_unknown_fields_and_the_callback_schema_allows_t
     assert "additionalProperties" not in snow
     assert gate["properties"]["namespace"]["pattern"] == "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
     assert snow["properties"]["change"]["properties"]["sys_id"]["pattern"] == "^[0-9a-f]{32}$"
+
+
+def test_the_controller_publishes_the_receivers_openapi_document(receiver: Receiver) -> None:
+    """The controller's app has no /openapi.json of its own: the receiver publishes its
+    routes' document under its prefix, and nothing else is in it."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=receiver.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            return await c.get(f"{WEBHOOK_PREFIX}/openapi.json")
+
+    answer = asyncio.run(go())
+    assert answer.status_code == 200
+    document = answer.json()
+    assert document["info"]["title"] == "kserve-canary approval webhooks"
+    assert set(document["paths"]) == {SNOW, GATE_PATH}
+    assert document["paths"][GATE_PATH]["post"]["requestBody"]["required"] is True

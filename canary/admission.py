@@ -70,10 +70,12 @@ __all__ = [
     "AdmissionDecision",
     "AdmissionRequest",
     "AdmissionReview",
+    "ModelChange",
     "TemplateRules",
     "failure",
     "first_target",
     "knative_template",
+    "model_change",
     "response_for",
     "review",
 ]
@@ -168,6 +170,7 @@ class AdmissionRequest(_Lenient):
     new_object: dict[str, Any] | None = Field(default=None, alias="object")
     old_object: dict[str, Any] | None = Field(default=None, alias="oldObject")
     dry_run: bool | None = Field(default=None, alias="dryRun")
+    user_info: dict[str, Any] | None = Field(default=None, alias="userInfo")
 
     @property
     def is_inference_service(self) -> bool:
@@ -470,6 +473,72 @@ def _resolve(
             "the annotation to use 'default'."
         )
     return _Target(first_target(policies.get(opt_in.policy)), opt_in.policy)
+
+
+# ---------------------------------------------------------------------------------------
+# Who changes the model
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """An admitted UPDATE that sets a new model on an opted-in InferenceService, and who
+    sent it, as the apiserver authenticated them (``userInfo``): the person or tool that
+    starts the rollout, who may therefore not approve its promotion."""
+
+    namespace: str
+    name: str
+    uid: str | None
+    storage_uris: tuple[str, ...]
+    username: str
+    user_uid: str | None
+    groups: tuple[str, ...]
+    admission_uid: str
+
+
+def _storage_uris(obj: Mapping[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for predictor in (_predictor(obj), *(_mapping(e.get("predictor")) for e in _canaries(obj))):
+        uri = _mapping(predictor.get("model")).get("storageUri")
+        if isinstance(uri, str) and uri:
+            found.add(uri)
+    return found
+
+
+def model_change(request: Mapping[str, Any]) -> ModelChange | None:
+    """The model change in an admission ``request``, or None: not an UPDATE of an opted-in
+    InferenceService, a dry run, no new ``storageUri`` (stable predictor or Standard-mode
+    canary entry), or no authenticated user named."""
+    try:
+        req = AdmissionRequest.model_validate(request)
+    except ValidationError:
+        return None
+    if not req.is_inference_service or req.sub_resource or req.operation != "UPDATE":
+        return None
+    if req.dry_run or req.new_object is None or req.old_object is None:
+        return None
+    try:
+        if not parse_enabled(_annotations(req.new_object)):
+            return None
+    except AnnotationError:
+        return None
+    new = _storage_uris(req.new_object) - _storage_uris(req.old_object)
+    user = _mapping(req.user_info)
+    username = user.get("username")
+    if not new or not isinstance(username, str) or not username:
+        return None
+    groups = user.get("groups")
+    meta = _mapping(req.new_object.get("metadata"))
+    return ModelChange(
+        namespace=str(req.namespace or meta.get("namespace") or ""),
+        name=str(req.name or meta.get("name") or ""),
+        uid=str(meta["uid"]) if meta.get("uid") else None,
+        storage_uris=tuple(sorted(new)),
+        username=username,
+        user_uid=str(user["uid"]) if user.get("uid") else None,
+        groups=tuple(str(g) for g in groups) if isinstance(groups, list) else (),
+        admission_uid=req.uid,
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from approvals.servicenow_gate import ServiceNowGate
 from approvals.transport import Transport
 from canary import __version__
 from canary.access import Gatekeeper
-from canary.admission import TemplateRules
+from canary.admission import ModelChange, TemplateRules
 from canary.analysis_worker import AnalysisRunner, CircuitBreaker, GuardedProvider, Unanswered
 from canary.api.app import create_app
 from canary.api.health import Health
@@ -37,7 +37,8 @@ from canary.api.operator import router as operator_router
 from canary.api.webhooks import webhook_router
 from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
-from canary.audit import AuditStore, Fence
+from canary.audit import Actor, AuditEntry, AuditStore, Fence, ModelRef, ObjectRef
+from canary.audit.approvals import MODEL_CHANGE_ADMITTED
 from canary.controller import Controller
 from canary.engine import Engine
 from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
@@ -255,11 +256,30 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         clock=now,
         look_seconds=settings.look_period_seconds,
     )
+
+    def model_changed(change: ModelChange) -> None:
+        uris = ", ".join(change.storage_uris)
+        entry = AuditEntry(
+            at=now(),
+            actor=Actor("human", change.username, uid=change.user_uid, groups=change.groups),
+            action=MODEL_CHANGE_ADMITTED,
+            obj=ObjectRef(change.namespace, change.name, change.uid),
+            canary=ModelRef(None, change.storage_uris[0], None, None),
+            reason=f"{change.username} set the model of {change.namespace}/{change.name} to "
+            f"{uris} (admitted by the webhook)",
+            evidence={
+                "storage_uris": list(change.storage_uris),
+                "admission_uid": change.admission_uid,
+            },
+        )
+        store.commit([entry])
+
     app = create_app(
         health=health,
         policies=policies,
         metrics=metrics,
         admission_rules=rules,
+        model_changes=model_changed,
         extra_routers=[operator_api, webhooks],
     )
     client_ca: bytes | None = None

@@ -733,8 +733,13 @@ class Engine:
         state, actions = machine.start(rollout_id, namespace, name, view, policy, now)
         assert state.stable is not None
         starter = self._store.starter(namespace, name, view.latest.storage_uri)
-        if starter is not None:
-            state = replace(state, started_by=starter.actor)
+        started_by = (
+            starter.actor
+            if starter is not None
+            else self._store.model_changed_by(namespace, name, view.latest.storage_uri)
+        )
+        if started_by is not None:
+            state = replace(state, started_by=started_by)
         doc = RolloutDocument(
             state=state,
             policy=policy,

@@ -24,8 +24,10 @@ from canary.admission import (
     ADMISSION_PATH,
     DEFAULT_RULES,
     AdmissionDecision,
+    ModelChange,
     TemplateRules,
     failure,
+    model_change,
     response_for,
     review,
 )
@@ -58,11 +60,27 @@ def decide(
         return failure(request, f"internal error ({type(exc).__name__}: {exc})")
 
 
+def record(change: ModelChange, recorder: Callable[[ModelChange], None]) -> None:
+    """Keep who changed the model; never fails the admission (the change is allowed either
+    way: a lost record only means the starter of that rollout is not known)."""
+    try:
+        recorder(change)
+    except Exception as exc:
+        log.warning(
+            "admission.model_change_not_recorded",
+            namespace=change.namespace,
+            name=change.name,
+            user=change.username,
+            error=str(exc),
+        )
+
+
 def router(
     policies: Callable[[], PolicySet],
     metrics: ControllerMetrics,
     *,
     rules: TemplateRules = DEFAULT_RULES,
+    recorder: Callable[[ModelChange], None] | None = None,
 ) -> APIRouter:
     routes = APIRouter(tags=["admission"])
 
@@ -81,6 +99,10 @@ def router(
             )
         request: dict[str, Any] = document["request"]
         decision = await run_in_threadpool(decide, request, policies, rules)
+        if recorder is not None and decision.allowed:
+            change = model_change(request)
+            if change is not None:
+                await run_in_threadpool(record, change, recorder)
         metrics.record_admission(decision.result)
         _log(request, decision)
         return JSONResponse(response_for(document, decision))

@@ -26,10 +26,12 @@ from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from canary.audit.records import ApprovalRow
-from canary.audit.schema import ApprovalModel, WebhookDeliveryRow
+from canary.audit.records import ApprovalRow, decode_body
+from canary.audit.schema import ApprovalModel, AuditLog, WebhookDeliveryRow
 
-__all__ = ["ApprovalBook"]
+__all__ = ["MODEL_CHANGE_ADMITTED", "ApprovalBook"]
+
+MODEL_CHANGE_ADMITTED = "model.change_admitted"
 
 _KEY = ("rollout_id", "revision", "step_index")
 _COLUMNS = tuple(c.name for c in ApprovalModel.__table__.columns)
@@ -199,6 +201,30 @@ class ApprovalBook:
                 .order_by(ApprovalModel.deadline, ApprovalModel.id)
             ).all()
         return [_row(r._mapping) for r in rows]
+
+    def model_changed_by(self, namespace: str, name: str, storage_uri: str | None) -> str | None:
+        """Who sent the admitted update that set ``storage_uri`` on namespace/name (the
+        newest ``model.change_admitted`` record naming it), as the apiserver authenticated
+        them; None if no such record exists."""
+        if not storage_uri:
+            return None
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(AuditLog.body)
+                .where(
+                    AuditLog.action == MODEL_CHANGE_ADMITTED,
+                    AuditLog.namespace == namespace,
+                    AuditLog.name == name,
+                )
+                .order_by(AuditLog.seq.desc())
+                .limit(20)
+            ).all()
+        for row in rows:
+            entry = decode_body(row.body)
+            uris = entry.evidence.get("storage_uris")
+            if isinstance(uris, list | tuple) and storage_uri in uris:
+                return entry.actor.id
+        return None
 
     def approvals_to_close(self) -> list[ApprovalRow]:
         """Approvals whose change is to be closed and has not been yet."""

@@ -478,3 +478,31 @@ def test_the_signed_webhook_gate_counts_only_the_policys_approvers(knative_env: 
     assert verified["decision"]["approver_name"] == "Alice@Bank.example"
     assert verified["decision"]["webhook_id"].startswith("msg_")
     assert verified["change_number"] == "CR-77"
+
+
+def test_whoever_changed_the_model_through_the_cluster_cannot_approve_it(knative_env: Env) -> None:
+    """A GitOps-style apply: the admission webhook records who sent it (the apiserver's
+    userInfo), and that identity's approval does not count."""
+    env = knative_env
+    _policy(env, "kubernetes", "credit-risk-owners")
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    _start(env, webhook=True)
+    env.patch({"spec": {"predictor": {"model": {"storageUri": v2}}}})
+    env.wait_phase(Phase.AWAITING_APPROVAL)
+    admitted = _records(env, "model.change_admitted")
+    assert len(admitted) == 1
+    who = admitted[0].entry.actor
+    assert _evidence(admitted[0])["storage_uris"] == [v2]
+
+    with env.store() as store:
+        row = submit_command(
+            store, namespace=env.namespace, name=env.name, command="approve", actor=who.id,
+            actor_groups=("credit-risk-owners",), reason="my own change", wait=30.0,
+        )  # fmt: skip
+    assert row.state == "rejected"
+    assert "started this rollout" in (row.result or "")
+    doc = env.latest()
+    assert doc is not None
+    assert doc.state.started_by == who.id
+    assert doc.state.phase is Phase.AWAITING_APPROVAL

@@ -162,7 +162,10 @@ class ApprovalWorker:
         self._report_pending(pending, now)
         for row in pending:
             gate = self._gates.get(row.gate)
-            if gate is None or self._waiting(row.id, now):
+            if gate is None:
+                self._unconfigured(row)
+                continue
+            if self._waiting(row.id, now):
                 continue
             doc = self._document(row)
             if doc is None:
@@ -193,6 +196,19 @@ class ApprovalWorker:
         ):
             return None
         return doc
+
+    def _unconfigured(self, row: ApprovalRow) -> None:
+        """A gate that asks a change system this controller is not configured for: say so
+        on the row (``canary status``), once. The approval cannot arrive; its deadline
+        still applies."""
+        if row.gate != "servicenow" or row.last_error is not None:
+            return
+        why = (
+            "ServiceNow is not configured (servicenow_url): no change can be opened, and the "
+            "approval will expire at its deadline"
+        )
+        self._store.update_approval(row.id, last_error=why)
+        log.error("approvals.gate_not_configured", gate=row.gate, approval=row.id)
 
     def _due(self, row: ApprovalRow, now: datetime) -> bool:
         if row.last_checked_at is None:

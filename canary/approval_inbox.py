@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from approvals.gate import Outcome, webhook_decision
+from approvals.gate import Decision, Outcome, webhook_decision
 from canary.api.webhooks import (
     Delivery,
     GateDecision,
@@ -158,6 +158,21 @@ class ApprovalInboxService:
                 if row is None:
                     answer = InboxAnswer.UNKNOWN
                     detail = f"{target}: the approval request is not recorded yet; send it again"
+        verdict: Decision | None = None
+        if answer is InboxAnswer.ACCEPTED:
+            assert row is not None
+            assert doc is not None
+            verdict = webhook_decision(
+                approved=decision.decision == "approve",
+                approver=decision.approver,
+                allowed=doc.policy.approval.approvers,
+                requesters=row.requesters,
+                window=pending_of(row).window,
+                comment=decision.comment,
+                now=delivery.received_at,
+            )
+            if verdict.outcome is Outcome.REFUSED:  # stored as refused, not accepted
+                answer = InboxAnswer.REFUSED
         first = self._store.record_delivery(
             delivery.webhook_id,
             received_at=delivery.received_at,
@@ -171,19 +186,10 @@ class ApprovalInboxService:
         evidence = {"decision": decision.model_dump(mode="json", by_alias=True)}
         if answer is InboxAnswer.GONE and doc is not None:
             self._late_doc(doc, delivery, detail, evidence, actor=decision.approver)
-        if answer is not InboxAnswer.ACCEPTED:
+        if verdict is None:
             return InboxResult(answer, detail)
         assert row is not None
         assert doc is not None
-        verdict = webhook_decision(
-            approved=decision.decision == "approve",
-            approver=decision.approver,
-            allowed=doc.policy.approval.approvers,
-            requesters=row.requesters,
-            window=pending_of(row).window,
-            comment=decision.comment,
-            now=delivery.received_at,
-        )
         trigger = _trigger(delivery)
         if verdict.outcome is Outcome.REFUSED:
             entry = self._entries.entry(

@@ -238,7 +238,7 @@ class ApprovalWorker:
         self._backoff.pop(row.id, None)
         if not stored:  # the rollout stopped needing it while the change was being opened
             log.info("approvals.opened_too_late", change=opened.change_number, approval=row.id)
-            gate.close(opened, "cancelled", "the rollout no longer needed this approval")
+            self._cancel_late(gate, row, opened)
             return
         log.info(
             "approvals.change_opened",
@@ -255,6 +255,28 @@ class ApprovalWorker:
             f"{row.revision} at {row.percent}% (asked: {', '.join(asked) or 'nobody yet'})",
         )
         self._enqueue(doc.state.namespace, doc.state.name)
+
+    def _cancel_late(self, gate: ApprovalGate, row: ApprovalRow, opened: PendingApproval) -> None:
+        """A change opened for a row the engine closed meanwhile (it saw no change to close)
+        is put on the row to be cancelled like any other: tried again while ServiceNow
+        fails, and recorded. Cancelled at once only if the row moved on to a new attempt."""
+        current = self._store.approval_by_id(row.id)
+        if (
+            current is not None
+            and current.state != "pending"
+            and current.attempt == row.attempt
+            and current.change_sys_id is None
+        ):
+            self._store.update_approval(
+                row.id,
+                change_number=opened.change_number,
+                change_sys_id=opened.change_sys_id,
+                close_code="cancelled",
+                close_note=current.close_note or "the rollout no longer needed this approval",
+                closed_at=None,
+            )
+            return
+        gate.close(opened, "cancelled", "the rollout no longer needed this approval")
 
     # -- decide ------------------------------------------------------------------------------
 

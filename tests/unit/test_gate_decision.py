@@ -1,6 +1,9 @@
-"""The ServiceNow gate's decision, from what ServiceNow says: who approved or rejected, and
-whether the approval counts under segregation of duties (in the risk-owner group, not the
-requester, inside the planned window)."""
+"""The approval gates' decisions. ServiceNow: from what ServiceNow says, who approved or
+rejected, and whether the approval counts under segregation of duties (in the risk-owner
+group, not the requester, inside the planned window). The Kubernetes gate (`canary
+approve|reject`) and the signed-webhook gate: the same rules for the identity the cluster or
+the signed payload names; a rejection stops the rollout when the gate lets its sender decide.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import pytest
 
 from approvals.gate import (
     ApprovalKey,
+    Decision,
     Outcome,
     PlannedWindow,
     Rule,
+    kubernetes_decision,
     servicenow_decision,
+    webhook_decision,
 )
 from approvals.types import (
     ApproverRecord,
@@ -202,3 +208,156 @@ def test_a_window_must_be_a_real_interval() -> None:
 
 def test_the_correlation_id_names_rollout_and_step() -> None:
     assert ApprovalKey("ro-1", "rev-7", 3).correlation_id == "kserve-canary:ro-1:3"
+
+
+# ------------------------------------------------------------------------------------------
+# The Kubernetes gate (`canary approve|reject`) and the signed-webhook gate
+# ------------------------------------------------------------------------------------------
+
+STARTER = "Carol@Bank.example"  # who started the rollout: never their own approver
+APPROVERS = ("alice@bank.example", "Bob@Bank.example")  # the webhook policy's list
+BEFORE, AFTER = START - timedelta(seconds=1), WINDOW.end + timedelta(seconds=1)
+
+
+@dataclass
+class Person:
+    """One decision as it reaches the controller, and what it must come to."""
+
+    approved: bool
+    who: str
+    outcome: Outcome
+    rules: list[Rule] = field(default_factory=list)
+    groups: tuple[str, ...] = ("system:authenticated", "credit-risk")
+    at: datetime = NOW
+    reason: str = ""
+
+
+K8S_CASES = {
+    "a member of the risk-owner group approves": Person(
+        True, "alice", Outcome.APPROVED, reason="approved by alice"),
+    "a stranger to the group approves: refused": Person(
+        True, "mallory", Outcome.REFUSED, [Rule.NOT_IN_GROUP],
+        groups=("system:authenticated", "ml-platform"),
+        reason="mallory is not in the risk-owner group credit-risk"),
+    "a caller with no groups approves: refused, the cluster said none": Person(
+        True, "mallory", Outcome.REFUSED, [Rule.NOT_IN_GROUP], groups=(),
+        reason="their groups are: none"),
+    "a group named in another case does not count": Person(
+        True, "mallory", Outcome.REFUSED, [Rule.NOT_IN_GROUP], groups=("Credit-Risk",)),
+    "the starter approves: refused though a member": Person(
+        True, "carol@bank.example", Outcome.REFUSED, [Rule.SELF_APPROVAL],
+        reason="carol@bank.example started this rollout"),
+    "the starter in other letters approves: refused": Person(
+        True, "CAROL@BANK.EXAMPLE", Outcome.REFUSED, [Rule.SELF_APPROVAL]),
+    "a stranger who started it approves: both rules broken": Person(
+        True, "carol@bank.example", Outcome.REFUSED, [Rule.NOT_IN_GROUP, Rule.SELF_APPROVAL],
+        groups=("dev",)),
+    "a member approves after the deadline: refused": Person(
+        True, "alice", Outcome.REFUSED, [Rule.OUTSIDE_WINDOW], at=AFTER,
+        reason="outside the window"),
+    "a member approves before the request: refused": Person(
+        True, "alice", Outcome.REFUSED, [Rule.OUTSIDE_WINDOW], at=BEFORE),
+    "a member approves in the window's last second": Person(
+        True, "alice", Outcome.APPROVED, at=WINDOW.end),
+    "a member rejects": Person(False, "alice", Outcome.REJECTED, reason="rejected by alice"),
+    "anyone RBAC let through rejects: a rejection": Person(
+        False, "mallory", Outcome.REJECTED, groups=("ml-platform",)),
+    "the starter rejects: a rejection": Person(False, "carol@bank.example", Outcome.REJECTED),
+    "a rejection after the deadline still stops the rollout": Person(
+        False, "mallory", Outcome.REJECTED, groups=(), at=AFTER),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", K8S_CASES.values(), ids=K8S_CASES.keys())
+def test_kubernetes_decision(case: Person) -> None:
+    decision = kubernetes_decision(
+        approved=case.approved,
+        user=case.who,
+        groups=case.groups,
+        risk_owner_group="credit-risk",
+        requesters=(STARTER,),
+        window=WINDOW,
+        comment="looked at the evidence",
+        now=case.at,
+    )
+    _check_person(decision, case)
+
+
+WEBHOOK_CASES = {
+    "a listed approver approves": Person(
+        True, "alice@bank.example", Outcome.APPROVED, reason="approved by alice@bank.example"),
+    "a listed approver in other letters approves": Person(
+        True, "ALICE@bank.EXAMPLE", Outcome.APPROVED),
+    "listed in other letters, named as listed": Person(True, "bob@bank.example", Outcome.APPROVED),
+    "an unlisted identity approves: refused": Person(
+        True, "mallory@bank.example", Outcome.REFUSED, [Rule.NOT_IN_GROUP],
+        reason="mallory@bank.example is not one of the policy's approvers"),
+    "a listed starter approves: refused": Person(
+        True, "carol@bank.example", Outcome.REFUSED, [Rule.SELF_APPROVAL]),
+    "an unlisted starter approves: both rules broken": Person(
+        True, "carol@bank.example", Outcome.REFUSED, [Rule.NOT_IN_GROUP, Rule.SELF_APPROVAL]),
+    "a listed approver after the deadline: refused": Person(
+        True, "alice@bank.example", Outcome.REFUSED, [Rule.OUTSIDE_WINDOW], at=AFTER),
+    "a listed approver before the request: refused": Person(
+        True, "alice@bank.example", Outcome.REFUSED, [Rule.OUTSIDE_WINDOW], at=BEFORE),
+    "a listed approver rejects": Person(
+        False, "bob@bank.example", Outcome.REJECTED, reason="rejected by bob@bank.example"),
+    "an unlisted identity rejects: refused, it does not stop the rollout": Person(
+        False, "mallory@bank.example", Outcome.REFUSED, [Rule.NOT_IN_GROUP],
+        reason="mallory@bank.example is not one of the policy's approvers"),
+}  # fmt: skip
+LISTED_STARTER = {"a listed starter approves: refused"}
+
+
+@pytest.mark.parametrize(("name", "case"), WEBHOOK_CASES.items(), ids=WEBHOOK_CASES.keys())
+def test_webhook_decision(name: str, case: Person) -> None:
+    allowed = (*APPROVERS, STARTER) if name in LISTED_STARTER else APPROVERS
+    decision = webhook_decision(
+        approved=case.approved,
+        approver=case.who,
+        allowed=allowed,
+        requesters=(STARTER,),
+        window=WINDOW,
+        comment="looked at the evidence",
+        now=case.at,
+    )
+    _check_person(decision, case)
+
+
+def _check_person(decision: Decision, case: Person) -> None:
+    assert decision.outcome is case.outcome, decision.reason
+    assert [v.rule for v in decision.violations] == case.rules
+    assert case.reason in decision.reason
+    assert decision.checked_at == case.at
+    assert decision.counts_as_approval is (case.outcome is Outcome.APPROVED)
+    for violation in decision.violations:
+        assert (violation.approver, violation.at) == (case.who, case.at)
+        assert violation.message in decision.reason
+    if case.outcome is Outcome.REFUSED:
+        assert (decision.approver, decision.decided_at) == (None, None), "nobody decided"
+    else:
+        assert (decision.approver, decision.approver_name) == (case.who, case.who)
+        assert decision.decided_at == case.at
+        assert decision.comments == "looked at the evidence"
+
+
+def test_without_a_window_a_late_member_approval_counts() -> None:
+    decision = kubernetes_decision(
+        approved=True, user="alice", groups=("credit-risk",), risk_owner_group="credit-risk",
+        requesters=(), window=None, comment="", now=AFTER + timedelta(days=2),
+    )  # fmt: skip
+    assert decision.outcome is Outcome.APPROVED
+
+
+def test_the_decisions_refuse_naive_times() -> None:
+    naive = NOW.replace(tzinfo=None)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        kubernetes_decision(
+            approved=True, user="alice", groups=("credit-risk",),
+            risk_owner_group="credit-risk", requesters=(), window=WINDOW, comment="", now=naive,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="timezone-aware"):
+        webhook_decision(
+            approved=True, approver="alice@bank.example", allowed=APPROVERS, requesters=(),
+            window=WINDOW, comment="", now=naive,
+        )  # fmt: skip

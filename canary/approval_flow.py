@@ -51,12 +51,13 @@ def request_row(
     now: datetime,
 ) -> ApprovalRow:
     """The row for a new request. Asked again at the same step (after an expiry and a
-    resume) it is a new attempt: the earlier change is finished, so a new one is opened."""
+    resume) it is a new attempt, a row of its own: the earlier attempt's change stays on its
+    row (to be closed there), and a new change is opened."""
     again = previous is not None and previous.state != "pending"
     attempt = (previous.attempt + 1 if again else previous.attempt) if previous else 1
     requesters = (state.started_by,) if state.started_by else ()
     return ApprovalRow(
-        id=previous.id if previous is not None else str(uuid.uuid4()),
+        id=previous.id if previous is not None and not again else str(uuid.uuid4()),
         rollout_id=state.rollout_id,
         revision=action.revision,
         step_index=action.step_index,

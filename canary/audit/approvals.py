@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
+from sqlalchemy import Connection, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -33,7 +33,8 @@ __all__ = ["MODEL_CHANGE_ADMITTED", "ApprovalBook"]
 
 MODEL_CHANGE_ADMITTED = "model.change_admitted"
 
-_KEY = ("rollout_id", "revision", "step_index")
+_KEY = ("rollout_id", "revision", "step_index", "attempt")
+_DECIDED = ("approved", "rejected")
 _COLUMNS = tuple(c.name for c in ApprovalModel.__table__.columns)
 
 
@@ -62,21 +63,39 @@ class ApprovalBook:
     # -- writes ------------------------------------------------------------------------------
 
     def _upsert_approval(self, conn: Connection, row: ApprovalRow) -> None:
+        """The engine's write: a new request inserts its row; a write to an existing row
+        (a close request, a Kubernetes-gate decision) touches only what the engine owns, so
+        a change the worker opened or a decision it verified meanwhile is never lost:
+
+        * ``close_code`` and ``close_note`` are set;
+        * ``state`` moves only from ``pending``;
+        * the decision (``approver``, ``decided_at``, ``decision``) is written only with a
+          move from ``pending`` to approved or rejected;
+        * ``closed_at`` is taken only while no change was opened (nothing to close);
+          otherwise the worker closes the change and sets it.
+        """
         values = _values(row)
-        keep = ("id", *_KEY)
-        if self._dialect == "postgresql":
-            pg_stmt = pg_dialect.insert(ApprovalModel).values(**values)
-            stmt: Any = pg_stmt.on_conflict_do_update(
-                index_elements=list(_KEY),
-                set_={k: pg_stmt.excluded[k] for k in values if k not in keep},
-            )
-        else:
-            lite_stmt = sqlite_dialect.insert(ApprovalModel).values(**values)
-            stmt = lite_stmt.on_conflict_do_update(
-                index_elements=list(_KEY),
-                set_={k: lite_stmt.excluded[k] for k in values if k not in keep},
-            )
-        conn.execute(stmt)
+        table = ApprovalModel.__table__
+        insert_stmt: Any = (
+            pg_dialect.insert(ApprovalModel)
+            if self._dialect == "postgresql"
+            else sqlite_dialect.insert(ApprovalModel)
+        ).values(**values)
+        new = insert_stmt.excluded
+        pending = table.c.state == "pending"
+        deciding = and_(pending, new.state.in_(_DECIDED))
+        updates = {
+            "close_code": func.coalesce(new.close_code, table.c.close_code),
+            "close_note": func.coalesce(new.close_note, table.c.close_note),
+            "state": case((pending, new.state), else_=table.c.state),
+            "approver": case((deciding, new.approver), else_=table.c.approver),
+            "decided_at": case((deciding, new.decided_at), else_=table.c.decided_at),
+            "decision": case((deciding, new.decision), else_=table.c.decision),
+            "closed_at": case(
+                (table.c.change_sys_id.is_(None), new.closed_at), else_=table.c.closed_at
+            ),
+        }
+        conn.execute(insert_stmt.on_conflict_do_update(index_elements=list(_KEY), set_=updates))
 
     def upsert_approval(self, row: ApprovalRow) -> ApprovalRow:
         """Insert or update the approval for (rollout_id, revision, step_index).
@@ -141,16 +160,19 @@ class ApprovalBook:
         conn: Connection, rollout_id: str, revision: str, step_index: int
     ) -> ApprovalRow | None:
         row = conn.execute(
-            select(ApprovalModel.__table__).where(
+            select(ApprovalModel.__table__)
+            .where(
                 ApprovalModel.rollout_id == rollout_id,
                 ApprovalModel.revision == revision,
                 ApprovalModel.step_index == step_index,
             )
+            .order_by(ApprovalModel.attempt.desc())
+            .limit(1)
         ).first()
         return None if row is None else _row(row._mapping)
 
     def get_approval(self, rollout_id: str, revision: str, step_index: int) -> ApprovalRow | None:
-        """The approval for (rollout_id, revision, step_index), if any."""
+        """The latest attempt of the approval for (rollout_id, revision, step_index)."""
         with self._tx(write=False) as conn:
             return self._approval(conn, rollout_id, revision, step_index)
 

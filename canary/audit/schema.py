@@ -271,7 +271,7 @@ class ApprovalModel(Base):
     asked: Mapped[list[str]] = mapped_column(JSON, server_default=text("'[]'"))
 
     __table_args__ = (
-        UniqueConstraint("rollout_id", "revision", "step_index"),
+        UniqueConstraint("rollout_id", "revision", "step_index", "attempt"),
         CheckConstraint("gate IN ('webhook', 'servicenow', 'kubernetes')", name="gate"),
         CheckConstraint(
             "state IN ('pending', 'approved', 'rejected', 'expired', 'cancelled')", name="state"

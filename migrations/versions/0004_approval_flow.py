@@ -1,5 +1,6 @@
 """Approvals carry what the gates need between the controller's passes: who may not approve
-(the requesters), the window an approval must fall in, which attempt this is, the verified
+(the requesters), the window an approval must fall in, which attempt this is (one row per
+attempt), the verified
 decision with its evidence, the change's close request and when it was carried out, the
 latest callback that asked for a re-read, work-note and refusal bookkeeping, and the people
 asked. The gate ``kubernetes`` joins ``webhook`` and ``servicenow``.
@@ -50,12 +51,26 @@ def upgrade() -> None:
         )
         batch.drop_constraint(op.f("ck_approvals_gate"), type_="check")
         batch.create_check_constraint(op.f("ck_approvals_gate"), _NEW_GATES)
+        # one row per attempt: an approval asked again keeps its earlier change's row
+        batch.drop_constraint(op.f("uq_approvals_rollout_id_revision_step_index"), type_="unique")
+        batch.create_unique_constraint(
+            op.f("uq_approvals_rollout_id_revision_step_index_attempt"),
+            ["rollout_id", "revision", "step_index", "attempt"],
+        )
     op.create_index(op.f("ix_approvals_change_sys_id"), "approvals", ["change_sys_id"])
 
 
 def downgrade() -> None:
     op.drop_index(op.f("ix_approvals_change_sys_id"), table_name="approvals")
+    op.execute("DELETE FROM approvals WHERE attempt > 1")
     with op.batch_alter_table("approvals") as batch:
+        batch.drop_constraint(
+            op.f("uq_approvals_rollout_id_revision_step_index_attempt"), type_="unique"
+        )
+        batch.create_unique_constraint(
+            op.f("uq_approvals_rollout_id_revision_step_index"),
+            ["rollout_id", "revision", "step_index"],
+        )
         batch.drop_constraint(op.f("ck_approvals_gate"), type_="check")
         batch.create_check_constraint(op.f("ck_approvals_gate"), _OLD_GATES)
         for column in (

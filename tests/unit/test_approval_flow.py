@@ -136,7 +136,7 @@ def test_asked_again_after_an_expiry_is_a_new_attempt_with_a_new_change() -> Non
     assert expired.state == "expired"
     d.at(10 * MIN + timedelta(hours=8)).command(CommandKind.RESUME, "risk owner is back")
     again = request_row(state_of(d), d.policy, asked(d), expired, state_of(d).phase_entered_at)
-    assert again.id == row.id, "the same (rollout, revision, step) row, asked again"
+    assert again.id != row.id, "a row of its own: the first attempt keeps its change to close"
     assert again.attempt == 2
     assert again.state == "pending"
     assert (again.change_number, again.change_sys_id) == (None, None), "a new change is opened"

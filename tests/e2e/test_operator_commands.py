@@ -121,3 +121,86 @@ def test_a_person_starts_and_pauses_a_rollout_and_every_record_names_them(
     (denied,) = by("manual.denied")
     assert denied.actor.id == f"system:serviceaccount:{env.namespace}:auditor"
     assert denied.evidence["reason"] == "looks odd"
+
+
+KUBERNETES_GATE = """
+name: credit
+steps: [10, 50, 100]
+stepHold: 4s
+analysisInterval: 1s
+revisionReadyTimeout: 15s
+trafficTimeout: 20s
+maxStepDuration: 90s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 1.0
+    minSamples: 200
+approval:
+  gate: kubernetes
+  beforeStep: 100
+  riskOwnerGroup: GROUP
+  deadline: 10m
+  onExpiry: rollback
+"""
+
+
+def test_the_kubernetes_gate_through_the_cli_counts_only_a_risk_owner_who_did_not_start_it(
+    knative_env: Env, tmp_path: Path
+) -> None:
+    """`canary approve` with each person's own credentials: the starter (who also holds the
+    risk-owner role) and an administrator outside the group are refused by the leader
+    (exit 1, recorded); a risk owner's approval promotes, and the record names her."""
+    env = knative_env
+    group = f"system:serviceaccounts:{env.namespace}"  # every ServiceAccount of the namespace
+    (env.policy_dir / "credit.yaml").write_text(KUBERNETES_GATE.replace("GROUP", group))
+    for role in cluster_roles():
+        env.kube.apply(CLUSTER_ROLE, None, role, field_manager="e2e")
+    env.kube.apply(ROLE, env.namespace, {
+        "apiVersion": f"{RBAC}/v1", "kind": "Role",
+        "metadata": {"name": "isvc-editor", "namespace": env.namespace},
+        "rules": [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                   "verbs": ["get", "patch"]}],
+    }, field_manager="e2e")  # fmt: skip
+    release = _person(env, "release-manager", [
+        ("ClusterRole", "kserve-canary-operator"), ("Role", "isvc-editor"),
+        ("ClusterRole", "kserve-canary-risk-owner"),
+    ], tmp_path)  # fmt: skip
+    rita = _person(env, "rita", [("ClusterRole", "kserve-canary-risk-owner")], tmp_path)
+    admin = env.testbed.kubeconfig_path  # allowed everything by RBAC, not in the group
+
+    env.create(env.model("v1"), policy="credit")
+    app = env.start_controller(webhook=True)
+    cluster = env.testbed.cluster
+    assert cluster is not None
+    api, ca = app.url, cluster.ca_path
+    started = _canary(release, api, ca, "rollout", "start", env.name, "--storage-uri",
+                      env.model("v2"), "--reason", "new credit model")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    env.wait_phase(Phase.AWAITING_APPROVAL)
+
+    own = _canary(release, api, ca, "approve", env.name, "-n", env.namespace, "--comment", "mine")
+    assert own.returncode == 1, own.stderr
+    assert "started this rollout" in own.stderr + own.stdout
+    outsider = _canary(admin, api, ca, "approve", env.name, "-n", env.namespace,
+                       "--comment", "lgtm")  # fmt: skip
+    assert outsider.returncode == 1, outsider.stderr
+    assert "not in the risk-owner group" in outsider.stderr + outsider.stdout
+    assert env.wait_phase(Phase.AWAITING_APPROVAL).state.phase is Phase.AWAITING_APPROVAL
+
+    approved = _canary(rita, api, ca, "approve", env.name, "-n", env.namespace,
+                       "--comment", "RSK-12: back-test reviewed")  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+    done = env.wait_phase(Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED)
+    assert done.state.phase is Phase.SUCCEEDED
+    records = env.records()
+    refused = [r.entry for r in records if r.entry.action == "approval.refused"]
+    assert [e.actor.id for e in refused] == [
+        f"system:serviceaccount:{env.namespace}:release-manager",
+        refused[1].actor.id,
+    ]
+    (verified,) = [r.entry for r in records if r.entry.action == "approval.verified"]
+    assert verified.actor.id == f"system:serviceaccount:{env.namespace}:rita"
+    assert group in verified.actor.groups
+    decision: Any = verified.evidence["decision"]
+    assert decision["comments"] == "RSK-12: back-test reviewed"

@@ -74,7 +74,7 @@ from canary.k8s.client import (
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.log import configure_logging
 from canary.model import Phase
-from canary.policy import RolloutPolicy, format_duration
+from canary.policy import RolloutPolicy, format_duration, load_policies
 from canary.remote import OperatorClient
 from canary.settings import load_settings
 from testbed.behaviour import LatencyProfile, ModelBehaviour
@@ -407,8 +407,8 @@ class _RiskOwners:
 def _progress(
     store: AuditStore, started: float, timeout: float, risk_owners: _RiskOwners
 ) -> dict[str, RolloutDocument]:
-    """Print each change of phase, step, verdict or approval until every rollout has finished;
-    let the risk owners decide the changes that wait for them."""
+    """Print each change of phase, step or verdict until every rollout has finished; let the
+    risk owners decide the changes that wait for them."""
     scenarios = {s.name: s for s in SCENARIOS}
     seen: dict[str, tuple[object, ...]] = {}
     final: dict[str, RolloutDocument] = {}
@@ -421,10 +421,8 @@ def _progress(
             doc = RolloutDocument.from_row(row)
             state = doc.state
             verdict = state.last_verdict
-            approval = state.approval
             key = (state.phase, state.step_index, state.step_reached_at is not None,
-                   verdict.verdict if verdict else None,
-                   approval.change_number if approval else None)  # fmt: skip
+                   verdict.verdict if verdict else None)  # fmt: skip
             elapsed = f"{time.monotonic() - started:5.1f}s"
             if seen.get(row.name) != key:
                 seen[row.name] = key
@@ -673,6 +671,11 @@ def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
              "except")  # fmt: skip
         for note in credit.notes:
             _say(f"  {note}")
+        for check in load_policies(policy_dir).get(credit.name).checks:
+            if check.dry_run:
+                _say(f"  (its dry-run check {check.name} queries series the test bed's traffic "
+                     "does not produce: it stays Inconclusive and, being dry-run, never "
+                     "gates)")  # fmt: skip
         for namespace in NAMESPACES:
             names = ", ".join(s.name for s in SCENARIOS if s.namespace == namespace)
             _say(f"Deploying {names} in {namespace} (model v1), opted in...")
@@ -722,9 +725,9 @@ def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
              f"on {application.url}).")  # fmt: skip
         receiver = f"{application.url}/webhooks/v1/servicenow"
         sim.set_callback(receiver, [callback_secret])
-        _say(f"ServiceNow simulator on {sim.url} (risk owners alice and bob); it polls no one: "
-             f"its approval callback goes to {receiver}, signed with a whsec_ secret the "
-             "controller shares, and the controller reads each change every 5 s.")  # fmt: skip
+        _say(f"ServiceNow simulator on {sim.url} (risk owners alice and bob). A decision "
+             f"there is POSTed to {receiver}, signed with a whsec_ secret the controller "
+             "shares; the controller also reads each pending change every 5 s.")  # fmt: skip
         ensure_webhook_configuration(
             kube,
             ca_bundle=cluster.ca_path.read_bytes(),

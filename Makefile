@@ -2,7 +2,8 @@
 #
 #   make test   install what is missing (venv, Debian packages), then lint, types,
 #               import contracts and every test. A second run reinstalls nothing.
-#   make demo   the controller on the local test bed: one model promoted, one rolled back.
+#   make demo   the controller on the local test bed: models promoted and rolled back, two of
+#               them behind a ServiceNow approval (simulated).
 #
 # Everything a fresh machine needs is installed from here; nothing is assumed.
 
@@ -31,7 +32,7 @@ MISSING_DEBS := $(strip $(MISSING_DEBS))
 .PHONY: help
 help:
 	@echo "make test   lint, types, import contracts and all tests (installs what is missing)"
-	@echo "make demo   the controller on the local test bed: a promotion and a rollback"
+	@echo "make demo   the controller on the local test bed: promotions, rollbacks, approvals"
 	@echo "make lint | typecheck | contracts | unit | integration   the parts of make test"
 	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
 	@echo "make bench-sandbox   time the test bed's start and stop"

@@ -138,9 +138,12 @@ def status(work_dir: Path | None) -> None:
 @main.command("demo")
 def demo() -> None:
     """The controller on a fresh test bed, start to finish (what `make demo` runs): two new
-    models promoted (one applied the GitOps way, which the admission webhook holds to the
-    first step) and two rolled back. Exits 0 when every rollout ends as expected and the
-    audit chain is intact, 1 otherwise."""
+    fraud models promoted (one applied the GitOps way, which the admission webhook holds to
+    the first step) and two rolled back; two credit models on the shipped credit-decisioning
+    policy, held before 100% until a risk owner decides their change in the ServiceNow
+    simulator: one approved and promoted, one rejected and rolled back. Exits 0 when every
+    rollout ends as expected (for the credit models: with the decision recorded and the
+    change closed) and the audit chain is intact, 1 otherwise."""
     from testbed.demo import main as run_demo
 
     sys.exit(run_demo())

@@ -56,6 +56,11 @@ CRDS: tuple[CrdSource, ...] = (
         "config/crd/standard/gateway.networking.k8s.io_httproutes.yaml",
     ),
     CrdSource(
+        "gateway.networking.k8s.io_backendtlspolicies.yaml",
+        "sigs.k8s.io/gateway-api",
+        "config/crd/standard/gateway.networking.k8s.io_backendtlspolicies.yaml",
+    ),
+    CrdSource(
         "virtualservices.networking.istio.io.yaml",
         "istio.io/api",
         "kubernetes/customresourcedefinitions.gen.yaml",

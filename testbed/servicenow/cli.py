@@ -1,6 +1,7 @@
 """``python -m testbed servicenow ...``: run the simulator, and decide as a risk owner.
 
-    serve    --port P --seed FILE --state FILE [--callback-url URL --callback-secret whsec_...]
+    serve    --port P --seed FILE --state FILE [--callback-url URL --callback-secret whsec_...
+             --callback-ca-file CA.pem]
     approve  CHG0000001 --as alice [--comment TEXT] [--url URL] [--force] [--callback MODE]
     reject   CHG0000001 --as alice [--comment TEXT] ...
     list     the changes, their state and who has been asked
@@ -13,6 +14,7 @@ simulator is unreachable. Only click and the standard library are imported up fr
 from __future__ import annotations
 
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
@@ -61,6 +63,11 @@ def servicenow() -> None:
     multiple=True,
     help="whsec_ secret signing the callback; repeat for a rotation (one signature each).",
 )
+@click.option(
+    "--callback-ca-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="PEM CA bundle an https callback URL is verified against (default: the system's).",
+)
 @click.option("--token-lifetime", type=int, default=1799, show_default=True, help="Seconds.")
 @click.option(
     "--ready-file",
@@ -75,6 +82,7 @@ def serve(
     state: Path | None,
     callback_url: str,
     callback_secrets: tuple[str, ...],
+    callback_ca_file: Path | None,
     token_lifetime: int,
     ready_file: Path | None,
     verbose: bool,
@@ -106,7 +114,13 @@ def serve(
             port=port,
             verbose=verbose,
             callback=CallbackTarget(callback_url, list(callback_secrets)),
+            callback_ca_file=callback_ca_file,
         )
+    except ssl.SSLError as exc:
+        raise click.BadParameter(
+            f"{callback_ca_file} holds no usable PEM certificate: {exc}",
+            param_hint="--callback-ca-file",
+        ) from None
     except OSError as exc:
         click.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)

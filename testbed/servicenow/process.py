@@ -42,6 +42,7 @@ class ServiceNowSim:
         port: int = 0,
         callback_url: str | None = None,
         callback_secrets: list[str] | None = None,
+        callback_ca_file: Path | None = None,
         token_lifetime: int | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
@@ -49,6 +50,7 @@ class ServiceNowSim:
         self._port = port
         self.callback_url = callback_url
         self.callback_secrets = list(callback_secrets or [])
+        self.callback_ca_file = callback_ca_file
         self.token_lifetime = token_lifetime
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -99,6 +101,8 @@ class ServiceNowSim:
             command += ["--callback-url", self.callback_url]
         for secret in self.callback_secrets:
             command += ["--callback-secret", secret]
+        if self.callback_ca_file is not None:
+            command += ["--callback-ca-file", str(self.callback_ca_file)]
         if self.token_lifetime is not None:
             command += ["--token-lifetime", str(self.token_lifetime)]
         return command

@@ -40,6 +40,7 @@ import binascii
 import contextlib
 import json
 import re
+import ssl
 import sys
 import threading
 import time
@@ -50,6 +51,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 from testbed.servicenow import query as encoded_query
@@ -122,10 +124,18 @@ class ServiceNowServer:
         host: str = "127.0.0.1",
         port: int = 0,
         callback: CallbackTarget | None = None,
+        callback_ca_file: Path | None = None,
         verbose: bool = False,
     ) -> None:
         self.instance = instance
         self.callback = callback or CallbackTarget()
+        # An https callback URL is verified against the system's CAs, or this bundle only
+        # (a receiver with a private CA, as the test bed's controller has).
+        self._tls = (
+            ssl.create_default_context(cafile=str(callback_ca_file))
+            if callback_ca_file is not None
+            else None
+        )
         self.verbose = verbose
         self._lock = threading.Lock()
         self.faults: list[Fault] = []
@@ -221,7 +231,9 @@ class ServiceNowServer:
                 target.url, data=body, headers=headers, method="POST"
             )
             try:
-                with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310
+                    request, timeout=10, context=self._tls
+                ) as response:
                     outcome["status"] = response.status
             except urllib.error.HTTPError as exc:
                 outcome["status"] = exc.code

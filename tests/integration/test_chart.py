@@ -29,6 +29,9 @@ import yaml
 from click.testing import CliRunner
 
 from canary.access import cluster_roles
+from canary.admission import ADMISSION_PATH
+from canary.api.operator import API_PREFIX
+from canary.api.webhooks import GATE_PATH, SERVICENOW_PATH, WEBHOOK_PREFIX
 from canary.cli import main as canary_cli
 from canary.k8s.client import (
     CONFIG_MAP,
@@ -63,6 +66,35 @@ SCOPE_LABEL = "test.kserve-canary.io/chart"
 OWN_SECRET: dict[str, Any] = {
     "tls": {"source": "secret", "secret": {"name": "ksc-serving"}, "caBundle": CA_ONE.decode()},
 }
+HOOKS_HOST = "change-hooks.bank.example"
+# The approval gates wired to Secrets by name, and both routes to the webhooks.
+APPROVALS: dict[str, Any] = {
+    **OWN_SECRET,
+    "servicenow": {
+        "url": "https://bank.service-now.com",
+        "auth": "oauth-password",
+        "api": "table",
+        "existingSecret": "servicenow-credentials",
+    },
+    "approvals": {
+        "pollSeconds": 30,
+        "callbackSecretsSecret": "servicenow-callback",
+        "webhookSecretsSecret": "change-system-webhook",
+    },
+    "webhookRoute": {
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "host": HOOKS_HOST,
+            "tls": [{"secretName": "change-hooks-tls", "hosts": [HOOKS_HOST]}],
+        },
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}],
+            "hostnames": [HOOKS_HOST],
+        },
+    },
+}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "cluster-monitored": {"serviceMonitor": {"enabled": True}, "watchNamespaces": ["team-a"]},
@@ -74,6 +106,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "url-secret": {"database": {"url": "postgresql+psycopg://canary:pw@db.example:5432/audit"}},
     "sqlite": {"database": {"type": "sqlite"}, "replicas": 1},
     "aggregated": {"rbac": {"aggregateToDefaultRoles": True}},
+    "approvals": APPROVALS,
     "tuned": {
         "controller": {
             "kserveDefaultDeploymentMode": "Standard",
@@ -112,6 +145,14 @@ BUILTIN_ROLES: dict[tuple[str, str | None, str], dict[str, Any]] = {
     },
 }  # fmt: skip
 CLIENT_CA_GRANTS = {("", "configmaps", v) for v in ("get", "list", "watch")}
+# What a pod would read from each Secret, standing in for the Secrets' values (the database
+# URL and the whsec_ lists must parse; any text will do for the other credentials).
+WHSEC = "whsec_" + base64.b64encode(b"a stand-in key of 32 bytes......").decode()
+SECRET_STAND_INS = {
+    "KSC_DATABASE_URL": "postgresql+psycopg://u:p@db/audit",
+    "KSC_SERVICENOW_CALLBACK_SECRETS": WHSEC,
+    "KSC_APPROVAL_WEBHOOK_SECRETS": WHSEC,
+}
 
 
 # ---------------------------------------------------------------------- helpers
@@ -304,6 +345,33 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         {"webhook": {"configurationName": "aaa-canary"}},
         "must sort after KServe's inferenceservice.serving.kserve.io",
     ),
+    (
+        "servicenow-without-credentials",
+        {"servicenow": {"url": "https://bank.service-now.com", "auth": "oauth-client-credentials"}},
+        "servicenow.url needs servicenow.existingSecret: the name of a Secret in the release "
+        "namespace with the keys clientId and clientSecret (servicenow.auth "
+        "oauth-client-credentials)",
+    ),
+    (
+        "ingress-without-host",
+        {**APPROVALS, "webhookRoute": {"ingress": {"enabled": True}}},
+        "webhookRoute.ingress.enabled needs webhookRoute.ingress.host",
+    ),
+    (
+        "http-route-without-parents",
+        {**APPROVALS, "webhookRoute": {"httpRoute": {"enabled": True}}},
+        "webhookRoute.httpRoute.enabled needs webhookRoute.httpRoute.parentRefs",
+    ),
+    (
+        "route-without-any-secret",
+        {**APPROVALS, "approvals": {"callbackSecretsSecret": "", "webhookSecretsSecret": ""}},
+        "webhookRoute exposes /webhooks/v1/, but no secret would verify a delivery",
+    ),
+    (
+        "backend-tls-without-ca-under-cert-manager",
+        {key: value for key, value in APPROVALS.items() if key != "tls"},
+        "webhookRoute.httpRoute.backendTLSPolicy needs caConfigMap with tls.source cert-manager",
+    ),
 ]
 
 
@@ -333,6 +401,23 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         "invalid propertyName 'KSC_DATABASE_URL'",
     ),
     ("replicas-zero", {"replicas": 0}, "/replicas"),
+    # credentials and webhook secrets have no place in values: only Secrets' names do
+    (
+        "servicenow-password-in-values",
+        {"servicenow": {"password": "hunter2"}},
+        "additional properties 'password' not allowed",
+    ),
+    (
+        "secret-setting-through-extra-env",
+        {"controller": {"extraEnv": {"KSC_SERVICENOW_CALLBACK_SECRETS": "whsec_abc"}}},
+        "invalid propertyName 'KSC_SERVICENOW_CALLBACK_SECRETS'",
+    ),
+    (
+        "plain-http-servicenow",
+        {"servicenow": {"url": "http://bank.service-now.com", "existingSecret": "sn"}},
+        "/servicenow/url",
+    ),
+    ("poll-below-five-seconds", {"approvals": {"pollSeconds": 1}}, "/approvals/pollSeconds"),
     ("bad-log-level", {"controller": {"logLevel": "verbose"}}, "/controller/logLevel"),
 ]
 
@@ -454,7 +539,7 @@ def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
         if "value" in entry:
             monkeypatch.setenv(name, entry["value"])
         elif "secretKeyRef" in entry["valueFrom"]:
-            monkeypatch.setenv(name, "postgresql+psycopg://u:p@db/audit")
+            monkeypatch.setenv(name, SECRET_STAND_INS.get(name, "stand-in-credential"))
         else:
             assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             monkeypatch.setenv(name, "ksc-kserve-canary-7d9f-abcde")
@@ -476,6 +561,15 @@ def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
         assert env["KSC_PROMETHEUS_BEARER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
             "name": "prom-token", "key": "token"
         }  # fmt: skip
+    if variant == "approvals":
+        assert settings.servicenow_url == "https://bank.service-now.com"
+        assert (settings.servicenow_auth, settings.servicenow_api) == ("oauth-password", "table")
+        assert settings.approval_poll_seconds == 30.0
+        assert [s.get_secret_value() for s in settings.servicenow_callback_secrets] == [WHSEC]
+        assert [s.get_secret_value() for s in settings.approval_webhook_secrets] == [WHSEC]
+    else:
+        assert settings.servicenow_url is None
+        assert settings.approval_poll_seconds == 60.0
 
 
 def test_tls_policies_and_database_are_mounted_where_the_settings_point(
@@ -668,6 +762,182 @@ def test_the_notes_say_how_to_reach_the_api_and_verify(
     assert "mutatingwebhookconfiguration kserve-canary" in notes
 
 
+# ---------------------------------------------------------------------- approvals
+
+
+SERVICENOW_CREDENTIALS = {
+    "basic": {"KSC_SERVICENOW_USER": "user", "KSC_SERVICENOW_PASSWORD": "password"},
+    "oauth-password": {
+        "KSC_SERVICENOW_USER": "user",
+        "KSC_SERVICENOW_PASSWORD": "password",
+        "KSC_SERVICENOW_CLIENT_ID": "clientId",
+        "KSC_SERVICENOW_CLIENT_SECRET": "clientSecret",
+    },
+    "oauth-client-credentials": {
+        "KSC_SERVICENOW_CLIENT_ID": "clientId",
+        "KSC_SERVICENOW_CLIENT_SECRET": "clientSecret",
+    },
+}
+
+
+@pytest.mark.parametrize("auth", sorted(SERVICENOW_CREDENTIALS))
+def test_approval_settings_read_credentials_and_secrets_from_secrets_named_in_the_values(
+    helm: Tool, auth: str, tmp_path: Path
+) -> None:
+    values = {**APPROVALS, "servicenow": {**APPROVALS["servicenow"], "auth": auth}}
+    env = env_of(only(render(helm, values, tmp_path), "Deployment"))
+    assert env["KSC_SERVICENOW_URL"]["value"] == "https://bank.service-now.com"
+    assert env["KSC_SERVICENOW_AUTH"]["value"] == auth
+    assert env["KSC_SERVICENOW_API"]["value"] == "table"
+    assert env["KSC_APPROVAL_POLL_SECONDS"]["value"] == "30"
+    credentials = {n: e for n, e in env.items() if n in SERVICENOW_CREDENTIALS["oauth-password"]}
+    assert {n: e["valueFrom"]["secretKeyRef"] for n, e in credentials.items()} == {
+        name: {"name": "servicenow-credentials", "key": key}
+        for name, key in SERVICENOW_CREDENTIALS[auth].items()
+    }
+    assert env["KSC_SERVICENOW_CALLBACK_SECRETS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "servicenow-callback", "key": "secrets"
+    }  # fmt: skip
+    assert env["KSC_APPROVAL_WEBHOOK_SECRETS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "change-system-webhook", "key": "secrets"
+    }  # fmt: skip
+
+
+def test_without_servicenow_values_no_servicenow_variable_is_set(
+    helm: Tool, tmp_path: Path
+) -> None:
+    env = env_of(only(render(helm, {}, tmp_path), "Deployment"))
+    assert not [name for name in env if "SERVICENOW" in name or "WEBHOOK_SECRETS" in name]
+    assert env["KSC_APPROVAL_POLL_SECONDS"]["value"] == "60"
+
+
+def test_no_secret_value_is_rendered_only_references_to_secrets(helm: Tool, tmp_path: Path) -> None:
+    """Every setting that holds a secret (a SecretStr in Settings) reaches the pod through a
+    secretKeyRef; the chart makes no Secret of its own for them, and no whsec_ value or
+    credential appears anywhere in the rendered manifests."""
+    result = run_helm(helm, "template", APPROVALS, tmp_path)
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    secret_settings = {
+        f"KSC_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)
+    }
+    for _, spec in pod_specs(objects):
+        (container,) = spec["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        present = secret_settings & set(env)
+        for name in present:
+            assert "value" not in env[name], name
+            assert set(env[name]["valueFrom"]) == {"secretKeyRef"}, name
+    deployment_env = env_of(only(objects, "Deployment"))
+    assert {
+        "KSC_DATABASE_URL", "KSC_SERVICENOW_PASSWORD", "KSC_SERVICENOW_CLIENT_SECRET",
+        "KSC_SERVICENOW_CALLBACK_SECRETS", "KSC_APPROVAL_WEBHOOK_SECRETS",
+    } <= secret_settings & set(deployment_env)  # fmt: skip
+    assert not of_kind(objects, "Secret")
+    assert "whsec_" not in result.stdout
+    assert "stringData" not in result.stdout
+
+
+def _prefix_matches(prefix: str, path: str) -> bool:
+    """Kubernetes Ingress ``Prefix`` and Gateway API ``PathPrefix`` matching: element by
+    element, a trailing slash of the prefix ignored (/webhooks/v1/ matches /webhooks/v1/x,
+    not /webhooks/v10)."""
+    wanted = [p for p in prefix.split("/") if p]
+    return path.split("/")[1 : len(wanted) + 1] == wanted
+
+
+# Every other path the controller serves on its HTTPS port (canary/api/).
+INSIDE_ONLY = (
+    f"{API_PREFIX}/rollouts",
+    f"{API_PREFIX}/namespaces/fraud/rollouts/scorer/promote",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    ADMISSION_PATH,
+)
+WEBHOOKS = (f"{WEBHOOK_PREFIX}{SERVICENOW_PATH}", f"{WEBHOOK_PREFIX}{GATE_PATH}")
+
+
+def test_the_webhook_routes_expose_only_the_approval_webhooks(helm: Tool, tmp_path: Path) -> None:
+    objects = render(helm, APPROVALS, tmp_path)
+    api = only(objects, "Service", FULLNAME)
+    (api_port,) = api["spec"]["ports"]
+
+    ingress = only(objects, "Ingress", f"{FULLNAME}-webhooks")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"secretName": "change-hooks-tls", "hosts": [HOOKS_HOST]}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == HOOKS_HOST
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/webhooks/v1/", "Prefix")
+    assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": api_port["name"]}}
+    # the controller speaks HTTPS only: ingress-nginx is told so by default
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+
+    route = only(objects, "HTTPRoute", f"{FULLNAME}-webhooks")
+    assert route["spec"]["parentRefs"] == [
+        {"name": "public", "namespace": "gateways", "sectionName": "https"}
+    ]
+    assert route["spec"]["hostnames"] == [HOOKS_HOST]
+    (route_rule,) = route["spec"]["rules"]
+    (match,) = route_rule["matches"]
+    assert match == {"path": {"type": "PathPrefix", "value": "/webhooks/v1/"}}
+    assert route_rule["backendRefs"] == [{"name": FULLNAME, "port": api_port["port"]}]
+
+    for prefix in (path["path"], match["path"]["value"]):
+        assert [p for p in WEBHOOKS if _prefix_matches(prefix, p)] == list(WEBHOOKS)
+        assert not [p for p in INSIDE_ONLY if _prefix_matches(prefix, p)]
+        assert not _prefix_matches(prefix, "/webhooks/v10/servicenow")
+
+
+def test_the_gateway_speaks_tls_to_the_controller_and_verifies_it_with_the_serving_ca(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, APPROVALS, tmp_path)
+    policy = only(objects, "BackendTLSPolicy", f"{FULLNAME}-webhooks")
+    assert policy["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "", "kind": "Service", "name": FULLNAME, "sectionName": "https"}
+    ]
+    validation = policy["spec"]["validation"]
+    assert validation["hostname"] == f"{FULLNAME}.{NAMESPACE}.svc"
+    (ca_ref,) = validation["caCertificateRefs"]
+    assert (ca_ref["group"], ca_ref["kind"]) == ("", "ConfigMap")
+    ca = only(objects, "ConfigMap", ca_ref["name"])
+    assert ca["data"]["ca.crt"].strip() == CA_ONE.decode().strip()
+    # the serving certificate cert-manager issues is for that very name
+    issued = only(render(helm, {}, tmp_path), "Certificate", f"{FULLNAME}-serving")
+    assert validation["hostname"] in issued["spec"]["dnsNames"]
+
+    # with cert-manager, a ConfigMap of the serving CA named in the values (none is made)
+    theirs = {key: value for key, value in APPROVALS.items() if key != "tls"}
+    theirs["webhookRoute"] = {
+        **APPROVALS["webhookRoute"],
+        "httpRoute": {**APPROVALS["webhookRoute"]["httpRoute"],
+                      "backendTLSPolicy": {"caConfigMap": "serving-ca-bundle"}},
+    }  # fmt: skip
+    objects = render(helm, theirs, tmp_path)
+    policy = only(objects, "BackendTLSPolicy")
+    assert policy["spec"]["validation"]["caCertificateRefs"][0]["name"] == "serving-ca-bundle"
+    assert not [c for c in of_kind(objects, "ConfigMap") if "serving-ca" in c["metadata"]["name"]]
+
+    # a Gateway told about backend TLS its own way: no policy
+    theirs["webhookRoute"]["httpRoute"]["backendTLSPolicy"] = {"enabled": False}
+    assert not of_kind(render(helm, theirs, tmp_path), "BackendTLSPolicy")
+
+
+def test_by_default_nothing_routes_to_the_webhooks(helm: Tool, tmp_path: Path) -> None:
+    for variant in ("default", "own-secret"):
+        objects = render(helm, VARIANTS[variant], tmp_path)
+        assert not of_kind(objects, "Ingress", "HTTPRoute", "BackendTLSPolicy"), variant
+    # the approval settings alone open no route either
+    values = {key: value for key, value in APPROVALS.items() if key != "webhookRoute"}
+    assert not of_kind(render(helm, values, tmp_path), "Ingress", "HTTPRoute", "BackendTLSPolicy")
+
+
 # ---------------------------------------------------------------------- RBAC
 
 
@@ -813,12 +1083,16 @@ _KINDS: dict[str, ResourceKind] = {
         ResourceKind("cert-manager.io", "v1", "certificates", "Certificate"),
         ResourceKind("cert-manager.io", "v1", "issuers", "Issuer"),
         ResourceKind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
+        ResourceKind("networking.k8s.io", "v1", "ingresses", "Ingress"),
+        HTTP_ROUTE,
+        ResourceKind("gateway.networking.k8s.io", "v1", "backendtlspolicies", "BackendTLSPolicy"),
     )
 }  # fmt: skip
 _CHART_CRDS = (
     "cert-manager.io_certificates.yaml",
     "cert-manager.io_issuers.yaml",
     "monitoring.coreos.com_servicemonitors.yaml",
+    "gateway.networking.k8s.io_backendtlspolicies.yaml",
 )
 
 
@@ -885,7 +1159,7 @@ def test_a_generated_value_that_reads_as_a_number_stays_a_string(
 
 
 @pytest.mark.parametrize(
-    "variant", ["default", "cluster-monitored", "own-secret", "namespaced", "sqlite"]
+    "variant", ["default", "cluster-monitored", "own-secret", "namespaced", "sqlite", "approvals"]
 )
 def test_the_rendered_chart_is_accepted_by_the_apiserver(
     testbed: Testbed, chart_crds: None, helm: Tool, variant: str, tmp_path: Path

@@ -55,3 +55,14 @@ def test_the_servicenow_simulator_has_its_commands() -> None:
     approve = CliRunner().invoke(bed, ["servicenow", "approve", "--help"])
     assert "--as" in approve.output
     assert "KSC_SERVICENOW_URL" in approve.output
+
+
+def test_serve_refuses_a_callback_ca_file_that_holds_no_certificate(tmp_path: Path) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        bed, ["servicenow", "serve", "--port", "0", "--callback-ca-file", str(junk)]
+    )
+    assert result.exit_code == 2
+    assert "--callback-ca-file" in result.output
+    assert "holds no usable PEM certificate" in result.output

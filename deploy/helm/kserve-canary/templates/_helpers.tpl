@@ -54,6 +54,25 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* The serving CA as a ConfigMap (key ca.crt), made from tls.caBundle with tls.source secret. */}}
+{{- define "ksc.servingCaConfigMap" -}}{{ include "ksc.fullname" . }}-serving-ca{{- end -}}
+
+{{/* The ConfigMap the webhook route's BackendTLSPolicy verifies the controller with. */}}
+{{- define "ksc.backendCaConfigMap" -}}
+{{- default (include "ksc.servingCaConfigMap" .) .Values.webhookRoute.httpRoute.backendTLSPolicy.caConfigMap -}}
+{{- end -}}
+
+{{/* Whether the chart makes the serving CA ConfigMap: for the ServiceMonitor, or for the
+BackendTLSPolicy when no ConfigMap of your own is named. */}}
+{{- define "ksc.needsServingCaConfigMap" -}}
+{{- $btls := .Values.webhookRoute.httpRoute.backendTLSPolicy -}}
+{{- if eq .Values.tls.source "secret" -}}
+{{- if or .Values.serviceMonitor.enabled (and .Values.webhookRoute.httpRoute.enabled $btls.enabled (not $btls.caConfigMap)) -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "ksc.sqliteClaim" -}}{{ include "ksc.fullname" . }}-sqlite{{- end -}}
 
 {{- define "ksc.image" -}}
@@ -87,6 +106,24 @@ only logs a template's `fail`, as Helm's lint mode does for every chart).
 {{- end -}}
 {{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) -}}
 {{- fail "rbac.scope namespaced needs watchNamespaces: the namespaces to grant access in and to watch" -}}
+{{- end -}}
+{{- $sn := .Values.servicenow -}}
+{{- if and $sn.url (not $sn.existingSecret) -}}
+{{- $keys := dict "basic" "user and password" "oauth-password" "user, password, clientId and clientSecret" "oauth-client-credentials" "clientId and clientSecret" -}}
+{{- fail (printf "servicenow.url needs servicenow.existingSecret: the name of a Secret in the release namespace with the keys %s (servicenow.auth %s)" (get $keys $sn.auth) $sn.auth) -}}
+{{- end -}}
+{{- $route := .Values.webhookRoute -}}
+{{- if and $route.ingress.enabled (not $route.ingress.host) -}}
+{{- fail "webhookRoute.ingress.enabled needs webhookRoute.ingress.host: the public host name the approval webhooks are posted to" -}}
+{{- end -}}
+{{- if and $route.httpRoute.enabled (empty $route.httpRoute.parentRefs) -}}
+{{- fail "webhookRoute.httpRoute.enabled needs webhookRoute.httpRoute.parentRefs: the Gateway listener(s) the route attaches to" -}}
+{{- end -}}
+{{- if and (or $route.ingress.enabled $route.httpRoute.enabled) (not .Values.approvals.callbackSecretsSecret) (not .Values.approvals.webhookSecretsSecret) -}}
+{{- fail "webhookRoute exposes /webhooks/v1/, but no secret would verify a delivery: set approvals.callbackSecretsSecret (ServiceNow's callback) or approvals.webhookSecretsSecret (the generic approval webhook), or both" -}}
+{{- end -}}
+{{- if and $route.httpRoute.enabled $route.httpRoute.backendTLSPolicy.enabled (eq .Values.tls.source "cert-manager") (not $route.httpRoute.backendTLSPolicy.caConfigMap) -}}
+{{- fail "webhookRoute.httpRoute.backendTLSPolicy needs caConfigMap with tls.source cert-manager: a ConfigMap in the release namespace whose key ca.crt is the serving CA (for example one trust-manager fills from the CA), or set backendTLSPolicy.enabled false if your Gateway is told about backend TLS its own way" -}}
 {{- end -}}
 {{- if not (lt "inferenceservice.serving.kserve.io" .Values.webhook.configurationName) -}}
 {{- fail (printf "webhook.configurationName %q must sort after KServe's inferenceservice.serving.kserve.io: the apiserver calls mutating webhooks in name order" .Values.webhook.configurationName) -}}

@@ -49,3 +49,42 @@ seccompProfile:
     claimName: {{ include "ksc.sqliteClaim" . }}
 {{- end }}
 {{- end -}}
+
+{{/* The approval gates' settings; every credential and secret through a secretKeyRef. */}}
+{{- define "ksc.approvalsEnv" -}}
+{{- $sn := .Values.servicenow -}}
+{{- $a := .Values.approvals -}}
+- name: KSC_APPROVAL_POLL_SECONDS
+  value: {{ $a.pollSeconds | toString | quote }}
+{{- if $sn.url }}
+- name: KSC_SERVICENOW_URL
+  value: {{ $sn.url | quote }}
+- name: KSC_SERVICENOW_AUTH
+  value: {{ $sn.auth | quote }}
+- name: KSC_SERVICENOW_API
+  value: {{ $sn.api | quote }}
+{{- $keys := dict "basic" (list "user" "password") "oauth-password" (list "user" "password" "clientId" "clientSecret") "oauth-client-credentials" (list "clientId" "clientSecret") -}}
+{{- $names := dict "user" "KSC_SERVICENOW_USER" "password" "KSC_SERVICENOW_PASSWORD" "clientId" "KSC_SERVICENOW_CLIENT_ID" "clientSecret" "KSC_SERVICENOW_CLIENT_SECRET" -}}
+{{- range $key := get $keys $sn.auth }}
+- name: {{ get $names $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sn.existingSecret }}
+      key: {{ $key }}
+{{- end }}
+{{- end }}
+{{- with $a.callbackSecretsSecret }}
+- name: KSC_SERVICENOW_CALLBACK_SECRETS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: secrets
+{{- end }}
+{{- with $a.webhookSecretsSecret }}
+- name: KSC_APPROVAL_WEBHOOK_SECRETS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: secrets
+{{- end }}
+{{- end -}}

@@ -326,7 +326,7 @@ class ApprovalWorker:
         trigger = row.trigger or {}
         entry = self._entries.entry(
             doc,
-            now,
+            self._clock(),
             action="approval.refused",
             reason=f"{row.change_number}: an approval that does not count: "
             + "; ".join(v["message"] for v in found),
@@ -404,7 +404,7 @@ class ApprovalWorker:
             doc = RolloutDocument.from_row(rollout)
             entry = self._entries.entry(
                 doc,
-                now,
+                self._clock(),  # when it was closed, not when this pass began
                 action="approval.change_closed",
                 reason=f"{row.change_number} closed {code}: {row.close_note or ''}".rstrip(": "),
                 evidence={

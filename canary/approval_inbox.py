@@ -31,11 +31,11 @@ from canary.api.webhooks import (
     ServiceNowCallback,
 )
 from canary.approval_flow import decision_json, pending_of, violations_json
-from canary.approval_worker import ApprovalWorker, EventSink
+from canary.approval_worker import ApprovalWorker
 from canary.audit import Actor, ActorKind, ApprovalRow, AuditEntry, AuditStore, Fence, ObjectRef
 from canary.document import RolloutDocument
 from canary.entries import Entries
-from canary.k8s.events import ObjectReference
+from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
 from canary.model import EventReason
 from canary.policy import ApprovalGateKind

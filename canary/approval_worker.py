@@ -45,7 +45,7 @@ from canary.approval_flow import decision_json, pending_of, violations_json
 from canary.audit import ApprovalRow, AuditError, AuditStore, Fence
 from canary.document import RolloutDocument
 from canary.entries import Entries
-from canary.k8s.events import ObjectReference
+from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
 from canary.model import EventReason
 
@@ -55,16 +55,6 @@ log = get_logger("canary.approval_worker")
 
 _MAX_BACKOFF = timedelta(minutes=5)
 _FIRST_BACKOFF = timedelta(seconds=2)
-
-
-class EventSink(Protocol):
-    def emit(
-        self,
-        target: ObjectReference,
-        reason: EventReason,
-        message: str,
-        type_: Literal["Normal", "Warning"] = "Normal",
-    ) -> object: ...
 
 
 class ApprovalMetrics(Protocol):

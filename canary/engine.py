@@ -58,7 +58,7 @@ from canary.document import DOCUMENT_VERSION, RolloutDocument, mode_of
 from canary.entries import Entries, model_ref, object_ref
 from canary.execution import Pending, carry_out
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
-from canary.k8s.events import ObjectReference
+from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
 from canary.model import (
     Action,
@@ -114,16 +114,6 @@ _MAX_WINDOW = timedelta(minutes=5)
 
 class NotLeader(Exception):
     """This replica is not (or no longer) the leader: it must not act."""
-
-
-class EventSink(Protocol):
-    def emit(
-        self,
-        target: ObjectReference,
-        reason: EventReason,
-        message: str,
-        type_: Literal["Normal", "Warning"] = "Normal",
-    ) -> Any: ...
 
 
 class RolloutAnalyzer(Analyzes, Protocol):

@@ -14,12 +14,12 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from canary.k8s.client import EVENT, KubeClient, NotFound
 from canary.model import EventReason
 
-__all__ = ["EventRecorder", "ObjectReference"]
+__all__ = ["EventRecorder", "EventSink", "ObjectReference"]
 
 MAX_MESSAGE = 1024  # what the apiserver accepts (in bytes); longer messages are cut
 
@@ -52,6 +52,18 @@ def _timestamp(at: datetime) -> str:
 
 def _micro(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class EventSink(Protocol):
+    """What records Kubernetes Events: :class:`EventRecorder`, or a test double."""
+
+    def emit(
+        self,
+        target: ObjectReference,
+        reason: EventReason,
+        message: str,
+        type_: Literal["Normal", "Warning"] = "Normal",
+    ) -> object: ...
 
 
 class EventRecorder:

@@ -73,6 +73,44 @@ checks:
     minSamples: 200
 """
 
+GATED_POLICY = """
+name: {name}
+steps: [10, 50, 100]
+stepHold: 4s
+analysisInterval: 1s
+revisionReadyTimeout: 15s
+trafficTimeout: 20s
+maxStepDuration: 90s
+checks:
+  - name: error-rate
+    builtin: error-rate
+    relativeTolerance: 1.0
+    minSamples: 200
+approval:
+  gate: {gate}
+  beforeStep: 100
+  riskOwnerGroup: {group}
+  deadline: {deadline}
+  onExpiry: {expiry}
+"""
+
+
+def gated_policy(
+    gate: str,
+    group: str,
+    *,
+    name: str = "credit",
+    deadline: str = "10m",
+    expiry: str = "rollback",
+    approvers: tuple[str, ...] = (),
+) -> str:
+    """A fast policy whose promotion to 100 % needs an approval through ``gate``."""
+    text = GATED_POLICY.format(name=name, gate=gate, group=group, deadline=deadline, expiry=expiry)
+    if approvers:
+        text += f"  approvers: [{', '.join(approvers)}]\n"
+    return text
+
+
 LEASE_SECONDS = 5
 RATE = 1000.0  # the canary gets 100 req/s at 10 %: enough evidence for a step in seconds
 DEADLINE = 90.0

@@ -22,45 +22,16 @@ from canary.audit import AuditRecord
 from canary.model import Phase
 from canary.ops import status_lines, submit_command
 from testbed.servicenow.process import ServiceNowSim
-from tests.e2e.harness import Env
+from tests.e2e.harness import Env, gated_policy
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "whsec_" + base64.b64encode(b"callback-key-for-the-e2e-tests!!").decode()
 OTHER = "whsec_" + base64.b64encode(b"someone-else-s-key-0123456789abc").decode()
 
-CREDIT = """
-name: credit
-steps: [10, 50, 100]
-stepHold: 4s
-analysisInterval: 1s
-revisionReadyTimeout: 15s
-trafficTimeout: 20s
-maxStepDuration: 90s
-checks:
-  - name: error-rate
-    builtin: error-rate
-    relativeTolerance: 1.0
-    minSamples: 200
-approval:
-  gate: GATE
-  beforeStep: 100
-  riskOwnerGroup: GROUP
-  deadline: DEADLINE
-  onExpiry: EXPIRY
-"""
 
-
-def _policy(
-    env: Env, gate: str, group: str, deadline: str = "10m", expiry: str = "rollback"
-) -> None:
-    text = (
-        CREDIT.replace("GATE", gate)
-        .replace("GROUP", group)
-        .replace("DEADLINE", deadline)
-        .replace("EXPIRY", expiry)
-    )
-    (env.policy_dir / "credit.yaml").write_text(text, encoding="utf-8")
+def _policy(env: Env, gate: str, group: str, **options: Any) -> None:
+    (env.policy_dir / "credit.yaml").write_text(gated_policy(gate, group, **options))
 
 
 @pytest.fixture
@@ -112,6 +83,15 @@ def _awaiting(env: Env, v2: str) -> str:
     return doc.state.approval.change_number
 
 
+def _credit_canary_waiting(env: Env, sim: ServiceNowSim) -> tuple[Application, str]:
+    """The credit model v1 serving, the controller running, v2 started and waiting for
+    approval under a change: the controller and the change's number."""
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="credit")
+    app = _start(env, sim)
+    return app, _awaiting(env, v2)
+
+
 def _change(sim: ServiceNowSim, number: str) -> dict[str, Any]:
     return next(c for c in sim.admin.changes() if c["number"] == number)
 
@@ -128,10 +108,7 @@ def test_servicenow_approval_by_a_risk_owner_promotes_and_closes_the_change(
     sn_env: tuple[Env, ServiceNowSim],
 ) -> None:
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
 
     change = _change(sim, number)
     assert change["state"] == "-3"  # Authorize: the risk owners were asked
@@ -177,10 +154,7 @@ def test_servicenow_rejection_rolls_back_with_the_comments(
     sn_env: tuple[Env, ServiceNowSim],
 ) -> None:
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
 
     sim.admin.reject(number, "bob", "approval rate shift too large")
     done = env.wait_phase(Phase.ROLLED_BACK, Phase.SUCCEEDED, Phase.FAILED, deadline=90)
@@ -201,10 +175,7 @@ def test_approvals_that_break_segregation_of_duties_never_count(
     """An outsider's approval and the requester's own approval are recorded as refused and
     the rollout keeps waiting; a risk owner's approval then promotes."""
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
 
     sim.admin.approve(number, "mallory", "lgtm", force=True)  # not in credit-risk
     env.wait("the refusal to be recorded", lambda: bool(_records(env, "approval.refused")), 30)
@@ -220,10 +191,7 @@ def test_approvals_that_break_segregation_of_duties_never_count(
 
 def test_a_forged_callback_changes_nothing(sn_env: tuple[Env, ServiceNowSim]) -> None:
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    app = _start(env, sim)
-    number = _awaiting(env, v2)
+    app, number = _credit_canary_waiting(env, sim)
     change = _change(sim, number)
 
     body = json.dumps(
@@ -315,10 +283,7 @@ def test_an_approval_that_never_comes_expires_into_the_policys_outcome(
 ) -> None:
     env, sim = knative_env, servicenow
     _policy(env, "servicenow", "credit-risk", deadline="15s", expiry=expiry)
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
 
     doc = env.wait_phase(phase, Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, deadline=60)
     assert doc.state.phase is phase
@@ -333,10 +298,7 @@ def test_a_duplicated_callback_is_accepted_once(
     sn_env: tuple[Env, ServiceNowSim], mode: str
 ) -> None:
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
 
     answer = sim.admin.approve(number, "alice", "ok", callback=mode)
     statuses = sorted(d["status"] for d in answer["deliveries"])
@@ -368,10 +330,7 @@ def test_a_restart_while_awaiting_approval_finds_the_same_change(
     sn_env: tuple[Env, ServiceNowSim],
 ) -> None:
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    app = _start(env, sim)
-    number = _awaiting(env, v2)
+    app, number = _credit_canary_waiting(env, sim)
 
     app.stop()
     env.app = None
@@ -386,10 +345,7 @@ def test_a_restart_while_awaiting_approval_finds_the_same_change(
 def test_the_requester_cannot_approve_their_own_change(sn_env: tuple[Env, ServiceNowSim]) -> None:
     """The change is requested by the integration user; its approval never counts."""
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
 
     sim.admin.approve(number, "kserve-canary", "self-approved", force=True)
     env.wait("the refusal to be recorded", lambda: bool(_records(env, "approval.refused")), 30)
@@ -404,10 +360,7 @@ def test_an_approval_after_the_rollback_changes_nothing_and_is_recorded(
     sn_env: tuple[Env, ServiceNowSim],
 ) -> None:
     env, sim = sn_env
-    v1, v2 = env.model("v1"), env.model("v2")
-    env.create(v1, policy="credit")
-    _start(env, sim)
-    number = _awaiting(env, v2)
+    _, number = _credit_canary_waiting(env, sim)
     sim.admin.reject(number, "bob", "no")
     env.wait_phase(Phase.ROLLED_BACK, deadline=60)
     env.wait("the change to be closed", lambda: _change(sim, number)["state"] == "3", 30)
@@ -448,10 +401,8 @@ def _post(app: Application, path: str, body: dict[str, Any], secret: str) -> int
 
 def test_the_signed_webhook_gate_counts_only_the_policys_approvers(knative_env: Env) -> None:
     env = knative_env
-    text = CREDIT.replace("GATE", "webhook").replace("GROUP", "credit-committee")
-    text = text.replace("DEADLINE", "10m").replace("EXPIRY", "rollback")
-    text += "  approvers: [alice@bank.example, bob@bank.example]\n"
-    (env.policy_dir / "credit.yaml").write_text(text, encoding="utf-8")
+    _policy(env, "webhook", "credit-committee",
+            approvers=("alice@bank.example", "bob@bank.example"))  # fmt: skip
     v1, v2 = env.model("v1"), env.model("v2")
     env.create(v1, policy="credit")
     app = _start(env, approval_webhook_secrets=(SECRET,))

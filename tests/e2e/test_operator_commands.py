@@ -18,7 +18,7 @@ import yaml
 from canary.access import cluster_roles
 from canary.k8s.client import SERVICE_ACCOUNT, AlreadyExists, ResourceKind
 from canary.model import Phase
-from tests.e2e.harness import Env
+from tests.e2e.harness import Env, gated_policy
 
 pytestmark = pytest.mark.e2e
 
@@ -123,28 +123,6 @@ def test_a_person_starts_and_pauses_a_rollout_and_every_record_names_them(
     assert denied.evidence["reason"] == "looks odd"
 
 
-KUBERNETES_GATE = """
-name: credit
-steps: [10, 50, 100]
-stepHold: 4s
-analysisInterval: 1s
-revisionReadyTimeout: 15s
-trafficTimeout: 20s
-maxStepDuration: 90s
-checks:
-  - name: error-rate
-    builtin: error-rate
-    relativeTolerance: 1.0
-    minSamples: 200
-approval:
-  gate: kubernetes
-  beforeStep: 100
-  riskOwnerGroup: GROUP
-  deadline: 10m
-  onExpiry: rollback
-"""
-
-
 def test_the_kubernetes_gate_through_the_cli_counts_only_a_risk_owner_who_did_not_start_it(
     knative_env: Env, tmp_path: Path
 ) -> None:
@@ -153,7 +131,7 @@ def test_the_kubernetes_gate_through_the_cli_counts_only_a_risk_owner_who_did_no
     (exit 1, recorded); a risk owner's approval promotes, and the record names her."""
     env = knative_env
     group = f"system:serviceaccounts:{env.namespace}"  # every ServiceAccount of the namespace
-    (env.policy_dir / "credit.yaml").write_text(KUBERNETES_GATE.replace("GROUP", group))
+    (env.policy_dir / "credit.yaml").write_text(gated_policy("kubernetes", group))
     for role in cluster_roles():
         env.kube.apply(CLUSTER_ROLE, None, role, field_manager="e2e")
     env.kube.apply(ROLE, env.namespace, {

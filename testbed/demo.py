@@ -116,7 +116,7 @@ stepHold: 5s
 analysisInterval: 2s
 revisionReadyTimeout: 30s
 trafficTimeout: 30s
-maxStepDuration: 90s
+maxStepDuration: 3m            # a healthy canary unlucky in its errors needs more evidence
 falseRollbackRate: 0.01       # over the whole rollout, however often it looks
 falsePromotionRate: 0.05      # per check
 checks:
@@ -636,7 +636,7 @@ def _summary(
     return ok and report.ok
 
 
-def main(work_dir: Path | None = None, timeout: float = 150.0) -> int:
+def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
     began = time.monotonic()
     configure_logging("development", "warning")
     base = work_dir or Path(tempfile.mkdtemp(prefix="kserve-canary-demo-"))

@@ -61,7 +61,7 @@ def test_the_copy_may_advance_when_the_shipped_schedule_would_hold_it(tmp_path: 
 def test_the_output_says_what_was_changed_and_why() -> None:
     timings, schedule = regulated_policy(now=SATURDAY).notes
     assert "stepHold 30m -> 5s" in timings
-    assert "maxStepDuration 1h30m (3 x stepHold) -> 90s" in timings
+    assert "maxStepDuration 1h30m (3 x stepHold) -> 3m" in timings
     assert "America/New_York" in schedule
     assert "year-end change freeze 2026-12-18 to 2027-01-04" in schedule
     assert "it would hold this run: outside the promotion windows" in schedule

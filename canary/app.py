@@ -231,6 +231,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         events=events,
         metrics=metrics,
         poll_interval=timedelta(seconds=settings.approval_poll_seconds),
+        look_seconds=settings.look_period_seconds,
     )
     inbox = ApprovalInboxService(
         store=store,

@@ -48,6 +48,7 @@ from canary.entries import Entries
 from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
 from canary.model import EventReason
+from canary.ops import evidence_lines
 
 __all__ = ["ApprovalMetrics", "ApprovalWorker"]
 
@@ -83,6 +84,7 @@ class ApprovalWorker:
         metrics: ApprovalMetrics | None = None,
         poll_interval: timedelta = timedelta(seconds=60),
         tick: float = 1.0,
+        look_seconds: float = 5.0,
     ) -> None:
         if poll_interval <= timedelta(0):
             raise ValueError("the approval poll interval must be positive")
@@ -96,6 +98,7 @@ class ApprovalWorker:
         self._metrics = metrics
         self._poll = poll_interval
         self._tick = tick
+        self._look_seconds = look_seconds  # the controller's look period, to tell time
         self._backoff: dict[str, _Backoff] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -212,7 +215,7 @@ class ApprovalWorker:
     def _open(
         self, gate: ApprovalGate, row: ApprovalRow, doc: RolloutDocument, now: datetime
     ) -> None:
-        request = _request(row, doc)
+        request = _request(row, doc, self._look_seconds)
         opened = gate.request(request, now)
         asked = _asked(gate, opened)
         stored = self._store.update_approval(
@@ -355,9 +358,13 @@ class ApprovalWorker:
             return
         if row.noted_at is not None and now - row.noted_at < doc.policy.step_hold:
             return
-        text = (
-            f"kserve-canary: new evidence for {row.revision} at {doc.state.target_percent}% "
-            f"({verdict.evaluated_at.isoformat()}): {verdict.verdict.value}; {verdict.summary}"
+        text = "\n".join(
+            (
+                f"kserve-canary: new evidence for {row.revision} at "
+                f"{doc.state.target_percent}% ({verdict.evaluated_at.isoformat()}): "
+                f"{verdict.verdict.value}; {verdict.summary}",
+                *evidence_lines(doc, self._look_seconds),
+            )
         )
         # Marked first: a note whose answer is lost is not sent twice.
         self._store.update_approval(row.id, noted_digest=digest, noted_at=now)
@@ -471,7 +478,7 @@ def _evidence_digest(doc: RolloutDocument) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _request(row: ApprovalRow, doc: RolloutDocument) -> ApprovalRequest:
+def _request(row: ApprovalRow, doc: RolloutDocument, look_seconds: float) -> ApprovalRequest:
     state, policy = doc.state, doc.policy
     pending = pending_of(row)
     stable = state.stable
@@ -484,8 +491,7 @@ def _request(row: ApprovalRow, doc: RolloutDocument) -> ApprovalRequest:
             + ("" if verdict.sufficient_data else " (not enough data yet)")
             + (f" - {verdict.summary}" if verdict.summary else "")
         )
-    for name, memory in sorted(doc.memory.items()):
-        evidence.append(f"{name}: {_memory_line(memory)}")
+    evidence.extend(evidence_lines(doc, look_seconds))
     target = f"{state.namespace}/{state.name}"
     percent = row.percent if row.percent is not None else policy.steps[row.step_index]
     return ApprovalRequest(
@@ -513,12 +519,3 @@ def _request(row: ApprovalRow, doc: RolloutDocument) -> ApprovalRequest:
             f"(`canary audit verify`; records approval.requested and traffic.*)",
         ),
     )
-
-
-def _memory_line(memory: object) -> str:
-    to_json = getattr(memory, "to_json", None)
-    data = to_json() if callable(to_json) else {}
-    if not isinstance(data, dict):
-        return "no data"
-    keep = {k: v for k, v in data.items() if not isinstance(v, list | dict)}
-    return ", ".join(f"{k}={v}" for k, v in sorted(keep.items()))[:400] or "no data"

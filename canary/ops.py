@@ -101,7 +101,7 @@ class StatusLine:
     approval: tuple[str, ...] = ()  # the approval awaited: change, state, deadline, who
 
 
-def _evidence(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]:
+def evidence_lines(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]:
     """Per sequential check, how far the evidence is from a decision (see
     :func:`analysis.sequential_check.describe`)."""
     if doc.state.terminal:
@@ -176,7 +176,7 @@ def _line(
         verdict=verdict,
         next_action=describe_wait(doc, now),
         started=f"{state.created_at:%Y-%m-%d %H:%M:%S}",
-        evidence=_evidence(doc, look_seconds),
+        evidence=evidence_lines(doc, look_seconds),
         approval=_approval(store, doc, now) if store is not None else (),
     )
 

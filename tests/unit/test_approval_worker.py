@@ -135,6 +135,10 @@ def test_the_change_is_opened_once_however_often_the_worker_runs_and_after_a_res
     assert change.request.risk_owner_group == "credit-risk"
     assert change.request.short_description == "Promote r2 of fraud/scorer to 100%"
     assert change.request.window.start == ASKED_AT
+    # the approver sees the evidence at the moment of the request: the verdict with its step
+    (verdict, *_) = change.request.evidence
+    assert verdict.startswith("step 1 (10%): Successful at ")
+    assert verdict.endswith("p99 latency and error rate within bounds")
     row = world.rollout.row()
     assert (row.change_number, row.change_sys_id) == (change.number, change.sys_id)
     assert (row.state, row.asked, row.last_error) == ("pending", ("alice", "bob"), None)

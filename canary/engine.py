@@ -291,17 +291,7 @@ class Engine:
             why = f"no active rollout for {command.namespace}/{command.name}" + (
                 f" (the last one ended {last.phase})" if last is not None else ""
             )
-            entry = AuditEntry(
-                at=now,
-                actor=command.who,
-                action="manual.rejected",
-                obj=ObjectRef(command.namespace, command.name),
-                reason=why,
-                evidence={"command": command.command, "reason": command.reason},
-                leader_epoch=fence.epoch,
-            )
-            self._store.commit([entry], fence=fence, command=(command.id, "rejected", why, now))
-            return "rejected", why
+            return self._refuse_command(fence, command, why, now)
         doc = RolloutDocument.from_row(row)
         isvc = self._get(command.namespace, command.name)
         observed = self._observe(doc.mode, isvc) if isvc is not None else None
@@ -431,7 +421,9 @@ class Engine:
         now: datetime,
         *,
         rollout_id: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> tuple[CommandState, str]:
+        """Settle a command the leader refuses, with its ``manual.rejected`` record."""
         entry = AuditEntry(
             at=now,
             actor=command.who,
@@ -439,7 +431,7 @@ class Engine:
             rollout_id=rollout_id,
             obj=ObjectRef(command.namespace, command.name),
             reason=why,
-            evidence={"command": command.command, "reason": command.reason},
+            evidence={"command": command.command, "reason": command.reason, **(evidence or {})},
             leader_epoch=fence.epoch,
         )
         self._store.commit([entry], fence=fence, command=(command.id, "rejected", why, now))
@@ -780,17 +772,7 @@ class Engine:
                         problem = f"policy {opt_in.policy!r}: {exc.args[0] if exc.args else exc}"
         if problem is not None or isvc is None or policy is None:
             why = problem or "cannot start"
-            entry = AuditEntry(
-                at=now,
-                actor=command.who,
-                action="manual.rejected",
-                obj=ObjectRef(command.namespace, command.name),
-                reason=why,
-                evidence={"command": "start", "storage_uri": uri, "reason": command.reason},
-                leader_epoch=fence.epoch,
-            )
-            self._store.commit([entry], fence=fence, command=(command.id, "rejected", why, now))
-            return "rejected", why
+            return self._refuse_command(fence, command, why, now, evidence={"storage_uri": uri})
         mode = mode_of(isvc)
         observed = self._observe(mode, isvc)
         if uri in (observed.storage_uri, observed.view.latest.storage_uri):

@@ -307,14 +307,6 @@ class Settings(BaseSettings):
         "system), comma-separated in the environment.",
     )
 
-    @field_validator("servicenow_callback_secrets", "approval_webhook_secrets", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str | SecretStr):
-            text = value.get_secret_value() if isinstance(value, SecretStr) else value
-            return tuple(SecretStr(p.strip()) for p in text.split(",") if p.strip())
-        return value
-
     @field_validator("servicenow_callback_secrets", "approval_webhook_secrets")
     @classmethod
     def _secrets_are_whsec(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
@@ -352,6 +344,8 @@ class Settings(BaseSettings):
         "kserve_annotation_disallowed",
         "kserve_label_disallowed",
         "standard_route_hostnames",
+        "servicenow_callback_secrets",
+        "approval_webhook_secrets",
         mode="before",
     )
     @classmethod

@@ -98,10 +98,9 @@ class ApprovalBook:
         conn.execute(insert_stmt.on_conflict_do_update(index_elements=list(_KEY), set_=updates))
 
     def upsert_approval(self, row: ApprovalRow) -> ApprovalRow:
-        """Insert or update the approval for (rollout_id, revision, step_index).
-
-        An existing row keeps its ``id``; every other field is replaced. Returns the stored row.
-        """
+        """Insert the approval for (rollout_id, revision, step_index, attempt), or update the
+        stored one as :meth:`_upsert_approval` says (only what the engine owns). Returns the
+        stored row."""
         with self._tx(write=True) as conn:
             self._upsert_approval(conn, row)
             stored = self._approval(conn, row.rollout_id, row.revision, row.step_index)

@@ -183,8 +183,8 @@ def retarget(state: RolloutState, mode: str, revision: str, purpose: str, latest
 def watching(obj: Mapping[str, Any], state: RolloutState) -> bool:
     """Whether a finished rollout's service is still watched: its phase is one aftercare
     looks after and the service is still opted in."""
-    if state.phase not in WATCHED:
-        return False
+    if state.phase not in WATCHED or state.challenger is not None:
+        return False  # a challenger's shadow never gave the champion's traffic to anyone
     try:
         return parse_enabled(_annotations(obj))
     except AnnotationError:

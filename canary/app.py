@@ -193,6 +193,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         clock=now,
     )
 
+    mirrors = mirror_router(settings, kube)
+
     def engine_factory(leadership: Callable[[], Fence | None]) -> Engine:
         return Engine(
             store=store,
@@ -210,6 +212,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
             standard_metric_profile=settings.standard_metric_profile,
             metrics_delay=timedelta(seconds=settings.metrics_delay_seconds),
             analysis_runner=runner,
+            mirror=mirrors,
+            mirror_namespaces=settings.namespaces,
         )
 
     elector = LeaseElector(

@@ -55,10 +55,12 @@ __all__ = ["Controller", "ControllerMetrics", "Health", "WorkQueue"]
 log = get_logger("canary.controller")
 
 _ANNOTATION_PREFIX = "kserve-canary.io/"
+_CHALLENGER_ANNOTATION = _ANNOTATION_PREFIX + "challenger"
 _COMMAND_POLL = 0.5
 _PROBE_PERIOD = 1.0
 _BACKOFF_MAX = 30.0
 _RELIST: tuple[str, str] = ("", "relist")
+_SWEEP: tuple[str, str] = ("", "sweep")
 
 
 class Health(Protocol):
@@ -77,7 +79,7 @@ class ControllerMetrics(Protocol):
 
 @dataclass(frozen=True)
 class _Item:
-    kind: str  # "rollout" | "command" | "relist"
+    kind: str  # "rollout" | "command" | "relist" | "sweep"
     key: tuple[str, str]  # (namespace, name) or ("", command id)
 
 
@@ -163,6 +165,8 @@ class Controller:
         # Services that concerned us when last seen (our annotation, or an active rollout):
         # one of them that loses every annotation is still queued, once.
         self._known: set[Key] = set()
+        self._challenger_of: dict[Key, str] = {}  # champion -> the challenger it names
+        self._champions: dict[Key, set[str]] = {}  # challenger -> champions naming it
         self._scheduler = RolloutScheduler(self._timer_fired, clock=clock)
         self._analysis = analysis
         if analysis is not None:
@@ -289,6 +293,9 @@ class Controller:
         # First in the queue: every opted-in service is reconciled at once, including one
         # whose canary was written just before the previous leader died (no rollout row).
         self._queue.add(_Item("relist", _RELIST), first=True)
+        # Then the mirror objects no shadowing rollout owns (left by a crash, or by a
+        # rollout that ended while no leader ran), and again every resync period.
+        self._queue.add(_Item("sweep", _SWEEP))
         try:
             due = self.engine.active_keys()
         except StoreUnavailable as exc:
@@ -386,16 +393,28 @@ class Controller:
         annotations = meta.get("annotations") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         ours = any(str(k).startswith(_ANNOTATION_PREFIX) for k in annotations)
+        named = annotations.get(_CHALLENGER_ANNOTATION)
         with self._lock:
             was_ours = key in self._known
             if ours and not deleted:
                 self._known.add(key)
             else:
                 self._known.discard(key)
+            # A challenger carries no annotation of ours: its champions are looked at when
+            # it changes (a new model to compare, a revision ready, its deletion).
+            before = self._challenger_of.pop(key, None)
+            if before is not None:
+                self._champions.get((key[0], before), set()).discard(key[1])
+            if isinstance(named, str) and named and not deleted:
+                self._challenger_of[key] = named
+                self._champions.setdefault((key[0], named), set()).add(key[1])
+            champions = sorted(self._champions.get(key, ()))
+        for champion in champions:
+            self.enqueue(key[0], champion)
         if deleted or ours or was_ours:
             self.enqueue(*key)
             return True
-        return False
+        return bool(champions)
 
     def _active_safely(self) -> list[tuple[str, str, datetime | None]]:
         try:
@@ -452,6 +471,12 @@ class Controller:
     def _process(self, item: _Item) -> None:
         if item.kind == "relist":
             self._relist()
+            return
+        if item.kind == "sweep":
+            removed = self.engine.sweep_mirrors()
+            if removed:
+                log.info("mirror.sweep_done", removed=removed)
+            self._queue.add(item, delay=self._resync.total_seconds())
             return
         if item.kind == "command":
             command = self._store.get_command(item.key[1])

@@ -46,6 +46,9 @@ class RolloutDocument:
     next_look_at: datetime | None = None  # the next grouped look (fast path)
     memory: Mapping[str, CheckMemory] = field(default_factory=dict)
     retry_at: datetime | None = None  # when unapplied intents are tried again
+    # When this rollout's mirror object was first written (canary.mirroring): an absent
+    # object after that was removed by someone else, and is restored and recorded as such.
+    mirror_applied_at: datetime | None = None
     version: int = 0  # the row version it was read at (0: not stored yet)
 
     def to_json(self) -> dict[str, Any]:
@@ -73,6 +76,9 @@ class RolloutDocument:
             "retry_at": self.retry_at.isoformat() if self.retry_at else None,
             "next_look_at": self.next_look_at.isoformat() if self.next_look_at else None,
             "memory": {name: m.to_json() for name, m in sorted(self.memory.items())},
+            "mirror_applied_at": self.mirror_applied_at.isoformat()
+            if self.mirror_applied_at
+            else None,
         }
 
     @classmethod
@@ -94,8 +100,21 @@ class RolloutDocument:
             next_look_at=datetime.fromisoformat(doc["next_look_at"])
             if doc.get("next_look_at")
             else None,
+            mirror_applied_at=datetime.fromisoformat(doc["mirror_applied_at"])
+            if doc.get("mirror_applied_at")
+            else None,
             version=row.version,
         )
+
+    def evidence_since(self) -> datetime | None:
+        """When the evidence the current analysis may use began: the step's split showing
+        in status, or, while shadowing, the mirror object's first write. None when nothing
+        is analysed now."""
+        if self.state.phase in _ANALYSED_PHASES:
+            return self.state.step_reached_at
+        if self.state.phase is Phase.SHADOWING:
+            return self.mirror_applied_at
+        return None
 
     def wake_at(self) -> datetime | None:
         """When the scheduler must call the engine again for this rollout."""
@@ -104,9 +123,11 @@ class RolloutDocument:
             # is retried like any other until it is carried out
             return (self.retry_at or self.state.phase_entered_at) if self.pending else None
         candidates = [self.state.next_check_at]
-        if self.state.phase in _ANALYSED_PHASES and self.state.step_reached_at is not None:
-            # Never analysed at this step yet: due as soon as its split shows.
-            candidates.append(self.next_analysis_at or self.state.step_reached_at)
+        since = self.evidence_since()
+        if since is not None:
+            # Never analysed at this step yet: due as soon as its split (or, while
+            # shadowing, the mirror) is in force.
+            candidates.append(self.next_analysis_at or since)
             candidates.append(self.next_look_at)
         if self.pending:
             candidates.append(self.retry_at or self.state.phase_entered_at)

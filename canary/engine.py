@@ -24,14 +24,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from analysis import CheckDefinition, CheckMemory, Outcome, Subject
+from analysis import CheckMemory, Outcome, Subject
 from analysis.looks import LookSource
-from analysis.types import SEQUENTIAL_BUILTINS
 from approvals.gate import Outcome as ApprovalOutcome
 from approvals.gate import kubernetes_decision
 from canary import aftercare, machine
 from canary.analysis_worker import AnalysisRequest, AnalysisRunner, Analyzes, analysis_ticket
-from canary.annotations import AnnotationError, parse_annotations
+from canary.annotations import AnnotationError, OptIn, parse_annotations
 from canary.approval_flow import (
     close_row,
     decision_actor,
@@ -54,16 +53,20 @@ from canary.audit import (
     ModelRef,
     ObjectRef,
 )
+from canary.challengers import challenger_problem, challenger_view, passed_shadow
+from canary.checks import ceiling_breach, check_definitions, shadow_checks
 from canary.document import DOCUMENT_VERSION, RolloutDocument, mode_of
 from canary.entries import Entries, model_ref, object_ref
 from canary.execution import Pending, carry_out
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
 from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
+from canary.mirroring import MirrorKeeper
 from canary.model import (
     Action,
     AnalysisVerdict,
     ApprovalDecision,
+    ChallengerGone,
     CloseChange,
     CommandKind,
     EmitEvent,
@@ -85,13 +88,13 @@ from canary.model import (
 )
 from canary.policy import (
     ApprovalGateKind,
-    CheckSpec,
     PolicyError,
     PolicySet,
     RolloutPolicy,
     format_duration,
 )
 from canary.routing.base import Observed, TrafficRouter
+from canary.routing.mirror import MirrorRouter
 
 __all__ = [
     "DOCUMENT_VERSION",
@@ -134,48 +137,6 @@ class Metrics(Protocol):
     def record_rollback(self, kind: str) -> None: ...
     def observe_step_duration(self, seconds: float) -> None: ...
     def record_kube_write_retry(self) -> None: ...
-
-
-def check_definitions(policy: RolloutPolicy) -> list[CheckDefinition]:
-    """The policy's checks for the analysis. The false-rollback budget is split evenly
-    among the gating checks that get a sequential test, so it holds for the rollout."""
-    sequential = [
-        c
-        for c in policy.checks
-        if not c.dry_run
-        and (c.builtin in SEQUENTIAL_BUILTINS or c.events is not None)
-        and c.relative_tolerance is not None
-    ]
-    alpha_fail = policy.false_rollback_rate / max(len(sequential), 1)
-    return [
-        replace(
-            check_definition(spec),
-            alpha_fail=alpha_fail,
-            alpha_pass=policy.false_promotion_rate,
-            progression=policy.progression,
-        )
-        for spec in policy.checks
-    ]
-
-
-def check_definition(spec: CheckSpec) -> CheckDefinition:
-    return CheckDefinition(
-        name=spec.name,
-        builtin=spec.builtin,
-        query=spec.query,
-        events=spec.events,
-        requests=spec.requests,
-        direction=spec.effective_direction.value,
-        absolute_limit=spec.absolute_limit,
-        relative_tolerance=spec.relative_tolerance,
-        hard_limit=spec.hard_limit,
-        min_samples=spec.min_samples,
-        on_no_data=spec.on_no_data.value,
-        failure_limit=spec.failure_limit,
-        inconclusive_limit=spec.inconclusive_limit,
-        consecutive_error_limit=spec.consecutive_error_limit,
-        dry_run=spec.dry_run,
-    )
 
 
 _VERDICTS: Mapping[Outcome, Verdict] = {
@@ -225,8 +186,11 @@ class Engine:
         standard_metric_profile: str = "istio",
         metrics_delay: timedelta = timedelta(seconds=60),
         analysis_runner: AnalysisRunner | None = None,
+        mirror: MirrorRouter | None = None,
+        mirror_namespaces: Sequence[str] = (),
     ) -> None:
         self._store = store
+        self._mirrors = MirrorKeeper(mirror, namespaces=tuple(mirror_namespaces))
         # With a runner, looks run off the command path (canary.analysis_worker).
         self._runner = analysis_runner
         self._kube = kube
@@ -450,8 +414,8 @@ class Engine:
         uid = ((isvc or {}).get("metadata") or {}).get("uid")
         if isvc is None or uid != doc.uid:
             doc, work = self._step(doc, ServiceDeleted(), now)
-            self._commit_and_act(fence, rollout_id, doc, work, None, now)
-            return doc
+            doc = self._commit_and_act(fence, rollout_id, doc, work, None, now)
+            return self._keep_mirror(fence, rollout_id, doc, None, None)
         observed = self._observe(doc.mode, isvc)
         if doc.pending:
             doc = self._drain(fence, rollout_id, doc, observed, claimed=False)
@@ -463,13 +427,17 @@ class Engine:
         opted_out = aftercare.opted_out(isvc, doc.state, observed.view.latest.name)
         if opted_out is not None:  # the owner opted out mid-rollout
             doc, work = self._step(doc, opted_out, now)
-            return self._commit_and_act(fence, rollout_id, doc, work, observed, now)
-        doc, work = self._step(doc, ServiceObserved(observed.view), now)
+            doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
+            return self._keep_mirror(fence, rollout_id, doc, isvc, observed)
+        seen: Observation = ServiceObserved(observed.view)
+        if doc.state.challenger is not None:
+            seen = self._challenger_observation(doc, observed)
+        doc, work = self._step(doc, seen, now)
         doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
         due = self._analysis_due(doc, now)
         if due is not None:
             doc = self._analyse(fence, rollout_id, doc, observed, now, fast=due == "look")
-        return doc
+        return self._keep_mirror(fence, rollout_id, doc, isvc, observed)
 
     def _take_approval(
         self,
@@ -528,13 +496,7 @@ class Engine:
         """``full`` at the analysis interval (every check, an audit record, a verdict);
         ``look`` when only a new grouped look is due (the fast path: the look-based checks,
         recorded and acted on only when they fail)."""
-        state = doc.state
-        if (
-            self._analyzer is None
-            or doc.pending
-            or state.phase not in _ANALYSED_PHASES
-            or state.step_reached_at is None
-        ):
+        if self._analyzer is None or doc.pending or doc.evidence_since() is None:
             return None
         if doc.next_analysis_at is None or now >= doc.next_analysis_at:
             return "full"
@@ -564,10 +526,12 @@ class Engine:
     ) -> RolloutDocument:
         assert self._analyzer is not None
         state = doc.state
-        reached = state.step_reached_at
+        reached = doc.evidence_since()
         assert reached is not None
         assert state.stable is not None
         policy = doc.policy
+        shadow = state.phase is Phase.SHADOWING
+        step = machine.SHADOW_STEP if shadow else state.step_index
         window = min(max(now - reached, _MIN_WINDOW), _MAX_WINDOW)
         subject = Subject(
             namespace=state.namespace,
@@ -578,18 +542,18 @@ class Engine:
             metric_profile=doc.metric_profile,
             window=timedelta(seconds=int(window.total_seconds())),
         )
-        checks = check_definitions(policy)
+        checks = shadow_checks(policy) if shadow else check_definitions(policy)
         # Missing data counts only once the hold is over and Prometheus has had time to
         # discover and scrape the new revision's pods.
         grace = now - reached < max(policy.step_hold, self._metrics_delay)
         request = AnalysisRequest(
-            subject, tuple(checks), doc.memory, now, grace, fast, step=(state.step_index, reached)
+            subject, tuple(checks), doc.memory, now, grace, fast, step=(step, reached)
         )
         if self._runner is None:
             result = request.run(self._analyzer)
         else:
             ticket = analysis_ticket(
-                rollout_id, state.canary.name, state.step_index, reached, fast,
+                rollout_id, state.canary.name, step, reached, fast,
                 doc.next_analysis_at, doc.next_look_at, doc.memory,
             )  # fmt: skip
             answer = self._runner.obtain((state.namespace, state.name), ticket, request)
@@ -598,7 +562,8 @@ class Engine:
             request, result = answer
         # The evidence is the look's: taken at its time, over its window.
         at, grace, window = request.at, request.grace, request.subject.window
-        if fast and result.verdict is not Outcome.FAILED:
+        ceiling = ceiling_breach(policy, result.evaluations) if shadow else None
+        if fast and result.verdict is not Outcome.FAILED and ceiling is None:
             # Between analysis intervals only the accumulated evidence is kept: counters,
             # records and verdicts belong to the interval's evaluation.
             kept = {
@@ -612,11 +577,12 @@ class Engine:
         verdict = AnalysisVerdict(
             verdict=_VERDICTS[result.verdict],
             revision=state.canary.name,
-            step_index=state.step_index,
+            step_index=step,
             evaluated_at=at,
             sufficient_data=result.sufficient_data,
             summary=result.summary,
             fast_fail=result.fast_fail,
+            ceiling=ceiling,
         )
         if self._metrics is not None:
             for evaluation in result.evaluations:
@@ -631,7 +597,9 @@ class Engine:
                 "verdict": result.verdict.value,
                 "sufficient_data": result.sufficient_data,
                 "fast_fail": result.fast_fail,
-                "step": state.step_index,
+                "step": step,
+                "shadow": shadow,
+                "ceiling": ceiling,
                 "grace": grace,
                 "fast_path": fast,
                 "window_seconds": int(window.total_seconds()),
@@ -695,12 +663,19 @@ class Engine:
         observed = self._observe(mode, isvc)
         view = observed.view
         if view.stable is None or _same(mode, view.latest, view.stable):
+            if opt_in.challenger is not None and view.stable is not None:
+                return self._maybe_shadow(fence, isvc, opt_in, policy, mode, observed)
             return None
         last = self._store.last_rollout_for(namespace, name)
         if last is not None and last.isvc_uid == observed.uid:
             previous = RolloutDocument.from_row(last).state.canary
             if _same(mode, previous, view.latest):
                 return None  # this revision already had its rollout
+        shadowed = self._shadowed(observed)
+        refusal = None if shadowed is not None else self._shadow_refusal(policy, mode)
+        if refusal is not None:
+            self._invalid(fence, isvc, refusal)
+            return None
         self._reported.pop((namespace, name), None)
         if view.stable.storage_uri is None and last is not None:
             # Knative status names the stable revision but not its model: take it from the
@@ -712,7 +687,10 @@ class Engine:
                     break
         now = self._clock()
         rollout_id = str(uuid.uuid4())
-        state, actions = machine.start(rollout_id, namespace, name, view, policy, now)
+        state, actions = machine.start(
+            rollout_id, namespace, name, view, policy, now,
+            shadowed_by=shadowed.state.rollout_id if shadowed is not None else None,
+        )  # fmt: skip
         assert state.stable is not None
         starter = self._store.starter(namespace, name, view.latest.storage_uri)
         started_by = (
@@ -739,6 +717,180 @@ class Engine:
             policy=policy.name,
         )
         return self._commit_and_act(fence, rollout_id, doc, work, observed, now, new=True)
+
+    # ------------------------------------------------------------------ challengers
+
+    def _shadowed(self, observed: Observed) -> RolloutDocument | None:
+        """The challenger rollout whose passing shadow gated the champion's new model, if
+        the new model is that challenger's."""
+        latest = observed.view.latest.storage_uri or observed.storage_uri
+        rows = self._store.rollouts(namespace=observed.namespace, name=observed.name, limit=20)
+        docs = [RolloutDocument.from_row(r) for r in rows if r.isvc_uid == observed.uid]
+        return passed_shadow(docs, latest)
+
+    def _maybe_shadow(
+        self,
+        fence: Fence,
+        isvc: dict[str, Any],
+        opt_in: OptIn,
+        policy: RolloutPolicy,
+        mode: Literal["knative", "standard"],
+        observed: Observed,
+    ) -> RolloutDocument | None:
+        """The champion is stable and names a challenger: compare the challenger's newest
+        model in shadow, unless it already was (then, after a passing comparison that
+        gates, write its model onto the champion, once)."""
+        namespace, name = observed.namespace, observed.name
+        challenger = opt_in.challenger
+        assert challenger is not None
+        other = self._get(namespace, challenger) if challenger != name else None
+        problem = challenger_problem(
+            name,
+            challenger,
+            shadow_enabled=policy.shadow.enabled,
+            policy=policy.name,
+            mirroring=self._mirrors.router is not None,
+            champion_mode=mode,
+            challenger_obj=other,
+            challenger_mode=mode_of(other) if other is not None else None,
+        )
+        if problem is not None or other is None:
+            self._invalid(fence, isvc, problem or f"challenger {challenger} not found")
+            return None
+        theirs = self._observe(mode, other)
+        view = challenger_view(observed.view, theirs.view, mode)
+        if view is observed.view:
+            return None  # the champion is not stable: its own canary comes first
+        if theirs.storage_uri is not None and theirs.storage_uri == observed.storage_uri:
+            return None  # the champion already runs the challenger's model
+        for row in self._store.rollouts(namespace=namespace, name=name, limit=20):
+            doc = RolloutDocument.from_row(row)
+            if (
+                row.isvc_uid == observed.uid
+                and doc.state.challenger == challenger
+                and _same(mode, doc.state.canary, view.latest)
+            ):
+                if doc.state.phase is Phase.SUCCEEDED and doc.policy.shadow.after == "gate":
+                    self._start_after_shadow(fence, doc, observed)
+                return None  # this model of the challenger was compared already
+        self._reported.pop((namespace, name), None)
+        now = self._clock()
+        rollout_id = str(uuid.uuid4())
+        state, actions = machine.start_challenger(
+            rollout_id, namespace, name, challenger, view, policy, now
+        )
+        doc = RolloutDocument(
+            state=state,
+            policy=policy,
+            mode=mode,
+            uid=observed.uid,
+            metric_profile=self._profile(opt_in.metric_profile, policy, mode),
+        )
+        work = self._collect(doc, actions)
+        log.info("shadow.challenger_started", namespace=namespace, name=name,
+                 challenger=challenger, revision=view.latest.name)  # fmt: skip
+        return self._commit_and_act(fence, rollout_id, doc, work, observed, now, new=True)
+
+    def _start_after_shadow(
+        self, fence: Fence, shadow: RolloutDocument, observed: Observed
+    ) -> None:
+        """Write the challenger's model onto the champion with the first step, in one write
+        with its intent and outcome records (the canary that follows is the champion's
+        rollout of that model). Idempotent: nothing is written when the champion already
+        runs it."""
+        state = shadow.state
+        uri = state.canary.storage_uri
+        if not uri or uri in (observed.storage_uri, observed.view.latest.storage_uri):
+            return
+        now = self._clock()
+        percent = shadow.policy.first_step
+        intent = AuditEntry(
+            at=now,
+            actor=Actor("controller", self._instance),
+            action="traffic.intent",
+            rollout_id=state.rollout_id,
+            obj=object_ref(observed),
+            stable=model_ref(observed.view.stable),
+            canary=ModelRef(None, uri, None, None),
+            traffic_before=dict(observed.view.split),
+            reason=f"challenger {state.challenger} passed its shadow comparison: its model "
+            f"goes to {observed.name} as a canary at {percent}%",
+            evidence={
+                "purpose": "start",
+                "percent": percent,
+                "storage_uri": uri,
+                "previous_storage_uri": observed.storage_uri,
+                "policy": shadow.policy.name,
+                "challenger": state.challenger,
+                "shadow_rollout_id": state.rollout_id,
+            },
+            leader_epoch=fence.epoch,
+            correlation_id=str(uuid.uuid4()),
+        )
+        self._store.commit([intent], fence=fence)
+        try:
+            self._routers[shadow.mode].start(
+                observed.namespace, observed.name, uri, percent,
+                resource_version=observed.resource_version,
+            )  # fmt: skip
+        except Exception as exc:  # recorded; the next pass tries again
+            why = f"the write was refused: {exc}"
+            failed = replace(intent, at=self._clock(), action="traffic.failed", reason=why,
+                             traffic_before=None)  # fmt: skip
+            self._store.commit([failed], fence=fence)
+            log.warning("shadow.canary_start_failed", namespace=observed.namespace,
+                        name=observed.name, error=str(exc))  # fmt: skip
+            return
+        applied = replace(
+            intent,
+            at=self._clock(),
+            action="traffic.applied",
+            reason=f"{observed.name}: model set to {uri} with {percent}% for the new revision "
+            f"after challenger {state.challenger}'s shadow passed",
+            traffic_before=None,
+        )
+        self._store.commit([applied], fence=fence)
+
+    def _challenger_observation(
+        self, doc: RolloutDocument, observed: Observed
+    ) -> ServiceObserved | ChallengerGone:
+        """What a challenger's rollout sees: its challenger's newest revision against the
+        champion (canary.challengers), or that the challenger is gone."""
+        state = doc.state
+        assert state.challenger is not None
+        champion = self._get(state.namespace, state.name) or {}
+        try:
+            named = parse_annotations((champion.get("metadata") or {}).get("annotations"))
+        except AnnotationError:
+            named = None
+        if named is None or named.challenger != state.challenger:
+            return ChallengerGone(
+                "the champion's kserve-canary.io/challenger annotation no longer names it"
+            )
+        other = self._get(state.namespace, state.challenger)
+        if other is None:
+            return ChallengerGone("its InferenceService was deleted")
+        theirs = self._observe(doc.mode, other)
+        return ServiceObserved(challenger_view(observed.view, theirs.view, doc.mode))
+
+    def _shadow_refusal(self, policy: RolloutPolicy, mode: str) -> str | None:
+        """Why a rollout of the champion's own new model cannot shadow under ``policy``
+        (nothing is written then: the new revision stays at the 0 % admission gave it)."""
+        if not policy.shadow.enabled:
+            return None
+        if self._mirrors.router is None:
+            return (
+                f"policy {policy.name!r} shadows the new model first, but this controller has "
+                "no mirroring configured (set KSC_SHADOW_MIRROR to istio or gateway-api)"
+            )
+        if mode == "knative":
+            return (
+                f"policy {policy.name!r} shadows the new model first, but a Knative revision "
+                "cannot be mirrored to on its own (a mirrored request's Host gets a -shadow "
+                "suffix that Knative cannot route); deploy the new model as a challenger "
+                "InferenceService, or use a policy without shadow"
+            )
+        return None
 
     def _start_command(
         self, fence: Fence, command: CommandRow, now: datetime
@@ -770,6 +922,8 @@ class Engine:
                         policy = self._policies().get(opt_in.policy)
                     except KeyError as exc:
                         problem = f"policy {opt_in.policy!r}: {exc.args[0] if exc.args else exc}"
+        if problem is None and isvc is not None and policy is not None:
+            problem = self._shadow_refusal(policy, mode_of(isvc))
         if problem is not None or isvc is None or policy is None:
             why = problem or "cannot start"
             return self._refuse_command(fence, command, why, now, evidence={"storage_uri": uri})
@@ -923,17 +1077,10 @@ class Engine:
                     work.approvals = [a for a in work.approvals if a.id != closed.id]
                     work.approvals.append(closed)
             elif isinstance(action, SetMirror):
-                # Mirroring arrives with the shadow milestone; until then the decision is
-                # audited and the machine's own timers keep the rollout safe.
-                work.entries.append(
-                    self._entries.entry(
-                        doc,
-                        doc.state.phase_entered_at,
-                        action=f"integration.{action.kind}",
-                        reason=f"{action.kind} requested; no integration is configured",
-                        evidence={"action": repr(action)},
-                    )
-                )
+                # The decision is in the machine's own records (shadow.started, the
+                # rollback, ...); the keeper writes the object after the commit and records
+                # what it did (canary.mirroring).
+                pass
         return work
 
     def _save(
@@ -1049,6 +1196,75 @@ class Engine:
         if refusals and not doc.state.terminal:
             self._observe_metrics(doc)  # a paused rollout's weight is the one in force
         return doc
+
+    # ------------------------------------------------------------------ mirroring
+
+    def _keep_mirror(
+        self,
+        fence: Fence,
+        rollout_id: str,
+        doc: RolloutDocument,
+        isvc: Mapping[str, Any] | None,
+        observed: Observed | None,
+    ) -> RolloutDocument:
+        """Write or remove the rollout's mirror object as its state now says, and record
+        what was done (canary.mirroring)."""
+        notes = self._mirrors.keep(doc, isvc)
+        if not notes:
+            return doc
+        now = self._clock()
+        entries = [
+            self._entries.entry(
+                doc, now, action=n.action, reason=n.reason, observed=observed,
+                evidence=n.evidence,
+            )
+            for n in notes
+        ]  # fmt: skip
+        if doc.mirror_applied_at is None and any(
+            n.action in ("mirror.applied", "mirror.restored") for n in notes
+        ):
+            doc = replace(doc, mirror_applied_at=now)
+        self._store.commit(
+            entries, fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
+        )
+        doc = replace(doc, version=doc.version + 1)
+        for note in notes:
+            if note.event is not None:
+                self._emit(_reference(doc, observed), note.event)
+        return doc
+
+    def sweep_mirrors(self) -> int:
+        """Remove the mirror objects no shadowing rollout owns (left behind by a crash, a
+        rollout that ended while no leader ran, a deleted InferenceService); each removal
+        is recorded. Returns how many were removed."""
+        fence = self._fence()
+
+        def active(namespace: str, name: str) -> RolloutDocument | None:
+            row = self._store.rollout_for(namespace, name)
+            return RolloutDocument.from_row(row) if row is not None else None
+
+        notes = self._mirrors.sweep(active)
+        if not notes:
+            return 0
+        now = self._clock()
+        entries = [
+            AuditEntry(
+                at=now,
+                actor=Actor("controller", self._instance),
+                action=n.action,
+                rollout_id=n.rollout_id,
+                obj=ObjectRef(n.namespace, n.name),
+                reason=n.reason,
+                evidence=dict(n.evidence),
+                leader_epoch=fence.epoch,
+            )
+            for n in notes
+        ]
+        self._store.commit(entries, fence=fence)
+        for note in notes:
+            log.info("mirror.swept", namespace=note.namespace, name=note.name,
+                     reason=note.reason)  # fmt: skip
+        return len(notes)
 
     # ------------------------------------------------------------------ helpers
 

@@ -27,6 +27,7 @@ from canary.model import (
     AnalysisVerdict,
     ApprovalDecision,
     ApprovalState,
+    ChallengerGone,
     ChangeOpened,
     CloseChange,
     CommandKind,
@@ -53,7 +54,7 @@ from canary.model import (
 )
 from canary.policy import RolloutPolicy, format_duration
 
-__all__ = ["SHADOW_STEP", "Transition", "start", "step"]
+__all__ = ["SHADOW_STEP", "Transition", "start", "start_challenger", "step"]
 
 Transition = tuple[RolloutState, tuple[Action, ...]]
 
@@ -94,8 +95,13 @@ def start(
     view: TrafficView,
     policy: RolloutPolicy,
     now: datetime,
+    *,
+    shadowed_by: str | None = None,
 ) -> Transition:
     """Begin a rollout of ``view.latest`` against ``view.stable``.
+
+    ``shadowed_by``: the challenger rollout whose passing shadow comparison this model
+    already had; the rollout then starts at the first step without shadowing again.
 
     The first target is the first step, or 0 % when the policy shadows first. If the spec
     does not already command it (the CLI path and the admission webhook make it so in the
@@ -107,7 +113,7 @@ def start(
             "no stable revision: a first deployment has nothing to compare against, so it is "
             "not a canary"
         )
-    shadow_first = policy.shadow.enabled
+    shadow_first = policy.shadow.enabled and shadowed_by is None
     target = 0 if shadow_first else policy.first_step
     state = RolloutState(
         rollout_id=rollout_id,
@@ -122,6 +128,7 @@ def start(
         target_percent=target,
         traffic_requested_at=now,
         history=(Phase.PENDING,),
+        shadowed_by=shadowed_by,
     )
     stable_name = view.stable.name if view.stable else "none"
     actions: list[Action] = [
@@ -133,6 +140,7 @@ def start(
             stable=stable_name,
             policy=policy.name,
             first_percent=target,
+            shadowed_by=shadowed_by,
         ),
         EmitEvent(
             EventReason.ROLLOUT_STARTED,
@@ -146,6 +154,59 @@ def start(
         actions.append(SetTraffic(view.latest.name, target, "start"))
     state, more = step(state, ServiceObserved(view), policy, now)
     return state, (*actions, *more)
+
+
+def start_challenger(
+    rollout_id: str,
+    namespace: str,
+    champion: str,
+    challenger: str,
+    view: TrafficView,
+    policy: RolloutPolicy,
+    now: datetime,
+) -> Transition:
+    """Begin the shadow phase of the challenger InferenceService ``challenger`` against the
+    champion ``champion``. ``view`` is the champion's traffic with the challenger's latest
+    revision as ``latest`` (it serves 0 % of the champion's traffic, always): the rollout
+    waits for it to be ready, then mirrors. It never writes the champion's traffic; a
+    passing comparison under ``after: gate`` ends it Succeeded, and the engine then starts
+    the canary of the challenger's model on the champion (a rollout of its own)."""
+    _check_now(now)
+    if view.stable is None:
+        raise ValueError("the champion has no stable revision to compare against")
+    if not policy.shadow.enabled:
+        raise ValueError(f"policy {policy.name!r} has no shadow phase")
+    state = RolloutState(
+        rollout_id=rollout_id,
+        namespace=namespace,
+        name=champion,
+        policy=policy.name,
+        phase=Phase.PENDING,
+        canary=view.latest,
+        stable=view.stable,
+        created_at=now,
+        phase_entered_at=now,
+        target_percent=0,
+        history=(Phase.PENDING,),
+        challenger=challenger,
+    )
+    actions: list[Action] = [
+        _audit(
+            "shadow.challenger_detected",
+            f"challenger {challenger} ({view.latest.name}, {view.latest.storage_uri}) to be "
+            f"compared with {champion} ({view.stable.name})",
+            challenger=challenger,
+            revision=view.latest.name,
+            storage_uri=view.latest.storage_uri,
+            stable=view.stable.name,
+            stable_storage_uri=view.stable.storage_uri,
+            policy=policy.name,
+            after=policy.shadow.after,
+            mirror_percent=policy.shadow.mirror_percent,
+        )
+    ]
+    state = replace(state, next_check_at=_next_check(state, policy, now))
+    return state, tuple(actions)
 
 
 def step(
@@ -184,6 +245,23 @@ def step(
         )
     elif isinstance(observation, OptedOut):
         state = _on_opt_out(state, observation, policy, now, actions)
+    elif isinstance(observation, ChallengerGone):
+        if state.challenger is not None:
+            state = _finish(
+                state,
+                Phase.FAILED,
+                f"challenger {state.challenger}: {observation.reason}",
+                now,
+                actions,
+                audit_action="shadow.ended",
+                event=EmitEvent(
+                    EventReason.CHALLENGER_GONE,
+                    f"shadow of {state.challenger} stopped: {observation.reason}",
+                    "Warning",
+                ),
+                close_code="cancelled",
+                details={"challenger": state.challenger},
+            )
     elif isinstance(observation, AnalysisVerdict):
         state = _on_verdict(state, observation, policy, now, actions)
     elif isinstance(observation, ApprovalDecision):
@@ -342,7 +420,11 @@ def _on_opt_out(
             ),
         )
     )
-    returning = policy.on_opt_out == "return-to-stable" and state.phase is not Phase.ROLLING_BACK
+    returning = (
+        policy.on_opt_out == "return-to-stable"
+        and state.phase is not Phase.ROLLING_BACK
+        and state.challenger is None  # a challenger never served the champion's traffic
+    )
     if returning:
         actions.append(SetTraffic(newest, 0, "rollback"))
     return replace(
@@ -610,10 +692,13 @@ def _on_command(
             EventReason.ABORTED, f"abort requested by {command.actor}: {command.reason}", "Warning"
         )
     )
-    return replace(
-        _rollback(state, f"aborted by {command.actor}: {command.reason}", now, actions),
-        aborted_by=command.actor,
-    )
+    why = f"aborted by {command.actor}: {command.reason}"
+    if state.challenger is not None:  # nothing to roll back: the shadow just ends
+        details: dict[str, str | None] = {"challenger": state.challenger}
+        ended = _finish(state, Phase.ABORTED, why, now, actions, audit_action="shadow.aborted",
+                        close_code="cancelled", details=details)  # fmt: skip
+        return replace(ended, aborted_by=command.actor)
+    return replace(_rollback(state, why, now, actions), aborted_by=command.actor)
 
 
 def _refusal(
@@ -637,6 +722,11 @@ def _refusal(
             return f"the rollout is not paused (phase {phase.value})"
         return None
     if kind is CommandKind.PROMOTE:
+        if state.challenger is not None:
+            return (
+                f"challenger {state.challenger} is being compared in shadow; it reaches live "
+                "traffic only through the canary that follows a passing comparison"
+            )
         if phase is Phase.PENDING:
             return f"canary {state.canary.name} is not ready yet; it has served no traffic"
         if phase is Phase.SHADOWING or (
@@ -722,7 +812,7 @@ def _pending(
         )
         return _rollback(state, f"revision {state.canary.name} failed: {message}", now, actions)
     if view is not None and _at_target(view, state):
-        if policy.shadow.enabled:
+        if policy.shadow.enabled and state.shadowed_by is None:
             actions.append(SetMirror(state.canary.name, policy.shadow.mirror_percent))
             actions.append(
                 _audit(
@@ -801,6 +891,8 @@ def _end_shadow(
 ) -> RolloutState:
     """Stop mirroring and give the canary its first step: after a passing comparison, or
     (``after: report``) whatever the comparison found."""
+    if state.challenger is not None:
+        return _end_challenger(state, policy, now, actions, outcome, passed=passed)
     actions.append(SetMirror(state.canary.name, 0))
     actions.append(
         _audit(
@@ -814,6 +906,42 @@ def _end_shadow(
     )
     state = replace(state.with_phase(Phase.PROGRESSING, now), last_verdict=None)
     return _set_step(state, 0, policy, now, actions, "start")
+
+
+def _end_challenger(
+    state: RolloutState,
+    policy: RolloutPolicy,
+    now: datetime,
+    actions: list[Action],
+    outcome: str,
+    *,
+    passed: bool,
+) -> RolloutState:
+    challenger = state.challenger
+    gate = policy.shadow.after == "gate"
+    if gate and passed:
+        phase, then = (
+            Phase.SUCCEEDED,
+            f"the canary of {state.canary.storage_uri} on the champion starts",
+        )
+    else:
+        phase, then = Phase.REPORTED, "recorded only (after: report); nothing rolls out"
+    reason = f"challenger {challenger}: shadow comparison {outcome}; {then}"
+    return _finish(
+        state,
+        phase,
+        reason,
+        now,
+        actions,
+        audit_action="shadow.passed" if passed else "shadow.reported",
+        event=EmitEvent(EventReason.SHADOW_COMPLETED, reason),
+        close_code="successful" if passed else "cancelled",
+        details={
+            "challenger": challenger,
+            "after": policy.shadow.after,
+            "passed": "true" if passed else "false",
+        },
+    )
 
 
 def _progressing(
@@ -1098,6 +1226,8 @@ def _promote(
 def _rollback(
     state: RolloutState, reason: str, now: datetime, actions: list[Action]
 ) -> RolloutState:
+    if state.challenger is not None:
+        return _reject_challenger(state, reason, now, actions)
     if state.phase is Phase.SHADOWING or state.paused_from is Phase.SHADOWING:
         actions.append(SetMirror(state.canary.name, 0))
     actions.append(
@@ -1119,6 +1249,29 @@ def _rollback(
         pause_reason=None,
         rejected_write=None,
         waiting_for="waiting for the status to show the rollback",
+    )
+
+
+def _reject_challenger(
+    state: RolloutState, reason: str, now: datetime, actions: list[Action]
+) -> RolloutState:
+    """A challenger's shadow ends without a rollout: it never served live traffic, so there
+    is nothing to roll back; the mirror stops (in ``_finish``)."""
+    challenger = state.challenger
+    return _finish(
+        state,
+        Phase.REJECTED,
+        f"challenger {challenger} rejected: {reason}",
+        now,
+        actions,
+        audit_action="shadow.rejected",
+        event=EmitEvent(
+            EventReason.CHALLENGER_REJECTED,
+            f"challenger {challenger} rejected: {reason}; it gets no live traffic",
+            "Warning",
+        ),
+        close_code="unsuccessful",
+        details={"challenger": challenger},
     )
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "ApprovalDecision",
     "ApprovalState",
     "AuditValue",
+    "ChallengerGone",
     "ChangeOpened",
     "CloseChange",
     "CommandKind",
@@ -89,6 +90,9 @@ class Phase(StrEnum):
     DRIFT_REVERTED = "DriftReverted"  # a rolled-back revision got traffic; reverted to 0
     DRIFT_RECORDED = "DriftRecorded"  # ... and the policy said record only
     MANUALLY_ROLLED_BACK = "ManuallyRolledBack"  # a promoted revision rolled back by hand
+    # A challenger InferenceService's shadow phase ended:
+    REJECTED = "Rejected"  # it failed the comparison (or broke a ceiling); nothing rolls out
+    REPORTED = "Reported"  # the comparison was recorded (after: report); nothing rolls out
 
 
 TERMINAL_PHASES = frozenset(
@@ -102,6 +106,8 @@ TERMINAL_PHASES = frozenset(
         Phase.DRIFT_REVERTED,
         Phase.DRIFT_RECORDED,
         Phase.MANUALLY_ROLLED_BACK,
+        Phase.REJECTED,
+        Phase.REPORTED,
     }
 )
 ACTIVE_PHASES = frozenset(Phase) - TERMINAL_PHASES
@@ -141,6 +147,11 @@ class EventReason(StrEnum):
     SERVICE_DELETED = "ServiceDeleted"
     SHADOW_STARTED = "ShadowStarted"
     SHADOW_STOPPED = "ShadowStopped"  # the challenger broke a ceiling; mirroring stopped
+    SHADOW_MIRROR_FAILED = "ShadowMirrorFailed"  # our mirror object could not be written
+    SHADOW_MIRROR_RESTORED = "ShadowMirrorRestored"  # someone removed or edited it
+    CHALLENGER_REJECTED = "ChallengerRejected"
+    CHALLENGER_GONE = "ChallengerGone"
+    SHADOW_COMPLETED = "ShadowCompleted"
     COMMAND_REJECTED = "CommandRejected"
     OPTED_OUT = "OptedOut"
     MANUAL_ROLLBACK = "ManualRollback"
@@ -274,6 +285,16 @@ class ManualCommand:
 
 
 @dataclass(frozen=True)
+class ChallengerGone:
+    """The challenger a shadow rollout compares can no longer be compared: its
+    InferenceService was deleted, or the champion's ``kserve-canary.io/challenger``
+    annotation no longer names it."""
+
+    reason: str
+    kind: Literal["challenger_gone"] = "challenger_gone"
+
+
+@dataclass(frozen=True)
 class OptedOut:
     """The InferenceService no longer opts in (``kserve-canary.io/enabled`` removed or
     ``"false"``). ``actor`` is who changed it, as the cluster's managedFields name it
@@ -313,6 +334,7 @@ class WriteRejected:
 Observation = (
     ServiceObserved
     | ServiceDeleted
+    | ChallengerGone
     | OptedOut
     | Tick
     | AnalysisVerdict
@@ -483,6 +505,13 @@ class RolloutState:
     # Who started the rollout, as the apiserver authenticated them (a `canary rollout start`
     # command), if known: they may not approve its promotion.
     started_by: str | None = None
+    # The challenger InferenceService whose model this rollout shadows (and, when the
+    # comparison gates, then rolls out on the champion); None for a rollout of the
+    # champion's own new model (a Standard-mode dark launch when it shadows).
+    challenger: str | None = None
+    # The challenger rollout whose passing shadow this model already had (its canary does
+    # not shadow again).
+    shadowed_by: str | None = None
 
     @property
     def terminal(self) -> bool:

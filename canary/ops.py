@@ -19,7 +19,8 @@ from typing import Any
 from analysis.sequential_check import describe
 from canary.access import COMMAND_NAMES
 from canary.audit import AuditStore, CommandRow, RolloutRow
-from canary.engine import RolloutDocument, check_definitions, describe_wait
+from canary.checks import check_definitions
+from canary.engine import RolloutDocument, describe_wait
 from canary.policy import format_duration
 
 __all__ = ["StatusLine", "parse_target", "render_status", "status_lines", "submit_command"]

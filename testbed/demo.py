@@ -63,7 +63,8 @@ from canary.access import cluster_roles
 from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
 from canary.audit import AuditRecord, AuditStore, upgrade_to_head
-from canary.engine import RolloutDocument, check_definitions
+from canary.checks import check_definitions
+from canary.engine import RolloutDocument
 from canary.k8s.client import (
     INFERENCE_SERVICE,
     SERVICE_ACCOUNT,

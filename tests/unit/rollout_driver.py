@@ -83,6 +83,29 @@ def view(
     )
 
 
+def challenger_view(ready: bool = True, revision: str = "c1", failed: bool = False) -> TrafficView:
+    """A stable champion (``r1`` serving all) with a challenger's revision as ``latest``, as
+    the engine builds it (canary.challengers.challenger_view)."""
+    return TrafficView(
+        latest=Revision(revision, f"s3://models/{revision}"),
+        stable=Revision("r1", "s3://models/r1"),
+        split={"r1": 100},
+        spec_percent=0,
+        converged=True,
+        latest_ready=ready,
+        latest_failed=failed,
+        failure_message="container exited with code 1" if failed else None,
+    )
+
+
+def challenging(**shadow: Any) -> Driver:
+    """A challenger rollout in its shadow phase."""
+    d = Driver(make_policy(shadow={"enabled": True, "duration": "10m", **shadow}))
+    d.start_challenger().apply(ServiceObserved(challenger_view()))
+    assert d.phase() is Phase.SHADOWING
+    return d
+
+
 def promoted_view(revision: str = "r2") -> TrafficView:
     return view(100, latest=revision, stable=revision)
 
@@ -101,6 +124,16 @@ class Driver:
         self.state, self.actions = machine.start(
             "ro-1", "fraud", "scorer", view(spec, ready=ready), self.policy, self.now
         )
+        self.log.extend(self.actions)
+        return self
+
+    def start_challenger(self, ready: bool = False, challenger: str = "scorer-v2") -> Driver:
+        """A shadow rollout of the challenger InferenceService ``challenger`` (its revision
+        ``c1``) against the stable champion ``r1``."""
+        self.state, self.actions = machine.start_challenger(
+            "ro-1", "fraud", "scorer", challenger, challenger_view(ready=ready), self.policy,
+            self.now,
+        )  # fmt: skip
         self.log.extend(self.actions)
         return self
 
@@ -278,4 +311,9 @@ def reach(phase: Phase) -> Driver:
         return d.watch(view(100))
     if phase is Phase.MANUALLY_ROLLED_BACK:
         return reach(Phase.SUCCEEDED).watch(view(0, latest="r2", stable="r2"))
+    if phase is Phase.REJECTED:
+        d = challenging()
+        return d.verdict(Verdict.FAILED, step=machine.SHADOW_STEP, revision="c1")
+    if phase is Phase.REPORTED:
+        return challenging(after="report").at(timedelta(minutes=30))
     raise AssertionError(phase)

@@ -13,6 +13,7 @@ import pytest
 from canary import machine
 from canary.model import (
     TERMINAL_PHASES,
+    ChallengerGone,
     ChangeOpened,
     CloseChange,
     CommandKind,
@@ -23,6 +24,7 @@ from canary.model import (
     Revision,
     RolloutState,
     ServiceObserved,
+    SetMirror,
     SetTraffic,
     Tick,
     Verdict,
@@ -31,6 +33,8 @@ from tests.unit.rollout_driver import (
     APPROVAL,
     T0,
     Driver,
+    challenger_view,
+    challenging,
     make_policy,
     progressing,
     promoted_view,
@@ -822,3 +826,118 @@ def test_audited_details_keep_their_types() -> None:
     (pause,) = [a for a in d.actions if isinstance(a, RecordAudit)]
     assert dict(pause.details)["step"] == 0
     assert dict(pause.details)["phase"] == "Progressing"  # an enum as its value
+
+
+# --- challenger InferenceServices ---------------------------------------------------------
+
+
+def see_challenger(d: Driver, **kwargs: Any) -> Driver:
+    return d.apply(ServiceObserved(challenger_view(**kwargs)))
+
+
+def never_wrote_traffic(d: Driver) -> bool:
+    """A challenger's rollout never writes the champion's traffic, whatever happens."""
+    return not any(isinstance(a, SetTraffic) for a in d.log)
+
+
+def test_a_challenger_waits_for_its_revision_then_mirrors_without_touching_traffic() -> None:
+    d = Driver(make_policy(shadow={"enabled": True, "mirrorPercent": 25})).start_challenger()
+    assert d.phase() is Phase.PENDING
+    assert d.audits() == ["shadow.challenger_detected"]
+    see_challenger(d, ready=False)
+    assert d.phase() is Phase.PENDING
+    see_challenger(d)
+    assert d.phase() is Phase.SHADOWING
+    assert d.mirrors() == [25]
+    assert never_wrote_traffic(d)
+
+
+@pytest.mark.parametrize(
+    ("after", "verdict", "phase", "record"),
+    [
+        ("gate", Verdict.SUCCESSFUL, Phase.SUCCEEDED, "shadow.passed"),
+        ("gate", Verdict.FAILED, Phase.REJECTED, "shadow.rejected"),
+        ("report", Verdict.SUCCESSFUL, Phase.REPORTED, "shadow.passed"),
+        ("report", Verdict.FAILED, Phase.REPORTED, "shadow.reported"),
+    ],
+)
+def test_a_challenger_comparison_ends_the_shadow_and_stops_the_mirror(
+    after: str, verdict: Verdict, phase: Phase, record: str
+) -> None:
+    d = challenging(after=after).at(11 * MIN)
+    d.verdict(verdict, step=machine.SHADOW_STEP, revision="c1")
+    if verdict is Verdict.SUCCESSFUL:
+        d.at(12 * MIN)
+    assert d.phase() is phase
+    assert record in [a.action for a in d.log if isinstance(a, RecordAudit)]
+    assert 0 in [a.percent for a in d.log if isinstance(a, SetMirror)]
+    assert never_wrote_traffic(d)
+
+
+def test_a_challenger_over_a_ceiling_is_rejected_at_once() -> None:
+    d = challenging(after="report").at(MIN)
+    d.verdict(Verdict.FAILED, step=machine.SHADOW_STEP, revision="c1", ceiling="errors 50%")
+    assert d.phase() is Phase.REJECTED
+    assert "ShadowStopped" in d.events()
+    assert d.mirrors() == [0]
+    assert never_wrote_traffic(d)
+
+
+@pytest.mark.parametrize(
+    ("change", "phase"),
+    [
+        ("challenger-new-model", Phase.SUPERSEDED),
+        ("champion-new-model", Phase.SUPERSEDED),
+        ("challenger-gone", Phase.FAILED),
+        ("champion-deleted", Phase.FAILED),
+        ("abort", Phase.ABORTED),
+        ("opt-out", Phase.OPTED_OUT),
+        ("not-ready-in-time", Phase.REJECTED),
+    ],
+)
+def test_a_challenger_shadow_that_cannot_go_on_ends_without_a_traffic_write(
+    change: str, phase: Phase
+) -> None:
+    d = (
+        challenging()
+        if change != "not-ready-in-time"
+        else Driver(make_policy(shadow={"enabled": True})).start_challenger()
+    )
+    if change == "challenger-new-model":
+        see_challenger(d, revision="c2")
+    elif change == "champion-new-model":
+        d.see(10, latest="r2")
+    elif change == "challenger-gone":
+        d.apply(ChallengerGone("its InferenceService was deleted"))
+    elif change == "champion-deleted":
+        d.delete()
+    elif change == "abort":
+        d.command(CommandKind.ABORT, "wrong model")
+    elif change == "opt-out":
+        d.opt_out()
+    else:
+        d.at(11 * MIN)
+    assert d.phase() is phase
+    if change != "not-ready-in-time":
+        assert 0 in [a.percent for a in d.log if isinstance(a, SetMirror)]
+    assert never_wrote_traffic(d)
+
+
+def test_a_challenger_cannot_be_promoted_by_hand() -> None:
+    d = challenging()
+    d.command(CommandKind.PROMOTE, "looks fine")
+    assert d.phase() is Phase.SHADOWING
+    assert any("only through the canary" in a.reason for a in d.actions if hasattr(a, "reason"))
+    assert never_wrote_traffic(d)
+
+
+def test_a_model_that_passed_its_shadow_starts_its_canary_without_shadowing_again() -> None:
+    policy = make_policy(shadow={"enabled": True})
+    state, actions = machine.start(
+        "ro-2", "fraud", "scorer", view(0), policy, T0, shadowed_by="ro-1"
+    )
+    assert state.shadowed_by == "ro-1"
+    assert [(a.percent, a.purpose) for a in actions if isinstance(a, SetTraffic)] == [(10, "start")]
+    state, actions = machine.step(state, ServiceObserved(view(10)), policy, T0 + MIN)
+    assert state.phase is Phase.PROGRESSING
+    assert not any(isinstance(a, SetMirror) for a in actions)

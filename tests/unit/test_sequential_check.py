@@ -66,7 +66,7 @@ def test_a_ruled_out_regression_stays_ruled_out() -> None:
 
 
 def test_the_false_rollback_budget_is_split_among_the_gating_sequential_checks() -> None:
-    from canary.engine import check_definitions
+    from canary.checks import check_definitions
     from canary.policy import RolloutPolicy
 
     policy = RolloutPolicy.model_validate(

@@ -552,8 +552,9 @@ def score_shift_verdict(
     """Judge the shift of the challenger's scores (``candidate``) from the champion's
     (``baseline``), both histograms of the paired predictions since the shadow phase began.
 
-    Inconclusive while either side has fewer than ``min_samples`` scores; then Failed when
-    the PSI exceeds ``max_psi``, Successful otherwise.
+    Inconclusive while either side has fewer than ``min_samples`` scores (a side given
+    no buckets at all, as an empty answer gives before its first score, has none); then
+    Failed when the PSI exceeds ``max_psi``, Successful otherwise.
 
     The PSI is a point estimate judged once there are ``min_samples`` on each side, not a
     test: it has no error rate, and judging it again as scores accrue raises the chance of
@@ -569,10 +570,15 @@ def score_shift_verdict(
         raise ValueError(f"score shift: max_psi must be a positive number, got {max_psi!r}")
     if isinstance(min_samples, bool) or min_samples < 0:
         raise ValueError(f"score shift: min_samples must be a count >= 0, got {min_samples!r}")
-    _, base, cand = _aligned(baseline, candidate)
-    n_base, n_cand = round(base[-1]), round(cand[-1])
+    if baseline and candidate:
+        _, base, cand = _aligned(baseline, candidate)
+        total_base, total_cand = base[-1], cand[-1]
+    else:  # a side without series has seen no score yet; the other must still be valid
+        total_base = _cumulative(baseline, "baseline")[1][-1] if baseline else 0.0
+        total_cand = _cumulative(candidate, "candidate")[1][-1] if candidate else 0.0
+    n_base, n_cand = round(total_base), round(total_cand)
     value = ks = None
-    if base[-1] > 0 and cand[-1] > 0:
+    if total_base > 0 and total_cand > 0:
         value, ks = psi(baseline, candidate), ks_statistic(baseline, candidate)
     counts = f"{_number(n_cand)} challenger and {_number(n_base)} champion scores"
     if value is None or ks is None or min(n_base, n_cand) < min_samples:
@@ -741,9 +747,9 @@ def pair_counts(answer: Iterable[Series]) -> tuple[float, float]:
 
 def score_buckets(answer: Iterable[Series]) -> list[tuple[str, float]]:
     """The ``(le, count)`` buckets of the answer to :func:`score_buckets_query`, as
-    :func:`score_shift_verdict` takes them (an empty answer gives an empty list, which it
-    refuses: no series means no histogram). ValueError for a series without ``le`` or a
-    sample that is not a finite number."""
+    :func:`score_shift_verdict` takes them (an empty answer, before the first score, gives
+    an empty list: no scores). ValueError for a series without ``le`` or a sample that is
+    not a finite number."""
     buckets: list[tuple[str, float]] = []
     for series in answer:
         le = series.labels.get("le")

@@ -49,40 +49,59 @@ class Kind:
     build: Callable[[MirrorSpec], Json]
 
 
+_ISTIO = load_settings(
+    shadow_mirror="istio",
+    shadow_istio_gateways="mesh,istio-system/knative-ingress-gateway",
+    shadow_istio_hosts="scorer.fraud.models.example.com",
+)
+_GATEWAY = load_settings(
+    shadow_mirror="gateway-api",
+    shadow_route_parent_refs=[
+        {"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"}
+    ],
+    shadow_route_hostnames="scorer.fraud.models.example.com",
+)
+
+
 def _configured_istio(kube: KubeClient) -> MirrorRouter:
-    settings = load_settings(
-        shadow_mirror="istio",
-        shadow_istio_gateways="mesh,istio-system/knative-ingress-gateway",
-        shadow_istio_hosts="scorer.fraud.models.example.com",
-    )
     return IstioMirrorRouter(
         kube,
-        gateways=settings.shadow_istio_gateways,
-        extra_hosts=settings.shadow_istio_hosts,
-        cluster_domain=settings.cluster_domain,
+        gateways=_ISTIO.shadow_istio_gateways,
+        extra_hosts=_ISTIO.shadow_istio_hosts,
+        cluster_domain=_ISTIO.cluster_domain,
     )
 
 
 def _configured_gateway(kube: KubeClient) -> MirrorRouter:
-    settings = load_settings(
-        shadow_mirror="gateway-api",
-        shadow_route_parent_refs=[
-            {"name": "inference-gateway", "namespace": "gateways", "sectionName": "http"}
-        ],
-        shadow_route_hostnames="scorer.fraud.models.example.com",
-    )
     return GatewayMirrorRouter(
         kube,
-        parent_refs=[ref.as_ref() for ref in settings.shadow_route_parent_refs],
-        hostnames=settings.shadow_route_hostnames,
+        parent_refs=[ref.as_ref() for ref in _GATEWAY.shadow_route_parent_refs],
+        hostnames=_GATEWAY.shadow_route_hostnames,
     )
 
 
 KINDS = {
     "istio-mesh": Kind(VIRTUAL_SERVICE, IstioMirrorRouter, virtual_service),
-    "istio-configured": Kind(VIRTUAL_SERVICE, _configured_istio, virtual_service),
+    "istio-configured": Kind(
+        VIRTUAL_SERVICE,
+        _configured_istio,
+        lambda spec: virtual_service(
+            spec,
+            gateways=_ISTIO.shadow_istio_gateways,
+            extra_hosts=_ISTIO.shadow_istio_hosts,
+            cluster_domain=_ISTIO.cluster_domain,
+        ),
+    ),
     "gateway-api-gamma": Kind(HTTP_ROUTE, GatewayMirrorRouter, http_route),
-    "gateway-api-configured": Kind(HTTP_ROUTE, _configured_gateway, http_route),
+    "gateway-api-configured": Kind(
+        HTTP_ROUTE,
+        _configured_gateway,
+        lambda spec: http_route(
+            spec,
+            parent_refs=[ref.as_ref() for ref in _GATEWAY.shadow_route_parent_refs],
+            hostnames=_GATEWAY.shadow_route_hostnames,
+        ),
+    ),
 }
 
 

@@ -473,11 +473,14 @@ def _v2(outputs: object, decision_field: str, score_field: str) -> tuple[Predict
         if isinstance(output, dict) and isinstance(output.get("name"), str):
             named.setdefault(output["name"], output)
     if decision_field not in named and score_field not in named:
-        names = ", ".join(repr(name[:40]) for name in list(named)[:8]) or "none named"
+        wanted = f"{decision_field!r} or {score_field!r} (the decision and score field settings)"
+        if not named:
+            raise UnreadableEvent(
+                "unknown_shape", f"the v2 response has no named outputs; one named {wanted} is read"
+            )
+        names = ", ".join(repr(name[:40]) for name in list(named)[:8])
         raise UnreadableEvent(
-            "unknown_shape",
-            f"the v2 response's outputs are {names}; none is named {decision_field!r} or "
-            f"{score_field!r} (the decision and score field settings)",
+            "unknown_shape", f"the v2 response's outputs are {names}; none is named {wanted}"
         )
     decisions: list[str] | None = None
     scores: list[float] | None = None

@@ -344,6 +344,8 @@ def test_the_field_names_are_settings() -> None:
         ({"predictions": [{"score": float("inf")}]}, "predictions[0].score is inf; a score must "
          "be finite"),
         ({"predictions": [10**400]}, "predictions[0] is 1000"),
+        ({"outputs": [{"data": [1]}]}, "the v2 response has no named outputs; one named "
+         "'decision' or 'score' (the decision and score field settings) is read"),
         ({"outputs": [{"name": "logits", "data": [1]}]}, "the v2 response's outputs are "
          "'logits'; none is named 'decision' or 'score'"),
         ({"outputs": [{"name": "decision", "data": ["a", "b"]},

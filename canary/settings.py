@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -348,15 +349,15 @@ class Settings(BaseSettings):
         description="The largest request body the collector reads (413 above it).",
     )
 
-    @model_validator(mode="after")
-    def _shadow_fields_differ(self) -> Self:
-        if self.shadow_collector_decision_field == self.shadow_collector_score_field:
+    @field_validator("shadow_collector_score_field")
+    @classmethod
+    def _shadow_fields_differ(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("shadow_collector_decision_field"):
             raise ValueError(
-                "shadow_collector_decision_field and shadow_collector_score_field are both "
-                f"{self.shadow_collector_score_field!r}; a response's decision and score are "
-                "read from different fields"
+                "the same as shadow_collector_decision_field; a response's decision and score "
+                "are read from different fields"
             )
-        return self
+        return value
 
     @field_validator("servicenow_callback_secrets", "approval_webhook_secrets")
     @classmethod

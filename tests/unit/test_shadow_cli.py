@@ -137,8 +137,9 @@ def test_the_settings_come_from_the_environment_and_options_override_them(
          "than or equal to 1"),
         (["--port", "70000"], "setting shadow_collector_port: Input should be less than or "
          "equal to 65535"),
-        (["--decision-field", "score"], "shadow_collector_decision_field and "
-         "shadow_collector_score_field are both 'score'"),
+        (["--decision-field", "score"], "setting shadow_collector_score_field: the same as "
+         "shadow_collector_decision_field; a response's decision and score are read from "
+         "different fields (got 'score')"),
         (["--decision-field", ""], "setting shadow_collector_decision_field: String should have "
          "at least 1 character"),
     ],

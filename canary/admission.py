@@ -442,7 +442,7 @@ def _overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
 def first_target(policy: RolloutPolicy) -> int:
     """The most an unanalysed revision may get: the first step, or 0 when the policy
     shadows before any live traffic."""
-    if policy.shadow.enabled and policy.shadow.required_before_canary:
+    if policy.shadow.enabled:
         return 0
     return policy.first_step
 

@@ -48,12 +48,15 @@ from canary.log import get_logger
 from canary.metrics import ControllerMetrics
 from canary.policy_source import PolicySource
 from canary.routing.base import TrafficRouter
+from canary.routing.gateway_mirror import GatewayMirrorRouter
+from canary.routing.istio_mirror import IstioMirrorRouter
 from canary.routing.knative import KnativeRouter
+from canary.routing.mirror import MirrorRouter
 from canary.routing.standard import StandardRouter
 from canary.server import HttpServer
 from canary.settings import Settings
 
-__all__ = ["Application", "build", "default_identity"]
+__all__ = ["Application", "build", "default_identity", "mirror_router"]
 
 log = get_logger("canary.app")
 
@@ -93,6 +96,25 @@ class Application:
     def url(self) -> str:
         scheme = "https" if self.settings.tls_cert_file else "http"
         return f"{scheme}://127.0.0.1:{self.server.port}"
+
+
+def mirror_router(settings: Settings, kube: KubeClient) -> MirrorRouter | None:
+    """The router that writes shadow mirrors as ``shadow_mirror`` says, or None when it is
+    ``none`` (shadow phases are then refused)."""
+    if settings.shadow_mirror == "istio":
+        return IstioMirrorRouter(
+            kube,
+            gateways=settings.shadow_istio_gateways,
+            extra_hosts=settings.shadow_istio_hosts,
+            cluster_domain=settings.cluster_domain,
+        )
+    if settings.shadow_mirror == "gateway-api":
+        return GatewayMirrorRouter(
+            kube,
+            parent_refs=[ref.as_ref() for ref in settings.shadow_route_parent_refs],
+            hostnames=settings.shadow_route_hostnames,
+        )
+    return None
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:

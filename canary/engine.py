@@ -780,7 +780,7 @@ class Engine:
             # the first step again would pull a rollout in progress back to it.
             result = f"{target} already runs {uri}; nothing written"
             return self._settle(command, "accepted", result, now)
-        shadow_first = policy.shadow.enabled and policy.shadow.required_before_canary
+        shadow_first = policy.shadow.enabled
         percent = 0 if shadow_first else policy.first_step
         correlation = str(uuid.uuid4())
         obj = object_ref(observed)

@@ -107,7 +107,7 @@ def start(
             "no stable revision: a first deployment has nothing to compare against, so it is "
             "not a canary"
         )
-    shadow_first = policy.shadow.enabled and policy.shadow.required_before_canary
+    shadow_first = policy.shadow.enabled
     target = 0 if shadow_first else policy.first_step
     state = RolloutState(
         rollout_id=rollout_id,
@@ -185,7 +185,7 @@ def step(
     elif isinstance(observation, OptedOut):
         state = _on_opt_out(state, observation, policy, now, actions)
     elif isinstance(observation, AnalysisVerdict):
-        state = _on_verdict(state, observation, now, actions)
+        state = _on_verdict(state, observation, policy, now, actions)
     elif isinstance(observation, ApprovalDecision):
         state = _on_approval(state, observation, now, actions)
     elif isinstance(observation, ChangeOpened):
@@ -377,10 +377,33 @@ def _replaced(view: TrafficView, state: RolloutState) -> bool:
 
 
 def _on_verdict(
-    state: RolloutState, verdict: AnalysisVerdict, now: datetime, actions: list[Action]
+    state: RolloutState,
+    verdict: AnalysisVerdict,
+    policy: RolloutPolicy,
+    now: datetime,
+    actions: list[Action],
 ) -> RolloutState:
     if verdict.revision != state.canary.name or state.phase not in _LIVE:
         return state
+    shadowing = state.phase is Phase.SHADOWING or state.paused_from is Phase.SHADOWING
+    if shadowing and verdict.ceiling is not None:
+        actions.append(
+            EmitEvent(
+                EventReason.SHADOW_STOPPED,
+                f"mirroring to {state.canary.name} stopped: {verdict.ceiling}",
+                "Warning",
+            )
+        )
+        return _rollback(state, f"shadow stopped: {verdict.ceiling}", now, actions)
+    if (
+        shadowing
+        and verdict.verdict is Verdict.FAILED
+        and policy.shadow.after == "report"
+        and verdict.step_index == SHADOW_STEP
+        and verdict.evaluated_at >= state.phase_entered_at
+    ):
+        # A reporting shadow records the failed comparison and decides nothing.
+        return _end_shadow(state, policy, now, actions, f"failed: {verdict.summary}")
     if verdict.verdict is Verdict.FAILED:
         # Evidence of a bad canary counts whatever step it was taken at.
         actions.append(
@@ -699,7 +722,7 @@ def _pending(
         )
         return _rollback(state, f"revision {state.canary.name} failed: {message}", now, actions)
     if view is not None and _at_target(view, state):
-        if policy.shadow.enabled and policy.shadow.required_before_canary:
+        if policy.shadow.enabled:
             actions.append(SetMirror(state.canary.name, policy.shadow.mirror_percent))
             actions.append(
                 _audit(
@@ -745,35 +768,52 @@ def _shadowing(
 ) -> RolloutState:
     elapsed = now - state.phase_entered_at
     verdict = state.last_verdict
-    good = (
+    decided = (
         verdict is not None
         and verdict.step_index == SHADOW_STEP
         and verdict.verdict is Verdict.SUCCESSFUL
         and verdict.sufficient_data
     )
-    if elapsed >= policy.shadow.duration and good:
+    if elapsed >= policy.shadow.duration and decided:
         if not policy.schedule.is_open(now):
             return _wait_for_window(state, policy, now, actions)
-        actions.append(SetMirror(state.canary.name, 0))
-        actions.append(
-            _audit(
-                "shadow.passed",
-                f"shadow comparison passed after {format_duration(elapsed)}",
-                revision=state.canary.name,
-            )
+        return _end_shadow(
+            state, policy, now, actions, f"passed after {format_duration(elapsed)}", passed=True
         )
-        state = replace(state.with_phase(Phase.PROGRESSING, now), last_verdict=None)
-        return _set_step(state, 0, policy, now, actions, "start")
-    if elapsed >= policy.shadow.duration * 3:
-        return _pause(
-            state,
-            "the shadow comparison did not reach a decision "
-            f"within {format_duration(policy.shadow.duration * 3)}",
-            now,
-            actions,
-            actor="controller",
-        )
+    if elapsed >= policy.shadow.deadline:
+        why = f"did not reach a decision within {format_duration(policy.shadow.deadline)}"
+        if policy.shadow.after == "report":
+            if not policy.schedule.is_open(now):
+                return _wait_for_window(state, policy, now, actions)
+            return _end_shadow(state, policy, now, actions, why)
+        return _pause(state, f"the shadow comparison {why}", now, actions, actor="controller")
     return replace(state, waiting_for="collecting shadow evidence")
+
+
+def _end_shadow(
+    state: RolloutState,
+    policy: RolloutPolicy,
+    now: datetime,
+    actions: list[Action],
+    outcome: str,
+    *,
+    passed: bool = False,
+) -> RolloutState:
+    """Stop mirroring and give the canary its first step: after a passing comparison, or
+    (``after: report``) whatever the comparison found."""
+    actions.append(SetMirror(state.canary.name, 0))
+    actions.append(
+        _audit(
+            "shadow.passed" if passed else "shadow.reported",
+            f"shadow comparison {outcome}"
+            + ("" if passed else "; the policy only reports it (after: report)"),
+            revision=state.canary.name,
+            after=policy.shadow.after,
+            passed=passed,
+        )
+    )
+    state = replace(state.with_phase(Phase.PROGRESSING, now), last_verdict=None)
+    return _set_step(state, 0, policy, now, actions, "start")
 
 
 def _progressing(
@@ -1264,7 +1304,7 @@ def _next_check(state: RolloutState, policy: RolloutPolicy, now: datetime) -> da
         candidates.append(state.phase_entered_at + policy.revision_ready_timeout)
     elif phase is Phase.SHADOWING:
         candidates.append(state.phase_entered_at + policy.shadow.duration)
-        candidates.append(state.phase_entered_at + policy.shadow.duration * 3)
+        candidates.append(state.phase_entered_at + policy.shadow.deadline)
     elif phase is Phase.PROGRESSING:
         reached = state.step_reached_at
         if reached is None:

@@ -140,6 +140,7 @@ class EventReason(StrEnum):
     TRAFFIC_DRIFT = "TrafficDrift"
     SERVICE_DELETED = "ServiceDeleted"
     SHADOW_STARTED = "ShadowStarted"
+    SHADOW_STOPPED = "ShadowStopped"  # the challenger broke a ceiling; mirroring stopped
     COMMAND_REJECTED = "CommandRejected"
     OPTED_OUT = "OptedOut"
     MANUAL_ROLLBACK = "ManualRollback"
@@ -228,6 +229,9 @@ class AnalysisVerdict:
     sufficient_data: bool
     summary: str = ""
     fast_fail: bool = False
+    # Shadow phase only: why mirroring must stop at once (the challenger is failing badly:
+    # an error rate or latency over the policy's ceiling), whatever the policy's ``after``.
+    ceiling: str | None = None
     kind: Literal["verdict"] = "verdict"
 
 

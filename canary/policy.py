@@ -551,20 +551,101 @@ def _require_aware(at: datetime) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Shadow (filled in by the shadow-mirroring work; the shape is fixed now)
+# Shadow: mirror live traffic to a challenger and compare before (or instead of) a canary
 # ---------------------------------------------------------------------------------------
 
 
 class ShadowPolicy(_Model):
+    """The shadow phase: a share of the champion's live requests is copied to the challenger
+    (a separate InferenceService named by ``kserve-canary.io/challenger``, or in Standard
+    mode the new canary entry held at 0 %), whose answers are discarded and compared with
+    the champion's."""
+
     enabled: bool = False
-    mirror_percent: int = Field(default=100, ge=1, le=100)
-    duration: Duration = timedelta(minutes=10)
-    required_before_canary: bool = Field(
-        default=True,
-        description="When enabled, the canary gets live traffic only after the shadow "
-        "comparison passes.",
+    mirror_percent: int = Field(
+        default=100, ge=1, le=100, description="The share of live requests copied."
     )
-    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    duration: Duration = Field(
+        default=timedelta(minutes=10),
+        description="The shortest shadow phase: the comparison is judged only after it.",
+    )
+    timeout: Duration | None = Field(
+        default=None,
+        description="When the comparison has not decided by then (default 3 x duration), a "
+        "gating shadow pauses for a human and a reporting one ends inconclusive.",
+    )
+    min_samples: int = Field(
+        default=200,
+        ge=1,
+        le=10_000_000,
+        description="Mirrored requests (and, for the output checks, paired responses) the "
+        "comparison needs before it can pass.",
+    )
+    after: Literal["gate", "report"] = Field(
+        default="gate",
+        description="gate: the canary (or, for a challenger InferenceService, the canary of "
+        "its model on the champion) starts only if the comparison passes; report: the "
+        "comparison is recorded and decides nothing.",
+    )
+    min_agreement: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Decision agreement the challenger must show on the same requests "
+        "(payload-logger pairs; challenger InferenceServices only).",
+    )
+    max_score_shift: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description="Largest population stability index between the champion's and the "
+        "challenger's scores on the same requests (0.1 minor, 0.25 major).",
+    )
+    max_error_rate: float | None = Field(
+        default=0.2,
+        gt=0,
+        le=1,
+        description="Ceiling: mirroring stops at once when the challenger's error rate "
+        "exceeds it, so a failing challenger adds no load.",
+    )
+    max_latency_p99: Duration | None = Field(
+        default=timedelta(seconds=5),
+        description="Ceiling: mirroring stops at once when the challenger's p99 latency "
+        "exceeds it.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and (
+            "requiredBeforeCanary" in data or "required_before_canary" in data
+        ):
+            raise ValueError(
+                "requiredBeforeCanary was replaced by after: gate (the canary waits for a "
+                "passing comparison) or after: report (the comparison only reports)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _timeout_after_duration(self) -> ShadowPolicy:
+        if self.timeout is not None and self.timeout < self.duration:
+            raise ValueError(
+                f"timeout ({format_duration(self.timeout)}) must not be shorter than duration "
+                f"({format_duration(self.duration)})"
+            )
+        if self.max_latency_p99 is not None and self.max_latency_p99 <= timedelta(0):
+            raise ValueError("maxLatencyP99 must be positive")
+        return self
+
+    @property
+    def deadline(self) -> timedelta:
+        """How long the comparison may take to decide."""
+        return self.timeout if self.timeout is not None else self.duration * 3
+
+    @property
+    def gates(self) -> bool:
+        """Whether a passing comparison is required before live traffic."""
+        return self.enabled and self.after == "gate"
 
 
 # ---------------------------------------------------------------------------------------

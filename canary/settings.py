@@ -44,7 +44,7 @@ class SettingsError(ValueError):
 
 
 class RouteParentRef(BaseModel):
-    """One Gateway API ``parentRef`` of our Standard-mode HTTPRoute."""
+    """One Gateway API ``parentRef`` of our Standard-mode or shadow mirror HTTPRoute."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -199,6 +199,40 @@ class Settings(BaseSettings):
         default=(),
         description="Standard mode, own-httproute: the hostnames of our HTTPRoute "
         "(comma-separated), e.g. the InferenceService's external host.",
+    )
+    shadow_mirror: Literal["none", "istio", "gateway-api"] = Field(
+        default="none",
+        description="How challengers get copies of a champion's requests (shadow phases): "
+        "an Istio VirtualService of ours with mirror and mirrorPercentage (istio), or a "
+        "Gateway API HTTPRoute of ours with a RequestMirror filter (gateway-api). none: "
+        "shadow phases are refused.",
+    )
+    shadow_istio_gateways: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("mesh",),
+        description="shadow_mirror istio: the gateways of our VirtualService "
+        "(comma-separated): mesh (the callers' sidecars) and/or Gateways as namespace/name.",
+    )
+    shadow_istio_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="shadow_mirror istio: hosts added to our VirtualService after the "
+        "champion's predictor Service host (comma-separated), e.g. for traffic that enters "
+        "through a Gateway.",
+    )
+    shadow_route_parent_refs: tuple[RouteParentRef, ...] = Field(
+        default=(),
+        description="shadow_mirror gateway-api: the parentRefs of our mirror HTTPRoute, like "
+        "standard_route_parent_refs. Empty: the champion's predictor Service itself (a GAMMA "
+        "mesh route).",
+    )
+    shadow_route_hostnames: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="shadow_mirror gateway-api: the hostnames of our mirror HTTPRoute "
+        "(comma-separated).",
+    )
+    cluster_domain: str = Field(
+        default="cluster.local",
+        description="The cluster's DNS domain, in the Service host names our VirtualService "
+        "names (<service>.<namespace>.svc.<cluster domain>).",
     )
     metric_profile: Literal[
         "knative-otel", "knative-opencensus", "istio", "kserve-model-server"
@@ -396,6 +430,9 @@ class Settings(BaseSettings):
         "kserve_annotation_disallowed",
         "kserve_label_disallowed",
         "standard_route_hostnames",
+        "shadow_istio_gateways",
+        "shadow_istio_hosts",
+        "shadow_route_hostnames",
         "servicenow_callback_secrets",
         "approval_webhook_secrets",
         mode="before",
@@ -412,7 +449,7 @@ class Settings(BaseSettings):
         # KSC_KUBECONFIG="" would otherwise be the path "." (a directory, never a kubeconfig)
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("standard_route_hostnames")
+    @field_validator("standard_route_hostnames", "shadow_route_hostnames", "shadow_istio_hosts")
     @classmethod
     def _hostnames_are_dns_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for host in value:
@@ -421,6 +458,35 @@ class Settings(BaseSettings):
                     f"{host!r} is not a hostname (lowercase DNS name, optionally starting "
                     "with '*.')"
                 )
+        return value
+
+    @field_validator("shadow_istio_gateways")
+    @classmethod
+    def _istio_gateways(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(
+                "name at least one gateway: mesh (the callers' sidecars) or namespace/name"
+            )
+        for gateway in value:
+            namespace, _, name = gateway.rpartition("/")
+            good_namespace = not namespace or (
+                _DNS_LABEL.fullmatch(namespace) is not None and len(namespace) <= 63
+            )
+            good_name = _DNS_NAME.fullmatch(name) is not None and len(name) <= 253
+            if not (good_namespace and good_name):
+                raise ValueError(
+                    f"{gateway!r} is not a gateway: mesh, a Gateway's name, or namespace/name "
+                    "(lowercase DNS names)"
+                )
+        return value
+
+    @field_validator("cluster_domain")
+    @classmethod
+    def _cluster_domain_is_a_dns_name(cls, value: str) -> str:
+        if not _DNS_NAME.fullmatch(value) or len(value) > 253:
+            raise ValueError(
+                f"{value!r} is not a DNS name (lowercase, no trailing dot), e.g. cluster.local"
+            )
         return value
 
     @classmethod
@@ -441,6 +507,8 @@ class Settings(BaseSettings):
 
 
 _HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -41,12 +41,14 @@ from canary.k8s.client import (
     INFERENCE_SERVICE,
     LEASE,
     SERVICE_ACCOUNT,
+    VIRTUAL_SERVICE,
     KubeClient,
     KubeError,
     NotFound,
     ResourceKind,
 )
 from canary.policy import load_policies
+from canary.routing.mirror import OWNED_SELECTOR
 from canary.settings import Settings, load_settings
 from testbed.binaries import BuildError, Tool, cache_key, ensure_helm, helm_cache_key
 from testbed.testbed import Testbed
@@ -125,7 +127,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # and the operator API's reviews), as (apiGroup, resource, verb).
 WORKLOAD_GRANTS = {
     *{("serving.kserve.io", "inferenceservices", v) for v in ("get", "list", "watch", "patch")},
-    *{("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "create", "patch")},
+    # our Standard-mode route and our shadow mirror routes: server-side apply (create +
+    # patch), the mirror cleanup's list by label, and delete
+    *{
+        ("gateway.networking.k8s.io", "httproutes", v)
+        for v in ("get", "list", "create", "patch", "delete")
+    },
+    *{
+        ("networking.istio.io", "virtualservices", v)
+        for v in ("get", "list", "create", "patch", "delete")
+    },
     ("", "events", "create"),
     ("", "events", "patch"),
 }
@@ -964,7 +975,9 @@ def test_the_namespaced_variant_grants_workloads_only_in_the_watched_namespaces(
     }
     for role in of_kind(objects, "ClusterRole"):
         resources = {r for _, r, _ in grants(role["rules"])}
-        assert not resources & {"inferenceservices", "httproutes", "events"}, role
+        assert not resources & {"inferenceservices", "httproutes", "virtualservices", "events"}, (
+            role
+        )
     assert env_of(only(objects, "Deployment"))["KSC_NAMESPACES"]["value"] == "team-a,team-b"
 
 
@@ -1234,6 +1247,21 @@ def test_the_controller_s_service_account_can_make_its_calls_and_no_others(
         kube.apply(HTTP_ROUTE, watched, route, field_manager="kserve-canary", force=True)
         kube.apply(HTTP_ROUTE, watched, route, field_manager="kserve-canary", force=True)
         kube.get(HTTP_ROUTE, watched, "r")
+        kube.list(HTTP_ROUTE, watched, label_selector=OWNED_SELECTOR)
+        # the Istio shadow mirror: written, read, listed by label and removed
+        virtual_service = {
+            "apiVersion": VIRTUAL_SERVICE.api_version, "kind": VIRTUAL_SERVICE.kind,
+            "metadata": {"name": "v", "namespace": watched}, "spec": {"hosts": ["v"]},
+        }  # fmt: skip
+        for _ in range(2):  # the first apply creates, the second patches
+            kube.apply(VIRTUAL_SERVICE, watched, virtual_service, field_manager="kserve-canary",
+                       force=True)  # fmt: skip
+        kube.get(VIRTUAL_SERVICE, watched, "v")
+        kube.list(VIRTUAL_SERVICE, watched, label_selector=OWNED_SELECTOR)
+        assert _forbidden(lambda: kube.list(VIRTUAL_SERVICE, other))
+        stored = kube.get(VIRTUAL_SERVICE, watched, "v")
+        assert _forbidden(lambda: kube.replace(VIRTUAL_SERVICE, watched, "v", stored))
+        kube.delete(VIRTUAL_SERVICE, watched, "v")
         kube.create(EVENT, watched, {
             "apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "c-"},
             "involvedObject": {"kind": "InferenceService", "namespace": watched, "name": "m"},
@@ -1251,7 +1279,11 @@ def test_the_controller_s_service_account_can_make_its_calls_and_no_others(
         assert _forbidden(lambda: kube.list(INFERENCE_SERVICE, other))
         assert _forbidden(lambda: kube.list(INFERENCE_SERVICE, None))
         assert _forbidden(lambda: kube.delete(INFERENCE_SERVICE, watched, "m"))
-        assert _forbidden(lambda: kube.delete(HTTP_ROUTE, watched, "r"))
+        assert _forbidden(
+            lambda: kube.replace(HTTP_ROUTE, watched, "r", kube.get(HTTP_ROUTE, watched, "r"))
+        )
+        assert _forbidden(lambda: kube.list(HTTP_ROUTE, other))
+        kube.delete(HTTP_ROUTE, watched, "r")  # a mirror route is removed when its phase ends
         assert _forbidden(lambda: kube.list(CONFIG_MAP, namespace))
         assert _forbidden(lambda: kube.list(ResourceKind("", "v1", "secrets", "Secret"), namespace))
         assert _forbidden(lambda: kube.create(LEASE, watched, lease))

@@ -128,6 +128,7 @@ class Driver:
         step: int | None = None,
         revision: str = "r2",
         at: datetime | None = None,
+        ceiling: str | None = None,
     ) -> Driver:
         assert self.state is not None
         return self.apply(
@@ -138,6 +139,7 @@ class Driver:
                 evaluated_at=at or self.now,
                 sufficient_data=sufficient,
                 summary=f"{verdict.value.lower()} at step {self.state.step_index}",
+                ceiling=ceiling,
             )
         )
 

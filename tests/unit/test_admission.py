@@ -44,8 +44,8 @@ POLICIES = PolicySet(
         RolloutPolicy(name="fraud-scoring", steps=(5, 10, 25, 50, 100)),
         RolloutPolicy(name="shadow-first", shadow=ShadowPolicy(enabled=True)),
         RolloutPolicy(
-            name="shadow-optional",
-            shadow=ShadowPolicy(enabled=True, required_before_canary=False),
+            name="shadow-report",
+            shadow=ShadowPolicy(enabled=True, after="report"),
         ),
     ],
     {},
@@ -363,10 +363,10 @@ KNATIVE_ROWS = [
         patch=percent_op(0),
     ),
     Row(
-        "shadow enabled but not required first: the first step",
-        isvc(annotations={**ON, "kserve-canary.io/policy": "shadow-optional"}),
-        isvc(V2, annotations={**ON, "kserve-canary.io/policy": "shadow-optional"}),
-        patch=percent_op(10),
+        "a shadow that only reports still shadows first: 0",
+        isvc(annotations={**ON, "kserve-canary.io/policy": "shadow-report"}),
+        isvc(V2, annotations={**ON, "kserve-canary.io/policy": "shadow-report"}),
+        patch=percent_op(0),
     ),
     Row(
         "shadow before canary with 10 in the write: lowered to 0",
@@ -743,7 +743,7 @@ def test_first_target() -> None:
     assert first_target(POLICIES.get("default")) == 10
     assert first_target(POLICIES.get("fraud-scoring")) == 5
     assert first_target(POLICIES.get("shadow-first")) == 0
-    assert first_target(POLICIES.get("shadow-optional")) == 10
+    assert first_target(POLICIES.get("shadow-report")) == 0
 
 
 def test_knative_template_ignores_only_what_stays_off_the_template() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -644,6 +645,57 @@ def test_failed_shadow_comparison_rolls_back_and_removes_the_mirror() -> None:
     d.verdict(Verdict.FAILED, step=machine.SHADOW_STEP)
     assert d.phase() is Phase.ROLLED_BACK, "no live traffic to move: done at once"
     assert d.mirrors() == [0]
+
+
+def shadowing(**shadow: Any) -> Driver:
+    d = Driver(make_policy(shadow={"enabled": True, "duration": "10m", **shadow})).start(spec=0)
+    d.see(0)
+    assert d.phase() is Phase.SHADOWING
+    return d
+
+
+@pytest.mark.parametrize("after", ["gate", "report"])
+def test_a_challenger_over_a_ceiling_stops_the_mirror_and_rolls_back_whatever_after_says(
+    after: str,
+) -> None:
+    d = shadowing(after=after).at(MIN)
+    d.verdict(Verdict.FAILED, step=machine.SHADOW_STEP, ceiling="error rate 0.4 > 0.2")
+    assert d.mirrors() == [0]
+    assert "ShadowStopped" in d.events()
+    assert d.phase() is Phase.ROLLED_BACK
+    assert d.traffic() == [(0, "rollback")], "a failing challenger never gets live traffic"
+
+
+def test_a_reporting_shadow_records_a_failed_comparison_and_starts_the_canary() -> None:
+    d = shadowing(after="report").at(3 * MIN)
+    d.verdict(Verdict.FAILED, step=machine.SHADOW_STEP)
+    assert d.mirrors() == [0]
+    assert "shadow.reported" in d.audits()
+    assert d.phase() is Phase.PROGRESSING
+    assert d.traffic() == [(10, "start")], "the canary's own analysis now decides"
+
+
+def test_a_gating_shadow_pauses_at_its_deadline_a_reporting_one_moves_on() -> None:
+    gate = shadowing(timeout="25m")
+    gate.at(5 * MIN).verdict(step=machine.SHADOW_STEP, sufficient=False)
+    gate.at(24 * MIN)
+    assert gate.phase() is Phase.SHADOWING
+    gate.at(25 * MIN)
+    assert gate.phase() is Phase.PAUSED
+    assert gate.traffic() == []
+
+    report = shadowing(timeout="25m", after="report")
+    report.at(25 * MIN)
+    assert report.phase() is Phase.PROGRESSING
+    assert report.mirrors() == [0]
+    assert report.traffic() == [(10, "start")]
+
+
+def test_an_insufficient_comparison_never_ends_a_gating_shadow_early() -> None:
+    d = shadowing()
+    d.at(11 * MIN).verdict(step=machine.SHADOW_STEP, sufficient=False)
+    assert d.phase() is Phase.SHADOWING
+    assert d.traffic() == []
 
 
 @pytest.mark.parametrize(

@@ -340,6 +340,41 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
         "less than or equal to 100",
         "150",
     ),
+    (
+        "shadow-old-field",
+        {"shadow": {"enabled": True, "requiredBeforeCanary": False}},
+        "shadow",
+        "requiredBeforeCanary was replaced by after: gate",
+        "",
+    ),
+    (
+        "shadow-after-unknown",
+        {"shadow": {"enabled": True, "after": "promote"}},
+        "shadow.after",
+        "'gate' or 'report'",
+        "'promote'",
+    ),
+    (
+        "shadow-timeout-short",
+        {"shadow": {"enabled": True, "duration": "10m", "timeout": "5m"}},
+        "shadow",
+        "timeout (5m) must not be shorter than duration (10m)",
+        "",
+    ),
+    (
+        "shadow-agreement-above-one",
+        {"shadow": {"enabled": True, "minAgreement": 1.5}},
+        "shadow.minAgreement",
+        "less than or equal to 1",
+        "1.5",
+    ),
+    (
+        "shadow-min-samples-zero",
+        {"shadow": {"enabled": True, "minSamples": 0}},
+        "shadow.minSamples",
+        "greater than or equal to 1",
+        "0",
+    ),
 ]
 
 

@@ -203,6 +203,108 @@ def run(config_file: Path | None) -> None:
     application.stop()
 
 
+@main.command("shadow-collector")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="KSC_CONFIG_FILE",
+    help="YAML settings file (KSC_* environment variables override it, these options both).",
+)
+@click.option("--host", help="Address to listen on (setting shadow_collector_host; 0.0.0.0).")
+@click.option("--port", type=int, help="Port (setting shadow_collector_port; 9400).")
+@click.option(
+    "--decision-field",
+    help="The decision's key in a v1 prediction, or the v2 output's name (setting "
+    "shadow_collector_decision_field; decision).",
+)
+@click.option(
+    "--score-field",
+    help="The score's key in a v1 prediction, or the v2 output's name (setting "
+    "shadow_collector_score_field; score).",
+)
+@click.option(
+    "--ttl-seconds",
+    type=float,
+    help="How long a response waits for its partner and an id is remembered (setting "
+    "shadow_collector_ttl_seconds; 30).",
+)
+@click.option(
+    "--max-pending",
+    type=int,
+    help="Request ids held at most; the oldest is dropped when full (setting "
+    "shadow_collector_max_pending; 100000).",
+)
+@click.option(
+    "--max-body-bytes",
+    type=int,
+    help="The largest body read, 413 above it (setting shadow_collector_max_body_bytes; 1048576).",
+)
+def shadow_collector(config_file: Path | None, **options: Any) -> None:
+    """Receive KServe payload-logger events and export shadow agreement to Prometheus.
+
+    Joins the responses of different InferenceServices to the same request (the same Ce-Id)
+    and serves the pairs at /metrics; the loggers post to / or /events. One replica: the join
+    is held in memory. Plain HTTP: keep it behind a NetworkPolicy. Runs until SIGTERM or
+    SIGINT; exits 2 on invalid settings, 3 when it cannot listen.
+    """
+    import signal
+    import threading
+
+    from canary.api.shadow import collector_app
+    from canary.log import configure_logging, get_logger
+    from canary.server import HttpServer, HttpServerError
+    from canary.shadow.collector import ShadowCollector, ShadowMetrics
+    from canary.shadow.join import Joiner
+
+    overrides = {
+        f"shadow_collector_{name}": value for name, value in options.items() if value is not None
+    }
+    try:
+        settings = load_settings(config_file, **overrides)
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
+    configure_logging(settings.environment, settings.log_level)
+    joiner = Joiner(
+        ttl_seconds=settings.shadow_collector_ttl_seconds,
+        max_pending=settings.shadow_collector_max_pending,
+    )
+    collector = ShadowCollector(
+        joiner,
+        ShadowMetrics(),
+        decision_field=settings.shadow_collector_decision_field,
+        score_field=settings.shadow_collector_score_field,
+    )
+    server = HttpServer(
+        collector_app(collector, max_body=settings.shadow_collector_max_body_bytes),
+        host=settings.shadow_collector_host,
+        port=settings.shadow_collector_port,
+        certfile=None,
+        keyfile=None,
+    )
+    try:
+        server.start()
+    except HttpServerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    get_logger("canary.cli").info(
+        "shadow.collector_started",
+        host=settings.shadow_collector_host,
+        port=server.port,
+        decision_field=collector.decision_field,
+        score_field=collector.score_field,
+        ttl_seconds=settings.shadow_collector_ttl_seconds,
+        max_pending=settings.shadow_collector_max_pending,
+    )
+    click.echo(f"kserve-canary shadow collector on http port {server.port}", err=True)
+    stop.wait()
+    server.stop()
+
+
 def _store(database_url: str | None) -> AuditStore:
     from canary.audit import AuditStore
 

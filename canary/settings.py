@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -340,6 +341,57 @@ class Settings(BaseSettings):
         description="whsec_ secrets of the generic signed-webhook gate (a firm's own change "
         "system), comma-separated in the environment.",
     )
+
+    # -- the shadow collector (canary shadow-collector, its own process) -----------------
+    shadow_collector_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - the pod's address; the InferenceServices' loggers post to it
+        description="Where the shadow collector listens (plain HTTP: put a NetworkPolicy in "
+        "front of it).",
+    )
+    shadow_collector_port: int = Field(default=9400, ge=0, le=65535, description="0 picks one.")
+    shadow_collector_decision_field: str = Field(
+        default="decision",
+        min_length=1,
+        max_length=256,
+        description="The decision in a response: a v1 prediction object's key, or a v2 "
+        "output's name.",
+    )
+    shadow_collector_score_field: str = Field(
+        default="score",
+        min_length=1,
+        max_length=256,
+        description="The score in a response: a v1 prediction object's key, or a v2 output's name.",
+    )
+    shadow_collector_ttl_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long a response waits for its partner, and how long a request id is "
+        "remembered so a replay does not count twice.",
+    )
+    shadow_collector_max_pending: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000,
+        description="Request ids held at most (waiting or recently paired); when full, the "
+        "oldest is dropped.",
+    )
+    shadow_collector_max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="The largest request body the collector reads (413 above it).",
+    )
+
+    @field_validator("shadow_collector_score_field")
+    @classmethod
+    def _shadow_fields_differ(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("shadow_collector_decision_field"):
+            raise ValueError(
+                "the same as shadow_collector_decision_field; a response's decision and score "
+                "are read from different fields"
+            )
+        return value
 
     @field_validator("servicenow_callback_secrets", "approval_webhook_secrets")
     @classmethod

@@ -661,6 +661,7 @@ def status(
                 **item,
                 "evidence": tuple(item.get("evidence") or ()),
                 "approval": tuple(item.get("approval") or ()),
+                "shadow": tuple(item.get("shadow") or ()),
             }
         )
         for item in items

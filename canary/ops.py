@@ -18,12 +18,20 @@ from typing import Any
 
 from analysis.sequential_check import describe
 from canary.access import COMMAND_NAMES
-from canary.audit import AuditStore, CommandRow, RolloutRow
-from canary.checks import check_definitions
+from canary.audit import AuditStore, CommandRow, Measurement, RolloutRow, StoredMeasurement
+from canary.checks import SHADOW_PREFIX, check_definitions, shadow_checks
 from canary.engine import RolloutDocument, describe_wait
+from canary.model import Phase
 from canary.policy import format_duration
 
-__all__ = ["StatusLine", "parse_target", "render_status", "status_lines", "submit_command"]
+__all__ = [
+    "StatusLine",
+    "parse_target",
+    "render_status",
+    "shadow_lines",
+    "status_lines",
+    "submit_command",
+]
 
 
 def parse_target(text: str) -> tuple[str, str]:
@@ -100,6 +108,7 @@ class StatusLine:
     started: str
     evidence: tuple[str, ...] = ()
     approval: tuple[str, ...] = ()  # the approval awaited: change, state, deadline, who
+    shadow: tuple[str, ...] = ()  # a shadow phase: the mirror, the comparison so far
 
 
 def evidence_lines(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]:
@@ -108,12 +117,67 @@ def evidence_lines(doc: RolloutDocument, look_seconds: float) -> tuple[str, ...]
     if doc.state.terminal:
         return ()
     lines = []
-    for check in check_definitions(doc.policy):
+    shadowing = doc.state.phase is Phase.SHADOWING
+    checks = shadow_checks(doc.policy) if shadowing else check_definitions(doc.policy)
+    for check in checks:
         if check.sequential:
             memory = doc.memory.get(check.name)
             state = memory.sequential if memory is not None else None
             lines.append(describe(check, state, look_seconds))
     return tuple(lines)
+
+
+def shadow_lines(
+    doc: RolloutDocument, now: datetime, measurements: Sequence[StoredMeasurement] = ()
+) -> tuple[str, ...]:
+    """For a rollout in its shadow phase: what is mirrored where, for how long, and the
+    latest comparison of the challenger with the champion (each check's challenger and
+    champion values and samples, as the last analysis recorded them)."""
+    state = doc.state
+    shadowing = state.phase is Phase.SHADOWING or (
+        state.phase is Phase.PAUSED and state.paused_from is Phase.SHADOWING
+    )
+    if not shadowing:
+        return ()
+    shadow = doc.policy.shadow
+    who = f"challenger {state.challenger}" if state.challenger else "dark launch"
+    champion = state.stable.name if state.stable else "the stable revision"
+    lines = [
+        f"shadow ({who}, after: {shadow.after}): {shadow.mirror_percent}% of live requests "
+        f"mirrored to {state.canary.name}, compared with {champion}; responses discarded"
+    ]
+    since = doc.mirror_applied_at
+    if since is None:
+        lines.append("mirror object not written yet")
+    else:
+        ran = max(now - since, timedelta(0))
+        decide_by = state.phase_entered_at + shadow.deadline
+        lines.append(
+            f"mirroring for {format_duration(ran)} (minimum {format_duration(shadow.duration)}; "
+            f"undecided at {decide_by:%H:%M:%S} UTC it "
+            + ("pauses)" if shadow.after == "gate" else "ends as reported)")
+        )
+    latest: dict[str, Measurement] = {}
+    for stored in measurements:
+        m = stored.measurement
+        if m.check.startswith(SHADOW_PREFIX):
+            latest[m.check] = m
+    for name, m in sorted(latest.items()):
+        lines.append(f"{name}: {_compared(m, shadow.min_samples)}")
+    return tuple(lines)
+
+
+def _compared(m: Measurement, min_samples: int) -> str:
+    def value(v: float | None) -> str:
+        return "no data" if v is None else f"{v:.4g}"
+
+    samples = m.canary_samples if m.canary_samples is not None else 0
+    more = "" if samples >= min_samples else f", {min_samples - samples} more samples needed"
+    return (
+        f"challenger {value(m.canary_value)} vs champion {value(m.baseline_value)} "
+        f"({samples} vs {m.baseline_samples or 0} samples{more}) -> {m.verdict} "
+        f"at {m.evaluated_at:%H:%M:%S}"
+    )
 
 
 def _approval(store: AuditStore, doc: RolloutDocument, now: datetime) -> tuple[str, ...]:
@@ -179,6 +243,11 @@ def _line(
         started=f"{state.created_at:%Y-%m-%d %H:%M:%S}",
         evidence=evidence_lines(doc, look_seconds),
         approval=_approval(store, doc, now) if store is not None else (),
+        shadow=shadow_lines(
+            doc, now, store.measurements_for(state.rollout_id) if store is not None else ()
+        )
+        if not state.terminal
+        else (),
     )
 
 
@@ -218,6 +287,7 @@ def render_status(lines: Sequence[StatusLine]) -> str:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         out.append("  ".join([*cells, row[-1]]).rstrip())
         if index > 0:
+            out.extend(f"  {line}" for line in lines[index - 1].shadow)
             out.extend(f"  {line}" for line in lines[index - 1].approval)
             out.extend(f"  {line}" for line in lines[index - 1].evidence)
     return "\n".join(out)

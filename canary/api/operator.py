@@ -275,7 +275,12 @@ def router(
         if name is not None and not lines:
             return _error(404, f"no rollout for {namespace}/{name}")
         items = [
-            {**asdict(line), "evidence": list(line.evidence), "approval": list(line.approval)}
+            {
+                **asdict(line),
+                "evidence": list(line.evidence),
+                "approval": list(line.approval),
+                "shadow": list(line.shadow),
+            }
             for line in lines
         ]
         return JSONResponse({"items": items})

@@ -446,3 +446,40 @@ def test_a_ceiling_is_breached_only_on_enough_of_the_challengers_requests(
     else:
         assert found is not None
         assert said in found
+
+
+# --- canary status --------------------------------------------------------------------------
+
+
+def test_status_shows_the_mirror_the_time_left_and_the_latest_comparison() -> None:
+    from canary.audit import Measurement, StoredMeasurement
+    from canary.ops import shadow_lines
+
+    doc = challenger_doc()
+    assert shadow_lines(doc, T0)[-1] == "mirror object not written yet"
+    doc = replace(doc, mirror_applied_at=T0)
+
+    def measured(check: str, value: float, samples: int, at: datetime) -> StoredMeasurement:
+        m = Measurement(
+            check=check, evaluated_at=at, query="q", prometheus_url="", response_digest="",
+            canary_value=value, baseline_value=0.02, canary_samples=samples,
+            baseline_samples=900, statistic=None, threshold=None, verdict="Successful",
+            dry_run=False,
+        )  # fmt: skip
+        return StoredMeasurement(audit_seq=1, position=0, rollout_id="ro-1", measurement=m)
+
+    history = [
+        measured("shadow-latency-p99", 0.05, 40, T0 + timedelta(minutes=1)),
+        measured("shadow-latency-p99", 0.04, 250, T0 + timedelta(minutes=2)),
+        measured("latency-p99", 9.0, 10, T0),  # a canary step's: not the shadow's
+    ]
+    lines = shadow_lines(doc, T0 + timedelta(minutes=3), history)
+    assert "challenger scorer-v2" in lines[0]
+    assert "25% of live requests mirrored to c1" in lines[0]
+    assert "mirroring for 3m" in lines[1]
+    assert lines[2].startswith("shadow-latency-p99: challenger 0.04 vs champion 0.02")
+    assert "(250 vs 900 samples)" in lines[2], "only the latest comparison, with enough samples"
+    assert len(lines) == 3
+    ended = reach(Phase.REJECTED)
+    assert ended.state is not None
+    assert shadow_lines(document(ended.state, ended.policy), T0) == ()

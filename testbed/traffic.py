@@ -369,7 +369,7 @@ class _Service:
 
     targets: tuple[Target, ...] = ()
     mirror: Target | None = None
-    mirror_percent: int = 0
+    mirror_percent: float = 0.0
 
 
 BehaviourSource = BehaviourBook | BehaviourWatcher | Callable[[], BehaviourBook]
@@ -471,10 +471,14 @@ class TrafficSimulator:
         with self._lock:
             self._update(namespace, isvc, None)
 
-    def set_mirror(self, namespace: str, isvc: str, target: Target | None, percent: int) -> None:
-        """Also send a copy of ``percent`` % of ``isvc``'s live requests to ``target`` (whose
-        own ``percent`` is ignored). The copies count on the mirror target only; the primary
-        targets' metrics do not change. ``target=None`` stops mirroring."""
+    def set_mirror(self, namespace: str, isvc: str, target: Target | None, percent: float) -> None:
+        """Also send a copy of ``percent`` % (0..100, fractions allowed) of ``isvc``'s live
+        requests to ``target`` (whose own ``percent`` is ignored). The copies count on the
+        mirror target only; the primary targets' metrics do not change. A target an
+        InferenceService routes is shared with its routes (same pod and counters; the routed
+        model wins should ``target`` name another storage URI, as the pods behind a Service
+        are what its routing runs); a target nobody routes is a pod of its own, which only
+        one InferenceService may mirror to. ``target=None`` stops mirroring."""
         if not 0 <= percent <= 100:
             raise ValueError(f"mirror percent must be within 0..100, got {percent}")
         with self._lock:
@@ -522,7 +526,10 @@ class TrafficSimulator:
     def _update(self, namespace: str, isvc: str, service: _Service | None) -> None:
         """Replace one service's routing, then create endpoints for new targets, drop those
         no longer routed or mirrored, and rewrite the service-discovery file. Nothing changes
-        if the new routing is refused. Callers hold the lock."""
+        if the new routing is refused. Callers hold the lock.
+
+        A target belongs to the InferenceService that routes it; a mirror target nobody
+        routes belongs to the InferenceService mirroring to it."""
         services = dict(self._services)
         if service is None:
             services.pop((namespace, isvc), None)
@@ -531,22 +538,28 @@ class TrafficSimulator:
             services[(namespace, isvc)] = service
         wanted: dict[tuple[str, str], tuple[str, Target]] = {}
         for (ns, name), routing in services.items():
-            members = list(routing.targets)
-            if routing.mirror is not None:
-                members.append(routing.mirror)
-            for target in members:
+            for target in routing.targets:
                 key = (ns, target.revision)
                 owner = wanted.get(key)
                 if owner is not None and owner[0] != name:
                     raise ValueError(
                         f"{ns}/{target.revision} is routed by both {owner[0]} and {name}"
                     )
-                if owner is not None and owner[1].storage_uri != target.storage_uri:
-                    raise ValueError(
-                        f"{ns}/{target.revision} is listed with two storage URIs: "
-                        f"{owner[1].storage_uri} and {target.storage_uri}"
-                    )
                 wanted[key] = (name, target)
+        mirrored: dict[tuple[str, str], tuple[str, Target]] = {}
+        for (ns, name), routing in services.items():
+            copy_to = routing.mirror
+            if copy_to is None or (ns, copy_to.revision) in wanted:
+                continue  # a routed target: the copies share its endpoint
+            key = (ns, copy_to.revision)
+            owner = mirrored.get(key)
+            if owner is not None and owner[0] != name:
+                raise ValueError(
+                    f"{ns}/{copy_to.revision} is mirrored to by both {owner[0]} and {name} "
+                    "and routed by neither"
+                )
+            mirrored[key] = (name, copy_to)
+        wanted.update(mirrored)
         self._services = services
         for key in list(self._endpoints):
             current = self._endpoints[key]
@@ -624,7 +637,7 @@ class TrafficSimulator:
             mirrored = self._binomial(live, service.mirror_percent / 100)
             if mirrored:
                 endpoint = self._endpoints[(namespace, service.mirror.revision)]
-                behaviour = book.for_model(service.mirror.storage_uri)
+                behaviour = book.for_model(endpoint.storage_uri)  # the routed model, if any
                 self._serve(endpoint, behaviour, mirrored, mirrored=True)
         return live + mirrored
 

@@ -25,7 +25,7 @@ from testbed.behaviour import (
     LatencyProfile,
     ModelBehaviour,
 )
-from testbed.traffic import LATENCY_BUCKETS_SECONDS, Target, TrafficSimulator
+from testbed.traffic import LATENCY_BUCKETS_SECONDS, RequestCounts, Target, TrafficSimulator
 
 NS = "models"
 STABLE = "s3://models/scorer/v1"
@@ -175,6 +175,66 @@ def test_mirrored_copies_count_on_the_mirror_only(tmp_path: Path) -> None:
     assert sim.counts(NS, "scorer-predictor-00001").requests == 11_000
     with pytest.raises(KeyError, match="scorer-challenger-predictor-00001"):
         sim.counts(NS, "scorer-challenger-predictor-00001")
+
+
+CHALLENGER_REV = "challenger-predictor-00001"
+
+
+def test_a_challengers_own_routes_and_the_mirror_share_one_endpoint(tmp_path: Path) -> None:
+    models = book(rate=1000.0).with_rate(NS, "challenger", 200.0)
+    sim = TrafficSimulator(models, tmp_path / "targets.json", rng=random.Random(3))
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    # the mirror first: a pod of the champion's until the challenger routes it
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, SHADOW), 50)
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    run(sim, 10)
+    shared = sim.counts(NS, CHALLENGER_REV)
+    assert within_sampling_error(shared.mirrored, 10_000, 0.5)
+    assert shared.requests == 2_000 + shared.mirrored  # its own live requests and the copies
+    rows = samples(sim.registry(NS, CHALLENGER_REV))
+    assert {labels["model_name"] for labels, _ in rows["request_predict_seconds_count"]} == {
+        "challenger"
+    }
+    sim.bind()
+    try:
+        paths = [
+            entry["labels"]["__metrics_path__"] for entry in json.loads(sim.sd_file.read_text())
+        ]
+        assert sorted(paths) == [
+            f"/metrics/{NS}/{CHALLENGER_REV}",
+            f"/metrics/{NS}/scorer-predictor-00001",
+        ]
+
+        sim.set_mirror(NS, "scorer", None, 0)  # the shadow ends: the challenger's pod stays
+        run(sim, 1)
+        after = sim.counts(NS, CHALLENGER_REV)
+        assert after.requests == shared.requests + 200
+        assert after.mirrored == shared.mirrored
+    finally:
+        sim.stop()
+
+
+def test_a_mirror_follows_the_model_its_target_is_routed_with(tmp_path: Path) -> None:
+    models = book(models={SHADOW: behaviour(0.02, 0.04, 1.0)}).with_rate(NS, "challenger", 0.0)
+    sim = TrafficSimulator(models, tmp_path / "targets.json", rng=random.Random(3))
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, CANARY), 100)  # a stale model
+    run(sim, 2)
+    assert sim.counts(NS, CHALLENGER_REV) == RequestCounts(2_000, 2_000, 2_000)  # SHADOW's
+
+
+def test_only_one_inference_service_may_mirror_to_a_target_nobody_routes(tmp_path: Path) -> None:
+    sim = simulator(tmp_path, book())
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    sim.set_routes(NS, "ranker", [Target("ranker-predictor-00001", 100, STABLE)])
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, SHADOW), 10)
+    with pytest.raises(ValueError, match="mirrored to by both scorer and ranker"):
+        sim.set_mirror(NS, "ranker", Target(CHALLENGER_REV, 0, SHADOW), 10)
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    sim.set_mirror(NS, "ranker", Target(CHALLENGER_REV, 0, SHADOW), 10)  # routed: shared
+    run(sim, 1)
+    assert sim.counts(NS, CHALLENGER_REV).mirrored > 0
 
 
 # --- what each request looks like -----------------------------------------------------------

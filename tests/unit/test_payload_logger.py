@@ -5,14 +5,19 @@ kept-alive connection, against a loopback HTTP server that records what it recei
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from testbed.behaviour import BehaviourBook, ModelBehaviour
 from testbed.payload_logger import BATCH_CONTENT_TYPE, EventSender, LoggerEvent
+from testbed.traffic import Target, TrafficSimulator
 
 NS = "models"
 
@@ -170,3 +175,35 @@ def test_no_collector_listening_counts_failures_and_never_raises() -> None:
 def test_a_url_that_is_not_http_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="must be http"):
         EventSender(url)
+
+
+def test_the_running_simulator_posts_its_events_and_flushes_them_on_stop(
+    tmp_path: Path, collector: Collector
+) -> None:
+    ok = ModelBehaviour(error_rate=0.0)
+    models = BehaviourBook(default_rate=50.0, default=ok).with_rate(NS, "challenger", 0.0)
+    sim = TrafficSimulator(
+        models,
+        tmp_path / "targets.json",
+        rng=random.Random(11),
+        tick_interval=0.05,
+        logger_url=collector.url,
+    )
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, "s3://m/v1")])
+    sim.set_routes(NS, "challenger", [Target("challenger-predictor-00001", 100, "s3://m/ch")])
+    sim.set_mirror(NS, "scorer", Target("challenger-predictor-00001", 0, "s3://m/ch"), 100)
+    sim.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(collector.events()) < 20:
+            assert time.monotonic() < deadline, "no events reached the collector within 10 s"
+            time.sleep(0.05)
+    finally:
+        sim.stop()
+    stats = sim.stats()
+    copies = sim.counts(NS, "challenger-predictor-00001").mirrored
+    assert stats["logger_events_sent"] == 2 * copies == len(collector.events())
+    assert stats["logger_events_queued"] == stats["logger_events_dropped"] == 0
+    assert {e["inferenceservicename"] for e in collector.events()} == {"scorer", "challenger"}
+    assert sim.logger is not None
+    assert not sim.logger.running

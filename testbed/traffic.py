@@ -43,10 +43,12 @@ to the mirror target as well, and the answer is discarded. The copies are the li
 requests: the mirror model decides on the same latent draws (fraud flag, decision uniform,
 score normal; :class:`~testbed.behaviour.BusinessProfile`) as the model that served the
 live request, and draws its own latency and error. Copies count on the mirror target only
-(``RequestCounts.mirrored``), never on the targets serving the live requests. A mirror
-target that an InferenceService routes (a challenger's own revision or Deployment, or a
-Standard-mode canary entry of the champion itself) is that target: one pod, one set of
-counters, the routed model, since the mirror reaches the pods behind a Service.
+(``RequestCounts.mirrored``), never on the targets serving the live requests (unless the
+mirror target is itself one of the champion's targets with a live share: a pod counts all
+it serves). A mirror target that an InferenceService routes (a challenger's own revision
+or Deployment, or a Standard-mode canary entry of the champion itself) is that target: one
+pod, one set of counters, the routed model, since the mirror reaches the pods behind a
+Service.
 
 With a ``logger_url``, each mirrored request answered 200 by both sides yields two response
 CloudEvents with the same id, one from the champion's InferenceService and one from the

@@ -77,6 +77,16 @@ class BusinessProfile(_Model):
     fraudulent request with probability ``detectionRate`` and a legitimate one with
     probability ``falsePositiveRate``. Scores are normal around a mean that depends on the
     decision, clipped to [0, 1].
+
+    Every request carries latent draws: whether it is fraud, a uniform ``u`` and a standard
+    normal ``z``. The model declines when ``u`` is below its detection (fraud) or false
+    positive (legitimate) rate, and scores ``mean + scoreStddev * z``. A mirrored copy of a
+    request reuses the live request's draws (its fraud flag drawn with the live model's
+    ``fraudRate``: the copies are the same requests), so two models with equal profiles
+    decide and score every shared request alike. ``decisionNoise`` is the chance that a
+    model ignores the shared ``u`` and draws its own: with rates ``p`` and ``q``, two models
+    agree with probability ``1 - |p - q|`` when both use ``u`` and ``pq + (1-p)(1-q)``
+    when either draws its own.
     """
 
     fraud_rate: float = Field(default=0.01, ge=0, le=1)
@@ -85,6 +95,7 @@ class BusinessProfile(_Model):
     decline_score_mean: float = Field(default=0.85, ge=0, le=1)
     approve_score_mean: float = Field(default=0.10, ge=0, le=1)
     score_stddev: float = Field(default=0.08, ge=0)
+    decision_noise: float = Field(default=0.0, ge=0, le=1)
 
 
 class ModelBehaviour(_Model):

@@ -1,13 +1,19 @@
 """The simulator process of the test bed: KServe and model traffic, wired together.
 
-``python -m testbed.simulators --kubeconfig K --behaviour B --sd-file F --ready-file R``
+``python -m testbed.simulators --kubeconfig K --behaviour B --sd-file F --ready-file R
+[--logger-url URL]``
 
 The KServe simulator writes InferenceService status; every time the effective split of an
 InferenceService changes, the traffic simulator is told where requests now go. In between
 sits the test bed's Gateway (:mod:`testbed.gateway`): for a Standard-mode
 InferenceService with kserve-canary's own HTTPRoute (``<isvc>-kserve-canary``), requests
-follow that route's weights instead of KServe's split. The process runs until SIGTERM or
-SIGINT, then stops all three cleanly.
+follow that route's weights instead of KServe's split. Beside it the test bed's mesh for
+shadow traffic (:mod:`testbed.mirror`) turns kserve-canary's shadow VirtualService or
+HTTPRoute into the traffic simulator's mirror; it hears of each split after the Gateway, so
+a challenger's own routes are in place before a mirror shares them. With ``--logger-url``
+the traffic simulator sends the payload-logger events of mirrored requests there
+(:mod:`testbed.payload_logger`). The process runs until SIGTERM or SIGINT, then stops
+everything cleanly.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from canary.log import configure_logging, get_logger
 from testbed.behaviour import BehaviourWatcher
 from testbed.gateway import GatewaySimulator
 from testbed.kserve.controller import KServeSimulator, SplitTarget
+from testbed.kserve.standard import StandardWorld
+from testbed.mirror import MirrorSimulator
 from testbed.traffic import Target, TrafficSimulator
 
 
@@ -32,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sd-file", required=True, type=Path)
     parser.add_argument("--ready-file", required=True, type=Path)
     parser.add_argument("--standard-routing", choices=["v0.20", "weighted"], default="v0.20")
+    parser.add_argument(
+        "--logger-url", default=None, help="where payload-logger events go (default: none)"
+    )
     args = parser.parse_args(argv)
 
     configure_logging("production", "info")
@@ -40,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
-    traffic = TrafficSimulator(BehaviourWatcher(args.behaviour), sd_file=args.sd_file)
+    traffic = TrafficSimulator(
+        BehaviourWatcher(args.behaviour), sd_file=args.sd_file, logger_url=args.logger_url
+    )
     kube = KubeClient.from_kubeconfig(args.kubeconfig)
 
     def publish(namespace: str, name: str, targets: list[SplitTarget]) -> None:
@@ -48,25 +61,41 @@ def main(argv: list[str] | None = None) -> int:
         traffic.set_routes(namespace, name, routes)
 
     gateway = GatewaySimulator(kube, publish)
+    mirror = MirrorSimulator(kube, traffic.set_mirror)
+
+    def on_split_change(namespace: str, name: str, targets: list[SplitTarget]) -> None:
+        gateway.on_split_change(namespace, name, targets)
+        mirror.on_split_change(namespace, name, targets)
+
+    def on_standard_world(namespace: str, name: str, world: StandardWorld | None) -> None:
+        gateway.on_standard_world(namespace, name, world)
+        mirror.on_standard_world(namespace, name, world)
+
     kserve = KServeSimulator(
         kube,
         BehaviourWatcher(args.behaviour),
         standard_routing=args.standard_routing,
-        on_split_change=gateway.on_split_change,
-        on_standard_world=gateway.on_standard_world,
+        on_split_change=on_split_change,
+        on_standard_world=on_standard_world,
     )
     traffic.start()
     gateway.start()
+    mirror.start()
     kserve.start()
     args.ready_file.write_text(str(traffic.port))
     log.info("sandbox.simulators_ready", metrics_port=traffic.port)
     stop.wait()
     log.info("sandbox.simulators_stopping")
-    # both wait for their open watch to return (up to its 2 s timeout): wait in parallel
-    gateway_stopping = threading.Thread(target=gateway.stop, name="gateway-stop")
-    gateway_stopping.start()
+    # each waits for its open watches to return (up to their 2 s timeout): wait in parallel
+    stopping = [
+        threading.Thread(target=gateway.stop, name="gateway-stop"),
+        threading.Thread(target=mirror.stop, name="mirror-stop"),
+    ]
+    for thread in stopping:
+        thread.start()
     kserve.stop()
-    gateway_stopping.join()
+    for thread in stopping:
+        thread.join()
     traffic.stop()
     kube.close()
     return 0

@@ -99,6 +99,7 @@ class Testbed:
         detach: bool = False,
         crd_dir: Path | None = None,
         standard_routing: Literal["v0.20", "weighted"] = "v0.20",
+        logger_url: str | None = None,
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         # absolute: the processes started here (Prometheus's --config.file, the kubeconfig
@@ -108,6 +109,9 @@ class Testbed:
         # "weighted" simulates KServe after v0.20 (#5912, #5984): Standard-mode canaries that
         # are Ready get their trafficPercent through the HTTPRoute (KSERVE.md §2.4).
         self.standard_routing = standard_routing
+        # where the traffic simulator sends the payload-logger events of mirrored requests
+        # (a shadow collector's URL); None: it sends none
+        self.logger_url = logger_url
         self.crd_dir = crd_dir  # None: fetched from the pinned Go modules when starting
         self._log = log
         self.cluster: Cluster | None = None
@@ -223,6 +227,7 @@ class Testbed:
             "--sd-file", str(self.sd_file),
             "--ready-file", str(ready),
             "--standard-routing", self.standard_routing,
+            *(["--logger-url", self.logger_url] if self.logger_url else []),
         ]  # fmt: skip
         self._simulators = subprocess.Popen(
             command,

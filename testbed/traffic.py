@@ -36,6 +36,26 @@ Simplifications: every latency histogram of a request records the same duration 
 queue-proxy or sidecar overhead is added); errors are HTTP 500 with the same latency
 distribution as successes and carry no fraud decision; a series for a status code appears
 when the first request with that code is served, as with the real exporters.
+
+Mirroring (``set_mirror``), as Istio's ``mirror`` or Gateway API's ``RequestMirror`` does it:
+a copy of each live request of an InferenceService is sent, with probability ``percent``,
+to the mirror target as well, and the answer is discarded. The copies are the live
+requests: the mirror model decides on the same latent draws (fraud flag, decision uniform,
+score normal; :class:`~testbed.behaviour.BusinessProfile`) as the model that served the
+live request, and draws its own latency and error. Copies count on the mirror target only
+(``RequestCounts.mirrored``), never on the targets serving the live requests (unless the
+mirror target is itself one of the champion's targets with a live share: a pod counts all
+it serves). A mirror target that an InferenceService routes (a challenger's own revision
+or Deployment, or a Standard-mode canary entry of the champion itself) is that target: one
+pod, one set of counters, the routed model, since the mirror reaches the pods behind a
+Service.
+
+With a ``logger_url``, each mirrored request answered 200 by both sides yields two response
+CloudEvents with the same id, one from the champion's InferenceService and one from the
+InferenceService routing the mirror target, as KServe's payload logger would send them
+(batched; :mod:`testbed.payload_logger`). When the mirror target belongs to the champion
+itself (a Standard-mode dark launch) both would carry the champion's name, and no events
+are sent: output comparison is defined for challenger InferenceServices only.
 """
 
 from __future__ import annotations
@@ -53,10 +73,12 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import accumulate
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -71,6 +93,7 @@ from prometheus_client.registry import Collector
 
 from canary.log import get_logger
 from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
+from testbed.payload_logger import EventSender, LoggerEvent
 
 __all__ = [
     "FRAUD_SCORE_BUCKETS",
@@ -118,6 +141,9 @@ _KNATIVE_REVISION_SUFFIX = re.compile(r"-\d{5}$")
 _POD_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
 _MAX_TICK_SECONDS = 2.0  # after a stall, generate at most this much traffic at once
 _SCORE_OUTCOMES = ("true_positive", "false_negative", "false_positive", "true_negative")
+# A standard normal from a uniform in (0, 1): a C function behind a thin method, several times
+# faster than random.gauss (Box-Muller in Python), which dominated the hot loop.
+_NORMAL_FROM_UNIFORM = NormalDist().inv_cdf
 
 
 @dataclass(frozen=True)
@@ -369,7 +395,21 @@ class _Service:
 
     targets: tuple[Target, ...] = ()
     mirror: Target | None = None
-    mirror_percent: int = 0
+    mirror_percent: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Latent:
+    """The shared draws of mirrored requests, one entry per request: whether it is fraud,
+    the uniform a decision compares with a rate, the standard normal of the score."""
+
+    fraud: list[bool]
+    uniform: list[float]
+    normal: list[float]
+
+
+# What a model answered to a shared request: (declined, score), or None for an error.
+_Answer = tuple[bool, float] | None
 
 
 BehaviourSource = BehaviourBook | BehaviourWatcher | Callable[[], BehaviourBook]
@@ -382,6 +422,8 @@ class TrafficSimulator:
     changes) or any callable returning the current book. ``tick(dt)`` generates ``dt``
     seconds of traffic; ``start()`` does that from a background thread every
     ``tick_interval`` seconds and serves the metrics. Inject ``rng`` for reproducible runs.
+    ``logger_url`` (or :meth:`set_logger_url`): where the payload-logger events of mirrored
+    requests go (module doc); ``None`` sends none.
     """
 
     def __init__(
@@ -393,6 +435,7 @@ class TrafficSimulator:
         host: str = "127.0.0.1",
         tick_interval: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        logger_url: str | None = None,
     ) -> None:
         if isinstance(behaviour, BehaviourBook):
             book = behaviour
@@ -417,6 +460,7 @@ class TrafficSimulator:
         self._ticks = 0
         self._generated = 0
         self._tick_seconds = 0.0  # thread CPU time spent in tick()
+        self._sender = EventSender(logger_url) if logger_url else None
 
     # ------------------------------------------------------------------ properties
 
@@ -435,14 +479,42 @@ class TrafficSimulator:
     def running(self) -> bool:
         return any(thread.is_alive() for thread in self._threads)
 
+    @property
+    def logger(self) -> EventSender | None:
+        """The payload-logger events' queue and sender, while a logger URL is set."""
+        return self._sender
+
     def stats(self) -> dict[str, float]:
-        """Ticks run, requests generated, and CPU seconds the ticks used (thread time)."""
+        """Ticks run, requests generated, CPU seconds the ticks used (thread time), and the
+        payload-logger events queued, sent, dropped (queue full) and failed (POST failed)."""
         with self._lock:
-            return {
+            stats: dict[str, float] = {
                 "ticks": self._ticks,
                 "requests": self._generated,
                 "tick_cpu_seconds": self._tick_seconds,
             }
+            sender = self._sender
+        if sender is not None:
+            sent = sender.stats()
+            stats.update(
+                logger_events_queued=sent.queued,
+                logger_events_sent=sent.sent,
+                logger_events_dropped=sent.dropped,
+                logger_events_failed=sent.failed,
+            )
+        return stats
+
+    def set_logger_url(self, url: str | None) -> None:
+        """Send payload-logger events to ``url`` from now on (``None``: send none). While
+        the simulator runs, events still queued for the previous URL are sent there first;
+        otherwise they are discarded with the previous queue."""
+        new = EventSender(url) if url else None
+        with self._lock:
+            old, self._sender = self._sender, new
+            if new is not None and self._threads:
+                new.start()
+        if old is not None:
+            old.stop()
 
     # ------------------------------------------------------------------ routing
 
@@ -471,10 +543,15 @@ class TrafficSimulator:
         with self._lock:
             self._update(namespace, isvc, None)
 
-    def set_mirror(self, namespace: str, isvc: str, target: Target | None, percent: int) -> None:
-        """Also send a copy of ``percent`` % of ``isvc``'s live requests to ``target`` (whose
-        own ``percent`` is ignored). The copies count on the mirror target only; the primary
-        targets' metrics do not change. ``target=None`` stops mirroring."""
+    def set_mirror(self, namespace: str, isvc: str, target: Target | None, percent: float) -> None:
+        """Also send a copy of ``percent`` % (0..100, fractions allowed) of ``isvc``'s live
+        requests to ``target`` (whose own ``percent`` is ignored). The copies decide on the
+        live requests' draws and count on the mirror target only; the primary targets'
+        metrics do not change. A target an InferenceService routes is shared with its
+        routes (same pod and counters; the routed model wins should ``target`` name another
+        storage URI, as the pods behind a Service are what its routing runs); a target
+        nobody routes is a pod of its own, which only one InferenceService may mirror to.
+        ``target=None`` stops mirroring."""
         if not 0 <= percent <= 100:
             raise ValueError(f"mirror percent must be within 0..100, got {percent}")
         with self._lock:
@@ -522,7 +599,10 @@ class TrafficSimulator:
     def _update(self, namespace: str, isvc: str, service: _Service | None) -> None:
         """Replace one service's routing, then create endpoints for new targets, drop those
         no longer routed or mirrored, and rewrite the service-discovery file. Nothing changes
-        if the new routing is refused. Callers hold the lock."""
+        if the new routing is refused. Callers hold the lock.
+
+        A target belongs to the InferenceService that routes it; a mirror target nobody
+        routes belongs to the InferenceService mirroring to it."""
         services = dict(self._services)
         if service is None:
             services.pop((namespace, isvc), None)
@@ -531,22 +611,28 @@ class TrafficSimulator:
             services[(namespace, isvc)] = service
         wanted: dict[tuple[str, str], tuple[str, Target]] = {}
         for (ns, name), routing in services.items():
-            members = list(routing.targets)
-            if routing.mirror is not None:
-                members.append(routing.mirror)
-            for target in members:
+            for target in routing.targets:
                 key = (ns, target.revision)
                 owner = wanted.get(key)
                 if owner is not None and owner[0] != name:
                     raise ValueError(
                         f"{ns}/{target.revision} is routed by both {owner[0]} and {name}"
                     )
-                if owner is not None and owner[1].storage_uri != target.storage_uri:
-                    raise ValueError(
-                        f"{ns}/{target.revision} is listed with two storage URIs: "
-                        f"{owner[1].storage_uri} and {target.storage_uri}"
-                    )
                 wanted[key] = (name, target)
+        mirrored: dict[tuple[str, str], tuple[str, Target]] = {}
+        for (ns, name), routing in services.items():
+            copy_to = routing.mirror
+            if copy_to is None or (ns, copy_to.revision) in wanted:
+                continue  # a routed target: the copies share its endpoint
+            key = (ns, copy_to.revision)
+            owner = mirrored.get(key)
+            if owner is not None and owner[0] != name:
+                raise ValueError(
+                    f"{ns}/{copy_to.revision} is mirrored to by both {owner[0]} and {name} "
+                    "and routed by neither"
+                )
+            mirrored[key] = (name, copy_to)
+        wanted.update(mirrored)
         self._services = services
         for key in list(self._endpoints):
             current = self._endpoints[key]
@@ -598,15 +684,25 @@ class TrafficSimulator:
         book = self._behaviour()
         generated = 0
         with self._lock:
+            sender = self._sender
+            events: list[LoggerEvent] | None = [] if sender is not None else None
             for (namespace, isvc), service in self._services.items():
-                generated += self._tick_service(book, namespace, isvc, service, dt_seconds)
+                generated += self._tick_service(book, namespace, isvc, service, dt_seconds, events)
             self._ticks += 1
             self._generated += generated
             self._tick_seconds += time.thread_time() - started
+        if sender is not None and events:
+            sender.offer(events)
         return generated
 
     def _tick_service(
-        self, book: BehaviourBook, namespace: str, isvc: str, service: _Service, dt: float
+        self,
+        book: BehaviourBook,
+        namespace: str,
+        isvc: str,
+        service: _Service,
+        dt: float,
+        events: list[LoggerEvent] | None,
     ) -> int:
         carry = self._carry.get((namespace, isvc), 0.0) + book.rate_for(namespace, isvc) * dt
         live = int(carry)
@@ -615,18 +711,41 @@ class TrafficSimulator:
         if live == 0 or not routed:
             return 0
         shares = self._split(live, [t.percent for t in routed])
-        for target, count in zip(routed, shares, strict=True):
-            if count:
-                endpoint = self._endpoints[(namespace, target.revision)]
-                self._serve(endpoint, book.for_model(target.storage_uri), count, mirrored=False)
-        mirrored = 0
+        mirror: _Endpoint | None = None
+        mirror_behaviour = book.default
+        share, paired = 0.0, False
         if service.mirror is not None and service.mirror_percent > 0:
-            mirrored = self._binomial(live, service.mirror_percent / 100)
-            if mirrored:
-                endpoint = self._endpoints[(namespace, service.mirror.revision)]
-                behaviour = book.for_model(service.mirror.storage_uri)
-                self._serve(endpoint, behaviour, mirrored, mirrored=True)
-        return live + mirrored
+            mirror = self._endpoints[(namespace, service.mirror.revision)]
+            mirror_behaviour = book.for_model(mirror.storage_uri)  # the routed model, if any
+            share = service.mirror_percent / 100
+            # a dark launch logs under the champion's own name: no pairs to compare
+            paired = events is not None and mirror.isvc != isvc
+        copies = 0
+        for target, count in zip(routed, shares, strict=True):
+            if not count:
+                continue
+            endpoint = self._endpoints[(namespace, target.revision)]
+            behaviour = book.for_model(target.storage_uri)
+            mirrored = self._binomial(count, share) if mirror is not None else 0
+            if mirror is None or not mirrored:
+                self._serve(endpoint, behaviour, count)
+                continue
+            copies += mirrored
+            # the first `mirrored` of the `count` live requests are copied (all are alike)
+            latent = self._latent(mirrored, behaviour.business.fraud_rate)
+            if not paired:
+                self._serve(endpoint, behaviour, count, latent)
+                self._serve(mirror, mirror_behaviour, mirrored, latent, mirrored=True)
+                continue
+            live_answers: list[_Answer] = []
+            copy_answers: list[_Answer] = []
+            self._serve(endpoint, behaviour, count, latent, answers=live_answers)
+            self._serve(
+                mirror, mirror_behaviour, mirrored, latent, mirrored=True, answers=copy_answers
+            )
+            assert events is not None
+            self._log_pairs(events, endpoint, mirror, live_answers, copy_answers)
+        return live + copies
 
     def _split(self, n: int, percents: Sequence[int]) -> list[int]:
         """A multinomial draw: ``n`` requests over targets weighted by ``percents``."""
@@ -649,25 +768,86 @@ class TrafficSimulator:
         rnd = self._rng.random
         return sum(1 for _ in range(n) if rnd() < p)
 
-    def _serve(self, ep: _Endpoint, behaviour: ModelBehaviour, n: int, *, mirrored: bool) -> None:
-        """Serve ``n`` requests on ``ep``: latency, status and fraud decision for each. This is
-        the hot loop, so it works on local variables and updates the endpoint once."""
+    def _latent(self, n: int, fraud_rate: float) -> _Latent:
+        """The shared draws of ``n`` requests (fraud flags drawn with ``fraud_rate``)."""
         rnd = self._rng.random
-        gauss = self._rng.gauss
+        normal = _NORMAL_FROM_UNIFORM
+        return _Latent(
+            [rnd() < fraud_rate for _ in range(n)],
+            [rnd() for _ in range(n)],
+            [normal(rnd() or 0.5) for _ in range(n)],  # random() may return 0.0, never 1.0
+        )
+
+    def _log_pairs(
+        self,
+        events: list[LoggerEvent],
+        live: _Endpoint,
+        mirror: _Endpoint,
+        live_answers: list[_Answer],
+        copy_answers: list[_Answer],
+    ) -> None:
+        """Two response events with one fresh id for each shared request both answered
+        200 (KServe logs nothing else)."""
+        stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        bits = self._rng.getrandbits
+        for ours, theirs in zip(live_answers, copy_answers, strict=True):
+            if ours is None or theirs is None:
+                continue
+            # a random (version 4) UUID's text, without the cost of building a uuid.UUID
+            digits = f"{bits(128):032x}"
+            request_id = (
+                f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{digits[16:20]}-{digits[20:]}"
+            )
+            for endpoint, (declined, score) in ((live, ours), (mirror, theirs)):
+                events.append(
+                    LoggerEvent(
+                        request_id,
+                        endpoint.namespace,
+                        endpoint.isvc,
+                        endpoint.pod,
+                        "decline" if declined else "approve",
+                        score,
+                        stamp,
+                    )
+                )
+
+    def _serve(
+        self,
+        ep: _Endpoint,
+        behaviour: ModelBehaviour,
+        n: int,
+        latent: _Latent | None = None,
+        *,
+        mirrored: bool = False,
+        answers: list[_Answer] | None = None,
+    ) -> None:
+        """Serve ``n`` requests on ``ep``: latency, status and fraud decision for each. The
+        first ``len(latent)`` decide on those shared draws (unless the model's decision
+        noise redraws the uniform), the rest on draws of their own; ``answers`` receives
+        the outcome of each shared one. This is the hot loop, so it works on local
+        variables and updates the endpoint once."""
+        rnd = self._rng.random
+        normal = _NORMAL_FROM_UNIFORM
         exp = math.exp
         mu, sigma = behaviour.latency.mu, behaviour.latency.sigma
         error_rate = behaviour.error_rate
         biz = behaviour.business
-        fraud_rate, detection, false_pos = (
+        fraud_rate, detection, false_pos, noise = (
             biz.fraud_rate,
             biz.detection_rate,
             biz.false_positive_rate,
+            biz.decision_noise,
         )
         decline_mean, approve_mean, score_sd = (
             biz.decline_score_mean,
             biz.approve_score_mean,
             biz.score_stddev,
         )
+        if latent is not None:
+            frauds, uniforms, normals = latent.fraud, latent.uniform, latent.normal
+        else:
+            frauds, uniforms, normals = [], [], []
+        shared = len(frauds)
         bounds, score_bounds = LATENCY_BUCKETS_SECONDS, FRAUD_SCORE_BUCKETS
         size = len(bounds) + 1
         ok_counts, error_counts = [0] * size, [0] * size
@@ -675,26 +855,38 @@ class TrafficSimulator:
         errors = 0
         outcomes = [0, 0, 0, 0]  # indexes into _SCORE_OUTCOMES
         scores = [0] * (len(score_bounds) + 1)
-        for _ in range(n):
-            seconds = exp(mu + sigma * gauss(0.0, 1.0))
+        for i in range(n):
+            seconds = exp(mu + sigma * normal(rnd() or 0.5))
             index = bisect_left(bounds, seconds)
             if rnd() < error_rate:
                 error_counts[index] += 1
                 error_sum += seconds
                 errors += 1
+                if answers is not None and i < shared:
+                    answers.append(None)
                 continue
             ok_counts[index] += 1
             ok_sum += seconds
-            if rnd() < fraud_rate:
-                decline = rnd() < detection
+            if i < shared:
+                fraud = frauds[i]
+                u = rnd() if noise and rnd() < noise else uniforms[i]
+                z = normals[i]
+            else:
+                fraud = rnd() < fraud_rate
+                u = rnd()
+                z = normal(rnd() or 0.5)
+            if fraud:
+                decline = u < detection
                 outcomes[0 if decline else 1] += 1
             else:
-                decline = rnd() < false_pos
+                decline = u < false_pos
                 outcomes[2 if decline else 3] += 1
-            score = gauss(decline_mean if decline else approve_mean, score_sd)
-            score = 0.0 if score < 0.0 else min(score, 1.0)
+            score = (decline_mean if decline else approve_mean) + score_sd * z
+            score = 0.0 if score < 0.0 else 1.0 if score > 1.0 else score
             scores[bisect_left(score_bounds, score)] += 1
             score_sum += score
+            if answers is not None and i < shared:
+                answers.append((decline, score))
         with ep.lock:
             ep.requests += n
             ep.errors += errors
@@ -746,7 +938,15 @@ class TrafficSimulator:
         ]
         for thread in self._threads:
             thread.start()
-        _log.info("traffic.started", port=self.port, sd_file=str(self._sd_file))
+        with self._lock:
+            if self._sender is not None:
+                self._sender.start()
+        _log.info(
+            "traffic.started",
+            port=self.port,
+            sd_file=str(self._sd_file),
+            logger_url=self._sender.url if self._sender is not None else None,
+        )
         return self
 
     def stop(self) -> None:
@@ -761,6 +961,10 @@ class TrafficSimulator:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads = []
+        with self._lock:
+            sender = self._sender
+        if sender is not None:
+            sender.stop()  # after the last tick: what it queued is sent
         if server is not None:
             with self._lock:
                 self._write_sd_file()  # an empty list: Prometheus drops the targets

@@ -1,6 +1,8 @@
 """The traffic simulator, driven tick by tick with a seeded RNG: traffic splits, errors,
 latency and fraud outcomes follow the behaviour book, and each target's scrape shows the
-series of every metric profile under KServe's real names and labels.
+series of every metric profile under KServe's real names and labels. Mirrored copies decide
+on the live requests' draws, so agreement between two models follows their profiles, and
+each pair both sides answered yields two payload-logger events with one id.
 
 Statistical checks use four standard errors, so a correct simulator fails them about once
 in 15,000 runs (and never with the fixed seeds used here)."""
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import random
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,8 @@ from testbed.behaviour import (
     LatencyProfile,
     ModelBehaviour,
 )
-from testbed.traffic import LATENCY_BUCKETS_SECONDS, Target, TrafficSimulator
+from testbed.payload_logger import LoggerEvent
+from testbed.traffic import LATENCY_BUCKETS_SECONDS, RequestCounts, Target, TrafficSimulator
 
 NS = "models"
 STABLE = "s3://models/scorer/v1"
@@ -175,6 +179,294 @@ def test_mirrored_copies_count_on_the_mirror_only(tmp_path: Path) -> None:
     assert sim.counts(NS, "scorer-predictor-00001").requests == 11_000
     with pytest.raises(KeyError, match="scorer-challenger-predictor-00001"):
         sim.counts(NS, "scorer-challenger-predictor-00001")
+
+
+# --- mirroring: the copies are the live requests ---------------------------------------------
+
+CHALLENGER_REV = "challenger-predictor-00001"
+LOGGER = "http://127.0.0.1:9/collector"  # never contacted: the sender is not started
+
+
+def shadowed(
+    tmp_path: Path,
+    champion: ModelBehaviour,
+    challenger: ModelBehaviour,
+    *,
+    percent: float = 100,
+    rate: float = 1000.0,
+    seed: int = 7,
+) -> TrafficSimulator:
+    """``scorer`` (STABLE) mirrored to the challenger InferenceService's own revision
+    (SHADOW), which gets no live traffic of its own; payload-logger events are queued."""
+    models = book(rate=rate, models={STABLE: champion, SHADOW: challenger})
+    sim = TrafficSimulator(
+        models.with_rate(NS, "challenger", 0.0),
+        tmp_path / "targets.json",
+        rng=random.Random(seed),
+        logger_url=LOGGER,
+    )
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, SHADOW), percent)
+    return sim
+
+
+def pairs(sim: TrafficSimulator) -> dict[str, dict[str, LoggerEvent]]:
+    """Queued events by id, then by InferenceService."""
+    assert sim.logger is not None
+    by_id: dict[str, dict[str, LoggerEvent]] = {}
+    for event in sim.logger.take():
+        side = by_id.setdefault(event.id, {})
+        assert event.isvc not in side, f"two events of {event.isvc} for {event.id}"
+        side[event.isvc] = event
+    return by_id
+
+
+def collect_pairs(sim: TrafficSimulator, seconds: float) -> dict[str, dict[str, LoggerEvent]]:
+    """Run, taking the queued events after every tick; the events by id and isvc."""
+    assert sim.logger is not None
+    events: list[LoggerEvent] = []
+    for _ in range(round(seconds / 0.2)):
+        sim.tick(0.2)
+        events.extend(sim.logger.take())
+    return pairs_of(events)
+
+
+def agreement(p: float, q: float, noise_p: float, noise_q: float) -> float:
+    """Chance two models deciding at rates ``p`` and ``q`` agree on a shared request: on
+    the shared uniform unless either model's decision noise redraws it."""
+    both_shared = (1 - noise_p) * (1 - noise_q)
+    return both_shared * (1 - abs(p - q)) + (1 - both_shared) * (p * q + (1 - p) * (1 - q))
+
+
+def test_equal_profiles_agree_on_every_mirrored_request(tmp_path: Path) -> None:
+    profile = {"fraud_rate": 0.2, "detection_rate": 0.7, "false_positive_rate": 0.1}
+    sim = shadowed(
+        tmp_path,
+        behaviour(0.02, 0.04, 0.0, **profile),
+        behaviour(0.05, 0.20, 0.0, **profile),  # another latency: decisions still match
+        percent=50,
+    )
+    run(sim, 10)
+    by_id = pairs(sim)
+    mirror = sim.counts(NS, CHALLENGER_REV)
+    assert len(by_id) == mirror.requests  # no errors: one pair per copy
+    assert within_sampling_error(mirror.requests, 10_000, 0.5)
+    decisions = [side["scorer"].decision for side in by_id.values()]
+    assert 0.1 < decisions.count("decline") / len(decisions) < 0.4  # both kinds occur
+    for side in by_id.values():
+        assert side["scorer"].decision == side["challenger"].decision
+        assert side["scorer"].score == side["challenger"].score
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger"),
+    [
+        pytest.param({}, {"false_positive_rate": 0.10}, id="false-positive-rate"),
+        pytest.param({}, {"detection_rate": 0.5}, id="detection-rate"),
+        pytest.param({}, {"decision_noise": 0.3}, id="challenger-noise"),
+        pytest.param(
+            {"decision_noise": 0.2},
+            {"false_positive_rate": 0.25, "decision_noise": 0.5},
+            id="noise-on-both-and-a-rate",
+        ),
+    ],
+)
+def test_divergent_profiles_agree_as_often_as_the_profiles_predict(
+    tmp_path: Path, champion: dict[str, float], challenger: dict[str, float]
+) -> None:
+    base = {"fraud_rate": 0.3, "detection_rate": 0.9, "false_positive_rate": 0.05}
+    live, copy = {**base, **champion}, {**base, **challenger}
+    sim = shadowed(tmp_path, behaviour(0.02, 0.04, 0.0, **live), behaviour(0.02, 0.04, 0.0, **copy))
+    by_id = collect_pairs(sim, 20)  # 20,000 pairs: more than the queue holds at once
+    agreed = sum(side["scorer"].decision == side["challenger"].decision for side in by_id.values())
+    noise_p, noise_q = live.get("decision_noise", 0.0), copy.get("decision_noise", 0.0)
+    expected = base["fraud_rate"] * agreement(
+        live["detection_rate"], copy["detection_rate"], noise_p, noise_q
+    ) + (1 - base["fraud_rate"]) * agreement(
+        live["false_positive_rate"], copy["false_positive_rate"], noise_p, noise_q
+    )
+    assert len(by_id) == 20_000
+    assert expected < 0.97  # the profiles do diverge
+    assert within_sampling_error(agreed, len(by_id), expected), (agreed / len(by_id), expected)
+
+
+def test_the_copies_count_on_the_challenger_and_never_on_the_champion(tmp_path: Path) -> None:
+    sim = shadowed(
+        tmp_path, behaviour(0.02, 0.04, 0.0), behaviour(0.02, 0.04, 0.5), percent=30, rate=500.0
+    )
+    run(sim, 20)
+    champion = sim.counts(NS, "scorer-predictor-00001")
+    assert champion == RequestCounts(requests=10_000, errors=0, mirrored=0)
+    rows = samples(sim.registry(NS, "scorer-predictor-00001"))
+    assert sum(v for _, v in rows["fraud_decisions_total"]) == 10_000  # one per live request
+    challenger = sim.counts(NS, CHALLENGER_REV)
+    assert within_sampling_error(challenger.requests, 10_000, 0.3)
+    assert challenger.mirrored == challenger.requests  # it has no live traffic of its own
+    assert within_sampling_error(challenger.errors, challenger.requests, 0.5)
+    assert sim.stats()["requests"] == 10_000 + challenger.requests
+
+
+def test_a_challengers_own_routes_and_the_mirror_share_one_endpoint(tmp_path: Path) -> None:
+    models = book(rate=1000.0).with_rate(NS, "challenger", 200.0)
+    sim = TrafficSimulator(models, tmp_path / "targets.json", rng=random.Random(3))
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    # the mirror first: a pod of the champion's until the challenger routes it
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, SHADOW), 50)
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    run(sim, 10)
+    shared = sim.counts(NS, CHALLENGER_REV)
+    assert within_sampling_error(shared.mirrored, 10_000, 0.5)
+    assert shared.requests == 2_000 + shared.mirrored  # its own live requests and the copies
+    rows = samples(sim.registry(NS, CHALLENGER_REV))
+    assert {labels["model_name"] for labels, _ in rows["request_predict_seconds_count"]} == {
+        "challenger"
+    }
+    sim.bind()
+    try:
+        paths = [
+            entry["labels"]["__metrics_path__"] for entry in json.loads(sim.sd_file.read_text())
+        ]
+        assert sorted(paths) == [
+            f"/metrics/{NS}/{CHALLENGER_REV}",
+            f"/metrics/{NS}/scorer-predictor-00001",
+        ]
+
+        sim.set_mirror(NS, "scorer", None, 0)  # the shadow ends: the challenger's pod stays
+        run(sim, 1)
+        after = sim.counts(NS, CHALLENGER_REV)
+        assert after.requests == shared.requests + 200
+        assert after.mirrored == shared.mirrored
+    finally:
+        sim.stop()
+
+
+def test_a_mirror_follows_the_model_its_target_is_routed_with(tmp_path: Path) -> None:
+    models = book(models={SHADOW: behaviour(0.02, 0.04, 1.0)}).with_rate(NS, "challenger", 0.0)
+    sim = TrafficSimulator(models, tmp_path / "targets.json", rng=random.Random(3))
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, CANARY), 100)  # a stale model
+    run(sim, 2)
+    assert sim.counts(NS, CHALLENGER_REV) == RequestCounts(2_000, 2_000, 2_000)  # SHADOW's
+
+
+def test_only_one_inference_service_may_mirror_to_a_target_nobody_routes(tmp_path: Path) -> None:
+    sim = simulator(tmp_path, book())
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    sim.set_routes(NS, "ranker", [Target("ranker-predictor-00001", 100, STABLE)])
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, SHADOW), 10)
+    with pytest.raises(ValueError, match="mirrored to by both scorer and ranker"):
+        sim.set_mirror(NS, "ranker", Target(CHALLENGER_REV, 0, SHADOW), 10)
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    sim.set_mirror(NS, "ranker", Target(CHALLENGER_REV, 0, SHADOW), 10)  # routed: shared
+    run(sim, 1)
+    assert sim.counts(NS, CHALLENGER_REV).mirrored > 0
+
+
+# --- payload-logger events of mirrored requests ----------------------------------------------
+
+
+def test_each_request_both_sides_answered_gives_two_events_with_one_id(tmp_path: Path) -> None:
+    sim = shadowed(tmp_path, behaviour(0.02, 0.04, 0.0), behaviour(0.02, 0.04, 0.0), percent=20)
+    sim.tick(1.0)
+    copies = sim.counts(NS, CHALLENGER_REV).mirrored
+    assert sim.logger is not None
+    events = sim.logger.take()
+    assert len(events) == 2 * copies
+    by_id = pairs_of(events)
+    assert len(by_id) == copies
+    assert all(len(uuid.UUID(request_id).hex) == 32 for request_id in by_id)
+    pods = {
+        "scorer": samples(sim.registry(NS, "scorer-predictor-00001"))["target_info"][0][0][
+            "k8s_pod_name"
+        ],
+        "challenger": samples(sim.registry(NS, CHALLENGER_REV))["target_info"][0][0][
+            "k8s_pod_name"
+        ],
+    }
+    for side in by_id.values():
+        assert set(side) == {"scorer", "challenger"}
+        for isvc, event in side.items():
+            assert event.namespace == NS
+            assert event.source == pods[isvc]
+            body = event.structured()
+            assert body["type"] == "org.kubeflow.serving.inference.response"
+            assert body["inferenceservicename"] == isvc
+            assert body["data"] == {
+                "predictions": [{"decision": event.decision, "score": event.score}]
+            }
+            assert event.decision in ("approve", "decline")
+            assert 0.0 <= event.score <= 1.0
+
+
+def pairs_of(events: list[LoggerEvent]) -> dict[str, dict[str, LoggerEvent]]:
+    by_id: dict[str, dict[str, LoggerEvent]] = {}
+    for event in events:
+        by_id.setdefault(event.id, {})[event.isvc] = event
+    return by_id
+
+
+@pytest.mark.parametrize(("live_errors", "copy_errors"), [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)])
+def test_no_events_for_a_request_either_side_failed(
+    tmp_path: Path, live_errors: float, copy_errors: float
+) -> None:
+    sim = shadowed(tmp_path, behaviour(0.02, 0.04, live_errors), behaviour(0.02, 0.04, copy_errors))
+    run(sim, 10)
+    by_id = pairs(sim)
+    both_ok = (1 - live_errors) * (1 - copy_errors)
+    assert within_sampling_error(len(by_id), 10_000, both_ok)
+    assert all(set(side) == {"scorer", "challenger"} for side in by_id.values())
+
+
+def test_a_dark_launch_sends_no_events_and_counts_copies_on_the_canary_entry(
+    tmp_path: Path,
+) -> None:
+    sim = TrafficSimulator(
+        book(), tmp_path / "targets.json", rng=random.Random(5), logger_url=LOGGER
+    )
+    sim.set_routes(
+        NS,
+        "ranker",
+        [
+            Target("ranker-predictor", 100, STABLE, mode="standard"),
+            Target("ranker-shadow-predictor", 0, CANARY, mode="standard"),
+        ],
+    )
+    sim.set_mirror(NS, "ranker", Target("ranker-shadow-predictor", 0, CANARY, "standard"), 100)
+    run(sim, 2)
+    assert sim.counts(NS, "ranker-predictor").mirrored == 0
+    assert sim.counts(NS, "ranker-predictor").requests == 2_000
+    assert sim.counts(NS, "ranker-shadow-predictor").mirrored == 2_000
+    assert sim.stats()["logger_events_queued"] == 0
+
+
+def test_no_logger_url_no_events(tmp_path: Path) -> None:
+    sim = simulator(tmp_path, book().with_rate(NS, "challenger", 0.0))
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor-00001", 100, STABLE)])
+    sim.set_routes(NS, "challenger", [Target(CHALLENGER_REV, 100, SHADOW)])
+    sim.set_mirror(NS, "scorer", Target(CHALLENGER_REV, 0, SHADOW), 100)
+    run(sim, 1)
+    assert sim.logger is None
+    assert "logger_events_queued" not in sim.stats()
+    sim.set_logger_url(LOGGER)
+    run(sim, 1)
+    assert sim.stats()["logger_events_queued"] > 1_500  # about 2 x 1000 x 0.99 x 0.99
+    sim.set_logger_url(None)
+    run(sim, 1)
+    assert "logger_events_queued" not in sim.stats()
+
+
+def test_events_that_do_not_fit_in_the_queue_are_dropped_and_counted(tmp_path: Path) -> None:
+    sim = shadowed(tmp_path, behaviour(0.02, 0.04, 0.0), behaviour(0.02, 0.04, 0.0), rate=5000)
+    run(sim, 3)  # 15,000 pairs: 30,000 events, more than the queue holds
+    stats = sim.stats()
+    assert stats["logger_events_queued"] == 20_000
+    assert stats["logger_events_dropped"] == 30_000 - 20_000
+    assert sim.logger is not None
+    assert len(sim.logger.take()) == 20_000
+    run(sim, 0.2)  # room again
+    assert sim.stats()["logger_events_queued"] == 2_000
 
 
 # --- what each request looks like -----------------------------------------------------------

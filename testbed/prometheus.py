@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -73,9 +73,12 @@ class PrometheusServer:
         retention: str = "6h",
         binary: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        static_targets: Mapping[str, str] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
         self.sd_file = Path(sd_file)
+        # job name -> host:port scraped as is (e.g. the shadow collector)
+        self._static_targets = dict(static_targets or {})
         self._fixed_port = port
         self._detach = detach
         self._retention = retention
@@ -129,7 +132,11 @@ class PrometheusServer:
                     "file_sd_configs": [
                         {"files": [str(self.sd_file.resolve())], "refresh_interval": "1s"}
                     ],
-                }
+                },
+                *(
+                    {"job_name": job, "static_configs": [{"targets": [target]}]}
+                    for job, target in sorted(self._static_targets.items())
+                ),
             ],
         }
 

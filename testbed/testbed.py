@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIELD_MANAGER = "kserve-canary-sandbox"
 NAMESPACES = ("kserve-canary", "models")
 SIMULATORS_MODULE = "testbed.simulators"
+COLLECTOR_JOB = "shadow-collector"
 CRD_FILES = (
     "serving.kserve.io_inferenceservices.yaml",
     "virtualservices.networking.istio.io.yaml",
@@ -117,6 +120,8 @@ class Testbed:
         self.cluster: Cluster | None = None
         self.prometheus: PrometheusServer | None = None
         self._simulators: subprocess.Popen[bytes] | None = None
+        self._collector: subprocess.Popen[bytes] | None = None
+        self.collector_port: int | None = None
         self._kube: KubeClient | None = None
         self.timings: Timings | None = None
 
@@ -185,12 +190,16 @@ class Testbed:
         if not self.behaviour_path.exists():
             BehaviourBook().save(self.behaviour_path)
         t3 = time.monotonic()
-        self._log("starting the KServe and traffic simulators")
+        self._log("starting the shadow collector, the KServe and traffic simulators")
+        self._start_collector()
         self._start_simulators()
         t4 = time.monotonic()
         self._log("starting Prometheus")
-        self.prometheus = PrometheusServer(self.work_dir / "prometheus", self.sd_file,
-                                           detach=self.detach)  # fmt: skip
+        assert self.collector_port is not None
+        self.prometheus = PrometheusServer(
+            self.work_dir / "prometheus", self.sd_file, detach=self.detach,
+            static_targets={COLLECTOR_JOB: f"127.0.0.1:{self.collector_port}"},
+        )  # fmt: skip
         self.prometheus.start()
         t5 = time.monotonic()
         self.timings = Timings(t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
@@ -215,6 +224,38 @@ class Testbed:
                 if time.monotonic() > deadline:
                     raise TestbedError(f"CRD {name} was not Established within {timeout:.0f} s")
                 time.sleep(0.05)
+
+    def _start_collector(self, timeout: float = 30) -> None:
+        """The product's shadow collector (``canary shadow-collector``), as a cluster would
+        run it: the traffic simulator's payload-logger events go to it, and Prometheus
+        scrapes its pairs. Unless a ``logger_url`` was given, it is the logger's URL."""
+        port = _free_port()
+        log = (self.work_dir / "shadow-collector.log").open("ab")
+        self._collector = subprocess.Popen(
+            [sys.executable, "-m", "canary.cli", "shadow-collector",
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.detach,
+            env={**os.environ, "KSC_ENVIRONMENT": "production", "PYTHONPATH": _pythonpath()},
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _answers(f"http://127.0.0.1:{port}/healthz"):
+            if self._collector.poll() is not None:
+                raise TestbedError(
+                    "the shadow collector exited during start-up:\n"
+                    + tail(self.work_dir / "shadow-collector.log")
+                )
+            if time.monotonic() > deadline:
+                raise TestbedError(
+                    f"the shadow collector did not answer within {timeout:.0f} s:\n"
+                    + tail(self.work_dir / "shadow-collector.log")
+                )
+            time.sleep(0.05)
+        self.collector_port = port
+        if self.logger_url is None:
+            self.logger_url = f"http://127.0.0.1:{port}/"
 
     def _start_simulators(self, timeout: float = 30) -> None:
         ready = self.work_dir / "simulators.ready"
@@ -265,6 +306,9 @@ class Testbed:
             "prometheus": self.prometheus.state(),
             "simulators_pid": self._simulators.pid,
             "simulators_start_time": start_time(self._simulators.pid),
+            "collector_pid": self._collector.pid if self._collector else None,
+            "collector_start_time": start_time(self._collector.pid) if self._collector else None,
+            "collector_port": self.collector_port,
         }
         self.state_path.write_text(json.dumps(state, indent=2))
 
@@ -278,6 +322,9 @@ class Testbed:
         if self._simulators is not None:
             terminate(self._simulators.pid, None, self._simulators, name="simulators")
             self._simulators = None
+        if self._collector is not None:
+            terminate(self._collector.pid, None, self._collector, name="shadow collector")
+            self._collector = None
         if self.cluster is not None:
             self.cluster.stop()
             self.cluster = None
@@ -316,6 +363,8 @@ class Testbed:
             "kube-apiserver + etcd": Cluster.is_running(state["cluster"]),
             "simulators": alive(int(state["simulators_pid"]), state["simulators_start_time"]),
             "prometheus": PrometheusServer.is_running(state["prometheus"]),
+            "shadow collector": state.get("collector_pid") is not None
+            and alive(int(state["collector_pid"]), state.get("collector_start_time")),
         }
 
     @staticmethod
@@ -327,6 +376,9 @@ class Testbed:
         PrometheusServer.stop_from_state(state["prometheus"])
         terminate(int(state["simulators_pid"]), state["simulators_start_time"],
                   name="simulators")  # fmt: skip
+        if state.get("collector_pid") is not None:
+            terminate(int(state["collector_pid"]), state.get("collector_start_time"),
+                      name="shadow collector")  # fmt: skip
         Cluster.stop_from_state(state["cluster"])
         (work_dir / "state.json").unlink(missing_ok=True)
         return True
@@ -337,6 +389,21 @@ class Testbed:
         except Unavailable:
             return False
         return True
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def _as_documents(loaded: Any) -> list[dict[str, Any]]:

@@ -46,3 +46,9 @@ def env(
 def knative_env(testbed: Testbed, pg_database: Database, tmp_path: Path) -> Iterator[Env]:
     """A Knative-mode environment, for behaviour that does not depend on the mode."""
     yield from _env("knative", testbed, pg_database, tmp_path)
+
+
+@pytest.fixture
+def standard_env(testbed: Testbed, pg_database: Database, tmp_path: Path) -> Iterator[Env]:
+    """A Standard-mode environment, for what exists in that mode only."""
+    yield from _env("standard", testbed, pg_database, tmp_path)

@@ -121,6 +121,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "prometheusBearerToken": {"secretName": "prom-token", "key": "token"},
         }
     },
+    "shadow-istio": {
+        "shadow": {
+            "mirror": "istio",
+            "istio": {
+                "gateways": ["mesh", "istio-system/knative-ingress-gateway"],
+                "hosts": ["scorer.fraud.models.example.com"],
+            },
+        },
+        "clusterDomain": "corp.internal",
+    },
+    "shadow-gateway-api": {
+        "shadow": {
+            "mirror": "gateway-api",
+            "route": {
+                "parentRefs": [{"name": "kserve-ingress-gateway", "namespace": "kserve"}],
+                "hostnames": ["scorer.fraud.models.example.com"],
+            },
+        },
+    },
 }
 
 # The controller's calls (canary/k8s, canary/routing, canary/controller.py, canary/engine.py,
@@ -254,6 +273,25 @@ def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]
         (o["metadata"]["name"], o["spec"]["template"]["spec"])
         for o in of_kind(objects, "Deployment", "Job")
     ]
+
+
+def settings_of(env: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a container with this environment loads (a Secret's value stands in)."""
+    fields = set(Settings.model_fields)
+    for name in env:
+        assert name.startswith("KSC_"), name
+        assert name.removeprefix("KSC_").lower() in fields, f"{name} is not a setting"
+    for name in [k for k in os.environ if k.startswith("KSC_")]:
+        monkeypatch.delenv(name)
+    for name, entry in env.items():
+        if "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            monkeypatch.setenv(name, SECRET_STAND_INS.get(name, "stand-in-credential"))
+        else:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            monkeypatch.setenv(name, "ksc-kserve-canary-7d9f-abcde")
+    return load_settings()
 
 
 def webhook_render(*args: str) -> dict[str, Any]:
@@ -430,6 +468,35 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("poll-below-five-seconds", {"approvals": {"pollSeconds": 1}}, "/approvals/pollSeconds"),
     ("bad-log-level", {"controller": {"logLevel": "verbose"}}, "/controller/logLevel"),
+    # the mirror settings: refused here rather than by a controller that will not start
+    (
+        "unknown-mirror",
+        {"shadow": {"mirror": "linkerd"}},
+        "at '/shadow/mirror': value must be one of 'none', 'istio', 'gateway-api'",
+    ),
+    ("no-istio-gateway", {"shadow": {"istio": {"gateways": []}}}, "/shadow/istio/gateways"),
+    (
+        "uppercase-istio-gateway",
+        {"shadow": {"istio": {"gateways": ["Istio-System/gw"]}}},
+        "'Istio-System/gw' does not match pattern",
+    ),
+    (
+        "url-as-istio-host",
+        {"shadow": {"istio": {"hosts": ["http://scorer.example.com"]}}},
+        "/shadow/istio/hosts/0",
+    ),
+    (
+        "parent-ref-without-name",
+        {"shadow": {"route": {"parentRefs": [{"namespace": "kserve"}]}}},
+        "at '/shadow/route/parentRefs/0': missing property 'name'",
+    ),
+    (
+        "wildcard-in-the-middle-of-a-hostname",
+        {"shadow": {"route": {"hostnames": ["models.*.example.com"]}}},
+        "/shadow/route/hostnames/0",
+    ),
+    ("cluster-domain-with-a-dot", {"clusterDomain": "cluster.local."}, "/clusterDomain"),
+    ("misspelt-mirror-key", {"shadow": {"mirrors": "istio"}}, "additional properties 'mirrors'"),
 ]
 
 
@@ -538,23 +605,8 @@ def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
     helm: Tool, variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     objects = render(helm, VARIANTS[variant], tmp_path)
-    env = env_of(only(objects, "Deployment"))
-    fields = set(Settings.model_fields)
-    for name in env:
-        assert name.startswith("KSC_"), name
-        assert name.removeprefix("KSC_").lower() in fields, f"{name} is not a setting"
-    # The values as the pod gets them load as settings (a Secret's value stands in here).
-    for name in [k for k in os.environ if k.startswith("KSC_")]:
-        monkeypatch.delenv(name)
-    for name, entry in env.items():
-        if "value" in entry:
-            monkeypatch.setenv(name, entry["value"])
-        elif "secretKeyRef" in entry["valueFrom"]:
-            monkeypatch.setenv(name, SECRET_STAND_INS.get(name, "stand-in-credential"))
-        else:
-            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-            monkeypatch.setenv(name, "ksc-kserve-canary-7d9f-abcde")
-    settings = load_settings()
+    env = env_of(only(objects, "Deployment", FULLNAME))
+    settings = settings_of(env, monkeypatch)
     assert settings.lease_namespace == NAMESPACE
     assert settings.http_port == 8443
     assert str(settings.tls_cert_file) == "/etc/kserve-canary/tls/tls.crt"
@@ -581,6 +633,68 @@ def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
     else:
         assert settings.servicenow_url is None
         assert settings.approval_poll_seconds == 60.0
+    shadow = VARIANTS[variant].get("shadow", {})
+    assert settings.shadow_mirror == shadow.get("mirror", "none")
+    assert settings.cluster_domain == VARIANTS[variant].get("clusterDomain", "cluster.local")
+    if variant == "shadow-istio":
+        assert settings.shadow_istio_gateways == ("mesh", "istio-system/knative-ingress-gateway")
+        assert settings.shadow_istio_hosts == ("scorer.fraud.models.example.com",)
+    else:
+        assert settings.shadow_istio_gateways == ("mesh",)
+        assert settings.shadow_istio_hosts == ()
+    if variant == "shadow-gateway-api":
+        assert [r.as_ref() for r in settings.shadow_route_parent_refs] == [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+             "name": "kserve-ingress-gateway", "namespace": "kserve"}
+        ]  # fmt: skip
+        assert settings.shadow_route_hostnames == ("scorer.fraud.models.example.com",)
+    else:
+        assert settings.shadow_route_parent_refs == ()
+        assert settings.shadow_route_hostnames == ()
+
+
+def test_the_mirror_values_are_the_controller_s_mirror_settings(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every mirror value at once, in the forms the settings read (comma-separated lists,
+    JSON parentRefs): a GAMMA parentRef keeps its empty core group."""
+    parent_refs = [
+        {"group": "", "kind": "Service", "name": "scorer-predictor", "port": 80},
+        {"name": "edge", "namespace": "gateways", "sectionName": "https"},
+    ]
+    values = {
+        "shadow": {
+            "mirror": "gateway-api",
+            "istio": {"gateways": ["mesh", "istio-system/gw"], "hosts": ["a.example.com"]},
+            "route": {
+                "parentRefs": parent_refs,
+                "hostnames": ["scorer.example.com", "*.models.example.com"],
+            },
+        },
+        "clusterDomain": "corp.internal",
+    }
+    env = env_of(only(render(helm, values, tmp_path), "Deployment", FULLNAME))
+    assert {name: env[name]["value"] for name in env if "SHADOW" in name or "DOMAIN" in name} == {
+        "KSC_SHADOW_MIRROR": "gateway-api",
+        "KSC_SHADOW_ISTIO_GATEWAYS": "mesh,istio-system/gw",
+        "KSC_SHADOW_ISTIO_HOSTS": "a.example.com",
+        "KSC_SHADOW_ROUTE_PARENT_REFS": json.dumps(
+            parent_refs, separators=(",", ":"), sort_keys=True
+        ),
+        "KSC_SHADOW_ROUTE_HOSTNAMES": "scorer.example.com,*.models.example.com",
+        "KSC_CLUSTER_DOMAIN": "corp.internal",
+    }
+    settings = settings_of(env, monkeypatch)
+    assert settings.shadow_mirror == "gateway-api"
+    assert settings.shadow_istio_gateways == ("mesh", "istio-system/gw")
+    assert settings.shadow_istio_hosts == ("a.example.com",)
+    assert [r.as_ref() for r in settings.shadow_route_parent_refs] == [
+        {"group": "", "kind": "Service", "name": "scorer-predictor", "port": 80},
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge",
+         "namespace": "gateways", "sectionName": "https"},
+    ]  # fmt: skip
+    assert settings.shadow_route_hostnames == ("scorer.example.com", "*.models.example.com")
+    assert settings.cluster_domain == "corp.internal"
 
 
 def test_tls_policies_and_database_are_mounted_where_the_settings_point(

@@ -62,6 +62,7 @@ CHART = REPO / "deploy" / "helm" / "kserve-canary"
 RELEASE = "ksc"
 NAMESPACE = "kserve-canary"
 FULLNAME = "ksc-kserve-canary"
+COLLECTOR = f"{FULLNAME}-shadow-collector"
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
 SCOPE_LABEL = "test.kserve-canary.io/chart"
 
@@ -120,6 +121,37 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "extraEnv": {"KSC_LOOK_PERIOD_SECONDS": "10", "KSC_RESYNC_SECONDS": 120},
             "prometheusBearerToken": {"secretName": "prom-token", "key": "token"},
         }
+    },
+    "shadow-istio": {
+        "shadow": {
+            "mirror": "istio",
+            "istio": {
+                "gateways": ["mesh", "istio-system/knative-ingress-gateway"],
+                "hosts": ["scorer.fraud.models.example.com"],
+            },
+        },
+        "clusterDomain": "corp.internal",
+    },
+    "shadow-gateway-api": {
+        "shadow": {
+            "mirror": "gateway-api",
+            "route": {
+                "parentRefs": [{"name": "kserve-ingress-gateway", "namespace": "kserve"}],
+                "hostnames": ["scorer.fraud.models.example.com"],
+            },
+        },
+    },
+    "shadow-collector": {
+        "shadow": {"mirror": "istio"},
+        "shadowCollector": {
+            "enabled": True,
+            "decisionField": "label",
+            "scoreField": "probability",
+            "ttlSeconds": 12.5,
+            "maxPending": 2_000_000,  # large integers must not print as 2e+06
+            "maxBodyBytes": 4_194_304,
+        },
+        "serviceMonitor": {"enabled": True},
     },
 }
 
@@ -256,6 +288,25 @@ def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]
     ]
 
 
+def settings_of(env: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a container with this environment loads (a Secret's value stands in)."""
+    fields = set(Settings.model_fields)
+    for name in env:
+        assert name.startswith("KSC_"), name
+        assert name.removeprefix("KSC_").lower() in fields, f"{name} is not a setting"
+    for name in [k for k in os.environ if k.startswith("KSC_")]:
+        monkeypatch.delenv(name)
+    for name, entry in env.items():
+        if "value" in entry:
+            monkeypatch.setenv(name, entry["value"])
+        elif "secretKeyRef" in entry["valueFrom"]:
+            monkeypatch.setenv(name, SECRET_STAND_INS.get(name, "stand-in-credential"))
+        else:
+            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+            monkeypatch.setenv(name, "ksc-kserve-canary-7d9f-abcde")
+    return load_settings()
+
+
 def webhook_render(*args: str) -> dict[str, Any]:
     result = CliRunner().invoke(canary_cli, ["webhook", "render", "-o", "json", *args])
     assert result.exit_code == 0, result.output
@@ -383,6 +434,34 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         {key: value for key, value in APPROVALS.items() if key != "tls"},
         "webhookRoute.httpRoute.backendTLSPolicy needs caConfigMap with tls.source cert-manager",
     ),
+    (
+        "collector-decision-and-score-from-one-field",
+        {"shadowCollector": {"enabled": True, "scoreField": "decision"}},
+        'shadowCollector.decisionField and shadowCollector.scoreField are both "decision"',
+    ),
+    (
+        "collector-open-to-every-pod",
+        {
+            "shadowCollector": {
+                "enabled": True,
+                "allowFrom": [
+                    {"namespaceSelector": {"matchLabels": {"team": "fraud"}}},
+                    {"namespaceSelector": {}},
+                ],
+            }
+        },
+        "shadowCollector.allowFrom[1] admits every pod of every namespace",
+    ),
+    (
+        "collector-scraped-by-every-pod",
+        {
+            "shadowCollector": {
+                "enabled": True,
+                "prometheusFrom": [{"namespaceSelector": {"matchLabels": {}}, "podSelector": {}}],
+            }
+        },
+        "shadowCollector.prometheusFrom[0] admits every pod of every namespace",
+    ),
 ]
 
 
@@ -430,6 +509,72 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("poll-below-five-seconds", {"approvals": {"pollSeconds": 1}}, "/approvals/pollSeconds"),
     ("bad-log-level", {"controller": {"logLevel": "verbose"}}, "/controller/logLevel"),
+    # the mirror settings: refused here rather than by a controller that will not start
+    (
+        "unknown-mirror",
+        {"shadow": {"mirror": "linkerd"}},
+        "at '/shadow/mirror': value must be one of 'none', 'istio', 'gateway-api'",
+    ),
+    ("no-istio-gateway", {"shadow": {"istio": {"gateways": []}}}, "/shadow/istio/gateways"),
+    (
+        "uppercase-istio-gateway",
+        {"shadow": {"istio": {"gateways": ["Istio-System/gw"]}}},
+        "'Istio-System/gw' does not match pattern",
+    ),
+    (
+        "url-as-istio-host",
+        {"shadow": {"istio": {"hosts": ["http://scorer.example.com"]}}},
+        "/shadow/istio/hosts/0",
+    ),
+    (
+        "parent-ref-without-name",
+        {"shadow": {"route": {"parentRefs": [{"namespace": "kserve"}]}}},
+        "at '/shadow/route/parentRefs/0': missing property 'name'",
+    ),
+    (
+        "wildcard-in-the-middle-of-a-hostname",
+        {"shadow": {"route": {"hostnames": ["models.*.example.com"]}}},
+        "/shadow/route/hostnames/0",
+    ),
+    ("cluster-domain-with-a-dot", {"clusterDomain": "cluster.local."}, "/clusterDomain"),
+    ("misspelt-mirror-key", {"shadow": {"mirrors": "istio"}}, "additional properties 'mirrors'"),
+    # the collector: one replica, always; and never a NetworkPolicy rule that admits everyone
+    (
+        "collector-replicas",
+        {"shadowCollector": {"enabled": True, "replicas": 2}},
+        "at '/shadowCollector': additional properties 'replicas' not allowed",
+    ),
+    (
+        "collector-without-loggers",
+        {"shadowCollector": {"enabled": True, "allowFrom": []}},
+        "at '/shadowCollector/allowFrom': minItems",
+    ),
+    (
+        "collector-empty-peer",
+        {"shadowCollector": {"allowFrom": [{}]}},
+        "at '/shadowCollector/allowFrom/0': minProperties",
+    ),
+    (
+        "collector-ip-block",
+        {"shadowCollector": {"allowFrom": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}},
+        "additional properties 'ipBlock' not allowed",
+    ),
+    (
+        "collector-bad-selector-operator",
+        {
+            "shadowCollector": {
+                "prometheusFrom": [
+                    {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Equals"}]}}
+                ]
+            }
+        },
+        "/shadowCollector/prometheusFrom/0/podSelector/matchExpressions/0/operator",
+    ),
+    (
+        "collector-body-limit-too-small",
+        {"shadowCollector": {"maxBodyBytes": 100}},
+        "/shadowCollector/maxBodyBytes",
+    ),
 ]
 
 
@@ -500,7 +645,8 @@ def test_every_pod_follows_the_restricted_pod_security_profile(
     helm: Tool, variant: str, tmp_path: Path
 ) -> None:
     specs = pod_specs(render(helm, VARIANTS[variant], tmp_path))
-    assert {name for name, _ in specs} == {FULLNAME, f"{FULLNAME}-migrate"}
+    collector = {COLLECTOR} if variant == "shadow-collector" else set()
+    assert {name for name, _ in specs} == {FULLNAME, f"{FULLNAME}-migrate", *collector}
     for name, spec in specs:
         pod = spec["securityContext"]
         assert pod["runAsNonRoot"] is True, name
@@ -538,23 +684,8 @@ def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
     helm: Tool, variant: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     objects = render(helm, VARIANTS[variant], tmp_path)
-    env = env_of(only(objects, "Deployment"))
-    fields = set(Settings.model_fields)
-    for name in env:
-        assert name.startswith("KSC_"), name
-        assert name.removeprefix("KSC_").lower() in fields, f"{name} is not a setting"
-    # The values as the pod gets them load as settings (a Secret's value stands in here).
-    for name in [k for k in os.environ if k.startswith("KSC_")]:
-        monkeypatch.delenv(name)
-    for name, entry in env.items():
-        if "value" in entry:
-            monkeypatch.setenv(name, entry["value"])
-        elif "secretKeyRef" in entry["valueFrom"]:
-            monkeypatch.setenv(name, SECRET_STAND_INS.get(name, "stand-in-credential"))
-        else:
-            assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-            monkeypatch.setenv(name, "ksc-kserve-canary-7d9f-abcde")
-    settings = load_settings()
+    env = env_of(only(objects, "Deployment", FULLNAME))
+    settings = settings_of(env, monkeypatch)
     assert settings.lease_namespace == NAMESPACE
     assert settings.http_port == 8443
     assert str(settings.tls_cert_file) == "/etc/kserve-canary/tls/tls.crt"
@@ -581,6 +712,78 @@ def test_every_ksc_variable_is_a_setting_and_the_controller_accepts_them(
     else:
         assert settings.servicenow_url is None
         assert settings.approval_poll_seconds == 60.0
+    shadow = VARIANTS[variant].get("shadow", {})
+    assert settings.shadow_mirror == shadow.get("mirror", "none")
+    assert settings.cluster_domain == VARIANTS[variant].get("clusterDomain", "cluster.local")
+    if variant == "shadow-istio":
+        assert settings.shadow_istio_gateways == ("mesh", "istio-system/knative-ingress-gateway")
+        assert settings.shadow_istio_hosts == ("scorer.fraud.models.example.com",)
+    else:
+        assert settings.shadow_istio_gateways == ("mesh",)
+        assert settings.shadow_istio_hosts == ()
+    if variant == "shadow-gateway-api":
+        assert [r.as_ref() for r in settings.shadow_route_parent_refs] == [
+            {"group": "gateway.networking.k8s.io", "kind": "Gateway",
+             "name": "kserve-ingress-gateway", "namespace": "kserve"}
+        ]  # fmt: skip
+        assert settings.shadow_route_hostnames == ("scorer.fraud.models.example.com",)
+    else:
+        assert settings.shadow_route_parent_refs == ()
+        assert settings.shadow_route_hostnames == ()
+    collectors = [d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == COLLECTOR]
+    assert len(collectors) == (1 if variant == "shadow-collector" else 0)
+    if collectors:
+        collector = settings_of(env_of(collectors[0]), monkeypatch)
+        assert collector.shadow_collector_port == 9400
+        assert collector.shadow_collector_decision_field == "label"
+        assert collector.shadow_collector_score_field == "probability"
+        assert collector.shadow_collector_ttl_seconds == 12.5
+        assert collector.shadow_collector_max_pending == 2_000_000
+        assert collector.shadow_collector_max_body_bytes == 4_194_304
+
+
+def test_the_mirror_values_are_the_controller_s_mirror_settings(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every mirror value at once, in the forms the settings read (comma-separated lists,
+    JSON parentRefs): a GAMMA parentRef keeps its empty core group."""
+    parent_refs = [
+        {"group": "", "kind": "Service", "name": "scorer-predictor", "port": 80},
+        {"name": "edge", "namespace": "gateways", "sectionName": "https"},
+    ]
+    values = {
+        "shadow": {
+            "mirror": "gateway-api",
+            "istio": {"gateways": ["mesh", "istio-system/gw"], "hosts": ["a.example.com"]},
+            "route": {
+                "parentRefs": parent_refs,
+                "hostnames": ["scorer.example.com", "*.models.example.com"],
+            },
+        },
+        "clusterDomain": "corp.internal",
+    }
+    env = env_of(only(render(helm, values, tmp_path), "Deployment", FULLNAME))
+    assert {name: env[name]["value"] for name in env if "SHADOW" in name or "DOMAIN" in name} == {
+        "KSC_SHADOW_MIRROR": "gateway-api",
+        "KSC_SHADOW_ISTIO_GATEWAYS": "mesh,istio-system/gw",
+        "KSC_SHADOW_ISTIO_HOSTS": "a.example.com",
+        "KSC_SHADOW_ROUTE_PARENT_REFS": json.dumps(
+            parent_refs, separators=(",", ":"), sort_keys=True
+        ),
+        "KSC_SHADOW_ROUTE_HOSTNAMES": "scorer.example.com,*.models.example.com",
+        "KSC_CLUSTER_DOMAIN": "corp.internal",
+    }
+    settings = settings_of(env, monkeypatch)
+    assert settings.shadow_mirror == "gateway-api"
+    assert settings.shadow_istio_gateways == ("mesh", "istio-system/gw")
+    assert settings.shadow_istio_hosts == ("a.example.com",)
+    assert [r.as_ref() for r in settings.shadow_route_parent_refs] == [
+        {"group": "", "kind": "Service", "name": "scorer-predictor", "port": 80},
+        {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge",
+         "namespace": "gateways", "sectionName": "https"},
+    ]  # fmt: skip
+    assert settings.shadow_route_hostnames == ("scorer.example.com", "*.models.example.com")
+    assert settings.cluster_domain == "corp.internal"
 
 
 def test_tls_policies_and_database_are_mounted_where_the_settings_point(
@@ -771,6 +974,234 @@ def test_the_notes_say_how_to_reach_the_api_and_verify(
     assert "kubectl -n ops rollout status deployment/kserve-canary" in notes
     assert "https://kserve-canary.ops.svc:8443/readyz" in notes
     assert "mutatingwebhookconfiguration kserve-canary" in notes
+
+
+# ---------------------------------------------------------------------- the shadow collector
+
+
+def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A label selector applied to labels, as Kubernetes does (empty: everything)."""
+    selector = selector or {}
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        held = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not held:
+            return False
+    return True
+
+
+def admits(
+    policy: dict[str, Any], namespace: str, pod: dict[str, str], port: int, **ns_labels: str
+) -> bool:
+    """Whether a NetworkPolicy lets a pod (its labels) of `namespace` reach the pods it selects
+    on TCP `port`. Rules without ports admit every port, rules without peers every source, as
+    Kubernetes reads them."""
+    labels = {"kubernetes.io/metadata.name": namespace, **ns_labels}
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports") or [{"protocol": "TCP"}]
+        if not any(
+            p.get("protocol", "TCP") == "TCP" and p.get("port", port) == port for p in ports
+        ):
+            continue
+        peers = rule.get("from") or [{"namespaceSelector": {}}]
+        for peer in peers:
+            if "namespaceSelector" in peer:
+                in_namespace = selects(peer["namespaceSelector"], labels)
+            else:
+                in_namespace = namespace == policy["metadata"]["namespace"]
+            if in_namespace and selects(peer.get("podSelector"), pod):
+                return True
+    return False
+
+
+PREDICTOR = {"component": "predictor", "serving.kserve.io/inferenceservice": "scorer"}
+PROMETHEUS = {"app.kubernetes.io/name": "prometheus", "prometheus": "k8s"}
+
+
+def test_by_default_there_is_no_shadow_collector_and_no_mirroring(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, {}, tmp_path)
+    assert not [o for o in objects if "shadow" in o["metadata"]["name"]]
+    assert not of_kind(objects, "NetworkPolicy")
+    assert env_of(only(objects, "Deployment", FULLNAME))["KSC_SHADOW_MIRROR"]["value"] == "none"
+
+
+def test_the_collector_is_one_canary_shadow_collector_pod_without_credentials(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, VARIANTS["shadow-collector"], tmp_path)
+    collector = only(objects, "Deployment", COLLECTOR)
+    controller = only(objects, "Deployment", FULLNAME)
+    assert collector["spec"]["replicas"] == 1
+    assert collector["spec"]["strategy"] == {"type": "Recreate"}  # never two pods at once
+    spec = collector["spec"]["template"]["spec"]
+    controller_spec = controller["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    (controller_container,) = controller_spec["containers"]
+    assert container["command"] == ["canary", "shadow-collector"]
+    assert "args" not in container
+    assert container["image"] == controller_container["image"]
+    assert container["ports"] == [{"name": "http", "containerPort": 9400, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
+    assert container["resources"]["requests"]["cpu"]
+    assert container["resources"]["limits"]["memory"]
+    assert spec["securityContext"] == controller_spec["securityContext"]
+    assert container["securityContext"] == controller_container["securityContext"]
+    # no Kubernetes credentials, no database, no secret of any kind
+    assert spec["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in spec
+    env = env_of(collector)
+    assert all("value" in entry for entry in env.values())
+    assert not [name for name in env if "DATABASE" in name or "PROMETHEUS" in name]
+    # Its pod is its own: none of the controller's selectors takes it, and the collector's
+    # selectors take nothing but it.
+    pod = collector["spec"]["template"]["metadata"]["labels"]
+    controller_pod = controller["spec"]["template"]["metadata"]["labels"]
+    pdb = only(objects, "PodDisruptionBudget")
+    for selector in (
+        controller["spec"]["selector"],
+        pdb["spec"]["selector"],
+        {"matchLabels": only(objects, "Service", FULLNAME)["spec"]["selector"]},
+        {"matchLabels": only(objects, "Service", f"{FULLNAME}-webhook")["spec"]["selector"]},
+    ):
+        assert selects(selector, controller_pod)
+        assert not selects(selector, pod)
+    for selector in (
+        collector["spec"]["selector"],
+        {"matchLabels": only(objects, "Service", COLLECTOR)["spec"]["selector"]},
+        only(objects, "NetworkPolicy", COLLECTOR)["spec"]["podSelector"],
+    ):
+        assert selects(selector, pod)
+        assert not selects(selector, controller_pod)
+
+
+def test_the_collector_service_is_the_logger_url_s_port_9400(helm: Tool, tmp_path: Path) -> None:
+    objects = render(helm, VARIANTS["shadow-collector"], tmp_path)
+    service = only(objects, "Service", COLLECTOR)
+    assert service["spec"]["type"] == "ClusterIP"
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"], port["protocol"]) == (9400, "http", "TCP")
+    # a long release name still gives a Service name that is a DNS label
+    long_name = "a" * 48
+    objects = render(
+        helm, {**VARIANTS["shadow-collector"], "fullnameOverride": long_name}, tmp_path
+    )
+    names = {o["metadata"]["name"] for o in objects if "shadow" in o["metadata"]["name"]}
+    (name,) = names
+    assert len(name) <= 63
+    assert name.endswith("-shadow-collector")
+    assert {o["kind"] for o in objects if o["metadata"]["name"] == name} == {
+        "Deployment", "Service", "NetworkPolicy", "ServiceMonitor"
+    }  # fmt: skip
+
+
+def test_the_network_policy_admits_the_predictors_loggers_and_prometheus_only(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, VARIANTS["shadow-collector"], tmp_path)
+    policy = only(objects, "NetworkPolicy", COLLECTOR)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    controller_pod = only(objects, "Deployment", FULLNAME)["spec"]["template"]["metadata"]
+    # KServe's predictor pods in any namespace, and Prometheus, on the collector's port
+    assert admits(policy, "fraud", PREDICTOR, 9400)
+    assert admits(policy, "retail", PREDICTOR, 9400)
+    assert admits(policy, "monitoring", PROMETHEUS, 9400)
+    # and nothing else: other pods, the controller itself, other ports
+    assert not admits(policy, "fraud", {"app": "curl"}, 9400)
+    assert not admits(policy, "fraud", {"component": "transformer"}, 9400)
+    assert not admits(policy, NAMESPACE, {}, 9400)
+    assert not admits(policy, NAMESPACE, controller_pod["labels"], 9400)
+    assert not admits(policy, "fraud", PREDICTOR, 8080)
+    for rule in policy["spec"]["ingress"]:
+        assert rule["from"]  # a rule without peers would admit every source
+        assert rule["ports"] == [{"protocol": "TCP", "port": 9400}]
+
+    # narrowed to the teams whose models are compared, and scraped by one Prometheus
+    values = {
+        "shadowCollector": {
+            "enabled": True,
+            "allowFrom": [
+                {
+                    "namespaceSelector": {"matchLabels": {"team": "fraud"}},
+                    "podSelector": {
+                        "matchExpressions": [
+                            {"key": "component", "operator": "In", "values": ["predictor"]}
+                        ]
+                    },
+                }
+            ],
+            "prometheusFrom": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    },
+                    "podSelector": {"matchLabels": {"prometheus": "k8s"}},
+                }
+            ],
+        }
+    }
+    policy = only(render(helm, values, tmp_path), "NetworkPolicy", COLLECTOR)
+    assert [rule["from"] for rule in policy["spec"]["ingress"]] == [
+        values["shadowCollector"]["allowFrom"], values["shadowCollector"]["prometheusFrom"]
+    ]  # fmt: skip
+    assert admits(policy, "fraud-prod", PREDICTOR, 9400, team="fraud")
+    assert not admits(policy, "retail", PREDICTOR, 9400, team="retail")
+    assert admits(policy, "monitoring", PROMETHEUS, 9400)
+    assert not admits(policy, "team-metrics", PROMETHEUS, 9400)
+
+    # no Prometheus peers: no scraping rule at all (never one without peers)
+    values["shadowCollector"]["prometheusFrom"] = []
+    policy = only(render(helm, values, tmp_path), "NetworkPolicy", COLLECTOR)
+    assert len(policy["spec"]["ingress"]) == 1
+    assert not admits(policy, "monitoring", PROMETHEUS, 9400)
+    assert admits(policy, "fraud-prod", PREDICTOR, 9400, team="fraud")
+
+
+def test_the_collector_is_scraped_over_http_with_its_own_namespace_label_kept(
+    helm: Tool, tmp_path: Path
+) -> None:
+    objects = render(helm, VARIANTS["shadow-collector"], tmp_path)
+    monitor = only(objects, "ServiceMonitor", COLLECTOR)
+    collector_service = only(objects, "Service", COLLECTOR)["metadata"]["labels"]
+    api_service = only(objects, "Service", FULLNAME)["metadata"]["labels"]
+    assert selects(monitor["spec"]["selector"], collector_service)
+    assert not selects(monitor["spec"]["selector"], api_service)
+    assert not selects(only(objects, "ServiceMonitor", FULLNAME)["spec"]["selector"],
+                       collector_service)  # fmt: skip
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["scheme"]) == ("http", "/metrics", "http")
+    # the series' own `namespace` (the InferenceServices') wins over the target's
+    assert endpoint["honorLabels"] is True
+    # without serviceMonitor.enabled, no monitor for either
+    unmonitored = {**VARIANTS["shadow-collector"], "serviceMonitor": {"enabled": False}}
+    assert not of_kind(render(helm, unmonitored, tmp_path), "ServiceMonitor")
+
+
+def test_the_notes_give_the_logger_url_of_the_collector(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))  # a client dry run
+    result = subprocess.run(
+        [str(helm.path), "install", "kserve-canary", str(CHART), "--namespace", "ops",
+         "--dry-run=client", "--set", "shadowCollector.enabled=true",
+         "--set", "clusterDomain=corp.internal"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "url: http://kserve-canary-shadow-collector.ops.svc.corp.internal:9400/" in notes
+    assert "mode: response" in notes
+    assert "shadow.mirror is none: shadow phases are refused" in notes
 
 
 # ---------------------------------------------------------------------- approvals
@@ -1097,6 +1528,7 @@ _KINDS: dict[str, ResourceKind] = {
         ResourceKind("cert-manager.io", "v1", "issuers", "Issuer"),
         ResourceKind("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor"),
         ResourceKind("networking.k8s.io", "v1", "ingresses", "Ingress"),
+        ResourceKind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
         HTTP_ROUTE,
         ResourceKind("gateway.networking.k8s.io", "v1", "backendtlspolicies", "BackendTLSPolicy"),
     )
@@ -1172,8 +1604,10 @@ def test_a_generated_value_that_reads_as_a_number_stays_a_string(
 
 
 @pytest.mark.parametrize(
-    "variant", ["default", "cluster-monitored", "own-secret", "namespaced", "sqlite", "approvals"]
-)
+    "variant",
+    ["default", "cluster-monitored", "own-secret", "namespaced", "sqlite", "approvals",
+     "shadow-collector"],
+)  # fmt: skip
 def test_the_rendered_chart_is_accepted_by_the_apiserver(
     testbed: Testbed, chart_crds: None, helm: Tool, variant: str, tmp_path: Path
 ) -> None:
@@ -1195,7 +1629,9 @@ def test_the_rendered_chart_is_accepted_by_the_apiserver(
             assert answer["kind"] == body["kind"]
             assert answer["metadata"]["name"] == body["metadata"]["name"]
             assert answer["metadata"]["uid"]
-        deployment = next(s for s in stored if s["kind"] == "Deployment")
+        deployment = next(
+            s for s in stored if s["kind"] == "Deployment" and s["metadata"]["name"] == FULLNAME
+        )
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
         webhook = next(s for s in stored if s["kind"] == "MutatingWebhookConfiguration")
         rendered = only(objects, "MutatingWebhookConfiguration")

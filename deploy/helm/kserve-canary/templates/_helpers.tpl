@@ -73,6 +73,39 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* The shadow collector's objects: their own name label, so that none of the controller's
+selectors (Services, PodDisruptionBudget, Deployment, ServiceMonitor) takes its pod. The
+full name is cut to 46 characters so that the Service's name stays a 63-character label. */}}
+{{- define "ksc.collectorName" -}}
+{{- printf "%s-shadow-collector" (include "ksc.fullname" . | trunc 46 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "ksc.collectorSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-shadow-collector" (default "kserve-canary" .Values.nameOverride | trunc 46 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "ksc.collectorLabels" -}}
+{{ include "ksc.collectorSelectorLabels" . }}
+app.kubernetes.io/component: shadow-collector
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* The one port of the collector (setting shadow_collector_port): fixed, since it is part of
+the logger URL put on every compared InferenceService. */}}
+{{- define "ksc.collectorPort" -}}9400{{- end -}}
+
+{{/* "true" when a label selector (a dict, or nothing) selects everything. */}}
+{{- define "ksc.selectsAll" -}}
+{{- if not . -}}
+true
+{{- else if and (empty (get . "matchLabels")) (empty (get . "matchExpressions")) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "ksc.sqliteClaim" -}}{{ include "ksc.fullname" . }}-sqlite{{- end -}}
 
 {{- define "ksc.image" -}}
@@ -124,6 +157,20 @@ only logs a template's `fail`, as Helm's lint mode does for every chart).
 {{- end -}}
 {{- if and $route.httpRoute.enabled $route.httpRoute.backendTLSPolicy.enabled (eq .Values.tls.source "cert-manager") (not $route.httpRoute.backendTLSPolicy.caConfigMap) -}}
 {{- fail "webhookRoute.httpRoute.backendTLSPolicy needs caConfigMap with tls.source cert-manager: a ConfigMap in the release namespace whose key ca.crt is the serving CA (for example one trust-manager fills from the CA), or set backendTLSPolicy.enabled false if your Gateway is told about backend TLS its own way" -}}
+{{- end -}}
+{{- $sc := .Values.shadowCollector -}}
+{{- if and $sc.enabled (eq $sc.decisionField $sc.scoreField) -}}
+{{- fail (printf "shadowCollector.decisionField and shadowCollector.scoreField are both %q: a response's decision and score are read from different fields" $sc.decisionField) -}}
+{{- end -}}
+{{- if $sc.enabled -}}
+{{- range $list := list "allowFrom" "prometheusFrom" -}}
+{{- range $i, $peer := get $sc $list -}}
+{{- if and (hasKey $peer "namespaceSelector") (include "ksc.selectsAll" $peer.namespaceSelector) (include "ksc.selectsAll" (get $peer "podSelector")) -}}
+{{- $hint := ternary "component: predictor" "app.kubernetes.io/name: prometheus" (eq $list "allowFrom") -}}
+{{- fail (printf "shadowCollector.%s[%d] admits every pod of every namespace, and anyone who can post to the collector can invent pairs: give it a podSelector (e.g. matchLabels %s) or a namespaceSelector with labels" $list $i $hint) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if not (lt "inferenceservice.serving.kserve.io" .Values.webhook.configurationName) -}}
 {{- fail (printf "webhook.configurationName %q must sort after KServe's inferenceservice.serving.kserve.io: the apiserver calls mutating webhooks in name order" .Values.webhook.configurationName) -}}

@@ -312,8 +312,9 @@ def test_a_dark_launch_mirrors_to_the_canary_entry_then_the_canary_steps_start(
     mirror = "gateway-api"
     v1, v2 = env.model("v1"), env.model("v2")
     env.create(v1, policy=policy(env))
-    env.start_controller(shadow_mirror=mirror, webhook=True)
-    env.patch({"spec": {"predictor": {"model": {"storageUri": v2}}}})
+    env.start_controller(shadow_mirror=mirror)
+    started = env.command("start", "new fraud model, shadow first", storage_uri=v2)
+    assert started.state == "accepted", started.result
     env.wait("the mirror object", lambda: bool(mirror_objects(env, mirror)))
     (obj,) = mirror_objects(env, mirror)
     doc = env.latest()

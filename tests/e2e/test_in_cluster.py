@@ -19,11 +19,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from canary.engine import RolloutDocument
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, KubeError
 from canary.model import Phase
 from testbed.binaries import BuildError, ensure_helm
 from tests.e2e.harness import Env
 from tests.e2e.test_rollouts import SLOW_MODEL
+from tests.e2e.test_shadow import assert_no_mirror, create_challenger, mirror_objects, policy
 from tests.integration.test_chart import applied, only, render, scoped
 from tests.pod_secrets import pod_secrets
 
@@ -48,6 +50,8 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
 ) -> None:
     # both RBAC variants of the chart, one per KServe mode
     scope = "namespaced" if env.mode == "knative" else "cluster"
+    mirror = "istio" if env.mode == "knative" else "gateway-api"
+    policy(env, duration="10m")  # a shadow that only an abort ends
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is needed to give the controller a pod's files")
     try:
@@ -85,6 +89,8 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
                 # with the chart's grant in kube-system
                 "KSC_TLS_CERT_FILE": str(cert),
                 "KSC_TLS_KEY_FILE": str(key),
+                # a shadow phase writes and removes its mirror object under the chart's RBAC
+                "KSC_SHADOW_MIRROR": mirror,
             },
             wrapper=(*POD, str(secrets)),
         )
@@ -108,6 +114,23 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
         doc = env.wait_phase(Phase.ROLLED_BACK, Phase.SUCCEEDED, Phase.PAUSED, Phase.FAILED)
         assert doc.state.phase is Phase.ROLLED_BACK, doc.state.outcome
         assert "latency-p99" in (doc.state.rollback_reason or "")
+
+        # a challenger's shadow: the mirror object written, then removed on abort
+        champion = f"{env.name}-shadowed"
+        create_challenger(env, f"{champion}-next", env.uri("v2"))
+        shadowed = Env(env.testbed, env.mode, env.namespace, env.database_url, env.policy_dir,
+                       token=env.token, name=champion)  # fmt: skip
+        shadowed.create(
+            v1, policy="shadow", extra={"kserve-canary.io/challenger": f"{champion}-next"}
+        )
+        shadowed.wait("the mirror object", lambda: bool(mirror_objects(shadowed, mirror)))
+        aborted = shadowed.command("abort", "the RBAC test is done with it")
+        assert aborted.state == "accepted", aborted.result
+        assert_no_mirror(shadowed, mirror)
+        with shadowed.store() as store:
+            rows = store.rollouts(namespace=env.namespace, name=champion)
+        assert [RolloutDocument.from_row(r).state.phase for r in rows] == [Phase.ABORTED]
+        shadowed.stop()
 
         # every write was the ServiceAccount's, through the chart's grants
         assert replica.process.poll() is None, log.read_text()[-3000:]

@@ -517,7 +517,7 @@ class Analyzer:
             "since": since.isoformat(),
             "read_at": read_at.isoformat(),
             "window_seconds": max(seconds, 0),
-            "max_batch_size": check.max_batch_size,
+            "max_predictions_per_request": check.max_predictions_per_request,
         }
         if seconds < 1:
             # Read a moment after mirroring began: nothing can have been counted yet.
@@ -566,7 +566,7 @@ class Analyzer:
             requests = sides[0]
             extra["challenger_requests"] = requests
             extra["champion_requests"] = sides[1]
-            limit = most_pairs(requests, check.max_batch_size)
+            limit = most_pairs(requests, check.max_predictions_per_request)
             extra["most_pairs"] = limit
             origins = [Origin(q, read_at, d or None) for q, d in zip(queries, digests, strict=True)]
             if check.builtin == "decision-agreement":
@@ -603,9 +603,11 @@ class Analyzer:
                     f"with {champion} since the shadow began, but {challenger} served "
                     f"{requests:,.0f} requests in the same window ({label}="
                     f"{identity(subject, subject.canary_revision)!r}), which allow at most "
-                    f"{limit:,.0f} (maxBatchSize {check.max_batch_size}); the collector counted "
-                    "predictions the challenger did not answer (forged or replayed events, or "
-                    "several collectors writing one series): not judged, never a pass",
+                    f"{limit:,.0f} (maxPredictionsPerRequest "
+                    f"{check.max_predictions_per_request}); "
+                    "the collector counted predictions the challenger did not answer (forged or "
+                    "replayed events, or several collectors writing one series): not judged, "
+                    "never a pass",
                     series=series_name({"__name__": metric, "namespace": subject.namespace,
                                         "isvc": challenger, "peer": champion}),
                     rule="pairs-within-requests",

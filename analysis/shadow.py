@@ -689,10 +689,10 @@ def ceiling_breach(
 # --- consistency ----------------------------------------------------------------------------
 
 
-def most_pairs(requests: float, max_batch_size: int = 1) -> float:
+def most_pairs(requests: float, per_request: int = 1) -> float:
     """The most paired predictions a challenger that served ``requests`` requests can
-    have, both counted by ``increase()`` over the same window: ``max_batch_size`` per
-    request (a batch of ``k`` predictions is ``k`` pairs), plus :data:`PAIRS_SLACK` of that
+    have, both counted by ``increase()`` over the same window: at most ``per_request``
+    predictions per request (a batch of ``k`` is ``k`` pairs), plus :data:`PAIRS_SLACK` of that
     and :data:`PAIRS_ALLOWANCE` pairs.
 
     The room is for how the two counts are read, not for pairs the challenger never
@@ -707,13 +707,13 @@ def most_pairs(requests: float, max_batch_size: int = 1) -> float:
     several collectors writing one series (which ``increase()`` reads as resets and
     inflates).
 
-    ValueError for ``requests`` that is not a finite count or a ``max_batch_size`` below 1.
+    ValueError for ``requests`` that is not a finite count or a ``per_request`` below 1.
     """
     if isinstance(requests, bool) or not (math.isfinite(requests) and requests >= 0):
         raise ValueError(f"requests must be a finite count >= 0, got {requests!r}")
-    if isinstance(max_batch_size, bool) or max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be a count >= 1, got {max_batch_size!r}")
-    return max_batch_size * requests * (1 + PAIRS_SLACK) + PAIRS_ALLOWANCE
+    if isinstance(per_request, bool) or per_request < 1:
+        raise ValueError(f"per_request must be a count >= 1, got {per_request!r}")
+    return per_request * requests * (1 + PAIRS_SLACK) + PAIRS_ALLOWANCE
 
 
 # --- PromQL ---------------------------------------------------------------------------------

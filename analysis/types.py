@@ -256,8 +256,8 @@ class CheckDefinition:
 
     A shadow output check (``builtin`` in :data:`SHADOW_BUILTINS`) takes ``absolute_limit``
     only: the minimum agreement (judged at ``alpha_pass``) or the largest PSI, each over
-    ``min_samples`` pairs; ``max_batch_size`` is the most predictions one request carries,
-    so that the challenger's requests bound the pairs it can have."""
+    ``min_samples`` pairs; ``max_predictions_per_request`` is the most predictions one
+    request carries, so that the challenger's requests bound the pairs it can have."""
 
     name: str
     builtin: str | None
@@ -277,7 +277,7 @@ class CheckDefinition:
     progression: Progression = "evidence"
     events: str | None = None
     requests: str | None = None
-    max_batch_size: int = 1
+    max_predictions_per_request: int = 1
 
     @property
     def counted(self) -> bool:
@@ -312,8 +312,9 @@ class CheckDefinition:
             problems.append(f"unknown built-in {self.builtin!r}; allowed: {', '.join(known)}")
         if self.shadow_output:
             problems += self._shadow_output_problems()
-        if self.max_batch_size < 1:
-            problems.append(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_predictions_per_request < 1:
+            problems.append(f"max_predictions_per_request must be >= 1, got "
+                            f"{self.max_predictions_per_request}")  # fmt: skip
         if self.direction not in get_args(Direction):
             problems.append(f"direction must be lowerIsBetter or higherIsBetter, got "
                             f"{self.direction!r}")  # fmt: skip

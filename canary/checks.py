@@ -106,7 +106,7 @@ def shadow_checks(policy: RolloutPolicy, challenger: str | None = None) -> list[
                 absolute_limit=limit,
                 min_samples=shadow.min_samples,
                 alpha_pass=policy.false_promotion_rate,
-                max_batch_size=shadow.max_batch_size,
+                max_predictions_per_request=shadow.max_predictions_per_request,
             )
             for name, builtin, direction, limit in outputs
             if limit is not None

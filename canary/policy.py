@@ -616,7 +616,7 @@ class ShadowPolicy(_Model):
         description="Largest population stability index between the champion's and the "
         "challenger's scores on the same requests (0.1 minor, 0.25 major).",
     )
-    max_batch_size: int = Field(
+    max_predictions_per_request: int = Field(
         default=1,
         ge=1,
         le=100_000,

@@ -410,8 +410,8 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
     ),
     (
         "shadow-batch-zero",
-        {"shadow": {"enabled": True, "maxBatchSize": 0}},
-        "shadow.maxBatchSize",
+        {"shadow": {"enabled": True, "maxPredictionsPerRequest": 0}},
+        "shadow.maxPredictionsPerRequest",
         "greater than or equal to 1",
         "0",
     ),
@@ -453,7 +453,7 @@ def test_the_output_checks_names_are_free_unless_their_thresholds_are_set() -> N
         {"name": "fraud", "shadow": {"enabled": True, "minAgreement": 0.9}, "checks": [custom]}
     )
     assert [c.name for c in policy.checks] == ["score-shift"]
-    assert policy.shadow.max_batch_size == 1  # one prediction per request unless told
+    assert policy.shadow.max_predictions_per_request == 1  # one prediction per request unless told
     with pytest.raises(ValueError, match=r"is taken while shadow\.maxScoreShift is set"):
         RolloutPolicy.model_validate(
             {"name": "fraud", "shadow": {"maxScoreShift": 0.1}, "checks": [custom]}

@@ -208,7 +208,8 @@ AGREEMENT_CASES = {
                                    "served 0 requests", requests=None,
                                    check={"consecutive_error_limit": 0}),
     "batches-allow-more-pairs": Case(5000, 4990, Outcome.SUCCESSFUL, Outcome.SUCCESSFUL, True,
-                                     "lower bound 9", check={"max_batch_size": 8}),
+                                     "lower bound 9",
+                                     check={"max_predictions_per_request": 8}),
 }  # fmt: skip
 
 
@@ -270,7 +271,7 @@ def test_forged_pairs_say_why_and_what_was_counted() -> None:
     assert found.detail["error_rule"] == "pairs-within-requests"
     assert "5,000 paired predictions of scorer-v3 with scorer" in found.message
     assert "served 1,000 requests in the same window" in found.message
-    assert "at most 1,270" in found.message
+    assert "at most 1,270 (maxPredictionsPerRequest 1)" in found.message
     assert "never a pass" in found.message
     assert "pairs" not in found.detail  # not judged: no verdict on these counts
     assert found.statistic is None
@@ -468,8 +469,8 @@ def test_the_fast_path_leaves_the_output_checks_for_the_full_evaluation() -> Non
                      id="direction"),
         pytest.param(lambda: agreement(on_no_data="pass"), "cannot pass on no data",
                      id="pass-on-no-data"),
-        pytest.param(lambda: agreement(max_batch_size=0), "max_batch_size must be >= 1",
-                     id="batch"),
+        pytest.param(lambda: agreement(max_predictions_per_request=0),
+                     "max_predictions_per_request must be >= 1", id="batch"),
         pytest.param(lambda: score_shift(absolute_limit=-0.1), "a PSI > 0", id="psi"),
         pytest.param(lambda: score_shift(builtin="score-drift"), "unknown built-in",
                      id="unknown"),

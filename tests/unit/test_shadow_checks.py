@@ -31,7 +31,8 @@ def policy(**shadow: Any) -> RolloutPolicy:
 
 def test_a_challenger_gets_the_output_checks_its_policy_sets() -> None:
     checks = shadow_checks(
-        policy(minAgreement=0.95, maxScoreShift=0.2, minSamples=500, maxBatchSize=4), CHALLENGER
+        policy(minAgreement=0.95, maxScoreShift=0.2, minSamples=500, maxPredictionsPerRequest=4),
+        CHALLENGER,
     )
     by_name = {c.name: c for c in checks}
     assert set(by_name) == {
@@ -44,7 +45,7 @@ def test_a_challenger_gets_the_output_checks_its_policy_sets() -> None:
     assert (agreement.absolute_limit, shift.absolute_limit) == (0.95, 0.2)
     for check in (agreement, shift):
         assert check.min_samples == 500
-        assert check.max_batch_size == 4
+        assert check.max_predictions_per_request == 4
         assert not check.dry_run  # they gate (after: report decides what a result does)
         assert check.relative_tolerance is None
         assert check.hard_limit is None

@@ -574,14 +574,14 @@ class Analyzer:
                 _counts_valid(found, origins[0], "the pairs counter")
                 try:
                     pairs, agreed = pair_counts(found)
-                except ValueError as exc:
+                    verdict: AgreementVerdict | ScoreShiftVerdict = agreement_verdict(
+                        pairs, agreed, minimum=_limit(check), alpha=check.alpha_pass,
+                        min_samples=check.min_samples,
+                    )  # fmt: skip
+                except ValueError as exc:  # a series it cannot read, counts beyond floats
                     raise origins[0].error(InvalidAnswer, str(exc), series=PAIRS_METRIC,
                                            rule="pairs-series") from None  # fmt: skip
                 counted, subjects, metric = pairs, "paired predictions", PAIRS_METRIC
-                verdict: AgreementVerdict | ScoreShiftVerdict = agreement_verdict(
-                    pairs, agreed, minimum=_limit(check), alpha=check.alpha_pass,
-                    min_samples=check.min_samples,
-                )  # fmt: skip
             else:
                 found_base, found_cand = series(answers[0]), series(answers[1])
                 _counts_valid(found_base, origins[0], "the champion's score buckets")

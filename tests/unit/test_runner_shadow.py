@@ -112,6 +112,7 @@ class ShadowPrometheus:
         default_factory=lambda: {CHAMPION: histogram(EVEN, 1000), CHALLENGER: histogram(EVEN, 1000)}
     )
     failing: Mapping[str, MetricError] = field(default_factory=dict)  # by kind of query
+    pairs_answer: list[Series] | None = None  # replaces the pairs series when set
     sent: list[tuple[str, datetime]] = field(default_factory=list)
     url: str = "http://prometheus.test:9090"
 
@@ -129,7 +130,9 @@ class ShadowPrometheus:
         if kind in self.failing:
             raise self.failing[kind]
         series: list[Series] = []
-        if kind == "pairs":
+        if kind == "pairs" and self.pairs_answer is not None:
+            series += self.pairs_answer
+        elif kind == "pairs":
             if self.agreed is not None:
                 series.append(Series({"agree": "true"}, self.agreed))
             if self.pairs is not None:
@@ -321,6 +324,10 @@ def test_a_collector_restart_neither_subtracts_nor_double_counts_pairs() -> None
                      id="negative-requests"),
         pytest.param({"agreed": math.inf}, "invalid-counter", "must be finite",
                      id="infinite-pairs"),
+        pytest.param({"pairs_answer": [Series({"agree": "true"}, 1e308),
+                                       Series({"agree": "false"}, 1e308)],
+                      "requests": 1e308},
+                     "invalid-answer", "pairs must be a finite count", id="pairs-beyond-floats"),
         pytest.param({"failing": {"pairs": Unreachable("connection refused")}}, "unreachable",
                      "connection refused", id="prometheus-down"),
         pytest.param({"failing": {"requests": Unreachable("timed out")}}, "unreachable",

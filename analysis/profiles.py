@@ -52,6 +52,7 @@ __all__ = [
     "promql_duration",
     "regex_escape",
     "render_template",
+    "request_count_query",
     "series_of",
     "string_literal",
     "template_variables",
@@ -328,6 +329,16 @@ class _Builder:
 
     def variables(self, revision: str) -> dict[str, str]:
         return template_variables(self.subject, revision)
+
+
+def request_count_query(subject: Subject) -> tuple[str, str]:
+    """The requests the canary and the baseline served over the subject's window (the
+    profile's request counter under ``increase()``: the sample count of the error-rate and
+    request-rate checks), one series per side, and the label that tells them apart (its
+    values are :func:`identity` of each revision). A ValueError when the profile cannot be
+    used in the subject's mode."""
+    build = _Builder(subject)
+    return build.request_count(), build.series.identity_label
 
 
 def template_variables(subject: Subject, revision: str) -> dict[str, str]:

@@ -28,9 +28,30 @@ from analysis.assess import (
     reading_from_results,
 )
 from analysis.looks import PARTS, LookSource, SubjectLook
-from analysis.profiles import COUNTER_PART_LABEL, COUNTER_PARTS, counter_query, plan
+from analysis.profiles import (
+    COUNTER_PART_LABEL,
+    COUNTER_PARTS,
+    counter_query,
+    identity,
+    plan,
+    request_count_query,
+)
 from analysis.providers.base import MetricProvider
 from analysis.sequential import Counts, ErrorRateTest, SequentialState, at_step
+from analysis.shadow import (
+    PAIRS_METRIC,
+    SCORE_METRIC,
+    AgreementVerdict,
+    ScoreShiftVerdict,
+    agreement_verdict,
+    most_pairs,
+    pair_counts,
+    pairs_query,
+    score_buckets,
+    score_buckets_query,
+    score_shift_verdict,
+)
+from analysis.shadow import evidence as shadow_evidence
 from analysis.types import (
     BUILTIN_CHECKS,
     BadQuery,
@@ -38,9 +59,11 @@ from analysis.types import (
     CheckEvaluation,
     CheckMemory,
     DetailValue,
+    InconsistentEvidence,
     Infinite,
     InvalidAnswer,
     InvalidCounter,
+    InvalidHistogram,
     MetricError,
     MultipleSeries,
     NoData,
@@ -50,10 +73,11 @@ from analysis.types import (
     ProviderError,
     QueryResult,
     Reading,
+    Series,
     StepAnalysis,
     Subject,
 )
-from analysis.validate import check_answer, series_name
+from analysis.validate import Origin, check_answer, count_problem, series_name
 
 __all__ = ["DEFAULT_SKEW", "Analyzer", "combined_digest"]
 
@@ -123,7 +147,9 @@ class Analyzer:
         the look-based checks (the fast path between analysis intervals). ``step`` is the
         current step's index and the time its split showed in status: a sequential check
         is sufficient only with ``min_samples`` canary requests counted after that time
-        (None: the whole rollout counts as one step)."""
+        (None: the whole rollout counts as one step). A shadow output check
+        (:data:`~analysis.types.SHADOW_BUILTINS`) counts everything since that time, which
+        for the shadow phase is when mirroring began: it needs ``step``."""
         if step is not None and step[1].tzinfo is None:
             raise ValueError("the step's start must be timezone-aware")
         if at.tzinfo is None:
@@ -133,11 +159,18 @@ class Analyzer:
         if duplicates:
             raise ValueError(f"check names must be unique; repeated: {', '.join(duplicates)}")
         answers: dict[str, QueryResult | MetricError] = {}
+        shadow_answers: dict[str, QueryResult | MetricError] = {}
         seen: dict[datetime, SubjectLook | MetricError] = {}
         evaluations: list[CheckEvaluation] = []
         new_memory: dict[str, CheckMemory] = {}
         for check in checks:
             previous = memory.get(check.name, CheckMemory())
+            if check.shadow_output and not looks_only:
+                done, new_memory[check.name] = self._compare_outputs(
+                    check, subject, previous, at, grace, step, shadow_answers
+                )
+                evaluations.append(done)
+                continue
             if self._look_based(check):
                 done, new_memory[check.name] = self._from_looks(
                     check, subject, previous, at, grace, seen, step
@@ -415,6 +448,187 @@ class Analyzer:
         done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
         return _with_answers_detail(done, None, [answer]), assessment.memory
 
+    def _compare_outputs(
+        self,
+        check: CheckDefinition,
+        subject: Subject,
+        previous: CheckMemory,
+        at: datetime,
+        grace: bool,
+        step: tuple[int, datetime] | None,
+        asked: dict[str, QueryResult | MetricError],
+    ) -> tuple[CheckEvaluation, CheckMemory]:
+        """A shadow output check: the shadow collector's pairs (decision agreement) or
+        both sides' score histograms (score shift) counted since the shadow phase began
+        (``step[1]``, when mirroring began), with the challenger's requests over the same
+        window, read at ``at`` less the lag in one set of answers (``asked``, shared by
+        the checks of this evaluation); judged by :mod:`analysis.shadow`.
+
+        The counts are not kept between evaluations: each reads the whole phase again
+        (``increase()`` counts across a counter reset), so the anytime-valid agreement
+        test sees the totals it is built for, and a collector restart can neither subtract
+        nor double-count pairs. More pairs than the challenger's requests allow
+        (:func:`analysis.shadow.most_pairs`) are an
+        :class:`~analysis.types.InconsistentEvidence` error: never a pass."""
+        read_at = at - self._lag
+        answers: list[QueryResult | MetricError] = []
+
+        def finish(
+            reading: Reading,
+            evidence: Evidence,
+            error: MetricError | None,
+            verdict: AgreementVerdict | ScoreShiftVerdict | None = None,
+            extra: Mapping[str, DetailValue] | None = None,
+        ) -> tuple[CheckEvaluation, CheckMemory]:
+            judge = self._judge if verdict is None else _shadow_judge(verdict)
+            assessment = assess(check, reading, previous, grace=grace, judge=judge)
+            detail = dict(assessment.detail)
+            if verdict is not None:
+                found = dict(shadow_evidence(verdict))
+                found["verdict_reason"] = found.pop("reason")
+                detail.update(found)
+            detail.update(extra or {})
+            message = assessment.message
+            if verdict is not None and reading.canary is None and reading.error is None:
+                message = f"{verdict.reason}; {message}"  # no data: say what is missing
+            assessment = replace(assessment, detail=detail, message=message)
+            done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
+            return _with_answers_detail(done, error, answers), assessment.memory
+
+        challenger = subject.challenger_isvc
+        if challenger is None:
+            return finish(*_failed(BadQuery(
+                f"{check.builtin} compares a challenger InferenceService's outputs with the "
+                f"champion {subject.isvc}'s, but no challenger InferenceService is named: a "
+                "dark launch (a canary entry held at 0 %) logs its responses under the "
+                "champion's name, so its outputs cannot be told apart from the champion's "
+                "and it has no output comparison (its latency and errors are compared)"
+            )))  # fmt: skip
+        if step is None:
+            return finish(*_failed(BadQuery(
+                f"{check.builtin} counts every pair since the shadow phase began, and was not "
+                "told when that was (the step's start)"
+            )))  # fmt: skip
+        since = step[1]
+        seconds = math.floor((read_at - since).total_seconds())
+        extra: dict[str, DetailValue] = {
+            "challenger": challenger,
+            "champion": subject.isvc,
+            "since": since.isoformat(),
+            "read_at": read_at.isoformat(),
+            "window_seconds": max(seconds, 0),
+            "max_predictions_per_request": check.max_predictions_per_request,
+        }
+        if seconds < 1:
+            # Read a moment after mirroring began: nothing can have been counted yet.
+            reading = Reading(canary_samples=0)
+            return finish(reading, Evidence(), None, _nothing_yet(check), extra)
+        window = timedelta(seconds=seconds)
+        champion = subject.isvc
+        try:
+            requests_query, label = request_count_query(replace(subject, window=window))
+            if check.builtin == "decision-agreement":
+                queries: tuple[str, ...] = (
+                    pairs_query(subject.namespace, challenger, champion, window),
+                )
+            else:
+                queries = (
+                    score_buckets_query(subject.namespace, champion, challenger, window),
+                    score_buckets_query(subject.namespace, challenger, champion, window),
+                )
+        except ValueError as exc:
+            return finish(*_failed(BadQuery(str(exc))), extra=extra)
+        queries = (*queries, requests_query)
+        for query in queries:
+            if query not in asked:
+                asked[query] = self._ask(query, read_at)
+            answers.append(asked[query])
+        digests = [a.raw_digest or "" for a in answers]
+        url = next((a.url for a in answers if isinstance(a, QueryResult)), "")
+        evidence = Evidence(queries, url or str(getattr(self._provider, "url", "")),
+                            combined_digest(digests) if any(digests) else "")  # fmt: skip
+
+        def series(answer: QueryResult | MetricError) -> tuple[Series, ...]:
+            if isinstance(answer, NoData):
+                return ()  # nothing counted yet: no series
+            if isinstance(answer, MetricError):
+                raise answer
+            return answer.series
+
+        try:
+            sides = _request_counts(
+                series(answers[-1]),
+                label,
+                (identity(subject, subject.canary_revision),
+                 identity(subject, subject.baseline_revision)),
+                Origin(requests_query, read_at, digests[-1] or None),
+            )  # fmt: skip
+            requests = sides[0]
+            extra["challenger_requests"] = requests
+            extra["champion_requests"] = sides[1]
+            limit = most_pairs(requests, check.max_predictions_per_request)
+            extra["most_pairs"] = limit
+            origins = [Origin(q, read_at, d or None) for q, d in zip(queries, digests, strict=True)]
+            if check.builtin == "decision-agreement":
+                found = series(answers[0])
+                _counts_valid(found, origins[0], "the pairs counter")
+                try:
+                    pairs, agreed = pair_counts(found)
+                    verdict: AgreementVerdict | ScoreShiftVerdict = agreement_verdict(
+                        pairs, agreed, minimum=_limit(check), alpha=check.alpha_pass,
+                        min_samples=check.min_samples,
+                    )  # fmt: skip
+                except ValueError as exc:  # a series it cannot read, counts beyond floats
+                    raise origins[0].error(InvalidAnswer, str(exc), series=PAIRS_METRIC,
+                                           rule="pairs-series") from None  # fmt: skip
+                counted, subjects, metric = pairs, "paired predictions", PAIRS_METRIC
+            else:
+                found_base, found_cand = series(answers[0]), series(answers[1])
+                _counts_valid(found_base, origins[0], "the champion's score buckets")
+                _counts_valid(found_cand, origins[1], "the challenger's score buckets")
+                try:
+                    verdict = score_shift_verdict(
+                        score_buckets(found_base), score_buckets(found_cand),
+                        max_psi=_limit(check), min_samples=check.min_samples,
+                    )  # fmt: skip
+                except ValueError as exc:
+                    both = Origin("\n".join(queries[:2]), read_at, combined_digest(digests[:2]))
+                    raise both.error(InvalidHistogram, str(exc), series=f"{SCORE_METRIC}_bucket",
+                                     rule="histogram") from None  # fmt: skip
+                counted = max(verdict.baseline_count, verdict.candidate_count)
+                subjects, metric = "scored pairs", f"{SCORE_METRIC}_count"
+            if counted > limit:
+                raise InconsistentEvidence(
+                    f"the evidence is inconsistent: {counted:,.0f} {subjects} of {challenger} "
+                    f"with {champion} since the shadow began, but {challenger} served "
+                    f"{requests:,.0f} requests in the same window ({label}="
+                    f"{identity(subject, subject.canary_revision)!r}), which allow at most "
+                    f"{limit:,.0f} (maxPredictionsPerRequest "
+                    f"{check.max_predictions_per_request}); "
+                    "the collector counted predictions the challenger did not answer (forged or "
+                    "replayed events, or several collectors writing one series): not judged, "
+                    "never a pass",
+                    series=series_name({"__name__": metric, "namespace": subject.namespace,
+                                        "isvc": challenger, "peer": champion}),
+                    rule="pairs-within-requests",
+                    query="\n".join(queries),
+                    raw_digest=evidence.digest or None,
+                    at=read_at,
+                )  # fmt: skip
+        except MetricError as error:
+            if error.at is None:
+                error.at = read_at
+            return finish(Reading.failed(error), evidence, error, extra=extra)
+        if isinstance(verdict, AgreementVerdict):
+            reading = Reading(canary=verdict.rate, canary_samples=verdict.pairs)
+        else:
+            reading = Reading(
+                canary=verdict.psi,
+                canary_samples=verdict.candidate_count,
+                baseline_samples=verdict.baseline_count,
+            )
+        return finish(reading, evidence, None, verdict, extra)
+
     def _read(
         self,
         check: CheckDefinition,
@@ -457,6 +671,86 @@ class Analyzer:
             return ProviderError(f"the metric provider failed: {type(exc).__name__}: {exc}",
                                  query=query, at=at)  # fmt: skip
         return result
+
+
+def _failed(error: MetricError) -> tuple[Reading, Evidence, MetricError]:
+    """A reading that could not be made, with the query that failed as its evidence."""
+    queries = tuple(error.query.split("\n")) if error.query else ()
+    return Reading.failed(error), Evidence(queries, "", error.raw_digest or ""), error
+
+
+def _limit(check: CheckDefinition) -> float:
+    assert check.absolute_limit is not None  # CheckDefinition requires it for these checks
+    return check.absolute_limit
+
+
+def _nothing_yet(check: CheckDefinition) -> AgreementVerdict | ScoreShiftVerdict:
+    """The verdict on no pairs at all (read before anything could be counted)."""
+    if check.builtin == "decision-agreement":
+        return agreement_verdict(0, 0, minimum=_limit(check), alpha=check.alpha_pass,
+                                 min_samples=check.min_samples)  # fmt: skip
+    return score_shift_verdict([], [], max_psi=_limit(check), min_samples=check.min_samples)
+
+
+def _shadow_judge(verdict: AgreementVerdict | ScoreShiftVerdict) -> Judge:
+    """The judge of a shadow output check: its verdict from :mod:`analysis.shadow`.
+
+    Agreement: Failed is decisive (the anytime-valid fail test: at any count, at once);
+    Successful needs the test and ``min_samples`` pairs; anything else is still
+    collecting evidence. The statistic is the bound that decided (the upper one for a
+    failure, else the lower one) against the minimum. Score shift: the PSI against its
+    maximum once both sides have ``min_samples`` scores, a point estimate (a failure is
+    counted like any other); still collecting before."""
+
+    def judge(_check: CheckDefinition, _reading: Reading, _unit: object) -> Judgement:
+        if isinstance(verdict, AgreementVerdict):
+            if verdict.outcome is Outcome.FAILED:
+                return Judgement(Outcome.FAILED, "regression", verdict.upper, verdict.minimum,
+                                 verdict.reason, decisive=True)  # fmt: skip
+            if verdict.outcome is Outcome.SUCCESSFUL:
+                return Judgement(Outcome.SUCCESSFUL, "non-inferior", verdict.lower,
+                                 verdict.minimum, verdict.reason)  # fmt: skip
+            return Judgement(Outcome.INCONCLUSIVE, "collecting-evidence", verdict.lower,
+                             verdict.minimum, verdict.reason)  # fmt: skip
+        if verdict.outcome is Outcome.FAILED:
+            return Judgement(Outcome.FAILED, "breach", verdict.psi, verdict.max_psi,
+                             verdict.reason)  # fmt: skip
+        if verdict.outcome is Outcome.SUCCESSFUL:
+            return Judgement(Outcome.SUCCESSFUL, "within", verdict.psi, verdict.max_psi,
+                             verdict.reason)  # fmt: skip
+        return Judgement(Outcome.INCONCLUSIVE, "collecting-evidence", verdict.psi,
+                         verdict.max_psi, verdict.reason)  # fmt: skip
+
+    return judge
+
+
+def _counts_valid(found: Sequence[Series], origin: Origin, what: str) -> None:
+    """Raise the error of the first count that is negative or not finite (``increase()``
+    never gives one: the answer is broken or forged)."""
+    for s in found:
+        problem = count_problem(s.value, series=series_name(s.labels), what=what, origin=origin)
+        if problem is not None:
+            raise problem
+
+
+def _request_counts(
+    found: Sequence[Series], label: str, ids: tuple[str, str], origin: Origin
+) -> tuple[float, float]:
+    """The challenger's and the champion's requests from the grouped request count (0 for
+    a side without a series: it served none in the window)."""
+    counts: list[float] = []
+    for wanted in ids:
+        mine = [s for s in found if s.labels.get(label) == wanted]
+        if len(mine) > 1:
+            raise MultipleSeries(
+                f"{len(mine)} request count series have {label}={wanted!r}; one was expected",
+                query=origin.query,
+                raw_digest=origin.raw_digest,
+                at=origin.at,
+            )
+        _counts_valid(mine, origin, "the request count")
+        counts.append(mine[0].value if mine else 0.0)
+    return counts[0], counts[1]
 
 
 def _for_check(check: CheckDefinition, look: SubjectLook) -> SubjectLook:

@@ -18,6 +18,8 @@ them:
   to it should stop?
 * :func:`pairs_query`, :func:`score_buckets_query`: the PromQL that reads the counts;
   :func:`pair_counts` and :func:`score_buckets` read their answers.
+* :func:`most_pairs`: the most pairs the challenger's requests can give (more are
+  inconsistent evidence: forged or replayed collector events).
 * :func:`evidence`: a verdict as a JSON-safe dict for the audit record.
 
 Decision agreement
@@ -80,7 +82,9 @@ from analysis.types import DetailValue, Outcome, Series
 
 __all__ = [
     "FULL_FAILURE_REQUESTS",
+    "PAIRS_ALLOWANCE",
     "PAIRS_METRIC",
+    "PAIRS_SLACK",
     "PSI_EPSILON",
     "SCORE_METRIC",
     "AgreementVerdict",
@@ -91,6 +95,7 @@ __all__ = [
     "ceiling_breach",
     "evidence",
     "ks_statistic",
+    "most_pairs",
     "pair_counts",
     "pairs_query",
     "psi",
@@ -107,6 +112,11 @@ PSI_EPSILON = 1e-4
 """The share an empty bucket counts as in the PSI (0.01 %), so that a bucket one side
 never used adds a large but finite term: ``(q - 0.0001) * ln(q / 0.0001)``, 0.69 for a
 bucket holding 10 % of one side's scores and none of the other's."""
+PAIRS_SLACK = 0.25
+"""How far above what the challenger's requests give the pairs may read before they are
+taken for more than it answered (see :func:`most_pairs`)."""
+PAIRS_ALLOWANCE = 20
+"""Pairs always allowed beyond what the challenger's requests give (see :func:`most_pairs`)."""
 FULL_FAILURE_REQUESTS = 20
 """A challenger that failed every one of at least this many mirrored requests breaches its
 ceilings whatever they are and however few requests they ask for."""
@@ -674,6 +684,36 @@ def ceiling_breach(
             f"requests is above its ceiling {max_p99_seconds * 1000:.4g} ms"
         )
     return "; ".join(breaches) or None
+
+
+# --- consistency ----------------------------------------------------------------------------
+
+
+def most_pairs(requests: float, per_request: int = 1) -> float:
+    """The most paired predictions a challenger that served ``requests`` requests can
+    have, both counted by ``increase()`` over the same window: at most ``per_request``
+    predictions per request (a batch of ``k`` is ``k`` pairs), plus :data:`PAIRS_SLACK` of that
+    and :data:`PAIRS_ALLOWANCE` pairs.
+
+    The room is for how the two counts are read, not for pairs the challenger never
+    answered: Prometheus extrapolates each counter to the window's edges on its own (the
+    collector and the model server are scraped at different moments), which at a steady
+    rate is close to exact and otherwise moves a count by about one scrape interval's
+    traffic at each edge, a small share of a window that spans the whole shadow phase;
+    the requests served in the second before the window's start (the window is whole
+    seconds, rounded down) are missed. Pairs lag the requests they pair (a pair is counted
+    once both responses reached the collector), which only lowers them. More pairs than
+    this were not all answered by the challenger: forged or replayed collector events, or
+    several collectors writing one series (which ``increase()`` reads as resets and
+    inflates).
+
+    ValueError for ``requests`` that is not a finite count or a ``per_request`` below 1.
+    """
+    if isinstance(requests, bool) or not (math.isfinite(requests) and requests >= 0):
+        raise ValueError(f"requests must be a finite count >= 0, got {requests!r}")
+    if isinstance(per_request, bool) or per_request < 1:
+        raise ValueError(f"per_request must be a count >= 1, got {per_request!r}")
+    return per_request * requests * (1 + PAIRS_SLACK) + PAIRS_ALLOWANCE
 
 
 # --- PromQL ---------------------------------------------------------------------------------

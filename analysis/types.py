@@ -21,6 +21,7 @@ from analysis.sequential import SequentialState
 __all__ = [
     "BUILTIN_CHECKS",
     "METRIC_PROFILES",
+    "SHADOW_BUILTINS",
     "BadQuery",
     "CheckDefinition",
     "CheckEvaluation",
@@ -28,6 +29,7 @@ __all__ = [
     "DetailValue",
     "Direction",
     "DuplicateSeries",
+    "InconsistentEvidence",
     "Infinite",
     "InvalidAnswer",
     "InvalidCounter",
@@ -68,6 +70,15 @@ BUILTIN_CHECKS: Mapping[str, Direction] = {
 """The built-in checks and their natural direction (the same table as the policy's)."""
 SEQUENTIAL_BUILTINS = frozenset({"error-rate", "latency-p99"})
 """The built-ins that have a sequential test (counts of 5xx, histogram buckets)."""
+SHADOW_BUILTINS: Mapping[str, Direction] = {
+    "decision-agreement": "higherIsBetter",
+    "score-shift": "lowerIsBetter",
+}
+"""The built-ins of the shadow comparison only, and their direction: the challenger
+InferenceService's outputs against the champion's on the same requests, from the shadow
+collector's pairs (:mod:`analysis.shadow`). ``absolute_limit`` is the minimum agreement
+(a share) or the largest PSI. The controller generates them from a policy's
+``shadow.minAgreement`` and ``shadow.maxScoreShift``; a policy cannot name them."""
 
 
 class Outcome(StrEnum):
@@ -215,6 +226,13 @@ class UnreadableSample(InvalidAnswer):
     kind = "unreadable-sample"
 
 
+class InconsistentEvidence(InvalidAnswer):
+    """Answers that cannot all be true together: more paired predictions than the
+    challenger's requests allow (forged or duplicated collector events). Never evidence."""
+
+    kind = "inconsistent-evidence"
+
+
 class PartialAnswer(InvalidAnswer):
     """Prometheus answered with ``warnings``: the answer may be missing series."""
 
@@ -234,7 +252,12 @@ class CheckDefinition:
     for ``${revision}``; it runs once for the canary and once for the baseline.
     ``relative_tolerance`` is a fraction (0.1: 10 % worse than the baseline fails);
     ``hard_limit`` is an SLO ceiling in the check's unit (seconds for latency) that fails
-    the check at the first evaluation beyond it, whatever the limits and sample counts."""
+    the check at the first evaluation beyond it, whatever the limits and sample counts.
+
+    A shadow output check (``builtin`` in :data:`SHADOW_BUILTINS`) takes ``absolute_limit``
+    only: the minimum agreement (judged at ``alpha_pass``) or the largest PSI, each over
+    ``min_samples`` pairs; ``max_predictions_per_request`` is the most predictions one
+    request carries, so that the challenger's requests bound the pairs it can have."""
 
     name: str
     builtin: str | None
@@ -254,6 +277,7 @@ class CheckDefinition:
     progression: Progression = "evidence"
     events: str | None = None
     requests: str | None = None
+    max_predictions_per_request: int = 1
 
     @property
     def counted(self) -> bool:
@@ -283,10 +307,14 @@ class CheckDefinition:
             problems.append("events and requests go together")
         if sum(x is not None for x in (self.builtin, self.query, self.events)) != 1:
             problems.append("set exactly one of builtin, query and events/requests")
-        if self.builtin is not None and self.builtin not in BUILTIN_CHECKS:
-            problems.append(
-                f"unknown built-in {self.builtin!r}; allowed: {', '.join(BUILTIN_CHECKS)}"
-            )
+        known = (*BUILTIN_CHECKS, *SHADOW_BUILTINS)
+        if self.builtin is not None and self.builtin not in known:
+            problems.append(f"unknown built-in {self.builtin!r}; allowed: {', '.join(known)}")
+        if self.shadow_output:
+            problems += self._shadow_output_problems()
+        if self.max_predictions_per_request < 1:
+            problems.append(f"max_predictions_per_request must be >= 1, got "
+                            f"{self.max_predictions_per_request}")  # fmt: skip
         if self.direction not in get_args(Direction):
             problems.append(f"direction must be lowerIsBetter or higherIsBetter, got "
                             f"{self.direction!r}")  # fmt: skip
@@ -310,6 +338,34 @@ class CheckDefinition:
         if problems:
             raise ValueError(f"check {self.name!r}: " + "; ".join(problems))
 
+    @property
+    def shadow_output(self) -> bool:
+        """A comparison of the challenger's outputs with the champion's (``SHADOW_BUILTINS``)."""
+        return self.builtin in SHADOW_BUILTINS
+
+    def _shadow_output_problems(self) -> list[str]:
+        assert self.builtin is not None
+        problems: list[str] = []
+        natural = SHADOW_BUILTINS[self.builtin]
+        if self.direction != natural:
+            problems.append(f"{self.builtin} is {natural}, got direction {self.direction!r}")
+        if self.relative_tolerance is not None or self.hard_limit is not None:
+            problems.append(f"{self.builtin} takes only absolute_limit (no relative_tolerance "
+                            "or hard_limit: the champion is compared pair by pair)")  # fmt: skip
+        limit = self.absolute_limit
+        if limit is None:
+            what = "the minimum agreement" if natural == "higherIsBetter" else "the largest PSI"
+            problems.append(f"{self.builtin} needs absolute_limit ({what})")
+        elif self.builtin == "decision-agreement" and not 0 < limit <= 1:
+            problems.append(f"decision-agreement's absolute_limit is a share in (0, 1], got "
+                            f"{limit}")  # fmt: skip
+        elif self.builtin == "score-shift" and not limit > 0:
+            problems.append(f"score-shift's absolute_limit is a PSI > 0, got {limit}")
+        if self.on_no_data == "pass":
+            problems.append(f"{self.builtin} cannot pass on no data (on_no_data: pass): no "
+                            "paired predictions is no evidence")  # fmt: skip
+        return problems
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -317,7 +373,12 @@ class Subject:
 
     Knative mode: revision names (``scorer-predictor-00002`` vs ``scorer-predictor-00001``).
     Standard mode: Deployment (= Service) names (``scorer-canary-predictor`` vs
-    ``scorer-predictor``). ``window`` is the range of the rate queries."""
+    ``scorer-predictor``). ``window`` is the range of the rate queries.
+
+    ``challenger_isvc`` is set while a challenger InferenceService is compared in shadow:
+    its name, the ``isvc`` label the shadow collector gives its responses (the champion is
+    ``isvc``; the canary revision is then the challenger's). Only with it can the output
+    comparison (``SHADOW_BUILTINS``) tell the two models' answers apart."""
 
     namespace: str
     isvc: str
@@ -326,6 +387,7 @@ class Subject:
     baseline_revision: str
     metric_profile: str
     window: timedelta
+    challenger_isvc: str | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -341,6 +403,9 @@ class Subject:
                             f"{', '.join(METRIC_PROFILES)}")  # fmt: skip
         if self.window <= timedelta(0):
             problems.append(f"window must be positive, got {self.window}")
+        if self.challenger_isvc is not None and self.challenger_isvc in ("", self.isvc):
+            problems.append(f"challenger_isvc must name another InferenceService than the "
+                            f"champion {self.isvc!r}, got {self.challenger_isvc!r}")  # fmt: skip
         if problems:
             raise ValueError("analysis subject: " + "; ".join(problems))
 

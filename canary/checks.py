@@ -8,12 +8,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from analysis import CheckDefinition, CheckEvaluation
-from analysis.types import SEQUENTIAL_BUILTINS
+from analysis.types import SEQUENTIAL_BUILTINS, Direction
 from canary.policy import CheckSpec, RolloutPolicy
 
 __all__ = [
+    "AGREEMENT_CHECK",
     "CEILING_ERROR_RATE",
     "CEILING_LATENCY",
+    "SCORE_SHIFT_CHECK",
     "SHADOW_PREFIX",
     "ceiling_breach",
     "check_definition",
@@ -24,6 +26,8 @@ __all__ = [
 SHADOW_PREFIX = "shadow-"
 CEILING_ERROR_RATE = "shadow-ceiling-error-rate"
 CEILING_LATENCY = "shadow-ceiling-latency-p99"
+AGREEMENT_CHECK = "shadow-decision-agreement"
+SCORE_SHIFT_CHECK = "shadow-score-shift"
 # A ceiling is judged only on this many of the challenger's requests, so one early error
 # does not stop a shadow phase; any more and 100 % errors always breach.
 CEILING_MIN_REQUESTS = 20
@@ -71,12 +75,14 @@ def check_definition(spec: CheckSpec) -> CheckDefinition:
     )
 
 
-def shadow_checks(policy: RolloutPolicy) -> list[CheckDefinition]:
+def shadow_checks(policy: RolloutPolicy, challenger: str | None = None) -> list[CheckDefinition]:
     """The shadow phase's checks: the policy's own checks (the challenger against the
     champion, with the same statistics as a canary step) under names of their own, so a
     canary that follows starts with fresh evidence, each needing the shadow's minimum
-    samples; and the ceilings, which never gate (they stop the mirror: see
-    :func:`ceiling_breach`)."""
+    samples; the output comparison (decision agreement, score shift) when the policy sets
+    its thresholds and ``challenger`` names a challenger InferenceService (a dark launch
+    has none: its responses are logged under the champion's name); and the ceilings,
+    which never gate (they stop the mirror: see :func:`ceiling_breach`)."""
     shadow = policy.shadow
     checks = [
         replace(
@@ -86,6 +92,25 @@ def shadow_checks(policy: RolloutPolicy) -> list[CheckDefinition]:
         )
         for check in check_definitions(policy)
     ]
+    if challenger is not None:
+        outputs: tuple[tuple[str, str, Direction, float | None], ...] = (
+            (AGREEMENT_CHECK, "decision-agreement", "higherIsBetter", shadow.min_agreement),
+            (SCORE_SHIFT_CHECK, "score-shift", "lowerIsBetter", shadow.max_score_shift),
+        )
+        checks += [
+            CheckDefinition(
+                name=name,
+                builtin=builtin,
+                query=None,
+                direction=direction,
+                absolute_limit=limit,
+                min_samples=shadow.min_samples,
+                alpha_pass=policy.false_promotion_rate,
+                max_predictions_per_request=shadow.max_predictions_per_request,
+            )
+            for name, builtin, direction, limit in outputs
+            if limit is not None
+        ]
     if shadow.max_error_rate is not None:
         checks.append(
             CheckDefinition(

@@ -541,8 +541,10 @@ class Engine:
             baseline_revision=state.stable.name,
             metric_profile=doc.metric_profile,
             window=timedelta(seconds=int(window.total_seconds())),
+            # The output comparison counts from `reached` (step below), not over `window`.
+            challenger_isvc=state.challenger if shadow else None,
         )
-        checks = shadow_checks(policy) if shadow else check_definitions(policy)
+        checks = shadow_checks(policy, state.challenger) if shadow else check_definitions(policy)
         # Missing data counts only once the hold is over and Prometheus has had time to
         # discover and scrape the new revision's pods.
         grace = now - reached < max(policy.step_hold, self._metrics_delay)

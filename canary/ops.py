@@ -19,7 +19,13 @@ from typing import Any
 from analysis.sequential_check import describe
 from canary.access import COMMAND_NAMES
 from canary.audit import AuditStore, CommandRow, Measurement, RolloutRow, StoredMeasurement
-from canary.checks import SHADOW_PREFIX, check_definitions, shadow_checks
+from canary.checks import (
+    AGREEMENT_CHECK,
+    SCORE_SHIFT_CHECK,
+    SHADOW_PREFIX,
+    check_definitions,
+    shadow_checks,
+)
 from canary.engine import RolloutDocument, describe_wait
 from canary.model import Phase
 from canary.policy import format_duration
@@ -173,10 +179,20 @@ def _compared(m: Measurement, min_samples: int) -> str:
 
     samples = m.canary_samples if m.canary_samples is not None else 0
     more = "" if samples >= min_samples else f", {min_samples - samples} more samples needed"
+    verdict = f"-> {m.verdict} at {m.evaluated_at:%H:%M:%S}"
+    if m.check == AGREEMENT_CHECK:  # one value from both sides' decisions on the same pairs
+        rate = "no data" if m.canary_value is None else f"{m.canary_value:.2%}"
+        minimum = "" if m.threshold is None else f", minimum {m.threshold:.2%}"
+        return f"agreement {rate} over {samples} pairs{minimum}{more} {verdict}"
+    if m.check == SCORE_SHIFT_CHECK:
+        limit = "" if m.threshold is None else f", maximum {m.threshold:g}"
+        return (
+            f"PSI {value(m.canary_value)} between {samples} challenger and "
+            f"{m.baseline_samples or 0} champion scores{limit}{more} {verdict}"
+        )
     return (
         f"challenger {value(m.canary_value)} vs champion {value(m.baseline_value)} "
-        f"({samples} vs {m.baseline_samples or 0} samples{more}) -> {m.verdict} "
-        f"at {m.evaluated_at:%H:%M:%S}"
+        f"({samples} vs {m.baseline_samples or 0} samples{more}) {verdict}"
     )
 
 

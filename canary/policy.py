@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from analysis.profiles import COUNTER_PART_LABEL
+from analysis.types import SHADOW_BUILTINS
 
 __all__ = [
     "BUILTIN_CHECKS",
@@ -142,6 +143,13 @@ BUILTIN_CHECKS: Mapping[str, Direction] = {
     "request-rate": Direction.HIGHER_IS_BETTER,
 }
 
+# The shadow comparison's own built-ins (analysis.types.SHADOW_BUILTINS): generated from
+# these fields of `shadow`, never listed in `checks`.
+_SHADOW_FIELDS: Mapping[str, str] = {
+    "decision-agreement": "minAgreement",
+    "score-shift": "maxScoreShift",
+}
+
 # Variables a custom PromQL template may use, written ``${name}``. ``$`` never occurs in
 # PromQL, so templates need no escaping of PromQL's own braces.
 TEMPLATE_VARIABLES: Mapping[str, str] = {
@@ -205,6 +213,13 @@ class CheckSpec(_Model):
     @field_validator("builtin")
     @classmethod
     def _builtin_known(cls, value: str | None) -> str | None:
+        if value is not None and value in SHADOW_BUILTINS:
+            field = _SHADOW_FIELDS[value]
+            raise ValueError(
+                f"{value} is not a check a policy can list: it compares a challenger "
+                "InferenceService's outputs with the champion's during the shadow phase, and "
+                f"is generated from shadow.{field}; set that instead"
+            )
         if value is not None and value not in BUILTIN_CHECKS:
             raise ValueError(f"unknown built-in check; allowed: {', '.join(BUILTIN_CHECKS)}")
         return value
@@ -601,6 +616,14 @@ class ShadowPolicy(_Model):
         description="Largest population stability index between the champion's and the "
         "challenger's scores on the same requests (0.1 minor, 0.25 major).",
     )
+    max_predictions_per_request: int = Field(
+        default=1,
+        ge=1,
+        le=100_000,
+        description="The most predictions one request carries (a batch of k is k pairs): "
+        "the output checks refuse, as inconsistent evidence, more pairs than this many per "
+        "request the challenger served.",
+    )
     max_error_rate: float | None = Field(
         default=0.2,
         gt=0,
@@ -771,6 +794,18 @@ class RolloutPolicy(_Model):
             raise ValueError("analysisInterval must be longer than 0s")
         if self.max_step_duration is not None and self.max_step_duration < self.step_hold:
             raise ValueError("maxStepDuration must not be shorter than stepHold")
+        generated = {
+            "decision-agreement": self.shadow.min_agreement is not None,
+            "score-shift": self.shadow.max_score_shift is not None,
+        }
+        for check in self.checks:
+            if generated.get(check.name):
+                raise ValueError(
+                    f"check name {check.name!r} is taken while shadow."
+                    f"{_SHADOW_FIELDS[check.name]} is set: the shadow phase adds its own "
+                    f"check shadow-{check.name}, and the policy's checks run there as "
+                    "shadow-<name> too; rename the check"
+                )
         if not any(not c.dry_run for c in self.checks):
             raise ValueError(
                 "at least one check must gate the rollout (not dryRun): a rollout with no "

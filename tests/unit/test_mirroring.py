@@ -480,6 +480,21 @@ def test_status_shows_the_mirror_the_time_left_and_the_latest_comparison() -> No
     assert lines[2].startswith("shadow-latency-p99: challenger 0.04 vs champion 0.02")
     assert "(250 vs 900 samples)" in lines[2], "only the latest comparison, with enough samples"
     assert len(lines) == 3
+    agreement = replace(measured("shadow-decision-agreement", 0.985, 150, T0).measurement,
+                        baseline_value=None, baseline_samples=None, threshold=0.95)  # fmt: skip
+    shift = replace(measured("shadow-score-shift", 0.031, 400, T0).measurement,
+                    baseline_value=None, baseline_samples=410, threshold=0.1)  # fmt: skip
+    outputs = [StoredMeasurement(audit_seq=2, position=i, rollout_id="ro-1", measurement=m)
+               for i, m in enumerate((agreement, shift))]  # fmt: skip
+    lines = shadow_lines(doc, T0 + timedelta(minutes=3), [*history, *outputs])
+    assert lines[2] == (
+        "shadow-decision-agreement: agreement 98.50% over 150 pairs, minimum 95.00%, 50 more "
+        "samples needed -> Successful at 10:00:00"
+    )
+    assert lines[4] == (
+        "shadow-score-shift: PSI 0.031 between 400 challenger and 410 champion scores, maximum "
+        "0.1 -> Successful at 10:00:00"
+    )
     ended = reach(Phase.REJECTED)
     assert ended.state is not None
     assert shadow_lines(document(ended.state, ended.policy), T0) == ()

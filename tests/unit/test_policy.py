@@ -375,6 +375,46 @@ INVALID: list[tuple[str, dict[str, Any], str, str, str]] = [
         "greater than or equal to 1",
         "0",
     ),
+    (
+        "agreement-as-a-check",
+        {"checks": [{"name": "agree", "builtin": "decision-agreement", "absoluteLimit": 0.9}]},
+        "checks[0].builtin",
+        "decision-agreement is not a check a policy can list: it compares a challenger "
+        "InferenceService's outputs with the champion's during the shadow phase, and is "
+        "generated from shadow.minAgreement; set that instead",
+        "'decision-agreement'",
+    ),
+    (
+        "score-shift-as-a-check",
+        {"checks": [{"name": "psi", "builtin": "score-shift", "absoluteLimit": 0.1}]},
+        "checks[0].builtin",
+        "generated from shadow.maxScoreShift; set that instead",
+        "'score-shift'",
+    ),
+    (
+        "check-named-like-the-generated-one",
+        {
+            "shadow": {"enabled": True, "minAgreement": 0.95},
+            "checks": [
+                {
+                    "name": "decision-agreement",
+                    "query": "agreement{revision='${revision}'}",
+                    "direction": "higherIsBetter",
+                    "absoluteLimit": 0.9,
+                }
+            ],
+        },
+        "",
+        "check name 'decision-agreement' is taken while shadow.minAgreement is set",
+        "",
+    ),
+    (
+        "shadow-batch-zero",
+        {"shadow": {"enabled": True, "maxPredictionsPerRequest": 0}},
+        "shadow.maxPredictionsPerRequest",
+        "greater than or equal to 1",
+        "0",
+    ),
 ]
 
 
@@ -400,6 +440,24 @@ def test_invalid_policies_get_precise_errors(
         assert f"field {path}:" in text, text
     if shown:
         assert f"(got {shown}" in text, text
+
+
+def test_the_output_checks_names_are_free_unless_their_thresholds_are_set() -> None:
+    custom = {
+        "name": "score-shift",
+        "query": "psi{revision='${revision}'}",
+        "direction": "lowerIsBetter",
+        "absoluteLimit": 0.2,
+    }
+    policy = RolloutPolicy.model_validate(
+        {"name": "fraud", "shadow": {"enabled": True, "minAgreement": 0.9}, "checks": [custom]}
+    )
+    assert [c.name for c in policy.checks] == ["score-shift"]
+    assert policy.shadow.max_predictions_per_request == 1  # one prediction per request unless told
+    with pytest.raises(ValueError, match=r"is taken while shadow\.maxScoreShift is set"):
+        RolloutPolicy.model_validate(
+            {"name": "fraud", "shadow": {"maxScoreShift": 0.1}, "checks": [custom]}
+        )
 
 
 def test_all_problems_in_a_directory_are_reported_together(tmp_path: Path) -> None:

@@ -885,6 +885,21 @@ class Engine:
                 f"policy {policy.name!r} shadows the new model first, but this controller has "
                 "no mirroring configured (set KSC_SHADOW_MIRROR to istio or gateway-api)"
             )
+        needs = [
+            name
+            for name, value in (
+                ("minAgreement", policy.shadow.min_agreement),
+                ("maxScoreShift", policy.shadow.max_score_shift),
+            )
+            if value is not None
+        ]
+        if needs:
+            return (
+                f"policy {policy.name!r} requires {' and '.join(needs)}, which compare the "
+                "champion's and the challenger's answers per request; a new model of the "
+                "champion itself logs under the champion's name, so they cannot be measured: "
+                "deploy it as a challenger InferenceService, or use a policy without them"
+            )
         if mode == "knative":
             return (
                 f"policy {policy.name!r} shadows the new model first, but a Knative revision "

@@ -39,7 +39,7 @@ shadow:
   duration: {duration}
   timeout: {timeout}
   minSamples: 200
-  after: {after}
+  after: {after}{outputs}
 """
 ERROR_RATE_CHECK = """
   - name: error-rate
@@ -51,10 +51,26 @@ TERMINAL = (Phase.SUCCEEDED, Phase.REJECTED, Phase.REPORTED, Phase.FAILED, Phase
 FAILING = ModelBehaviour(error_rate=0.4)  # over the default 20 % ceiling
 
 
-def policy(env: Env, after: str = "gate", duration: str = "8s", errors: bool = True) -> str:
+def policy(
+    env: Env,
+    after: str = "gate",
+    duration: str = "8s",
+    errors: bool = True,
+    agreement: float | None = None,
+    score_shift: float | None = None,
+) -> str:
     timeout = "80s" if duration == "8s" else "30m"
+    outputs = "".join(
+        f"\n  {key}: {value}"
+        for key, value in (("minAgreement", agreement), ("maxScoreShift", score_shift))
+        if value is not None
+    )
     text = SHADOW_POLICY.format(
-        after=after, duration=duration, timeout=timeout, errors=ERROR_RATE_CHECK if errors else ""
+        after=after,
+        duration=duration,
+        timeout=timeout,
+        errors=ERROR_RATE_CHECK if errors else "",
+        outputs=outputs,
     )
     (env.policy_dir / "shadow.yaml").write_text(text)
     return "shadow"
@@ -134,7 +150,7 @@ def challenger_setup(env: Env, mirror: str, challenger_model: ModelBehaviour | N
 def test_an_agreeing_challenger_is_mirrored_then_its_model_s_canary_runs_and_the_mirror_is_gone(
     env: Env, mirror: str
 ) -> None:
-    v1, v2, challenger = challenger_setup(env, mirror)
+    v1, v2, challenger = challenger_setup(env, mirror, agreement=0.9, score_shift=0.25)
 
     # our object, with the policy's share, from the champion's Service to the challenger's pods
     env.wait("the mirror object", lambda: bool(mirror_objects(env, mirror)))
@@ -178,7 +194,17 @@ def test_an_agreeing_challenger_is_mirrored_then_its_model_s_canary_runs_and_the
     with env.store() as store:
         measured = [m.measurement for m in store.measurements_for(ended.state.rollout_id)]
     names = {m.check for m in measured}
-    assert {"shadow-error-rate", "shadow-latency-p99"} <= names
+    assert {"shadow-error-rate", "shadow-latency-p99", "shadow-decision-agreement",
+            "shadow-score-shift"} <= names  # fmt: skip
+    agreed = [
+        m for m in measured if m.check == "shadow-decision-agreement" and m.verdict == "Successful"
+    ]
+    assert agreed, "the agreement passed on paired answers"
+    assert (agreed[-1].canary_samples or 0) >= 200, "pairs counted"
+    assert (agreed[-1].canary_value or 0) >= 0.9, "the agreement rate is the evidence"
+    shifted = [m for m in measured if m.check == "shadow-score-shift" and m.verdict == "Successful"]
+    assert shifted
+    assert (shifted[-1].canary_samples or 0) >= 200
     passing = [m for m in measured if m.check == "shadow-error-rate" and m.verdict == "Successful"]
     assert passing
     assert (passing[-1].canary_samples or 0) >= 200
@@ -203,6 +229,28 @@ def test_a_challenger_over_the_ceiling_is_rejected_and_never_reaches_the_champio
     assert env.isvc()["spec"]["predictor"]["model"]["storageUri"] == v1
     assert len(env.rollouts()) == 1
     assert "traffic.intent" not in env.actions()
+
+
+def test_a_challenger_that_decides_differently_is_rejected_on_agreement(env: Env) -> None:
+    mirror = "istio" if env.mode == "standard" else "gateway-api"
+    # declines 30 % of legitimate requests where the champion declines 2 %: about a quarter of
+    # the same requests decided differently, with latency and errors like the champion's
+    divergent = ModelBehaviour(business=BusinessProfile(false_positive_rate=0.3))
+    v1, _, _ = challenger_setup(env, mirror, divergent, agreement=0.95)
+    ended = shadow_ended(env)
+    assert ended.state.phase is Phase.REJECTED, ended.state.outcome
+    assert "decision-agreement" in (ended.state.outcome or ""), ended.state.outcome
+    assert_no_mirror(env, mirror)
+    assert env.isvc()["spec"]["predictor"]["model"]["storageUri"] == v1
+    assert len(env.rollouts()) == 1, "no canary follows a rejected challenger"
+    with env.store() as store:
+        measured = [m.measurement for m in store.measurements_for(ended.state.rollout_id)]
+    failed = [
+        m for m in measured if m.check == "shadow-decision-agreement" and m.verdict == "Failed"
+    ]
+    assert failed
+    assert (failed[-1].canary_value or 1.0) < 0.95
+    assert (failed[-1].canary_samples or 0) > 0
 
 
 def test_a_divergent_challenger_under_report_is_recorded_and_nothing_rolls_out(env: Env) -> None:

@@ -225,9 +225,12 @@ class Engine:
             doc = self._advance(fence, row.id, doc, isvc)
             if not doc.state.terminal or doc.pending:
                 return doc.wake_at()
-            if doc.state.phase is not Phase.SUPERSEDED:
+            # A newer model replaced it, or a challenger's shadow passed and gates its
+            # canary: look again at once (start the next rollout, write its model).
+            passed = doc.state.challenger is not None and doc.state.phase is Phase.SUCCEEDED
+            if doc.state.phase is not Phase.SUPERSEDED and not passed:
                 return None
-            isvc = self._get(namespace, name)  # a newer model replaced it: start again
+            isvc = self._get(namespace, name)
         if isvc is None:
             self._reported.pop((namespace, name), None)
             return None

@@ -25,9 +25,21 @@ and ServiceNow approval gate, takes the demo's timings and drops its schedule; s
   controller reads the approval back from ServiceNow, and promotes;
 * ``credit-rejected``: ``bob`` rejects its change with a comment; it is rolled back.
 
-Every model but the GitOps one starts with ``canary rollout start`` (one write: new model +
-first step), sent to the controller's operator API with the token of ``release-manager``, a
-ServiceAccount bound to the ``kserve-canary-operator`` ClusterRole: the apiserver says who
+and two challengers in shadow (policy ``fraud-shadow``: 10 % of the champion's live
+requests mirrored through the controller's own Istio VirtualService, the challenger's
+answers discarded and compared with the champion's: latency, errors, decision agreement and
+score shift on the same requests, from the payload logger through the shadow collector):
+
+* ``fraud-champion`` names ``fraud-champion-challenger``, a retrained model that decides
+  like it: the comparison passes, so the controller writes the challenger's model onto the
+  champion and its canary runs to 100%;
+* ``fraud-rival`` names ``fraud-rival-challenger``, a model that declines 30% of legitimate
+  transactions where the champion declines 2%: rejected on agreement, it never serves a
+  customer.
+
+Every model but the GitOps one and the challengers starts with ``canary rollout start``
+(one write: new model + first step), sent to the controller's operator API with the token
+of ``release-manager``, a ServiceAccount bound to the ``kserve-canary-operator`` ClusterRole: the apiserver says who
 is acting and RBAC decides. Before that, ``intern`` (bound only to the viewer role) tries
 to promote and is refused; the refusal is in the audit trail.
 Progress is printed live, with each check's distance to a decision; at the end a summary
@@ -68,6 +80,7 @@ from canary.engine import RolloutDocument
 from canary.k8s.client import (
     INFERENCE_SERVICE,
     SERVICE_ACCOUNT,
+    VIRTUAL_SERVICE,
     AlreadyExists,
     KubeClient,
     ResourceKind,
@@ -75,16 +88,25 @@ from canary.k8s.client import (
 from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webhook_configuration
 from canary.log import configure_logging
 from canary.model import Phase
+from canary.ops import shadow_lines
 from canary.policy import RolloutPolicy, format_duration, load_policies
 from canary.remote import OperatorClient
+from canary.routing.mirror import CHAMPION_LABEL, OWNED_SELECTOR
 from canary.settings import load_settings
-from testbed.behaviour import LatencyProfile, ModelBehaviour
+from testbed.behaviour import BusinessProfile, LatencyProfile, ModelBehaviour
 from testbed.postgres import PostgresServer
 from testbed.servicenow import signing
 from testbed.servicenow.process import ServiceNowSim
 from testbed.testbed import Testbed
 
-__all__ = ["DEMO_POLICY", "SHIPPED_CREDIT_POLICY", "DemoPolicy", "main", "regulated_policy"]
+__all__ = [
+    "DEMO_POLICY",
+    "SHADOW_POLICY",
+    "SHIPPED_CREDIT_POLICY",
+    "DemoPolicy",
+    "main",
+    "regulated_policy",
+]
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +153,22 @@ checks:
     hardLimit: 0.5             # and p99 above 500 ms fails at once
     minSamples: 100
 """
+
+
+SHADOW_POLICY = (
+    DEMO_POLICY.replace("name: fraud-demo", "name: fraud-shadow")
+    + """\
+shadow:
+  enabled: true
+  mirrorPercent: 10            # of the champion's live requests, copied to the challenger
+  duration: 15s                # judged only after this (production: hours)
+  timeout: 2m
+  minSamples: 300              # mirrored requests per check, and paired answers
+  after: gate                  # the canary of its model starts only after a pass
+  minAgreement: 0.97           # the same decision on at least 97% of the same requests
+  maxScoreShift: 0.2           # population stability index of the scores
+"""
+)
 
 
 @dataclass(frozen=True)
@@ -221,9 +259,15 @@ class Scenario:
     policy: str = "fraud-demo"
     rate: float = RATE
     decision: RiskOwnerDecision | None = None
+    # a challenger InferenceService running the new model, shadowed before any canary
+    challenger: bool = False
+
+    @property
+    def challenger_name(self) -> str:
+        return f"{self.name}-challenger"
 
 
-SCENARIOS = (
+SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "fraud-healthy",
         "a retrained model, as good as the one in production",
@@ -274,6 +318,24 @@ SCENARIOS = (
         ),
     ),
 )
+SCENARIOS += (
+    Scenario(
+        "fraud-champion",
+        "a challenger that decides like the champion: shadow, then its canary",
+        ModelBehaviour(),
+        "Succeeded",
+        policy="fraud-shadow",
+        challenger=True,
+    ),
+    Scenario(
+        "fraud-rival",
+        "a challenger that declines 30% of legitimate transactions (the champion 2%)",
+        ModelBehaviour(business=BusinessProfile(false_positive_rate=0.3)),
+        "Rejected",
+        policy="fraud-shadow",
+        challenger=True,
+    ),
+)
 NAMESPACES = tuple(dict.fromkeys(s.namespace for s in SCENARIOS))
 
 
@@ -287,25 +349,48 @@ def _uri(scenario: Scenario, version: str) -> str:
 
 
 def _deploy(kube: KubeClient, scenario: Scenario) -> None:
+    annotations = {
+        "kserve-canary.io/enabled": "true",
+        "kserve-canary.io/policy": scenario.policy,
+    }
+    if scenario.challenger:
+        annotations["kserve-canary.io/challenger"] = scenario.challenger_name
     kube.create(
         INFERENCE_SERVICE,
         scenario.namespace,
         {
             "apiVersion": "serving.kserve.io/v1beta1",
             "kind": "InferenceService",
-            "metadata": {
-                "name": scenario.name,
-                "annotations": {
-                    "kserve-canary.io/enabled": "true",
-                    "kserve-canary.io/policy": scenario.policy,
-                },
-            },
+            "metadata": {"name": scenario.name, "annotations": annotations},
             "spec": {
                 "predictor": {
                     "minReplicas": 2,
                     "model": {
                         "modelFormat": {"name": "sklearn"},
                         "storageUri": _uri(scenario, "v1"),
+                    },
+                }
+            },
+        },
+    )
+
+
+def _deploy_challenger(kube: KubeClient, scenario: Scenario) -> None:
+    """The challenger: a plain InferenceService (not opted in) with the new model, called
+    by nobody; its payload logger and the champion's post to the shadow collector."""
+    kube.create(
+        INFERENCE_SERVICE,
+        scenario.namespace,
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": scenario.challenger_name},
+            "spec": {
+                "predictor": {
+                    "minReplicas": 1,
+                    "model": {
+                        "modelFormat": {"name": "sklearn"},
+                        "storageUri": _uri(scenario, "v2"),
                     },
                 }
             },
@@ -418,26 +503,39 @@ def _progress(
         if time.monotonic() > end:
             raise RuntimeError(f"the rollouts did not finish within {timeout:.0f}s")
         rows = [row for namespace in NAMESPACES for row in store.rollouts(namespace=namespace)]
+        newest: set[str] = set()
         for row in rows:
             doc = RolloutDocument.from_row(row)
             state = doc.state
+            latest = row.name not in newest  # rollouts come newest first
+            newest.add(row.name)
             verdict = state.last_verdict
             key = (state.phase, state.step_index, state.step_reached_at is not None,
                    verdict.verdict if verdict else None)  # fmt: skip
             elapsed = f"{time.monotonic() - started:5.1f}s"
-            if seen.get(row.name) != key:
-                seen[row.name] = key
+            if seen.get(row.id) != key:
+                seen[row.id] = key
                 share = state.last_view.share(state.canary.name) if state.last_view else 0
-                line = f"  {elapsed}  {row.name:16} {state.phase.value:16} canary {share:3d}%"
+                what = f"canary {share:3d}%"
+                if state.challenger is not None:
+                    what = f"shadow {state.challenger}"
+                line = f"  {elapsed}  {row.name:16} {state.phase.value:16} {what}"
                 if verdict is not None and not state.terminal:
                     line += f"  {verdict.verdict.value}: {verdict.summary[:90]}"
                 if state.terminal:
-                    line += f"  {state.outcome or ''}"[:140]
-                    final[row.name] = doc
+                    line += f"  {state.outcome or ''}"[:160]
                 _say(line)
-                if not state.terminal and state.step_reached_at is not None:
+                if state.phase is Phase.SHADOWING:
+                    now = datetime.now(UTC)
+                    for text in shadow_lines(doc, now, store.measurements_for(row.id)):
+                        _say(f"{'':26}{text}")
+                elif not state.terminal and state.step_reached_at is not None:
                     for text in _evidence(doc):
                         _say(f"{'':26}{text}")
+            # the challenger's passed shadow is followed by its model's canary
+            follows = state.challenger is not None and state.phase is Phase.SUCCEEDED
+            if latest and state.terminal and not follows:
+                final[row.name] = doc
             scenario = scenarios.get(row.name)
             if scenario is not None:
                 for text in risk_owners.look(scenario, doc):
@@ -578,8 +676,54 @@ def _approval_summary(
     )
 
 
+def _shadow_summary(
+    store: AuditStore,
+    kube: KubeClient,
+    scenario: Scenario,
+    final: RolloutDocument,
+    records: list[AuditRecord],
+) -> bool:
+    """The challenger's shadow: what the audit trail recorded, the comparison that decided
+    it (agreement over how many pairs, latency and errors against the champion), and
+    whether the mirror object is gone."""
+    shadows = [
+        RolloutDocument.from_row(r)
+        for r in store.rollouts(namespace=scenario.namespace, name=scenario.name)
+        if RolloutDocument.from_row(r).state.challenger is not None
+    ]
+    if not shadows:
+        _say(f"\n{scenario.name}: no shadow rollout (UNEXPECTED)")
+        return False
+    shadow = shadows[0].state
+    mine = [r for r in records if r.entry.rollout_id == shadow.rollout_id]
+    _say(f"\n{scenario.name}: {scenario.story}")
+    _say(f"  shadow of {shadow.challenger} ({shadow.canary.name}, {shadow.canary.storage_uri}) "
+         f"against {shadow.stable.name if shadow.stable else '-'}")  # fmt: skip
+    for record in mine:
+        entry = record.entry
+        if entry.action in ("analysis.evaluated",):
+            continue
+        when = entry.at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+        reason = (entry.reason or "").replace("\n", " ")
+        _say(f"  #{record.seq:<4} {when}  {entry.action:26} {reason[:96]}")
+    deciding = _deciding(mine)
+    if deciding is not None:
+        _show_evidence(deciding)
+    items, _ = kube.list(VIRTUAL_SERVICE, scenario.namespace, label_selector=OWNED_SELECTOR)
+    left = [i for i in items if (i["metadata"].get("labels") or {}).get(CHAMPION_LABEL)
+            == scenario.name]  # fmt: skip
+    _say(f"  mirror objects left on the apiserver: {len(left)}")
+    expected_shadow = "Succeeded" if scenario.expect == "Succeeded" else scenario.expect
+    passed = shadow.phase.value == expected_shadow and not left
+    if scenario.expect == "Rejected":
+        _say(f"  => {shadow.phase.value} ({'as expected' if passed else 'UNEXPECTED'})")
+        return passed and final.state.challenger is not None
+    return passed
+
+
 def _summary(
     store: AuditStore,
+    kube: KubeClient,
     final: dict[str, RolloutDocument],
     sim: ServiceNowSim,
     acted_on: Mapping[str, str],
@@ -592,6 +736,10 @@ def _summary(
     for scenario in SCENARIOS:
         doc = final[scenario.name]
         state = doc.state
+        if scenario.challenger:
+            ok = _shadow_summary(store, kube, scenario, doc, records) and ok
+            if state.challenger is not None:
+                continue  # rejected in shadow: no canary followed
         mine = [r for r in records if r.entry.rollout_id == state.rollout_id]
         evaluations = sum(1 for r in mine if r.entry.action == "analysis.evaluated")
         measurements = sum(len(r.entry.measurements) for r in mine)
@@ -645,6 +793,7 @@ def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
     policy_dir = base / "policies"
     policy_dir.mkdir(exist_ok=True)
     (policy_dir / "fraud-demo.yaml").write_text(DEMO_POLICY, encoding="utf-8")
+    (policy_dir / "fraud-shadow.yaml").write_text(SHADOW_POLICY, encoding="utf-8")
     credit = regulated_policy()
     (policy_dir / f"{credit.name}.yaml").write_text(credit.text, encoding="utf-8")
     testbed = Testbed(base / "testbed", log=lambda line: _say(f"  test bed: {line}"))
@@ -666,6 +815,8 @@ def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
             book = book.with_model(_uri(scenario, "v1"), ModelBehaviour())
             book = book.with_model(_uri(scenario, "v2"), scenario.new)
             book = book.with_rate(scenario.namespace, scenario.name, scenario.rate)
+            if scenario.challenger:  # nobody calls a challenger: it sees mirrored copies only
+                book = book.with_rate(scenario.namespace, scenario.challenger_name, 0.0)
         testbed.set_behaviour(book)
         _say(f"Policy {credit.name} for the credit models: {SHIPPED_CREDIT_POLICY.name} as "
              "shipped (steps, checks, the ServiceNow approval gate before 100%), "
@@ -682,9 +833,14 @@ def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
             _say(f"Deploying {names} in {namespace} (model v1), opted in...")
         for scenario in SCENARIOS:
             _deploy(kube, scenario)
+            if scenario.challenger:
+                _deploy_challenger(kube, scenario)
         for scenario in SCENARIOS:
             name = scenario.name
             _wait(f"{name} v1 serving", partial(_serving, kube, scenario.namespace, name), 60)
+            if scenario.challenger:
+                rival = scenario.challenger_name
+                _wait(f"{rival} serving", partial(_serving, kube, scenario.namespace, rival), 60)
 
         cluster = testbed.cluster
         assert cluster is not None
@@ -719,6 +875,7 @@ def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
             servicenow_password=SERVICENOW_PASSWORD,
             servicenow_callback_secrets=(callback_secret,),
             approval_poll_seconds=5.0,  # production: 60 s; the callback makes it sooner
+            shadow_mirror="istio",  # our own VirtualService per champion
         )
         application = build(settings)
         application.start()
@@ -746,6 +903,10 @@ def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
         with AuditStore.from_url(url) as store, api(tokens["release-manager"]) as client:
             for scenario in SCENARIOS:
                 uri, namespace = _uri(scenario, "v2"), scenario.namespace
+                if scenario.challenger:
+                    _say(f"# {scenario.name} names its challenger {scenario.challenger_name} "
+                         f"({uri}); the controller shadows it on its own")  # fmt: skip
+                    continue
                 if scenario.gitops:
                     change = {"spec": {"predictor": {"model": {"storageUri": uri}}}}
                     _say(f"$ kubectl patch inferenceservice {scenario.name} -n {namespace} "
@@ -766,7 +927,7 @@ def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
             started = time.monotonic()
             risk_owners = _RiskOwners(sim.url, store)
             final = _progress(store, started, timeout, risk_owners)
-            ok = _summary(store, final, sim, risk_owners.changes)
+            ok = _summary(store, kube, final, sim, risk_owners.changes)
         _say(f"\nDemo finished in {time.monotonic() - began:.0f}s.")
         return 0 if ok else 1
     finally:

@@ -33,6 +33,8 @@ from canary.routing.mirror import (
     ManagedMirrorRouter,
     MirrorObservation,
     MirrorSpec,
+    as_list,
+    as_mapping,
     mirror_metadata,
     observation_from,
     percent_number,
@@ -82,14 +84,6 @@ def http_route(
         "metadata": mirror_metadata(spec),
         "spec": route_spec,
     }
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _local_service(ref: Any, namespace: str) -> str | None:
@@ -147,17 +141,17 @@ def observe_http_route(obj: Mapping[str, Any]) -> MirrorObservation | None:
     read. Pure: the test bed reads our objects with it too."""
     if obj.get("kind", HTTP_ROUTE.kind) != HTTP_ROUTE.kind:
         return None
-    namespace = _mapping(obj.get("metadata")).get("namespace")
+    namespace = as_mapping(obj.get("metadata")).get("namespace")
     if not isinstance(namespace, str):
         return None
-    rules = _list(_mapping(obj.get("spec")).get("rules"))
+    rules = as_list(as_mapping(obj.get("spec")).get("rules"))
     if len(rules) != 1 or not isinstance(rules[0], Mapping):
         return None
     rule = rules[0]
-    backends = _list(rule.get("backendRefs"))
+    backends = as_list(rule.get("backendRefs"))
     mirrors = [
-        _mapping(f.get("requestMirror"))
-        for f in _list(rule.get("filters"))
+        as_mapping(f.get("requestMirror"))
+        for f in as_list(rule.get("filters"))
         if isinstance(f, Mapping) and f.get("type") == _MIRROR_FILTER
     ]
     if len(backends) != 1 or len(mirrors) != 1:

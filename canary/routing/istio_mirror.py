@@ -30,6 +30,8 @@ from canary.routing.mirror import (
     ManagedMirrorRouter,
     MirrorObservation,
     MirrorSpec,
+    as_list,
+    as_mapping,
     mirror_metadata,
     observation_from,
     percent_number,
@@ -96,14 +98,6 @@ def virtual_service(
     }
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def _mirror_percent(rule: Mapping[str, Any]) -> float | None:
     """``mirrorPercentage.value``: absent means 100 (Istio mirrors everything then); a
     ``mirrorPercentage`` without a value means 0 (the proto default)."""
@@ -124,19 +118,19 @@ def observe_virtual_service(obj: Mapping[str, Any]) -> MirrorObservation | None:
     never raises. Pure: the test bed reads our objects with it too."""
     if obj.get("kind", VIRTUAL_SERVICE.kind) != VIRTUAL_SERVICE.kind:
         return None
-    namespace = _mapping(obj.get("metadata")).get("namespace")
+    namespace = as_mapping(obj.get("metadata")).get("namespace")
     if not isinstance(namespace, str):
         return None
-    http = _list(_mapping(obj.get("spec")).get("http"))
+    http = as_list(as_mapping(obj.get("spec")).get("http"))
     if len(http) != 1 or not isinstance(http[0], Mapping):
         return None
     rule = http[0]
-    route = _list(rule.get("route"))
+    route = as_list(rule.get("route"))
     if len(route) != 1:
         return None
-    destination = _mapping(_mapping(route[0]).get("destination"))
+    destination = as_mapping(as_mapping(route[0]).get("destination"))
     source = service_of_host(destination.get("host"), namespace)
-    mirror = service_of_host(_mapping(rule.get("mirror")).get("host"), namespace)
+    mirror = service_of_host(as_mapping(rule.get("mirror")).get("host"), namespace)
     percent = _mirror_percent(rule)
     if source is None or mirror is None or percent is None:
         return None

@@ -54,6 +54,8 @@ __all__ = [
     "MirrorObservation",
     "MirrorRouter",
     "MirrorSpec",
+    "as_list",
+    "as_mapping",
     "champion_of",
     "mirror_labels",
     "mirror_metadata",
@@ -254,11 +256,13 @@ def mirror_metadata(spec: MirrorSpec) -> JsonObject:
     }
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
+def as_mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping, else an empty one (tolerant reading of hand edits)."""
     return value if isinstance(value, Mapping) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """``value`` if it is a list, else an empty one."""
     return value if isinstance(value, list) else []
 
 
@@ -295,16 +299,16 @@ def observation_from(
     """A :class:`MirrorObservation` of ``obj`` with the given rule; the rest is read from
     its metadata. None when ``obj`` has no name or namespace, or ``percent`` is not a finite
     number from 0 to 100."""
-    metadata = _mapping(obj.get("metadata"))
+    metadata = as_mapping(obj.get("metadata"))
     name, namespace = _text(metadata.get("name")), _text(metadata.get("namespace"))
     if not name or not namespace:
         return None
     if not math.isfinite(percent) or not 0 <= percent <= 100:
         return None
-    labels = _mapping(metadata.get("labels"))
+    labels = as_mapping(metadata.get("labels"))
     owner_uid: str | None = None
-    for entry in _list(metadata.get("ownerReferences")):
-        ref = _mapping(entry)
+    for entry in as_list(metadata.get("ownerReferences")):
+        ref = as_mapping(entry)
         group = _text(ref.get("apiVersion")).partition("/")[0]
         if ref.get("kind") == INFERENCE_SERVICE.kind and group == INFERENCE_SERVICE.group:
             owner_uid = _text(ref.get("uid")) or None
@@ -382,7 +386,7 @@ class ManagedMirrorRouter:
         empty = observation_from(obj, self._kind, source_service="", mirror_service="",
                                  percent=0.0)  # fmt: skip
         if empty is None:  # the apiserver always gives a name and a namespace
-            metadata = _mapping(obj.get("metadata"))
+            metadata = as_mapping(obj.get("metadata"))
             raise ValueError(f"{self._resource.kind} without a name or namespace: {metadata!r}")
         return empty
 
@@ -398,8 +402,8 @@ class ManagedMirrorRouter:
     # --- writes ----------------------------------------------------------------------------
 
     def _refuse_foreign(self, obj: Mapping[str, Any], doing: str) -> None:
-        metadata = _mapping(obj.get("metadata"))
-        labels = _mapping(metadata.get("labels"))
+        metadata = as_mapping(obj.get("metadata"))
+        labels = as_mapping(metadata.get("labels"))
         where = f"{self._resource.kind} {metadata.get('namespace')}/{metadata.get('name')}"
         if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
             log.warning("mirror.refused", object=where, doing=doing, reason="not managed")

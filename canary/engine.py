@@ -61,7 +61,7 @@ from canary.execution import Pending, carry_out
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
 from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
-from canary.mirroring import MirrorKeeper
+from canary.mirroring import MirrorKeeper, mirroring
 from canary.model import (
     Action,
     AnalysisVerdict,
@@ -1228,11 +1228,21 @@ class Engine:
         observed: Observed | None,
     ) -> RolloutDocument:
         """Write or remove the rollout's mirror object as its state now says, and record
-        what was done (canary.mirroring)."""
-        notes = self._mirrors.keep(doc, isvc)
-        if not notes:
+        what was done (canary.mirroring). A rollout that never had a mirror object costs
+        nothing here (a crash between writing one and recording it is the sweep's)."""
+        shadowing = mirroring(doc)
+        if not shadowing and doc.mirror_applied_at is None:
             return doc
+        upkeep = self._mirrors.keep(doc, isvc)
+        notes = upkeep.notes
         now = self._clock()
+        applied_at = doc.mirror_applied_at
+        if shadowing and upkeep.in_place and applied_at is None:
+            applied_at = now  # the evidence of the shadow phase counts from here
+        elif not shadowing and upkeep.gone:
+            applied_at = None  # nothing left to look after
+        if not notes and applied_at == doc.mirror_applied_at:
+            return doc
         entries = [
             self._entries.entry(
                 doc, now, action=n.action, reason=n.reason, observed=observed,
@@ -1240,10 +1250,7 @@ class Engine:
             )
             for n in notes
         ]  # fmt: skip
-        if doc.mirror_applied_at is None and any(
-            n.action in ("mirror.applied", "mirror.restored") for n in notes
-        ):
-            doc = replace(doc, mirror_applied_at=now)
+        doc = replace(doc, mirror_applied_at=applied_at)
         self._store.commit(
             entries, fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
         )

@@ -36,6 +36,7 @@ from canary.routing.mirror import MirrorError, MirrorObservation, MirrorRouter, 
 __all__ = [
     "MirrorKeeper",
     "MirrorNote",
+    "Upkeep",
     "drift",
     "mirroring",
     "predictor_service",
@@ -117,6 +118,16 @@ class MirrorNote:
     name: str = ""
 
 
+@dataclass(frozen=True)
+class Upkeep:
+    """What one pass of the keeper found and did: what to record, and whether the object
+    the state asks for is now in place (while mirroring) or none is left (otherwise)."""
+
+    notes: list[MirrorNote]
+    in_place: bool = False
+    gone: bool = False
+
+
 @dataclass
 class MirrorKeeper:
     """Applies and removes mirror objects (see the module docstring). ``router`` is None
@@ -130,30 +141,30 @@ class MirrorKeeper:
     # once, not on every pass; a success forgets it.
     _failed: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def keep(self, doc: RolloutDocument, isvc: Mapping[str, Any] | None) -> list[MirrorNote]:
+    def keep(self, doc: RolloutDocument, isvc: Mapping[str, Any] | None) -> Upkeep:
         """Make the cluster match the rollout's state; what happened, to record."""
         state = doc.state
         key = (state.namespace, state.name)
         try:
             spec = wanted(doc, isvc)
         except MirrorError as exc:  # a name the mirror object cannot carry
-            return self._failure(key, doc, str(exc))
+            return Upkeep(self._failure(key, doc, str(exc)))
         if self.router is None:
             if spec is None:
-                return []
-            return self._failure(key, doc, "shadow mirroring is not configured "
-                                 "(KSC_SHADOW_MIRROR is none)")  # fmt: skip
+                return Upkeep([], gone=True)
+            return Upkeep(self._failure(key, doc, "shadow mirroring is not configured "
+                                        "(KSC_SHADOW_MIRROR is none)"))  # fmt: skip
         try:
             current = self.router.observe(state.namespace, state.name)
             if spec is None:
-                return self._remove(doc, current)
+                return Upkeep(self._remove(doc, current), gone=True)
             difference = drift(current, spec)
             if difference is None:
                 self._failed.pop(key, None)
-                return []
+                return Upkeep([], in_place=True)
             written = self.router.apply(spec)
         except (MirrorError, KubeError) as exc:
-            return self._failure(key, doc, str(exc))
+            return Upkeep(self._failure(key, doc, str(exc)))
         self._failed.pop(key, None)
         first = current is None and state.rollout_id == spec.rollout_id and difference == "absent"
         action = "mirror.applied" if first and not self._seen(doc) else "mirror.restored"
@@ -169,7 +180,7 @@ class MirrorKeeper:
             if action == "mirror.restored"
             else None
         )
-        return [MirrorNote(action, reason, evidence, event)]
+        return Upkeep([MirrorNote(action, reason, evidence, event)], in_place=True)
 
     @staticmethod
     def _seen(doc: RolloutDocument) -> bool:
@@ -183,7 +194,7 @@ class MirrorKeeper:
             self._failed.pop((state.namespace, state.name), None)
             return []
         if not current.managed:
-            return []  # not ours: never touched (the router refuses it too)
+            return []  # not ours: never touched (the router refuses it too), nor our business
         assert self.router is not None
         self.router.remove(state.namespace, state.name)
         self._failed.pop((state.namespace, state.name), None)

@@ -1525,3 +1525,57 @@ def test_a_retryable_failure_is_still_retried_and_counted(lite_store: AuditStore
     assert rig.records("traffic.failed") == []
     assert "TrafficWriteRejected" not in [r for r, _, _ in events.seen]
     assert metrics_value(metrics, "kserve_canary_kube_write_retries_total") == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Shadow mirroring configured: a rollout without a shadow never pays for it
+# ---------------------------------------------------------------------------------------
+
+
+class CountingMirrors:
+    """A mirror router that counts every call (none is expected here)."""
+
+    kind = "istio"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def apply(self, spec: Any) -> Any:
+        self.calls.append("apply")
+        raise AssertionError("no shadow: nothing to write")
+
+    def observe(self, namespace: str, champion: str) -> None:
+        self.calls.append("observe")
+
+    def remove(self, namespace: str, champion: str) -> bool:
+        self.calls.append("remove")
+        return False
+
+    def owned(self, namespace: str | None) -> list[Any]:
+        self.calls.append("owned")
+        return []
+
+
+def test_with_mirroring_configured_a_canary_without_shadow_makes_no_mirror_calls(
+    lite_store: AuditStore,
+) -> None:
+    rig = make_rig(lite_store)
+    mirrors = CountingMirrors()
+    rig.engine = Engine(
+        store=lite_store,
+        kube=cast(KubeClient, FakeKube(rig.cluster)),
+        routers={"knative": cast(TrafficRouter, rig.router)},
+        policies=lambda: POLICIES,
+        leadership=lambda: rig.fence,
+        clock=rig.clock,
+        instance="pod-a",
+        mirror=cast(Any, mirrors),
+    )
+    rig.to_first_step()
+    for _ in range(5):
+        rig.clock.advance(2)
+        rig.engine.reconcile(NS, NAME)
+    assert mirrors.calls == [], "no apiserver request per reconcile for a mirror never written"
+    assert rig.engine.sweep_mirrors() == 0
+    assert mirrors.calls == ["owned"], "the sweep lists our objects, once"
+    assert not any(a.startswith("mirror.") for a in rig.actions())

@@ -209,12 +209,16 @@ def test_the_first_write_is_recorded_as_applied_then_nothing_until_it_drifts() -
     router = FakeMirrors()
     keeper = MirrorKeeper(router)
     doc = challenger_doc()
-    notes = keeper.keep(doc, isvc())
+    upkeep = keeper.keep(doc, isvc())
+    notes = upkeep.notes
     assert [n.action for n in notes] == ["mirror.applied"]
+    assert upkeep.in_place
     assert notes[0].evidence["percent"] == 25.0
     assert notes[0].event is None
     doc = replace(doc, mirror_applied_at=T0)
-    assert keeper.keep(doc, isvc()) == [], "an object that matches is left alone"
+    again = keeper.keep(doc, isvc())
+    assert again.notes == [], "an object that matches is left alone"
+    assert again.in_place, "and reported in place (its evidence counts)"
     assert len(router.writes) == 1
 
 
@@ -232,7 +236,7 @@ def test_a_mirror_removed_or_edited_by_hand_is_restored_and_reported(edit: str) 
         router.objects[key] = replace(router.objects[key], percent=100.0)
     else:
         router.objects[key] = replace(router.objects[key], mirror_service="attacker")
-    notes = keeper.keep(doc, isvc())
+    notes = keeper.keep(doc, isvc()).notes
     assert [n.action for n in notes] == ["mirror.restored"]
     assert notes[0].event is not None
     assert notes[0].event.type == "Warning"
@@ -249,12 +253,13 @@ def test_the_mirror_is_removed_when_the_shadow_ends_and_an_unmanaged_object_is_n
     keeper.keep(doc, isvc())
     ended = reach(Phase.REJECTED)
     assert ended.state is not None
-    notes = keeper.keep(document(ended.state, ended.policy, "knative"), isvc())
-    assert [n.action for n in notes] == ["mirror.removed"]
+    upkeep = keeper.keep(document(ended.state, ended.policy, "knative"), isvc())
+    assert [n.action for n in upkeep.notes] == ["mirror.removed"]
+    assert upkeep.gone
     assert router.objects == {}
     foreign = _observation(wanted(doc, isvc()) or _never(), managed=False)
     router.objects[("fraud", "scorer")] = foreign
-    assert keeper.keep(document(ended.state, ended.policy, "knative"), isvc()) == []
+    assert keeper.keep(document(ended.state, ended.policy, "knative"), isvc()).notes == []
     assert router.objects[("fraud", "scorer")] == foreign
 
 
@@ -267,18 +272,18 @@ def test_a_failing_write_is_reported_once_and_retried_on_every_pass() -> None:
     router.fail = Unavailable(503, "ServiceUnavailable", "etcd leader changed")
     keeper = MirrorKeeper(router)
     doc = challenger_doc()
-    first = keeper.keep(doc, isvc())
+    first = keeper.keep(doc, isvc()).notes
     assert [n.action for n in first] == ["mirror.failed"]
     assert first[0].event is not None
     assert "etcd leader changed" in first[0].reason
-    assert keeper.keep(doc, isvc()) == [], "the same failure is not recorded twice"
+    assert keeper.keep(doc, isvc()).notes == [], "the same failure is not recorded twice"
     router.fail = None
-    assert [n.action for n in keeper.keep(doc, isvc())] == ["mirror.applied"]
+    assert [n.action for n in keeper.keep(doc, isvc()).notes] == ["mirror.applied"]
 
 
 def test_without_mirroring_configured_a_shadow_is_told_why() -> None:
     keeper = MirrorKeeper(None)
-    notes = keeper.keep(challenger_doc(), isvc())
+    notes = keeper.keep(challenger_doc(), isvc()).notes
     assert [n.action for n in notes] == ["mirror.failed"]
     assert "KSC_SHADOW_MIRROR" in notes[0].reason
 

@@ -37,11 +37,11 @@ score shift on the same requests, from the payload logger through the shadow col
   transactions where the champion declines 2%: rejected on agreement, it never serves a
   customer.
 
-Every model but the GitOps one and the challengers starts with ``canary rollout start``
-(one write: new model + first step), sent to the controller's operator API with the token
-of ``release-manager``, a ServiceAccount bound to the ``kserve-canary-operator`` ClusterRole: the apiserver says who
-is acting and RBAC decides. Before that, ``intern`` (bound only to the viewer role) tries
-to promote and is refused; the refusal is in the audit trail.
+Every model but the GitOps one and the challengers starts with ``canary rollout start`` (one
+write: new model + first step), sent to the controller's operator API with the token of
+``release-manager``, a ServiceAccount bound to the ``kserve-canary-operator`` ClusterRole:
+the apiserver says who is acting and RBAC decides. Before that, ``intern`` (bound only to
+the viewer role) tries to promote and is refused; the refusal is in the audit trail.
 Progress is printed live, with each check's distance to a decision; at the end a summary
 is read back from the audit database, with the evaluation that decided each rollout and
 its evidence (values, counts, e-value against its threshold, query, response digest), and

@@ -267,9 +267,8 @@ def test_a_divergent_challenger_under_report_is_recorded_and_nothing_rolls_out(e
     assert len(env.rollouts()) == 1
 
 
-def test_the_mirror_is_removed_on_abort_on_deletion_and_after_a_restart(knative_env: Env) -> None:
-    env = knative_env
-    mirror = "istio"
+def test_the_mirror_is_removed_on_abort_on_deletion_and_after_a_restart(env: Env) -> None:
+    mirror = "istio" if env.mode == "knative" else "gateway-api"
     # a long shadow: nothing ends it but us
     _, _, challenger = challenger_setup(env, mirror, duration="10m")
     env.wait("the mirror object", lambda: bool(mirror_objects(env, mirror)))
@@ -285,32 +284,57 @@ def test_the_mirror_is_removed_on_abort_on_deletion_and_after_a_restart(knative_
     assert env.app is not None
     env.app.stop()
     env.app = None
-    leftover = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {
-            "name": mirror_object_name(env.name),
-            "namespace": env.namespace,
-            "labels": {
-                "app.kubernetes.io/managed-by": "kserve-canary",
-                "kserve-canary.io/purpose": "shadow",
-                "kserve-canary.io/champion": env.name,
-                "kserve-canary.io/challenger": challenger,
-                "kserve-canary.io/rollout-id": first.state.rollout_id,
-            },
-        },
-        "spec": {
-            "hosts": [f"{env.name}-predictor.{env.namespace}.svc.cluster.local"],
-            "http": [
-                {
-                    "route": [{"destination": {"host": "x"}}],
-                    "mirror": {"host": "y"},
-                    "mirrorPercentage": {"value": 100.0},
-                }
-            ],
+    metadata = {
+        "name": mirror_object_name(env.name),
+        "namespace": env.namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": "kserve-canary",
+            "kserve-canary.io/purpose": "shadow",
+            "kserve-canary.io/champion": env.name,
+            "kserve-canary.io/challenger": challenger,
+            "kserve-canary.io/rollout-id": first.state.rollout_id,
         },
     }
-    env.kube.create(VIRTUAL_SERVICE, env.namespace, leftover)
+    source = f"{env.name}-predictor"
+    if mirror == "istio":
+        leftover = {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": metadata,
+            "spec": {
+                "hosts": [f"{source}.{env.namespace}.svc.cluster.local"],
+                "http": [
+                    {
+                        "route": [{"destination": {"host": "x"}}],
+                        "mirror": {"host": "y"},
+                        "mirrorPercentage": {"value": 100.0},
+                    }
+                ],
+            },
+        }
+    else:
+        leftover = {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": metadata,
+            "spec": {
+                "rules": [
+                    {
+                        "backendRefs": [{"name": source, "port": 80}],
+                        "filters": [
+                            {
+                                "type": "RequestMirror",
+                                "requestMirror": {
+                                    "backendRef": {"name": "elsewhere", "port": 80},
+                                    "percent": 100,
+                                },
+                            }
+                        ],
+                    }
+                ]
+            },
+        }
+    env.kube.create(resource(mirror), env.namespace, leftover)
     app = env.start_controller(shadow_mirror=mirror)
     assert_no_mirror(env, mirror)
     assert "mirror.removed" in env.actions(first.state.rollout_id)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
@@ -917,6 +919,23 @@ class _ChainVerifier:
         return None
 
 
+def _ensure_wal(cursor: Any, attempts: int = 50) -> None:
+    """Put the database file in WAL mode (it stays so). Only a connection that finds it in
+    another mode converts it, and a conversion racing another one can be refused with
+    "database is locked" without SQLite's busy handler ever waiting: that is retried."""
+    for attempt in range(attempts):
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()
+            if mode is not None and str(mode[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 def _install_sqlite_hooks(engine: Engine, *, file_backed: bool) -> None:
     """Foreign keys on; BEGIN IMMEDIATE for writes so concurrent writers serialise."""
 
@@ -927,7 +946,7 @@ def _install_sqlite_hooks(engine: Engine, *, file_backed: bool) -> None:
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA busy_timeout = 30000")
         if file_backed:
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine, "begin")

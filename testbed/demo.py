@@ -25,7 +25,7 @@ and ServiceNow approval gate, takes the demo's timings and drops its schedule; s
   controller reads the approval back from ServiceNow, and promotes;
 * ``credit-rejected``: ``bob`` rejects its change with a comment; it is rolled back.
 
-and two challengers in shadow (policy ``fraud-shadow``: 10 % of the champion's live
+and two challengers in shadow (policy ``fraud-shadow``: 25 % of the champion's live
 requests mirrored through the controller's own Istio VirtualService, the challenger's
 answers discarded and compared with the champion's: latency, errors, decision agreement and
 score shift on the same requests, from the payload logger through the shadow collector):
@@ -160,9 +160,9 @@ SHADOW_POLICY = (
     + """\
 shadow:
   enabled: true
-  mirrorPercent: 10            # of the champion's live requests, copied to the challenger
+  mirrorPercent: 25            # of the champion's live requests, copied to the challenger
   duration: 15s                # judged only after this (production: hours)
-  timeout: 2m
+  timeout: 3m
   minSamples: 300              # mirrored requests per check, and paired answers
   after: gate                  # the canary of its model starts only after a pass
   minAgreement: 0.97           # the same decision on at least 97% of the same requests
@@ -785,7 +785,7 @@ def _summary(
     return ok and report.ok
 
 
-def main(work_dir: Path | None = None, timeout: float = 240.0) -> int:
+def main(work_dir: Path | None = None, timeout: float = 300.0) -> int:
     began = time.monotonic()
     configure_logging("development", "warning")
     base = work_dir or Path(tempfile.mkdtemp(prefix="kserve-canary-demo-"))

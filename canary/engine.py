@@ -434,7 +434,7 @@ class Engine:
             return self._keep_mirror(fence, rollout_id, doc, isvc, observed)
         seen: Observation = ServiceObserved(observed.view)
         if doc.state.challenger is not None:
-            seen = self._challenger_observation(doc, observed)
+            seen = self._challenger_observation(doc, isvc, observed)
         doc, work = self._step(doc, seen, now)
         doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
         due = self._analysis_due(doc, now)
@@ -857,13 +857,12 @@ class Engine:
         self._store.commit([applied], fence=fence)
 
     def _challenger_observation(
-        self, doc: RolloutDocument, observed: Observed
+        self, doc: RolloutDocument, champion: Mapping[str, Any], observed: Observed
     ) -> ServiceObserved | ChallengerGone:
         """What a challenger's rollout sees: its challenger's newest revision against the
         champion (canary.challengers), or that the challenger is gone."""
         state = doc.state
         assert state.challenger is not None
-        champion = self._get(state.namespace, state.name) or {}
         try:
             named = parse_annotations((champion.get("metadata") or {}).get("annotations"))
         except AnnotationError:

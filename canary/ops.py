@@ -27,6 +27,7 @@ from canary.checks import (
     shadow_checks,
 )
 from canary.engine import RolloutDocument, describe_wait
+from canary.mirroring import mirroring
 from canary.model import Phase
 from canary.policy import format_duration
 
@@ -140,10 +141,7 @@ def shadow_lines(
     latest comparison of the challenger with the champion (each check's challenger and
     champion values and samples, as the last analysis recorded them)."""
     state = doc.state
-    shadowing = state.phase is Phase.SHADOWING or (
-        state.phase is Phase.PAUSED and state.paused_from is Phase.SHADOWING
-    )
-    if not shadowing:
+    if not mirroring(doc):
         return ()
     shadow = doc.policy.shadow
     who = f"challenger {state.challenger}" if state.challenger else "dark launch"
@@ -171,6 +169,14 @@ def shadow_lines(
     for name, m in sorted(latest.items()):
         lines.append(f"{name}: {_compared(m, shadow.min_samples)}")
     return tuple(lines)
+
+
+def _shadow(store: AuditStore | None, doc: RolloutDocument, now: datetime) -> tuple[str, ...]:
+    """The shadow lines, reading the rollout's measurements only while it shadows."""
+    if not mirroring(doc):
+        return ()
+    measured = store.measurements_for(doc.state.rollout_id) if store is not None else ()
+    return shadow_lines(doc, now, measured)
 
 
 def _compared(m: Measurement, min_samples: int) -> str:
@@ -259,11 +265,7 @@ def _line(
         started=f"{state.created_at:%Y-%m-%d %H:%M:%S}",
         evidence=evidence_lines(doc, look_seconds),
         approval=_approval(store, doc, now) if store is not None else (),
-        shadow=shadow_lines(
-            doc, now, store.measurements_for(state.rollout_id) if store is not None else ()
-        )
-        if not state.terminal
-        else (),
+        shadow=_shadow(store, doc, now),
     )
 
 

@@ -22,7 +22,7 @@ from canary.checks import (
 from canary.document import RolloutDocument
 from canary.k8s.client import Unavailable
 from canary.mirroring import MirrorKeeper, drift, mirror_service, predictor_service, wanted
-from canary.model import Phase, Revision, RolloutState, TrafficView
+from canary.model import CommandKind, Phase, Revision, RolloutState, TrafficView
 from canary.policy import RolloutPolicy
 from canary.routing.mirror import MirrorError, MirrorKind, MirrorObservation, MirrorSpec
 from tests.unit.rollout_driver import challenging, make_policy, reach, shadowing
@@ -101,10 +101,8 @@ def document(state: RolloutState, policy: RolloutPolicy, mode: str = "standard")
     )  # fmt: skip
 
 
-def shadow_doc(mode: str = "standard", **shadow: Any) -> RolloutDocument:
-    d = shadowing() if not shadow else None
-    if d is None:
-        raise AssertionError("use challenger_doc for custom shadow settings")
+def shadow_doc(mode: str = "standard") -> RolloutDocument:
+    d = shadowing()
     assert d.state is not None
     return document(d.state, d.policy, mode)
 
@@ -148,18 +146,12 @@ def test_no_mirror_outside_a_shadow_phase(phase: Phase) -> None:
 
 
 def test_a_paused_shadow_keeps_mirroring_a_paused_canary_does_not() -> None:
-    paused_shadow = shadowing().command(*_pause())
+    paused_shadow = shadowing().command(CommandKind.PAUSE, "looking at the comparison")
     assert paused_shadow.state is not None
     assert wanted(document(paused_shadow.state, paused_shadow.policy), isvc()) is not None
     paused = reach(Phase.PAUSED)
     assert paused.state is not None
     assert wanted(document(paused.state, paused.policy), isvc()) is None
-
-
-def _pause() -> tuple[Any, str]:
-    from canary.model import CommandKind
-
-    return CommandKind.PAUSE, "looking at the comparison"
 
 
 def test_mirror_service_per_mode() -> None:

@@ -29,7 +29,7 @@ def database_url() -> str:
     if not url:
         raise RuntimeError(
             "no database URL: pass `-x url=...`, set KSC_DATABASE_URL, "
-            "or use canary.audit.store.upgrade_to_head(url)"
+            "or use canary.audit.database.upgrade_to_head(url)"
         )
     parsed = make_url(url)
     if parsed.drivername == "postgresql":

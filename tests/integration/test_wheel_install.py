@@ -35,7 +35,7 @@ _WHERE_FROM = """
 import json, sys
 from importlib import resources
 import analysis, approvals, canary, canary.cli
-from canary.audit.store import _migrations_dir
+from canary.audit.database import _migrations_dir
 print(json.dumps({
     "modules": {m.__name__: m.__file__ for m in (canary, canary.cli, analysis, approvals)},
     "package": str(resources.files("canary.migrations")),

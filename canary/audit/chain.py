@@ -1,0 +1,250 @@
+"""The hash chain in ``audit_log`` (and the ``measurements`` rows derived from it): appending
+under the head lock, and reading records back.
+
+:class:`ChainLog` is a part of :class:`canary.audit.AuditStore`, which provides the
+transactions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Final
+
+from sqlalchemy import Connection, func, insert, select
+
+from canary.audit.errors import AuditError
+from canary.audit.records import (
+    GENESIS_HASH,
+    AuditEntry,
+    AuditRecord,
+    Measurement,
+    StoredMeasurement,
+    canonical_json,
+    compute_record_hash,
+    decode_body,
+    decode_float,
+    entry_body,
+    parse_timestamp,
+)
+from canary.audit.schema import (
+    AuditLog,
+    MeasurementRow,
+)
+
+__all__ = [
+    "HEAD_LOCK_KEY",
+    "MEASUREMENT_COLUMNS",
+    "PROJECTION_COLUMNS",
+    "ChainLog",
+    "measurement_rows",
+    "projection",
+]
+
+# Key of the PostgreSQL advisory lock that serialises appends to the chain ("ksc_audt").
+HEAD_LOCK_KEY: Final = 0x6B73635F61756474
+
+
+# --------------------------------------------------------------------------------------------
+# row <-> value conversions
+# --------------------------------------------------------------------------------------------
+
+
+def projection(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``audit_log`` query columns, derived from a body (at write and at verify time)."""
+    obj = body["obj"] or {}
+    canary = body["canary"] or {}
+    stable = body["stable"] or {}
+    return {
+        "recorded_at": parse_timestamp(body["at"]),
+        "action": body["action"],
+        "actor_kind": body["actor"]["kind"],
+        "actor_id": body["actor"]["id"],
+        "rollout_id": body["rollout_id"],
+        "namespace": obj.get("namespace"),
+        "name": obj.get("name"),
+        "canary_revision": canary.get("revision"),
+        "stable_revision": stable.get("revision"),
+        "change_number": body["change_number"],
+        "correlation_id": body["correlation_id"],
+    }
+
+
+PROJECTION_COLUMNS: Final = (
+    "recorded_at",
+    "action",
+    "actor_kind",
+    "actor_id",
+    "rollout_id",
+    "namespace",
+    "name",
+    "canary_revision",
+    "stable_revision",
+    "change_number",
+    "correlation_id",
+)
+
+
+def measurement_rows(seq: int, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``measurements`` rows of a record, derived from its body."""
+    rows = []
+    for position, m in enumerate(body["measurements"]):
+        rows.append(
+            {
+                "audit_seq": seq,
+                "position": position,
+                "rollout_id": body["rollout_id"],
+                "check_name": m["check"],
+                "evaluated_at": parse_timestamp(m["evaluated_at"]),
+                "query": m["query"],
+                "prometheus_url": m["prometheus_url"],
+                "response_digest": m["response_digest"],
+                "canary_value": decode_float(m["canary_value"]),
+                "baseline_value": decode_float(m["baseline_value"]),
+                "canary_samples": m["canary_samples"],
+                "baseline_samples": m["baseline_samples"],
+                "statistic": decode_float(m["statistic"]),
+                "threshold": decode_float(m["threshold"]),
+                "verdict": m["verdict"],
+                "dry_run": m["dry_run"],
+                "detail": canonical_json(m["detail"]),
+            }
+        )
+    return rows
+
+
+MEASUREMENT_COLUMNS: Final = (
+    "audit_seq",
+    "position",
+    "rollout_id",
+    "check_name",
+    "evaluated_at",
+    "query",
+    "prometheus_url",
+    "response_digest",
+    "canary_value",
+    "baseline_value",
+    "canary_samples",
+    "baseline_samples",
+    "statistic",
+    "threshold",
+    "verdict",
+    "dry_run",
+    "detail",
+)
+
+
+def _stored_measurement(m: Mapping[Any, Any]) -> StoredMeasurement:
+    return StoredMeasurement(
+        audit_seq=m["audit_seq"],
+        position=m["position"],
+        rollout_id=m["rollout_id"],
+        measurement=Measurement(
+            check=m["check_name"],
+            evaluated_at=m["evaluated_at"],
+            query=m["query"],
+            prometheus_url=m["prometheus_url"],
+            response_digest=m["response_digest"],
+            canary_value=m["canary_value"],
+            baseline_value=m["baseline_value"],
+            canary_samples=m["canary_samples"],
+            baseline_samples=m["baseline_samples"],
+            statistic=m["statistic"],
+            threshold=m["threshold"],
+            verdict=m["verdict"],
+            dry_run=bool(m["dry_run"]),
+            detail=json.loads(m["detail"]),
+        ),
+    )
+
+
+class ChainLog:
+    """Append to and read the hash chain (mixed into the audit store)."""
+
+    _dialect: str
+
+    def _tx(self, *, write: bool) -> AbstractContextManager[Connection]:
+        raise NotImplementedError  # the audit store provides its transactions
+
+    def _lock_head(self, conn: Connection) -> None:
+        # SQLite: BEGIN IMMEDIATE already holds the database's write lock.
+        if self._dialect == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(HEAD_LOCK_KEY)))
+
+    @staticmethod
+    def _read_head(conn: Connection) -> tuple[int, str]:
+        row = conn.execute(
+            select(AuditLog.seq, AuditLog.record_hash).order_by(AuditLog.seq.desc()).limit(1)
+        ).first()
+        return (0, GENESIS_HASH) if row is None else (row.seq, row.record_hash)
+
+    def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        if not entries:
+            return []
+        seq, prev_hash = self._read_head(conn)
+        records: list[AuditRecord] = []
+        log_rows: list[dict[str, Any]] = []
+        m_rows: list[dict[str, Any]] = []
+        for entry in entries:
+            seq += 1
+            data = entry_body(seq, entry)
+            body = canonical_json(data)
+            record_hash = compute_record_hash(prev_hash, body)
+            log_rows.append(
+                {
+                    "seq": seq,
+                    "prev_hash": prev_hash,
+                    "record_hash": record_hash,
+                    "body": body,
+                    **projection(data),
+                }
+            )
+            m_rows.extend(measurement_rows(seq, data))
+            records.append(AuditRecord(seq, prev_hash, record_hash, body, decode_body(data)))
+            prev_hash = record_hash
+        conn.execute(insert(AuditLog), log_rows)
+        if m_rows:
+            conn.execute(insert(MeasurementRow), m_rows)
+        return records
+
+    def head(self) -> tuple[int, str]:
+        """(seq, record_hash) of the last record; ``(0, GENESIS_HASH)`` when empty."""
+        with self._tx(write=False) as conn:
+            return self._read_head(conn)
+
+    def records(self, after_seq: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        """Records with ``seq > after_seq`` in order, at most ``limit`` of them."""
+        stmt = (
+            select(AuditLog.seq, AuditLog.prev_hash, AuditLog.record_hash, AuditLog.body)
+            .where(AuditLog.seq > after_seq)
+            .order_by(AuditLog.seq)
+        )
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self._tx(write=False) as conn:
+            rows = conn.execute(stmt).all()
+        out = []
+        for row in rows:
+            try:
+                entry = decode_body(row.body)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise AuditError(
+                    f"record {row.seq} cannot be decoded ({exc}); run `canary audit verify`"
+                ) from exc
+            out.append(AuditRecord(row.seq, row.prev_hash, row.record_hash, row.body, entry))
+        return out
+
+    def measurements_for(self, rollout_id: str) -> list[StoredMeasurement]:
+        """Measurements of a rollout, by evaluation time then record order."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(MeasurementRow.__table__)
+                .where(MeasurementRow.rollout_id == rollout_id)
+                .order_by(
+                    MeasurementRow.evaluated_at, MeasurementRow.audit_seq, MeasurementRow.position
+                )
+            ).all()
+        return [_stored_measurement(row._mapping) for row in rows]
+
+    # ---------------------------------------------------------------------------- verify

@@ -1,0 +1,194 @@
+"""The ``rollouts`` table: the controller's live state of each rollout (mutable, with an
+optimistic ``version``).
+
+:class:`RolloutBook` is a part of :class:`canary.audit.AuditStore`, which provides the
+transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from canary.audit.errors import (
+    ActiveRolloutExists,
+    StaleRollout,
+)
+from canary.audit.records import RolloutRow
+from canary.audit.schema import RolloutModel
+
+__all__ = ["RolloutBook"]
+
+
+def _rollout_values(row: RolloutRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "namespace": row.namespace,
+        "name": row.name,
+        "isvc_uid": row.isvc_uid,
+        "policy_name": row.policy_name,
+        "mode": row.mode,
+        "phase": row.phase,
+        "step_index": row.step_index,
+        "canary_revision": row.canary_revision,
+        "stable_revision": row.stable_revision,
+        "state": dict(row.state),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "next_check_at": row.next_check_at,
+        "active": row.active,
+    }
+
+
+def _rollout_from(m: Mapping[Any, Any]) -> RolloutRow:
+    return RolloutRow(
+        id=m["id"],
+        namespace=m["namespace"],
+        name=m["name"],
+        isvc_uid=m["isvc_uid"],
+        policy_name=m["policy_name"],
+        mode=m["mode"],
+        phase=m["phase"],
+        step_index=m["step_index"],
+        canary_revision=m["canary_revision"],
+        stable_revision=m["stable_revision"],
+        state=m["state"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        next_check_at=m["next_check_at"],
+        active=bool(m["active"]),
+        version=m["version"],
+    )
+
+
+class RolloutBook:
+    """Write and read rollouts (mixed into the audit store)."""
+
+    _dialect: str
+
+    def _tx(self, *, write: bool) -> AbstractContextManager[Connection]:
+        raise NotImplementedError  # the audit store provides its transactions
+
+    def _write_rollout(
+        self, conn: Connection, rollout: RolloutRow, expected_version: int | None
+    ) -> None:
+        # Runs under the chain-head lock, so this read-check-write is not racy for writers
+        # that go through commit(); the UPDATE's version condition guards the rest.
+        stored = conn.execute(
+            select(RolloutModel.version).where(RolloutModel.id == rollout.id)
+        ).first()
+        if expected_version is None and stored is not None:
+            raise StaleRollout(f"rollout {rollout.id} already exists (version {stored.version})")
+        if expected_version is not None and (stored is None or stored.version != expected_version):
+            found = "it does not exist" if stored is None else f"stored is {stored.version}"
+            raise StaleRollout(
+                f"rollout {rollout.id}: expected version {expected_version}, {found}"
+            )
+        self._ensure_single_active(conn, rollout)
+        values = _rollout_values(rollout)
+        try:
+            if expected_version is None:
+                conn.execute(insert(RolloutModel).values(**values, version=1))
+                return
+            # RETURNING rather than rowcount: psycopg reports no rowcount here.
+            updated = conn.execute(
+                update(RolloutModel)
+                .where(RolloutModel.id == rollout.id, RolloutModel.version == expected_version)
+                .values(
+                    **{k: v for k, v in values.items() if k not in ("id", "created_at")},
+                    version=expected_version + 1,
+                )
+                .returning(RolloutModel.version)
+            ).first()
+        except IntegrityError as exc:
+            if "uq_rollouts_active_target" in str(exc.orig) or "rollouts.namespace" in str(
+                exc.orig
+            ):
+                raise ActiveRolloutExists(
+                    f"another rollout is active for {rollout.namespace}/{rollout.name}"
+                ) from exc
+            raise
+        if updated is None:
+            raise StaleRollout(f"rollout {rollout.id} changed concurrently")
+
+    @staticmethod
+    def _ensure_single_active(conn: Connection, rollout: RolloutRow) -> None:
+        if not rollout.active:
+            return
+        other = conn.execute(
+            select(RolloutModel.id).where(
+                RolloutModel.namespace == rollout.namespace,
+                RolloutModel.name == rollout.name,
+                RolloutModel.active.is_(True),
+                RolloutModel.id != rollout.id,
+            )
+        ).first()
+        if other is not None:
+            raise ActiveRolloutExists(
+                f"rollout {other.id} is already active for {rollout.namespace}/{rollout.name}"
+            )
+
+    def get_rollout(self, rollout_id: str) -> RolloutRow | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(RolloutModel.__table__).where(RolloutModel.id == rollout_id)
+            ).first()
+        return None if row is None else _rollout_from(row._mapping)
+
+    def active_rollouts(self) -> list[RolloutRow]:
+        """All active rollouts, ordered by namespace and name."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(RolloutModel.__table__)
+                .where(RolloutModel.active.is_(True))
+                .order_by(RolloutModel.namespace, RolloutModel.name)
+            ).all()
+        return [_rollout_from(row._mapping) for row in rows]
+
+    def rollout_for(self, namespace: str, name: str) -> RolloutRow | None:
+        """The active rollout of an InferenceService, if any."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(RolloutModel.__table__).where(
+                    RolloutModel.namespace == namespace,
+                    RolloutModel.name == name,
+                    RolloutModel.active.is_(True),
+                )
+            ).first()
+        return None if row is None else _rollout_from(row._mapping)
+
+    def last_rollout_for(self, namespace: str, name: str) -> RolloutRow | None:
+        """The most recently created rollout of an InferenceService, active or finished."""
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                select(RolloutModel.__table__)
+                .where(RolloutModel.namespace == namespace, RolloutModel.name == name)
+                .order_by(RolloutModel.created_at.desc(), RolloutModel.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _rollout_from(row._mapping)
+
+    def rollouts(
+        self,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        active: bool | None = None,
+        limit: int = 200,
+    ) -> list[RolloutRow]:
+        """Rollouts, newest first, optionally filtered."""
+        query = select(RolloutModel.__table__)
+        if namespace is not None:
+            query = query.where(RolloutModel.namespace == namespace)
+        if name is not None:
+            query = query.where(RolloutModel.name == name)
+        if active is not None:
+            query = query.where(RolloutModel.active.is_(active))
+        query = query.order_by(RolloutModel.created_at.desc(), RolloutModel.id.desc())
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query.limit(limit)).all()
+        return [_rollout_from(row._mapping) for row in rows]

@@ -1,0 +1,206 @@
+"""Verifying the hash chain as stored: every record's link, hash, body and the query
+columns and measurement rows derived from it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from canary.audit.chain import (
+    MEASUREMENT_COLUMNS,
+    PROJECTION_COLUMNS,
+    measurement_rows,
+    projection,
+)
+from canary.audit.records import (
+    GENESIS_HASH,
+    ChainReport,
+    compute_record_hash,
+    decode_body,
+    parse_body,
+)
+from canary.audit.schema import (
+    AuditLog,
+    MeasurementRow,
+)
+
+__all__ = ["ChainCheck"]
+
+
+def _same(stored: Any, expected: Any) -> bool:
+    both_floats = isinstance(stored, float) and isinstance(expected, float)
+    if both_floats and (math.isnan(stored) or math.isnan(expected)):
+        return math.isnan(stored) and math.isnan(expected)
+    if isinstance(stored, bool) != isinstance(expected, bool) and None not in (stored, expected):
+        return False
+    return bool(stored == expected)
+
+
+class ChainCheck:
+    """Verify the stored chain (mixed into the audit store)."""
+
+    _dialect: str
+
+    def _tx(self, *, write: bool) -> AbstractContextManager[Connection]:
+        raise NotImplementedError  # the audit store provides its transactions
+
+    def verify(self, batch_size: int = 5000) -> ChainReport:
+        """Check the whole chain, streaming ``batch_size`` records at a time.
+
+        For each record: its seq follows the previous one (the first is 1); its
+        ``prev_hash`` is the previous ``record_hash`` (``GENESIS_HASH`` first); its
+        ``record_hash`` matches ``prev_hash + body``; the body's ``seq`` is the row's; the
+        query columns and the measurement rows match the body. Stops at the first problem.
+
+        Not detectable from the database alone: records removed from the *end* of the chain,
+        or a chain rewritten from some point on with recomputed hashes. Both need the head
+        ``(seq, record_hash)`` anchored outside the database (export it and compare).
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        verifier = _ChainVerifier()
+        log_cols = (
+            AuditLog.seq,
+            AuditLog.prev_hash,
+            AuditLog.record_hash,
+            AuditLog.body,
+            *(getattr(AuditLog, c) for c in PROJECTION_COLUMNS),
+        )
+        m_cols = tuple(getattr(MeasurementRow, c) for c in MEASUREMENT_COLUMNS)
+        with self._tx(write=False) as conn:
+            last: int | None = None
+            while True:
+                stmt = select(*log_cols).order_by(AuditLog.seq).limit(batch_size)
+                if last is not None:
+                    stmt = stmt.where(AuditLog.seq > last)
+                try:
+                    rows = conn.execute(stmt).all()
+                except (ValueError, TypeError) as exc:  # unreadable column values
+                    return verifier.fail(verifier.expected, f"records cannot be read: {exc}")
+                if not rows:
+                    break
+                top = rows[-1].seq
+                m_stmt = select(*m_cols).where(MeasurementRow.audit_seq <= top)
+                if last is not None:
+                    m_stmt = m_stmt.where(MeasurementRow.audit_seq > last)
+                grouped: dict[int, list[Mapping[Any, Any]]] = {}
+                try:
+                    m_rows = conn.execute(
+                        m_stmt.order_by(MeasurementRow.audit_seq, MeasurementRow.position)
+                    ).all()
+                except (ValueError, TypeError) as exc:
+                    return verifier.fail(verifier.expected, f"measurements cannot be read: {exc}")
+                for m_row in m_rows:
+                    grouped.setdefault(m_row.audit_seq, []).append(m_row._mapping)
+                for row in rows:
+                    problem = verifier.check(row._mapping, grouped.get(row.seq, []))
+                    if problem is not None:
+                        return problem
+                # The batch is now known to be contiguous, so rows left over in `grouped`
+                # can only point below record 1.
+                orphans = sorted(set(grouped) - {row.seq for row in rows})
+                if orphans:
+                    return verifier.fail(
+                        orphans[0],
+                        f"measurement rows reference record {orphans[0]}, which does not exist",
+                    )
+                last = top
+                if len(rows) < batch_size:
+                    break
+            stray = conn.execute(
+                select(func.min(MeasurementRow.audit_seq)).where(
+                    MeasurementRow.audit_seq > (last or 0)
+                )
+            ).scalar()
+            if stray is not None:
+                return verifier.fail(
+                    stray, f"measurement rows reference record {stray}, which does not exist"
+                )
+        return verifier.success()
+
+
+class _ChainVerifier:
+    """Incremental state of :meth:`AuditStore.verify`."""
+
+    def __init__(self) -> None:
+        self.expected = 1
+        self.prev_hash = GENESIS_HASH
+        self.checked = 0
+
+    def fail(self, seq: int, problem: str) -> ChainReport:
+        return ChainReport(
+            ok=False,
+            records_checked=self.checked,
+            head_hash=self.prev_hash,
+            first_bad_seq=seq,
+            problem=problem,
+        )
+
+    def success(self) -> ChainReport:
+        return ChainReport(True, self.checked, self.prev_hash, None, None)
+
+    def check(
+        self, row: Mapping[Any, Any], measurements: Sequence[Mapping[Any, Any]]
+    ) -> ChainReport | None:
+        seq: int = row["seq"]
+        if seq != self.expected:
+            if seq > self.expected:
+                return self.fail(
+                    self.expected, f"record {seq}: seq {self.expected} is missing (record deleted?)"
+                )
+            return self.fail(seq, f"record {seq}: unexpected seq, expected {self.expected}")
+        body: str = row["body"]
+        if compute_record_hash(row["prev_hash"], body) != row["record_hash"]:
+            return self.fail(
+                seq,
+                f"record {seq}: stored record_hash does not match its contents (field changed?)",
+            )
+        if row["prev_hash"] != self.prev_hash:
+            if seq == 1:
+                return self.fail(seq, "record 1: prev_hash is not the genesis hash")
+            return self.fail(
+                seq,
+                f"record {seq}: prev_hash does not match record {seq - 1} "
+                "(record inserted, deleted or reordered?)",
+            )
+        try:
+            data = parse_body(body)
+            decode_body(data)
+            columns = projection(data)
+            expected_rows = measurement_rows(seq, data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return self.fail(seq, f"record {seq}: body is not a valid audit record ({exc})")
+        if data.get("seq") != seq:
+            return self.fail(
+                seq, f"record {seq}: its body says seq {data.get('seq')!r} (record renumbered?)"
+            )
+        for column in PROJECTION_COLUMNS:
+            if not _same(row[column], columns[column]):
+                return self.fail(
+                    seq,
+                    f"record {seq}: column {column} is {row[column]!r} but the record says "
+                    f"{columns[column]!r} (column edited?)",
+                )
+        if len(measurements) != len(expected_rows):
+            return self.fail(
+                seq,
+                f"record {seq}: {len(measurements)} measurement rows stored but the record "
+                f"lists {len(expected_rows)} (measurement row added or deleted?)",
+            )
+        for stored, wanted in zip(measurements, expected_rows, strict=True):
+            for column in MEASUREMENT_COLUMNS:
+                if not _same(stored[column], wanted[column]):
+                    return self.fail(
+                        seq,
+                        f"record {seq}: measurement {wanted['position']} column {column} is "
+                        f"{stored[column]!r} but the record says {wanted[column]!r} "
+                        "(measurement row edited?)",
+                    )
+        self.expected = seq + 1
+        self.prev_hash = row["record_hash"]
+        self.checked += 1
+        return None

@@ -3,7 +3,8 @@
 Tables are created by the Alembic migrations in ``migrations/`` only; these models are the
 reference the migrations are checked against (``tests/integration/test_migrations.py``).
 
-Append-only (protected by triggers): ``audit_log``, ``measurements``, ``webhook_deliveries``.
+Append-only (protected by triggers): ``audit_log``, ``measurements``, ``webhook_deliveries``,
+``audit_checkpoints``.
 Mutable controller state: ``rollouts``, ``approvals``, ``leader_fence``.
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "ApprovalModel",
     "AuditLog",
     "Base",
+    "CheckpointRow",
     "CommandModel",
     "LeaderFenceRow",
     "MeasurementRow",
@@ -50,7 +52,7 @@ __all__ = [
     "WebhookDeliveryRow",
 ]
 
-APPEND_ONLY_TABLES = ("audit_log", "measurements", "webhook_deliveries")
+APPEND_ONLY_TABLES = ("audit_log", "measurements", "webhook_deliveries", "audit_checkpoints")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -320,3 +322,19 @@ class CommandModel(Base):
         CheckConstraint("state IN ('pending', 'accepted', 'rejected', 'failed')", name="state"),
         Index("ix_commands_state_requested_at", "state", "requested_at"),
     )
+
+
+class CheckpointRow(Base):
+    """A signed checkpoint of the chain's head (the controller's copy; see
+    :mod:`canary.audit.checkpoint`). ``statement`` is the exact signed text."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    record_hash: Mapped[str] = mapped_column(CHAR(64))
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    key_id: Mapped[str] = mapped_column(Text)
+    statement: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)

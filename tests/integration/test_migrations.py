@@ -32,8 +32,9 @@ TABLES = {
     "rollouts",
     "approvals",
     "leader_fence",
+    "audit_checkpoints",
 }
-APPEND_ONLY = ("audit_log", "measurements", "webhook_deliveries")
+APPEND_ONLY = ("audit_log", "measurements", "webhook_deliveries", "audit_checkpoints")
 
 
 def expected_triggers(kind: str) -> set[str]:
@@ -53,7 +54,7 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0005",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0006",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
 
@@ -148,7 +149,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0005 (head)" in current.stdout
+    assert "0006 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:

@@ -39,10 +39,12 @@ from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
 from canary.audit import Actor, AuditEntry, AuditStore, Fence, ModelRef, ObjectRef
 from canary.audit.approvals import MODEL_CHANGE_ADMITTED
+from canary.audit.checkpoint import CheckpointError, CheckpointSigner
+from canary.checkpointer import Checkpointer
 from canary.controller import Controller
 from canary.engine import Engine
 from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
-from canary.k8s.events import EventRecorder
+from canary.k8s.events import EventRecorder, EventSink, ObjectReference
 from canary.k8s.lease import LeaseElector
 from canary.log import get_logger
 from canary.metrics import ControllerMetrics
@@ -54,7 +56,8 @@ from canary.routing.knative import KnativeRouter
 from canary.routing.mirror import MirrorRouter
 from canary.routing.standard import StandardRouter
 from canary.server import HttpServer
-from canary.settings import Settings
+from canary.settings import Settings, SettingsError
+from canary.witness import ConfigMapWitness, FileWitness, LogWitness, Witness
 
 __all__ = ["Application", "build", "default_identity", "mirror_router"]
 
@@ -76,17 +79,22 @@ class Application:
     metrics: ControllerMetrics
 
     approvals: ApprovalWorker | None = None
+    checkpoints: Checkpointer | None = None
 
     def start(self) -> None:
         self.server.start()
         self.controller.start()
         if self.approvals is not None:
             self.approvals.start()
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         self.health.set_ready("process", True, "running")
 
     def stop(self) -> None:
         if self.approvals is not None:
             self.approvals.stop()
+        if self.checkpoints is not None:
+            self.checkpoints.stop()  # while still leading: signs the head one last time
         self.controller.stop()
         self.server.stop()
         self.store.close()
@@ -115,6 +123,69 @@ def mirror_router(settings: Settings, kube: KubeClient) -> MirrorRouter | None:
             hostnames=settings.shadow_route_hostnames,
         )
     return None
+
+
+def checkpointer(
+    settings: Settings,
+    *,
+    store: AuditStore,
+    kube: KubeClient,
+    events: EventSink,
+    leadership: Callable[[], Fence | None],
+    clock: Callable[[], datetime],
+    metrics: ControllerMetrics,
+) -> Checkpointer | None:
+    """The checkpoint signer the settings ask for; None (with a warning) without a key."""
+    if settings.audit_signing_key_file is None:
+        log.warning(
+            "audit.checkpoints_disabled",
+            detail="audit_signing_key_file is not set: the audit chain's head is not signed "
+            "or witnessed outside the database, so whoever administers the database could "
+            "cut, truncate or rewrite it undetected. Create a key with `canary audit keygen` "
+            "and mount it from a Secret.",
+        )
+        return None
+    try:
+        signer = CheckpointSigner.from_file(settings.audit_signing_key_file)
+    except CheckpointError as exc:
+        raise SettingsError(f"audit_signing_key_file: {exc}") from None
+    witnesses: list[Witness] = []
+    configmap = ObjectReference(
+        namespace=settings.lease_namespace,
+        name=settings.audit_checkpoint_configmap,
+        kind="ConfigMap",
+        api_version="v1",
+    )
+    for kind in settings.audit_witnesses:
+        if kind == "configmap":
+            witnesses.append(
+                ConfigMapWitness(
+                    kube, namespace=configmap.namespace, name=configmap.name, events=events
+                )
+            )
+        elif kind == "log":
+            witnesses.append(LogWitness())
+        elif settings.audit_witness_file is not None:
+            witnesses.append(FileWitness(settings.audit_witness_file))
+    log.info(
+        "audit.checkpoints_enabled",
+        key_id=signer.key_id,
+        log_name=settings.audit_log_name,
+        witnesses=[w.name for w in witnesses],
+        interval_seconds=settings.audit_checkpoint_interval_seconds,
+    )
+    return Checkpointer(
+        store=store,
+        signer=signer,
+        witnesses=witnesses,
+        log_name=settings.audit_log_name,
+        leadership=leadership,
+        clock=clock,
+        interval=timedelta(seconds=settings.audit_checkpoint_interval_seconds),
+        metrics=metrics,
+        events=events,
+        alarm_target=configmap,
+    )
 
 
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:
@@ -328,7 +399,18 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         reload_interval=settings.tls_reload_seconds,
         metrics=metrics,
     )
-    return Application(settings, controller, server, store, kube, health, metrics, worker)
+    checkpoints = checkpointer(
+        settings,
+        store=store,
+        kube=kube,
+        events=events,
+        leadership=controller.fence,
+        clock=now,
+        metrics=metrics,
+    )
+    return Application(
+        settings, controller, server, store, kube, health, metrics, worker, checkpoints
+    )
 
 
 def servicenow_gate(settings: Settings) -> ServiceNowGate | None:

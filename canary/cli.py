@@ -19,31 +19,20 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from canary import __version__
+from canary.audit_cli import audit
+from canary.cli_common import (
+    EXIT_BAD,
+    EXIT_DENIED,
+    EXIT_INVALID,
+    EXIT_UNAVAILABLE,
+    database_url_option,
+    default_database_url,
+)
 from canary.policy import PolicyError, load_policies
 from canary.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
     from canary.audit import AuditStore
-
-EXIT_BAD = 1
-EXIT_INVALID = 2
-EXIT_UNAVAILABLE = 3
-EXIT_DENIED = 4
-
-
-def _default_database_url() -> str:
-    try:
-        return load_settings().database_url.get_secret_value()
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from exc
-
-
-database_url_option = click.option(
-    "--database-url",
-    envvar="KSC_DATABASE_URL",
-    show_envvar=True,
-    help="SQLAlchemy URL of the audit database (sqlite:///file.db or postgresql+psycopg://…).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,33 +91,7 @@ def policy_show(path: Path, name: str) -> None:
 # --- audit database -------------------------------------------------------------------------
 
 
-@main.group()
-def audit() -> None:
-    """Inspect and verify the audit trail."""
-
-
-@audit.command("verify")
-@database_url_option
-def audit_verify(database_url: str | None) -> None:
-    """Recompute the hash chain and report the first record that does not fit.
-
-    Exits 0 when the chain is intact, 1 when it is broken, 3 when the database cannot be read.
-    """
-    from canary.audit import AuditError, AuditStore
-
-    url = database_url or _default_database_url()
-    try:
-        with AuditStore.from_url(url) as store:
-            report = store.verify()
-    except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    if report.ok:
-        click.echo(f"audit chain intact: {report.records_checked} records, head {report.head_hash}")
-        return
-    click.echo(f"audit chain BROKEN at record {report.first_bad_seq}: {report.problem}", err=True)
-    click.echo(f"{report.records_checked} records verified before the break", err=True)
-    sys.exit(EXIT_BAD)
+main.add_command(audit)
 
 
 @main.group()
@@ -142,7 +105,7 @@ def db_upgrade(database_url: str | None) -> None:
     """Apply every migration up to the newest schema."""
     from canary.audit import AuditError, upgrade_to_head
 
-    url = database_url or _default_database_url()
+    url = database_url or default_database_url()
     try:
         upgrade_to_head(url)
     except AuditError as exc:
@@ -184,6 +147,9 @@ def run(config_file: Path | None) -> None:
     configure_logging(settings.environment, settings.log_level)
     try:
         application = build(settings)
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
     except PolicyError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
@@ -308,7 +274,7 @@ def shadow_collector(config_file: Path | None, **options: Any) -> None:
 def _store(database_url: str | None) -> AuditStore:
     from canary.audit import AuditStore
 
-    return AuditStore.from_url(database_url or _default_database_url())
+    return AuditStore.from_url(database_url or default_database_url())
 
 
 # --- operator commands, through the controller's authenticated API ---------------------------

@@ -9,7 +9,8 @@ Tables are created only by the Alembic migrations (:func:`upgrade_to_head`).
 
 The store is assembled from one part per concern: :mod:`canary.audit.database` (opening the
 database, migrations), :mod:`canary.audit.chain` (appending and reading the hash chain),
-:mod:`canary.audit.verify` (checking it), :mod:`canary.audit.rollouts`,
+:mod:`canary.audit.verify` (checking it), :mod:`canary.audit.anchors` (its signed
+checkpoints), :mod:`canary.audit.rollouts`,
 :mod:`canary.audit.fence`, :mod:`canary.audit.commands` and :mod:`canary.audit.approvals`.
 """
 
@@ -28,6 +29,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from canary.audit.anchors import CheckpointBook
 from canary.audit.approvals import ApprovalBook
 from canary.audit.chain import ChainLog
 from canary.audit.commands import CommandQueue
@@ -78,7 +80,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-class AuditStore(ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, ApprovalBook):
+class AuditStore(
+    ChainLog, ChainCheck, CheckpointBook, RolloutBook, LeaderFence, CommandQueue, ApprovalBook
+):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
     There is deliberately no API that deletes or rewrites audit data.

@@ -240,6 +240,8 @@ def audit_verify(
 def _report_json(
     chain: ChainReport, anchors: AnchorReport | None, start: tuple[int, str] | None
 ) -> dict[str, Any]:
+    from canary.audit.records import format_timestamp
+
     out: dict[str, Any] = {
         "chain": {
             **asdict(chain),
@@ -252,7 +254,7 @@ def _report_json(
             "log": anchors.log,
             "head_seq": anchors.head_seq,
             "anchored_seq": anchors.anchored_seq,
-            "anchored_at": anchors.anchored_at.isoformat() if anchors.anchored_at else None,
+            "anchored_at": format_timestamp(anchors.anchored_at) if anchors.anchored_at else None,
             "key_id": anchors.key_id,
             "checkpoints": anchors.checkpoints,
             "tampered": anchors.tampered,
@@ -269,6 +271,8 @@ def _print_report(
     *,
     checkpoints_given: bool,
 ) -> None:
+    from canary.audit.records import format_timestamp
+
     scope = "" if start is None else f" after checkpoint {start[0]}"
     if chain.ok:
         click.echo(
@@ -291,7 +295,7 @@ def _print_report(
         if finding.tampered:
             click.echo(f"TAMPERED: {finding.message}", err=True)
     if anchors.anchored_seq:
-        at = anchors.anchored_at.isoformat() if anchors.anchored_at else "?"
+        at = format_timestamp(anchors.anchored_at) if anchors.anchored_at else "?"
         click.echo(
             f"anchored: record {anchors.anchored_seq} matches the checkpoint signed {at} by "
             f"{anchors.key_id} ({anchors.checkpoints} checkpoints checked)"

@@ -455,7 +455,11 @@ class ChainVerification:
     ``records_checked`` records passed every check, ending at ``head_seq``/``head_hash``;
     ``first_bad_seq`` and ``problem`` name the first departure from a valid chain. The
     ``anchored_*`` fields: the chain up to ``anchored_seq`` matches a checkpoint signed at
-    ``anchored_at`` with the key ``anchor_key_id`` (published to ``anchor_witness``)."""
+    ``anchored_at`` with the key ``anchor_key_id`` (published to ``anchor_witness``); None
+    or 0: no checkpoint anchors it. ``anchor_problems``: what the signed checkpoints say the
+    database lost or changed (a truncation, a rewritten record, a checkpoint no trusted key
+    signed), each a sentence; any of them fails the verification, even when the chain is
+    consistent in itself."""
 
     ok: bool
     records_checked: int
@@ -468,6 +472,7 @@ class ChainVerification:
     anchored_at: datetime | None = None
     anchor_key_id: str | None = None
     anchor_witness: str | None = None
+    anchor_problems: tuple[str, ...] = ()
 
     @classmethod
     def from_report(
@@ -480,6 +485,7 @@ class ChainVerification:
         anchored_at: datetime | None = None,
         anchor_key_id: str | None = None,
         anchor_witness: str | None = None,
+        anchor_problems: Sequence[str] = (),
     ) -> ChainVerification:
         """The summary of a :class:`~canary.audit.records.ChainReport`."""
         return cls(
@@ -494,12 +500,24 @@ class ChainVerification:
             anchored_at=_utc(anchored_at),
             anchor_key_id=anchor_key_id,
             anchor_witness=anchor_witness,
+            anchor_problems=tuple(anchor_problems),
         )
 
     @property
+    def anchored(self) -> bool:
+        """Whether a signed checkpoint anchors part of the chain."""
+        return bool(self.anchored_seq)
+
+    @property
+    def intact(self) -> bool:
+        """The chain verified, and no signed checkpoint contradicts the database."""
+        return self.ok and not self.anchor_problems
+
+    @property
     def unanchored(self) -> int | None:
-        """Records of the chain after the anchored one (not yet anchored)."""
-        if self.head_seq is None or self.anchored_seq is None:
+        """Records of the chain after the anchored one (not yet anchored); None when no
+        checkpoint anchors it or the head is not known."""
+        if self.head_seq is None or not self.anchored_seq:
             return None
         return max(self.head_seq - self.anchored_seq, 0)
 
@@ -536,7 +554,7 @@ class Verification:
             return "failed"
         if self.chain is None:
             return "unverified"
-        return "verified" if self.chain.ok else "failed"
+        return "verified" if self.chain.intact else "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1424,7 +1442,7 @@ def _record_check(records: Sequence[AuditRecord], chain: ChainVerification | Non
         if r.seq - 1 in by_seq and by_seq[r.seq - 1].record_hash != r.prev_hash
     )
     anchored = unanchored = None
-    if chain is not None and chain.anchored_seq is not None:
+    if chain is not None and chain.anchored_seq:
         anchored = sum(1 for r in records if r.seq <= chain.anchored_seq)
         unanchored = len(records) - anchored
     bad = chain.first_bad_seq if chain is not None and not chain.ok else None

@@ -357,8 +357,10 @@ def _verification_sentence(dossier: Dossier) -> str:
         )
     if not chain.ok:
         return f"The chain breaks at record #{chain.first_bad_seq}: {chain.problem}."
+    if chain.anchor_problems:
+        return "The signed checkpoints contradict the database: " + "; ".join(chain.anchor_problems)
     text = f"{chain.records_checked} records verified"
-    if chain.anchored_seq is not None:
+    if chain.anchored:
         text += f", anchored up to #{chain.anchored_seq} by a signed checkpoint"
     else:
         text += "; no signed checkpoint anchors them outside the database"
@@ -684,8 +686,8 @@ def _verification(dossier: Dossier) -> str:
         head = f"#{chain.head_seq}" if chain.head_seq is not None else "the head"
         when = f" at {_tz(chain.verified_at)}" if chain.verified_at else ""
         if chain.ok:
-            items.append(f"The whole chain verified{when}: {chain.records_checked} records, every "
-                         f"hash recomputed and every link checked.")  # fmt: skip
+            items.append(f"The chain is consistent{when}: {chain.records_checked} records, "
+                         "every hash recomputed and every link checked.")  # fmt: skip
         else:
             items.append(
                 f"The chain fails verification{when} at record #{chain.first_bad_seq}: "
@@ -700,7 +702,9 @@ def _verification(dossier: Dossier) -> str:
             f"Head of the verified chain: {head}, hash "
             f"<span class='mono'>{_e(chain.head_hash)}</span>."
         )
-        if chain.anchored_seq is not None:
+        for problem in chain.anchor_problems:
+            items.append(f"<b>The signed checkpoints contradict the database:</b> {_e(problem)}")
+        if chain.anchored:
             anchor = (
                 f"Anchored outside the database up to record #{chain.anchored_seq} by a "
                 f"checkpoint signed at {_tz(chain.anchored_at)} with key "
@@ -714,7 +718,7 @@ def _verification(dossier: Dossier) -> str:
                 items.append(
                     f"{unanchored} records after #{chain.anchored_seq} are not yet anchored"
                     + (
-                        f" ({records.unanchored} of them this rollout's)"
+                        f" ({records.unanchored} of them belong to this rollout)"
                         if records.unanchored
                         else ""
                     )

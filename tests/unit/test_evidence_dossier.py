@@ -460,6 +460,25 @@ def test_anchoring_counts_the_records_a_signed_checkpoint_covers() -> None:
     assert Dossier.from_json(dossier.to_json()) == dossier
 
 
+def test_checkpoints_that_contradict_the_database_fail_a_consistent_chain() -> None:
+    story = rollback()
+    head = story.records[-1]
+    truncated = "the witness saw record 40; the database ends at 12"
+    chain = ChainVerification.from_report(
+        ChainReport(True, head.seq, head.record_hash, None, None),
+        head_seq=head.seq,
+        anchored_seq=0,  # no checkpoint the database agrees with
+        anchor_problems=[truncated],
+    )
+
+    dossier = story.dossier(verification=chain)
+
+    assert dossier.verification.status == "failed"
+    assert (chain.anchored, chain.unanchored) == (False, None)
+    assert dossier.verification.records.anchored is None
+    assert Dossier.from_json(dossier.to_json()).verification.chain == chain
+
+
 def test_without_a_verification_the_dossier_says_unverified() -> None:
     story = promote()
     dossier = build_dossier(rollout=story.row(), records=story.records, as_of=story.now)

@@ -226,7 +226,10 @@ def test_the_verification_box_says_what_was_found() -> None:
         ChainReport(False, 3, "b" * 64, 4, "record 4: hash mismatch"), head_seq=3
     )
 
+    contradicted = replace(anchored, anchored_seq=0, anchor_problems=("record 4 was rewritten",))
+
     good = Page(render_html(story.dossier(verification=anchored))).words
+    rewritten = Page(render_html(story.dossier(verification=contradicted))).words
     bad_page = render_html(story.dossier(verification=broken))
     unverified = render_html(
         build_dossier(rollout=story.row(), records=story.records, as_of=story.now)
@@ -238,6 +241,9 @@ def test_the_verification_box_says_what_was_found() -> None:
     assert 'class="box failed"' in bad_page
     assert "The chain fails verification at record #4: record 4: hash mismatch" in bad_page
     assert "NOT VERIFIED" in bad_page
+    assert "NOT VERIFIED" in rewritten
+    assert "The signed checkpoints contradict the database: record 4 was rewritten" in rewritten
+    assert "No signed checkpoint anchors this chain" in rewritten
     assert 'class="box unverified"' in unverified
     assert "NOT CHECKED" in unverified
     assert head.record_hash in Page(render_html(story.dossier())).words.replace("\u200b", "")

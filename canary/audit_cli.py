@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +31,9 @@ from canary.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from canary.audit import AuditStore, ChainReport
-    from canary.audit.checkpoint import AnchorReport, SignedCheckpoint
+    from canary.audit import AuditStore
+    from canary.audit.checkpoint import SignedCheckpoint
+    from canary.trail_check import TrailCheck
 
 __all__ = ["audit"]
 
@@ -192,7 +192,7 @@ def audit_verify(
     2 invalid input, 3 cannot read.
     """
     from canary.audit import AuditError
-    from canary.audit.checkpoint import CheckpointError, TrustedKeys, judge_anchors
+    from canary.audit.checkpoint import CheckpointError, TrustedKeys
 
     checkpoints = _from_files(checkpoint_files)
     if configmap:
@@ -209,71 +209,34 @@ def audit_verify(
             keys = TrustedKeys.from_files(list(public_keys))
         except CheckpointError as exc:
             _fail(EXIT_INVALID, str(exc))
+    from canary.trail_check import check_trail
+
     store = _open(database_url)
-    anchors: AnchorReport | None = None
-    hashes: dict[int, str] = {}
     try:
         with store:
-            if keys is not None and checkpoints:
-                head_seq, _ = store.head()
-                hashes = store.record_hashes(c.seq for c in checkpoints if c.seq <= head_seq)
-                anchors = judge_anchors(
-                    checkpoints, keys=keys, log=log_name, head_seq=head_seq, hashes=hashes
-                )
-            start: tuple[int, str] | None = None
-            if since_checkpoint and anchors is not None and anchors.anchored_seq:
-                start = (anchors.anchored_seq, hashes[anchors.anchored_seq])
-            chain = store.verify(after=start)
+            result = check_trail(
+                store,
+                checkpoints=checkpoints,
+                keys=keys,
+                log_name=log_name,
+                since_checkpoint=since_checkpoint,
+            )
     except AuditError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
         raise AssertionError("unreachable") from None
-    tampered = not chain.ok or (anchors is not None and anchors.tampered)
-    unanchored = anchors is None or anchors.unanchored > 0
     if as_json:
-        click.echo(json.dumps(_report_json(chain, anchors, start), indent=2, default=str))
+        click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        _print_report(chain, anchors, start, checkpoints_given=bool(checkpoints))
-    if tampered or (require_anchored and unanchored):
+        _print_report(result, checkpoints_given=bool(checkpoints))
+    if result.tampered or (require_anchored and result.unanchored):
         sys.exit(EXIT_BAD)
 
 
-def _report_json(
-    chain: ChainReport, anchors: AnchorReport | None, start: tuple[int, str] | None
-) -> dict[str, Any]:
+def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
     from canary.audit.records import format_timestamp
 
-    out: dict[str, Any] = {
-        "chain": {
-            **asdict(chain),
-            "from_seq": 1 if start is None else start[0] + 1,
-        },
-        "anchors": None,
-    }
-    if anchors is not None:
-        out["anchors"] = {
-            "log": anchors.log,
-            "head_seq": anchors.head_seq,
-            "anchored_seq": anchors.anchored_seq,
-            "anchored_at": format_timestamp(anchors.anchored_at) if anchors.anchored_at else None,
-            "key_id": anchors.key_id,
-            "checkpoints": anchors.checkpoints,
-            "tampered": anchors.tampered,
-            "unanchored": anchors.unanchored,
-            "findings": [asdict(f) for f in anchors.findings],
-        }
-    return out
-
-
-def _print_report(
-    chain: ChainReport,
-    anchors: AnchorReport | None,
-    start: tuple[int, str] | None,
-    *,
-    checkpoints_given: bool,
-) -> None:
-    from canary.audit.records import format_timestamp
-
-    scope = "" if start is None else f" after checkpoint {start[0]}"
+    chain, anchors = result.chain, result.anchors
+    scope = "" if result.from_seq == 1 else f" after checkpoint {result.from_seq - 1}"
     if chain.ok:
         click.echo(
             f"audit chain intact{scope}: {chain.records_checked} records, head record "

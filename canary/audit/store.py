@@ -52,6 +52,7 @@ from canary.audit.errors import (
     StoreUnavailable,
 )
 from canary.audit.fence import LeaderFence
+from canary.audit.listing import RecordListing
 from canary.audit.records import (
     ApprovalRow,
     AuditEntry,
@@ -81,7 +82,14 @@ __all__ = [
 
 
 class AuditStore(
-    ChainLog, ChainCheck, CheckpointBook, RolloutBook, LeaderFence, CommandQueue, ApprovalBook
+    ChainLog,
+    ChainCheck,
+    CheckpointBook,
+    RecordListing,
+    RolloutBook,
+    LeaderFence,
+    CommandQueue,
+    ApprovalBook,
 ):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 

@@ -10,7 +10,8 @@ Tables are created only by the Alembic migrations (:func:`upgrade_to_head`).
 The store is assembled from one part per concern: :mod:`canary.audit.database` (opening the
 database, migrations), :mod:`canary.audit.chain` (appending and reading the hash chain),
 :mod:`canary.audit.verify` (checking it), :mod:`canary.audit.rollouts`,
-:mod:`canary.audit.fence`, :mod:`canary.audit.commands` and :mod:`canary.audit.approvals`.
+:mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals` and
+:mod:`canary.audit.history` (the auditor's queries).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from canary.audit.errors import (
     StoreUnavailable,
 )
 from canary.audit.fence import LeaderFence
+from canary.audit.history import AuditHistory
 from canary.audit.records import (
     ApprovalRow,
     AuditEntry,
@@ -78,7 +80,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-class AuditStore(ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, ApprovalBook):
+class AuditStore(
+    ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, ApprovalBook, AuditHistory
+):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
     There is deliberately no API that deletes or rewrites audit data.

@@ -439,13 +439,15 @@ class _State:
         self.models[name] = ref
 
     def learn_owner(self, ref: ModelRef | None, rollout_id: str | None) -> None:
-        """The rollout whose canary ``ref`` is. A stable revision keeps the owner that
-        promoted it, unless the model under its name changed (Standard mode reuses names)."""
+        """The rollout whose canary ``ref`` is (a stable revision keeps the rollout that made
+        it stable: see :meth:`check_stable`)."""
         if ref is None or not ref.revision:
             return
         self.owners[ref.revision] = rollout_id
 
     def check_stable(self, ref: ModelRef | None) -> None:
+        """A stable revision whose name now holds another model than its rollout's canary
+        had (Standard mode reuses names) belongs to no known rollout."""
         if ref is None or not ref.revision or ref.revision not in self.owners:
             return
         known = self.models.get(ref.revision)
@@ -534,14 +536,16 @@ def _traffic(state: _State, record: AuditRecord, rollout: _Rollout | None) -> No
                 "observed" if observed is not None else "rollout",
                 mark,
                 f"model change to {uri} intended: KServe creates a new revision for it, which "
-                f"takes {share} once ready; the split before is as the status showed it",
+                f"takes {share} once ready"
+                + ("; the split before is as the status showed it" if observed else ""),
                 correlation=entry.correlation_id,
                 awaits="rollout",
                 mover=None,
             )
             return
-        live = rollout is None or rollout.phase not in _TERMINAL
-        watched = purpose in _WATCHED_PURPOSES and live and rollout is not None
+        watched = (
+            rollout is not None and purpose in _WATCHED_PURPOSES and rollout.phase not in _TERMINAL
+        )
         state.begin(
             before,
             _split(entry.traffic_after),

@@ -75,7 +75,7 @@ class Story:
         rollout: str | None,
         *,
         canary: str | ModelRef | None = None,
-        stable: str | None = None,
+        stable: str | ModelRef | None = None,
         before: Mapping[str, int] | None = None,
         after: Mapping[str, int] | None = None,
         evidence: Mapping[str, Any] | None = None,
@@ -90,7 +90,7 @@ class Story:
             action=action,
             rollout_id=rollout,
             obj=ObjectRef(NS, NAME, "uid-1", seq, str(100 + seq)),
-            stable=REF[stable] if stable else None,
+            stable=stable if isinstance(stable, ModelRef) else (REF[stable] if stable else None),
             canary=canary if isinstance(canary, ModelRef) else (REF[canary] if canary else None),
             traffic_before=before,
             traffic_after=after,
@@ -649,6 +649,35 @@ def test_earlier_records_name_the_rollout_of_the_stable_revision_and_set_no_spli
     assert (ro1.id, ro1.phase) == ("ro-1", "Succeeded")
     only_earlier = traffic_at(NS, NAME, m(62), [], earlier=earlier)
     assert only_earlier.knowledge == "unknown"
+
+
+def test_a_name_that_now_holds_another_model_is_not_credited_to_the_old_rollout() -> None:
+    """KServe's Standard mode names revisions after Services: a promoted canary keeps its
+    name, and a model replaced under that name by hand is no longer that rollout's."""
+    story = Story()
+    promoted = ModelRef(None, "s3://models/scorer/v2", None, "scorer-canary-predictor")
+    by_hand = ModelRef(None, "s3://models/scorer/v9", None, "scorer-canary-predictor")
+    story.add(m(0), "rollout.started", "ro-1", canary=promoted, stable="r1",
+              evidence={"first_percent": 10})  # fmt: skip
+    story.add(m(1), "traffic.shifted", "ro-1", canary=promoted, stable="r1",
+              evidence={"percent": 10})  # fmt: skip
+    story.add(m(2), "promoted", "ro-1", canary=promoted, stable="r1",
+              evidence={"phase": "Succeeded"})  # fmt: skip
+    kept = point_in_time(NS, NAME, m(3), story.records)
+    story.add(m(10), "rollout.started", "ro-2", canary="r3", stable=promoted,
+              evidence={"first_percent": 10})  # fmt: skip
+    story.add(m(20), "rollout.started", "ro-3", canary="r2", stable=by_hand,
+              evidence={"first_percent": 10})  # fmt: skip
+
+    same = {r.revision: r for r in point_in_time(NS, NAME, m(11), story.records).revisions}
+    other = {r.revision: r for r in point_in_time(NS, NAME, m(21), story.records).revisions}
+
+    assert kept.revisions[0].rollout is not None
+    assert kept.revisions[0].rollout.id == "ro-1"
+    assert same["scorer-canary-predictor"].rollout is not None
+    assert same["scorer-canary-predictor"].rollout.id == "ro-1"
+    assert other["scorer-canary-predictor"].rollout is None
+    assert other["scorer-canary-predictor"].model == by_hand
 
 
 def test_a_superseded_canary_keeps_its_rollout_and_phase_while_it_still_serves() -> None:

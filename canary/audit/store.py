@@ -10,8 +10,9 @@ Tables are created only by the Alembic migrations (:func:`upgrade_to_head`).
 The store is assembled from one part per concern: :mod:`canary.audit.database` (opening the
 database, migrations), :mod:`canary.audit.chain` (appending and reading the hash chain),
 :mod:`canary.audit.verify` (checking it), :mod:`canary.audit.anchors` (its signed
-checkpoints), :mod:`canary.audit.rollouts`,
-:mod:`canary.audit.fence`, :mod:`canary.audit.commands` and :mod:`canary.audit.approvals`.
+checkpoints), :mod:`canary.audit.listing` (records by filter), :mod:`canary.audit.rollouts`,
+:mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals` and
+:mod:`canary.audit.history` (the auditor's queries).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from canary.audit.errors import (
     StoreUnavailable,
 )
 from canary.audit.fence import LeaderFence
+from canary.audit.history import AuditHistory
 from canary.audit.listing import RecordListing
 from canary.audit.records import (
     ApprovalRow,
@@ -90,6 +92,7 @@ class AuditStore(
     LeaderFence,
     CommandQueue,
     ApprovalBook,
+    AuditHistory,
 ):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 

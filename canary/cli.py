@@ -1,9 +1,12 @@
 """The ``canary`` command line.
 
 Exit codes: 0 success; 1 the thing checked is bad (e.g. a broken audit chain) or the leader
-refused a command; 2 invalid input (a malformed policy, a bad option); 3 a dependency could
-not be reached (the database, the controller's API, no leader answered in time); 4 the
-apiserver did not authenticate you, or RBAC does not allow you the command.
+refused a command; 2 invalid input (a malformed policy, a bad option, a database URL of an
+unsupported database or driver, a role `canary db grant` refuses); 3 a dependency could not be
+reached or read (the database: unreachable, not answering within the connect timeout, a
+SQLite file that does not exist, a schema migrated by a newer kserve-canary; the controller's
+API; no leader answered in time); 4 the apiserver did not authenticate you, or RBAC does not
+allow you the command.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -23,7 +26,7 @@ from canary.policy import PolicyError, load_policies
 from canary.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from canary.audit import AuditStore
+    from canary.audit import AuditError, AuditStore
 
 EXIT_BAD = 1
 EXIT_INVALID = 2
@@ -44,6 +47,49 @@ database_url_option = click.option(
     show_envvar=True,
     help="SQLAlchemy URL of the audit database (sqlite:///file.db or postgresql+psycopg://…).",
 )
+connect_timeout_option = click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    envvar="KSC_DATABASE_CONNECT_TIMEOUT",
+    show_envvar=True,
+    metavar="SECONDS",
+    help="How long connecting to PostgreSQL may take (whole seconds, at least 2, as libpq "
+    "counts them); a server that does not answer in time ends the command with exit 3.",
+)
+
+
+def _database_failure(exc: AuditError) -> NoReturn:
+    """End a database command: exit 2 for input that is wrong (the URL, the role given),
+    3 for a database that cannot be reached or read; one line, no traceback."""
+    from canary.audit import DatabaseUrlError, RoleRefused
+
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_INVALID if isinstance(exc, (DatabaseUrlError, RoleRefused)) else EXIT_UNAVAILABLE)
+
+
+def _open_store(database_url: str | None, connect_timeout: float, *, read_only: bool) -> AuditStore:
+    """The audit store a command works on (no connection is made yet). ``read_only``: a
+    SQLite file is opened read-only, so a missing one is an error and is never created."""
+    from canary.audit import AuditError, AuditStore
+
+    url = database_url or _default_database_url()
+    try:
+        return AuditStore.from_url(url, connect_timeout=connect_timeout, read_only=read_only)
+    except AuditError as exc:
+        _database_failure(exc)
+
+
+def _check_schema(store: AuditStore) -> None:
+    """Connect, and refuse a database without the audit schema or migrated by a newer
+    kserve-canary (whose records this one might misread)."""
+    from canary.audit import AuditError
+
+    try:
+        store.check_schema()
+    except AuditError as exc:
+        _database_failure(exc)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,20 +155,23 @@ def audit() -> None:
 
 @audit.command("verify")
 @database_url_option
-def audit_verify(database_url: str | None) -> None:
+@connect_timeout_option
+def audit_verify(database_url: str | None, connect_timeout: float) -> None:
     """Recompute the hash chain and report the first record that does not fit.
 
-    Exits 0 when the chain is intact, 1 when it is broken, 3 when the database cannot be read.
+    Exits 0 when the chain is intact, 1 when it is broken, 2 for a database URL of an
+    unsupported database or driver, 3 when the database cannot be read (unreachable, no
+    answer within the connect timeout, no such SQLite file, a schema of a newer
+    kserve-canary). A SQLite file is opened read-only.
     """
-    from canary.audit import AuditError, AuditStore
+    from canary.audit import AuditError
 
-    url = database_url or _default_database_url()
-    try:
-        with AuditStore.from_url(url) as store:
+    with _open_store(database_url, connect_timeout, read_only=True) as store:
+        _check_schema(store)
+        try:
             report = store.verify()
-    except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
+        except AuditError as exc:
+            _database_failure(exc)
     if report.ok:
         click.echo(f"audit chain intact: {report.records_checked} records, head {report.head_hash}")
         return
@@ -138,17 +187,66 @@ def db() -> None:
 
 @db.command("upgrade")
 @database_url_option
-def db_upgrade(database_url: str | None) -> None:
-    """Apply every migration up to the newest schema."""
+@connect_timeout_option
+def db_upgrade(database_url: str | None, connect_timeout: float) -> None:
+    """Apply every migration up to the newest schema.
+
+    On PostgreSQL run it as the owner role (which then owns the tables), and after it
+    `canary db grant` for the controller's application role. A SQLite file is created if
+    missing, its directory is not. Exits 2 for a database URL of an unsupported database or
+    driver, 3 when the database cannot be reached or was migrated by a newer kserve-canary.
+    """
     from canary.audit import AuditError, upgrade_to_head
 
     url = database_url or _default_database_url()
     try:
-        upgrade_to_head(url)
+        upgrade_to_head(url, connect_timeout=connect_timeout)
     except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
+        _database_failure(exc)
     click.echo("database schema is at the newest revision")
+
+
+@db.command("grant")
+@click.option(
+    "--app-role",
+    required=True,
+    metavar="ROLE",
+    help="The PostgreSQL role the controller connects as (it must exist, own nothing, and "
+    "not be a superuser).",
+)
+@database_url_option
+@connect_timeout_option
+def db_grant(app_role: str, database_url: str | None, connect_timeout: float) -> None:
+    """Give the controller's application role exactly what the controller uses, and nothing
+    else: USAGE on the schema; SELECT and INSERT on the append-only audit tables; SELECT,
+    INSERT and UPDATE on its state (rollouts, approvals, commands, leader_fence); SELECT on
+    alembic_version. Whatever else the role, or PUBLIC, held on these tables is revoked,
+    in the same transaction. Run it with the owner's database URL, after every
+    `canary db upgrade`; a second run changes nothing and says so.
+
+    Exits 0 when the role has exactly these privileges; 2 when the role does not exist, is
+    a superuser, owns any of the tables or their schema, may create roles, or is the role
+    connected as, or on SQLite (no roles); 3 when the database cannot be reached, has no
+    audit schema, or was migrated by a newer kserve-canary.
+    """
+    from canary.audit import AuditError, RoleRefused
+
+    # No connection is made before the check of the backend: a SQLite file is not created.
+    with _open_store(database_url, connect_timeout, read_only=False) as store:
+        if store.backend != "postgresql":
+            _database_failure(
+                RoleRefused(
+                    "SQLite has no roles: `canary db grant` is for PostgreSQL (protect a "
+                    "SQLite file with file permissions)"
+                )
+            )
+        _check_schema(store)
+        try:
+            report = store.grant_application_role(app_role)
+        except AuditError as exc:
+            _database_failure(exc)
+    for line in report.lines():
+        click.echo(line)
 
 
 # --- the controller -------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from canary.audit import (
     upgrade_to_head,
 )
 from canary.cli import main
-from testbed.postgres import PostgresServer, RoleDatabase
+from testbed.postgres import PostgresServer, RoleDatabase, provision_audit_database
 
 pytestmark = pytest.mark.integration
 
@@ -598,3 +598,32 @@ def test_the_controller_refuses_a_schema_newer_than_it_knows(granted: RoleDataba
         ),
     ):
         check_database(store, Health())
+
+
+# --------------------------------------------------------------------------------------------
+# the test bed's databases (what the e2e tests and the demo run the controller on)
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_test_bed_provisions_a_database_as_production_runs_it(
+    postgres_server: PostgresServer,
+) -> None:
+    database = provision_audit_database(postgres_server, f"ksc_bed_{os.getpid()}_{next(_names)}")
+    try:
+        with AuditStore.from_url(database.app_url) as store:
+            app = store.role_access()
+            do_the_controller_s_work(store)
+        with AuditStore.from_url(database.owner_url) as store:
+            owner = store.role_access()
+    finally:
+        postgres_server.drop_role_database(database)
+    assert app is not None
+    assert (app.role, app.privileged) == (database.app, False)
+    assert owner is not None
+    assert owner.role == database.owner
+    assert "audit_log" in owner.owns
+    with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname IN (%s, %s)", (database.owner, database.app)
+        ).fetchall()
+    assert left == []

@@ -37,7 +37,15 @@ from canary.api.operator import router as operator_router
 from canary.api.webhooks import webhook_router
 from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
-from canary.audit import Actor, AuditEntry, AuditStore, Fence, ModelRef, ObjectRef
+from canary.audit import (
+    Actor,
+    AuditEntry,
+    AuditStore,
+    Fence,
+    ModelRef,
+    ObjectRef,
+    StoreUnavailable,
+)
 from canary.audit.approvals import MODEL_CHANGE_ADMITTED
 from canary.audit.checkpoint import CheckpointError, CheckpointSigner
 from canary.checkpointer import Checkpointer
@@ -59,7 +67,7 @@ from canary.server import HttpServer
 from canary.settings import Settings, SettingsError
 from canary.witness import ConfigMapWitness, FileWitness, LogWitness, Witness
 
-__all__ = ["Application", "build", "default_identity", "mirror_router"]
+__all__ = ["Application", "build", "check_database", "default_identity", "mirror_router"]
 
 log = get_logger("canary.app")
 
@@ -188,6 +196,57 @@ def checkpointer(
     )
 
 
+def check_database(store: AuditStore, health: Health) -> None:
+    """What the controller checks of its database at start.
+
+    * A schema migrated by a newer kserve-canary is refused (:class:`SchemaTooNew` is
+      raised, and ``canary run`` exits 3): this version might misread what it stores.
+    * A role that could rewrite the history it writes (a superuser, the tables' owner, or one
+      holding privileges the controller never uses) is logged as ``audit.privileged_role``
+      with what it could do and the fix, and shown in the readiness details as the
+      ``database_role`` component. It is not refused: the controller still works, the audit
+      trail is only weaker.
+
+    A database that does not answer yet is not waited for: the controller reports it not
+    ready, as always, and these checks are not made.
+    """
+    try:
+        revision = store.check_schema()
+        access = store.role_access()
+    except StoreUnavailable as exc:
+        log.warning(
+            "audit.startup_check_skipped",
+            error=str(exc),
+            detail="the database did not answer at start: its schema revision and the "
+            "privileges of the role connected as were not checked",
+        )
+        return
+    if access is None:  # SQLite: no roles
+        return
+    if access.privileged:
+        log.warning(
+            "audit.privileged_role",
+            role=access.role,
+            superuser=access.superuser,
+            owns=list(access.owns),
+            could=access.could(),
+            fix=access.fix(),
+        )
+        health.set_ready(
+            "database_role",
+            True,  # a warning, not a reason to take the replica out of service
+            f"warning: the controller connects as role {access.role}, and {access.could()}; "
+            f"{access.fix()}",
+        )
+        return
+    health.set_ready(
+        "database_role",
+        True,
+        f"role {access.role}: reads and appends the audit history, updates only the "
+        f"controller's state (schema revision {revision})",
+    )
+
+
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:
     now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
     identity = settings.identity or default_identity()
@@ -208,6 +267,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
     store = AuditStore.from_url(
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )
+    check_database(store, health)
     if settings.standard_weights == "own-httproute" and not settings.standard_route_parent_refs:
         log.warning(
             "controller.route_unattached",

@@ -26,8 +26,11 @@ from canary.cli_common import (
     EXIT_BAD,
     EXIT_INVALID,
     EXIT_UNAVAILABLE,
+    check_schema,
+    connect_timeout_option,
+    database_failure,
     database_url_option,
-    default_database_url,
+    open_store,
 )
 
 if TYPE_CHECKING:
@@ -51,14 +54,11 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def _open(database_url: str | None) -> AuditStore:
-    from canary.audit import AuditError, AuditStore
-
-    try:
-        return AuditStore.from_url(database_url or default_database_url(), timeout=30.0)
-    except AuditError as exc:
-        _fail(EXIT_INVALID, str(exc))
-        raise AssertionError("unreachable") from None
+def _open(database_url: str | None, connect_timeout: float) -> AuditStore:
+    """The store, read-only (a SQLite file is never created), its schema checked."""
+    store = open_store(database_url, connect_timeout, read_only=True)
+    check_schema(store)
+    return store
 
 
 def _configmap_ref(value: str) -> tuple[str, str]:
@@ -133,6 +133,7 @@ def _with_witness_options(func: Any) -> Any:
 
 @audit.command("verify")
 @database_url_option
+@connect_timeout_option
 @click.option(
     "--checkpoint",
     "checkpoint_files",
@@ -174,6 +175,7 @@ def _with_witness_options(func: Any) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def audit_verify(
     database_url: str | None,
+    connect_timeout: float,
     checkpoint_files: tuple[Path, ...],
     configmap: str | None,
     kubeconfig: Path | None,
@@ -211,7 +213,7 @@ def audit_verify(
             _fail(EXIT_INVALID, str(exc))
     from canary.trail_check import check_trail
 
-    store = _open(database_url)
+    store = _open(database_url, connect_timeout)
     try:
         with store:
             result = check_trail(
@@ -222,8 +224,7 @@ def audit_verify(
                 since_checkpoint=since_checkpoint,
             )
     except AuditError as exc:
-        _fail(EXIT_UNAVAILABLE, str(exc))
-        raise AssertionError("unreachable") from None
+        database_failure(exc)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -270,6 +271,7 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
 
 @audit.command("checkpoints")
 @database_url_option
+@connect_timeout_option
 @click.option(
     "--source",
     type=click.Choice(["database", "configmap"]),
@@ -287,6 +289,7 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
 )
 def audit_checkpoints(
     database_url: str | None,
+    connect_timeout: float,
     source: str,
     configmap: str | None,
     kubeconfig: Path | None,
@@ -305,7 +308,7 @@ def audit_checkpoints(
             if c.seq > after_seq
         ]
     else:
-        store = _open(database_url)
+        store = _open(database_url, connect_timeout)
         try:
             with store:
                 found = []

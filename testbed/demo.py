@@ -1,8 +1,10 @@
 """``make demo``: the controller on the local test bed, start to finish.
 
 It starts the test bed (kube-apiserver + etcd with the real CRDs, the KServe and traffic
-simulators, real Prometheus) and a private PostgreSQL, runs the controller exactly as
-``canary run`` builds it, and deploys four fraud-scoring models side by side:
+simulators, real Prometheus) and a private PostgreSQL (migrated by an owner role; the
+controller connects as an application role that may read and append the audit history but
+not change it), runs the controller exactly as ``canary run`` builds it, and deploys four
+fraud-scoring models side by side:
 
 * ``fraud-healthy``: a new model as good as the old one, promoted 10 → 25 → 50 → 100,
   each step only once the data rule out a regression;
@@ -74,7 +76,7 @@ from analysis.sequential_check import describe
 from canary.access import cluster_roles
 from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
-from canary.audit import AuditRecord, AuditStore, upgrade_to_head
+from canary.audit import AuditRecord, AuditStore
 from canary.audit.checkpoint import CheckpointSigner, generate_private_key_pem, public_key_pem
 from canary.checks import check_definitions
 from canary.engine import RolloutDocument
@@ -95,7 +97,7 @@ from canary.remote import OperatorClient
 from canary.routing.mirror import CHAMPION_LABEL, OWNED_SELECTOR
 from canary.settings import load_settings
 from testbed.behaviour import BusinessProfile, LatencyProfile, ModelBehaviour
-from testbed.postgres import PostgresServer
+from testbed.postgres import PostgresServer, provision_audit_database
 from testbed.servicenow import signing
 from testbed.servicenow.process import ServiceNowSim
 from testbed.testbed import Testbed
@@ -821,8 +823,11 @@ def main(work_dir: Path | None = None, timeout: float = 300.0) -> int:
              "Prometheus) and PostgreSQL...")  # fmt: skip
         testbed.up()
         postgres.start()
-        url = postgres.create_database("kserve_canary")
-        upgrade_to_head(url)
+        database = provision_audit_database(postgres, "kserve_canary")
+        _say(f"PostgreSQL: migrated by role {database.owner}; the controller connects as role "
+             f"{database.app} (canary db grant: SELECT and INSERT on the audit history, "
+             "UPDATE only on its own state)")  # fmt: skip
+        url = database.app_url
         kube = testbed.kube
         for namespace in NAMESPACES:
             testbed.namespace(namespace)

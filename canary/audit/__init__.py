@@ -4,6 +4,7 @@
 (PostgreSQL in production, SQLite for development) through ``AuditStore``.
 """
 
+from canary.audit.privileges import GrantReport, RoleAccess
 from canary.audit.records import (
     GENESIS_HASH,
     JSON,
@@ -30,7 +31,10 @@ from canary.audit.store import (
     ActiveRolloutExists,
     AuditError,
     AuditStore,
+    DatabaseUrlError,
     FencedOut,
+    RoleRefused,
+    SchemaTooNew,
     StaleRollout,
     StoreUnavailable,
     alembic_config,
@@ -52,12 +56,17 @@ __all__ = [
     "ChainReport",
     "CommandRow",
     "CommandState",
+    "DatabaseUrlError",
     "Fence",
     "FencedOut",
+    "GrantReport",
     "Measurement",
     "ModelRef",
     "ObjectRef",
+    "RoleAccess",
+    "RoleRefused",
     "RolloutRow",
+    "SchemaTooNew",
     "StaleRollout",
     "StoreUnavailable",
     "StoredMeasurement",

@@ -408,6 +408,20 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "database.type postgresql needs the database URL",
     ),
     (
+        "app-role-without-owner-secret",
+        {"migration": {"appRole": "ksc_app"}},
+        "migration.appRole needs migration.ownerSecret.name",
+    ),
+    (
+        "owner-secret-on-sqlite",
+        {
+            "database": {"type": "sqlite"},
+            "replicas": 1,
+            "migration": {"ownerSecret": {"name": "owner"}},
+        },
+        "migration.ownerSecret and migration.appRole are for database.type postgresql",
+    ),
+    (
         "namespaced-without-namespaces",
         {"rbac": {"scope": "namespaced"}},
         "rbac.scope namespaced needs watchNamespaces",
@@ -923,6 +937,28 @@ def test_the_migration_hook_runs_canary_db_upgrade_on_the_same_database(
     assert spec["automountServiceAccountToken"] is False
     job_env = {e["name"]: e for e in container["env"]}
     assert job_env["KSC_DATABASE_URL"] == env_of(only(objects, "Deployment"))["KSC_DATABASE_URL"]
+
+
+def test_with_an_owner_and_an_app_role_the_hook_migrates_as_the_owner_then_grants(
+    helm: Tool, tmp_path: Path
+) -> None:
+    values = {
+        "database": {"existingSecret": {"name": "app-db", "key": "url"}},
+        "migration": {"ownerSecret": {"name": "owner-db"}, "appRole": "ksc_app"},
+    }
+    objects = render(helm, values, tmp_path)
+    spec = only(objects, "Job")["spec"]["template"]["spec"]
+    (migrate,) = spec["initContainers"]  # first the schema, as the tables' owner
+    (grant,) = spec["containers"]  # then the controller's role is granted what it uses
+    assert migrate["command"] == ["canary", "db", "upgrade"]
+    assert grant["command"] == ["canary", "db", "grant", "--app-role", "ksc_app"]
+    owner_url = {"secretKeyRef": {"name": "owner-db", "key": "database-url"}}
+    for container in (migrate, grant):
+        (url,) = container["env"]
+        assert url == {"name": "KSC_DATABASE_URL", "valueFrom": owner_url}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    controller_url = env_of(only(objects, "Deployment"))["KSC_DATABASE_URL"]
+    assert controller_url["valueFrom"] == {"secretKeyRef": {"name": "app-db", "key": "url"}}
 
 
 def test_sqlite_lives_on_a_claim_made_before_the_hook_and_never_deleted_by_helm(

@@ -31,7 +31,9 @@ from canary import __version__
 from canary.access import Gatekeeper
 from canary.admission import ModelChange, TemplateRules
 from canary.analysis_worker import AnalysisRunner, CircuitBreaker, GuardedProvider, Unanswered
+from canary.anchoring import checkpointer, load_signer
 from canary.api.app import create_app
+from canary.api.auditor import from_settings as auditor_from_settings
 from canary.api.health import Health
 from canary.api.operator import router as operator_router
 from canary.api.webhooks import webhook_router
@@ -47,12 +49,11 @@ from canary.audit import (
     StoreUnavailable,
 )
 from canary.audit.approvals import MODEL_CHANGE_ADMITTED
-from canary.audit.checkpoint import CheckpointError, CheckpointSigner
 from canary.checkpointer import Checkpointer
 from canary.controller import Controller
 from canary.engine import Engine
 from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
-from canary.k8s.events import EventRecorder, EventSink, ObjectReference
+from canary.k8s.events import EventRecorder
 from canary.k8s.lease import LeaseElector
 from canary.log import get_logger
 from canary.metrics import ControllerMetrics
@@ -64,8 +65,7 @@ from canary.routing.knative import KnativeRouter
 from canary.routing.mirror import MirrorRouter
 from canary.routing.standard import StandardRouter
 from canary.server import HttpServer
-from canary.settings import Settings, SettingsError
-from canary.witness import ConfigMapWitness, FileWitness, LogWitness, Witness
+from canary.settings import Settings
 
 __all__ = ["Application", "build", "check_database", "default_identity", "mirror_router"]
 
@@ -131,69 +131,6 @@ def mirror_router(settings: Settings, kube: KubeClient) -> MirrorRouter | None:
             hostnames=settings.shadow_route_hostnames,
         )
     return None
-
-
-def checkpointer(
-    settings: Settings,
-    *,
-    store: AuditStore,
-    kube: KubeClient,
-    events: EventSink,
-    leadership: Callable[[], Fence | None],
-    clock: Callable[[], datetime],
-    metrics: ControllerMetrics,
-) -> Checkpointer | None:
-    """The checkpoint signer the settings ask for; None (with a warning) without a key."""
-    if settings.audit_signing_key_file is None:
-        log.warning(
-            "audit.checkpoints_disabled",
-            detail="audit_signing_key_file is not set: the audit chain's head is not signed "
-            "or witnessed outside the database, so whoever administers the database could "
-            "cut, truncate or rewrite it undetected. Create a key with `canary audit keygen` "
-            "and mount it from a Secret.",
-        )
-        return None
-    try:
-        signer = CheckpointSigner.from_file(settings.audit_signing_key_file)
-    except CheckpointError as exc:
-        raise SettingsError(f"audit_signing_key_file: {exc}") from None
-    witnesses: list[Witness] = []
-    configmap = ObjectReference(
-        namespace=settings.lease_namespace,
-        name=settings.audit_checkpoint_configmap,
-        kind="ConfigMap",
-        api_version="v1",
-    )
-    for kind in settings.audit_witnesses:
-        if kind == "configmap":
-            witnesses.append(
-                ConfigMapWitness(
-                    kube, namespace=configmap.namespace, name=configmap.name, events=events
-                )
-            )
-        elif kind == "log":
-            witnesses.append(LogWitness())
-        elif settings.audit_witness_file is not None:
-            witnesses.append(FileWitness(settings.audit_witness_file))
-    log.info(
-        "audit.checkpoints_enabled",
-        key_id=signer.key_id,
-        log_name=settings.audit_log_name,
-        witnesses=[w.name for w in witnesses],
-        interval_seconds=settings.audit_checkpoint_interval_seconds,
-    )
-    return Checkpointer(
-        store=store,
-        signer=signer,
-        witnesses=witnesses,
-        log_name=settings.audit_log_name,
-        leadership=leadership,
-        clock=clock,
-        interval=timedelta(seconds=settings.audit_checkpoint_interval_seconds),
-        metrics=metrics,
-        events=events,
-        alarm_target=configmap,
-    )
 
 
 def check_database(store: AuditStore, health: Health) -> None:
@@ -415,6 +352,11 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         look_seconds=settings.look_period_seconds,
     )
 
+    signer = load_signer(settings)
+    auditor = auditor_from_settings(
+        settings, store=store, kube=kube, signer=signer, clock=now, metrics=metrics
+    )
+
     def model_changed(change: ModelChange) -> None:
         uris = ", ".join(change.storage_uris)
         entry = AuditEntry(
@@ -438,7 +380,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         metrics=metrics,
         admission_rules=rules,
         model_changes=model_changed,
-        extra_routers=[operator_api, webhooks],
+        extra_routers=[r for r in (operator_api, webhooks, auditor) if r is not None],
     )
     client_ca: bytes | None = None
     if settings.tls_cert_file is not None:
@@ -461,6 +403,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
     )
     checkpoints = checkpointer(
         settings,
+        signer=signer,
         store=store,
         kube=kube,
         events=events,

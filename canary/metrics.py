@@ -31,7 +31,9 @@ Series:
 * ``kserve_canary_audit_witness_failures_total{witness}``: checkpoints a witness did not take;
 * ``kserve_canary_audit_anchored_seq``: the last record a signed checkpoint vouches for;
 * ``kserve_canary_audit_anchor_broken``: 1 while the database disagrees with a signed
-  checkpoint (truncated or rewritten history), else 0.
+  checkpoint (truncated or rewritten history), else 0;
+* ``kserve_canary_auditor_requests_total{outcome}``: auditor API requests (ok, invalid,
+  unauthenticated, forbidden, not_found, busy, unavailable).
 """
 
 from __future__ import annotations
@@ -161,6 +163,12 @@ class ControllerMetrics:
             "1 while the audit database disagrees with a signed checkpoint, else 0.",
             registry=r,
         )
+        self._auditor_requests = Counter(
+            "kserve_canary_auditor_requests",
+            "Auditor API requests, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
         self._approvals_pending = Gauge(
             "kserve_canary_approvals_pending",
             "Approvals asked for and not decided yet (every gate).",
@@ -285,6 +293,9 @@ class ControllerMetrics:
 
     def set_anchor_broken(self, broken: bool) -> None:
         self._anchor_broken.set(1 if broken else 0)
+
+    def record_auditor_request(self, outcome: str) -> None:
+        self._auditor_requests.labels(outcome=outcome).inc()
 
     def record_certificate_reload(self) -> None:
         self._certificate_reloads.inc()

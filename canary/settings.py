@@ -383,6 +383,25 @@ class Settings(BaseSettings):
         description="The file the file witness appends checkpoints to (one JSON per line).",
     )
 
+    audit_public_key_files: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Retired checkpoint public keys (PEM) the auditor API still trusts, "
+        "comma-separated, besides the current signing key's.",
+    )
+
+    # -- the auditor API (/audit/v1) -------------------------------------------------------
+    auditor_tokens_file: Path | None = Field(
+        default=None,
+        description="A YAML file (from a Secret or ConfigMap) listing auditor tokens by their "
+        "SHA-256: tokens: [{name, sha256, roles: [auditor]}] (canary audit token makes one); "
+        "re-read when it changes.",
+    )
+    auditor_kubernetes: bool = Field(
+        default=True,
+        description="Let cluster identities in whom RBAC grants the auditor role (get on "
+        "audit.kserve-canary.io; ClusterRole kserve-canary-auditor) read the auditor API.",
+    )
+
     # -- the shadow collector (canary shadow-collector, its own process) -----------------
     shadow_collector_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - the pod's address; the InferenceServices' loggers post to it
@@ -483,6 +502,7 @@ class Settings(BaseSettings):
         "servicenow_callback_secrets",
         "approval_webhook_secrets",
         "audit_witnesses",
+        "audit_public_key_files",
         mode="before",
     )
     @classmethod

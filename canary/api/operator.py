@@ -57,7 +57,7 @@ from canary.ops import status_lines, submit_command
 from canary.policy import DNS_LABEL
 from canary.server import PEER_CERTIFICATE
 
-__all__ = ["API_PREFIX", "CommandBody", "router"]
+__all__ = ["API_PREFIX", "CommandBody", "insecure_transport", "router"]
 
 API_PREFIX = "/api/v1"
 MAX_WAIT_SECONDS = 120.0
@@ -80,7 +80,7 @@ class CommandBody(BaseModel):
     wait_seconds: float = Field(default=30.0, alias="waitSeconds", ge=0, le=MAX_WAIT_SECONDS)
 
 
-def _insecure(request: Request) -> JSONResponse | None:
+def insecure_transport(request: Request) -> JSONResponse | None:
     """Credentials travel only over HTTPS, or over plain HTTP on this machine's loopback."""
     if request.url.scheme == "https":
         return None
@@ -235,7 +235,7 @@ def router(
     async def command_endpoint(
         namespace: str, name: str, command: str, request: Request
     ) -> JSONResponse:
-        refused = _insecure(request) or _bad_target(namespace, name)
+        refused = insecure_transport(request) or _bad_target(namespace, name)
         if refused is not None:
             return refused
         raw = await request.body()
@@ -288,7 +288,7 @@ def router(
     async def answer_read(
         request: Request, namespace: str | None, name: str | None, include_finished: bool
     ) -> JSONResponse:
-        refused = _insecure(request) or _bad_target(namespace, name)
+        refused = insecure_transport(request) or _bad_target(namespace, name)
         if refused is not None:
             return refused
         auth = request.headers.get("authorization")

@@ -344,6 +344,10 @@ class TrustedKeys:
     def ids(self) -> tuple[str, ...]:
         return tuple(sorted(self._keys))
 
+    @property
+    def keys(self) -> tuple[Ed25519PublicKey, ...]:
+        return tuple(self._keys[k] for k in self.ids)
+
     @classmethod
     def from_pem(cls, blobs: Sequence[tuple[str, bytes]]) -> TrustedKeys:
         """Keys from PEM texts, each ``(source, data)``: public keys (SubjectPublicKeyInfo),

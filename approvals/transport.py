@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +176,40 @@ class Transport:
             body=response.content,
             url=str(response.url),
         )
+
+    def download(
+        self,
+        path_or_url: str,
+        sink: Callable[[bytes], object],
+        *,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> HttpResponse:
+        """GET, handing a 200 answer's body to ``sink`` chunk by chunk (a large export never
+        sits in memory); any other answer is returned whole, as :meth:`request` does."""
+        url = self.url(path_or_url)
+        try:
+            with self._client.stream(
+                "GET",
+                url,
+                params=dict(params) if params is not None else None,
+                timeout=timeout if timeout is not None else self._timeout,
+                extensions=self._extensions,
+            ) as response:
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                if response.status_code != 200:
+                    return HttpResponse(response.status_code, headers, response.read(), url)
+                for chunk in response.iter_bytes():
+                    sink(chunk)
+                return HttpResponse(200, headers, b"", str(response.url))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TransportError(
+                f"GET {url}: cannot connect: {_why(exc)}", kind="connect", maybe_sent=False
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(
+                f"GET {url}: {_why(exc)}", kind="protocol", maybe_sent=True
+            ) from exc
 
 
 def _why(exc: Exception) -> str:

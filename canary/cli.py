@@ -28,8 +28,12 @@ from canary.cli_common import (
     EXIT_DENIED,
     EXIT_INVALID,
     EXIT_UNAVAILABLE,
+    ApiTarget,
+    Credentials,
+    api_options,
     check_schema,
     connect_timeout_option,
+    credentials_of,
     database_failure,
     database_url_option,
     default_database_url,
@@ -336,81 +340,6 @@ def _store(database_url: str | None) -> AuditStore:
 # --- operator commands, through the controller's authenticated API ---------------------------
 
 
-@dataclass(frozen=True)
-class _Api:
-    url: str | None
-    ca_file: Path | None
-    tls_server_name: str | None
-    kubeconfig: Path | None
-    context: str | None
-
-
-def _api_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--api-url",
-            envvar="KSC_API_URL",
-            show_envvar=True,
-            help="The controller's operator API, e.g. https://localhost:8443 after "
-            "'kubectl -n kserve-canary port-forward svc/kserve-canary 8443'.",
-        ),
-        click.option(
-            "--api-ca",
-            "api_ca",
-            envvar="KSC_API_CA_FILE",
-            show_envvar=True,
-            type=click.Path(path_type=Path, dir_okay=False, exists=True),
-            help="CA bundle that signed the controller's serving certificate.",
-        ),
-        click.option(
-            "--tls-server-name",
-            envvar="KSC_API_TLS_SERVER_NAME",
-            show_envvar=True,
-            help="Name to check in the server's certificate when the URL's host differs "
-            "(e.g. kserve-canary.kserve-canary.svc behind a port-forward).",
-        ),
-        click.option(
-            "--kubeconfig",
-            type=click.Path(path_type=Path, dir_okay=False),
-            envvar="KUBECONFIG",
-            help="Kubeconfig whose current context's credentials you act with.",
-        ),
-        click.option("--context", help="Kubeconfig context to use (default: the current one)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-@dataclass(frozen=True)
-class _Credentials:
-    token: str | None
-    certificate: tuple[str, str] | None
-    namespace: str | None  # the context's
-
-
-def _credentials(api: _Api) -> _Credentials:
-    """The caller's own Kubernetes credentials: the context's bearer token, or else its
-    client certificate (with the files the kubernetes library wrote for inline data)."""
-    from canary.k8s.client import KubeClient
-
-    try:
-        if api.kubeconfig is not None or api.context is not None:
-            kube = KubeClient.from_kubeconfig(api.kubeconfig, api.context)
-        else:
-            kube = KubeClient.connect()
-        with kube:
-            found = _Credentials(kube.bearer_token(), kube.client_certificate(), kube.namespace)
-    except Exception as exc:  # KubeConfigError, OSError, the kubernetes loader's own errors
-        raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
-    if found.token is None and found.certificate is None:
-        raise click.UsageError(
-            "your kubeconfig context has neither a bearer token nor a client certificate; "
-            "the operator API identifies you by the same credentials as the apiserver"
-        )
-    return found
-
-
 def _target(name: str, namespace: str | None, context_namespace: str | None) -> tuple[str, str]:
     if "/" in name:
         ns, _, short = name.partition("/")
@@ -422,7 +351,7 @@ def _target(name: str, namespace: str | None, context_namespace: str | None) -> 
     return namespace or context_namespace or "default", name
 
 
-def _client(api: _Api, credentials: _Credentials) -> Any:
+def _client(api: ApiTarget, credentials: Credentials) -> Any:
     from canary.remote import OperatorClient
 
     if not api.url:
@@ -456,7 +385,7 @@ def _refused(status: int, message: str) -> None:
 
 
 def _send(
-    api: _Api,
+    api: ApiTarget,
     name: str,
     namespace: str | None,
     command: str,
@@ -469,7 +398,7 @@ def _send(
 
     if not reason.strip():
         raise click.BadParameter("must not be empty", param_hint=reason_option)
-    credentials = _credentials(api)
+    credentials = credentials_of(api)
     ns, short = _target(name, namespace, credentials.namespace)
     with _client(api, credentials) as client:
         try:
@@ -516,7 +445,7 @@ def _manual(command: str, doc: str) -> None:
     @namespace_option
     @reason_option
     @wait_option
-    @_api_options
+    @api_options
     def _command(
         name: str,
         namespace: str | None,
@@ -528,7 +457,7 @@ def _manual(command: str, doc: str) -> None:
         kubeconfig: Path | None,
         context: str | None,
     ) -> None:
-        api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+        api = ApiTarget(api_url, api_ca, tls_server_name, kubeconfig, context)
         _send(api, name, namespace, command, reason, wait)
 
 
@@ -565,7 +494,7 @@ def _decision(command: str, summary: str) -> None:
         "audit trail).",
     )
     @wait_option
-    @_api_options
+    @api_options
     def _command(
         name: str,
         namespace: str | None,
@@ -582,7 +511,7 @@ def _decision(command: str, summary: str) -> None:
                 f"{command} needs --comment: say why, for whoever reviews the decision (it "
                 "is kept in the audit trail with your name)"
             )
-        api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+        api = ApiTarget(api_url, api_ca, tls_server_name, kubeconfig, context)
         _send(api, name, namespace, command, comment, wait, reason_option="--comment")
 
 
@@ -601,7 +530,7 @@ def rollout() -> None:
 @click.option("--storage-uri", required=True, help="Where the new model is.")
 @reason_option
 @wait_option
-@_api_options
+@api_options
 def rollout_start(
     name: str,
     namespace: str | None,
@@ -618,7 +547,7 @@ def rollout_start(
     revision only the first step's traffic. The leader makes the write after recording
     its intent; the rollout then proceeds as its policy says. Needs, besides the command's
     own grant, the right to patch the InferenceService yourself."""
-    api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
+    api = ApiTarget(api_url, api_ca, tls_server_name, kubeconfig, context)
     _send(api, name, namespace, "start", reason, wait, storage_uri=storage_uri)
 
 
@@ -632,7 +561,7 @@ def rollout_start(
 @click.option(
     "-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-@_api_options
+@api_options
 def status(
     name: str | None,
     namespace: str | None,
@@ -651,8 +580,8 @@ def status(
 
     if all_namespaces and (namespace is not None or name is not None):
         raise click.UsageError("-A lists every namespace: give no NAME and no -n with it")
-    api = _Api(api_url, api_ca, tls_server_name, kubeconfig, context)
-    credentials = _credentials(api)
+    api = ApiTarget(api_url, api_ca, tls_server_name, kubeconfig, context)
+    credentials = credentials_of(api)
     context_namespace = credentials.namespace
     ns: str | None
     if all_namespaces:

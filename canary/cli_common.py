@@ -10,7 +10,10 @@ command.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -24,8 +27,12 @@ __all__ = [
     "EXIT_DENIED",
     "EXIT_INVALID",
     "EXIT_UNAVAILABLE",
+    "ApiTarget",
+    "Credentials",
+    "api_options",
     "check_schema",
     "connect_timeout_option",
+    "credentials_of",
     "database_failure",
     "database_url_option",
     "default_database_url",
@@ -94,3 +101,81 @@ def check_schema(store: AuditStore) -> None:
         store.check_schema()
     except AuditError as exc:
         database_failure(exc)
+
+
+# --- the controller's HTTP API, with the caller's own cluster credentials ------------------
+
+
+@dataclass(frozen=True)
+class ApiTarget:
+    url: str | None
+    ca_file: Path | None
+    tls_server_name: str | None
+    kubeconfig: Path | None
+    context: str | None
+
+
+def api_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--api-url",
+            envvar="KSC_API_URL",
+            show_envvar=True,
+            help="The controller's operator API, e.g. https://localhost:8443 after "
+            "'kubectl -n kserve-canary port-forward svc/kserve-canary 8443'.",
+        ),
+        click.option(
+            "--api-ca",
+            "api_ca",
+            envvar="KSC_API_CA_FILE",
+            show_envvar=True,
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="CA bundle that signed the controller's serving certificate.",
+        ),
+        click.option(
+            "--tls-server-name",
+            envvar="KSC_API_TLS_SERVER_NAME",
+            show_envvar=True,
+            help="Name to check in the server's certificate when the URL's host differs "
+            "(e.g. kserve-canary.kserve-canary.svc behind a port-forward).",
+        ),
+        click.option(
+            "--kubeconfig",
+            type=click.Path(path_type=Path, dir_okay=False),
+            envvar="KUBECONFIG",
+            help="Kubeconfig whose current context's credentials you act with.",
+        ),
+        click.option("--context", help="Kubeconfig context to use (default: the current one)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: str | None
+    certificate: tuple[str, str] | None
+    namespace: str | None  # the context's
+
+
+def credentials_of(api: ApiTarget) -> Credentials:
+    """The caller's own Kubernetes credentials: the context's bearer token, or else its
+    client certificate (with the files the kubernetes library wrote for inline data)."""
+    from canary.k8s.client import KubeClient
+
+    try:
+        if api.kubeconfig is not None or api.context is not None:
+            kube = KubeClient.from_kubeconfig(api.kubeconfig, api.context)
+        else:
+            kube = KubeClient.connect()
+        with kube:
+            found = Credentials(kube.bearer_token(), kube.client_certificate(), kube.namespace)
+    except Exception as exc:  # KubeConfigError, OSError, the kubernetes loader's own errors
+        raise click.UsageError(f"cannot load your Kubernetes credentials: {exc}") from exc
+    if found.token is None and found.certificate is None:
+        raise click.UsageError(
+            "your kubeconfig context has neither a bearer token nor a client certificate; "
+            "the operator API identifies you by the same credentials as the apiserver"
+        )
+    return found

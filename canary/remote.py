@@ -11,6 +11,8 @@ The server's certificate is checked against ``ca_file`` (or the system's trust s
 from __future__ import annotations
 
 import ipaddress
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ from urllib.parse import quote, urlsplit
 
 from approvals.transport import Transport, TransportError
 
-__all__ = ["ApiAnswer", "OperatorClient", "Unreachable"]
+__all__ = ["ApiAnswer", "AuditorClient", "OperatorClient", "RawAnswer", "Unreachable"]
 
 _API = "/api/v1"
+_AUDIT = "/audit/v1"
 
 
 class Unreachable(Exception):
@@ -129,6 +132,89 @@ class OperatorClient:
             path = f"/namespaces/{quote(namespace, safe='')}/rollouts/{quote(name, safe='')}"
         params = {"all": "true"} if include_finished and name is None else None
         return self._call("GET", path, params=params)
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class AuditorClient:
+    """The client side of the auditor API (:mod:`canary.api.auditor`): read-only, with the
+    caller's own cluster credentials or an auditor token."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        certificate: tuple[str, str] | None = None,
+        ca_file: Path | None = None,
+        tls_server_name: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"the API URL must be https://HOST[:PORT], not {url!r}")
+        if parts.scheme == "http" and not _loopback(parts.hostname):
+            raise ValueError(
+                f"refusing to send your credentials over plain HTTP to {parts.hostname}: "
+                "use https:// (plain http only to this machine, e.g. a port-forward)"
+            )
+        if not token and certificate is None:
+            raise ValueError("no credentials to send: neither a bearer token nor a certificate")
+        self._base = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._transport = Transport(
+            self._base + _AUDIT,
+            timeout=timeout,
+            verify=ca_file if ca_file is not None else True,
+            client_certificate=certificate if not token else None,
+            tls_server_name=tls_server_name,
+            headers=headers,
+        )
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> AuditorClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> RawAnswer:
+        try:
+            response = self._transport.request("GET", path, params=params)
+        except TransportError as exc:
+            raise Unreachable(f"no controller answered at {self._base}: {exc}") from exc
+        return RawAnswer(response.status, response.header("content-type") or "", response.body)
+
+    def json(self, path: str, params: dict[str, str] | None = None) -> ApiAnswer:
+        raw = self.get(path, params)
+        try:
+            body = json.loads(raw.body)
+        except ValueError:
+            body = {"error": f"HTTP {raw.status}: {raw.body[:200].decode(errors='replace')}"}
+        if not isinstance(body, dict):
+            body = {"error": f"HTTP {raw.status}: unexpected answer"}
+        return ApiAnswer(raw.status, body)
+
+    def download(
+        self, path: str, sink: Callable[[bytes], object], params: dict[str, str] | None = None
+    ) -> RawAnswer:
+        """Stream a 200 answer's body into ``sink``; other answers come back whole."""
+        try:
+            response = self._transport.download(path, sink, params=params)
+        except TransportError as exc:
+            raise Unreachable(f"no controller answered at {self._base}: {exc}") from exc
+        return RawAnswer(response.status, response.header("content-type") or "", response.body)
+
+    @staticmethod
+    def rollout_path(rollout_id: str, tail: str = "") -> str:
+        return f"/rollouts/{quote(rollout_id, safe='')}{tail}"
 
 
 def _loopback(host: str) -> bool:

@@ -34,6 +34,7 @@ from canary.admission import ADMISSION_PATH
 from canary.api.operator import API_PREFIX
 from canary.api.webhooks import GATE_PATH, SERVICENOW_PATH, WEBHOOK_PREFIX
 from canary.audit.checkpoint import Checkpoint, CheckpointSigner, generate_private_key_pem
+from canary.auditor_access import AUDITOR_ROLE, auditor_cluster_role, parse_token_file
 from canary.cli import main as canary_cli
 from canary.k8s.client import (
     CONFIG_MAP,
@@ -899,6 +900,30 @@ def test_the_signing_key_is_mounted_from_its_secret_where_the_settings_read_it(
     assert controller_grants(off)[NAMESPACE] == LEASE_GRANTS
 
 
+def test_auditor_tokens_are_mounted_from_their_secret_where_the_settings_read_them(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = only(render(helm, {}, tmp_path), "Deployment")
+    settings = settings_of(env_of(deployment), monkeypatch)
+    assert settings.auditor_tokens_file is None
+    assert settings.auditor_kubernetes is True
+    values = {"auditor": {"tokensSecret": "audit-tokens", "kubernetes": False}}
+    deployment = only(render(helm, values, tmp_path), "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    mount = {m["name"]: m for m in container["volumeMounts"]}["auditor-tokens"]
+    volume = {v["name"]: v for v in spec["volumes"]}["auditor-tokens"]["secret"]
+    assert (volume["secretName"], volume["items"]) == (
+        "audit-tokens",
+        [{"key": "tokens.yaml", "path": "tokens.yaml"}],
+    )
+    assert mount["readOnly"] is True
+    settings = settings_of(env_of(deployment), monkeypatch)
+    assert str(settings.auditor_tokens_file) == f"{mount['mountPath']}/tokens.yaml"
+    assert settings.auditor_kubernetes is False
+    assert parse_token_file("tokens: []", source="an empty Secret") == ()
+
+
 def test_a_database_url_in_the_values_becomes_a_secret_the_pods_read(
     helm: Tool, tmp_path: Path
 ) -> None:
@@ -1523,6 +1548,16 @@ def test_the_operator_viewer_and_risk_owner_roles_of_the_api_contract(
     assert grants(operator["rules"]) == reads | commands
     # segregation of duties: only the risk owner may approve, and may not drive the rollout
     assert grants(risk_owner["rules"]) == reads | {("kserve-canary.io", "rollouts", "approve")}
+    # the auditor reads the audit trail, and nothing else
+    auditor = only(objects, "ClusterRole", AUDITOR_ROLE)
+    assert grants(auditor["rules"]) == grants(auditor_cluster_role()["rules"])
+    assert grants(auditor["rules"]) == {("kserve-canary.io", "audit", "get")}
+    assert not [k for k in auditor["metadata"]["labels"] if k.startswith("rbac.")]
+    checkpoints = only(objects, "Role", "kserve-canary-auditor-checkpoints")
+    assert checkpoints["rules"] == [{
+        "apiGroups": [""], "resources": ["configmaps"],
+        "resourceNames": ["kserve-canary-audit-checkpoints"], "verbs": ["get"],
+    }]  # fmt: skip
     # the very grants the controller checks (canary.access), so chart and code cannot drift
     product = {role["metadata"]["name"]: grants(role["rules"]) for role in cluster_roles()}
     assert product == {

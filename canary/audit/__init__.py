@@ -4,6 +4,14 @@
 (PostgreSQL in production, SQLite for development) through ``AuditStore``.
 """
 
+from canary.audit.actors import (
+    APPROVAL_ID_KEY,
+    APPROVAL_KEY,
+    MANUAL_LINKED,
+    MANUAL_REQUESTED,
+    MANUAL_SETTLED,
+    WEBHOOK_DELIVERED,
+)
 from canary.audit.records import (
     GENESIS_HASH,
     JSON,
@@ -39,8 +47,14 @@ from canary.audit.store import (
 )
 
 __all__ = [
+    "APPROVAL_ID_KEY",
+    "APPROVAL_KEY",
     "GENESIS_HASH",
     "JSON",
+    "MANUAL_LINKED",
+    "MANUAL_REQUESTED",
+    "MANUAL_SETTLED",
+    "WEBHOOK_DELIVERED",
     "ActiveRolloutExists",
     "Actor",
     "ActorKind",

@@ -10,7 +10,8 @@ Tables are created only by the Alembic migrations (:func:`upgrade_to_head`).
 The store is assembled from one part per concern: :mod:`canary.audit.database` (opening the
 database, migrations), :mod:`canary.audit.chain` (appending and reading the hash chain),
 :mod:`canary.audit.verify` (checking it), :mod:`canary.audit.rollouts`,
-:mod:`canary.audit.fence`, :mod:`canary.audit.commands` and :mod:`canary.audit.approvals`.
+:mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals` and
+:mod:`canary.audit.crosscheck` (the mutable tables against the chain).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sqlalchemy.exc import (
 from canary.audit.approvals import ApprovalBook
 from canary.audit.chain import ChainLog
 from canary.audit.commands import CommandQueue, writer
+from canary.audit.crosscheck import CrossCheck, Discrepancy
 from canary.audit.database import (
     WRITE_OPTION,
     alembic_config,
@@ -65,6 +67,7 @@ __all__ = [
     "ActiveRolloutExists",
     "AuditError",
     "AuditStore",
+    "Discrepancy",
     "FencedOut",
     "StaleRollout",
     "StoreUnavailable",
@@ -78,7 +81,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-class AuditStore(ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, ApprovalBook):
+class AuditStore(
+    ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, ApprovalBook, CrossCheck
+):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
     There is deliberately no API that deletes or rewrites audit data.
@@ -149,12 +154,16 @@ class AuditStore(ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, A
         self.close()
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
+    def _tx(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
+        """One transaction. ``snapshot``: all its reads see one state of the database
+        (PostgreSQL: REPEATABLE READ; a SQLite transaction always does)."""
         bounded = self._deadline.call() if self._deadline is not None else nullcontext()
         try:
             with bounded, self._engine.connect() as conn:
                 if write:
                     conn.execution_options(**{WRITE_OPTION: True})
+                if snapshot and self._dialect == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     yield conn
         except SQLAlchemyError as exc:

@@ -834,6 +834,11 @@ def test_a_start_command_and_the_rollout_it_causes_name_each_other(
     ours = [r.entry.action for r in rig.store.records() if r.entry.correlation_id == queued.id]
     assert ours == ["manual.requested", "manual.settled", MANUAL_LINKED]
     assert rig.store.verify().ok
+    (edited,) = rig.store.crosscheck()  # and the edit itself is named
+    assert (edited.key, edited.kind, edited.seq) == (queued.id, "edited", requested.seq)
+    assert "actor is 'mallory@bank.example' in the table but 'alice@bank.example'" in (
+        edited.problem
+    )
 
 
 def test_a_rollout_started_by_an_admitted_model_change_names_its_record(
@@ -1719,7 +1724,8 @@ GATED = RolloutPolicy.model_validate(
 
 def test_an_approval_through_the_engine_is_chained_at_every_write(store: AuditStore) -> None:
     """The request (in the engine's commit), the Kubernetes gate's decision (in the
-    command's commit) and the close at the end each carry the approval row as written."""
+    command's commit) and the close at the end each carry the approval row as written, and
+    the tables agree with the chain throughout."""
     rig = make_rig(store, analyzer=Passing())
     rig.engine._policies = lambda: PolicySet([GATED], {"default": "test"})
     assert rig.engine.run_command(rig.command("start", storage_uri=URI2))[0] == "accepted"
@@ -1730,6 +1736,7 @@ def test_an_approval_through_the_engine_is_chained_at_every_write(store: AuditSt
     (row,) = rig.store.approvals_for(rig.last_rollout().id)
     (requested,) = rig.records("approval.requested")
     assert requested.evidence["approval"] == approval_snapshot(row)
+    assert rig.store.crosscheck() == []
 
     approve = rig.store.submit_command(
         CommandRow(
@@ -1746,6 +1753,7 @@ def test_an_approval_through_the_engine_is_chained_at_every_write(store: AuditSt
     assert verified.actor == Actor("human", "bob@bank.example", uid="u-bob",
                                    groups=("credit-risk",))  # fmt: skip
     assert verified.evidence["approval"] == approval_snapshot(decided)
+    assert rig.store.crosscheck() == []
 
     run_until(rig, 120)
     rig.clock.advance(2)
@@ -1754,4 +1762,5 @@ def test_an_approval_through_the_engine_is_chained_at_every_write(store: AuditSt
     closed = rig.store.approval_by_id(row.id)
     assert closed is not None
     assert closed.close_code == "successful"
+    assert rig.store.crosscheck() == []
     assert rig.store.verify().ok

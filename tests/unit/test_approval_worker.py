@@ -695,6 +695,7 @@ def test_every_write_an_auditor_reads_is_chained_with_the_row_as_written(world: 
     closing = records["approval.close_requested"]
     assert closing.actor == Actor("controller", FENCE.holder), "the leader that wrote it"
     assert closing.leader_epoch == FENCE.epoch
+    assert world.store.crosscheck() == []
 
 
 def test_a_refusal_is_chained_in_the_write_that_notes_it(world: World) -> None:

@@ -727,7 +727,7 @@ class Engine:
                     now,
                     action=MANUAL_LINKED,
                     reason=f"rollout {rollout_id} of {view.latest.name} started for the model "
-                    f"that {starter.actor}'s start command {starter.id} set",
+                    f"that {started_by}'s start command {starter.id} set",
                     evidence={**link, "rollout_id": rollout_id},
                     correlation_id=starter.id,
                 )

@@ -22,11 +22,13 @@ VENV_STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml 2>/dev/null
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real. PostgreSQL's server binaries live in
 # /usr/lib/postgresql/<major>/bin; the test harness starts its own private cluster.
-# Prometheus is started by the test bed on a private port; openssl makes its certificates.
+# Prometheus is started by the test bed on a private port; openssl makes its certificates;
+# headless Chromium renders the evidence report for its screenshot test.
 PG_SERVER := $(firstword $(wildcard /usr/lib/postgresql/*/bin/postgres))
 MISSING_DEBS := $(if $(PG_SERVER),,postgresql) \
 	$(if $(wildcard /usr/bin/prometheus),,prometheus) \
-	$(if $(shell command -v openssl),,openssl)
+	$(if $(shell command -v openssl),,openssl) \
+	$(if $(wildcard /usr/bin/chromium),,chromium)
 MISSING_DEBS := $(strip $(MISSING_DEBS))
 
 .PHONY: help
@@ -58,7 +60,7 @@ ifneq ($(MISSING_DEBS),)
 	@echo "installing Debian packages: $(MISSING_DEBS)"
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MISSING_DEBS) >/dev/null
-	@ls /usr/lib/postgresql/*/bin/postgres /usr/bin/prometheus >/dev/null
+	@ls /usr/lib/postgresql/*/bin/postgres /usr/bin/prometheus /usr/bin/chromium >/dev/null
 endif
 	@command -v go >/dev/null || { echo "Go (1.26 or newer) is needed to build the test bed's kube-apiserver and etcd; this machine has none" >&2; exit 1; }
 

@@ -59,6 +59,7 @@ __all__ = [
     "Permission",
     "ReviewFailed",
     "Unauthenticated",
+    "bearer_token",
     "cluster_roles",
     "command_permissions",
     "read_permission",
@@ -249,7 +250,7 @@ class Gatekeeper:
         belongs to, as a TokenReview says."""
         if certificate:
             return _certificate_caller(certificate)
-        token = _bearer(authorization)
+        token = bearer_token(authorization)
         try:
             answer = self._review_token(token)
         except Exception as exc:
@@ -326,7 +327,7 @@ def _certificate_caller(certificate: Mapping[str, Any]) -> Caller:
     return Caller(username=names[0], groups=tuple(groups))
 
 
-def _bearer(authorization: str | None) -> str:
+def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise Unauthenticated(
             "no credentials: send your Kubernetes bearer token (Authorization: Bearer ...) "

@@ -37,12 +37,14 @@ from canary.api.operator import router as operator_router
 from canary.api.webhooks import webhook_router
 from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
-from canary.audit import AuditStore, Fence
+from canary.audit import AuditStore, Fence, StoreUnavailable
+from canary.audit.checkpoint import CheckpointError, CheckpointSigner
+from canary.checkpointer import Checkpointer
 from canary.controller import Controller
 from canary.engine import Engine
 from canary.entries import admitted_entry
 from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
-from canary.k8s.events import EventRecorder
+from canary.k8s.events import EventRecorder, EventSink, ObjectReference
 from canary.k8s.lease import LeaseElector
 from canary.log import get_logger
 from canary.metrics import ControllerMetrics
@@ -54,9 +56,10 @@ from canary.routing.knative import KnativeRouter
 from canary.routing.mirror import MirrorRouter
 from canary.routing.standard import StandardRouter
 from canary.server import HttpServer
-from canary.settings import Settings
+from canary.settings import Settings, SettingsError
+from canary.witness import ConfigMapWitness, FileWitness, LogWitness, Witness
 
-__all__ = ["Application", "build", "default_identity", "mirror_router"]
+__all__ = ["Application", "build", "check_database", "default_identity", "mirror_router"]
 
 log = get_logger("canary.app")
 
@@ -76,17 +79,22 @@ class Application:
     metrics: ControllerMetrics
 
     approvals: ApprovalWorker | None = None
+    checkpoints: Checkpointer | None = None
 
     def start(self) -> None:
         self.server.start()
         self.controller.start()
         if self.approvals is not None:
             self.approvals.start()
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         self.health.set_ready("process", True, "running")
 
     def stop(self) -> None:
         if self.approvals is not None:
             self.approvals.stop()
+        if self.checkpoints is not None:
+            self.checkpoints.stop()  # while still leading: signs the head one last time
         self.controller.stop()
         self.server.stop()
         self.store.close()
@@ -117,6 +125,120 @@ def mirror_router(settings: Settings, kube: KubeClient) -> MirrorRouter | None:
     return None
 
 
+def checkpointer(
+    settings: Settings,
+    *,
+    store: AuditStore,
+    kube: KubeClient,
+    events: EventSink,
+    leadership: Callable[[], Fence | None],
+    clock: Callable[[], datetime],
+    metrics: ControllerMetrics,
+) -> Checkpointer | None:
+    """The checkpoint signer the settings ask for; None (with a warning) without a key."""
+    if settings.audit_signing_key_file is None:
+        log.warning(
+            "audit.checkpoints_disabled",
+            detail="audit_signing_key_file is not set: the audit chain's head is not signed "
+            "or witnessed outside the database, so whoever administers the database could "
+            "cut, truncate or rewrite it undetected. Create a key with `canary audit keygen` "
+            "and mount it from a Secret.",
+        )
+        return None
+    try:
+        signer = CheckpointSigner.from_file(settings.audit_signing_key_file)
+    except CheckpointError as exc:
+        raise SettingsError(f"audit_signing_key_file: {exc}") from None
+    witnesses: list[Witness] = []
+    configmap = ObjectReference(
+        namespace=settings.lease_namespace,
+        name=settings.audit_checkpoint_configmap,
+        kind="ConfigMap",
+        api_version="v1",
+    )
+    for kind in settings.audit_witnesses:
+        if kind == "configmap":
+            witnesses.append(
+                ConfigMapWitness(
+                    kube, namespace=configmap.namespace, name=configmap.name, events=events
+                )
+            )
+        elif kind == "log":
+            witnesses.append(LogWitness())
+        elif settings.audit_witness_file is not None:
+            witnesses.append(FileWitness(settings.audit_witness_file))
+    log.info(
+        "audit.checkpoints_enabled",
+        key_id=signer.key_id,
+        log_name=settings.audit_log_name,
+        witnesses=[w.name for w in witnesses],
+        interval_seconds=settings.audit_checkpoint_interval_seconds,
+    )
+    return Checkpointer(
+        store=store,
+        signer=signer,
+        witnesses=witnesses,
+        log_name=settings.audit_log_name,
+        leadership=leadership,
+        clock=clock,
+        interval=timedelta(seconds=settings.audit_checkpoint_interval_seconds),
+        metrics=metrics,
+        events=events,
+        alarm_target=configmap,
+    )
+
+
+def check_database(store: AuditStore, health: Health) -> None:
+    """What the controller checks of its database at start.
+
+    * A schema migrated by a newer kserve-canary is refused (:class:`SchemaTooNew` is
+      raised, and ``canary run`` exits 3): this version might misread what it stores.
+    * A role that could rewrite the history it writes (a superuser, the tables' owner, or one
+      holding privileges the controller never uses) is logged as ``audit.privileged_role``
+      with what it could do and the fix, and shown in the readiness details as the
+      ``database_role`` component. It is not refused: the controller still works, the audit
+      trail is only weaker.
+
+    A database that does not answer yet is not waited for: the controller reports it not
+    ready, as always, and these checks are not made.
+    """
+    try:
+        revision = store.check_schema()
+        access = store.role_access()
+    except StoreUnavailable as exc:
+        log.warning(
+            "audit.startup_check_skipped",
+            error=str(exc),
+            detail="the database did not answer at start: its schema revision and the "
+            "privileges of the role connected as were not checked",
+        )
+        return
+    if access is None:  # SQLite: no roles
+        return
+    if access.privileged:
+        log.warning(
+            "audit.privileged_role",
+            role=access.role,
+            superuser=access.superuser,
+            owns=list(access.owns),
+            could=access.could(),
+            fix=access.fix(),
+        )
+        health.set_ready(
+            "database_role",
+            True,  # a warning, not a reason to take the replica out of service
+            f"warning: the controller connects as role {access.role}, and {access.could()}; "
+            f"{access.fix()}",
+        )
+        return
+    health.set_ready(
+        "database_role",
+        True,
+        f"role {access.role}: reads and appends the audit history, updates only the "
+        f"controller's state (schema revision {revision})",
+    )
+
+
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:
     now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
     identity = settings.identity or default_identity()
@@ -137,6 +259,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
     store = AuditStore.from_url(
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )
+    check_database(store, health)
     if settings.standard_weights == "own-httproute" and not settings.standard_route_parent_refs:
         log.warning(
             "controller.route_unattached",
@@ -314,7 +437,18 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         reload_interval=settings.tls_reload_seconds,
         metrics=metrics,
     )
-    return Application(settings, controller, server, store, kube, health, metrics, worker)
+    checkpoints = checkpointer(
+        settings,
+        store=store,
+        kube=kube,
+        events=events,
+        leadership=controller.fence,
+        clock=now,
+        metrics=metrics,
+    )
+    return Application(
+        settings, controller, server, store, kube, health, metrics, worker, checkpoints
+    )
 
 
 def servicenow_gate(settings: Settings) -> ServiceNowGate | None:

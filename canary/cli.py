@@ -1,9 +1,12 @@
 """The ``canary`` command line.
 
 Exit codes: 0 success; 1 the thing checked is bad (e.g. a broken audit chain) or the leader
-refused a command; 2 invalid input (a malformed policy, a bad option); 3 a dependency could
-not be reached (the database, the controller's API, no leader answered in time); 4 the
-apiserver did not authenticate you, or RBAC does not allow you the command.
+refused a command; 2 invalid input (a malformed policy, a bad option, a database URL of an
+unsupported database or driver, a role `canary db grant` refuses); 3 a dependency could not be
+reached or read (the database: unreachable, not answering within the connect timeout, a
+SQLite file that does not exist, a schema migrated by a newer kserve-canary; the controller's
+API; no leader answered in time); 4 the apiserver did not authenticate you, or RBAC does not
+allow you the command.
 """
 
 from __future__ import annotations
@@ -19,31 +22,24 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from canary import __version__
+from canary.audit_cli import audit
+from canary.cli_common import (
+    EXIT_BAD,
+    EXIT_DENIED,
+    EXIT_INVALID,
+    EXIT_UNAVAILABLE,
+    check_schema,
+    connect_timeout_option,
+    database_failure,
+    database_url_option,
+    default_database_url,
+    open_store,
+)
 from canary.policy import PolicyError, load_policies
 from canary.settings import SettingsError, load_settings
 
 if TYPE_CHECKING:
     from canary.audit import AuditStore
-
-EXIT_BAD = 1
-EXIT_INVALID = 2
-EXIT_UNAVAILABLE = 3
-EXIT_DENIED = 4
-
-
-def _default_database_url() -> str:
-    try:
-        return load_settings().database_url.get_secret_value()
-    except SettingsError as exc:
-        raise click.UsageError(str(exc)) from exc
-
-
-database_url_option = click.option(
-    "--database-url",
-    envvar="KSC_DATABASE_URL",
-    show_envvar=True,
-    help="SQLAlchemy URL of the audit database (sqlite:///file.db or postgresql+psycopg://…).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,33 +98,7 @@ def policy_show(path: Path, name: str) -> None:
 # --- audit database -------------------------------------------------------------------------
 
 
-@main.group()
-def audit() -> None:
-    """Inspect and verify the audit trail."""
-
-
-@audit.command("verify")
-@database_url_option
-def audit_verify(database_url: str | None) -> None:
-    """Recompute the hash chain and report the first record that does not fit.
-
-    Exits 0 when the chain is intact, 1 when it is broken, 3 when the database cannot be read.
-    """
-    from canary.audit import AuditError, AuditStore
-
-    url = database_url or _default_database_url()
-    try:
-        with AuditStore.from_url(url) as store:
-            report = store.verify()
-    except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    if report.ok:
-        click.echo(f"audit chain intact: {report.records_checked} records, head {report.head_hash}")
-        return
-    click.echo(f"audit chain BROKEN at record {report.first_bad_seq}: {report.problem}", err=True)
-    click.echo(f"{report.records_checked} records verified before the break", err=True)
-    sys.exit(EXIT_BAD)
+main.add_command(audit)
 
 
 @main.group()
@@ -138,17 +108,66 @@ def db() -> None:
 
 @db.command("upgrade")
 @database_url_option
-def db_upgrade(database_url: str | None) -> None:
-    """Apply every migration up to the newest schema."""
+@connect_timeout_option
+def db_upgrade(database_url: str | None, connect_timeout: float) -> None:
+    """Apply every migration up to the newest schema.
+
+    On PostgreSQL run it as the owner role (which then owns the tables), and after it
+    `canary db grant` for the controller's application role. A SQLite file is created if
+    missing, its directory is not. Exits 2 for a database URL of an unsupported database or
+    driver, 3 when the database cannot be reached or was migrated by a newer kserve-canary.
+    """
     from canary.audit import AuditError, upgrade_to_head
 
-    url = database_url or _default_database_url()
+    url = database_url or default_database_url()
     try:
-        upgrade_to_head(url)
+        upgrade_to_head(url, connect_timeout=connect_timeout)
     except AuditError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
+        database_failure(exc)
     click.echo("database schema is at the newest revision")
+
+
+@db.command("grant")
+@click.option(
+    "--app-role",
+    required=True,
+    metavar="ROLE",
+    help="The PostgreSQL role the controller connects as (it must exist, own nothing, and "
+    "not be a superuser).",
+)
+@database_url_option
+@connect_timeout_option
+def db_grant(app_role: str, database_url: str | None, connect_timeout: float) -> None:
+    """Give the controller's application role exactly what the controller uses, and nothing
+    else: USAGE on the schema; SELECT and INSERT on the append-only audit tables; SELECT,
+    INSERT and UPDATE on its state (rollouts, approvals, commands, leader_fence); SELECT on
+    alembic_version. Whatever else the role, or PUBLIC, held on these tables is revoked,
+    in the same transaction. Run it with the owner's database URL, after every
+    `canary db upgrade`; a second run changes nothing and says so.
+
+    Exits 0 when the role has exactly these privileges; 2 when the role does not exist, is
+    a superuser, owns any of the tables or their schema, may create roles, or is the role
+    connected as, or on SQLite (no roles); 3 when the database cannot be reached, has no
+    audit schema, or was migrated by a newer kserve-canary.
+    """
+    from canary.audit import AuditError, RoleRefused
+
+    # No connection is made before the check of the backend: a SQLite file is not created.
+    with open_store(database_url, connect_timeout, read_only=False) as store:
+        if store.backend != "postgresql":
+            database_failure(
+                RoleRefused(
+                    "SQLite has no roles: `canary db grant` is for PostgreSQL (protect a "
+                    "SQLite file with file permissions)"
+                )
+            )
+        check_schema(store)
+        try:
+            report = store.grant_application_role(app_role)
+        except AuditError as exc:
+            database_failure(exc)
+    for line in report.lines():
+        click.echo(line)
 
 
 # --- the controller -------------------------------------------------------------------------
@@ -184,6 +203,9 @@ def run(config_file: Path | None) -> None:
     configure_logging(settings.environment, settings.log_level)
     try:
         application = build(settings)
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_INVALID)
     except PolicyError as exc:
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
@@ -308,7 +330,7 @@ def shadow_collector(config_file: Path | None, **options: Any) -> None:
 def _store(database_url: str | None) -> AuditStore:
     from canary.audit import AuditStore
 
-    return AuditStore.from_url(database_url or _default_database_url())
+    return AuditStore.from_url(database_url or default_database_url())
 
 
 # --- operator commands, through the controller's authenticated API ---------------------------

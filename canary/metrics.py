@@ -24,7 +24,14 @@ Series:
   refused, unauthorized, malformed, too_large, unavailable, error);
 * ``kserve_canary_certificate_reloads_total``: serving certificates loaded after a rotation;
 * ``kserve_canary_certificate_reload_failures_total``: rotated files that did not load as a
-  pair (the previous certificate is still served; retried on the next poll).
+  pair (the previous certificate is still served; retried on the next poll);
+* ``kserve_canary_audit_checkpoints_total{outcome}``: checkpoint attempts of the audit chain
+  (signed, refused: the database disagrees with what was signed or its chain is broken,
+  failed: the database or the key could not be used);
+* ``kserve_canary_audit_witness_failures_total{witness}``: checkpoints a witness did not take;
+* ``kserve_canary_audit_anchored_seq``: the last record a signed checkpoint vouches for;
+* ``kserve_canary_audit_anchor_broken``: 1 while the database disagrees with a signed
+  checkpoint (truncated or rewritten history), else 0.
 """
 
 from __future__ import annotations
@@ -38,11 +45,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from canary.model import Phase
 
 __all__ = [
-    "ADMISSION_RESULTS", "OPERATOR_OUTCOMES", "WEBHOOK_OUTCOMES", "WEBHOOK_SOURCES",
-    "ControllerMetrics",
+    "ADMISSION_RESULTS", "CHECKPOINT_OUTCOMES", "OPERATOR_OUTCOMES", "WEBHOOK_OUTCOMES",
+    "WEBHOOK_SOURCES", "ControllerMetrics",
 ]  # fmt: skip
 
 ADMISSION_RESULTS = ("allowed", "patched", "denied", "error")
+CHECKPOINT_OUTCOMES = ("signed", "refused", "failed")
 OPERATOR_OUTCOMES = ("accepted", "pending", "rejected", "failed", "denied", "unauthenticated",
                      "invalid", "unavailable")  # fmt: skip
 WEBHOOK_SOURCES = ("servicenow", "webhook")
@@ -131,6 +139,28 @@ class ControllerMetrics:
             "certificate is still served.",
             registry=r,
         )
+        self._checkpoints = Counter(
+            "kserve_canary_audit_checkpoints",
+            "Checkpoint attempts of the audit chain, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self._witness_failures = Counter(
+            "kserve_canary_audit_witness_failures",
+            "Signed checkpoints a witness did not take, by witness.",
+            ["witness"],
+            registry=r,
+        )
+        self._anchored_seq = Gauge(
+            "kserve_canary_audit_anchored_seq",
+            "The last audit record a signed checkpoint vouches for.",
+            registry=r,
+        )
+        self._anchor_broken = Gauge(
+            "kserve_canary_audit_anchor_broken",
+            "1 while the audit database disagrees with a signed checkpoint, else 0.",
+            registry=r,
+        )
         self._approvals_pending = Gauge(
             "kserve_canary_approvals_pending",
             "Approvals asked for and not decided yet (every gate).",
@@ -162,6 +192,8 @@ class ControllerMetrics:
         for source in WEBHOOK_SOURCES:
             for outcome in WEBHOOK_OUTCOMES:
                 self._webhooks.labels(source=source, outcome=outcome)
+        for outcome in CHECKPOINT_OUTCOMES:
+            self._checkpoints.labels(outcome=outcome)
         self._leader.set(0)
 
     # --- approvals -------------------------------------------------------------------------
@@ -234,6 +266,25 @@ class ControllerMetrics:
         if outcome not in WEBHOOK_OUTCOMES:
             raise ValueError(f"unknown webhook outcome {outcome!r}; allowed: {WEBHOOK_OUTCOMES}")
         self._webhooks.labels(source=source, outcome=outcome).inc()
+
+    # --- the audit chain's checkpoints ------------------------------------------------------
+
+    def record_checkpoint(self, outcome: str) -> None:
+        """``outcome`` is one of :data:`CHECKPOINT_OUTCOMES`."""
+        if outcome not in CHECKPOINT_OUTCOMES:
+            raise ValueError(
+                f"unknown checkpoint outcome {outcome!r}; allowed: {CHECKPOINT_OUTCOMES}"
+            )
+        self._checkpoints.labels(outcome=outcome).inc()
+
+    def record_witness_failure(self, witness: str) -> None:
+        self._witness_failures.labels(witness=witness).inc()
+
+    def set_anchored_seq(self, seq: int) -> None:
+        self._anchored_seq.set(seq)
+
+    def set_anchor_broken(self, broken: bool) -> None:
+        self._anchor_broken.set(1 if broken else 0)
 
     def record_certificate_reload(self) -> None:
         self._certificate_reloads.inc()

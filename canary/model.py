@@ -156,6 +156,8 @@ class EventReason(StrEnum):
     OPTED_OUT = "OptedOut"
     MANUAL_ROLLBACK = "ManualRollback"
     TRAFFIC_WRITE_REJECTED = "TrafficWriteRejected"
+    AUDIT_CHECKPOINT = "AuditCheckpoint"  # the chain's head signed and witnessed
+    AUDIT_ANCHOR_BROKEN = "AuditAnchorBroken"  # the database disagrees with what was signed
 
 
 @dataclass(frozen=True)

@@ -342,6 +342,47 @@ class Settings(BaseSettings):
         "system), comma-separated in the environment.",
     )
 
+    # -- the audit chain's checkpoints (canary.checkpointer) -------------------------------
+    audit_signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) that signs checkpoints of the audit chain's "
+        "head; mount it from a Secret that the database's administrators cannot read. Without "
+        "it no checkpoint is signed and the controller warns at start (the chain is then "
+        "tamper-evident only against people without database rights).",
+    )
+    audit_checkpoint_interval_seconds: float = Field(
+        default=300.0,
+        ge=1,
+        le=86400,
+        description="How often the leader signs the chain's head when records were added "
+        "(and within a few seconds of every rollout's end).",
+    )
+    audit_log_name: str = Field(
+        default="kserve-canary",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The audit log's name in its checkpoints (one per installation, e.g. "
+        "prod-eu1-kserve-canary): a checkpoint of another log never vouches for this one.",
+    )
+    audit_witnesses: Annotated[tuple[Literal["configmap", "log", "file"], ...], NoDecode] = Field(
+        default=("configmap", "log"),
+        description="Where signed checkpoints are published, comma-separated: configmap (a "
+        "ConfigMap and Events in lease_namespace), log (the structured log), file "
+        "(audit_witness_file).",
+    )
+    audit_checkpoint_configmap: str = Field(
+        default="kserve-canary-audit-checkpoints",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The ConfigMap (in lease_namespace) that witnesses the checkpoints.",
+    )
+    audit_witness_file: Path | None = Field(
+        default=None,
+        description="The file the file witness appends checkpoints to (one JSON per line).",
+    )
+
     # -- the shadow collector (canary shadow-collector, its own process) -----------------
     shadow_collector_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - the pod's address; the InferenceServices' loggers post to it
@@ -404,6 +445,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _witness_file(self) -> Self:
+        if "file" in self.audit_witnesses and self.audit_witness_file is None:
+            raise ValueError("audit_witnesses names file, so audit_witness_file is needed")
+        return self
+
+    @model_validator(mode="after")
     def _servicenow_credentials(self) -> Self:
         if self.servicenow_url is None:
             return self
@@ -435,6 +482,7 @@ class Settings(BaseSettings):
         "shadow_route_hostnames",
         "servicenow_callback_secrets",
         "approval_webhook_secrets",
+        "audit_witnesses",
         mode="before",
     )
     @classmethod

@@ -1,8 +1,10 @@
 """``make demo``: the controller on the local test bed, start to finish.
 
 It starts the test bed (kube-apiserver + etcd with the real CRDs, the KServe and traffic
-simulators, real Prometheus) and a private PostgreSQL, runs the controller exactly as
-``canary run`` builds it, and deploys four fraud-scoring models side by side:
+simulators, real Prometheus) and a private PostgreSQL (migrated by an owner role; the
+controller connects as an application role that may read and append the audit history but
+not change it), runs the controller exactly as ``canary run`` builds it, and deploys four
+fraud-scoring models side by side:
 
 * ``fraud-healthy``: a new model as good as the old one, promoted 10 → 25 → 50 → 100,
   each step only once the data rule out a regression;
@@ -74,7 +76,8 @@ from analysis.sequential_check import describe
 from canary.access import cluster_roles
 from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
-from canary.audit import AuditRecord, AuditStore, upgrade_to_head
+from canary.audit import AuditRecord, AuditStore
+from canary.audit.checkpoint import CheckpointSigner, generate_private_key_pem, public_key_pem
 from canary.checks import check_definitions
 from canary.engine import RolloutDocument
 from canary.k8s.client import (
@@ -94,7 +97,7 @@ from canary.remote import OperatorClient
 from canary.routing.mirror import CHAMPION_LABEL, OWNED_SELECTOR
 from canary.settings import load_settings
 from testbed.behaviour import BusinessProfile, LatencyProfile, ModelBehaviour
-from testbed.postgres import PostgresServer
+from testbed.postgres import PostgresServer, provision_audit_database
 from testbed.servicenow import signing
 from testbed.servicenow.process import ServiceNowSim
 from testbed.testbed import Testbed
@@ -777,12 +780,27 @@ def _summary(
         if entry.action == "traffic.intent" and entry.evidence.get("purpose") == "start":
             obj = entry.obj.name if entry.obj else "?"
             _say(f"\n#{record.seq} {obj} started by {entry.actor.id} (uid {entry.actor.uid})")
-    report = store.verify()
-    if report.ok:
-        _say(f"\naudit chain intact: {report.records_checked} records, head {report.head_hash}")
-    else:
-        _say(f"\naudit chain BROKEN at record {report.first_bad_seq}: {report.problem}")
-    return ok and report.ok
+    return ok
+
+
+def _verify_chain(application: Application, url: str, kubeconfig: Path, public_key: Path) -> bool:
+    """Sign the head now (as the leader does at every rollout's end and every interval),
+    then verify the chain as an auditor would: against the ConfigMap witness's checkpoints,
+    with the public key, through the real command line."""
+    if application.checkpoints is not None:
+        application.checkpoints.run_once(force=True)
+    witness = f"{NAMESPACE}/{application.settings.audit_checkpoint_configmap}"
+    _say(f"\n$ canary audit verify --witness-configmap {witness} --public-key {public_key.name}")
+    verified = subprocess.run(
+        [sys.executable, "-m", "canary.cli", "audit", "verify", "--database-url", url,
+         "--witness-configmap", witness, "--kubeconfig", str(kubeconfig),
+         "--public-key", str(public_key)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    for line in (verified.stdout + verified.stderr).splitlines():
+        _say(f"  {line}")
+    return verified.returncode == 0
 
 
 def main(work_dir: Path | None = None, timeout: float = 300.0) -> int:
@@ -805,8 +823,11 @@ def main(work_dir: Path | None = None, timeout: float = 300.0) -> int:
              "Prometheus) and PostgreSQL...")  # fmt: skip
         testbed.up()
         postgres.start()
-        url = postgres.create_database("kserve_canary")
-        upgrade_to_head(url)
+        database = provision_audit_database(postgres, "kserve_canary")
+        _say(f"PostgreSQL: migrated by role {database.owner}; the controller connects as role "
+             f"{database.app} (canary db grant: SELECT and INSERT on the audit history, "
+             "UPDATE only on its own state)")  # fmt: skip
+        url = database.app_url
         kube = testbed.kube
         for namespace in NAMESPACES:
             testbed.namespace(namespace)
@@ -849,10 +870,18 @@ def main(work_dir: Path | None = None, timeout: float = 300.0) -> int:
         callback_secret = signing.new_secret()
         sim = ServiceNowSim(base / "servicenow", callback_ca_file=cluster.ca_path).start()
         cert, key = cluster.issue_certificate("kserve-canary-demo", ["127.0.0.1"])
+        # The audit chain's head is signed with a key the database never holds, and each
+        # checkpoint is published to a ConfigMap (and an Event) the auditor reads.
+        signing_key = base / "audit-signing.pem"
+        signing_key.write_bytes(generate_private_key_pem())
+        public_key = base / "audit-signing.pub"
+        public_key.write_bytes(public_key_pem(CheckpointSigner.from_file(signing_key).public_key))
         settings = load_settings(
             None,
             tls_cert_file=cert,
             tls_key_file=key,
+            audit_signing_key_file=signing_key,
+            audit_checkpoint_interval_seconds=30,  # production: 300 s (and every rollout's end)
             database_url=url,
             policy_path=policy_dir,
             kubeconfig=testbed.kubeconfig_path,
@@ -928,6 +957,7 @@ def main(work_dir: Path | None = None, timeout: float = 300.0) -> int:
             risk_owners = _RiskOwners(sim.url, store)
             final = _progress(store, started, timeout, risk_owners)
             ok = _summary(store, kube, final, sim, risk_owners.changes)
+            ok = _verify_chain(application, url, testbed.kubeconfig_path, public_key) and ok
         _say(f"\nDemo finished in {time.monotonic() - began:.0f}s.")
         return 0 if ok else 1
     finally:

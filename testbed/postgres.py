@@ -8,6 +8,12 @@ off for speed. When run as root it runs the server as the ``postgres`` OS user (
 
     with PostgresServer() as server:
         url = server.create_database("audit_test")
+
+A database as production runs it, with an owner role that migrates it and an application
+role the controller connects as (:func:`provision_audit_database`):
+
+    database = provision_audit_database(server, "audit_test")
+    database.app_url  # for the controller; database.admin_url to inspect or tamper
 """
 
 from __future__ import annotations
@@ -22,16 +28,26 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from canary.audit import AuditStore, upgrade_to_head
 from testbed.processes import free_port, tail, terminate
 
-__all__ = ["PostgresServer", "PostgresUnavailable", "find_postgres_bin"]
+__all__ = [
+    "PostgresServer",
+    "PostgresUnavailable",
+    "RoleDatabase",
+    "find_postgres_bin",
+    "provision_audit_database",
+]
 
 DEBIAN_GLOB = "/usr/lib/postgresql/*/bin"
-REQUIRED_BINARIES = ("initdb", "postgres", "pg_isready", "createdb", "dropdb")
+REQUIRED_BINARIES = (
+    "initdb", "postgres", "pg_isready", "createdb", "dropdb", "createuser", "dropuser",
+)  # fmt: skip
 SUPERUSER = "postgres"
 # PostgreSQL's own shutdown modes: fast (SIGINT), then immediate (SIGQUIT), then kill.
 _STOP_SIGNALS = ((signal.SIGINT, 30.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))
@@ -40,6 +56,22 @@ _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 class PostgresUnavailable(RuntimeError):
     """The PostgreSQL server binaries are missing, or the server could not start."""
+
+
+@dataclass(frozen=True)
+class RoleDatabase:
+    """A database with production's roles: ``owner`` owns the database (and, once migrated,
+    its tables) and runs the migrations and the grants; ``app`` is the role the controller
+    connects as; the cluster's superuser (``admin_url``) is for tests that inspect or
+    tamper. Trust authentication on loopback: no passwords."""
+
+    name: str
+    owner: str
+    app: str
+    owner_url: str
+    app_url: str
+    admin_url: str
+    admin_conninfo: str  # libpq, for psycopg or psql as the superuser
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -205,6 +237,53 @@ class PostgresServer:
         self._check_name(name)
         self._client("dropdb", "--if-exists", "--force", name)
 
+    def url_as(self, role: str, database: str) -> str:
+        """SQLAlchemy URL of ``database`` for ``role`` (trusted on loopback: no password)."""
+        return f"postgresql+psycopg://{role}@127.0.0.1:{self.port}/{database}"
+
+    def create_role(self, name: str) -> None:
+        """A role that can log in and nothing more (no superuser, no CREATEDB, CREATEROLE)."""
+        self._check_name(name)
+        self._client(
+            "createuser", "--login", "--no-superuser", "--no-createdb", "--no-createrole", name
+        )
+
+    def drop_role(self, name: str) -> None:
+        self._check_name(name)
+        self._client("dropuser", "--if-exists", name)
+
+    def create_role_database(self, name: str) -> RoleDatabase:
+        """An empty database ``name`` owned by a new role ``<name>_owner``, and a new role
+        ``<name>_app`` with no privileges yet (roles are cluster-wide: the names are the
+        database's). :func:`provision_audit_database` migrates it and grants the app role."""
+        owner, app = f"{name}_owner", f"{name}_app"
+        for role in (owner, app):
+            self._check_name(role)
+        self.create_role(owner)
+        try:
+            self.create_role(app)
+            self._check_name(name)
+            self._client("createdb", "--template=template0", f"--owner={owner}", name)
+        except BaseException:
+            self.drop_role(app)
+            self.drop_role(owner)
+            raise
+        return RoleDatabase(
+            name=name,
+            owner=owner,
+            app=app,
+            owner_url=self.url_as(owner, name),
+            app_url=self.url_as(app, name),
+            admin_url=self.url_for(name),
+            admin_conninfo=self.conninfo(name),
+        )
+
+    def drop_role_database(self, database: RoleDatabase) -> None:
+        """Drop the database, then its two roles."""
+        self.drop_database(database.name)
+        self.drop_role(database.app)
+        self.drop_role(database.owner)
+
     def _client(self, program: str, *args: str) -> None:
         if self._bin is None or not self.running:
             raise RuntimeError("PostgresServer is not running")
@@ -363,3 +442,19 @@ class PostgresServer:
                     f"server log ({log}):\n{self.log_tail()}"
                 )
             time.sleep(0.05)  # poll interval while the server starts
+
+
+def provision_audit_database(server: PostgresServer, name: str) -> RoleDatabase:
+    """An audit database as production runs it: created with its owner and application roles
+    (:meth:`PostgresServer.create_role_database`), migrated by the owner (what `canary db
+    upgrade` does), and the application role granted what the controller uses (what `canary
+    db grant --app-role` does). Give the controller ``app_url``."""
+    database = server.create_role_database(name)
+    try:
+        upgrade_to_head(database.owner_url)
+        with AuditStore.from_url(database.owner_url) as store:
+            store.grant_application_role(database.app)
+    except BaseException:
+        server.drop_role_database(database)
+        raise
+    return database

@@ -3,18 +3,23 @@ the translation of driver errors into :class:`~canary.audit.errors.AuditError`."
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, Engine, create_engine, event
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, pool
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -28,6 +33,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from canary.audit.errors import (
     AuditError,
+    DatabaseUrlError,
+    SchemaTooNew,
     StoreUnavailable,
 )
 from canary.audit.schema import Base
@@ -35,10 +42,16 @@ from canary.audit.schema import Base
 __all__ = [
     "WRITE_OPTION",
     "alembic_config",
+    "check_revision",
+    "check_sqlite_file",
+    "connect_args",
     "install_sqlite_hooks",
     "masked",
     "parse_url",
+    "read_only_url",
     "schema_differences",
+    "schema_revision",
+    "sqlite_path",
     "translate",
     "upgrade_to_head",
 ]
@@ -52,19 +65,100 @@ WRITE_OPTION: Final = "ksc_write"
 # --------------------------------------------------------------------------------------------
 
 
-def parse_url(url: str) -> URL:
+# The databases and drivers kserve-canary runs on (the drivers its wheel installs).
+SUPPORTED_DRIVERS: Final = {"postgresql": ("psycopg",), "sqlite": ("pysqlite",)}
+_SUPPORTED_URLS: Final = "postgresql+psycopg://user@host/database or sqlite:///path/file.db"
+
+
+def _make_url(url: str) -> URL:
     try:
-        parsed = make_url(url)
+        return make_url(url)
     except ArgumentError as exc:
-        raise AuditError(f"invalid database URL: {exc}") from None
+        raise DatabaseUrlError(f"invalid database URL: {exc}") from None
+
+
+def parse_url(url: str) -> URL:
+    """``url`` parsed, with ``postgresql://`` meaning psycopg 3. A URL of another database or
+    driver is refused here (:class:`DatabaseUrlError`), before any driver is imported."""
+    parsed = _make_url(url)
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
+    backend, _, driver = parsed.drivername.partition("+")
+    shown = parsed.render_as_string(hide_password=True)
+    if backend not in SUPPORTED_DRIVERS:
+        raise DatabaseUrlError(
+            f"database URL {shown}: kserve-canary keeps its audit trail in PostgreSQL or "
+            f"SQLite, not {backend!r}; give {_SUPPORTED_URLS}"
+        )
+    if driver and driver not in SUPPORTED_DRIVERS[backend]:
+        raise DatabaseUrlError(
+            f"database URL {shown}: the driver {driver!r} is not supported for {backend}; "
+            f"give {_SUPPORTED_URLS}"
+        )
     return parsed
 
 
 def masked(url: URL | str) -> str:
-    parsed = url if isinstance(url, URL) else parse_url(url)
+    parsed = url if isinstance(url, URL) else _make_url(url)
     return parsed.render_as_string(hide_password=True)
+
+
+def connect_args(parsed: URL, connect_timeout: float | None) -> dict[str, Any]:
+    """Driver arguments that bound connecting to PostgreSQL by ``connect_timeout`` seconds
+    (libpq counts whole seconds, at least 2). Nothing for SQLite or without a timeout."""
+    if connect_timeout is None or parsed.get_backend_name() != "postgresql":
+        return {}
+    if not connect_timeout > 0:
+        raise AuditError(f"the connect timeout must be positive, got {connect_timeout}")
+    return {"connect_timeout": max(math.ceil(connect_timeout), 2)}
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite files
+# --------------------------------------------------------------------------------------------
+
+
+def sqlite_path(parsed: URL) -> Path | None:
+    """The file of a SQLite URL (absolute); None for another database, an in-memory one, or
+    a URL that already uses SQLite's own ``file:`` URI form (``uri=true``)."""
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or "uri" in parsed.query:
+        return None
+    return Path(os.path.abspath(database))
+
+
+def check_sqlite_file(parsed: URL, *, must_exist: bool) -> None:
+    """Refuse a SQLite path whose directory does not exist (SQLite would fail later with
+    "unable to open database file") and, with ``must_exist``, a file that does not exist
+    (SQLite would create an empty one)."""
+    path = sqlite_path(parsed)
+    if path is None:
+        return
+    if not path.parent.is_dir():
+        raise AuditError(
+            f"no such database file: {path} (the directory {path.parent} does not exist; "
+            "nothing was created)"
+        )
+    if must_exist and not path.is_file():
+        raise AuditError(
+            f"no such database file: {path} (nothing was created; `canary db upgrade` "
+            "creates a new database)"
+        )
+
+
+def read_only_url(parsed: URL) -> URL:
+    """The URL that opens a SQLite file read-only (SQLite's ``mode=ro``: it never creates the
+    file, and no write can slip through). Other URLs are returned unchanged."""
+    path = sqlite_path(parsed)
+    if path is None:
+        return parsed
+    return URL.create(
+        "sqlite",
+        database="file:" + quote(str(path)),
+        query={**parsed.query, "mode": "ro", "uri": "true"},
+    )
 
 
 def _migrations_dir() -> Path:
@@ -122,12 +216,61 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade_to_head(url: str) -> None:
-    """Apply all migrations to the database at ``url`` (``canary db upgrade``)."""
+def _scripts() -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(_migrations_dir()).replace("%", "%%"))
+    return ScriptDirectory.from_config(config)
+
+
+def schema_revision(conn: Connection) -> tuple[str, ...]:
+    """The revisions recorded in the database's ``alembic_version`` (none on a database that
+    was never migrated)."""
+    return tuple(MigrationContext.configure(conn).get_current_heads())
+
+
+def check_revision(revisions: Iterable[str]) -> None:
+    """Raise :class:`SchemaTooNew` when the database records a revision these migrations do
+    not know: a newer kserve-canary migrated it, and this one may misread it."""
+    scripts = _scripts()
+    known = {script.revision for script in scripts.walk_revisions()}
+    for revision in revisions:
+        if revision not in known:
+            raise SchemaTooNew(
+                f"the database schema is at revision {revision}, newer than this kserve-canary "
+                f"knows (head {scripts.get_current_head()}): upgrade kserve-canary"
+            )
+
+
+def upgrade_to_head(url: str, *, connect_timeout: float | None = None) -> None:
+    """Apply all migrations to the database at ``url`` (``canary db upgrade``).
+
+    A SQLite file is created if missing (its directory must exist); ``connect_timeout``
+    bounds connecting to PostgreSQL. A database migrated by a newer kserve-canary is refused
+    (:class:`SchemaTooNew`) before anything is changed.
+    """
+    parsed = parse_url(url)
+    where = masked(parsed)
+    check_sqlite_file(parsed, must_exist=False)
+    config = alembic_config(url)
     try:
-        command.upgrade(alembic_config(url), "head")
+        engine = create_engine(
+            parsed, poolclass=pool.NullPool, connect_args=connect_args(parsed, connect_timeout)
+        )
+    except ImportError as exc:
+        raise DatabaseUrlError(f"database {where}: its driver is not installed ({exc})") from None
+    try:
+        with engine.connect() as conn:
+            revisions = schema_revision(conn)
+        check_revision(revisions)
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn  # migrations/env.py migrates on it
+            command.upgrade(config, "head")
     except SQLAlchemyError as exc:
-        raise translate(exc, masked(url)) from exc
+        raise translate(exc, where) from exc
+    except CommandError as exc:
+        raise AuditError(f"database {where}: the migration failed: {exc}") from exc
+    finally:
+        engine.dispose()
 
 
 def schema_differences(url: str) -> list[str]:
@@ -156,7 +299,7 @@ def translate(exc: SQLAlchemyError, where: str) -> AuditError:
     if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout)):
         return StoreUnavailable(f"database {where} unavailable: {first}")
     if isinstance(exc, NoSuchModuleError):
-        return AuditError(f"database {where}: driver not installed ({first})")
+        return DatabaseUrlError(f"database {where}: driver not installed ({first})")
     return AuditError(f"database {where}: {first}")
 
 
@@ -177,8 +320,9 @@ def _ensure_wal(cursor: Any, attempts: int = 50) -> None:
             time.sleep(0.1)
 
 
-def install_sqlite_hooks(engine: Engine, *, file_backed: bool) -> None:
-    """Foreign keys on; BEGIN IMMEDIATE for writes so concurrent writers serialise."""
+def install_sqlite_hooks(engine: Engine, *, file_backed: bool, read_only: bool = False) -> None:
+    """Foreign keys on; BEGIN IMMEDIATE for writes so concurrent writers serialise; a file
+    in WAL mode (unless opened read-only, which must not convert it)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -186,7 +330,7 @@ def install_sqlite_hooks(engine: Engine, *, file_backed: bool) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA busy_timeout = 30000")
-        if file_backed:
+        if file_backed and not read_only:
             _ensure_wal(cursor)
         cursor.close()
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["ActiveRolloutExists", "AuditError", "FencedOut", "StaleRollout", "StoreUnavailable"]
+__all__ = [
+    "ActiveRolloutExists",
+    "AuditError",
+    "DatabaseUrlError",
+    "FencedOut",
+    "RoleRefused",
+    "SchemaTooNew",
+    "StaleRollout",
+    "StoreUnavailable",
+]
 
 
 class AuditError(Exception):
@@ -23,3 +32,16 @@ class ActiveRolloutExists(AuditError):
 
 class StoreUnavailable(AuditError):
     """The database cannot be reached (or is busy); the operation may be retried."""
+
+
+class DatabaseUrlError(AuditError):
+    """The database URL is malformed, names a database or driver kserve-canary does not
+    support, or one whose driver is not installed: the input is wrong, no retry helps."""
+
+
+class SchemaTooNew(AuditError):
+    """The database was migrated by a newer kserve-canary: its schema revision is unknown here."""
+
+
+class RoleRefused(AuditError):
+    """``canary db grant`` refuses the role it was given (missing, superuser, an owner...)."""

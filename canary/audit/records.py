@@ -587,6 +587,8 @@ class ChainReport:
     ``record_hash`` of the last of them (``GENESIS_HASH`` if none). ``first_bad_seq`` is the
     lowest sequence number at which the stored data departs from a valid chain (for a
     deleted record, the missing number), and ``problem`` says what is wrong there.
+    ``head_seq`` is the seq of the last record that passed (after an incremental check it
+    counts from where the check started).
     """
 
     ok: bool
@@ -594,6 +596,7 @@ class ChainReport:
     head_hash: str
     first_bad_seq: int | None
     problem: str | None
+    head_seq: int = 0
 
 
 CommandState = Literal["pending", "accepted", "rejected", "failed"]

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from canary.audit.errors import (
-    ActiveRolloutExists,
-    StaleRollout,
-)
+from canary.audit.errors import ActiveRolloutExists, StaleRollout
 from canary.audit.records import RolloutRow
 from canary.audit.schema import RolloutModel
 
@@ -192,3 +190,14 @@ class RolloutBook:
         with self._tx(write=False) as conn:
             rows = conn.execute(query.limit(limit)).all()
         return [_rollout_from(row._mapping) for row in rows]
+
+    def rollouts_ended_since(self, at: datetime) -> int:
+        """How many rollouts are finished and were last written at or after ``at`` (a
+        rollout's end is written with its last records, so those are in the chain)."""
+        with self._tx(write=False) as conn:
+            count = conn.execute(
+                select(func.count())
+                .select_from(RolloutModel)
+                .where(RolloutModel.active.is_(False), RolloutModel.updated_at >= at)
+            ).scalar()
+        return int(count or 0)

@@ -9,14 +9,15 @@ Tables are created only by the Alembic migrations (:func:`upgrade_to_head`).
 
 The store is assembled from one part per concern: :mod:`canary.audit.database` (opening the
 database, migrations), :mod:`canary.audit.chain` (appending and reading the hash chain),
-:mod:`canary.audit.verify` (checking it), :mod:`canary.audit.rollouts`,
-:mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals` and
-:mod:`canary.audit.crosscheck` (the mutable tables against the chain).
+:mod:`canary.audit.verify` (checking it), :mod:`canary.audit.anchors` (its signed
+checkpoints), :mod:`canary.audit.listing` (records by filter), :mod:`canary.audit.rollouts`,
+:mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals`,
+:mod:`canary.audit.history` (the auditor's queries), :mod:`canary.audit.privileges`
+(PostgreSQL roles) and :mod:`canary.audit.crosscheck` (the mutable tables against the chain).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
@@ -29,6 +30,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from canary.audit.anchors import CheckpointBook
 from canary.audit.approvals import ApprovalBook
 from canary.audit.chain import ChainLog
 from canary.audit.commands import CommandQueue, writer
@@ -36,10 +38,15 @@ from canary.audit.crosscheck import CrossCheck, Discrepancy
 from canary.audit.database import (
     WRITE_OPTION,
     alembic_config,
+    check_revision,
+    check_sqlite_file,
+    connect_args,
     install_sqlite_hooks,
     masked,
     parse_url,
+    read_only_url,
     schema_differences,
+    schema_revision,
     translate,
     upgrade_to_head,
 )
@@ -47,11 +54,17 @@ from canary.audit.deadline import CallDeadline
 from canary.audit.errors import (
     ActiveRolloutExists,
     AuditError,
+    DatabaseUrlError,
     FencedOut,
+    RoleRefused,
+    SchemaTooNew,
     StaleRollout,
     StoreUnavailable,
 )
 from canary.audit.fence import LeaderFence
+from canary.audit.history import AuditHistory
+from canary.audit.listing import RecordListing
+from canary.audit.privileges import Privileges
 from canary.audit.records import (
     ApprovalRow,
     AuditEntry,
@@ -67,8 +80,11 @@ __all__ = [
     "ActiveRolloutExists",
     "AuditError",
     "AuditStore",
+    "DatabaseUrlError",
     "Discrepancy",
     "FencedOut",
+    "RoleRefused",
+    "SchemaTooNew",
     "StaleRollout",
     "StoreUnavailable",
     "alembic_config",
@@ -82,39 +98,72 @@ __all__ = [
 
 
 class AuditStore(
-    ChainLog, ChainCheck, RolloutBook, LeaderFence, CommandQueue, ApprovalBook, CrossCheck
+    ChainLog,
+    ChainCheck,
+    CheckpointBook,
+    RecordListing,
+    RolloutBook,
+    LeaderFence,
+    CommandQueue,
+    ApprovalBook,
+    AuditHistory,
+    Privileges,
+    CrossCheck,
 ):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
     There is deliberately no API that deletes or rewrites audit data.
     """
 
-    def __init__(self, engine: Engine, *, deadline: CallDeadline | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, deadline: CallDeadline | None = None, where: str | None = None
+    ) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
-        self._where = masked(engine.url)
+        self._where = where or masked(engine.url)
         self._deadline = deadline
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float | None = None) -> AuditStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+        read_only: bool = False,
+    ) -> AuditStore:
         """Open a store: ``sqlite:///path/file.db`` or ``postgresql+psycopg://user@host/db``.
 
         No connection is made until the first operation. With ``timeout`` (seconds, on
         PostgreSQL), connecting, waiting for a pooled connection and each statement are
         bounded by it, and so is each whole call, client-side (:mod:`canary.audit.deadline`):
         a database that stops answering fails the call with :class:`StoreUnavailable`
-        instead of blocking the caller.
+        instead of blocking the caller. ``connect_timeout`` bounds connecting only (the
+        command line's verify may read for long, but must not wait forever for a server
+        that never answers). ``read_only`` opens a SQLite file read-only: a missing file is
+        an :class:`AuditError` at once ("no such database file"), and is never created. A URL
+        of an unsupported database or driver, or whose driver is not installed, raises
+        :class:`DatabaseUrlError`.
         """
         parsed = parse_url(url)
         if timeout is not None and not timeout > 0:
             raise AuditError(f"the database timeout must be positive, got {timeout}")
+        if read_only:
+            check_sqlite_file(parsed, must_exist=True)
         deadline: CallDeadline | None = None
         try:
             if parsed.get_backend_name() == "sqlite":
-                engine = create_engine(parsed, connect_args={"timeout": 30})
-                install_sqlite_hooks(engine, file_backed=bool(parsed.database))
+                opened = read_only_url(parsed) if read_only else parsed
+                engine = create_engine(opened, connect_args={"timeout": 30})
+                install_sqlite_hooks(
+                    engine, file_backed=bool(parsed.database), read_only=opened is not parsed
+                )
             elif timeout is None:
-                engine = create_engine(parsed, pool_pre_ping=True)
+                engine = create_engine(
+                    parsed,
+                    pool_pre_ping=True,
+                    connect_args=connect_args(parsed, connect_timeout),
+                )
             else:
                 millis = max(int(timeout * 1000), 1)
                 engine = create_engine(
@@ -122,19 +171,28 @@ class AuditStore(
                     pool_pre_ping=True,
                     pool_timeout=timeout,
                     connect_args={
-                        "connect_timeout": max(math.ceil(timeout), 2),  # libpq's minimum
+                        **connect_args(parsed, connect_timeout or timeout),
                         "options": f"-c statement_timeout={millis}",
                     },
                 )
                 deadline = CallDeadline(engine, timeout)
         except (ArgumentError, NoSuchModuleError) as exc:
-            raise AuditError(f"cannot open database {masked(parsed)}: {exc}") from None
-        return cls(engine, deadline=deadline)
+            raise DatabaseUrlError(f"cannot open database {masked(parsed)}: {exc}") from None
+        except ImportError as exc:
+            raise DatabaseUrlError(
+                f"cannot open database {masked(parsed)}: its driver is not installed ({exc})"
+            ) from None
+        return cls(engine, deadline=deadline, where=masked(parsed))
 
     @property
     def url(self) -> str:
         """The database URL with any password masked."""
         return self._where
+
+    @property
+    def backend(self) -> str:
+        """``postgresql`` or ``sqlite``."""
+        return self._dialect
 
     def close(self) -> None:
         """Close all pooled connections."""
@@ -173,6 +231,16 @@ class AuditStore(
         """Raise :class:`StoreUnavailable` unless the database answers."""
         with self._tx(write=False) as conn:
             conn.execute(text("SELECT 1"))
+
+    def check_schema(self) -> str:
+        """The database's schema revision. Raises :class:`SchemaTooNew` when a newer
+        kserve-canary migrated it, :class:`AuditError` when it was never migrated."""
+        with self._tx(write=False) as conn:
+            revisions = schema_revision(conn)
+        if not revisions:
+            raise AuditError(f"database {self._where} has no audit schema; run `canary db upgrade`")
+        check_revision(revisions)
+        return ", ".join(revisions)
 
     # ---------------------------------------------------------------------------- writes
 

@@ -48,8 +48,14 @@ class ChainCheck:
     def _tx(self, *, write: bool) -> AbstractContextManager[Connection]:
         raise NotImplementedError  # the audit store provides its transactions
 
-    def verify(self, batch_size: int = 5000) -> ChainReport:
+    def verify(
+        self, batch_size: int = 5000, *, after: tuple[int, str] | None = None
+    ) -> ChainReport:
         """Check the whole chain, streaming ``batch_size`` records at a time.
+
+        With ``after=(seq, record_hash)`` (a trusted checkpoint), only the records after
+        ``seq`` are checked, starting from that record's hash, once the stored record
+        ``seq`` is found to have exactly that hash: an incremental verification.
 
         For each record: its seq follows the previous one (the first is 1); its
         ``prev_hash`` is the previous ``record_hash`` (``GENESIS_HASH`` first); its
@@ -58,11 +64,29 @@ class ChainCheck:
 
         Not detectable from the database alone: records removed from the *end* of the chain,
         or a chain rewritten from some point on with recomputed hashes. Both need the head
-        ``(seq, record_hash)`` anchored outside the database (export it and compare).
+        anchored outside the database: signed checkpoints (:mod:`canary.audit.checkpoint`).
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         verifier = _ChainVerifier()
+        if after is not None:
+            start, start_hash = after
+            with self._tx(write=False) as conn:
+                stored = conn.execute(
+                    select(AuditLog.record_hash).where(AuditLog.seq == start)
+                ).scalar()
+            if stored is None:
+                return verifier.fail(
+                    start, f"record {start}, where verification was to start, is missing"
+                )
+            if stored != start_hash:
+                return verifier.fail(
+                    start,
+                    f"record {start}: stored hash {stored} is not the expected {start_hash} "
+                    "(history rewritten?)",
+                )
+            verifier.expected = start + 1
+            verifier.prev_hash = start_hash
         log_cols = (
             AuditLog.seq,
             AuditLog.prev_hash,
@@ -72,7 +96,7 @@ class ChainCheck:
         )
         m_cols = tuple(getattr(MeasurementRow, c) for c in MEASUREMENT_COLUMNS)
         with self._tx(write=False) as conn:
-            last: int | None = None
+            last: int | None = None if after is None else after[0]
             while True:
                 stmt = select(*log_cols).order_by(AuditLog.seq).limit(batch_size)
                 if last is not None:
@@ -138,10 +162,11 @@ class _ChainVerifier:
             head_hash=self.prev_hash,
             first_bad_seq=seq,
             problem=problem,
+            head_seq=self.expected - 1,
         )
 
     def success(self) -> ChainReport:
-        return ChainReport(True, self.checked, self.prev_hash, None, None)
+        return ChainReport(True, self.checked, self.prev_hash, None, None, self.expected - 1)
 
     def check(
         self, row: Mapping[Any, Any], measurements: Sequence[Mapping[Any, Any]]

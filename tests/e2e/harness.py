@@ -24,6 +24,12 @@ from typing import Any, Literal
 from canary.admission import ADMISSION_PATH
 from canary.app import Application, build
 from canary.audit import AuditRecord, AuditStore, CommandRow, RolloutRow
+from canary.audit.checkpoint import (
+    CheckpointSigner,
+    SignedCheckpoint,
+    generate_private_key_pem,
+    public_key_pem,
+)
 from canary.engine import RolloutDocument
 from canary.k8s.client import (
     EVENT,
@@ -37,6 +43,7 @@ from canary.k8s.webhook_config import delete_webhook_configuration, ensure_webho
 from canary.model import Phase
 from canary.ops import submit_command
 from canary.settings import load_settings
+from canary.witness import ConfigMapWitness
 from testbed.behaviour import ModelBehaviour
 from testbed.testbed import Testbed
 
@@ -112,6 +119,7 @@ def gated_policy(
 
 
 LEASE_SECONDS = 5
+CHECKPOINTS = "kserve-canary-audit-checkpoints"  # the ConfigMap witness, per test namespace
 RATE = 1000.0  # the canary gets 100 req/s at 10 %: enough evidence for a step in seconds
 DEADLINE = 90.0
 
@@ -163,6 +171,28 @@ class Env:
     name: str = "fraud"
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     webhook_name: str | None = None
+
+    # --- the audit chain's signing key ----------------------------------------------------
+
+    @property
+    def signing_key(self) -> Path:
+        """The Ed25519 key this test's controllers sign checkpoints with (made once)."""
+        path = self.policy_dir.parent / f"audit-signing-{self.token}.pem"
+        if not path.exists():
+            path.write_bytes(generate_private_key_pem())
+        return path
+
+    @property
+    def public_key(self) -> Path:
+        path = self.policy_dir.parent / f"audit-signing-{self.token}.pub"
+        if not path.exists():
+            signer = CheckpointSigner.from_file(self.signing_key)
+            path.write_bytes(public_key_pem(signer.public_key))
+        return path
+
+    def checkpoints(self) -> list[SignedCheckpoint]:
+        """What the ConfigMap witness in this test's namespace keeps."""
+        return ConfigMapWitness(self.kube, namespace=self.namespace, name=CHECKPOINTS).read()
 
     # --- models and services --------------------------------------------------------------
 
@@ -266,7 +296,7 @@ class Env:
             look_lag_seconds=1.5,
             analysis_window_seconds=10,
             environment="development",
-            **settings_overrides,
+            **{**self._checkpoint_settings(), **settings_overrides},
         )
         app = build(settings)
         app.start()
@@ -275,6 +305,14 @@ class Env:
         if webhook:
             self._register_webhook(app)
         return app
+
+    def _checkpoint_settings(self) -> dict[str, Any]:
+        """Every controller of a test signs checkpoints, to a ConfigMap in its namespace."""
+        return {
+            "audit_signing_key_file": self.signing_key,
+            "audit_checkpoint_interval_seconds": 5,
+            "audit_checkpoint_configmap": CHECKPOINTS,
+        }
 
     def _register_webhook(self, app: Application) -> None:
         """Point a MutatingWebhookConfiguration (scoped to this test's namespace) at the
@@ -445,6 +483,7 @@ class Env:
             "KSC_ANALYSIS_WINDOW_SECONDS": "10",
             "KSC_RESYNC_SECONDS": "30",
             "KSC_ENVIRONMENT": "production",
+            **{f"KSC_{k.upper()}": str(v) for k, v in self._checkpoint_settings().items()},
         }
         for key, value in (environment or {}).items():
             if value is None:

@@ -22,8 +22,9 @@ import pytest
 from canary.engine import RolloutDocument
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, KubeError
 from canary.model import Phase
+from canary.witness import ConfigMapWitness
 from testbed.binaries import BuildError, ensure_helm
-from tests.e2e.harness import Env
+from tests.e2e.harness import CHECKPOINTS, Env
 from tests.e2e.test_rollouts import SLOW_MODEL
 from tests.e2e.test_shadow import assert_no_mirror, create_challenger, mirror_objects, policy
 from tests.integration.test_chart import applied, only, render, scoped
@@ -131,6 +132,11 @@ def test_in_a_pod_under_the_chart_s_rbac_it_promotes_rolls_back_and_is_refused_t
             rows = store.rollouts(namespace=env.namespace, name=champion)
         assert [RolloutDocument.from_row(r).state.phase for r in rows] == [Phase.ABORTED]
         shadowed.stop()
+
+        # the audit chain's head signed and witnessed in the release namespace, under the
+        # chart's grants (the rollouts' ends make checkpoints due)
+        witness = ConfigMapWitness(testbed.kube, namespace=release_ns, name=CHECKPOINTS)
+        env.wait("a checkpoint in the release namespace", lambda: bool(witness.read()))
 
         # every write was the ServiceAccount's, through the chart's grants
         assert replica.process.poll() is None, log.read_text()[-3000:]

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from click.testing import CliRunner
 
 from canary.audit import AuditRecord
+from canary.cli import main as canary
 from canary.model import Phase
 from testbed.behaviour import LatencyProfile, ModelBehaviour, Readiness
-from tests.e2e.harness import Env
+from tests.e2e.harness import CHECKPOINTS, Env
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +80,24 @@ def test_a_healthy_model_is_promoted_step_by_step(env: Env) -> None:
     reasons = env.event_reasons()
     for reason in ("RolloutStarted", "StepAdvanced", "Promoted"):
         assert reason in reasons
+
+    # within seconds of the end, the chain up to the promotion is signed and witnessed
+    promoted = next(r.seq for r in records if r.entry.action == "promoted")
+    env.wait(
+        "a checkpoint of the promotion in the ConfigMap witness",
+        lambda: any(c.seq >= promoted for c in env.checkpoints()),
+    )
+    verified = CliRunner().invoke(
+        canary,
+        ["audit", "verify", "--database-url", env.database_url,
+         "--witness-configmap", f"{env.namespace}/{CHECKPOINTS}",
+         "--kubeconfig", str(env.testbed.kubeconfig_path),
+         "--public-key", str(env.public_key)],
+    )  # fmt: skip
+    assert verified.exit_code == 0, verified.output
+    assert "audit chain intact" in verified.output
+    assert "anchored: record" in verified.output
+    assert "TAMPERED" not in verified.output
 
 
 def test_a_regressed_model_is_rolled_back_automatically(env: Env) -> None:

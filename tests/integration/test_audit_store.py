@@ -33,6 +33,7 @@ from canary.audit import (
     entry_body,
     upgrade_to_head,
 )
+from canary.audit.checkpoint import Checkpoint, CheckpointSigner, generate_private_key_pem
 from tests.conftest import Database
 
 pytestmark = pytest.mark.integration
@@ -461,11 +462,19 @@ def test_an_unreachable_database_raises_store_unavailable_without_the_password(u
 # append-only protection
 # --------------------------------------------------------------------------------------------
 
-APPEND_ONLY = {"audit_log": "body", "measurements": "verdict", "webhook_deliveries": "outcome"}
+APPEND_ONLY = {
+    "audit_log": "body",
+    "measurements": "verdict",
+    "webhook_deliveries": "outcome",
+    "audit_checkpoints": "signature",
+}
 
 
 def _fill_append_only_tables(audit_store: AuditStore) -> None:
     audit_store.append([entry(i, measurements=(measurement(i),)) for i in range(3)])
+    seq, record_hash = audit_store.head()
+    signer = CheckpointSigner.from_pem(generate_private_key_pem())
+    audit_store.add_checkpoint(signer.sign(Checkpoint("kserve-canary", seq, record_hash, T0)))
     audit_store.record_delivery(
         "msg_1",
         received_at=T0,

@@ -21,6 +21,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from canary.access import cluster_roles
 from canary.admission import ADMISSION_PATH
 from canary.api.operator import API_PREFIX
 from canary.api.webhooks import GATE_PATH, SERVICENOW_PATH, WEBHOOK_PREFIX
+from canary.audit.checkpoint import Checkpoint, CheckpointSigner, generate_private_key_pem
 from canary.cli import main as canary_cli
 from canary.k8s.client import (
     CONFIG_MAP,
@@ -47,9 +49,11 @@ from canary.k8s.client import (
     NotFound,
     ResourceKind,
 )
+from canary.k8s.events import EventRecorder
 from canary.policy import load_policies
 from canary.routing.mirror import OWNED_SELECTOR
 from canary.settings import Settings, load_settings
+from canary.witness import ConfigMapWitness
 from testbed.binaries import BuildError, Tool, cache_key, ensure_helm, helm_cache_key
 from testbed.testbed import Testbed
 from tests.pod_secrets import pod_secrets
@@ -61,6 +65,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "kserve-canary"
 RELEASE = "ksc"
 NAMESPACE = "kserve-canary"
+T_CHECKPOINT = datetime(2026, 11, 20, 2, 14, tzinfo=UTC)
 FULLNAME = "ksc-kserve-canary"
 COLLECTOR = f"{FULLNAME}-shadow-collector"
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
@@ -177,6 +182,11 @@ REVIEW_GRANTS = {
     ("authorization.k8s.io", "subjectaccessreviews", "create"),
 }
 LEASE_GRANTS = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+# The audit chain's checkpoints: the ConfigMap witness (get and update by name only) and the
+# Event written on it for each checkpoint.
+CHECKPOINT_GRANTS = {("", "configmaps", v) for v in ("create", "get", "update")} | {
+    ("", "events", v) for v in ("create", "patch")
+}
 # The cluster's client CA (for operators' client certificates), through the Role every
 # apiserver bootstraps for that in kube-system.
 CLIENT_CA_READER = ("Role", "kube-system", "extension-apiserver-authentication-reader")
@@ -396,6 +406,20 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
         "no-database-url",
         {"database": {"existingSecret": {"name": ""}}},
         "database.type postgresql needs the database URL",
+    ),
+    (
+        "app-role-without-owner-secret",
+        {"migration": {"appRole": "ksc_app"}},
+        "migration.appRole needs migration.ownerSecret.name",
+    ),
+    (
+        "owner-secret-on-sqlite",
+        {
+            "database": {"type": "sqlite"},
+            "replicas": 1,
+            "migration": {"ownerSecret": {"name": "owner"}},
+        },
+        "migration.ownerSecret and migration.appRole are for database.type postgresql",
     ),
     (
         "namespaced-without-namespaces",
@@ -827,6 +851,54 @@ def test_tls_policies_and_database_are_mounted_where_the_settings_point(
     assert not [c for c in of_kind(theirs, "ConfigMap") if "policies" in c["metadata"]["name"]]
 
 
+def test_the_signing_key_is_mounted_from_its_secret_where_the_settings_read_it(
+    helm: Tool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = only(render(helm, {}, tmp_path), "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volume = {v["name"]: v for v in spec["volumes"]}["audit-signing-key"]["secret"]
+    assert volume["secretName"] == "kserve-canary-audit-signing-key"
+    assert volume["items"] == [{"key": "key.pem", "path": "key.pem"}]
+    assert volume["defaultMode"] == 0o400
+    assert mounts["audit-signing-key"]["readOnly"] is True
+    settings = settings_of(env_of(deployment), monkeypatch)
+    assert str(settings.audit_signing_key_file) == (
+        f"{mounts['audit-signing-key']['mountPath']}/key.pem"
+    )
+    assert settings.audit_witnesses == ("configmap", "log")
+    assert settings.audit_checkpoint_configmap == "kserve-canary-audit-checkpoints"
+    assert settings.audit_checkpoint_interval_seconds == 300.0
+    assert settings.audit_log_name == "kserve-canary"
+
+    tuned = {"audit": {"checkpoints": {
+        "signingKeySecret": "hsm-backed", "signingKeyKey": "ed25519.pem", "intervalSeconds": 60,
+        "logName": "prod-eu1", "witnesses": ["log"], "configMapName": "unused",
+    }}}  # fmt: skip
+    objects = render(helm, tuned, tmp_path)
+    deployment = only(objects, "Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in spec["volumes"]}["audit-signing-key"]["secret"]
+    assert (volume["secretName"], volume["items"]) == (
+        "hsm-backed",
+        [{"key": "ed25519.pem", "path": "key.pem"}],
+    )
+    settings = settings_of(env_of(deployment), monkeypatch)
+    assert (settings.audit_log_name, settings.audit_witnesses) == ("prod-eu1", ("log",))
+    assert settings.audit_checkpoint_interval_seconds == 60.0
+    # no ConfigMap witness: no grant for one
+    assert controller_grants(objects)[NAMESPACE] == LEASE_GRANTS
+
+    off = render(helm, {"audit": {"checkpoints": {"enabled": False}}}, tmp_path)
+    deployment = only(off, "Deployment")
+    assert "audit-signing-key" not in {
+        v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+    }
+    assert not [k for k in env_of(deployment) if k.startswith("KSC_AUDIT_")]
+    assert controller_grants(off)[NAMESPACE] == LEASE_GRANTS
+
+
 def test_a_database_url_in_the_values_becomes_a_secret_the_pods_read(
     helm: Tool, tmp_path: Path
 ) -> None:
@@ -865,6 +937,28 @@ def test_the_migration_hook_runs_canary_db_upgrade_on_the_same_database(
     assert spec["automountServiceAccountToken"] is False
     job_env = {e["name"]: e for e in container["env"]}
     assert job_env["KSC_DATABASE_URL"] == env_of(only(objects, "Deployment"))["KSC_DATABASE_URL"]
+
+
+def test_with_an_owner_and_an_app_role_the_hook_migrates_as_the_owner_then_grants(
+    helm: Tool, tmp_path: Path
+) -> None:
+    values = {
+        "database": {"existingSecret": {"name": "app-db", "key": "url"}},
+        "migration": {"ownerSecret": {"name": "owner-db"}, "appRole": "ksc_app"},
+    }
+    objects = render(helm, values, tmp_path)
+    spec = only(objects, "Job")["spec"]["template"]["spec"]
+    (migrate,) = spec["initContainers"]  # first the schema, as the tables' owner
+    (grant,) = spec["containers"]  # then the controller's role is granted what it uses
+    assert migrate["command"] == ["canary", "db", "upgrade"]
+    assert grant["command"] == ["canary", "db", "grant", "--app-role", "ksc_app"]
+    owner_url = {"secretKeyRef": {"name": "owner-db", "key": "database-url"}}
+    for container in (migrate, grant):
+        (url,) = container["env"]
+        assert url == {"name": "KSC_DATABASE_URL", "valueFrom": owner_url}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    controller_url = env_of(only(objects, "Deployment"))["KSC_DATABASE_URL"]
+    assert controller_url["valueFrom"] == {"secretKeyRef": {"name": "app-db", "key": "url"}}
 
 
 def test_sqlite_lives_on_a_claim_made_before_the_hook_and_never_deleted_by_helm(
@@ -1387,7 +1481,7 @@ def test_the_controller_is_granted_exactly_the_calls_it_makes(helm: Tool, tmp_pa
     granted = controller_grants(render(helm, {}, tmp_path))
     assert granted == {
         None: WORKLOAD_GRANTS | REVIEW_GRANTS,
-        NAMESPACE: LEASE_GRANTS,
+        NAMESPACE: LEASE_GRANTS | CHECKPOINT_GRANTS,
         "kube-system": CLIENT_CA_GRANTS,
     }
 
@@ -1401,7 +1495,7 @@ def test_the_namespaced_variant_grants_workloads_only_in_the_watched_namespaces(
         None: REVIEW_GRANTS,
         "team-a": WORKLOAD_GRANTS,
         "team-b": WORKLOAD_GRANTS,
-        NAMESPACE: LEASE_GRANTS,
+        NAMESPACE: LEASE_GRANTS | CHECKPOINT_GRANTS,
         "kube-system": CLIENT_CA_GRANTS,
     }
     for role in of_kind(objects, "ClusterRole"):
@@ -1711,6 +1805,19 @@ def test_the_controller_s_service_account_can_make_its_calls_and_no_others(
         created = kube.create(LEASE, namespace, lease)
         kube.replace(LEASE, namespace, "kserve-canary-leader", created)
         kube.get(LEASE, namespace, "kserve-canary-leader")
+        # the audit chain's checkpoints: the ConfigMap witness (created, then replaced) and
+        # its Events, in its own namespace; another ConfigMap there stays out of reach
+        signer = CheckpointSigner.from_pem(generate_private_key_pem())
+        witness = ConfigMapWitness(
+            kube, namespace=namespace, name="kserve-canary-audit-checkpoints",
+            events=EventRecorder(kube, instance="chart-test"),
+        )  # fmt: skip
+        for seq in (1, 2):
+            witness.publish(signer.sign(Checkpoint("kserve-canary", seq, "a" * 64, T_CHECKPOINT)))
+        assert [c.seq for c in witness.read()] == [1, 2]
+        other_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+        testbed.kube.create(CONFIG_MAP, namespace, other_map)
+        assert _forbidden(lambda: kube.get(CONFIG_MAP, namespace, "x"))
         # and nothing else
         assert _forbidden(lambda: kube.list(INFERENCE_SERVICE, other))
         assert _forbidden(lambda: kube.list(INFERENCE_SERVICE, None))

@@ -54,9 +54,27 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0006",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0007",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
+
+
+def _trigger_states(db: Database) -> dict[str, str]:
+    rows = db.query("SELECT tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal")
+    return {str(row[0]): str(row[1]) for row in rows}
+
+
+def test_postgresql_append_only_triggers_fire_always_and_the_downgrade_makes_them_ordinary(
+    pg_database: Database,
+) -> None:
+    # 'A': fires in every session, also under session_replication_role = replica; 'O': the
+    # ordinary state, which a replica-role session skips.
+    upgrade_to_head(pg_database.url)
+    assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "A")
+    command.downgrade(alembic_config(pg_database.url), "0006")
+    assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "O")
+    upgrade_to_head(pg_database.url)
+    assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "A")
 
 
 def test_upgrading_twice_changes_nothing(db: Database) -> None:
@@ -149,7 +167,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0006 (head)" in current.stdout
+    assert "0007 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:
@@ -170,6 +188,8 @@ def test_offline_sql_for_postgresql_includes_the_append_only_triggers() -> None:
             result.stdout
         )
         assert f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}" in result.stdout
+        for suffix in ("append_only", "no_truncate"):
+            assert f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_{suffix}" in result.stdout
 
 
 def _t0() -> datetime:

@@ -128,6 +128,12 @@ only logs a template's `fail`, as Helm's lint mode does for every chart).
 {{- if and (eq .Values.database.type "postgresql") (not .Values.database.existingSecret.name) (not .Values.database.url) -}}
 {{- fail "database.type postgresql needs the database URL: set database.existingSecret.name (and .key) to a Secret holding it, or database.url (evaluation only: the chart then creates the Secret)" -}}
 {{- end -}}
+{{- if and .Values.migration.appRole (not .Values.migration.ownerSecret.name) -}}
+{{- fail "migration.appRole needs migration.ownerSecret.name: a Secret with the URL of the role that owns the tables; `canary db grant` runs as the owner, for the controller's application role" -}}
+{{- end -}}
+{{- if and (or .Values.migration.appRole .Values.migration.ownerSecret.name) (ne .Values.database.type "postgresql") -}}
+{{- fail "migration.ownerSecret and migration.appRole are for database.type postgresql: SQLite has no roles" -}}
+{{- end -}}
 {{- if and (eq .Values.tls.source "secret") (not .Values.tls.secret.name) -}}
 {{- fail "tls.source secret needs tls.secret.name: a kubernetes.io/tls Secret with tls.crt and tls.key in the release namespace (or use tls.source cert-manager)" -}}
 {{- end -}}

@@ -35,6 +35,35 @@ seccompProfile:
 {{- end }}
 {{- end -}}
 
+{{/* The migration Job's database URL: the owner role's with migration.ownerSecret. */}}
+{{- define "ksc.migrationDatabaseEnv" -}}
+{{- if .Values.migration.ownerSecret.name }}
+- name: KSC_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.migration.ownerSecret.name }}
+      key: {{ .Values.migration.ownerSecret.key }}
+{{- else }}
+{{- include "ksc.databaseEnv" . }}
+{{- end }}
+{{- end -}}
+
+{{/* A container of the migration Job, but its name and command. */}}
+{{- define "ksc.migrationContainer" -}}
+image: {{ include "ksc.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+env:
+  {{- include "ksc.migrationDatabaseEnv" . | trim | nindent 2 }}
+resources:
+  {{- toYaml .Values.migration.resources | nindent 2 }}
+securityContext:
+  {{- include "ksc.containerSecurityContext" . | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+  {{- include "ksc.databaseVolumeMount" . | nindent 2 }}
+{{- end -}}
+
 {{- define "ksc.databaseVolumeMount" -}}
 {{- if eq .Values.database.type "sqlite" }}
 - name: sqlite

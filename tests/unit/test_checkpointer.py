@@ -1,0 +1,333 @@
+"""The leader's checkpoints: when it signs, what it refuses to vouch for, and the alarm."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pytest
+
+from canary.audit import (
+    Actor,
+    AuditEntry,
+    AuditStore,
+    Fence,
+    ObjectRef,
+    RolloutRow,
+    upgrade_to_head,
+)
+from canary.audit.checkpoint import (
+    Checkpoint,
+    CheckpointSigner,
+    SignedCheckpoint,
+    generate_private_key_pem,
+)
+from canary.checkpointer import Checkpointer
+from canary.k8s.events import ObjectReference
+from canary.model import EventReason
+from canary.witness import FileWitness, WitnessError
+from tests.conftest import Database
+from tests.tampering import cut_tail, rewrite_record, truncate_all
+
+T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+FENCE = Fence("kserve-canary-leader", "controller-0", 1)
+TARGET = ObjectReference("kserve-canary", "kserve-canary-audit-checkpoints", kind="ConfigMap")
+
+
+class MemoryWitness:
+    """A witness that keeps checkpoints in memory and can be told to fail."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.kept: list[SignedCheckpoint] = []
+        self.failing = False
+
+    def publish(self, signed: SignedCheckpoint) -> None:
+        if self.failing:
+            raise WitnessError(f"{self.name} is down")
+        self.kept.append(signed)
+
+    def read(self) -> list[SignedCheckpoint]:
+        if self.failing:
+            raise WitnessError(f"{self.name} is down")
+        return list(self.kept)
+
+
+@dataclass
+class Metrics:
+    outcomes: list[str] = field(default_factory=list)
+    witness_failures: list[str] = field(default_factory=list)
+    anchored: int = 0
+    broken: bool = False
+
+    def record_checkpoint(self, outcome: str) -> None:
+        self.outcomes.append(outcome)
+
+    def record_witness_failure(self, witness: str) -> None:
+        self.witness_failures.append(witness)
+
+    def set_anchored_seq(self, seq: int) -> None:
+        self.anchored = seq
+
+    def set_anchor_broken(self, broken: bool) -> None:
+        self.broken = broken
+
+
+@dataclass
+class Events:
+    emitted: list[tuple[ObjectReference, EventReason, str, str]] = field(default_factory=list)
+
+    def emit(
+        self,
+        target: ObjectReference,
+        reason: EventReason,
+        message: str,
+        type_: Literal["Normal", "Warning"] = "Normal",
+    ) -> None:
+        self.emitted.append((target, reason, message, type_))
+
+
+@dataclass
+class World:
+    db: Database
+    store: AuditStore
+    signer: CheckpointSigner
+    witness: MemoryWitness
+    metrics: Metrics
+    events: Events
+    now: datetime = T0
+    leading: bool = True
+    appended: int = 0
+
+    def checkpointer(self, *witnesses: object) -> Checkpointer:
+        return Checkpointer(
+            store=self.store,
+            signer=self.signer,
+            witnesses=list(witnesses or (self.witness,)),  # type: ignore[arg-type]
+            log_name="kserve-canary",
+            leadership=lambda: FENCE if self.leading else None,
+            clock=lambda: self.now,
+            interval=timedelta(minutes=5),
+            metrics=self.metrics,
+            events=self.events,
+            alarm_target=TARGET,
+        )
+
+    def append(self, count: int) -> None:
+        entries = []
+        for _ in range(count):
+            self.appended += 1
+            entries.append(
+                AuditEntry(
+                    at=self.now,
+                    actor=Actor("controller", "controller-0"),
+                    action="analysis.evaluated",
+                    rollout_id="ro-1",
+                    obj=ObjectRef("fraud", "scorer"),
+                    reason=f"look {self.appended}",
+                )
+            )
+        self.store.append(entries)
+
+    def later(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def world(sqlite_database: Database) -> Iterator[World]:
+    upgrade_to_head(sqlite_database.url)
+    with AuditStore.from_url(sqlite_database.url) as store:
+        yield World(
+            sqlite_database,
+            store,
+            CheckpointSigner.from_pem(generate_private_key_pem()),
+            MemoryWitness(),
+            Metrics(),
+            Events(),
+        )
+
+
+def test_the_first_pass_signs_the_head_keeps_it_and_hands_it_to_the_witness(world: World) -> None:
+    checkpoints = world.checkpointer()
+    assert checkpoints.run_once().outcome == "idle"  # nothing to sign yet
+    world.append(4)
+    result = checkpoints.run_once()
+    assert result.outcome == "signed"
+    assert result.signed is not None
+    assert (result.signed.seq, result.signed.record_hash) == world.store.head()
+    assert result.signed.checkpoint.at == T0
+    assert world.store.latest_checkpoint() == result.signed
+    assert world.witness.kept == [result.signed]
+    assert world.metrics.outcomes == ["signed"]
+    assert world.metrics.anchored == 4
+
+
+def test_nothing_is_signed_until_the_interval_passes_or_a_rollout_ends(world: World) -> None:
+    checkpoints = world.checkpointer()
+    world.append(2)
+    assert checkpoints.run_once().outcome == "signed"
+    assert checkpoints.run_once().detail == "record 2 is already anchored"
+    world.later(60)
+    world.append(3)
+    assert checkpoints.run_once().detail == "no checkpoint due"
+    world.later(240)
+    signed = checkpoints.run_once()
+    assert signed.outcome == "signed"
+    assert signed.signed is not None
+    assert signed.signed.seq == 5
+    # a rollout that ends is anchored within a tick, not after the interval
+    world.later(10)
+    world.append(1)
+    assert checkpoints.run_once().detail == "no checkpoint due"
+    world.store.commit([], rollout=_rollout(world.now, active=True))
+    world.store.commit(
+        [], rollout=_rollout(world.now, active=False), expected_version=1
+    )  # the rollout ended
+    ended = checkpoints.run_once()
+    assert ended.outcome == "signed"
+    assert ended.signed is not None
+    assert ended.signed.seq == 6
+
+
+def test_a_replica_that_does_not_lead_signs_nothing(world: World) -> None:
+    world.leading = False
+    world.append(3)
+    assert world.checkpointer().run_once().outcome == "not_leader"
+    assert world.store.latest_checkpoint() is None
+    assert world.witness.kept == []
+
+
+def test_a_failing_witness_is_counted_and_the_others_still_get_the_checkpoint(
+    world: World, tmp_path: object
+) -> None:
+    down = MemoryWitness("down")
+    down.failing = True
+    checkpoints = world.checkpointer(down, world.witness)
+    world.append(3)
+    result = checkpoints.run_once()
+    assert result.outcome == "signed"
+    assert world.witness.kept == [result.signed]
+    assert world.metrics.witness_failures == ["down", "down"]  # read, then publish
+
+
+def test_a_restarted_leader_carries_on_from_the_kept_checkpoint(world: World) -> None:
+    world.append(5)
+    first = world.checkpointer().run_once()
+    assert first.signed is not None
+    world.later(600)
+    world.append(2)
+    result = world.checkpointer().run_once()  # a new instance: nothing cached
+    assert result.outcome == "signed"
+    assert result.signed is not None
+    assert result.signed.seq == 7
+
+
+def test_stopping_a_leader_signs_the_head_even_when_no_checkpoint_is_due(world: World) -> None:
+    checkpoints = world.checkpointer()
+    world.append(2)
+    checkpoints.run_once()
+    world.append(1)
+    checkpoints.stop()
+    assert world.witness.kept[-1].seq == 3
+
+
+@pytest.mark.parametrize(
+    ("attack", "problem"),
+    [
+        (lambda db: cut_tail(db, 2), "the witness saw record 4; the database ends at 3"),
+        (truncate_all, "the witness saw record 4; the database ends at 1"),
+        (
+            lambda db: rewrite_record(db, 2, lambda body: body.update(reason="nothing to see")),
+            "rewritten history: the signed hash of record 4",
+        ),
+    ],
+    ids=["tail-cut", "truncated", "rewritten"],
+)
+def test_a_database_that_lost_or_rewrote_signed_history_is_never_signed_again(
+    world: World, attack: object, problem: str
+) -> None:
+    checkpoints = world.checkpointer()
+    world.append(4)
+    assert checkpoints.run_once().outcome == "signed"
+    attack(world.db)  # type: ignore[operator]
+    world.append(1)  # the controller carries on writing
+    world.later(600)
+    refused = checkpoints.run_once()
+    assert refused.outcome == "refused"
+    assert problem in refused.detail
+    assert world.witness.kept[-1].seq == 4  # nothing new vouched for
+    assert world.metrics.broken
+    assert [(e[1], e[3]) for e in world.events.emitted] == [
+        (EventReason.AUDIT_ANCHOR_BROKEN, "Warning")
+    ]
+    assert problem in world.events.emitted[0][2]
+    # the alarm stays up, and is not repeated while nothing changes
+    world.later(600)
+    assert checkpoints.run_once().outcome == "refused"
+    assert len(world.events.emitted) == 1
+    assert world.metrics.outcomes == ["signed", "refused", "refused"]
+
+
+def test_a_chain_broken_after_the_latest_checkpoint_is_refused(world: World) -> None:
+    checkpoints = world.checkpointer()
+    world.append(3)
+    checkpoints.run_once()
+    world.append(3)
+    world.db.script([("DROP TRIGGER audit_log_no_update", ())])
+    world.db.query("UPDATE audit_log SET body = replace(body, 'look 5', 'look 55') WHERE seq = 5")
+    world.later(600)
+    refused = checkpoints.run_once()
+    assert refused.outcome == "refused"
+    assert "the chain is broken at record 5" in refused.detail
+
+
+def test_checkpoints_of_another_key_in_the_witness_do_not_stop_a_rotated_key(
+    world: World,
+) -> None:
+    old = CheckpointSigner.from_pem(generate_private_key_pem())
+    world.append(3)
+    world.witness.kept.append(old.sign(_checkpoint_of(world, old)))
+    result = world.checkpointer().run_once()
+    assert result.outcome == "signed"
+
+
+def test_the_file_witness_keeps_every_checkpoint_on_disk(world: World, tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "checkpoints.jsonl"
+    witness = FileWitness(path)
+    checkpoints = world.checkpointer(witness)
+    world.append(2)
+    checkpoints.run_once()
+    world.later(301)
+    world.append(2)
+    checkpoints.run_once()
+    assert [c.seq for c in witness.read()] == [2, 4]
+    assert len(path.read_text().splitlines()) == 2
+
+
+def _checkpoint_of(world: World, signer: CheckpointSigner) -> Checkpoint:
+    seq, record_hash = world.store.head()
+    return Checkpoint("kserve-canary", seq, record_hash, world.now)
+
+
+def _rollout(at: datetime, *, active: bool) -> RolloutRow:
+    return RolloutRow(
+        id="ro-1",
+        namespace="fraud",
+        name="scorer",
+        isvc_uid="uid-1",
+        policy_name="fraud-scoring",
+        mode="knative",
+        phase="progressing" if active else "Succeeded",
+        step_index=0,
+        canary_revision="scorer-predictor-00002",
+        stable_revision="scorer-predictor-00001",
+        state={},
+        created_at=at,
+        updated_at=at,
+        next_check_at=None,
+        active=active,
+    )

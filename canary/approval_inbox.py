@@ -91,6 +91,7 @@ class ApprovalInboxService:
         elif row.state != "pending":
             outcome = "gone"
             detail = f"{change.number}: the approval is already {row.state}; nothing changes"
+        about = row.rollout_id if row is not None and outcome != "unknown" else None
         first = self._store.record_delivery(
             delivery.webhook_id,
             received_at=delivery.received_at,
@@ -99,7 +100,8 @@ class ApprovalInboxService:
             signature_valid=True,
             outcome=outcome,
             actor=Actor("servicenow", "callback"),
-            rollout_id=row.rollout_id if row is not None and outcome != "unknown" else None,
+            rollout_id=about,
+            obj=self._service_of(about),
             context={
                 "change_number": change.number,
                 "change_sys_id": change.sys_id,
@@ -273,6 +275,12 @@ class ApprovalInboxService:
         return InboxResult(InboxAnswer.ACCEPTED, f"{target}: {verdict.reason}")
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _service_of(self, rollout_id: str | None) -> ObjectRef | None:
+        rollout = self._store.get_rollout(rollout_id) if rollout_id is not None else None
+        if rollout is None:
+            return None
+        return ObjectRef(rollout.namespace, rollout.name, rollout.isvc_uid)
 
     def _late(
         self, row: ApprovalRow, delivery: Delivery, detail: str, extra: dict[str, Any]

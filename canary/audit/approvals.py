@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, or_, select, update
@@ -61,7 +61,7 @@ from canary.audit.records import (
     ObjectRef,
     decode_body,
 )
-from canary.audit.schema import ApprovalModel, AuditLog, WebhookDeliveryRow
+from canary.audit.schema import ApprovalModel, AuditLog, RolloutModel, WebhookDeliveryRow
 
 __all__ = ["MODEL_CHANGE_ADMITTED", "ApprovalBook"]
 
@@ -95,6 +95,11 @@ def _naming(entry: AuditEntry, approval_id: str) -> AuditEntry:
     if entry.evidence.get(APPROVAL_ID_KEY) == approval_id:
         return entry
     return replace(entry, evidence={**entry.evidence, APPROVAL_ID_KEY: approval_id})
+
+
+def _latest(row: ApprovalRow) -> datetime:
+    """The row's own latest time (a record the store makes with nothing else to date it)."""
+    return max(t for t in (row.requested_at, row.decided_at, row.closed_at) if t is not None)
 
 
 def _described(action: str, row: ApprovalRow) -> str:
@@ -181,10 +186,10 @@ class ApprovalBook:
         """Upsert ``rows`` (the caller holds the head lock) and say each in the chain: the
         last ``approval.*`` entry that names a row (``approval_id`` in its evidence) carries it as
         stored; a row that changed and that no entry names gets a record of its own, from
-        the fence's holder, dated ``at`` (by default the latest of ``entries``, or now).
-        Returns ``entries`` so completed, and the records added."""
+        the fence's holder, dated ``at`` (by default the latest of ``entries``, or else the
+        row's own latest time). Returns ``entries`` so completed, and the records added."""
         items = list(entries)
-        when = at or max((e.at for e in items), default=None) or datetime.now(UTC)
+        when = at or max((e.at for e in items), default=None)
         added: list[AuditEntry] = []
         for row in rows:
             before = self._approval_at(conn, row)
@@ -203,10 +208,11 @@ class ApprovalBook:
                 continue
             action = approval_transition(before, after)
             entry = AuditEntry(
-                at=when,
+                at=when or _latest(after),
                 actor=writer(fence),
                 action=action,
                 rollout_id=after.rollout_id,
+                obj=self._service_of(conn, after.rollout_id),
                 reason=_described(action, after),
                 change_number=after.change_number,
                 change_sys_id=after.change_sys_id,
@@ -354,6 +360,17 @@ class ApprovalBook:
             .limit(1)
         ).first()
         return None if row is None else _row(row._mapping)
+
+    @staticmethod
+    def _service_of(conn: Connection, rollout_id: str) -> ObjectRef | None:
+        """The InferenceService of a rollout (so a record the store makes is found with the
+        service's other records)."""
+        found = conn.execute(
+            select(RolloutModel.namespace, RolloutModel.name, RolloutModel.isvc_uid).where(
+                RolloutModel.id == rollout_id
+            )
+        ).first()
+        return None if found is None else ObjectRef(found.namespace, found.name, found.isvc_uid)
 
     @staticmethod
     def _approval_at(conn: Connection, row: ApprovalRow) -> ApprovalRow | None:

@@ -8,9 +8,9 @@ was compared with; it tells a row inserted or deleted by hand, and rows older th
 (written by the previous version, no records) are told apart from tampering.
 
 Tampering is done as the database superuser: the mutable tables have no triggers; the
-append-only ``webhook_deliveries`` has its triggers disabled first (``ALTER TABLE ...
-DISABLE TRIGGER``, which works whether the triggers fire always or only outside replication
-mode; on SQLite the file's owner drops them).
+append-only ``webhook_deliveries`` is changed with its triggers bypassed as
+``tests.tampering`` does it (a replica session with the ``ENABLE ALWAYS`` triggers
+disabled for the transaction on PostgreSQL; dropped and re-created on SQLite).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from canary.audit import (
 from canary.audit import crosscheck as crosscheck_module
 from canary.audit.schema import ApprovalModel, CommandModel, WebhookDeliveryRow
 from tests.conftest import Database
+from tests.tampering import untriggered
 
 pytestmark = pytest.mark.integration
 
@@ -132,23 +133,11 @@ def populate(store: AuditStore) -> Seqs:
 
 
 def as_superuser(db: Database, table: str, statement: str) -> None:
-    """Run ``statement`` on an append-only ``table`` with its triggers out of the way."""
-    if db.kind == "sqlite":
-        for (trigger,) in db.query(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,)
-        ):
-            db.query(f'DROP TRIGGER "{trigger}"')
-        db.query(statement)
-        return
+    """Run ``statement`` on an append-only ``table`` as its administrator would: the triggers
+    refuse it first, so they are bypassed (``tests.tampering.untriggered``)."""
     with pytest.raises(db.error, match="append-only"):
-        db.query(statement)  # the triggers stand in the way of anyone else
-    db.script(
-        [
-            (f"ALTER TABLE {table} DISABLE TRIGGER USER", ()),
-            (statement, ()),
-            (f"ALTER TABLE {table} ENABLE TRIGGER USER", ()),
-        ]
-    )
+        db.query(statement)
+    untriggered(db, [(statement, ())])
 
 
 def only(store: AuditStore) -> Discrepancy:

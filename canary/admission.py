@@ -482,33 +482,76 @@ def _resolve(
 
 @dataclass(frozen=True)
 class ModelChange:
-    """An admitted UPDATE that sets a new model on an opted-in InferenceService, and who
-    sent it, as the apiserver authenticated them (``userInfo``): the person or tool that
-    starts the rollout, who may therefore not approve its promotion."""
+    """An UPDATE of an opted-in InferenceService that changes its models, and who sent it,
+    as the apiserver authenticated them (``userInfo``): a GitOps change names its service
+    account, a ``kubectl`` change its user, the controller's own writes its own service
+    account. Recorded whether or not a rollout follows; the sender of the update that set
+    a model is the starter of its rollout, who may therefore not approve its promotion.
+
+    A change of models is a change of any model's ``storageUri`` (the stable predictor's,
+    or a ``spec.canary[]`` entry added, changed or removed), or, in Knative mode, any other
+    change of the revision template (a new revision: a rollout follows).
+
+    ``storage_uris`` are the URIs this update brings that the old object did not have;
+    ``previous_uris`` those the old object had; ``changes`` says what changed, one line per
+    model (``spec.predictor: s3://a -> s3://b``) or, for a template change, its fields.
+    ``username`` is None when the review names no user (the apiserver always does)."""
 
     namespace: str
     name: str
     uid: str | None
     storage_uris: tuple[str, ...]
-    username: str
+    username: str | None
     user_uid: str | None
     groups: tuple[str, ...]
     admission_uid: str
+    previous_uris: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()
 
 
 def _storage_uris(obj: Mapping[str, Any]) -> set[str]:
-    found: set[str] = set()
-    for predictor in (_predictor(obj), *(_mapping(e.get("predictor")) for e in _canaries(obj))):
+    return {uri for uri in _models(obj).values() if uri}
+
+
+def _models(obj: Mapping[str, Any]) -> dict[str, str | None]:
+    """Each model of ``obj`` by where it is (``spec.predictor``, ``spec.canary[NAME]``):
+    its ``storageUri``, None when it has none."""
+    found: dict[str, str | None] = {}
+    slots = [("spec.predictor", _predictor(obj))]
+    for index, entry in enumerate(_canaries(obj)):
+        label = _entry_name(entry) or f"#{index}"
+        slots.append((f"spec.canary[{label}]", _mapping(entry.get("predictor"))))
+    for slot, predictor in slots:
         uri = _mapping(predictor.get("model")).get("storageUri")
-        if isinstance(uri, str) and uri:
-            found.add(uri)
+        found[slot] = uri if isinstance(uri, str) and uri else None
     return found
 
 
-def model_change(request: Mapping[str, Any]) -> ModelChange | None:
-    """The model change in an admission ``request``, or None: not an UPDATE of an opted-in
-    InferenceService, a dry run, no new ``storageUri`` (stable predictor or Standard-mode
-    canary entry), or no authenticated user named."""
+def _model_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any], rules: TemplateRules
+) -> list[str]:
+    before, after = _models(old), _models(new)
+    changes: list[str] = []
+    for slot in sorted(set(before) | set(after)):
+        if slot not in after:
+            changes.append(f"{slot}: removed ({before[slot] or 'no storageUri'})")
+        elif slot not in before:
+            changes.append(f"{slot}: added {after[slot] or '(no storageUri)'}")
+        elif before[slot] != after[slot]:
+            changes.append(f"{slot}: {before[slot] or '(none)'} -> {after[slot] or '(none)'}")
+    if not changes and _mode(old, new, rules) == "Knative":
+        fields = _template_changes(knative_template(old, rules), knative_template(new, rules))
+        if fields:
+            changes.append(f"new revision: {_shown(fields)}")
+    return changes
+
+
+def model_change(
+    request: Mapping[str, Any], rules: TemplateRules = DEFAULT_RULES
+) -> ModelChange | None:
+    """The model change in an admission ``request`` (see :class:`ModelChange`), or None:
+    not an UPDATE of an InferenceService opted in by the new object, a dry run (nothing is
+    stored), or no change of its models."""
     try:
         req = AdmissionRequest.model_validate(request)
     except ValidationError:
@@ -522,22 +565,25 @@ def model_change(request: Mapping[str, Any]) -> ModelChange | None:
             return None
     except AnnotationError:
         return None
-    new = _storage_uris(req.new_object) - _storage_uris(req.old_object)
+    changes = _model_changes(req.old_object, req.new_object, rules)
+    if not changes:
+        return None
+    previous = _storage_uris(req.old_object)
     user = _mapping(req.user_info)
     username = user.get("username")
-    if not new or not isinstance(username, str) or not username:
-        return None
     groups = user.get("groups")
     meta = _mapping(req.new_object.get("metadata"))
     return ModelChange(
         namespace=str(req.namespace or meta.get("namespace") or ""),
         name=str(req.name or meta.get("name") or ""),
         uid=str(meta["uid"]) if meta.get("uid") else None,
-        storage_uris=tuple(sorted(new)),
-        username=username,
+        storage_uris=tuple(sorted(_storage_uris(req.new_object) - previous)),
+        username=username if isinstance(username, str) and username else None,
         user_uid=str(user["uid"]) if user.get("uid") else None,
         groups=tuple(str(g) for g in groups) if isinstance(groups, list) else (),
         admission_uid=req.uid,
+        previous_uris=tuple(sorted(previous)),
+        changes=tuple(changes),
     )
 
 

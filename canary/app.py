@@ -39,19 +39,11 @@ from canary.api.operator import router as operator_router
 from canary.api.webhooks import webhook_router
 from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
-from canary.audit import (
-    Actor,
-    AuditEntry,
-    AuditStore,
-    Fence,
-    ModelRef,
-    ObjectRef,
-    StoreUnavailable,
-)
-from canary.audit.approvals import MODEL_CHANGE_ADMITTED
+from canary.audit import AuditStore, Fence, StoreUnavailable
 from canary.checkpointer import Checkpointer
 from canary.controller import Controller
 from canary.engine import Engine
+from canary.entries import admitted_entry
 from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
 from canary.k8s.events import EventRecorder
 from canary.k8s.lease import LeaseElector
@@ -358,21 +350,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
     )
 
     def model_changed(change: ModelChange) -> None:
-        uris = ", ".join(change.storage_uris)
-        entry = AuditEntry(
-            at=now(),
-            actor=Actor("human", change.username, uid=change.user_uid, groups=change.groups),
-            action=MODEL_CHANGE_ADMITTED,
-            obj=ObjectRef(change.namespace, change.name, change.uid),
-            canary=ModelRef(None, change.storage_uris[0], None, None),
-            reason=f"{change.username} set the model of {change.namespace}/{change.name} to "
-            f"{uris} (admitted by the webhook)",
-            evidence={
-                "storage_uris": list(change.storage_uris),
-                "admission_uid": change.admission_uid,
-            },
-        )
-        store.commit([entry])
+        store.commit([admitted_entry(change, now())])
 
     app = create_app(
         health=health,

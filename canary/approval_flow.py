@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from approvals.gate import ApprovalKey, Decision, PendingApproval, PlannedWindow, Violation
-from canary.audit import Actor, ApprovalRow
+from canary.audit import APPROVAL_ID_KEY, Actor, ApprovalRow, AuditEntry
 from canary.model import (
     ApprovalDecision,
     ChangeOpened,
@@ -34,6 +34,7 @@ __all__ = [
     "decision_actor",
     "decision_evidence",
     "decision_json",
+    "name_row",
     "observations",
     "pending_of",
     "request_row",
@@ -179,10 +180,12 @@ def decision_json(
 
 
 def decision_evidence(row: ApprovalRow) -> dict[str, Any]:
-    """What an ``approval.*`` record adds to the machine's details: the change's number and
-    sys_id, who decided and when, their comments, the rules checked, and the callback."""
+    """What an ``approval.*`` record adds to the machine's details: the row it is about, the
+    change's number and sys_id, who decided and when, their comments, the rules checked, and
+    the callback."""
     decision = dict(row.decision or {})
     return {
+        APPROVAL_ID_KEY: row.id,
         "gate": row.gate,
         "change_number": row.change_number,
         "change_sys_id": row.change_sys_id,
@@ -203,3 +206,15 @@ def decision_actor(row: ApprovalRow) -> Actor | None:
     if row.gate == "webhook":
         return Actor("webhook", str(name))
     return None
+
+
+def name_row(entries: list[AuditEntry], action: str, approval_id: str) -> list[AuditEntry]:
+    """``entries`` with the last ``action`` record that names no approval row yet naming
+    ``approval_id``: the store carries that row, as the same commit writes it, in that
+    record (``AuditStore.commit``)."""
+    for index in range(len(entries) - 1, -1, -1):
+        entry = entries[index]
+        if entry.action == action and APPROVAL_ID_KEY not in entry.evidence:
+            named = replace(entry, evidence={**entry.evidence, APPROVAL_ID_KEY: approval_id})
+            return [*entries[:index], named, *entries[index + 1 :]]
+    return entries

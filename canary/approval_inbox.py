@@ -10,16 +10,20 @@ The receiver has already checked the signature and the body's shape. Here:
   decided; the policy's ``approvers`` list and the rules of :func:`approvals.gate.
   webhook_decision` say whether it counts.
 
-Every delivery is stored once by its ``webhook-id`` (a duplicate, sent twice or twice at
-once, is answered 200 and changes nothing). A delivery for an approval that was already
-decided, expired or closed, or for a superseded revision, changes nothing and is recorded
-(``approval.late``). A decision that breaks the rules is recorded (``approval.refused``)
-and never counts.
+Every delivery is stored once by its ``webhook-id`` and chained with it
+(``webhook.delivered``: the sender the signature vouches for, the digest, the outcome); a
+duplicate, sent twice or twice at once, is answered 200, changes nothing and is not chained
+again. A verified decision is written on the approval row with its record
+(``approval.decision_verified``, carrying the row) in one transaction. A delivery for an
+approval that was already decided, expired or closed, or for a superseded revision, changes
+nothing and is recorded (``approval.late``). A decision that breaks the rules is recorded
+(``approval.refused``) and never counts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from approvals.gate import Decision, Outcome, webhook_decision
@@ -33,6 +37,7 @@ from canary.api.webhooks import (
 from canary.approval_flow import decision_json, pending_of, violations_json
 from canary.approval_worker import ApprovalWorker
 from canary.audit import Actor, ActorKind, ApprovalRow, AuditEntry, AuditStore, Fence, ObjectRef
+from canary.audit.actors import APPROVAL_DECISION_VERIFIED
 from canary.document import RolloutDocument
 from canary.entries import Entries
 from canary.k8s.events import EventSink, ObjectReference
@@ -86,6 +91,7 @@ class ApprovalInboxService:
         elif row.state != "pending":
             outcome = "gone"
             detail = f"{change.number}: the approval is already {row.state}; nothing changes"
+        about = row.rollout_id if row is not None and outcome != "unknown" else None
         first = self._store.record_delivery(
             delivery.webhook_id,
             received_at=delivery.received_at,
@@ -93,6 +99,15 @@ class ApprovalInboxService:
             payload_digest=delivery.payload_digest,
             signature_valid=True,
             outcome=outcome,
+            actor=Actor("servicenow", "callback"),
+            rollout_id=about,
+            obj=self._service_of(about),
+            context={
+                "change_number": change.number,
+                "change_sys_id": change.sys_id,
+                "sent_at": delivery.sent_at,
+                "detail": detail,
+            },
         )
         if not first:
             return InboxResult(InboxAnswer.DUPLICATE, f"delivery {delivery.webhook_id} seen before")
@@ -180,6 +195,14 @@ class ApprovalInboxService:
             payload_digest=delivery.payload_digest,
             signature_valid=True,
             outcome=answer.value,
+            actor=Actor("webhook", decision.approver),
+            rollout_id=doc.state.rollout_id if doc is not None else None,
+            obj=ObjectRef(decision.namespace, decision.name),
+            context={
+                "decision": decision.model_dump(mode="json", by_alias=True),
+                "sent_at": delivery.sent_at,
+                "detail": detail,
+            },
         )
         if not first:
             return InboxResult(InboxAnswer.DUPLICATE, f"delivery {delivery.webhook_id} seen before")
@@ -211,15 +234,38 @@ class ApprovalInboxService:
             self._event(doc, EventReason.APPROVAL_REFUSED, f"{target}: {verdict.reason}")
             return InboxResult(InboxAnswer.REFUSED, verdict.reason)
         record = decision_json(verdict, "webhook", trigger) | {"change_id": decision.change_id}
+        change_number = decision.change_id or row.change_number
+        verified = self._entries.entry(
+            doc,
+            delivery.received_at,
+            action=APPROVAL_DECISION_VERIFIED,
+            reason=f"{target}: {verdict.reason}",
+            actor=Actor("webhook", decision.approver),
+            evidence={
+                "gate": "webhook",
+                "revision": row.revision,
+                "decision": record,
+                "change_number": change_number,
+                **trigger,
+            },
+        )
         decided = self._store.update_approval(
             row.id,
             only_if_state="pending",
+            record=replace(
+                verified,
+                change_number=change_number,
+                approver=decision.approver,
+                approval_time=delivery.received_at,
+                webhook_id=delivery.webhook_id,
+                payload_digest=delivery.payload_digest,
+            ),
             state=verdict.outcome.value,
             approver=decision.approver,
             decided_at=delivery.received_at,
             decision=record,
             trigger=trigger,
-            change_number=decision.change_id or row.change_number,
+            change_number=change_number,
         )
         if not decided:
             detail = f"{target}: the approval was decided meanwhile; nothing changes"
@@ -229,6 +275,12 @@ class ApprovalInboxService:
         return InboxResult(InboxAnswer.ACCEPTED, f"{target}: {verdict.reason}")
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _service_of(self, rollout_id: str | None) -> ObjectRef | None:
+        rollout = self._store.get_rollout(rollout_id) if rollout_id is not None else None
+        if rollout is None:
+            return None
+        return ObjectRef(rollout.namespace, rollout.name, rollout.isvc_uid)
 
     def _late(
         self, row: ApprovalRow, delivery: Delivery, detail: str, extra: dict[str, Any]

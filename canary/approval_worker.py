@@ -18,6 +18,12 @@ back what ServiceNow said; the engine, woken through ``enqueue``, hands it to th
 * **close**: a row whose rollout ended is closed in ServiceNow with its close code
   (``successful``, ``unsuccessful``) or cancelled, with the reason as close notes.
 
+Every write of the row that an auditor reads is chained in the same transaction, with the
+row as written (:mod:`canary.audit.actors`): ``approval.change_created``,
+``approval.asked``, ``approval.decision_verified``, ``approval.refused``,
+``approval.change_closed`` / ``approval.closed``; the worker's bookkeeping (when it last
+read, its last error, notes sent) is not.
+
 ServiceNow down, rate-limiting or failing: the row keeps its state (the rollout keeps waiting,
 and the machine's deadline still applies), the error is kept on the row for ``canary
 status``, counted, and the call is tried again with a growing delay.
@@ -29,9 +35,9 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from approvals.gate import (
     ApprovalGate,
@@ -42,7 +48,15 @@ from approvals.gate import (
 )
 from approvals.servicenow import ServiceNowError
 from canary.approval_flow import decision_json, pending_of, violations_json
-from canary.audit import ApprovalRow, AuditError, AuditStore, Fence
+from canary.audit import Actor, ApprovalRow, AuditEntry, AuditError, AuditStore, Fence
+from canary.audit.actors import (
+    APPROVAL_ASKED,
+    APPROVAL_CHANGE_CLOSED,
+    APPROVAL_CHANGE_CREATED,
+    APPROVAL_CLOSED,
+    APPROVAL_DECISION_VERIFIED,
+    APPROVAL_REFUSED,
+)
 from canary.document import RolloutDocument
 from canary.entries import Entries
 from canary.k8s.events import EventSink, ObjectReference
@@ -93,6 +107,7 @@ class ApprovalWorker:
         self._leadership = leadership
         self._clock = clock
         self._enqueue = enqueue
+        self._instance = instance
         self._entries = Entries(instance, leadership)
         self._events = events
         self._metrics = metrics
@@ -218,9 +233,20 @@ class ApprovalWorker:
         request = _request(row, doc, self._look_seconds)
         opened = gate.request(request, now)
         asked = _asked(gate, opened)
+        record = self._change_record(
+            doc,
+            now,
+            APPROVAL_CHANGE_CREATED,
+            f"change {opened.change_number} opened for {row.revision} at {row.percent}%; "
+            f"asked: {', '.join(asked) or 'nobody yet'}",
+            row,
+            opened,
+            asked=list(asked),
+        )
         stored = self._store.update_approval(
             row.id,
             only_if_state="pending",
+            record=record,
             change_number=opened.change_number,
             change_sys_id=opened.change_sys_id,
             last_error=None,
@@ -231,7 +257,7 @@ class ApprovalWorker:
         self._backoff.pop(row.id, None)
         if not stored:  # the rollout stopped needing it while the change was being opened
             log.info("approvals.opened_too_late", change=opened.change_number, approval=row.id)
-            self._cancel_late(gate, row, opened)
+            self._cancel_late(gate, row, doc, opened, now)
             return
         log.info(
             "approvals.change_opened",
@@ -249,7 +275,14 @@ class ApprovalWorker:
         )
         self._enqueue(doc.state.namespace, doc.state.name)
 
-    def _cancel_late(self, gate: ApprovalGate, row: ApprovalRow, opened: PendingApproval) -> None:
+    def _cancel_late(
+        self,
+        gate: ApprovalGate,
+        row: ApprovalRow,
+        doc: RolloutDocument,
+        opened: PendingApproval,
+        now: datetime,
+    ) -> None:
         """A change opened for a row the engine closed meanwhile (it saw no change to close)
         is put on the row to be cancelled like any other: tried again while ServiceNow
         fails, and recorded. Cancelled at once only if the row moved on to a new attempt."""
@@ -260,16 +293,56 @@ class ApprovalWorker:
             and current.attempt == row.attempt
             and current.change_sys_id is None
         ):
+            note = current.close_note or "the rollout no longer needed this approval"
+            record = self._change_record(
+                doc,
+                now,
+                APPROVAL_CHANGE_CREATED,
+                f"change {opened.change_number} opened after the approval ended "
+                f"({current.state}); it is to be cancelled",
+                row,
+                opened,
+                late=True,
+            )
             self._store.update_approval(
                 row.id,
+                record=record,
                 change_number=opened.change_number,
                 change_sys_id=opened.change_sys_id,
                 close_code="cancelled",
-                close_note=current.close_note or "the rollout no longer needed this approval",
+                close_note=note,
                 closed_at=None,
             )
             return
         gate.close(opened, "cancelled", "the rollout no longer needed this approval")
+
+    def _change_record(
+        self,
+        doc: RolloutDocument,
+        at: datetime,
+        action: str,
+        reason: str,
+        row: ApprovalRow,
+        change: PendingApproval | None = None,
+        **evidence: Any,
+    ) -> AuditEntry:
+        """A record of what the worker did to ``row`` (the store adds the row as written)."""
+        number = change.change_number if change is not None else row.change_number
+        sys_id = change.change_sys_id if change is not None else row.change_sys_id
+        entry = self._entries.entry(
+            doc,
+            at,
+            action=action,
+            reason=reason,
+            evidence={
+                "gate": row.gate,
+                "change_number": number,
+                "change_sys_id": sys_id,
+                "revision": row.revision,
+                **evidence,
+            },
+        )
+        return replace(entry, change_number=number, change_sys_id=sys_id)
 
     # -- decide ------------------------------------------------------------------------------
 
@@ -280,17 +353,54 @@ class ApprovalWorker:
         decision = gate.decision(pending, now)
         self._backoff.pop(row.id, None)
         asked = _asked(gate, pending) if decision.outcome is Outcome.PENDING else row.asked
-        self._store.update_approval(row.id, last_checked_at=now, last_error=None, asked=asked)
+        if asked != row.asked:
+            self._store.update_approval(
+                row.id,
+                last_checked_at=now,
+                last_error=None,
+                asked=asked,
+                record=self._change_record(
+                    doc,
+                    now,
+                    APPROVAL_ASKED,
+                    f"{row.change_number} asks {', '.join(asked) or 'nobody'}",
+                    row,
+                    asked=list(asked),
+                    previously_asked=list(row.asked),
+                ),
+            )
+        else:
+            self._store.update_approval(row.id, last_checked_at=now, last_error=None)
         if decision.violations:
             self._refused(row, doc, decision, now)
         if decision.outcome in (Outcome.APPROVED, Outcome.REJECTED):
             record = decision_json(decision, row.gate, row.trigger)
+            decided_at = decision.decided_at or now
+            verified = self._change_record(
+                doc,
+                now,
+                APPROVAL_DECISION_VERIFIED,
+                f"{row.change_number} {decision.outcome.value} by "
+                f"{decision.approver_name or decision.approver}: {decision.reason}",
+                row,
+                decision=record,
+            )
+            if decision.approver_name or decision.approver:
+                verified = replace(
+                    verified,
+                    actor=Actor(
+                        "servicenow" if row.gate == "servicenow" else "webhook",
+                        str(decision.approver_name or decision.approver),
+                        uid=decision.approver,
+                    ),
+                )
             decided = self._store.update_approval(
                 row.id,
                 only_if_state="pending",
+                record=replace(verified, approver=decision.approver, approval_time=decided_at),
                 state=decision.outcome.value,
                 approver=decision.approver,
-                decided_at=decision.decided_at or now,
+                decided_at=decided_at,
                 decision=record,
             )
             if decided:
@@ -320,7 +430,7 @@ class ApprovalWorker:
         entry = self._entries.entry(
             doc,
             self._clock(),
-            action="approval.refused",
+            action=APPROVAL_REFUSED,
             reason=f"{row.change_number}: an approval that does not count: "
             + "; ".join(v["message"] for v in found),
             evidence={
@@ -334,8 +444,8 @@ class ApprovalWorker:
                 "outcome": decision.outcome.value,
             },
         )
-        self._store.commit([entry], fence=fence)
-        self._store.update_approval(row.id, refused_digest=digest)
+        # one write: a refusal is recorded exactly once
+        self._store.update_approval(row.id, refused_digest=digest, record=entry, fence=fence)
         if self._metrics is not None:
             self._metrics.record_approval(row.gate, "refused")
         log.warning("approvals.refused", change=row.change_number, violations=found)
@@ -380,7 +490,14 @@ class ApprovalWorker:
     def _close(self, row: ApprovalRow, now: datetime) -> None:
         gate = self._gates.get(row.gate)
         if gate is None or row.change_sys_id is None:
-            self._store.update_approval(row.id, closed_at=now)
+            reason = (
+                f"approval {row.id} ({row.state}) closed: no change was opened"
+                if row.change_sys_id is None
+                else f"{row.change_number} left open: the {row.gate} gate is not configured"
+            )
+            self._store.update_approval(
+                row.id, closed_at=now, record=self._close_record(row, now, APPROVAL_CLOSED, reason)
+            )
             return
         if self._waiting(row.id, now):
             return
@@ -392,26 +509,38 @@ class ApprovalWorker:
         except ServiceNowError as exc:
             self._failed(row, "close", exc, now)
             return
-        self._store.update_approval(row.id, closed_at=now, last_error=None)
+        closed_at = self._clock()  # when it was closed, not when this pass began
+        reason = f"{row.change_number} closed {code}: {row.close_note or ''}".rstrip(": ")
+        record = self._close_record(row, closed_at, APPROVAL_CHANGE_CLOSED, reason, code)
+        self._store.update_approval(row.id, closed_at=now, last_error=None, record=record)
         self._backoff.pop(row.id, None)
         log.info("approvals.change_closed", change=row.change_number, close_code=code)
-        fence = self._leadership()
+
+    def _close_record(
+        self, row: ApprovalRow, at: datetime, action: str, reason: str, code: str | None = None
+    ) -> AuditEntry:
+        evidence: dict[str, Any] = {
+            "change_number": row.change_number,
+            "change_sys_id": row.change_sys_id,
+            "close_code": code or row.close_code,
+            "revision": row.revision,
+        }
         rollout = self._store.get_rollout(row.rollout_id)
-        if fence is not None and rollout is not None:
+        if rollout is not None:
             doc = RolloutDocument.from_row(rollout)
-            entry = self._entries.entry(
-                doc,
-                self._clock(),  # when it was closed, not when this pass began
-                action="approval.change_closed",
-                reason=f"{row.change_number} closed {code}: {row.close_note or ''}".rstrip(": "),
-                evidence={
-                    "change_number": row.change_number,
-                    "change_sys_id": row.change_sys_id,
-                    "close_code": code,
-                    "revision": row.revision,
-                },
+            entry = self._entries.entry(doc, at, action=action, reason=reason, evidence=evidence)
+        else:
+            fence = self._leadership()
+            entry = AuditEntry(
+                at=at,
+                actor=Actor("controller", self._instance),
+                action=action,
+                rollout_id=row.rollout_id,
+                reason=reason,
+                evidence=evidence,
+                leader_epoch=fence.epoch if fence is not None else None,
             )
-            self._store.commit([entry], fence=fence)
+        return replace(entry, change_number=row.change_number, change_sys_id=row.change_sys_id)
 
     # -- helpers -----------------------------------------------------------------------------
 

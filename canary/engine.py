@@ -36,12 +36,16 @@ from canary.approval_flow import (
     decision_actor,
     decision_evidence,
     decision_json,
+    name_row,
     observations,
     pending_of,
     request_row,
     violations_json,
 )
 from canary.audit import (
+    MANUAL_LINKED,
+    MANUAL_REQUESTED,
+    MANUAL_SETTLED,
     Actor,
     ApprovalRow,
     AuditEntry,
@@ -251,7 +255,8 @@ class Engine:
         try:
             kind = CommandKind(command.command)
         except ValueError:
-            return self._settle(command, "rejected", f"unknown command {command.command!r}", now)
+            why = f"unknown command {command.command!r}"
+            return self._settle(fence, command, "rejected", why, now)
         row = self._store.rollout_for(command.namespace, command.name)
         if row is None:
             last = self._store.last_rollout_for(command.namespace, command.name)
@@ -370,7 +375,7 @@ class Engine:
             if e.action in _DECISION_RECORDS
             else e
             for e in work.entries
-        ]
+        ]  # decision_evidence names the row: these records carry it as stored
         verb = "approved" if approved else "rejected"
         result = f"{target}: {state.canary.name} {verb} by {command.actor}" + (
             "; the promotion proceeds" if approved else "; rolling back"
@@ -698,11 +703,7 @@ class Engine:
         )  # fmt: skip
         assert state.stable is not None
         starter = self._store.starter(namespace, name, view.latest.storage_uri)
-        started_by = (
-            starter.actor
-            if starter is not None
-            else self._store.model_changed_by(namespace, name, view.latest.storage_uri)
-        )
+        started_by, link = self._started_by(starter, namespace, name, view.latest.storage_uri)
         if started_by is not None:
             state = replace(state, started_by=started_by)
         doc = RolloutDocument(
@@ -713,6 +714,24 @@ class Engine:
             metric_profile=self._profile(opt_in.metric_profile, policy, mode),
         )
         work = self._collect(doc, actions)
+        work.entries = [
+            replace(e, evidence={**e.evidence, "started_by": started_by, **link})
+            if e.action == "rollout.started"
+            else e
+            for e in work.entries
+        ]
+        if starter is not None:
+            work.entries.append(
+                self._entries.entry(
+                    doc,
+                    now,
+                    action=MANUAL_LINKED,
+                    reason=f"rollout {rollout_id} of {view.latest.name} started for the model "
+                    f"that {started_by}'s start command {starter.id} set",
+                    evidence={**link, "rollout_id": rollout_id},
+                    correlation_id=starter.id,
+                )
+            )
         log.info(
             "rollout.started",
             namespace=namespace,
@@ -722,6 +741,28 @@ class Engine:
             policy=policy.name,
         )
         return self._commit_and_act(fence, rollout_id, doc, work, observed, now, new=True)
+
+    def _started_by(
+        self, starter: CommandRow | None, namespace: str, name: str, storage_uri: str | None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Who started the rollout of ``storage_uri``, and the records that say so: the
+        ``start`` command that set the model (its chained ``manual.requested`` record names
+        the person; the row only for a command queued before commands were chained), or
+        else the admitted update that did (``model.change_admitted``)."""
+        if starter is not None:
+            chained = self._store.command_records(starter)
+            requested = chained.get(MANUAL_REQUESTED)
+            settled = chained.get(MANUAL_SETTLED)
+            who = requested.entry.actor.id if requested is not None else starter.actor
+            return who, {
+                "command_id": starter.id,
+                "command_requested_seq": requested.seq if requested is not None else None,
+                "command_settled_seq": settled.seq if settled is not None else None,
+            }
+        admitted = self._store.model_change_record(namespace, name, storage_uri)
+        if admitted is None or admitted.entry.actor.kind == "unknown":
+            return None, {}
+        return admitted.entry.actor.id, {"model_change_seq": admitted.seq}
 
     # ------------------------------------------------------------------ challengers
 
@@ -952,7 +993,7 @@ class Engine:
             # Already written (a retry of this command after a crash, or a repeat): writing
             # the first step again would pull a rollout in progress back to it.
             result = f"{target} already runs {uri}; nothing written"
-            return self._settle(command, "accepted", result, now)
+            return self._settle(fence, command, "accepted", result, now)
         shadow_first = policy.shadow.enabled
         percent = 0 if shadow_first else policy.first_step
         correlation = str(uuid.uuid4())
@@ -1088,7 +1129,9 @@ class Engine:
                     doc.state.rollout_id, action.revision, action.step_index
                 )
                 now = doc.state.phase_entered_at
-                work.approvals.append(request_row(doc.state, doc.policy, action, previous, now))
+                request = request_row(doc.state, doc.policy, action, previous, now)
+                work.approvals.append(request)
+                work.entries = name_row(work.entries, "approval.requested", request.id)
             elif isinstance(action, CloseChange):
                 closing = self._approval_row(doc.state, work)
                 if closing is not None:
@@ -1341,9 +1384,12 @@ class Engine:
             self._metrics.set_weight(state.namespace, state.name, state.target_percent)
 
     def _settle(
-        self, command: CommandRow, state: CommandState, result: str, now: datetime
+        self, fence: Fence, command: CommandRow, state: CommandState, result: str, now: datetime
     ) -> tuple[CommandState, str]:
-        self._store.settle_command(command.id, state, result, now)
+        """Settle a command that caused no records of its own (its ``manual.settled`` record
+        says what became of it)."""
+        actor = Actor("controller", self._instance)
+        self._store.settle_command(command.id, state, result, now, actor=actor, fence=fence)
         return state, result
 
 

@@ -1,5 +1,6 @@
 """The audit entries of a rollout: who, what, the models and the traffic, as the engine
-records them for the state machine's decisions, its traffic intents and their outcomes.
+records them for the state machine's decisions, its traffic intents and their outcomes; and
+the record of who changed an InferenceService's models, as the admission webhook saw it.
 """
 
 from __future__ import annotations
@@ -8,13 +9,15 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from canary.admission import ModelChange
 from canary.audit import Actor, AuditEntry, Fence, Measurement, ModelRef, ObjectRef
+from canary.audit.approvals import MODEL_CHANGE_ADMITTED
 from canary.document import RolloutDocument
 from canary.execution import Pending
 from canary.model import RecordAudit, Revision
 from canary.routing.base import Observed
 
-__all__ = ["Entries", "model_ref", "object_ref", "stable_name"]
+__all__ = ["Entries", "admitted_entry", "model_ref", "object_ref", "stable_name"]
 
 
 class Entries:
@@ -132,4 +135,32 @@ def object_ref(observed: Observed) -> ObjectRef:
         observed.uid,
         observed.generation,
         observed.resource_version,
+    )
+
+
+def admitted_entry(change: ModelChange, at: datetime) -> AuditEntry:
+    """The ``model.change_admitted`` record of an admitted update that changed an opted-in
+    InferenceService's models: who sent it, as the apiserver authenticated them (name, uid,
+    groups; an ``unknown`` actor if the review named no one), what changed, and the
+    AdmissionReview's uid."""
+    who = change.username or "(no user named in the review)"
+    actor = (
+        Actor("human", change.username, uid=change.user_uid, groups=change.groups)
+        if change.username
+        else Actor("unknown", who, uid=change.user_uid, groups=change.groups)
+    )
+    return AuditEntry(
+        at=at,
+        actor=actor,
+        action=MODEL_CHANGE_ADMITTED,
+        obj=ObjectRef(change.namespace, change.name, change.uid),
+        canary=ModelRef(None, change.storage_uris[0], None, None) if change.storage_uris else None,
+        reason=f"{who} changed the models of {change.namespace}/{change.name} (admitted by the "
+        f"webhook): {'; '.join(change.changes)}",
+        evidence={
+            "storage_uris": list(change.storage_uris),
+            "previous_storage_uris": list(change.previous_uris),
+            "changes": list(change.changes),
+            "admission_uid": change.admission_uid,
+        },
     )

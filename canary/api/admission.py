@@ -8,13 +8,22 @@ When the decision cannot be taken (the policies cannot be loaded, a bug), the an
 from :func:`canary.admission.failure`: an object that is not opted in is never blocked by
 our trouble, and an opted-in update is refused with a clear message rather than let
 through unchecked. A body that is not an AdmissionReview at all gets 400.
+
+Every admitted update that changes the models of an opted-in InferenceService
+(:func:`canary.admission.model_change`; dry runs excepted) is handed to ``recorder``, which
+records who sent it (``model.change_admitted``). The record never holds up the answer for
+long nor decides it: the answer waits at most ``record_wait`` seconds for it (the
+apiserver's own timeout for the webhook is short, and a slow audit database must not make
+it refuse the update), and a record that fails or comes late is logged
+(``admission.model_change_not_recorded``, ``admission.model_change_record_slow``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -35,9 +44,15 @@ from canary.log import get_logger
 from canary.metrics import ControllerMetrics
 from canary.policy import PolicySet
 
-__all__ = ["ADMISSION_PATH", "router"]
+__all__ = ["ADMISSION_PATH", "RECORD_WAIT_SECONDS", "router"]
 
 log = get_logger("canary.api.admission")
+
+RECORD_WAIT_SECONDS: Final = 1.0
+"""How long an answer waits for the record of who changed the model (see the module)."""
+
+# Records still being written after their answer went out (kept so they are not collected).
+_late: set[asyncio.Future[None]] = set()
 
 
 def decide(
@@ -71,8 +86,30 @@ def record(change: ModelChange, recorder: Callable[[ModelChange], None]) -> None
             namespace=change.namespace,
             name=change.name,
             user=change.username,
+            admission_uid=change.admission_uid,
             error=str(exc),
         )
+
+
+async def _record_within(
+    change: ModelChange, recorder: Callable[[ModelChange], None], wait: float
+) -> None:
+    """Record ``change`` on a worker thread, waiting at most ``wait`` seconds for it."""
+    task = asyncio.ensure_future(run_in_threadpool(record, change, recorder))
+    done, _ = await asyncio.wait({task}, timeout=wait)
+    if done:
+        return
+    _late.add(task)
+    task.add_done_callback(_late.discard)
+    log.warning(
+        "admission.model_change_record_slow",
+        namespace=change.namespace,
+        name=change.name,
+        user=change.username,
+        admission_uid=change.admission_uid,
+        waited_seconds=wait,
+        detail="answered without waiting longer; the record is still being written",
+    )
 
 
 def router(
@@ -81,6 +118,7 @@ def router(
     *,
     rules: TemplateRules = DEFAULT_RULES,
     recorder: Callable[[ModelChange], None] | None = None,
+    record_wait: float = RECORD_WAIT_SECONDS,
 ) -> APIRouter:
     routes = APIRouter(tags=["admission"])
 
@@ -100,9 +138,9 @@ def router(
         request: dict[str, Any] = document["request"]
         decision = await run_in_threadpool(decide, request, policies, rules)
         if recorder is not None and decision.allowed:
-            change = model_change(request)
+            change = model_change(request, rules)
             if change is not None:
-                await run_in_threadpool(record, change, recorder)
+                await _record_within(change, recorder, record_wait)
         metrics.record_admission(decision.result)
         _log(request, decision)
         return JSONResponse(response_for(document, decision))

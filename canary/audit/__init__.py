@@ -4,6 +4,14 @@
 (PostgreSQL in production, SQLite for development) through ``AuditStore``.
 """
 
+from canary.audit.actors import (
+    APPROVAL_ID_KEY,
+    APPROVAL_KEY,
+    MANUAL_LINKED,
+    MANUAL_REQUESTED,
+    MANUAL_SETTLED,
+    WEBHOOK_DELIVERED,
+)
 from canary.audit.privileges import GrantReport, RoleAccess
 from canary.audit.records import (
     GENESIS_HASH,
@@ -32,6 +40,7 @@ from canary.audit.store import (
     AuditError,
     AuditStore,
     DatabaseUrlError,
+    Discrepancy,
     FencedOut,
     RoleRefused,
     SchemaTooNew,
@@ -43,8 +52,14 @@ from canary.audit.store import (
 )
 
 __all__ = [
+    "APPROVAL_ID_KEY",
+    "APPROVAL_KEY",
     "GENESIS_HASH",
     "JSON",
+    "MANUAL_LINKED",
+    "MANUAL_REQUESTED",
+    "MANUAL_SETTLED",
+    "WEBHOOK_DELIVERED",
     "ActiveRolloutExists",
     "Actor",
     "ActorKind",
@@ -57,6 +72,7 @@ __all__ = [
     "CommandRow",
     "CommandState",
     "DatabaseUrlError",
+    "Discrepancy",
     "Fence",
     "FencedOut",
     "GrantReport",

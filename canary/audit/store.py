@@ -12,8 +12,8 @@ database, migrations), :mod:`canary.audit.chain` (appending and reading the hash
 :mod:`canary.audit.verify` (checking it), :mod:`canary.audit.anchors` (its signed
 checkpoints), :mod:`canary.audit.listing` (records by filter), :mod:`canary.audit.rollouts`,
 :mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals`,
-:mod:`canary.audit.history` (the auditor's queries) and :mod:`canary.audit.privileges`
-(PostgreSQL roles).
+:mod:`canary.audit.history` (the auditor's queries), :mod:`canary.audit.privileges`
+(PostgreSQL roles) and :mod:`canary.audit.crosscheck` (the mutable tables against the chain).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from sqlalchemy.exc import (
 from canary.audit.anchors import CheckpointBook
 from canary.audit.approvals import ApprovalBook
 from canary.audit.chain import ChainLog
-from canary.audit.commands import CommandQueue
+from canary.audit.commands import CommandQueue, writer
+from canary.audit.crosscheck import CrossCheck, Discrepancy
 from canary.audit.database import (
     WRITE_OPTION,
     alembic_config,
@@ -80,6 +81,7 @@ __all__ = [
     "AuditError",
     "AuditStore",
     "DatabaseUrlError",
+    "Discrepancy",
     "FencedOut",
     "RoleRefused",
     "SchemaTooNew",
@@ -106,6 +108,7 @@ class AuditStore(
     ApprovalBook,
     AuditHistory,
     Privileges,
+    CrossCheck,
 ):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
@@ -209,12 +212,16 @@ class AuditStore(
         self.close()
 
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
+    def _tx(self, *, write: bool, snapshot: bool = False) -> Iterator[Connection]:
+        """One transaction. ``snapshot``: all its reads see one state of the database
+        (PostgreSQL: REPEATABLE READ; a SQLite transaction always does)."""
         bounded = self._deadline.call() if self._deadline is not None else nullcontext()
         try:
             with bounded, self._engine.connect() as conn:
                 if write:
                     conn.execution_options(**{WRITE_OPTION: True})
+                if snapshot and self._dialect == "postgresql":
+                    conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     yield conn
         except SQLAlchemyError as exc:
@@ -256,24 +263,42 @@ class AuditStore(
           ``n`` (it becomes ``n + 1``), else :class:`StaleRollout`.
         * ``command``: ``(id, state, result, at)`` settles a pending manual command in the
           same transaction, so a command is carried out exactly once (a command that is no
-          longer pending raises :class:`StaleRollout`).
+          longer pending raises :class:`StaleRollout`); its ``manual.settled`` record is
+          appended after ``entries``, naming the fence's holder and the rollout.
         * ``approvals``: approval rows upserted in the same transaction (the engine's
-          requests and close requests for the approval worker).
+          requests and close requests for the approval worker). Each row as stored
+          afterwards is carried by the last of ``entries`` whose evidence names it
+          (``approval_id``), or else by a record of its own (:mod:`canary.audit.actors`).
+
+        Returns the records appended: ``entries`` first, in order, then any the store added.
         """
         if rollout is None and expected_version is not None:
             raise ValueError("expected_version given without a rollout")
-        items = tuple(entries)
+        items = list(entries)
         with self._tx(write=True) as conn:
             if fence is not None:
                 self._check_fence(conn, fence)
             self._lock_head(conn)
             if rollout is not None:
                 self._write_rollout(conn, rollout, expected_version)
+            added: list[AuditEntry] = []
+            if approvals:
+                items, extra = self._write_approvals(conn, approvals, items, fence)
+                added.extend(extra)
             if command is not None:
-                self._settle_command(conn, *command)
-            for approval in approvals:
-                self._upsert_approval(conn, approval)
-            return self._append(conn, items)
+                rollout_id = rollout.id if rollout is not None else None
+                if rollout_id is None:
+                    rollout_id = next((e.rollout_id for e in items if e.rollout_id), None)
+                added.append(
+                    self._settle_command(
+                        conn,
+                        *command,
+                        actor=writer(fence),
+                        rollout_id=rollout_id,
+                        leader_epoch=fence.epoch if fence is not None else None,
+                    )
+                )
+            return self._append(conn, [*items, *added])
 
     def append(
         self, entries: Sequence[AuditEntry], fence: Fence | None = None

@@ -159,6 +159,9 @@ _STEP_ENDS: Final = frozenset(
     {"shadow.passed", "shadow.reported", "rollout.promoting", "rollout.rolling_back"}
 )
 _REFUSED_MANUAL: Final = frozenset({"manual.rejected", "manual.denied"})
+# The command queue's own records (canary.audit.actors): the person's action is the record
+# the command caused, so these are not listed again as one.
+_QUEUE_RECORDS: Final = frozenset({"manual.requested", "manual.settled", "manual.linked"})
 _OUTCOMES: Final = frozenset({"traffic.applied", "traffic.failed", "traffic.abandoned"})
 
 IntentOutcome = Literal["applied", "failed", "abandoned", "unconfirmed"]
@@ -1376,6 +1379,8 @@ def _manual(
     """A person's action or attempt, if the record is one."""
     action = entry.action
     refused = action in _REFUSED_MANUAL
+    if action in _QUEUE_RECORDS:
+        return None
     if refused:
         what = _text(evidence.get("command")) or action.removeprefix("manual.")
     elif action.startswith("manual."):

@@ -85,7 +85,7 @@ def auditor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auditor]:
         server = HttpServer(app, host="127.0.0.1", port=0, certfile=None, keyfile=None)
         server.start()
         try:
-            yield Auditor(f"http://127.0.0.1:{server.port}", len(story.records))
+            yield Auditor(f"http://127.0.0.1:{server.port}", store.head()[0])
         finally:
             server.stop()
             structlog.configure(**saved)

@@ -214,8 +214,9 @@ def do_the_controller_s_work(store: AuditStore) -> None:
     store.upsert_approval(approval())  # an upsert of an existing row: ON CONFLICT DO UPDATE
     decided = T0 + timedelta(minutes=3)
     assert store.update_approval(
-        "ap-1", only_if_state="pending", state="approved", approver="alice", decided_at=decided
-    )
+        "ap-1", only_if_state="pending", state="approved", approver="alice", decided_at=decided,
+        record=entry(3, action="approval.decision_verified"),
+    )  # fmt: skip
     assert store.record_delivery(
         "wh-1", received_at=T0, source="servicenow", payload_digest="sha256:01",
         signature_valid=True, outcome="accepted",
@@ -227,9 +228,20 @@ def do_the_controller_s_work(store: AuditStore) -> None:
     store.submit_command(command_row("c-2", "abort"))
     store.settle_command("c-2", "rejected", "nothing to abort", T0 + timedelta(seconds=5))
     assert store.claim_epoch(fence.lease_name, "pod-1", 2, T0 + timedelta(minutes=5))
-    assert store.head()[0] == 2
     assert store.verify().ok
-    assert [r.seq for r in store.records()] == [1, 2]
+    assert [r.entry.action for r in store.records()] == [
+        "rollout.started",
+        "manual.requested",  # c-1 queued
+        "analysis.evaluated",
+        "approval.requested",  # the approvals row written in that commit
+        "manual.settled",  # c-1 settled in it
+        "approval.decision_verified",
+        "webhook.delivered",  # once: the duplicate is not chained
+        "manual.requested",  # c-2
+        "manual.settled",
+    ]
+    assert store.head()[0] == 9
+    assert store.crosscheck() == []
     assert len(store.measurements_for("ro-1")) == 2
     assert store.get_rollout("ro-1") is not None
     assert [a.state for a in store.approvals_for("ro-1")] == ["approved"]

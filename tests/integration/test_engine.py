@@ -21,8 +21,10 @@ import pytest
 from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
 from analysis.looks import LookSource
 from analysis.runner import Analyzer
+from canary.admission import ModelChange
 from canary.analysis_worker import AnalysisRunner, CircuitBreaker
 from canary.audit import (
+    MANUAL_LINKED,
     Actor,
     ApprovalRow,
     AuditEntry,
@@ -36,7 +38,10 @@ from canary.audit import (
     StoreUnavailable,
     upgrade_to_head,
 )
+from canary.audit.actors import approval_snapshot
+from canary.audit.records import format_timestamp
 from canary.engine import Engine, RolloutAnalyzer, RolloutDocument
+from canary.entries import admitted_entry
 from canary.k8s.client import Conflict, KubeClient, KubeError, NotFound, ResourceKind, Unavailable
 from canary.metrics import ControllerMetrics
 from canary.model import Revision, SetTraffic, TrafficView
@@ -477,6 +482,12 @@ def _reconcile(rig: Rig) -> None:
     rig.engine.reconcile(NS, NAME)
 
 
+def _abort_queued(rig: Rig) -> None:
+    """At the first step, with an abort queued (queuing records who asked for it)."""
+    rig.to_first_step()
+    rig.command("abort")
+
+
 def _abort(rig: Rig) -> None:
     """Carry out the queued abort (queued now if there is none yet)."""
     queued = rig.store.pending_commands() or [rig.command("abort")]
@@ -487,7 +498,7 @@ def _abort(rig: Rig) -> None:
     ("before", "act"),
     [
         pytest.param(_deploy_new_revision, _reconcile, id="a-new-revision"),
-        pytest.param(Rig.to_first_step, _abort, id="an-abort-command"),
+        pytest.param(_abort_queued, _abort, id="an-abort-command"),
     ],
 )
 def test_an_unreachable_database_means_no_traffic_change(
@@ -511,7 +522,10 @@ def test_an_unreachable_database_means_no_traffic_change(
     flaky_store.down = False  # the database is back: the same work goes through
     act(rig)
     assert len(rig.router.written) == len(writes_before) + 1
-    assert rig.actions()[-2:] == ["traffic.intent", "traffic.applied"]
+    assert [a for a in rig.actions() if a.startswith("traffic.")][-2:] == [
+        "traffic.intent", "traffic.applied"
+    ]  # fmt: skip
+    assert rig.actions()[-1] == "traffic.applied"
     assert rig.store.pending_commands() == []  # a command queued meanwhile is carried out
 
 
@@ -781,6 +795,76 @@ def test_a_bad_opt_in_is_audited_once_per_generation_and_changes_nothing(
 
 
 # ---------------------------------------------------------------------------------------
+# Who started a rollout, linked in the chain
+# ---------------------------------------------------------------------------------------
+
+
+def test_a_start_command_and_the_rollout_it_causes_name_each_other(
+    db: Database, store: AuditStore
+) -> None:
+    rig = make_rig(store)
+    queued = rig.command("start", storage_uri=URI2)
+    assert rig.engine.run_command(queued)[0] == "accepted"
+    chained = rig.store.command_records(queued)
+    requested, settled = chained["manual.requested"], chained["manual.settled"]
+    assert settled.entry.rollout_id is None, "settled when the model is written: no rollout yet"
+    rig.clock.advance(2)
+    rig.cluster.view = new_revision_view(10)
+    # whoever edits the queue afterwards does not change who started it
+    db.query("UPDATE commands SET actor = ? WHERE id = ?", ("mallory@bank.example", queued.id))
+
+    rig.engine.reconcile(NS, NAME)
+
+    rollout = rig.last_rollout()
+    assert RolloutDocument.from_row(rollout).state.started_by == "alice@bank.example"
+    (started,) = rig.records("rollout.started")
+    assert {k: started.evidence[k] for k in (
+        "command_id", "command_requested_seq", "command_settled_seq", "started_by"
+    )} == {
+        "command_id": queued.id, "command_requested_seq": requested.seq,
+        "command_settled_seq": settled.seq, "started_by": "alice@bank.example",
+    }  # fmt: skip
+    (linked,) = rig.records(MANUAL_LINKED)
+    assert (linked.correlation_id, linked.rollout_id) == (queued.id, rollout.id)
+    assert linked.evidence == {
+        "command_id": queued.id, "command_requested_seq": requested.seq,
+        "command_settled_seq": settled.seq, "rollout_id": rollout.id,
+    }  # fmt: skip
+    # from the command, its correlation id leads to the rollout
+    ours = [r.entry.action for r in rig.store.records() if r.entry.correlation_id == queued.id]
+    assert ours == ["manual.requested", "manual.settled", MANUAL_LINKED]
+    assert rig.store.verify().ok
+    (edited,) = rig.store.crosscheck()  # and the edit itself is named
+    assert (edited.key, edited.kind, edited.seq) == (queued.id, "edited", requested.seq)
+    assert "actor is 'mallory@bank.example' in the table but 'alice@bank.example'" in (
+        edited.problem
+    )
+
+
+def test_a_rollout_started_by_an_admitted_model_change_names_its_record(
+    lite_store: AuditStore,
+) -> None:
+    rig = make_rig(lite_store)
+    change = ModelChange(
+        namespace=NS, name=NAME, uid="uid-1", storage_uris=(URI2,),
+        username="system:serviceaccount:argocd:argocd-application-controller",
+        user_uid="sa-1", groups=("system:serviceaccounts",), admission_uid="adm-1",
+        previous_uris=(URI1,), changes=(f"spec.predictor: {URI1} -> {URI2}",),
+    )  # fmt: skip
+    (admitted,) = rig.store.commit([admitted_entry(change, rig.clock())])
+    rig.clock.advance(2)
+    rig.cluster.view = new_revision_view(10)
+
+    rig.engine.reconcile(NS, NAME)
+
+    (started,) = rig.records("rollout.started")
+    assert started.evidence["model_change_seq"] == admitted.seq
+    assert started.evidence["started_by"] == change.username
+    assert "command_id" not in started.evidence
+    assert rig.records(MANUAL_LINKED) == []
+
+
+# ---------------------------------------------------------------------------------------
 # Manual commands
 # ---------------------------------------------------------------------------------------
 
@@ -842,13 +926,34 @@ def test_manual_commands_are_settled_with_the_audit_records_they_cause(
     assert settled is not None
     assert (settled.state, settled.result) == (state, result)
     new = [r.entry for r in rig.store.records(after_seq=mark)]
-    assert [e.action for e in new] == audited
-    assert new[0].actor == ALICE
-    assert new[0].reason == (result if state == "rejected" else "ticket OPS-42")
+    # asked (queued), decided and settled in one commit, then the write's outcome
+    committed = audited[:-1] if written else audited
+    assert [e.action for e in new] == [
+        "manual.requested",
+        *committed,
+        "manual.settled",
+        *audited[len(committed) :],
+    ]
+    requested, *caused = new
+    assert requested.actor == ALICE
+    assert requested.correlation_id == queued.id
+    assert requested.evidence == {
+        "command_id": queued.id, "command": command, "args": {}, "reason": "ticket OPS-42",
+        "requested_at": format_timestamp(queued.requested_at),
+    }  # fmt: skip
+    (settle,) = [e for e in caused if e.action == "manual.settled"]
+    assert settle.actor == Actor("controller", "pod-a")
+    assert (settle.correlation_id, settle.rollout_id) == (queued.id, rig.last_rollout().id)
+    assert {k: settle.evidence[k] for k in ("command_id", "state", "result")} == {
+        "command_id": queued.id, "state": state, "result": result,
+    }  # fmt: skip
+    decided = [e for e in caused if e.action != "manual.settled"]
+    assert decided[0].actor == ALICE
+    assert decided[0].reason == (result if state == "rejected" else "ticket OPS-42")
     assert rig.router.written[writes_before:] == written
     assert rig.last_rollout().phase == phase
     if written:
-        assert new[-1].correlation_id == new[-2].correlation_id
+        assert decided[-1].correlation_id == decided[-2].correlation_id
 
 
 @pytest.mark.parametrize(
@@ -897,7 +1002,7 @@ def test_rollout_start_for_a_service_not_opted_in_is_rejected_and_writes_nothing
     settled = rig.store.get_command(queued.id)
     assert settled is not None
     assert (settled.state, settled.result) == ("rejected", result)
-    assert rig.actions() == ["manual.rejected"]
+    assert rig.actions() == ["manual.requested", "manual.rejected", "manual.settled"]
     assert rig.records("manual.rejected")[0].actor == ALICE
     assert rig.router.starts == []
     assert rig.router.attempts == []
@@ -1579,3 +1684,83 @@ def test_with_mirroring_configured_a_canary_without_shadow_makes_no_mirror_calls
     assert rig.engine.sweep_mirrors() == 0
     assert mirrors.calls == ["owned"], "the sweep lists our objects, once"
     assert not any(a.startswith("mirror.") for a in rig.actions())
+
+
+# ---------------------------------------------------------------------------------------
+# Approvals in the chain
+# ---------------------------------------------------------------------------------------
+
+
+class Passing(Collecting):
+    """Every evaluation passes with enough samples."""
+
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+        looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
+    ) -> StepAnalysis:
+        self.asked.append(at)
+        return StepAnalysis(at, (), Outcome.SUCCESSFUL, True, False, "all checks pass", {})
+
+
+GATED = RolloutPolicy.model_validate(
+    {
+        "name": "default",
+        "steps": [10, 100],
+        "stepHold": "30s",
+        "analysisInterval": "10s",
+        "revisionReadyTimeout": "2m",
+        "trafficTimeout": "1m",
+        "approval": {"gate": "kubernetes", "riskOwnerGroup": "credit-risk", "deadline": "8h"},
+    }
+)
+
+
+def test_an_approval_through_the_engine_is_chained_at_every_write(store: AuditStore) -> None:
+    """The request (in the engine's commit), the Kubernetes gate's decision (in the
+    command's commit) and the close at the end each carry the approval row as written, and
+    the tables agree with the chain throughout."""
+    rig = make_rig(store, analyzer=Passing())
+    rig.engine._policies = lambda: PolicySet([GATED], {"default": "test"})
+    assert rig.engine.run_command(rig.command("start", storage_uri=URI2))[0] == "accepted"
+    rig.clock.advance(2)
+    rig.cluster.view = new_revision_view(10)
+    run_until(rig, 120)
+    assert rig.last_rollout().phase == "AwaitingApproval"
+    (row,) = rig.store.approvals_for(rig.last_rollout().id)
+    (requested,) = rig.records("approval.requested")
+    assert requested.evidence["approval"] == approval_snapshot(row)
+    assert rig.store.crosscheck() == []
+
+    approve = rig.store.submit_command(
+        CommandRow(
+            id=str(uuid4()), namespace=NS, name=NAME, command="approve", actor="bob@bank.example",
+            actor_uid="u-bob", actor_groups=("credit-risk",), reason="evidence reviewed",
+            args={}, requested_at=rig.clock(),
+        )
+    )  # fmt: skip
+    assert rig.engine.run_command(approve)[0] == "accepted"
+    (verified,) = rig.records("approval.verified")
+    decided = rig.store.approval_by_id(row.id)
+    assert decided is not None
+    assert (decided.state, decided.approver) == ("approved", "bob@bank.example")
+    assert verified.actor == Actor("human", "bob@bank.example", uid="u-bob",
+                                   groups=("credit-risk",))  # fmt: skip
+    assert verified.evidence["approval"] == approval_snapshot(decided)
+    assert rig.store.crosscheck() == []
+
+    run_until(rig, 120)
+    rig.clock.advance(2)
+    rig.engine.reconcile(NS, NAME)
+    assert rig.last_rollout().phase == "Succeeded"
+    closed = rig.store.approval_by_id(row.id)
+    assert closed is not None
+    assert closed.close_code == "successful"
+    assert rig.store.crosscheck() == []
+    assert rig.store.verify().ok

@@ -29,7 +29,15 @@ from sqlalchemy import event
 
 from analysis import Outcome, StepAnalysis, Subject
 from analysis.types import CheckEvaluation
-from canary.audit import AuditRecord, AuditStore, RolloutRow, upgrade_to_head
+from canary.audit import (
+    Actor,
+    AuditEntry,
+    AuditRecord,
+    AuditStore,
+    ObjectRef,
+    RolloutRow,
+    upgrade_to_head,
+)
 from canary.audit.history import InvalidQuery, encode_cursor
 from canary.engine import Engine
 from canary.evidence.pointintime import (
@@ -158,8 +166,21 @@ def servicenow_decides(rig: Rig, approver: str) -> None:
     pending = [a for a in rig.store.approvals_for(row.id) if a.state == "pending"]
     assert len(pending) == 1
     (approval,) = pending
-    opened = {"change_number": "CHG0042", "change_sys_id": "sys-0042"}
-    assert rig.store.update_approval(approval.id, only_if_state="pending", **opened)
+    created = AuditEntry(
+        at=rig.clock(),
+        actor=Actor("controller", "pod-a"),
+        action="approval.change_created",
+        rollout_id=row.id,
+        obj=ObjectRef(NS, NAME),
+        reason="change CHG0042 opened",
+    )
+    assert rig.store.update_approval(
+        approval.id,
+        only_if_state="pending",
+        record=created,
+        change_number="CHG0042",
+        change_sys_id="sys-0042",
+    )
     rig.clock.advance(5)
     rig.engine.reconcile(NS, NAME)  # the change opened
     rig.clock.advance(60)
@@ -171,8 +192,23 @@ def servicenow_decides(rig: Rig, approver: str) -> None:
         "decided_at": now.isoformat(), "comments": "evidence reviewed", "violations": [],
         "webhook_id": None, "payload_digest": None,
     }  # fmt: skip
-    verified = {"state": "approved", "approver": approver, "decided_at": now, "decision": decision}
-    assert rig.store.update_approval(approval.id, only_if_state="pending", **verified)
+    read = AuditEntry(
+        at=now,
+        actor=Actor("servicenow", approver),
+        action="approval.decision_verified",
+        rollout_id=row.id,
+        obj=ObjectRef(NS, NAME),
+        reason=f"approved by {approver}",
+    )
+    assert rig.store.update_approval(
+        approval.id,
+        only_if_state="pending",
+        record=read,
+        state="approved",
+        approver=approver,
+        decided_at=now,
+        decision=decision,
+    )
     rig.engine.reconcile(NS, NAME)
 
 

@@ -26,8 +26,8 @@ from approvals.gate import (
 )
 from approvals.servicenow import ServiceNowError
 from canary import machine
-from canary.approval_flow import close_row, observations, request_row
-from canary.audit import ApprovalRow, AuditEntry, AuditStore, Fence, upgrade_to_head
+from canary.approval_flow import close_row, name_row, observations, request_row
+from canary.audit import Actor, ApprovalRow, AuditEntry, AuditStore, Fence, upgrade_to_head
 from canary.document import RolloutDocument
 from canary.entries import Entries
 from canary.k8s.events import ObjectReference
@@ -182,7 +182,9 @@ class Rollout:
             elif isinstance(action, RequestApproval):
                 previous = self.store.get_approval(self.id, action.revision, action.step_index)
                 at = self.state.phase_entered_at
-                rows.append(request_row(self.state, self.doc.policy, action, previous, at))
+                request = request_row(self.state, self.doc.policy, action, previous, at)
+                rows.append(request)
+                entries = name_row(entries, "approval.requested", request.id)
             elif isinstance(action, CloseChange):
                 approval = self.state.approval
                 assert approval is not None
@@ -380,6 +382,13 @@ class Recorder:
 
     def enqueue(self, namespace: str, name: str) -> None:
         self.enqueued.append((namespace, name))
+
+
+def noted(action: str = "approval.updated", at: datetime = ASKED_AT) -> AuditEntry:
+    """The record of a write a test makes to an approval row as some party would (a write of
+    an audited field needs one; the store adds the row as written)."""
+    return AuditEntry(at=at, actor=Actor("controller", "pod-b"), action=action,
+                      reason="written by the test")  # fmt: skip
 
 
 def evidence(entry: AuditEntry, *keys: str) -> dict[str, Any]:

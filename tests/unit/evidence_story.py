@@ -308,6 +308,8 @@ class Story:
                     None,
                 )
                 row = request_row(doc.state, self.policy, action, previous, self.now)
+                if previous is None or previous.id != row.id:  # a new row: a counted id
+                    row = replace(row, id=f"approval-{len(self.rows) + 1:04d}")
                 self.rows[row.id] = row
             elif isinstance(action, CloseChange):
                 current = self._current_row()

@@ -25,6 +25,8 @@ from canary.api.webhooks import Delivery, GateDecision, InboxAnswer, ServiceNowC
 from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
 from canary.audit import AuditEntry, AuditStore
+from canary.audit.actors import approval_snapshot
+from canary.audit.records import format_timestamp
 from canary.model import ApprovalDecision, EventReason, Phase, ServiceDeleted, ServiceObserved
 from canary.policy import RolloutPolicy
 from tests.unit.approval_rig import (
@@ -39,6 +41,7 @@ from tests.unit.approval_rig import (
     Recorder,
     Rollout,
     migrated,
+    noted,
 )
 from tests.unit.rollout_driver import view
 
@@ -75,7 +78,7 @@ class World:
         """A ServiceNow-gated rollout whose change the worker has opened."""
         rollout = self.rollout(SERVICENOW)
         assert self.store.update_approval(
-            rollout.row().id, change_number=NUMBER, change_sys_id=SYS_ID
+            rollout.row().id, change_number=NUMBER, change_sys_id=SYS_ID, record=noted()
         )
         rollout.take()
         return rollout
@@ -232,7 +235,7 @@ def test_a_callback_for_an_approval_no_longer_pending_is_gone_and_recorded_once(
     world: World, state: str
 ) -> None:
     rollout = world.with_change()
-    assert world.store.update_approval(rollout.row().id, state=state)
+    assert world.store.update_approval(rollout.row().id, state=state, record=noted())
     worker = world.worker()
     inbox = world.inbox(worker)
     result = inbox.servicenow_callback(delivery(), callback())
@@ -490,3 +493,54 @@ def _at_once(call: Callable[[], Any], threads: int = 2) -> list[InboxAnswer]:
     assert errors == []
     assert len(answers) == threads
     return answers
+
+
+# --- in the hash chain ----------------------------------------------------------------------
+
+
+def test_a_delivery_is_chained_once_and_its_duplicate_is_not(world: World) -> None:
+    rollout = world.with_change()
+    inbox = world.inbox(world.worker())
+    assert inbox.servicenow_callback(delivery(), callback()).answer is InboxAnswer.ACCEPTED
+    assert inbox.servicenow_callback(delivery(), callback()).answer is InboxAnswer.DUPLICATE
+    (record,) = world.records("webhook.delivered")
+    assert (record.actor.kind, record.actor.id) == ("servicenow", "callback")
+    assert (record.webhook_id, record.payload_digest) == ("msg_1", delivery().payload_digest)
+    assert record.rollout_id == rollout.id
+    assert {k: record.evidence[k] for k in ("source", "signature_valid", "outcome")} == {
+        "source": "servicenow",
+        "signature_valid": True,
+        "outcome": "accepted",
+    }
+    assert record.evidence["received_at"] == format_timestamp(RECEIVED)
+    assert record.evidence["change_number"] == NUMBER
+
+
+def test_a_verified_signed_decision_is_chained_with_the_row_it_wrote(world: World) -> None:
+    rollout = world.rollout(WEBHOOK)
+    result = world.inbox().gate_decision(delivery(source="webhook"), decision())
+    assert result.answer is InboxAnswer.ACCEPTED
+    (delivered,) = world.records("webhook.delivered")
+    assert (delivered.actor.kind, delivered.actor.id) == ("webhook", "alice@bank.example")
+    assert delivered.evidence["outcome"] == "accepted"
+    (verified,) = world.records("approval.decision_verified")
+    row = rollout.row()
+    assert (verified.actor.kind, verified.actor.id) == ("webhook", "alice@bank.example")
+    assert (verified.approver, verified.approval_time) == ("alice@bank.example", RECEIVED)
+    assert (verified.change_number, verified.webhook_id) == ("FIRM-4711", "msg_1")
+    assert verified.payload_digest == delivery().payload_digest
+    assert verified.evidence["approval"] == approval_snapshot(row)
+    assert row.state == "approved"
+
+
+def test_a_delivery_whose_signature_failed_is_neither_stored_nor_chained(world: World) -> None:
+    """Anyone can send those: storing one would let a stranger grow the chain, and take a
+    webhook id before the genuine sender does."""
+    head = world.store.head()
+    with pytest.raises(ValueError, match="signature did not verify"):
+        world.store.record_delivery(
+            "msg_forged", received_at=RECEIVED, source="webhook", payload_digest="sha256:00",
+            signature_valid=False, outcome="refused",
+        )  # fmt: skip
+    assert world.deliveries() == []
+    assert world.store.head() == head

@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from canary.audit import ApprovalRow
-from tests.unit.approval_rig import ASKED_AT, Clock, Rollout, migrated
+from canary.audit.actors import approval_snapshot
+from tests.unit.approval_rig import ASKED_AT, Clock, Rollout, migrated, noted
 
 CHANGE = ("CHG0000042", "0" * 31 + "1")
 
@@ -25,7 +28,7 @@ def test_a_close_request_keeps_the_change_the_worker_opened_meanwhile(tmp_path: 
     rollout, read = _awaiting(tmp_path)  # the engine read the row: no change yet
     store = rollout.store
     assert store.update_approval(read.id, only_if_state="pending", change_number=CHANGE[0],
-                                 change_sys_id=CHANGE[1])  # fmt: skip
+                                 change_sys_id=CHANGE[1], record=noted())  # fmt: skip
     closing = replace(read, state="cancelled", close_code="cancelled", close_note="superseded",
                       closed_at=ASKED_AT)  # fmt: skip
     store.upsert_approval(closing)  # the engine's write, from what it had read
@@ -41,7 +44,8 @@ def test_a_close_request_never_undoes_a_decision_the_worker_verified(tmp_path: P
     rollout, read = _awaiting(tmp_path)
     store = rollout.store
     store.update_approval(read.id, only_if_state="pending", state="approved", approver="alice",
-                          decided_at=ASKED_AT, decision={"approver_name": "alice"})  # fmt: skip
+                          decided_at=ASKED_AT, decision={"approver_name": "alice"},
+                          record=noted())  # fmt: skip
     store.upsert_approval(replace(read, state="cancelled", close_code="cancelled",
                                   close_note="x"))  # fmt: skip
     stored = store.approval_by_id(read.id)
@@ -56,7 +60,7 @@ def test_a_close_request_never_undoes_a_decision_the_worker_verified(tmp_path: P
 def test_a_decision_is_written_only_from_pending(tmp_path: Path) -> None:
     rollout, read = _awaiting(tmp_path)
     store = rollout.store
-    store.update_approval(read.id, state="expired")
+    store.update_approval(read.id, state="expired", record=noted())
     store.upsert_approval(replace(read, state="approved", approver="alice",
                                   decided_at=ASKED_AT, decision={"late": True}))  # fmt: skip
     stored = store.approval_by_id(read.id)
@@ -69,7 +73,8 @@ def test_an_approval_asked_again_is_a_row_of_its_own_and_the_first_keeps_its_cha
 ) -> None:
     rollout, first = _awaiting(tmp_path)
     store = rollout.store
-    store.update_approval(first.id, change_number=CHANGE[0], change_sys_id=CHANGE[1])
+    store.update_approval(first.id, change_number=CHANGE[0], change_sys_id=CHANGE[1],
+                          record=noted())  # fmt: skip
     store.upsert_approval(replace(first, state="expired", close_code="cancelled",
                                   close_note="deadline passed"))  # fmt: skip
     second = replace(first, id="second", attempt=2, requested_at=ASKED_AT)
@@ -90,3 +95,29 @@ def test_closing_without_a_change_is_done_at_once(tmp_path: Path) -> None:
     assert stored is not None
     assert stored.closed_at == ASKED_AT
     assert store.approvals_to_close() == []
+
+
+def test_a_field_an_auditor_reads_is_never_written_without_its_record(tmp_path: Path) -> None:
+    rollout, read = _awaiting(tmp_path)
+    store = rollout.store
+    head = store.head()
+    with pytest.raises(ValueError, match=r"approver, state on approval .* give the audit record"):
+        store.update_approval(read.id, state="approved", approver="mallory")
+    assert store.approval_by_id(read.id) == read
+    assert store.head() == head
+    # the worker's books need none, and get none
+    assert store.update_approval(read.id, last_checked_at=ASKED_AT, last_error="timeout")
+    assert store.head() == head
+
+
+def test_a_write_that_does_not_happen_is_not_recorded(tmp_path: Path) -> None:
+    rollout, read = _awaiting(tmp_path)
+    store = rollout.store
+    assert store.update_approval(read.id, state="expired", record=noted("approval.expired"))
+    head = store.head()
+    assert not store.update_approval(read.id, only_if_state="pending", state="approved",
+                                     approver="alice", record=noted())  # fmt: skip
+    assert store.head() == head
+    (last,) = store.records(after_seq=head[0] - 1)
+    assert last.entry.action == "approval.expired"
+    assert last.entry.evidence["approval"] == approval_snapshot(replace(read, state="expired"))

@@ -24,7 +24,9 @@ import pytest
 
 from approvals.gate import ApprovalRequest, Decision, Outcome, PendingApproval, Rule
 from canary.approval_worker import ApprovalWorker
-from canary.audit import AuditEntry, AuditStore, FencedOut
+from canary.audit import Actor, AuditEntry, AuditStore, FencedOut
+from canary.audit.actors import approval_snapshot
+from canary.audit.records import format_timestamp
 from canary.model import (
     AnalysisVerdict,
     ApprovalDecision,
@@ -52,7 +54,9 @@ from tests.unit.approval_rig import (
     Recorder,
     Rollout,
     approved_by_alice,
+    evidence,
     migrated,
+    noted,
     refused,
 )
 from tests.unit.rollout_driver import promoted_view, view
@@ -332,7 +336,8 @@ def test_a_decision_written_meanwhile_is_not_written_again(world: World) -> None
 
     def decided_elsewhere(pending: PendingApproval, now: datetime) -> Decision:
         row = world.rollout.row()  # a previous leader's pass wrote its decision first
-        assert world.store.update_approval(row.id, state="approved", decided_at=now)
+        assert world.store.update_approval(row.id, state="approved", decided_at=now,
+                                           record=noted())  # fmt: skip
         return approved_by_alice(pending, now)
 
     world.gate.answer = decided_elsewhere
@@ -522,8 +527,9 @@ def test_a_change_the_rollout_no_longer_needs_is_closed_once(world: World, endin
     world.at(worker, 0)  # the change is opened
     if ending.row_state in ("approved", "rejected"):  # as the worker writes a decision
         assert world.store.update_approval(
-            world.rollout.row().id, state=ending.row_state, decided_at=world.clock()
-        )
+            world.rollout.row().id, state=ending.row_state, decided_at=world.clock(),
+            record=noted(),
+        )  # fmt: skip
     world.clock.advance(10)
     ending.how(world)
     assert world.rollout.state.phase is ending.phase
@@ -540,11 +546,20 @@ def test_a_change_the_rollout_no_longer_needs_is_closed_once(world: World, endin
     assert change.closed[0][1] == row.close_note
     assert world.rollout.row().closed_at == closed_at
     (record,) = world.rollout.records("approval.change_closed")
-    assert record.evidence == {
+    assert evidence(record, "change_number", "change_sys_id", "close_code", "revision") == {
         "change_number": change.number,
         "change_sys_id": change.sys_id,
         "close_code": ending.code,
         "revision": "r2",
+    }
+    # the row as it was written, in the same transaction
+    assert record.evidence["approval_id"] == row.id
+    stored = record.evidence["approval"]
+    assert isinstance(stored, dict)
+    assert {k: stored[k] for k in ("closed_at", "close_code", "state")} == {
+        "closed_at": format_timestamp(closed_at),
+        "close_code": ending.code,
+        "state": ending.row_state,
     }
     assert str(record.reason).startswith(f"{change.number} closed {ending.code}")
     assert record.leader_epoch == FENCE.epoch
@@ -621,3 +636,72 @@ def test_a_change_opened_too_late_is_cancelled_even_if_servicenow_fails_at_first
     assert row.closed_at is not None
     (record,) = world.rollout.records("approval.change_closed")
     assert record.evidence["close_code"] == "cancelled"
+
+
+# --- in the hash chain ----------------------------------------------------------------------
+
+
+def _carried(world: World) -> list[tuple[str, Any]]:
+    """The records that carry the approval row, with the row as each says it was."""
+    return [
+        (r.entry.action, r.entry.evidence["approval"])
+        for r in world.store.records()
+        if "approval" in r.entry.evidence
+    ]
+
+
+def test_every_write_an_auditor_reads_is_chained_with_the_row_as_written(world: World) -> None:
+    def agrees() -> None:
+        assert _carried(world)[-1][1] == approval_snapshot(world.rollout.row())
+
+    agrees()  # the request, in the engine's commit
+    worker = world.worker()
+    world.at(worker, 0)  # the change is opened
+    agrees()
+    world.at(worker, 1, 2)  # a read that finds nothing new: the worker's books only
+    assert world.rollout.row().last_checked_at == ASKED_AT + timedelta(seconds=1)
+    assert len(_carried(world)) == 2
+    world.gate.asked = lambda pending: ("alice", "bob", "carol")  # type: ignore[method-assign]
+    world.at(worker, 70)
+    agrees()
+    world.gate.answer = approved_by_alice
+    world.at(worker, 140)
+    agrees()
+    world.rollout.take()
+    world.rollout.step(AnalysisVerdict(Verdict.SUCCESSFUL, "r2", 0, world.clock(), True, "fine"))
+    world.rollout.step(ServiceObserved(promoted_view()))  # the rollout ends: close the change
+    agrees()
+    world.at(worker, 200)
+    agrees()
+    assert [action for action, _ in _carried(world)] == [
+        "approval.requested",
+        "approval.change_created",
+        "approval.asked",
+        "approval.decision_verified",
+        "approval.close_requested",
+        "approval.change_closed",
+    ]
+    records = {r.entry.action: r.entry for r in world.store.records()}
+    asked = records["approval.asked"]
+    assert (asked.evidence["asked"], asked.evidence["previously_asked"]) == (
+        ["alice", "bob", "carol"], ["alice", "bob"],
+    )  # fmt: skip
+    verified = records["approval.decision_verified"]
+    assert verified.actor == Actor("servicenow", "alice", uid=ALICE_ID)
+    assert (verified.approver, verified.change_number) == (
+        ALICE_ID,
+        world.rollout.row().change_number,
+    )
+    closing = records["approval.close_requested"]
+    assert closing.actor == Actor("controller", FENCE.holder), "the leader that wrote it"
+    assert closing.leader_epoch == FENCE.epoch
+    assert world.store.crosscheck() == []
+
+
+def test_a_refusal_is_chained_in_the_write_that_notes_it(world: World) -> None:
+    world.gate.answer = refused(Rule.SELF_APPROVAL)
+    world.at(world.worker(), 0, 1)
+    (refusal,) = world.rollout.records("approval.refused")
+    row = world.rollout.row()
+    assert row.refused_digest is not None
+    assert refusal.evidence["approval"] == approval_snapshot(row)

@@ -257,11 +257,12 @@ def test_point_in_time_answers_mid_canary_and_refuses_unclear_questions(api: Api
 def test_verify_anchors_the_chain_and_names_a_rewritten_history(api: Api) -> None:
     clean = api.get("/verify").json()
     assert clean["tampered"] is False
-    assert clean["anchors"]["anchored_seq"] == len(api.story.records) - 2
+    head, _ = api.store.head()
+    assert clean["anchors"]["anchored_seq"] == head - 2
     assert clean["anchors"]["unanchored"] == 2
     full = api.get("/verify", full="true").json()
     assert full["chain"]["from_seq"] == 1
-    assert full["chain"]["records_checked"] == len(api.story.records)
+    assert full["chain"]["records_checked"] == head
     rewrite_record(api.db, 3, lambda body: body.update(reason="nothing happened"))
     tampered = api.get("/verify").json()
     assert tampered["tampered"] is True
@@ -275,7 +276,7 @@ def test_checkpoints_are_listed_as_envelopes(api: Api) -> None:
 
 def test_the_export_streams_records_whose_hashes_recompute(api: Api) -> None:
     lines = api.get("/export").text.splitlines()
-    assert len(lines) == len(api.story.records)
+    assert len(lines) == api.store.head()[0]
     for line in lines:
         record = json.loads(line)
         assert compute_record_hash(record["prev_hash"], record["body"]) == record["record_hash"]
@@ -286,6 +287,7 @@ def test_the_export_streams_records_whose_hashes_recompute(api: Api) -> None:
 def test_the_csv_export_never_hands_a_spreadsheet_a_formula(api: Api) -> None:
     from canary.audit import Actor, AuditEntry, ObjectRef
 
+    before = api.store.head()[0]
     api.store.append([AuditEntry(
         at=api.story.now, actor=Actor("human", "mallory"), action="manual.pause",
         obj=ObjectRef(NAMESPACE, NAME), reason='=HYPERLINK("http://evil","click")',
@@ -293,7 +295,7 @@ def test_the_csv_export_never_hands_a_spreadsheet_a_formula(api: Api) -> None:
     answer = api.get("/export", format="csv")
     assert answer.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(answer.text)))
-    assert len(rows) == len(api.story.records) + 1
+    assert len(rows) == before + 1
     assert rows[-1]["reason"] == '\'=HYPERLINK("http://evil","click")'
     assert rows[-1]["actor_id"] == "mallory"
 

@@ -251,6 +251,7 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
         click.echo(f"audit chain BROKEN at record {chain.first_bad_seq}: {chain.problem}", err=True)
         click.echo(f"{chain.records_checked} records verified before the break", err=True)
     if anchors is None:
+        _print_tables(result)
         click.echo(
             "not anchored: no signed checkpoint given, so a truncated or rewritten history "
             "cannot be told from this database alone (pass --checkpoint FILE or "
@@ -262,6 +263,7 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
     for finding in anchors.findings:
         if finding.tampered:
             click.echo(f"TAMPERED: {finding.message}", err=True)
+    _print_tables(result)
     if anchors.anchored_seq:
         at = format_timestamp(anchors.anchored_at) if anchors.anchored_at else "?"
         click.echo(
@@ -271,6 +273,20 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
     for finding in anchors.findings:
         if not finding.tampered:
             click.echo(f"warning: {finding.message}")
+
+
+def _print_tables(result: TrailCheck) -> None:
+    """The mutable tables against the chain: tampering first, then rows older than chaining."""
+    if result.tables is None:
+        return
+    for d in result.tables:
+        if d.tampering:
+            click.echo(f"TAMPERED: {d.table} {d.key}: {d.problem}", err=True)
+    older = [d for d in result.tables if not d.tampering]
+    if older:
+        click.echo(f"note: {len(older)} rows predate chained records of their kind (not checked)")
+    if not any(d.tampering for d in result.tables):
+        click.echo("tables: commands, approvals and webhook deliveries agree with the chain")
 
 
 @audit.command("checkpoints")

@@ -14,6 +14,7 @@ from typing import Any
 
 from canary.audit import AuditStore, ChainReport
 from canary.audit.checkpoint import AnchorReport, SignedCheckpoint, TrustedKeys, judge_anchors
+from canary.audit.crosscheck import Discrepancy
 from canary.audit.records import format_timestamp
 from canary.evidence.dossier import ChainVerification
 
@@ -28,10 +29,15 @@ class TrailCheck:
     anchors: AnchorReport | None
     from_seq: int  # the first record verified (after a checkpoint, when incremental)
     witness: str | None = None  # where the checkpoints came from
+    tables: tuple[Discrepancy, ...] | None = None  # the mutable tables against the chain
 
     @property
     def tampered(self) -> bool:
-        return not self.chain.ok or (self.anchors is not None and self.anchors.tampered)
+        return (
+            not self.chain.ok
+            or (self.anchors is not None and self.anchors.tampered)
+            or any(d.tampering for d in self.tables or ())
+        )
 
     @property
     def unanchored(self) -> bool:
@@ -43,6 +49,9 @@ class TrailCheck:
             "chain": {**asdict(self.chain), "from_seq": self.from_seq},
             "anchors": None,
             "witness": self.witness,
+            "tables": None
+            if self.tables is None
+            else [{**asdict(d), "tampering": d.tampering} for d in self.tables],
         }
         if self.anchors is not None:
             a = self.anchors
@@ -82,11 +91,14 @@ def check_trail(
     log_name: str = "kserve-canary",
     since_checkpoint: bool = False,
     witness: str | None = None,
+    tables: bool = True,
 ) -> TrailCheck:
     """Verify the chain, and judge it against ``checkpoints`` when ``keys`` are given.
 
     ``since_checkpoint``: verify only the records after the latest checkpoint the database
-    agrees with (the whole chain when none does)."""
+    agrees with (the whole chain when none does). ``tables``: also compare the mutable tables
+    (commands, approvals, webhook deliveries) with their chained records
+    (:meth:`~canary.audit.AuditStore.crosscheck`)."""
     anchors: AnchorReport | None = None
     hashes: dict[int, str] = {}
     if keys is not None and checkpoints:
@@ -99,4 +111,5 @@ def check_trail(
     if since_checkpoint and anchors is not None and anchors.anchored_seq:
         start = (anchors.anchored_seq, hashes[anchors.anchored_seq])
     chain = store.verify(after=start)
-    return TrailCheck(chain, anchors, 1 if start is None else start[0] + 1, witness)
+    found = tuple(store.crosscheck()) if tables else None
+    return TrailCheck(chain, anchors, 1 if start is None else start[0] + 1, witness, found)

@@ -213,3 +213,26 @@ def test_migrated_database_starts_without_checkpoints(empty_db: Database) -> Non
     with AuditStore.from_url(empty_db.url) as store:
         assert store.latest_checkpoint() is None
         assert store.checkpoints() == []
+
+
+def test_an_edited_command_row_is_tampering_named_by_verify(trail: Trail) -> None:
+    from canary.audit import CommandRow
+
+    with AuditStore.from_url(trail.db.url) as store:
+        store.submit_command(
+            CommandRow(
+                id="cmd-1", namespace="credit", name="decisioning", command="pause",
+                actor="ops-bob", reason="INC-7 investigate", args={},
+                requested_at=T0 + timedelta(minutes=2),
+            )
+        )  # fmt: skip
+    clean = trail.verify()
+    assert clean.exit_code == 0, clean.output
+    assert "tables: commands, approvals and webhook deliveries agree with the chain" in (
+        clean.output
+    )
+    trail.db.query("UPDATE commands SET reason = 'routine check' WHERE id = 'cmd-1'")
+    result = trail.verify()
+    assert result.exit_code == 1, result.output
+    assert "TAMPERED: commands cmd-1:" in result.output
+    assert "routine check" in result.output

@@ -19,7 +19,7 @@ from canary.auditor_access import AUDITOR_ROLE, auditor_cluster_role
 from canary.k8s.client import NotFound, ResourceKind
 from canary.model import Phase
 from tests.e2e.harness import CHECKPOINTS, Env
-from tests.e2e.test_operator_commands import CANARY, CLUSTER_ROLE, RBAC, _person
+from tests.e2e.test_operator_commands import CANARY, CLUSTER_ROLE, RBAC, ROLE, _person
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,14 @@ def test_an_auditor_asks_who_served_when_and_reads_the_evidence(
 ) -> None:
     env = knative_env
     env.kube.apply(CLUSTER_ROLE, None, auditor_cluster_role(), field_manager="e2e")
-    auditor = _person(env, "model-risk", [], tmp_path)
+    # as the chart's Role kserve-canary-auditor-checkpoints: read the ConfigMap witness
+    env.kube.apply(ROLE, env.namespace, {
+        "apiVersion": f"{RBAC}/v1", "kind": "Role",
+        "metadata": {"name": "kserve-canary-auditor-checkpoints", "namespace": env.namespace},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                   "resourceNames": [CHECKPOINTS], "verbs": ["get"]}],
+    }, field_manager="e2e")  # fmt: skip
+    auditor = _person(env, "model-risk", [("Role", "kserve-canary-auditor-checkpoints")], tmp_path)
     outsider = _person(env, "curious", [], tmp_path)
     binding = f"kserve-canary-auditor-{env.token}"
     env.kube.apply(CLUSTER_ROLE_BINDING, None, {

@@ -148,7 +148,7 @@ TARGETS: Final = {
 LOAD_SETTINGS: Final = {
     "shared_buffers": "1GB",
     "maintenance_work_mem": "1GB",
-    "max_wal_size": "8GB",
+    "max_wal_size": "4GB",
     "checkpoint_timeout": "30min",
     "max_parallel_maintenance_workers": "2",
 }

@@ -39,6 +39,7 @@ help:
 	@echo "make sandbox-up | sandbox-down   the local test bed in the background"
 	@echo "make bench-sandbox   time the test bed's start and stop"
 	@echo "make bench-judgement   decision quality of ours vs Flagger- and Kayenta-style judges"
+	@echo "make bench-audit   the audit trail at 10 million records: appends, queries, verify"
 	@echo "make lock   re-resolve requirements-runtime.lock and requirements-dev.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -118,6 +119,12 @@ bench-sandbox: deps
 .PHONY: bench-judgement
 bench-judgement: venv
 	$(BIN)/python -m bench.judgement --reps 1000 --curve-reps 500 --looks-reps 300
+
+# A private PostgreSQL with 10 million generated audit records, kept between runs under
+# /var/tmp/kserve-canary-bench (KSC_BENCH_CACHE): the first run generates it, later runs measure.
+.PHONY: bench-audit
+bench-audit: venv system-deps
+	$(BIN)/python -m bench.audit --records 10000000 --services 1000
 
 .PHONY: sandbox-up
 sandbox-up: deps

@@ -33,15 +33,22 @@ TABLES = {
     "approvals",
     "leader_fence",
     "audit_checkpoints",
+    "audit_purges",
 }
-APPEND_ONLY = ("audit_log", "measurements", "webhook_deliveries", "audit_checkpoints")
+APPEND_ONLY = (
+    "audit_log",
+    "measurements",
+    "webhook_deliveries",
+    "audit_checkpoints",
+    "audit_purges",
+)
 
 
-def expected_triggers(kind: str) -> set[str]:
+def expected_triggers(kind: str, tables: tuple[str, ...] = APPEND_ONLY) -> set[str]:
     suffixes = (
         ("append_only", "no_truncate") if kind == "postgresql" else ("no_update", "no_delete")
     )
-    return {f"{table}_{suffix}" for table in APPEND_ONLY for suffix in suffixes}
+    return {f"{table}_{suffix}" for table in tables for suffix in suffixes}
 
 
 def reject_function_exists(db: Database) -> bool:
@@ -54,7 +61,7 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0007",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0008",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
 
@@ -72,7 +79,8 @@ def test_postgresql_append_only_triggers_fire_always_and_the_downgrade_makes_the
     upgrade_to_head(pg_database.url)
     assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "A")
     command.downgrade(alembic_config(pg_database.url), "0006")
-    assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "O")
+    before_purges = expected_triggers("postgresql", APPEND_ONLY[:-1])  # 0008 adds audit_purges
+    assert _trigger_states(pg_database) == dict.fromkeys(before_purges, "O")
     upgrade_to_head(pg_database.url)
     assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "A")
 
@@ -167,7 +175,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0007 (head)" in current.stdout
+    assert "0008 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:

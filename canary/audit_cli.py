@@ -242,6 +242,8 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
 
     chain, anchors = result.chain, result.anchors
     scope = "" if result.from_seq == 1 else f" after checkpoint {result.from_seq - 1}"
+    if result.from_seq > 1 and result.from_seq - 1 == chain.purged_through:
+        scope = f" from record {result.from_seq} (the records before it were purged)"
     if chain.ok:
         click.echo(
             f"audit chain intact{scope}: {chain.records_checked} records, head record "
@@ -250,6 +252,11 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
     else:
         click.echo(f"audit chain BROKEN at record {chain.first_bad_seq}: {chain.problem}", err=True)
         click.echo(f"{chain.records_checked} records verified before the break", err=True)
+    if anchors is None and result.purges:
+        click.echo(
+            f"purged: {result.purges[-1].describe()}; whether a signed checkpoint vouches for "
+            "where the chain now starts was not checked (pass --public-key)"
+        )
     if anchors is None:
         click.echo(
             "not anchored: no signed checkpoint given, so a truncated or rewritten history "
@@ -269,7 +276,9 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
             f"{anchors.key_id} ({anchors.checkpoints} checkpoints checked)"
         )
     for finding in anchors.findings:
-        if not finding.tampered:
+        if finding.kind == "purged":
+            click.echo(finding.message)
+        elif not finding.tampered:
             click.echo(f"warning: {finding.message}")
 
 

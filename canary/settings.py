@@ -386,7 +386,8 @@ class Settings(BaseSettings):
     audit_public_key_files: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=(),
         description="Retired checkpoint public keys (PEM) the auditor API still trusts, "
-        "comma-separated, besides the current signing key's.",
+        "comma-separated, besides the current signing key's; the leader also accepts a purge "
+        "(canary audit purge) that ended on a checkpoint one of them signed.",
     )
 
     # -- the auditor API (/audit/v1) -------------------------------------------------------

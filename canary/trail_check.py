@@ -15,6 +15,7 @@ from typing import Any
 from canary.audit import AuditStore, ChainReport
 from canary.audit.checkpoint import AnchorReport, SignedCheckpoint, TrustedKeys, judge_anchors
 from canary.audit.records import format_timestamp
+from canary.audit.retention import PurgeRow
 from canary.evidence.dossier import ChainVerification
 
 __all__ = ["TrailCheck", "check_trail"]
@@ -26,8 +27,9 @@ class TrailCheck:
 
     chain: ChainReport
     anchors: AnchorReport | None
-    from_seq: int  # the first record verified (after a checkpoint, when incremental)
+    from_seq: int  # the first record verified (after a checkpoint or a purge)
     witness: str | None = None  # where the checkpoints came from
+    purges: tuple[PurgeRow, ...] = ()  # the purges made, oldest first
 
     @property
     def tampered(self) -> bool:
@@ -43,6 +45,7 @@ class TrailCheck:
             "chain": {**asdict(self.chain), "from_seq": self.from_seq},
             "anchors": None,
             "witness": self.witness,
+            "purges": [purge.to_json() for purge in self.purges],
         }
         if self.anchors is not None:
             a = self.anchors
@@ -55,6 +58,7 @@ class TrailCheck:
                 "checkpoints": a.checkpoints,
                 "tampered": a.tampered,
                 "unanchored": a.unanchored,
+                "purged_through": a.purged_through,
                 "findings": [asdict(f) for f in a.findings],
             }
         return out
@@ -86,17 +90,28 @@ def check_trail(
     """Verify the chain, and judge it against ``checkpoints`` when ``keys`` are given.
 
     ``since_checkpoint``: verify only the records after the latest checkpoint the database
-    agrees with (the whole chain when none does)."""
+    agrees with (the whole chain when none does). After a purge the chain is verified from
+    the record after it, and with ``keys`` the purge's own signed checkpoint is judged too
+    (it anchors the chain where it now starts)."""
+    purges = tuple(store.purges())
     anchors: AnchorReport | None = None
     hashes: dict[int, str] = {}
-    if keys is not None and checkpoints:
+    if keys is not None and (checkpoints or purges):
         head_seq, _ = store.head()
         hashes = store.record_hashes(c.seq for c in checkpoints if c.seq <= head_seq)
         anchors = judge_anchors(
-            checkpoints, keys=keys, log=log_name, head_seq=head_seq, hashes=hashes
+            checkpoints,
+            keys=keys,
+            log=log_name,
+            head_seq=head_seq,
+            hashes=hashes,
+            purges=purges,
         )
     start: tuple[int, str] | None = None
     if since_checkpoint and anchors is not None and anchors.anchored_seq:
-        start = (anchors.anchored_seq, hashes[anchors.anchored_seq])
+        anchored = anchors.anchored_seq
+        floor = next((p for p in purges if p.through_seq == anchored), None)
+        start = (anchored, floor.through_hash if floor is not None else hashes[anchored])
     chain = store.verify(after=start)
-    return TrailCheck(chain, anchors, 1 if start is None else start[0] + 1, witness)
+    first = chain.purged_through + 1 if start is None else max(start[0], chain.purged_through) + 1
+    return TrailCheck(chain, anchors, first, witness, purges)

@@ -19,7 +19,9 @@ from canary.audit import (
     schema_differences,
     upgrade_to_head,
 )
+from canary.audit.retention import PurgeRow
 from tests.conftest import Database
+from tests.tampering import PURGE_COLUMNS, purge_row_values
 
 pytestmark = pytest.mark.integration
 
@@ -198,6 +200,21 @@ def test_offline_sql_for_postgresql_includes_the_append_only_triggers() -> None:
         assert f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}" in result.stdout
         for suffix in ("append_only", "no_truncate"):
             assert f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_{suffix}" in result.stdout
+
+
+def test_a_purged_database_is_not_downgraded_below_the_purges(db: Database) -> None:
+    at = _t0()
+    row = PurgeRow(3, "a" * 64, "{}", "", "key", at, "owner", 3, at, 2557, 4)
+    marks = ", ".join("?" for _ in PURGE_COLUMNS)
+    db.query(
+        f"INSERT INTO audit_purges ({', '.join(PURGE_COLUMNS)}) VALUES ({marks})",
+        purge_row_values(db, row),
+    )
+    with pytest.raises(RuntimeError, match=r"cannot downgrade below 0008: the audit trail was "
+                       r"purged \(audit_purges has 1 rows\)"):  # fmt: skip
+        command.downgrade(alembic_config(db.url), "0007")
+    assert "audit_purges" in db.tables()
+    assert db.query("SELECT version_num FROM alembic_version") == [("0008",)]
 
 
 def _t0() -> datetime:

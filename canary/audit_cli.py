@@ -10,6 +10,8 @@
 * ``canary audit checkpoints``: export checkpoints (from the database's copy or from the
   ConfigMap witness) as JSON Lines, for an auditor to keep and pass to ``verify`` later.
 * ``canary audit keygen``: a new Ed25519 signing key (PEM) and its public key.
+* ``canary audit purge``: remove records beyond the retention, up to a signed checkpoint, as
+  an audited operation (:mod:`canary.retention_cli`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from canary.cli_common import (
     database_url_option,
     open_store,
 )
+from canary.retention_cli import audit_purge
 
 if TYPE_CHECKING:
     from canary.audit import AuditStore
@@ -51,6 +54,9 @@ DEFAULT_NAMESPACE = "kserve-canary"
 @click.group()
 def audit() -> None:
     """Inspect and verify the audit trail."""
+
+
+audit.add_command(audit_purge)
 
 
 def _fail(code: int, message: str) -> None:

@@ -7,7 +7,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
+from canary.app import check_retention
 from canary.audit import PurgeRefused, canonical_json, entry_body
 from canary.audit.checkpoint import (
     Checkpoint,
@@ -31,6 +33,7 @@ from canary.audit.retention import (
     retention_cutoff,
     retention_warning,
 )
+from canary.settings import SettingsError, load_settings
 
 NOW = datetime(2033, 12, 1, 9, 0, tzinfo=UTC)
 CUTOFF = NOW - timedelta(days=2557)
@@ -96,13 +99,39 @@ def test_the_cutoff_is_the_retention_before_now_and_never_within_a_month() -> No
         retention_cutoff(datetime(2033, 12, 1), 2557)  # noqa: DTZ001 - the naive time refused
 
 
-def test_a_retention_shorter_than_reg_b_s_25_months_is_warned_about() -> None:
+def test_the_retention_setting_is_seven_years_by_default_and_at_least_a_month(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().audit_retention_days == 2557
+    monkeypatch.setenv("KSC_AUDIT_RETENTION_DAYS", "761")
+    assert load_settings().audit_retention_days == 761
+    monkeypatch.setenv("KSC_AUDIT_RETENTION_DAYS", "30")
+    with pytest.raises(SettingsError, match="setting audit_retention_days: Input should be "
+                       "greater than or equal to 31"):  # fmt: skip
+        load_settings()
+
+
+def test_a_retention_shorter_than_reg_b_s_25_months_is_warned_about_at_start() -> None:
     assert retention_warning(2557) is None
     assert retention_warning(761) is None
     warning = retention_warning(760)
     assert warning is not None
     assert warning.startswith("audit_retention_days is 760: a purge may remove records younger")
     assert "761 days (25 months), which Regulation B requires" in warning
+    with capture_logs() as quiet:
+        check_retention(2557)
+    assert quiet == []
+    with capture_logs() as logs:
+        check_retention(400)
+    assert logs == [
+        {
+            "component": "canary.app",
+            "event": "audit.retention_short",
+            "log_level": "warning",
+            "retention_days": 400,
+            "detail": retention_warning(400),
+        }
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from canary.audit import AuditStore, Fence
-from canary.audit.checkpoint import CheckpointError, CheckpointSigner
+from canary.audit.checkpoint import CheckpointError, CheckpointSigner, TrustedKeys
 from canary.checkpointer import Checkpointer, CheckpointMetrics
 from canary.k8s.client import KubeClient
 from canary.k8s.events import EventSink, ObjectReference
@@ -81,6 +81,14 @@ def checkpointer(
     configmap = _configmap_witness(settings)
     found = witnesses(settings, kube, events)
     witnesses_ = found
+    try:
+        retired = (
+            TrustedKeys.from_files(list(settings.audit_public_key_files)).keys
+            if settings.audit_public_key_files
+            else ()
+        )
+    except CheckpointError as exc:
+        raise SettingsError(f"audit_public_key_files: {exc}") from None
     log.info(
         "audit.checkpoints_enabled",
         key_id=signer.key_id,
@@ -99,4 +107,5 @@ def checkpointer(
         metrics=metrics,
         events=events,
         alarm_target=configmap,
+        retired_keys=retired,
     )

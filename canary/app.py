@@ -40,6 +40,7 @@ from canary.api.webhooks import webhook_router
 from canary.approval_inbox import ApprovalInboxService
 from canary.approval_worker import ApprovalWorker
 from canary.audit import AuditStore, Fence, StoreUnavailable
+from canary.audit.retention import retention_warning
 from canary.checkpointer import Checkpointer
 from canary.controller import Controller
 from canary.engine import Engine
@@ -59,7 +60,14 @@ from canary.routing.standard import StandardRouter
 from canary.server import HttpServer
 from canary.settings import Settings
 
-__all__ = ["Application", "build", "check_database", "default_identity", "mirror_router"]
+__all__ = [
+    "Application",
+    "build",
+    "check_database",
+    "check_retention",
+    "default_identity",
+    "mirror_router",
+]
 
 log = get_logger("canary.app")
 
@@ -176,6 +184,14 @@ def check_database(store: AuditStore, health: Health) -> None:
     )
 
 
+def check_retention(retention_days: int) -> None:
+    """At start: warn (``audit.retention_short``) when the retention a purge may go down to
+    is shorter than Reg B's 25 months. The controller itself never purges anything."""
+    short = retention_warning(retention_days)
+    if short is not None:
+        log.warning("audit.retention_short", retention_days=retention_days, detail=short)
+
+
 def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Application:
     now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
     identity = settings.identity or default_identity()
@@ -197,6 +213,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )
     check_database(store, health)
+    check_retention(settings.audit_retention_days)
     if settings.standard_weights == "own-httproute" and not settings.standard_route_parent_refs:
         log.warning(
             "controller.route_unattached",

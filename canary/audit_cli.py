@@ -10,6 +10,8 @@
 * ``canary audit checkpoints``: export checkpoints (from the database's copy or from the
   ConfigMap witness) as JSON Lines, for an auditor to keep and pass to ``verify`` later.
 * ``canary audit keygen``: a new Ed25519 signing key (PEM) and its public key.
+* ``canary audit purge``: remove records beyond the retention, up to a signed checkpoint, as
+  an audited operation (:mod:`canary.retention_cli`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from canary.cli_common import (
     database_url_option,
     open_store,
 )
+from canary.retention_cli import audit_purge
 
 if TYPE_CHECKING:
     from canary.audit import AuditStore
@@ -51,6 +54,9 @@ DEFAULT_NAMESPACE = "kserve-canary"
 @click.group()
 def audit() -> None:
     """Inspect and verify the audit trail."""
+
+
+audit.add_command(audit_purge)
 
 
 def _fail(code: int, message: str) -> None:
@@ -242,6 +248,8 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
 
     chain, anchors = result.chain, result.anchors
     scope = "" if result.from_seq == 1 else f" after checkpoint {result.from_seq - 1}"
+    if result.from_seq > 1 and result.from_seq - 1 == chain.purged_through:
+        scope = f" from record {result.from_seq} (the records before it were purged)"
     if chain.ok:
         click.echo(
             f"audit chain intact{scope}: {chain.records_checked} records, head record "
@@ -250,6 +258,11 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
     else:
         click.echo(f"audit chain BROKEN at record {chain.first_bad_seq}: {chain.problem}", err=True)
         click.echo(f"{chain.records_checked} records verified before the break", err=True)
+    if anchors is None and result.purges:
+        click.echo(
+            f"purged: {result.purges[-1].describe()}; whether a signed checkpoint vouches for "
+            "where the chain now starts was not checked (pass --public-key)"
+        )
     if anchors is None:
         _print_tables(result)
         click.echo(
@@ -271,7 +284,9 @@ def _print_report(result: TrailCheck, *, checkpoints_given: bool) -> None:
             f"{anchors.key_id} ({anchors.checkpoints} checkpoints checked)"
         )
     for finding in anchors.findings:
-        if not finding.tampered:
+        if finding.kind == "purged":
+            click.echo(finding.message)
+        elif not finding.tampered:
             click.echo(f"warning: {finding.message}")
 
 

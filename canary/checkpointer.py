@@ -9,7 +9,11 @@ checkpoints the chain (:mod:`canary.audit.checkpoint`):
    is signed (signing now would vouch for the rewritten history): the controller raises the
    alarm (the ``audit.anchor_broken`` error log, an ``AuditAnchorBroken`` Warning Event,
    ``kserve_canary_audit_anchor_broken`` = 1) and keeps raising it until the database agrees
-   again;
+   again. Records purged beyond the retention (``canary audit purge``) are not lost
+   history: the purge's row carries a checkpoint that vouches for where the chain now starts
+   (judged with this key and the retired ones, ``audit_public_key_files``; a purge no trusted
+   key vouches for raises the alarm), and the witnessed checkpoints below it are purged by
+   design;
 2. it verifies the chain from the latest good checkpoint to the head (an incremental
    verification: records, links, hashes, query columns, measurement rows); a broken chain
    is refused the same way;
@@ -32,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from canary.audit import AuditError, AuditStore, Fence
 from canary.audit.checkpoint import (
@@ -87,12 +93,15 @@ class Checkpointer:
         events: EventSink | None = None,
         alarm_target: ObjectReference | None = None,
         tick: float = 5.0,
+        retired_keys: Sequence[Ed25519PublicKey] = (),
     ) -> None:
         if interval <= timedelta(0):
             raise ValueError("the checkpoint interval must be positive")
         self._store = store
         self._signer = signer
         self._keys = TrustedKeys([signer.public_key])
+        # A purge may end on a checkpoint a retired key signed (audit_public_key_files).
+        self._purge_keys = TrustedKeys([signer.public_key, *retired_keys])
         self._witnesses = tuple(witnesses)
         self._log_name = log_name
         self._leadership = leadership
@@ -174,7 +183,12 @@ class Checkpointer:
         ours = [c for c in known if c.key_id == self._signer.key_id]
         hashes = self._store.record_hashes(c.seq for c in ours if c.seq <= head_seq)
         anchors = judge_anchors(
-            ours, keys=self._keys, log=self._log_name, head_seq=head_seq, hashes=hashes
+            ours,
+            keys=self._purge_keys,  # ours are this key's; the purges' may be a retired one's
+            log=self._log_name,
+            head_seq=head_seq,
+            hashes=hashes,
+            purges=self._store.purges(),
         )
         if anchors.tampered:
             problems = "; ".join(f.message for f in anchors.findings if f.tampered)

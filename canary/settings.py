@@ -386,7 +386,17 @@ class Settings(BaseSettings):
     audit_public_key_files: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=(),
         description="Retired checkpoint public keys (PEM) the auditor API still trusts, "
-        "comma-separated, besides the current signing key's.",
+        "comma-separated, besides the current signing key's; the leader also accepts a purge "
+        "(canary audit purge) that ended on a checkpoint one of them signed.",
+    )
+    audit_retention_days: int = Field(
+        default=2557,
+        ge=31,
+        le=36525,
+        description="How long the audit trail is kept, in days (2557: 7 years). The controller "
+        "never deletes anything: this is what `canary audit purge` may remove (records older "
+        "than this, up to a signed checkpoint). Below 761 days (Reg B's 25 months) the "
+        "controller warns at start.",
     )
 
     # -- the auditor API (/audit/v1) -------------------------------------------------------

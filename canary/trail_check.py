@@ -16,6 +16,7 @@ from canary.audit import AuditStore, ChainReport
 from canary.audit.checkpoint import AnchorReport, SignedCheckpoint, TrustedKeys, judge_anchors
 from canary.audit.crosscheck import Discrepancy
 from canary.audit.records import format_timestamp
+from canary.audit.retention import PurgeRow
 from canary.evidence.dossier import ChainVerification
 
 __all__ = ["TrailCheck", "check_trail"]
@@ -27,9 +28,10 @@ class TrailCheck:
 
     chain: ChainReport
     anchors: AnchorReport | None
-    from_seq: int  # the first record verified (after a checkpoint, when incremental)
+    from_seq: int  # the first record verified (after a checkpoint or a purge)
     witness: str | None = None  # where the checkpoints came from
     tables: tuple[Discrepancy, ...] | None = None  # the mutable tables against the chain
+    purges: tuple[PurgeRow, ...] = ()  # the purges made, oldest first
 
     @property
     def tampered(self) -> bool:
@@ -52,6 +54,7 @@ class TrailCheck:
             "tables": None
             if self.tables is None
             else [{**asdict(d), "tampering": d.tampering} for d in self.tables],
+            "purges": [purge.to_json() for purge in self.purges],
         }
         if self.anchors is not None:
             a = self.anchors
@@ -64,6 +67,7 @@ class TrailCheck:
                 "checkpoints": a.checkpoints,
                 "tampered": a.tampered,
                 "unanchored": a.unanchored,
+                "purged_through": a.purged_through,
                 "findings": [asdict(f) for f in a.findings],
             }
         return out
@@ -96,20 +100,31 @@ def check_trail(
     """Verify the chain, and judge it against ``checkpoints`` when ``keys`` are given.
 
     ``since_checkpoint``: verify only the records after the latest checkpoint the database
-    agrees with (the whole chain when none does). ``tables``: also compare the mutable tables
+    agrees with (the whole chain when none does). After a purge the chain is verified from
+    the record after it, and with ``keys`` the purge's own signed checkpoint is judged too
+    (it anchors the chain where it now starts). ``tables``: also compare the mutable tables
     (commands, approvals, webhook deliveries) with their chained records
     (:meth:`~canary.audit.AuditStore.crosscheck`)."""
+    purges = tuple(store.purges())
     anchors: AnchorReport | None = None
     hashes: dict[int, str] = {}
-    if keys is not None and checkpoints:
+    if keys is not None and (checkpoints or purges):
         head_seq, _ = store.head()
         hashes = store.record_hashes(c.seq for c in checkpoints if c.seq <= head_seq)
         anchors = judge_anchors(
-            checkpoints, keys=keys, log=log_name, head_seq=head_seq, hashes=hashes
+            checkpoints,
+            keys=keys,
+            log=log_name,
+            head_seq=head_seq,
+            hashes=hashes,
+            purges=purges,
         )
     start: tuple[int, str] | None = None
     if since_checkpoint and anchors is not None and anchors.anchored_seq:
-        start = (anchors.anchored_seq, hashes[anchors.anchored_seq])
+        anchored = anchors.anchored_seq
+        floor = next((p for p in purges if p.through_seq == anchored), None)
+        start = (anchored, floor.through_hash if floor is not None else hashes[anchored])
     chain = store.verify(after=start)
+    first = chain.purged_through + 1 if start is None else max(start[0], chain.purged_through) + 1
     found = tuple(store.crosscheck()) if tables else None
-    return TrailCheck(chain, anchors, 1 if start is None else start[0] + 1, witness, found)
+    return TrailCheck(chain, anchors, first, witness, found, purges)

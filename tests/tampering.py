@@ -17,12 +17,28 @@ from typing import Any
 from canary.audit import AuditEntry, canonical_json, compute_record_hash, entry_body
 from canary.audit.chain import PROJECTION_COLUMNS, projection
 from canary.audit.records import parse_body
+from canary.audit.retention import PurgeRow
 from canary.audit.schema import APPEND_ONLY_TABLES
 from tests.conftest import Database
 
-__all__ = ["cut_tail", "forge_append", "rewrite_record", "truncate_all", "untriggered"]
+__all__ = [
+    "cut_tail",
+    "forge_append",
+    "forge_purge",
+    "purge_row_values",
+    "rewrite_record",
+    "truncate_all",
+    "untriggered",
+]
 
 Statement = tuple[str, Sequence[Any]]
+
+
+def _time(db: Database, value: datetime) -> Any:
+    """A timestamp as the driver takes it (SQLite: the naive UTC text SQLAlchemy writes)."""
+    if db.kind == "sqlite":
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value
 
 
 def _columns(db: Database, data: dict[str, Any]) -> list[Any]:
@@ -32,9 +48,7 @@ def _columns(db: Database, data: dict[str, Any]) -> list[Any]:
     out = []
     for name in PROJECTION_COLUMNS:
         value = values[name]
-        if isinstance(value, datetime) and db.kind == "sqlite":
-            value = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-        out.append(value)
+        out.append(_time(db, value) if isinstance(value, datetime) else value)
     return out
 
 
@@ -139,3 +153,33 @@ def forge_append(db: Database, entry: AuditEntry) -> int:
         ),
     )
     return seq
+
+
+PURGE_COLUMNS = (
+    "through_seq", "through_hash", "statement", "signature", "key_id", "purged_at", "purged_by",
+    "records", "cutoff", "retention_days", "record_seq",
+)  # fmt: skip
+
+
+def purge_row_values(db: Database, row: PurgeRow) -> tuple[Any, ...]:
+    """The ``audit_purges`` columns of ``row``, as the driver takes them."""
+    values = [getattr(row, name) for name in PURGE_COLUMNS]
+    return tuple(_time(db, v) if isinstance(v, datetime) else v for v in values)
+
+
+def forge_purge(db: Database, row: PurgeRow, *, delete_through: int | None = None) -> None:
+    """Insert a purge row of one's own making and delete the records (and measurements) up
+    to ``delete_through`` (the row's ``through_seq`` by default), in one transaction."""
+    through = row.through_seq if delete_through is None else delete_through
+    marks = ", ".join("?" for _ in PURGE_COLUMNS)
+    untriggered(
+        db,
+        [
+            (
+                f"INSERT INTO audit_purges ({', '.join(PURGE_COLUMNS)}) VALUES ({marks})",
+                purge_row_values(db, row),
+            ),
+            ("DELETE FROM measurements WHERE audit_seq <= ?", (through,)),
+            ("DELETE FROM audit_log WHERE seq <= ?", (through,)),
+        ],
+    )

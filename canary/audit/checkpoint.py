@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -48,6 +48,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from canary.audit.records import canonical_json, format_timestamp, is_hash, parse_timestamp
+
+if TYPE_CHECKING:
+    from canary.audit.retention import PurgeRow
 
 __all__ = [
     "STATEMENT_TYPE",
@@ -398,13 +401,17 @@ class TrustedKeys:
 # judging a database against checkpoints
 # --------------------------------------------------------------------------------------------
 
-FindingKind = Literal["truncated", "rewritten", "unsigned", "other_log", "unanchored"]
+FindingKind = Literal[
+    "truncated", "rewritten", "unsigned", "other_log", "purge", "purged", "unanchored"
+]
+_NOT_TAMPERING: Final = frozenset({"purged", "unanchored"})
 
 
 @dataclass(frozen=True, slots=True)
 class AnchorFinding:
-    """One thing the checkpoints say about the database. Every kind but ``unanchored``
-    means the database does not hold the history that was signed."""
+    """One thing the checkpoints say about the database. Every kind but ``purged`` (records
+    removed by a purge a signed checkpoint vouches for) and ``unanchored`` means the database
+    does not hold the history that was signed."""
 
     kind: FindingKind
     seq: int | None
@@ -412,7 +419,7 @@ class AnchorFinding:
 
     @property
     def tampered(self) -> bool:
-        return self.kind != "unanchored"
+        return self.kind not in _NOT_TAMPERING
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +427,9 @@ class AnchorReport:
     """The database's chain against the trusted checkpoints.
 
     ``anchored_seq`` is the highest record vouched for by a valid checkpoint that the
-    database agrees with (0 when none); ``head_seq`` the database's last record."""
+    database agrees with (0 when none); ``head_seq`` the database's last record;
+    ``purged_through`` the last record removed by a purge whose checkpoint a pinned key
+    signed (0 when none: then a missing record 1 is missing)."""
 
     log: str
     head_seq: int
@@ -429,6 +438,7 @@ class AnchorReport:
     key_id: str | None
     checkpoints: int
     findings: tuple[AnchorFinding, ...]
+    purged_through: int = 0
 
     @property
     def tampered(self) -> bool:
@@ -439,6 +449,32 @@ class AnchorReport:
         return max(self.head_seq - self.anchored_seq, 0) if not self.tampered else 0
 
 
+def _purge_problem(row: PurgeRow, keys: TrustedKeys, log: str) -> str | None:
+    """Why the purge ``row`` is not vouched for by its checkpoint, or None."""
+    where = (
+        f"the purge through record {row.through_seq} ({format_timestamp(row.purged_at)}, by "
+        f"{row.purged_by})"
+    )
+    try:
+        signed = row.signed()
+    except CheckpointError as exc:
+        return f"{where} carries an unreadable checkpoint: {exc}"
+    problem = keys.problem(signed)
+    if problem is not None:
+        return f"{where}: {problem}"
+    if signed.checkpoint.log != log:
+        return (
+            f"{where}: its checkpoint is for the log {signed.checkpoint.log!r}, this database "
+            f"is {log!r}"
+        )
+    if signed.seq != row.through_seq or signed.record_hash != row.through_hash:
+        return (
+            f"{where} says record {row.through_seq} had the hash {row.through_hash}, but its "
+            f"signed checkpoint says record {signed.seq} had {signed.record_hash}"
+        )
+    return None
+
+
 def judge_anchors(
     checkpoints: Sequence[SignedCheckpoint],
     *,
@@ -446,20 +482,39 @@ def judge_anchors(
     log: str,
     head_seq: int,
     hashes: Mapping[int, str],
+    purges: Sequence[PurgeRow] = (),
 ) -> AnchorReport:
     """Compare the database with ``checkpoints`` (pure).
 
     ``head_seq`` is the database's highest record (0 when empty) and ``hashes`` the stored
     ``record_hash`` of each checkpointed seq the database holds. Findings, in seq order:
-    a checkpoint not signed by a pinned key (``unsigned``: a forged or altered checkpoint),
-    one of another log (``other_log``), one beyond the database's end (``truncated``), one
-    whose hash differs (``rewritten``), and finally the records after the highest valid
-    checkpoint (``unanchored``, not tampering by itself).
+    a purge whose checkpoint is not signed by a pinned key or does not state the purge's
+    last record and hash (``purge``), a checkpoint not signed by a pinned key (``unsigned``:
+    a forged or altered checkpoint), one of another log (``other_log``), one beyond the
+    database's end (``truncated``), one whose hash differs (``rewritten``), and finally what
+    is not tampering: the records purged under a vouched-for purge (``purged``; the
+    checkpoints below it are not missing records), and the records after the highest valid
+    checkpoint (``unanchored``).
+
+    ``purges`` are the ``audit_purges`` rows. The highest one whose checkpoint holds is the
+    floor: its checkpoint anchors the chain at its ``through_seq``, whose hash is the row's
+    (the record itself is gone), and checkpoints below it are purged by design.
     """
     findings: list[AnchorFinding] = []
+    floor: PurgeRow | None = None
+    for row in sorted(purges, key=lambda r: r.through_seq):
+        problem = _purge_problem(row, keys, log)
+        if problem is not None:
+            findings.append(AnchorFinding("purge", row.through_seq, problem))
+        elif floor is None or row.through_seq > floor.through_seq:
+            floor = row
+    floor_seq = 0 if floor is None else floor.through_seq
     anchored = 0
     anchored_at: datetime | None = None
     anchored_key: str | None = None
+    if floor is not None:
+        vouching = floor.signed()
+        anchored, anchored_at, anchored_key = floor_seq, vouching.checkpoint.at, vouching.key_id
     valid: list[SignedCheckpoint] = []
     for signed in sorted(checkpoints, key=lambda c: c.seq):
         problem = keys.problem(signed)
@@ -488,10 +543,17 @@ def judge_anchors(
                 f"{head_seq} (checkpoint signed {format_timestamp(highest.checkpoint.at)})",
             )
         )
+    purged = 0
     for signed in valid:
         if signed.seq > head_seq:
             continue
-        stored = hashes.get(signed.seq)
+        if signed.seq < floor_seq:
+            purged += 1
+            continue
+        if floor is not None and signed.seq == floor_seq:
+            stored: str | None = floor.through_hash  # the record is gone; its row says
+        else:
+            stored = hashes.get(signed.seq)
         if stored is None:
             findings.append(
                 AnchorFinding(
@@ -514,7 +576,22 @@ def judge_anchors(
             anchored = signed.seq
             anchored_at = signed.checkpoint.at
             anchored_key = signed.key_id
-    tampered = bool(findings)
+    tampered = any(f.tampered for f in findings)
+    if floor is not None:
+        vouching = floor.signed()
+        below = {0: "", 1: "; 1 checkpoint given is of a purged record"}.get(
+            purged, f"; {purged} checkpoints given are of purged records"
+        )
+        findings.append(
+            AnchorFinding(
+                "purged",
+                floor_seq,
+                f"purged through record {floor_seq} on {format_timestamp(floor.purged_at)} by "
+                f"{floor.purged_by} (retention {floor.retention_days} days, cutoff "
+                f"{format_timestamp(floor.cutoff)}), vouched for by the checkpoint signed "
+                f"{format_timestamp(vouching.checkpoint.at)} by {vouching.key_id}{below}",
+            )
+        )
     if not tampered and head_seq > anchored:
         first = anchored + 1
         span = f"record {first}" if first == head_seq else f"records {first} to {head_seq}"
@@ -534,4 +611,5 @@ def judge_anchors(
         key_id=anchored_key,
         checkpoints=len(checkpoints),
         findings=tuple(findings),
+        purged_through=floor_seq,
     )

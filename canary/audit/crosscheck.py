@@ -58,6 +58,7 @@ from canary.audit.actors import (
 )
 from canary.audit.approvals import _row as approval_row
 from canary.audit.commands import _command_from
+from canary.audit.purges import read_purges
 from canary.audit.records import (
     ApprovalRow,
     AuditEntry,
@@ -70,7 +71,7 @@ from canary.audit.schema import ApprovalModel, AuditLog, CommandModel, WebhookDe
 
 __all__ = ["CrossCheck", "Discrepancy", "DiscrepancyKind"]
 
-DiscrepancyKind = Literal["edited", "not_in_chain", "deleted", "predates"]
+DiscrepancyKind = Literal["edited", "not_in_chain", "deleted", "predates", "purged"]
 Table = Literal["commands", "approvals", "webhook_deliveries", "audit_log"]
 
 _BATCH: Final = 5000
@@ -87,7 +88,9 @@ class Discrepancy:
     differs, with both values. ``kind``: ``edited`` (the row differs from its record),
     ``not_in_chain`` (a row without its record: edited, or inserted outside the
     controller), ``deleted`` (a record whose row is gone), ``predates`` (a row older than
-    chaining, see the module; not a sign of tampering)."""
+    chaining, see the module; not a sign of tampering), ``purged`` (a row dated at or before
+    the cutoff of a purge beyond the retention, whose records the purge removed; the purge
+    itself is chained and checked by ``verify``)."""
 
     table: Table
     key: str
@@ -98,7 +101,7 @@ class Discrepancy:
     @property
     def tampering(self) -> bool:
         """Whether this is evidence of a change made outside the controller."""
-        return self.kind != "predates"
+        return self.kind not in ("predates", "purged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class _Chained:
     approvals: dict[str, _Seen]  # the latest record carrying each row
     first: datetime | None = None  # the first such record's time
     unreadable: list[tuple[int, str]] | None = None
+    purged_before: datetime | None = None  # the latest purge's cutoff
 
 
 def _shown(value: Any) -> str:
@@ -149,6 +153,8 @@ class CrossCheck:
         and the chain (see the module), by table then key; empty when they agree."""
         with self._tx(write=False, snapshot=True) as conn:
             chained = _read_chain(conn)
+            cutoffs = [purge.cutoff for purge in read_purges(conn)]
+            chained.purged_before = max(cutoffs) if cutoffs else None
             commands = [
                 _command_from(r._mapping)
                 for r in conn.execute(select(CommandModel.__table__).order_by(CommandModel.id))
@@ -235,6 +241,15 @@ def _read_chain(conn: Connection) -> _Chained:
 def _missing(
     table: Table, key: str, what: str, row_time: datetime | None, chained: _Chained
 ) -> Discrepancy:
+    purged = chained.purged_before
+    if purged is not None and row_time is not None and row_time <= purged:
+        return Discrepancy(
+            table,
+            key,
+            "purged",
+            f"{what}: its records were purged with the trail before "
+            f"{format_timestamp(purged)} (beyond the retention)",
+        )
     first = chained.first
     if first is None or (row_time is not None and row_time < first):
         since = (

@@ -7,6 +7,7 @@ __all__ = [
     "AuditError",
     "DatabaseUrlError",
     "FencedOut",
+    "PurgeRefused",
     "RoleRefused",
     "SchemaTooNew",
     "StaleRollout",
@@ -45,3 +46,9 @@ class SchemaTooNew(AuditError):
 
 class RoleRefused(AuditError):
     """``canary db grant`` refuses the role it was given (missing, superuser, an owner...)."""
+
+
+class PurgeRefused(AuditError):
+    """``canary audit purge`` refuses: nothing is old enough, no signed checkpoint vouches for
+    where the purge would end, the role may not purge, or the chain moved under it. Nothing
+    was changed."""

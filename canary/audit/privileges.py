@@ -28,6 +28,7 @@ from canary.audit.schema import APPEND_ONLY_TABLES, Base
 __all__ = [
     "APP_PRIVILEGES",
     "MUTABLE_TABLES",
+    "OWNER_WRITTEN_TABLES",
     "VERSION_TABLE",
     "GrantReport",
     "Privileges",
@@ -37,11 +38,16 @@ __all__ = [
 # The controller's own state: inserted and updated, never deleted (no product code deletes).
 MUTABLE_TABLES: Final = ("rollouts", "approvals", "commands", "leader_fence")
 VERSION_TABLE: Final = "alembic_version"  # read at start, to refuse a newer schema
+# Append-only tables only the owner writes: `canary audit purge` (run as the owner) adds a row
+# to audit_purges; the controller reads it to verify the chain from where a purge left it.
+OWNER_WRITTEN_TABLES: Final = ("audit_purges",)
 
-# Exactly what the application role gets, table by table.
+# Exactly what the application role gets, table by table. Never DELETE: the only deletion
+# in the product is the owner's purge (canary/audit/purges.py).
 APP_PRIVILEGES: Final[Mapping[str, tuple[str, ...]]] = {
-    **dict.fromkeys(APPEND_ONLY_TABLES, ("SELECT", "INSERT")),
+    **{t: ("SELECT", "INSERT") for t in APPEND_ONLY_TABLES if t not in OWNER_WRITTEN_TABLES},
     **dict.fromkeys(MUTABLE_TABLES, ("SELECT", "INSERT", "UPDATE")),
+    **dict.fromkeys(OWNER_WRITTEN_TABLES, ("SELECT",)),
     VERSION_TABLE: ("SELECT",),
 }
 _TABLE_PRIVILEGES: Final = (

@@ -588,7 +588,8 @@ class ChainReport:
     lowest sequence number at which the stored data departs from a valid chain (for a
     deleted record, the missing number), and ``problem`` says what is wrong there.
     ``head_seq`` is the seq of the last record that passed (after an incremental check it
-    counts from where the check started).
+    counts from where the check started). ``purged_through``: the last record a purge
+    removed (0 when none was); the chain was checked from the record after it.
     """
 
     ok: bool
@@ -597,6 +598,7 @@ class ChainReport:
     first_bad_seq: int | None
     problem: str | None
     head_seq: int = 0
+    purged_through: int = 0
 
 
 CommandState = Literal["pending", "accepted", "rejected", "failed"]

@@ -4,7 +4,9 @@ Tables are created by the Alembic migrations in ``migrations/`` only; these mode
 reference the migrations are checked against (``tests/integration/test_migrations.py``).
 
 Append-only (protected by triggers): ``audit_log``, ``measurements``, ``webhook_deliveries``,
-``audit_checkpoints``.
+``audit_checkpoints``, ``audit_purges``. The one exception: ``audit_log`` and
+``measurements`` rows at or below the highest ``audit_purges.through_seq`` may be deleted (what
+``canary audit purge`` does, as the owner role, in the transaction that adds that row).
 Mutable controller state: ``rollouts``, ``approvals``, ``leader_fence``.
 """
 
@@ -46,13 +48,20 @@ __all__ = [
     "CommandModel",
     "LeaderFenceRow",
     "MeasurementRow",
+    "PurgeModel",
     "RolloutModel",
     "SafeFloat",
     "UTCDateTime",
     "WebhookDeliveryRow",
 ]
 
-APPEND_ONLY_TABLES = ("audit_log", "measurements", "webhook_deliveries", "audit_checkpoints")
+APPEND_ONLY_TABLES = (
+    "audit_log",
+    "measurements",
+    "webhook_deliveries",
+    "audit_checkpoints",
+    "audit_purges",
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -338,3 +347,31 @@ class CheckpointRow(Base):
     signature: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
+
+
+class PurgeModel(Base):
+    """One purge of the audit trail beyond its retention (``canary audit purge``, see
+    :mod:`canary.audit.retention`): records 1 to ``through_seq`` are gone, the last of them had
+    the hash ``through_hash``, and the signed checkpoint (``statement``, ``signature``,
+    ``key_id``) vouches for that hash. ``record_seq`` is the chained ``audit.purged`` record
+    that says the same."""
+
+    __tablename__ = "audit_purges"
+
+    through_seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    through_hash: Mapped[str] = mapped_column(CHAR(64))
+    statement: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(Text)
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    purged_by: Mapped[str] = mapped_column(Text)
+    records: Mapped[int] = mapped_column(BigInteger)
+    cutoff: Mapped[datetime] = mapped_column(UTCDateTime)
+    retention_days: Mapped[int] = mapped_column(Integer)
+    record_seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+
+    __table_args__ = (
+        CheckConstraint("through_seq >= 1", name="seq_positive"),
+        CheckConstraint("records >= 1", name="records_positive"),
+        CheckConstraint("record_seq > through_seq", name="record_after"),
+    )

@@ -13,7 +13,8 @@ database, migrations), :mod:`canary.audit.chain` (appending and reading the hash
 checkpoints), :mod:`canary.audit.listing` (records by filter), :mod:`canary.audit.rollouts`,
 :mod:`canary.audit.fence`, :mod:`canary.audit.commands`, :mod:`canary.audit.approvals`,
 :mod:`canary.audit.history` (the auditor's queries), :mod:`canary.audit.privileges`
-(PostgreSQL roles) and :mod:`canary.audit.crosscheck` (the mutable tables against the chain).
+(PostgreSQL roles), :mod:`canary.audit.crosscheck` (the mutable tables against the chain)
+and :mod:`canary.audit.purges` (purges beyond the retention).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from canary.audit.errors import (
     AuditError,
     DatabaseUrlError,
     FencedOut,
+    PurgeRefused,
     RoleRefused,
     SchemaTooNew,
     StaleRollout,
@@ -65,6 +67,7 @@ from canary.audit.fence import LeaderFence
 from canary.audit.history import AuditHistory
 from canary.audit.listing import RecordListing
 from canary.audit.privileges import Privileges
+from canary.audit.purges import PurgeBook
 from canary.audit.records import (
     ApprovalRow,
     AuditEntry,
@@ -73,6 +76,7 @@ from canary.audit.records import (
     Fence,
     RolloutRow,
 )
+from canary.audit.retention import PurgeDone, PurgePlan, purge_entry
 from canary.audit.rollouts import RolloutBook
 from canary.audit.verify import ChainCheck
 
@@ -83,6 +87,7 @@ __all__ = [
     "DatabaseUrlError",
     "Discrepancy",
     "FencedOut",
+    "PurgeRefused",
     "RoleRefused",
     "SchemaTooNew",
     "StaleRollout",
@@ -109,10 +114,13 @@ class AuditStore(
     AuditHistory,
     Privileges,
     CrossCheck,
+    PurgeBook,
 ):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
-    There is deliberately no API that deletes or rewrites audit data.
+    There is deliberately no API that deletes or rewrites audit data. The one exception is
+    :meth:`purge`, for ``canary audit purge`` only: it removes records beyond the retention up
+    to a signed checkpoint, as the owner role, and records itself in the chain.
     """
 
     def __init__(
@@ -305,3 +313,24 @@ class AuditStore(
     ) -> list[AuditRecord]:
         """Append audit records (a :meth:`commit` without a rollout)."""
         return self.commit(entries, fence=fence)
+
+    def purge(self, plan: PurgePlan, *, at: datetime, reason: str | None = None) -> PurgeDone:
+        """Carry out ``plan`` (:func:`canary.audit.retention.plan_purge`, made after the chain
+        was verified) at ``at``, which the cutoff is taken from
+        (:meth:`~canary.audit.retention.PurgePlan.made_at`), in one transaction: with the
+        chain's head locked, check the database is still as planned, append the chained
+        ``audit.purged`` record, add the ``audit_purges`` row and delete the measurements and
+        records up to ``plan.through_seq``. All or nothing; :class:`PurgeRefused` (nothing
+        changed) when the role may not purge or the database moved."""
+        plan = plan.made_at(at)
+        with self._tx(write=True) as conn:
+            self._lock_head(conn)
+            purged_by = self._purging_role(conn)
+            measurements = self._check_purge(conn, plan)
+            entry = purge_entry(
+                plan, at=at, purged_by=purged_by, measurements=measurements, reason=reason
+            )
+            [record] = self._append(conn, [entry])
+            row = plan.row(purged_at=at, purged_by=purged_by, record_seq=record.seq)
+            self._remove_purged(conn, row, measurements=measurements)
+        return PurgeDone(row, record, measurements)

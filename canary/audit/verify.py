@@ -1,5 +1,5 @@
 """Verifying the hash chain as stored: every record's link, hash, body and the query
-columns and measurement rows derived from it."""
+columns and measurement rows derived from it, from where the latest purge left it."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ from canary.audit.chain import (
     measurement_rows,
     projection,
 )
+from canary.audit.purges import read_purges
 from canary.audit.records import (
     GENESIS_HASH,
     ChainReport,
     compute_record_hash,
     decode_body,
     parse_body,
+)
+from canary.audit.retention import (
+    PURGE_ACTION,
+    PurgeRow,
+    purge_record_problem,
+    purge_rows_problem,
 )
 from canary.audit.schema import (
     AuditLog,
@@ -62,6 +69,14 @@ class ChainCheck:
         ``record_hash`` matches ``prev_hash + body``; the body's ``seq`` is the row's; the
         query columns and the measurement rows match the body. Stops at the first problem.
 
+        After a purge (``audit_purges``), the chain starts at the latest purge's
+        ``through_seq + 1``, whose ``prev_hash`` must be that purge's ``through_hash``; no
+        record at or below it may be left. The purge rows must hold together, each
+        ``audit.purged`` record still kept must say what its row says, and every one must
+        have its row (:mod:`canary.audit.retention`). A checkpoint ``after`` below the floor
+        is purged with it, and the check starts at the floor. Whether a pinned key vouches for
+        the floor's hash is for :func:`~canary.audit.checkpoint.judge_anchors`.
+
         Not detectable from the database alone: records removed from the *end* of the chain,
         or a chain rewritten from some point on with recomputed hashes. Both need the head
         anchored outside the database: signed checkpoints (:mod:`canary.audit.checkpoint`).
@@ -69,24 +84,6 @@ class ChainCheck:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         verifier = _ChainVerifier()
-        if after is not None:
-            start, start_hash = after
-            with self._tx(write=False) as conn:
-                stored = conn.execute(
-                    select(AuditLog.record_hash).where(AuditLog.seq == start)
-                ).scalar()
-            if stored is None:
-                return verifier.fail(
-                    start, f"record {start}, where verification was to start, is missing"
-                )
-            if stored != start_hash:
-                return verifier.fail(
-                    start,
-                    f"record {start}: stored hash {stored} is not the expected {start_hash} "
-                    "(history rewritten?)",
-                )
-            verifier.expected = start + 1
-            verifier.prev_hash = start_hash
         log_cols = (
             AuditLog.seq,
             AuditLog.prev_hash,
@@ -96,11 +93,21 @@ class ChainCheck:
         )
         m_cols = tuple(getattr(MeasurementRow, c) for c in MEASUREMENT_COLUMNS)
         with self._tx(write=False) as conn:
-            last: int | None = None if after is None else after[0]
+            try:
+                purges = read_purges(conn)
+            except (ValueError, TypeError) as exc:  # unreadable column values
+                return verifier.fail(1, f"the purge rows cannot be read: {exc}")
+            started = self._start(conn, verifier, purges, after)
+            if started is not None:
+                return started
+            last = verifier.expected - 1
             while True:
-                stmt = select(*log_cols).order_by(AuditLog.seq).limit(batch_size)
-                if last is not None:
-                    stmt = stmt.where(AuditLog.seq > last)
+                stmt = (
+                    select(*log_cols)
+                    .where(AuditLog.seq > last)
+                    .order_by(AuditLog.seq)
+                    .limit(batch_size)
+                )
                 try:
                     rows = conn.execute(stmt).all()
                 except (ValueError, TypeError) as exc:  # unreadable column values
@@ -108,9 +115,9 @@ class ChainCheck:
                 if not rows:
                     break
                 top = rows[-1].seq
-                m_stmt = select(*m_cols).where(MeasurementRow.audit_seq <= top)
-                if last is not None:
-                    m_stmt = m_stmt.where(MeasurementRow.audit_seq > last)
+                m_stmt = select(*m_cols).where(
+                    MeasurementRow.audit_seq <= top, MeasurementRow.audit_seq > last
+                )
                 grouped: dict[int, list[Mapping[Any, Any]]] = {}
                 try:
                     m_rows = conn.execute(
@@ -125,7 +132,7 @@ class ChainCheck:
                     if problem is not None:
                         return problem
                 # The batch is now known to be contiguous, so rows left over in `grouped`
-                # can only point below record 1.
+                # can only point below the first record checked.
                 orphans = sorted(set(grouped) - {row.seq for row in rows})
                 if orphans:
                     return verifier.fail(
@@ -136,15 +143,78 @@ class ChainCheck:
                 if len(rows) < batch_size:
                     break
             stray = conn.execute(
-                select(func.min(MeasurementRow.audit_seq)).where(
-                    MeasurementRow.audit_seq > (last or 0)
-                )
+                select(func.min(MeasurementRow.audit_seq)).where(MeasurementRow.audit_seq > last)
             ).scalar()
             if stray is not None:
                 return verifier.fail(
                     stray, f"measurement rows reference record {stray}, which does not exist"
                 )
-        return verifier.success()
+        return verifier.finish()
+
+    @staticmethod
+    def _start(
+        conn: Connection,
+        verifier: _ChainVerifier,
+        purges: Sequence[PurgeRow],
+        after: tuple[int, str] | None,
+    ) -> ChainReport | None:
+        """Set where the check starts (record 1, the purge floor, or ``after``); a report
+        when the database already fails there."""
+        problem = purge_rows_problem(purges)
+        if problem is not None:
+            return verifier.fail(*problem)
+        verifier.purges = {row.record_seq: row for row in purges}
+        floor = max(purges, key=lambda row: row.through_seq) if purges else None
+        verifier.purged_through = 0 if floor is None else floor.through_seq
+        if after is not None and after[0] > verifier.purged_through:
+            start, start_hash = after
+            stored = conn.execute(
+                select(AuditLog.record_hash).where(AuditLog.seq == start)
+            ).scalar()
+            if stored is None:
+                return verifier.fail(
+                    start, f"record {start}, where verification was to start, is missing"
+                )
+            if stored != start_hash:
+                return verifier.fail(
+                    start,
+                    f"record {start}: stored hash {stored} is not the expected {start_hash} "
+                    "(history rewritten?)",
+                )
+            verifier.begin(start + 1, start_hash)
+            return None
+        if floor is None:  # from record 1: only measurement rows can lie below it
+            stray = conn.execute(
+                select(func.min(MeasurementRow.audit_seq)).where(MeasurementRow.audit_seq < 1)
+            ).scalar()
+            if stray is not None:
+                return verifier.fail(
+                    stray, f"measurement rows reference record {stray}, which does not exist"
+                )
+            return None
+        if after is not None and after[0] == floor.through_seq and after[1] != floor.through_hash:
+            return verifier.fail(
+                floor.through_seq,
+                f"record {floor.through_seq} was purged with the hash {floor.through_hash}, not "
+                f"the expected {after[1]} (purge row edited?)",
+            )
+        verifier.begin(floor.through_seq + 1, floor.through_hash)
+        left = conn.execute(
+            select(func.min(AuditLog.seq)).where(AuditLog.seq <= floor.through_seq)
+        ).scalar()
+        what = f"record {left} is"
+        if left is None:
+            left = conn.execute(
+                select(func.min(MeasurementRow.audit_seq)).where(
+                    MeasurementRow.audit_seq <= floor.through_seq
+                )
+            ).scalar()
+            what = f"measurement rows of record {left} are"
+        if left is not None:
+            return verifier.fail(
+                left, f"{what} still stored, but {floor.describe()} (inserted after the purge?)"
+            )
+        return None
 
 
 class _ChainVerifier:
@@ -154,6 +224,14 @@ class _ChainVerifier:
         self.expected = 1
         self.prev_hash = GENESIS_HASH
         self.checked = 0
+        self.first = 1  # the first record checked
+        self.purges: dict[int, PurgeRow] = {}  # by the seq of their audit.purged record
+        self.purged_through = 0
+        self.purge_records: set[int] = set()  # audit.purged records seen
+
+    def begin(self, seq: int, prev_hash: str) -> None:
+        self.expected = self.first = seq
+        self.prev_hash = prev_hash
 
     def fail(self, seq: int, problem: str) -> ChainReport:
         return ChainReport(
@@ -163,10 +241,29 @@ class _ChainVerifier:
             first_bad_seq=seq,
             problem=problem,
             head_seq=self.expected - 1,
+            purged_through=self.purged_through,
         )
 
-    def success(self) -> ChainReport:
-        return ChainReport(True, self.checked, self.prev_hash, None, None, self.expected - 1)
+    def finish(self) -> ChainReport:
+        """The report once every record was checked: a purge whose audit.purged record
+        should be among them but is not fails it."""
+        for record_seq, row in sorted(self.purges.items()):
+            if record_seq >= self.first and record_seq not in self.purge_records:
+                return self.fail(
+                    record_seq,
+                    f"the purge through record {row.through_seq} names record {record_seq} as "
+                    f"its audit.purged record, but the chain ends at {self.expected - 1} "
+                    "(record deleted, or purge row edited?)",
+                )
+        return ChainReport(
+            True,
+            self.checked,
+            self.prev_hash,
+            None,
+            None,
+            self.expected - 1,
+            purged_through=self.purged_through,
+        )
 
     def check(
         self, row: Mapping[Any, Any], measurements: Sequence[Mapping[Any, Any]]
@@ -187,6 +284,13 @@ class _ChainVerifier:
         if row["prev_hash"] != self.prev_hash:
             if seq == 1:
                 return self.fail(seq, "record 1: prev_hash is not the genesis hash")
+            if seq == self.first and self.purged_through == seq - 1:
+                return self.fail(
+                    seq,
+                    f"record {seq}: prev_hash is not the hash the purge through record "
+                    f"{seq - 1} recorded (records after the purge deleted, or purge row "
+                    "edited?)",
+                )
             return self.fail(
                 seq,
                 f"record {seq}: prev_hash does not match record {seq - 1} "
@@ -225,6 +329,18 @@ class _ChainVerifier:
                         f"{stored[column]!r} but the record says {wanted[column]!r} "
                         "(measurement row edited?)",
                     )
+        purge = self.purges.get(seq)
+        if purge is not None:
+            problem = purge_record_problem(purge, data)
+            if problem is not None:
+                return self.fail(seq, problem)
+            self.purge_records.add(seq)
+        elif data.get("action") == PURGE_ACTION:
+            return self.fail(
+                seq,
+                f"record {seq} is an audit.purged record, but audit_purges has no row for it "
+                "(purge row deleted?)",
+            )
         self.expected = seq + 1
         self.prev_hash = row["record_hash"]
         self.checked += 1

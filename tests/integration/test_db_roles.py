@@ -197,7 +197,7 @@ def command_row(command_id: str, command: str = "pause") -> CommandRow:
 
 def do_the_controller_s_work(store: AuditStore) -> None:
     """Every kind of write the controller, its API and its workers make, and the reads."""
-    assert store.check_schema() == "0007"
+    assert store.check_schema() == "0008"
     fence = Fence("kserve-canary-leader", "pod-0", 1)
     assert store.claim_epoch(fence.lease_name, fence.holder, fence.epoch, T0)
     assert not store.claim_epoch(fence.lease_name, fence.holder, fence.epoch, T0)  # seen
@@ -280,7 +280,7 @@ def test_grant_prints_what_it_granted_and_a_second_run_changes_nothing(
     assert "  SELECT, INSERT, UPDATE on rollouts, approvals, commands, leader_fence\n" in (
         first.output
     )
-    assert "  SELECT on alembic_version\n" in first.output
+    assert "  SELECT on audit_purges, alembic_version\n" in first.output
     after_first = privileges(roles)
 
     second = canary("db", "grant", "--app-role", roles.app, "--database-url", roles.owner_url)
@@ -444,6 +444,17 @@ REFUSED = [
         for table in MUTABLE
         for statement in (f"DELETE FROM {table}", f"TRUNCATE {table} CASCADE")
     ),
+    *(
+        pytest.param(statement, _PERMISSION.format(table="audit_purges"), id=statement)
+        for statement in (
+            "INSERT INTO audit_purges (through_seq, through_hash, statement, signature, key_id, "
+            "purged_at, purged_by, records, cutoff, retention_days, record_seq) SELECT seq, "
+            "record_hash, '', '', '', now(), 'app', seq, now(), 2557, seq + 1 FROM audit_log",
+            "UPDATE audit_purges SET through_seq = 1",
+            "DELETE FROM audit_purges",
+            "TRUNCATE audit_purges",
+        )
+    ),
     pytest.param(
         "UPDATE alembic_version SET version_num = '0001'",
         _PERMISSION.format(table="alembic_version"),
@@ -575,8 +586,8 @@ def test_the_controller_warns_when_its_role_could_rewrite_history(
         "superuser": "as a superuser it can UPDATE, DELETE or TRUNCATE the audit history, "
         "disable the append-only triggers",
         "owner": "as the owner of alembic_version, approvals, audit_checkpoints, audit_log, "
-        "commands, leader_fence, measurements, rollouts, webhook_deliveries it can disable "
-        "the append-only triggers (ALTER TABLE ... DISABLE TRIGGER)",
+        "audit_purges, commands, leader_fence, measurements, rollouts, webhook_deliveries it "
+        "can disable the append-only triggers (ALTER TABLE ... DISABLE TRIGGER)",
     }[who]
     assert could in warning["could"]
     assert "canary db grant --app-role" in warning["fix"]
@@ -592,7 +603,7 @@ def test_the_controller_is_quiet_about_the_application_role(granted: RoleDatabas
     assert components["database_role"] == {
         "ok": True,
         "detail": f"role {granted.app}: reads and appends the audit history, updates only the "
-        "controller's state (schema revision 0007)",
+        "controller's state (schema revision 0008)",
     }
 
 
@@ -605,7 +616,7 @@ def test_the_controller_refuses_a_schema_newer_than_it_knows(granted: RoleDataba
             SchemaTooNew,
             match=re.escape(
                 "the database schema is at revision 0099, newer than this kserve-canary knows "
-                "(head 0007): upgrade kserve-canary"
+                "(head 0008): upgrade kserve-canary"
             ),
         ),
     ):

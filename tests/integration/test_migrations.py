@@ -19,7 +19,9 @@ from canary.audit import (
     schema_differences,
     upgrade_to_head,
 )
+from canary.audit.retention import PurgeRow
 from tests.conftest import Database
+from tests.tampering import PURGE_COLUMNS, purge_row_values
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +35,22 @@ TABLES = {
     "approvals",
     "leader_fence",
     "audit_checkpoints",
+    "audit_purges",
 }
-APPEND_ONLY = ("audit_log", "measurements", "webhook_deliveries", "audit_checkpoints")
+APPEND_ONLY = (
+    "audit_log",
+    "measurements",
+    "webhook_deliveries",
+    "audit_checkpoints",
+    "audit_purges",
+)
 
 
-def expected_triggers(kind: str) -> set[str]:
+def expected_triggers(kind: str, tables: tuple[str, ...] = APPEND_ONLY) -> set[str]:
     suffixes = (
         ("append_only", "no_truncate") if kind == "postgresql" else ("no_update", "no_delete")
     )
-    return {f"{table}_{suffix}" for table in APPEND_ONLY for suffix in suffixes}
+    return {f"{table}_{suffix}" for table in tables for suffix in suffixes}
 
 
 def reject_function_exists(db: Database) -> bool:
@@ -54,7 +63,7 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0007",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0008",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
 
@@ -72,7 +81,8 @@ def test_postgresql_append_only_triggers_fire_always_and_the_downgrade_makes_the
     upgrade_to_head(pg_database.url)
     assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "A")
     command.downgrade(alembic_config(pg_database.url), "0006")
-    assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "O")
+    before_purges = expected_triggers("postgresql", APPEND_ONLY[:-1])  # 0008 adds audit_purges
+    assert _trigger_states(pg_database) == dict.fromkeys(before_purges, "O")
     upgrade_to_head(pg_database.url)
     assert _trigger_states(pg_database) == dict.fromkeys(expected_triggers("postgresql"), "A")
 
@@ -167,7 +177,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0007 (head)" in current.stdout
+    assert "0008 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:
@@ -190,6 +200,21 @@ def test_offline_sql_for_postgresql_includes_the_append_only_triggers() -> None:
         assert f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}" in result.stdout
         for suffix in ("append_only", "no_truncate"):
             assert f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {table}_{suffix}" in result.stdout
+
+
+def test_a_purged_database_is_not_downgraded_below_the_purges(db: Database) -> None:
+    at = _t0()
+    row = PurgeRow(3, "a" * 64, "{}", "", "key", at, "owner", 3, at, 2557, 4)
+    marks = ", ".join("?" for _ in PURGE_COLUMNS)
+    db.query(
+        f"INSERT INTO audit_purges ({', '.join(PURGE_COLUMNS)}) VALUES ({marks})",
+        purge_row_values(db, row),
+    )
+    with pytest.raises(RuntimeError, match=r"cannot downgrade below 0008: the audit trail was "
+                       r"purged \(audit_purges has 1 rows\)"):  # fmt: skip
+        command.downgrade(alembic_config(db.url), "0007")
+    assert "audit_purges" in db.tables()
+    assert db.query("SELECT version_num FROM alembic_version") == [("0008",)]
 
 
 def _t0() -> datetime:

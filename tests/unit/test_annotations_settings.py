@@ -105,7 +105,7 @@ def test_settings_errors_name_the_setting_and_hide_secrets(
         load_settings(tmp_path / "absent.yaml")
 
 
-@pytest.mark.parametrize("removed", ["audit_retention_days", "webhook_secrets"])
+@pytest.mark.parametrize("removed", ["webhook_secrets"])
 def test_a_setting_that_did_nothing_is_gone_and_refused_by_name(
     tmp_path: Path, removed: str
 ) -> None:

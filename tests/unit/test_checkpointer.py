@@ -22,14 +22,17 @@ from canary.audit.checkpoint import (
     Checkpoint,
     CheckpointSigner,
     SignedCheckpoint,
+    TrustedKeys,
     generate_private_key_pem,
 )
+from canary.audit.records import format_timestamp
+from canary.audit.retention import PurgeRow, plan_purge, retention_cutoff
 from canary.checkpointer import Checkpointer
 from canary.k8s.events import ObjectReference
 from canary.model import EventReason
 from canary.witness import FileWitness, WitnessError
 from tests.conftest import Database
-from tests.tampering import cut_tail, rewrite_record, truncate_all
+from tests.tampering import cut_tail, forge_purge, rewrite_record, truncate_all
 
 T0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 FENCE = Fence("kserve-canary-leader", "controller-0", 1)
@@ -101,7 +104,9 @@ class World:
     leading: bool = True
     appended: int = 0
 
-    def checkpointer(self, *witnesses: object) -> Checkpointer:
+    def checkpointer(
+        self, *witnesses: object, retired: tuple[CheckpointSigner, ...] = ()
+    ) -> Checkpointer:
         return Checkpointer(
             store=self.store,
             signer=self.signer,
@@ -113,6 +118,7 @@ class World:
             metrics=self.metrics,
             events=self.events,
             alarm_target=TARGET,
+            retired_keys=[signer.public_key for signer in retired],
         )
 
     def append(self, count: int) -> None:
@@ -306,6 +312,97 @@ def test_the_file_witness_keeps_every_checkpoint_on_disk(world: World, tmp_path:
     checkpoints.run_once()
     assert [c.seq for c in witness.read()] == [2, 4]
     assert len(path.read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# purges beyond the retention
+# --------------------------------------------------------------------------------------------
+
+RETENTION = 2557
+
+
+def _purge(world: World, checkpoints: list[SignedCheckpoint], *signers: CheckpointSigner) -> int:
+    """``canary audit purge``, seven years and a day after now: ends on the latest of
+    ``checkpoints`` that ``signers`` (default the controller's key) signed."""
+    at = world.now + timedelta(days=RETENTION + 1)
+    cutoff = retention_cutoff(at, RETENTION)
+    scope = world.store.purge_scope(cutoff)
+    plan = plan_purge(
+        checkpoints,
+        keys=TrustedKeys([s.public_key for s in signers or (world.signer,)]),
+        log="kserve-canary",
+        scope=scope,
+        hashes=world.store.record_hashes(c.seq for c in checkpoints),
+        cutoff=cutoff,
+        retention_days=RETENTION,
+    )
+    return world.store.purge(plan, at=at).row.through_seq
+
+
+def test_records_purged_beyond_the_retention_are_not_lost_history(world: World) -> None:
+    checkpoints = world.checkpointer()
+    world.append(3)
+    checkpoints.run_once()
+    world.later(600)
+    world.append(3)
+    checkpoints.run_once()
+    assert [c.seq for c in world.witness.kept] == [3, 6]
+    assert _purge(world, world.witness.kept) == 6  # its audit.purged record is record 7
+    world.later(600)
+    world.append(2)
+    result = checkpoints.run_once()
+    assert result.outcome == "signed", result.detail
+    assert result.signed is not None
+    assert result.signed.seq == 9
+    assert result.anchors is not None
+    assert result.anchors.purged_through == 6
+    assert [f.kind for f in result.anchors.findings] == ["purged", "unanchored"]
+    assert not world.metrics.broken
+    assert world.events.emitted == []
+    assert world.checkpointer().run_once().outcome == "idle"  # a new leader agrees
+
+
+def test_a_purge_that_ended_on_a_retired_key_s_checkpoint_needs_that_key_configured(
+    world: World,
+) -> None:
+    retired = CheckpointSigner.from_pem(generate_private_key_pem())
+    world.append(4)
+    old = retired.sign(_checkpoint_of(world, retired))
+    _purge(world, [old], retired)
+    world.append(1)
+    refused = world.checkpointer().run_once()
+    assert refused.outcome == "refused"
+    assert f"the purge through record 4 ({_purge_time(world)}" in refused.detail
+    assert f"signed by {retired.key_id}, which is not one of the pinned keys" in refused.detail
+    assert world.checkpointer(retired=(retired,)).run_once().outcome == "signed"
+    assert not world.metrics.broken
+
+
+def test_a_purge_row_of_someone_else_s_making_raises_the_alarm(world: World) -> None:
+    checkpoints = world.checkpointer()
+    world.append(5)
+    checkpoints.run_once()
+    impostor = CheckpointSigner.from_pem(generate_private_key_pem())
+    forged = impostor.sign(_checkpoint_of(world, impostor))
+    at = world.now + timedelta(days=RETENTION + 1)
+    forge_purge(
+        world.db,
+        PurgeRow(
+            forged.seq, forged.record_hash, forged.statement, forged.signature, forged.key_id,
+            at, "mallory", forged.seq, at - timedelta(days=RETENTION), RETENTION, forged.seq + 1,
+        ),
+    )  # fmt: skip
+    world.append(1)
+    world.later(600)
+    refused = checkpoints.run_once()
+    assert refused.outcome == "refused"
+    assert "the purge through record 5" in refused.detail
+    assert f"signed by {impostor.key_id}, which is not one of the pinned keys" in refused.detail
+    assert world.metrics.broken
+
+
+def _purge_time(world: World) -> str:
+    return format_timestamp(world.store.purges()[-1].purged_at)
 
 
 def _checkpoint_of(world: World, signer: CheckpointSigner) -> Checkpoint:

@@ -89,7 +89,7 @@ def test_a_read_only_store_reads_and_cannot_write(tmp_path: Path) -> None:
     with AuditStore.from_url(url, read_only=True) as store:
         assert store.url.startswith(f"sqlite:///{tmp_path}/odd")  # as given, not the URI
         assert store.head()[0] == 0
-        assert store.check_schema() == "0007"
+        assert store.check_schema() == "0008"
         with pytest.raises(AuditError, match="attempt to write a readonly database"):
             store.claim_epoch("lease", "pod", 1, datetime.now(UTC))
 
@@ -114,15 +114,18 @@ def test_a_read_only_store_of_a_missing_file_fails_at_once_and_creates_nothing(
 def test_every_table_has_the_application_role_s_privileges_decided() -> None:
     assert set(APP_PRIVILEGES) == set(Base.metadata.tables) | {"alembic_version"}
     for table in APPEND_ONLY_TABLES:
-        assert APP_PRIVILEGES[table] == ("SELECT", "INSERT")
+        expected = ("SELECT",) if table == "audit_purges" else ("SELECT", "INSERT")
+        assert APP_PRIVILEGES[table] == expected
     for table in MUTABLE_TABLES:
         assert APP_PRIVILEGES[table] == ("SELECT", "INSERT", "UPDATE")
     assert APP_PRIVILEGES["alembic_version"] == ("SELECT",)
+    assert not any("DELETE" in privileges for privileges in APP_PRIVILEGES.values())
 
 
-def test_the_store_never_deletes_so_the_application_role_is_granted_no_delete() -> None:
-    """No DELETE is granted on any table: a store part that starts deleting must come with
-    a decision about the grant (canary/audit/privileges.py)."""
+def test_only_the_owner_s_purge_deletes_so_the_application_role_is_granted_no_delete() -> None:
+    """No DELETE is granted on any table, and the one store part that deletes is the purge
+    beyond the retention (purges.py), which runs as the owner role: another store part that
+    starts deleting must come with a decision about the grant (canary/audit/privileges.py)."""
     deleting: list[str] = []
     for module in sorted(AUDIT_PACKAGE.glob("*.py")):
         for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
@@ -135,7 +138,8 @@ def test_the_store_never_deletes_so_the_application_role_is_granted_no_delete() 
                 sql = ast.unparse(node).upper()  # a statement written out
                 if "DELETE" in sql or "TRUNCATE" in sql:
                     deleting.append(f"{module.name}:{node.lineno}: {sql[:60]}")
-    assert deleting == []
+    assert {found.partition(":")[0] for found in deleting} == {"purges.py"}
+    assert not any("DELETE" in privileges for privileges in APP_PRIVILEGES.values())
 
 
 def test_the_grant_report_says_what_was_granted_and_whether_anything_changed() -> None:
@@ -146,7 +150,7 @@ def test_the_grant_report_says_what_was_granted_and_whether_anything_changed() -
         "  USAGE on schema public",
         "  SELECT, INSERT on audit_log, measurements, webhook_deliveries, audit_checkpoints",
         "  SELECT, INSERT, UPDATE on rollouts, approvals, commands, leader_fence",
-        "  SELECT on alembic_version",
+        "  SELECT on audit_purges, alembic_version",
         "  nothing else: no UPDATE, DELETE or TRUNCATE of history, no DDL, no trigger changes",
         "  revoked DELETE on x from y",
     ]
@@ -199,7 +203,7 @@ def test_the_controller_refuses_a_schema_from_a_newer_kserve_canary(tmp_path: Pa
         pytest.raises(
             SchemaTooNew,
             match=r"^the database schema is at revision 0042abc, newer than this kserve-canary "
-            r"knows \(head 0007\): upgrade kserve-canary$",
+            r"knows \(head 0008\): upgrade kserve-canary$",
         ),
     ):
         check_database(store, Health())

@@ -41,6 +41,45 @@ class ApiAnswer:
         return str(message) if message else f"HTTP {self.status}"
 
 
+def _connect(
+    url: str,
+    prefix: str,
+    token: str | None,
+    *,
+    certificate: tuple[str, str] | None,
+    ca_file: Path | None,
+    tls_server_name: str | None,
+    timeout: float,
+    accept: str | None = None,
+) -> Transport:
+    """A transport to one of the controller's APIs with the caller's own credentials: over
+    HTTPS (plain HTTP only to this machine's loopback), a bearer token or else a client
+    certificate (presented over HTTPS only)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"the API URL must be https://HOST[:PORT], not {url!r}")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ValueError(
+            f"refusing to send your credentials over plain HTTP to {parts.hostname}: "
+            "use https:// (plain http only to this machine, e.g. a port-forward)"
+        )
+    if not token and certificate is None:
+        raise ValueError("no credentials to send: neither a bearer token nor a certificate")
+    headers = {"Accept": accept} if accept else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif certificate is not None and parts.scheme != "https":
+        raise ValueError("a client certificate is presented over https:// only")
+    return Transport(
+        url.rstrip("/") + prefix,
+        timeout=timeout,
+        verify=ca_file if ca_file is not None else True,
+        client_certificate=certificate if not token else None,
+        tls_server_name=tls_server_name,
+        headers=headers,
+    )
+
+
 class OperatorClient:
     def __init__(
         self,
@@ -52,31 +91,12 @@ class OperatorClient:
         tls_server_name: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError(f"the API URL must be https://HOST[:PORT], not {url!r}")
-        if parts.scheme == "http" and not _loopback(parts.hostname):
-            raise ValueError(
-                f"refusing to send your credentials over plain HTTP to {parts.hostname}: "
-                "use https:// (plain http only to this machine, e.g. a port-forward)"
-            )
-        if not token and certificate is None:
-            raise ValueError("no credentials to send: neither a bearer token nor a certificate")
         self._base = url.rstrip("/")
         self._timeout = timeout
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        elif certificate is not None and parts.scheme != "https":
-            raise ValueError("a client certificate is presented over https:// only")
-        self._transport = Transport(
-            self._base + _API,
-            timeout=timeout,
-            verify=ca_file if ca_file is not None else True,
-            client_certificate=certificate if not token else None,
-            tls_server_name=tls_server_name,
-            headers=headers,
-        )
+        self._transport = _connect(
+            url, _API, token, certificate=certificate, ca_file=ca_file,
+            tls_server_name=tls_server_name, timeout=timeout, accept="application/json",
+        )  # fmt: skip
 
     def close(self) -> None:
         self._transport.close()
@@ -155,26 +175,11 @@ class AuditorClient:
         tls_server_name: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError(f"the API URL must be https://HOST[:PORT], not {url!r}")
-        if parts.scheme == "http" and not _loopback(parts.hostname):
-            raise ValueError(
-                f"refusing to send your credentials over plain HTTP to {parts.hostname}: "
-                "use https:// (plain http only to this machine, e.g. a port-forward)"
-            )
-        if not token and certificate is None:
-            raise ValueError("no credentials to send: neither a bearer token nor a certificate")
         self._base = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._transport = Transport(
-            self._base + _AUDIT,
-            timeout=timeout,
-            verify=ca_file if ca_file is not None else True,
-            client_certificate=certificate if not token else None,
-            tls_server_name=tls_server_name,
-            headers=headers,
-        )
+        self._transport = _connect(
+            url, _AUDIT, token, certificate=certificate, ca_file=ca_file,
+            tls_server_name=tls_server_name, timeout=timeout,
+        )  # fmt: skip
 
     def close(self) -> None:
         self._transport.close()

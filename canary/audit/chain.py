@@ -38,6 +38,7 @@ __all__ = [
     "MEASUREMENT_COLUMNS",
     "PROJECTION_COLUMNS",
     "ChainLog",
+    "decoded_records",
     "measurement_rows",
     "projection",
 ]
@@ -159,6 +160,21 @@ def _stored_measurement(m: Mapping[Any, Any]) -> StoredMeasurement:
     )
 
 
+def decoded_records(rows: Sequence[Any]) -> list[AuditRecord]:
+    """Rows of (seq, prev_hash, record_hash, body) as records, their bodies decoded; a body
+    that cannot be is an :class:`AuditError` naming the record."""
+    out = []
+    for row in rows:
+        try:
+            entry = decode_body(row.body)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise AuditError(
+                f"record {row.seq} cannot be decoded ({exc}); run `canary audit verify`"
+            ) from exc
+        out.append(AuditRecord(row.seq, row.prev_hash, row.record_hash, row.body, entry))
+    return out
+
+
 class ChainLog:
     """Append to and read the hash chain (mixed into the audit store)."""
 
@@ -224,16 +240,7 @@ class ChainLog:
             stmt = stmt.limit(limit)
         with self._tx(write=False) as conn:
             rows = conn.execute(stmt).all()
-        out = []
-        for row in rows:
-            try:
-                entry = decode_body(row.body)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AuditError(
-                    f"record {row.seq} cannot be decoded ({exc}); run `canary audit verify`"
-                ) from exc
-            out.append(AuditRecord(row.seq, row.prev_hash, row.record_hash, row.body, entry))
-        return out
+        return decoded_records(rows)
 
     def measurements_for(self, rollout_id: str) -> list[StoredMeasurement]:
         """Measurements of a rollout, by evaluation time then record order."""

@@ -37,7 +37,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, and_, func, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
-from canary.audit.chain import _stored_measurement
+from canary.audit.chain import _stored_measurement, decoded_records
 from canary.audit.errors import AuditError
 from canary.audit.records import (
     JSON,
@@ -45,7 +45,6 @@ from canary.audit.records import (
     AuditRecord,
     ModelRef,
     canonical_json,
-    decode_body,
     format_timestamp,
     normalise,
     parse_timestamp,
@@ -286,19 +285,6 @@ def _approval(mapping: Mapping[Any, Any]) -> ApprovalRow:
     return ApprovalRow(**values)
 
 
-def _decoded(rows: Sequence[Any]) -> list[AuditRecord]:
-    out = []
-    for row in rows:
-        try:
-            entry = decode_body(row.body)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuditError(
-                f"record {row.seq} cannot be decoded ({exc}); run `canary audit verify`"
-            ) from exc
-        out.append(AuditRecord(row.seq, row.prev_hash, row.record_hash, row.body, entry))
-    return out
-
-
 _RECORD_COLUMNS: Final = (AuditLog.seq, AuditLog.prev_hash, AuditLog.record_hash, AuditLog.body)
 
 
@@ -409,7 +395,7 @@ class AuditHistory:
         )
         with self._tx(write=False) as conn:
             rows = conn.execute(query).all()
-        records = _decoded(rows[:size])
+        records = decoded_records(rows[:size])
         more = len(rows) > size
         return TimelinePage(rollout_id, tuple(records), records[-1].seq if more else None)
 
@@ -540,7 +526,7 @@ class AuditHistory:
                 f"{start_seq} and {format_timestamp(until)}; a point-in-time answer does not "
                 "read that many"
             )
-        return _decoded(rows)
+        return decoded_records(rows)
 
     def _provenance(
         self,
@@ -581,7 +567,7 @@ class AuditHistory:
                 )
             ).all()
             out.extend(self._started(conn, promoted.rollout_id, before_seq))
-            out.extend(_decoded(sorted([promoted, *later], key=lambda row: int(row.seq))))
+            out.extend(decoded_records(sorted([promoted, *later], key=lambda row: int(row.seq))))
         return out
 
     @staticmethod
@@ -595,7 +581,7 @@ class AuditHistory:
                 AuditLog.seq < before_seq,
             )
         ).all()
-        return _decoded(sorted(rows, key=lambda row: int(row.seq))[:1])
+        return decoded_records(sorted(rows, key=lambda row: int(row.seq))[:1])
 
     def _evidence(self, conn: Connection, rollout_id: str, at: datetime) -> pit.Evidence:
         """The rollout's measurements evaluated at or before ``at``, in records written at

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from canary.audit.errors import AuditError
-from canary.audit.records import AuditRecord, decode_body
+from canary.audit.chain import decoded_records
+from canary.audit.records import AuditRecord
 from canary.audit.schema import AuditLog
 
 __all__ = ["RecordFilter", "RecordListing"]
@@ -75,13 +75,5 @@ class RecordListing:
             stmt = stmt.where(AuditLog.recorded_at <= where.until)
         with self._tx(write=False) as conn:
             rows: Sequence[Any] = conn.execute(stmt.order_by(AuditLog.seq).limit(limit + 1)).all()
-        out = []
-        for row in rows[:limit]:
-            try:
-                entry = decode_body(row.body)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise AuditError(
-                    f"record {row.seq} cannot be decoded ({exc}); run `canary audit verify`"
-                ) from exc
-            out.append(AuditRecord(row.seq, row.prev_hash, row.record_hash, row.body, entry))
+        out = decoded_records(rows[:limit])
         return out, (out[-1].seq if len(rows) > limit else None)

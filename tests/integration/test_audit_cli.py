@@ -10,28 +10,24 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import structlog
 from click.testing import CliRunner, Result
-from fastapi import FastAPI
 
 from canary.access import Gatekeeper
-from canary.api.auditor import AnchorSource, router
 from canary.audit import AuditStore, compute_record_hash, upgrade_to_head
 from canary.audit.checkpoint import (
-    Checkpoint,
     CheckpointSigner,
-    TrustedKeys,
     generate_private_key_pem,
 )
 from canary.auditor_access import AuditorGate, new_token
 from canary.cli import main as canary
 from canary.server import HttpServer
+from tests.auditor_rig import auditor_app, fill
 from tests.conftest import Database
-from tests.unit.evidence_story import ROLLOUT_ID, T0, approved
+from tests.unit.evidence_story import ROLLOUT_ID, approved
 
 pytestmark = pytest.mark.integration
 
@@ -62,26 +58,9 @@ def auditor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Auditor]:
     story = approved()
     signer = CheckpointSigner.from_pem(generate_private_key_pem())
     with AuditStore.from_url(database.url) as store:
-        store.append([r.entry for r in story.records])
-        store.commit([], rollout=story.row())
-        for row in story.approvals():
-            store.upsert_approval(row)
-        seq, record_hash = store.head()
-        store.add_checkpoint(signer.sign(Checkpoint("kserve-canary", seq, record_hash, T0)))
-        app = FastAPI()
-        app.include_router(
-            router(
-                AuditorGate(lambda: (ENTRY,), Gatekeeper(_no_cluster, _no_cluster)),
-                store,
-                clock=lambda: story.now + timedelta(minutes=5),
-                anchors=AnchorSource(
-                    read=store.checkpoints,
-                    keys=TrustedKeys([signer.public_key]),
-                    log_name="kserve-canary",
-                    witness="the database's copy",
-                ),
-            )
-        )
+        fill(store, story, signer)
+        gate = AuditorGate(lambda: (ENTRY,), Gatekeeper(_no_cluster, _no_cluster))
+        app, _ = auditor_app(store, story, gate, signer)
         server = HttpServer(app, host="127.0.0.1", port=0, certfile=None, keyfile=None)
         server.start()
         try:

@@ -19,15 +19,14 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from canary.access import Gatekeeper
-from canary.api.auditor import AUDIT_PREFIX, AnchorSource, router
+from canary.api.auditor import AUDIT_PREFIX
 from canary.audit import AuditStore, compute_record_hash, upgrade_to_head
 from canary.audit.checkpoint import (
-    Checkpoint,
     CheckpointSigner,
-    TrustedKeys,
     generate_private_key_pem,
 )
 from canary.auditor_access import AuditorGate, new_token
+from tests.auditor_rig import auditor_app, fill
 from tests.conftest import Database
 from tests.tampering import rewrite_record
 from tests.unit.evidence_story import ROLLOUT_ID, T0, Story, approved
@@ -90,30 +89,13 @@ def api(sqlite_database: Database) -> Iterator[Api]:
     story = approved()
     signer = CheckpointSigner.from_pem(generate_private_key_pem())
     with AuditStore.from_url(sqlite_database.url) as store:
-        store.append([r.entry for r in story.records])
-        store.commit([], rollout=story.row())
-        for row in story.approvals():
-            store.upsert_approval(row)
-        seq, _record_hash = store.head()
-        store.add_checkpoint(
-            signer.sign(Checkpoint("kserve-canary", seq - 2, _hash_at(store, seq - 2), T0))
-        )
+        fill(store, story, signer, unanchored=2)
         outcomes: list[str] = []
-        app = FastAPI()
-        routes = router(
-                AuditorGate(lambda: (AUDITOR, OTHER), Gatekeeper(
-                    Apiserver().review_token, Apiserver().review_access)),
-                store,
-                clock=lambda: story.now + timedelta(minutes=5),
-                anchors=AnchorSource(
-                    read=store.checkpoints,
-                    keys=TrustedKeys([signer.public_key]),
-                    log_name="kserve-canary",
-                    witness="the test's database copy",
-                ),
-                count=outcomes.append,
+        reviews = Gatekeeper(Apiserver().review_token, Apiserver().review_access)
+        app, routes = auditor_app(
+            store, story, AuditorGate(lambda: (AUDITOR, OTHER), reviews), signer,
+            count=outcomes.append,
         )  # fmt: skip
-        app.include_router(routes)
         yield Api(Client(app), routes, store, sqlite_database, story, outcomes)
 
 

@@ -14,7 +14,6 @@ import asyncio
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -27,17 +26,16 @@ from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
 from canary.access import Gatekeeper
-from canary.api.auditor import AUDIT_PREFIX, AnchorSource, router
+from canary.api.auditor import AUDIT_PREFIX
 from canary.audit import AuditStore, upgrade_to_head
 from canary.audit.checkpoint import (
-    Checkpoint,
     CheckpointSigner,
-    TrustedKeys,
     generate_private_key_pem,
 )
 from canary.auditor_access import AuditorGate, new_token
+from tests.auditor_rig import auditor_app, fill
 from tests.conftest import Database
-from tests.unit.evidence_story import T0, approved
+from tests.unit.evidence_story import approved
 
 TOKEN, ENTRY = new_token("schemathesis")
 EXAMPLES = 40
@@ -62,26 +60,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     story = approved()
     signer = CheckpointSigner.from_pem(generate_private_key_pem())
     with AuditStore.from_url(database.url) as store:
-        store.append([r.entry for r in story.records])
-        store.commit([], rollout=story.row())
-        for row in story.approvals():
-            store.upsert_approval(row)
-        seq, record_hash = store.head()
-        store.add_checkpoint(signer.sign(Checkpoint("kserve-canary", seq, record_hash, T0)))
-        application = FastAPI()
-        application.include_router(
-            router(
-                AuditorGate(lambda: (ENTRY,), Gatekeeper(_no_cluster, _no_cluster)),
-                store,
-                clock=lambda: story.now + timedelta(minutes=5),
-                anchors=AnchorSource(
-                    read=store.checkpoints,
-                    keys=TrustedKeys([signer.public_key]),
-                    log_name="kserve-canary",
-                    witness="the database's copy",
-                ),
-            )
-        )
+        fill(store, story, signer)
+        gate = AuditorGate(lambda: (ENTRY,), Gatekeeper(_no_cluster, _no_cluster))
+        application, _ = auditor_app(store, story, gate, signer)
         yield application
 
 

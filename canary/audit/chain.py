@@ -21,7 +21,7 @@ from canary.audit.records import (
     AuditRecord,
     Measurement,
     StoredMeasurement,
-    canonical_json,
+    canonical_text,
     compute_record_hash,
     decode_body,
     decode_float,
@@ -109,7 +109,7 @@ def measurement_rows(seq: int, body: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "threshold": decode_float(m["threshold"]),
                 "verdict": m["verdict"],
                 "dry_run": m["dry_run"],
-                "detail": canonical_json(m["detail"]),
+                "detail": canonical_text(m["detail"]),
             }
         )
     return rows
@@ -205,7 +205,7 @@ class ChainLog:
         for entry in entries:
             seq += 1
             data = entry_body(seq, entry)
-            body = canonical_json(data)
+            body = canonical_text(data)
             record_hash = compute_record_hash(prev_hash, body)
             log_rows.append(
                 {

@@ -63,6 +63,7 @@ __all__ = [
     "RolloutRow",
     "StoredMeasurement",
     "canonical_json",
+    "canonical_text",
     "compute_record_hash",
     "decode_body",
     "decode_float",
@@ -134,8 +135,28 @@ def _float_out(value: float) -> float | str:
     return value
 
 
+_SCALARS: Final = (str, int, bool, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    return names
+
+
 def normalise(value: object) -> JSON:
     """Turn ``value`` into plain JSON data following the canonical rules (see module doc)."""
+    kind = type(value)
+    if kind in _SCALARS:  # the common case first: exact types, no subclass checks
+        return value  # type: ignore[return-value]
+    if kind is dict:
+        return _normalise_mapping(value)  # type: ignore[arg-type]
+    if kind is float:
+        return _float_out(value)  # type: ignore[arg-type]
+    if kind is list or kind is tuple:
+        return [normalise(item) for item in value]  # type: ignore[attr-defined]
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -143,28 +164,37 @@ def normalise(value: object) -> JSON:
     if isinstance(value, datetime):
         return format_timestamp(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: normalise(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {name: normalise(getattr(value, name)) for name in _field_names(kind)}
     if isinstance(value, Mapping):
-        out: dict[str, JSON] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"mapping key {key!r} is not a string")
-            out[key] = normalise(item)
-        return out
+        return _normalise_mapping(value)
     if isinstance(value, (list, tuple)):
         return [normalise(item) for item in value]
     raise TypeError(f"{type(value).__name__} is not allowed in audit records")
 
 
+def _normalise_mapping(value: Mapping[Any, Any]) -> dict[str, JSON]:
+    out: dict[str, JSON] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"mapping key {key!r} is not a string")
+        out[key] = normalise(item)
+    return out
+
+
+_CANONICAL: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: object) -> str:
     """Serialise ``value`` as canonical JSON text (the exact text that gets hashed)."""
-    text = json.dumps(
-        normalise(value),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    return canonical_text(normalise(value))
+
+
+def canonical_text(data: JSON) -> str:
+    """:func:`canonical_json` of data already normalised (:func:`normalise`,
+    :func:`entry_body`): the same text, without normalising it a second time."""
+    text = _CANONICAL.encode(data)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates cannot be hashed as UTF-8

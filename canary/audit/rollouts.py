@@ -75,23 +75,13 @@ class RolloutBook:
         self, conn: Connection, rollout: RolloutRow, expected_version: int | None
     ) -> None:
         # Runs under the chain-head lock, so this read-check-write is not racy for writers
-        # that go through commit(); the UPDATE's version condition guards the rest.
-        stored = conn.execute(
-            select(RolloutModel.version).where(RolloutModel.id == rollout.id)
-        ).first()
-        if expected_version is None and stored is not None:
-            raise StaleRollout(f"rollout {rollout.id} already exists (version {stored.version})")
-        if expected_version is not None and (stored is None or stored.version != expected_version):
-            found = "it does not exist" if stored is None else f"stored is {stored.version}"
-            raise StaleRollout(
-                f"rollout {rollout.id}: expected version {expected_version}, {found}"
-            )
-        self._ensure_single_active(conn, rollout)
-        values = _rollout_values(rollout)
+        # that go through commit(); the UPDATE's version condition guards the rest. An
+        # update is one statement; why it changed nothing is read only when it did not.
         try:
             if expected_version is None:
-                conn.execute(insert(RolloutModel).values(**values, version=1))
+                self._insert_rollout(conn, rollout)
                 return
+            values = _rollout_values(rollout)
             # RETURNING rather than rowcount: psycopg reports no rowcount here.
             updated = conn.execute(
                 update(RolloutModel)
@@ -111,7 +101,22 @@ class RolloutBook:
                 ) from exc
             raise
         if updated is None:
-            raise StaleRollout(f"rollout {rollout.id} changed concurrently")
+            stored = conn.execute(
+                select(RolloutModel.version).where(RolloutModel.id == rollout.id)
+            ).first()
+            found = "it does not exist" if stored is None else f"stored is {stored.version}"
+            raise StaleRollout(
+                f"rollout {rollout.id}: expected version {expected_version}, {found}"
+            )
+
+    def _insert_rollout(self, conn: Connection, rollout: RolloutRow) -> None:
+        stored = conn.execute(
+            select(RolloutModel.version).where(RolloutModel.id == rollout.id)
+        ).first()
+        if stored is not None:
+            raise StaleRollout(f"rollout {rollout.id} already exists (version {stored.version})")
+        self._ensure_single_active(conn, rollout)
+        conn.execute(insert(RolloutModel).values(**_rollout_values(rollout), version=1))
 
     @staticmethod
     def _ensure_single_active(conn: Connection, rollout: RolloutRow) -> None:

@@ -1,6 +1,7 @@
 """The audit store: hash-chained audit log plus the controller's durable state.
 
-Every write goes through one database transaction. :meth:`AuditStore.commit` checks the
+Every write goes through one database transaction. :meth:`AuditStore.commit`
+(:mod:`canary.audit.committing`, which groups concurrent callers' commits) checks the
 leader fence, locks the chain head, appends audit records (and their measurements) and
 writes the rollout state, all or nothing. That is how the controller records "intent + new
 state" atomically while it is still the leader.
@@ -19,7 +20,7 @@ and :mod:`canary.audit.purges` (purges beyond the retention).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from types import TracebackType
@@ -34,7 +35,8 @@ from sqlalchemy.exc import (
 from canary.audit.anchors import CheckpointBook
 from canary.audit.approvals import ApprovalBook
 from canary.audit.chain import ChainLog
-from canary.audit.commands import CommandQueue, writer
+from canary.audit.commands import CommandQueue
+from canary.audit.committing import Committing
 from canary.audit.crosscheck import CrossCheck, Discrepancy
 from canary.audit.database import (
     WRITE_OPTION,
@@ -68,14 +70,6 @@ from canary.audit.history import AuditHistory
 from canary.audit.listing import RecordListing
 from canary.audit.privileges import Privileges
 from canary.audit.purges import PurgeBook
-from canary.audit.records import (
-    ApprovalRow,
-    AuditEntry,
-    AuditRecord,
-    CommandState,
-    Fence,
-    RolloutRow,
-)
 from canary.audit.retention import PurgeDone, PurgePlan, purge_entry
 from canary.audit.rollouts import RolloutBook
 from canary.audit.verify import ChainCheck
@@ -115,6 +109,7 @@ class AuditStore(
     Privileges,
     CrossCheck,
     PurgeBook,
+    Committing,
 ):
     """Hash-chained audit log and controller state on PostgreSQL (or SQLite for development).
 
@@ -130,6 +125,7 @@ class AuditStore(
         self._dialect = engine.dialect.name
         self._where = where or masked(engine.url)
         self._deadline = deadline
+        self._start_grouping()
 
     @classmethod
     def from_url(
@@ -251,68 +247,6 @@ class AuditStore(
         return ", ".join(revisions)
 
     # ---------------------------------------------------------------------------- writes
-
-    def commit(
-        self,
-        entries: Sequence[AuditEntry],
-        *,
-        fence: Fence | None = None,
-        rollout: RolloutRow | None = None,
-        expected_version: int | None = None,
-        command: tuple[str, CommandState, str, datetime] | None = None,
-        approvals: Sequence[ApprovalRow] = (),
-    ) -> list[AuditRecord]:
-        """Append ``entries`` and write ``rollout`` in one transaction (all or nothing).
-
-        * ``fence``: the write happens only if the stored fence for ``fence.lease_name`` has
-          exactly this epoch and holder, else :class:`FencedOut`.
-        * ``rollout`` with ``expected_version=None`` inserts a new rollout (version 1);
-          with ``expected_version=n`` it updates the stored rollout only if its version is
-          ``n`` (it becomes ``n + 1``), else :class:`StaleRollout`.
-        * ``command``: ``(id, state, result, at)`` settles a pending manual command in the
-          same transaction, so a command is carried out exactly once (a command that is no
-          longer pending raises :class:`StaleRollout`); its ``manual.settled`` record is
-          appended after ``entries``, naming the fence's holder and the rollout.
-        * ``approvals``: approval rows upserted in the same transaction (the engine's
-          requests and close requests for the approval worker). Each row as stored
-          afterwards is carried by the last of ``entries`` whose evidence names it
-          (``approval_id``), or else by a record of its own (:mod:`canary.audit.actors`).
-
-        Returns the records appended: ``entries`` first, in order, then any the store added.
-        """
-        if rollout is None and expected_version is not None:
-            raise ValueError("expected_version given without a rollout")
-        items = list(entries)
-        with self._tx(write=True) as conn:
-            if fence is not None:
-                self._check_fence(conn, fence)
-            self._lock_head(conn)
-            if rollout is not None:
-                self._write_rollout(conn, rollout, expected_version)
-            added: list[AuditEntry] = []
-            if approvals:
-                items, extra = self._write_approvals(conn, approvals, items, fence)
-                added.extend(extra)
-            if command is not None:
-                rollout_id = rollout.id if rollout is not None else None
-                if rollout_id is None:
-                    rollout_id = next((e.rollout_id for e in items if e.rollout_id), None)
-                added.append(
-                    self._settle_command(
-                        conn,
-                        *command,
-                        actor=writer(fence),
-                        rollout_id=rollout_id,
-                        leader_epoch=fence.epoch if fence is not None else None,
-                    )
-                )
-            return self._append(conn, [*items, *added])
-
-    def append(
-        self, entries: Sequence[AuditEntry], fence: Fence | None = None
-    ) -> list[AuditRecord]:
-        """Append audit records (a :meth:`commit` without a rollout)."""
-        return self.commit(entries, fence=fence)
 
     def purge(self, plan: PurgePlan, *, at: datetime, reason: str | None = None) -> PurgeDone:
         """Carry out ``plan`` (:func:`canary.audit.retention.plan_purge`, made after the chain

@@ -6,7 +6,8 @@ import dataclasses
 import itertools
 import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -226,6 +227,167 @@ def test_concurrent_writers_produce_one_gapless_chain(db: Database) -> None:
         for w in range(writers):
             mine = [r.entry.reason for r in records if r.entry.rollout_id == f"writer-{w}"]
             assert mine == [f"step {i}" for i in range(per_writer) for _ in range(1 + i % 2)]
+
+
+class HeldOpen:
+    """Holds the store's first transaction open at the head lock until released, so the
+    commits started meanwhile queue up and share the next transaction."""
+
+    def __init__(self, store: AuditStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.store = store
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.together: list[int] = []  # the size of every transaction the store ran
+        lock_head, together = store._lock_head, store._commit_together
+
+        def held(conn: Any) -> None:
+            if not self.entered.is_set():
+                self.entered.set()
+                assert self.release.wait(30), "the test never released the transaction"
+            lock_head(conn)
+
+        def counted(requests: Any) -> Any:
+            self.together.append(len(requests))
+            return together(requests)
+
+        monkeypatch.setattr(store, "_lock_head", held)
+        monkeypatch.setattr(store, "_commit_together", counted)
+
+    def run(
+        self, first: Callable[[], object], calls: dict[str, Callable[[], object]]
+    ) -> dict[str, object]:
+        """``first`` alone, then ``calls`` concurrently while it is held; every outcome."""
+        results: dict[str, object] = {}
+
+        def call(name: str, fn: Callable[[], object]) -> None:
+            try:
+                results[name] = fn()
+            except BaseException as exc:
+                results[name] = exc
+
+        threads = [threading.Thread(target=call, args=("first", first))]
+        threads[0].start()
+        assert self.entered.wait(30)
+        threads += [threading.Thread(target=call, args=item) for item in calls.items()]
+        for thread in threads[1:]:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while self.store._group.requests + len(self.store._group._queue) < len(calls):
+            assert time.monotonic() < deadline, "the callers never queued"
+            time.sleep(0.001)
+        self.release.set()
+        for thread in threads:
+            thread.join(60)
+        return results
+
+
+def service_rollout(i: int, *, step: int = 0) -> RolloutRow:
+    return dataclasses.replace(rollout(f"ro-{i}", step=step), namespace="fraud", name=f"svc-{i}")
+
+
+def decision(i: int, step: int) -> AuditEntry:
+    return entry(step, rollout_id=f"ro-{i}", measurements=(measurement(step),))
+
+
+def step_up(store: AuditStore, i: int) -> Callable[[], object]:
+    """Rollout ``ro-i``'s next decision, from version 1 to 2."""
+    return lambda: store.commit(
+        [decision(i, 1)], rollout=service_rollout(i, step=1), expected_version=1
+    )
+
+
+def test_concurrent_commits_share_one_transaction_and_each_is_committed(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(6):
+        store.commit([decision(i, 0)], rollout=service_rollout(i))
+    held = HeldOpen(store, monkeypatch)
+    results = held.run(
+        lambda: store.append([entry(100, rollout_id="other")]),
+        {f"ro-{i}": step_up(store, i) for i in range(6)},
+    )
+    assert held.together == [1, 6]  # the six that queued went in one transaction
+    for i in range(6):
+        records = results[f"ro-{i}"]
+        assert isinstance(records, list)
+        assert [r.entry.rollout_id for r in records] == [f"ro-{i}"]
+        stored = store.get_rollout(f"ro-{i}")
+        assert stored is not None
+        assert (stored.step_index, stored.version) == (1, 2)
+    assert store.head()[0] == 6 + 1 + 6
+    assert [len(store.measurements_for(f"ro-{i}")) for i in range(6)] == [2] * 6
+    report = store.verify()
+    assert report.ok, report.problem
+
+
+def test_a_failing_commit_in_a_group_fails_alone(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.claim_epoch("kserve-canary", "pod-a", 2, T0)
+    leader, deposed = Fence("kserve-canary", "pod-a", 2), Fence("kserve-canary", "pod-z", 1)
+    for i in range(4):
+        store.commit([decision(i, 0)], fence=leader, rollout=service_rollout(i))
+    held = HeldOpen(store, monkeypatch)
+    results = held.run(
+        lambda: store.append([entry(100, rollout_id="other")], fence=leader),
+        {
+            "ok-0": lambda: store.commit(
+                [decision(0, 1)], fence=leader, rollout=service_rollout(0, step=1),
+                expected_version=1,
+            ),
+            "stale": lambda: store.commit(
+                [decision(1, 1)], fence=leader, rollout=service_rollout(1, step=1),
+                expected_version=7,
+            ),
+            "deposed": lambda: store.commit(
+                [decision(2, 1)], fence=deposed, rollout=service_rollout(2, step=1),
+                expected_version=1,
+            ),
+            "ok-3": lambda: store.commit(
+                [decision(3, 1)], fence=leader, rollout=service_rollout(3, step=1),
+                expected_version=1,
+            ),
+        },
+    )  # fmt: skip
+    assert isinstance(results["stale"], StaleRollout)
+    assert "expected version 7, stored is 1" in str(results["stale"])
+    assert isinstance(results["deposed"], FencedOut)
+    # the group was undone and each carried out alone: the two good ones are committed once
+    assert held.together == [1, 4, 1, 1, 1, 1]
+    assert [store.get_rollout(f"ro-{i}").version for i in range(4)] == [2, 1, 1, 2]  # type: ignore[union-attr]
+    records = store.records()
+    assert len(records) == 4 + 1 + 2
+    assert [r.entry.rollout_id for r in records[-2:]] in (["ro-0", "ro-3"], ["ro-3", "ro-0"])
+    report = store.verify()
+    assert report.ok, report.problem
+
+
+def test_a_group_whose_database_fails_is_not_retried(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A COMMIT that failed on a connection error may have been applied: carrying the group
+    out again could write every decision twice. Each caller gets the error, as it would
+    alone, and decides what to do (the engine re-reads its state)."""
+    for i in range(3):
+        store.commit([decision(i, 0)], rollout=service_rollout(i))
+    held = HeldOpen(store, monkeypatch)
+    append = store._append
+
+    def failing(conn: Any, entries: Any) -> Any:
+        if len(entries) > 1:
+            raise StoreUnavailable("database test unavailable: connection lost")
+        return append(conn, entries)
+
+    monkeypatch.setattr(store, "_append", failing)
+    results = held.run(
+        lambda: store.append([entry(100, rollout_id="other")]),
+        {f"ro-{i}": step_up(store, i) for i in range(3)},
+    )
+    assert held.together == [1, 3]
+    for i in range(3):
+        assert isinstance(results[f"ro-{i}"], StoreUnavailable)
+    assert store.head()[0] == 3 + 1
+    assert [store.get_rollout(f"ro-{i}").version for i in range(3)] == [1, 1, 1]  # type: ignore[union-attr]
 
 
 def test_a_failing_entry_aborts_the_whole_commit(store: AuditStore) -> None:

@@ -219,9 +219,10 @@ class ChainLog:
             m_rows.extend(measurement_rows(seq, data))
             records.append(AuditRecord(seq, prev_hash, record_hash, body, decode_body(data)))
             prev_hash = record_hash
-        conn.execute(insert(AuditLog), log_rows)
+        # Core inserts (not the ORM's bulk path), sent by psycopg as one pipeline
+        conn.execute(insert(AuditLog.__table__), log_rows)  # type: ignore[arg-type]
         if m_rows:
-            conn.execute(insert(MeasurementRow), m_rows)
+            conn.execute(insert(MeasurementRow.__table__), m_rows)  # type: ignore[arg-type]
         return records
 
     def head(self) -> tuple[int, str]:

@@ -44,6 +44,10 @@ MAX_BATCH = 64
 """The most commits one transaction carries (bounds how long the head lock is held)."""
 
 
+class _Regroup(Exception):
+    """A grouped rollout update found a rollout not at its expected version."""
+
+
 @dataclass(frozen=True, slots=True)
 class CommitRequest:
     """One caller's :meth:`Committing.commit`."""
@@ -102,6 +106,10 @@ class Committing:
             raise NotImplementedError
 
         def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+            raise NotImplementedError
+
+        @staticmethod
+        def _update_rollouts(conn: Connection, updates: Sequence[tuple[RolloutRow, int]]) -> bool:
             raise NotImplementedError
 
     def _start_grouping(self, max_batch: int = MAX_BATCH) -> None:
@@ -182,7 +190,20 @@ class Committing:
                     self._check_fence(conn, request.fence)
                     checked.add(request.fence)
             self._lock_head(conn)
-            staged = [self._stage(conn, request) for request in requests]
+            # Alone, a rollout update is checked by itself (its error says why it failed);
+            # in a group, every update is one statement, and one that did not apply undoes
+            # the group, whose requests are then carried out alone.
+            grouped = len(requests) > 1
+            staged = [self._stage(conn, request, update=not grouped) for request in requests]
+            if grouped and not self._update_rollouts(
+                conn,
+                [
+                    (r.rollout, r.expected_version)
+                    for r in requests
+                    if r.rollout is not None and r.expected_version is not None
+                ],
+            ):
+                raise _Regroup
             records = self._append(conn, [entry for entries in staged for entry in entries])
         out: list[list[AuditRecord]] = []
         start = 0
@@ -191,11 +212,14 @@ class Committing:
             start += len(entries)
         return out
 
-    def _stage(self, conn: Connection, request: CommitRequest) -> list[AuditEntry]:
-        """Write ``request``'s rows (the head lock held); the entries it appends."""
+    def _stage(
+        self, conn: Connection, request: CommitRequest, *, update: bool = True
+    ) -> list[AuditEntry]:
+        """Write ``request``'s rows (the head lock held); the entries it appends. With
+        ``update=False`` a rollout update is left to the caller (a new rollout is not)."""
         items = list(request.entries)
         rollout, fence = request.rollout, request.fence
-        if rollout is not None:
+        if rollout is not None and (update or request.expected_version is None):
             self._write_rollout(conn, rollout, request.expected_version)
         added: list[AuditEntry] = []
         if request.approvals:

@@ -7,12 +7,12 @@ transactions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from canary.audit.errors import ActiveRolloutExists, StaleRollout
@@ -108,6 +108,36 @@ class RolloutBook:
             raise StaleRollout(
                 f"rollout {rollout.id}: expected version {expected_version}, {found}"
             )
+
+    @staticmethod
+    def _update_rollouts(conn: Connection, updates: Sequence[tuple[RolloutRow, int]]) -> bool:
+        """Update each rollout that is still at its expected version, all in one
+        statement (executed for many parameter sets); True only if every one was. A
+        caller that gets False must roll back: some were updated and some not."""
+        if not updates:
+            return True
+        names = [k for k in _rollout_values(updates[0][0]) if k not in ("id", "created_at")]
+        table = RolloutModel.__table__
+        stmt = (
+            update(RolloutModel)
+            .where(
+                table.c.id == bindparam("w_id", type_=table.c.id.type),
+                table.c.version == bindparam("w_expected", type_=table.c.version.type),
+            )
+            .values(
+                {
+                    **{name: bindparam(f"w_{name}", type_=table.c[name].type) for name in names},
+                    "version": bindparam("w_version", type_=table.c.version.type),
+                }
+            )
+        )
+        params = []
+        for rollout, expected in updates:
+            values = _rollout_values(rollout)
+            row = {f"w_{name}": values[name] for name in names}
+            row.update(w_id=rollout.id, w_expected=expected, w_version=expected + 1)
+            params.append(row)
+        return conn.execute(stmt, params).rowcount == len(updates)
 
     def _insert_rollout(self, conn: Connection, rollout: RolloutRow) -> None:
         stored = conn.execute(

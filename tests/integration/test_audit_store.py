@@ -362,6 +362,34 @@ def test_a_failing_commit_in_a_group_fails_alone(
     assert report.ok, report.problem
 
 
+def test_two_writers_of_one_rollout_in_a_group_cannot_both_win(
+    store: AuditStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two callers updating the same rollout from the same version (a split brain inside
+    one process, say) land in one group: exactly one update is applied, the other caller
+    gets StaleRollout, and a new rollout started in the same group is kept."""
+    store.commit([decision(0, 0)], rollout=service_rollout(0))
+    held = HeldOpen(store, monkeypatch)
+    results = held.run(
+        lambda: store.append([entry(100, rollout_id="other")]),
+        {
+            "a": step_up(store, 0),
+            "b": step_up(store, 0),
+            "new": lambda: store.commit([decision(1, 0)], rollout=service_rollout(1)),
+        },
+    )
+    outcomes = sorted(type(results[k]).__name__ for k in ("a", "b"))
+    assert outcomes == ["StaleRollout", "list"]
+    assert isinstance(results["new"], list)
+    stored = store.get_rollout("ro-0")
+    assert stored is not None
+    assert stored.version == 2
+    assert store.get_rollout("ro-1") is not None
+    assert [r.entry.rollout_id for r in store.records()].count("ro-0") == 2
+    report = store.verify()
+    assert report.ok, report.problem
+
+
 def test_a_group_whose_database_fails_is_not_retried(
     store: AuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -156,7 +156,10 @@ def normalise(value: object) -> JSON:
     if kind is float:
         return _float_out(value)  # type: ignore[arg-type]
     if kind is list or kind is tuple:
-        return [normalise(item) for item in value]  # type: ignore[attr-defined]
+        return [
+            item if type(item) in _SCALARS else normalise(item)
+            for item in value  # type: ignore[attr-defined]
+        ]
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -164,7 +167,11 @@ def normalise(value: object) -> JSON:
     if isinstance(value, datetime):
         return format_timestamp(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {name: normalise(getattr(value, name)) for name in _field_names(kind)}
+        out: dict[str, JSON] = {}
+        for name in _field_names(kind):
+            item = getattr(value, name)
+            out[name] = item if type(item) in _SCALARS else normalise(item)
+        return out
     if isinstance(value, Mapping):
         return _normalise_mapping(value)
     if isinstance(value, (list, tuple)):
@@ -175,9 +182,9 @@ def normalise(value: object) -> JSON:
 def _normalise_mapping(value: Mapping[Any, Any]) -> dict[str, JSON]:
     out: dict[str, JSON] = {}
     for key, item in value.items():
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"mapping key {key!r} is not a string")
-        out[key] = normalise(item)
+        out[key] = item if type(item) in _SCALARS else normalise(item)
     return out
 
 

@@ -79,8 +79,7 @@ def checkpointer(
     if signer is None:
         return None
     configmap = _configmap_witness(settings)
-    found = witnesses(settings, kube, events)
-    witnesses_ = found
+    publish_to = witnesses(settings, kube, events)
     try:
         retired = (
             TrustedKeys.from_files(list(settings.audit_public_key_files)).keys
@@ -93,13 +92,13 @@ def checkpointer(
         "audit.checkpoints_enabled",
         key_id=signer.key_id,
         log_name=settings.audit_log_name,
-        witnesses=[w.name for w in witnesses_],
+        witnesses=[w.name for w in publish_to],
         interval_seconds=settings.audit_checkpoint_interval_seconds,
     )
     return Checkpointer(
         store=store,
         signer=signer,
-        witnesses=witnesses_,
+        witnesses=publish_to,
         log_name=settings.audit_log_name,
         leadership=leadership,
         clock=clock,

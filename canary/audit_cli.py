@@ -38,7 +38,7 @@ from canary.cli_common import (
     database_url_option,
     open_store,
 )
-from canary.retention_cli import audit_purge
+from canary.retention_cli import audit_purge, read_checkpoint_files
 
 if TYPE_CHECKING:
     from canary.audit import AuditStore
@@ -100,20 +100,6 @@ def _witnessed(
             raise AssertionError("unreachable") from None
     if not found:
         _fail(EXIT_UNAVAILABLE, f"ConfigMap {namespace}/{name} holds no checkpoint (or is absent)")
-    return found
-
-
-def _from_files(paths: tuple[Path, ...]) -> list[SignedCheckpoint]:
-    from canary.audit.checkpoint import CheckpointError, parse_envelopes
-
-    found: list[SignedCheckpoint] = []
-    for path in paths:
-        try:
-            found.extend(parse_envelopes(path.read_text(encoding="utf-8"), source=str(path)))
-        except OSError as exc:
-            _fail(EXIT_INVALID, f"cannot read {path}: {exc.strerror}")
-        except (CheckpointError, UnicodeDecodeError) as exc:
-            _fail(EXIT_INVALID, str(exc))
     return found
 
 
@@ -206,7 +192,7 @@ def audit_verify(
     from canary.audit import AuditError
     from canary.audit.checkpoint import CheckpointError, TrustedKeys
 
-    checkpoints = _from_files(checkpoint_files)
+    checkpoints = read_checkpoint_files(checkpoint_files)
     if configmap:
         checkpoints.extend(_witnessed(configmap, kubeconfig, context))
     keys: TrustedKeys | None = None

@@ -72,24 +72,32 @@ def _retention(given: int | None) -> int:
     return days
 
 
-def _trusted(
-    checkpoint_files: tuple[Path, ...], public_keys: tuple[Path, ...]
-) -> tuple[list[SignedCheckpoint], TrustedKeys]:
-    from canary.audit.checkpoint import CheckpointError, TrustedKeys, parse_envelopes
+def read_checkpoint_files(paths: tuple[Path, ...]) -> list[SignedCheckpoint]:
+    """The signed checkpoints in ``paths`` (``--checkpoint`` files of ``canary audit verify``
+    and ``purge``); an unreadable or malformed file ends the command (exit 2)."""
+    from canary.audit.checkpoint import CheckpointError, parse_envelopes
 
-    try:
-        keys = TrustedKeys.from_files(list(public_keys))
-    except CheckpointError as exc:
-        _fail(EXIT_INVALID, str(exc))
     found: list[SignedCheckpoint] = []
-    for path in checkpoint_files:
+    for path in paths:
         try:
             found.extend(parse_envelopes(path.read_text(encoding="utf-8"), source=str(path)))
         except OSError as exc:
             _fail(EXIT_INVALID, f"cannot read {path}: {exc.strerror}")
         except (CheckpointError, UnicodeDecodeError) as exc:
             _fail(EXIT_INVALID, str(exc))
-    return found, keys
+    return found
+
+
+def _trusted(
+    checkpoint_files: tuple[Path, ...], public_keys: tuple[Path, ...]
+) -> tuple[list[SignedCheckpoint], TrustedKeys]:
+    from canary.audit.checkpoint import CheckpointError, TrustedKeys
+
+    try:
+        keys = TrustedKeys.from_files(list(public_keys))
+    except CheckpointError as exc:
+        _fail(EXIT_INVALID, str(exc))
+    return read_checkpoint_files(checkpoint_files), keys
 
 
 def _refuse_tampered(trail: TrailCheck) -> NoReturn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -206,7 +207,7 @@ def test_a_replica_that_does_not_lead_signs_nothing(world: World) -> None:
 
 
 def test_a_failing_witness_is_counted_and_the_others_still_get_the_checkpoint(
-    world: World, tmp_path: object
+    world: World, tmp_path: Path
 ) -> None:
     down = MemoryWitness("down")
     down.failing = True
@@ -299,10 +300,8 @@ def test_checkpoints_of_another_key_in_the_witness_do_not_stop_a_rotated_key(
     assert result.outcome == "signed"
 
 
-def test_the_file_witness_keeps_every_checkpoint_on_disk(world: World, tmp_path: object) -> None:
-    from pathlib import Path
-
-    path = Path(str(tmp_path)) / "checkpoints.jsonl"
+def test_the_file_witness_keeps_every_checkpoint_on_disk(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "checkpoints.jsonl"
     witness = FileWitness(path)
     checkpoints = world.checkpointer(witness)
     world.append(2)

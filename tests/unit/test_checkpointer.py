@@ -207,7 +207,7 @@ def test_a_replica_that_does_not_lead_signs_nothing(world: World) -> None:
 
 
 def test_a_failing_witness_is_counted_and_the_others_still_get_the_checkpoint(
-    world: World, tmp_path: Path
+    world: World,
 ) -> None:
     down = MemoryWitness("down")
     down.failing = True

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
 from canary.audit.chain import _stored_measurement, decoded_records
@@ -368,11 +368,11 @@ class AuditHistory:
             query = query.where(_model_matches(model))
         if cursor is not None:
             after, after_id = decode_cursor(cursor)
+            # (created_at, id) < (after, after_id), written so that the bound on created_at
+            # is an index condition: the scan starts at the cursor, not at the newest rollout
             query = query.where(
-                or_(
-                    table.created_at < after,
-                    and_(table.created_at == after, table.id < after_id),
-                )
+                table.created_at <= after,
+                or_(table.created_at < after, table.id < after_id),
             )
         query = query.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)
         with self._tx(write=False) as conn:

@@ -648,6 +648,14 @@ FILLER = [
 class Plan:
     sql: str
     scans: list[tuple[str, str, str | None]]  # (node type, table, index)
+    bounds: list[str]  # the index conditions ("Index Cond") of its scans
+
+
+def _bounds(node: dict[str, Any]) -> Iterator[str]:
+    if "Index Cond" in node:
+        yield node["Index Cond"]
+    for child in node.get("Plans", ()):
+        yield from _bounds(child)
 
 
 def _scans(node: dict[str, Any], table: str = "") -> Iterator[tuple[str, str, str | None]]:
@@ -682,7 +690,8 @@ def plans_of(store: AuditStore, run: Any) -> list[Plan]:
             explained = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters)
             found: Any = explained.scalar_one()
             tree: list[dict[str, Any]] = json.loads(found) if isinstance(found, str) else found
-            plans.append(Plan(statement, list(_scans(tree[0]["Plan"]))))
+            plan = tree[0]["Plan"]
+            plans.append(Plan(statement, list(_scans(plan)), list(_bounds(plan))))
     return plans
 
 
@@ -725,6 +734,8 @@ def test_every_history_query_is_served_by_an_index_on_postgresql(pg_database: Da
     assert used["find_rollouts"] == {"ix_rollouts_created_at_id"}
     assert used["find_rollouts_service"] == {"ix_rollouts_target_created_at_id"}
     assert used["find_rollouts_next_page"] == {"ix_rollouts_created_at_id"}
+    (next_page,) = plans["find_rollouts_next_page"]  # starts at the cursor, reads no newer
+    assert any("created_at <=" in bound for bound in next_page.bounds), next_page.bounds
     by_model = {  # the model filter: either revision's name or storageUri, none read from JSON
         "ix_rollouts_canary_revision",
         "ix_rollouts_stable_revision",

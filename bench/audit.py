@@ -32,8 +32,10 @@ rebuilt once, exactly as the migrations defined them (checked with ``schema_diff
 The database is migrated by its owner role and read and written by the application role, as
 production runs it. It is generated with durability off and kept, with its PostgreSQL data
 directory, under ``--cache-dir`` (a directory per record count, service count, seed,
-generator version and PostgreSQL version), so a second run starts at the measurements. The
-measurements run on a server restarted with durability on (``fsync``,
+generator version and PostgreSQL version), so a second run starts at the measurements; a
+cached database whose schema is older than the migrations' head is first migrated to it by
+the owner role, as ``canary db upgrade`` would (timed, and shown in the report's data set).
+The measurements run on a server restarted with durability on (``fsync``,
 ``synchronous_commit``, ``full_page_writes``), as production commits; the appends are
 measured again on a server without it (the test bed's settings), which shows what the
 flushes cost.
@@ -86,6 +88,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import psycopg
+from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import Engine, event
 from sqlalchemy.pool import Pool
@@ -100,13 +103,16 @@ from canary.audit import (
     ModelRef,
     ObjectRef,
     RolloutRow,
+    alembic_config,
     canonical_json,
     compute_record_hash,
     entry_body,
     schema_differences,
+    upgrade_to_head,
 )
 from canary.audit.chain import MEASUREMENT_COLUMNS, PROJECTION_COLUMNS, measurement_rows, projection
 from canary.audit.history import encode_cursor
+from canary.audit.rollouts import storage_uris
 from canary.model import Phase
 from testbed.postgres import (
     PostgresServer,
@@ -762,6 +768,7 @@ class Generated:
     load_average: float
     schema_in_sync: bool
     cpu: str = ""
+    migrations: list[dict[str, Any]] = field(default_factory=list)  # see _migrate
 
 
 def _pool(workers: int) -> Any:
@@ -840,7 +847,7 @@ def _rollout_line(plan: Plan, kept: Sequence[Event]) -> tuple[str, bool]:
         EPOCH + timedelta(microseconds=plan.start),
         EPOCH + timedelta(microseconds=kept[-1][0]),
         None if ended else EPOCH + timedelta(microseconds=kept[-1][0] + 30 * US),
-        not ended, len(kept),
+        not ended, len(kept), *storage_uris(document),  # as the store's writer derives them
     )  # fmt: skip
     return "\t".join(copy_text(v) for v in values) + "\n", not ended
 
@@ -848,7 +855,7 @@ def _rollout_line(plan: Plan, kept: Sequence[Event]) -> tuple[str, bool]:
 ROLLOUT_COLUMNS: Final = (
     "id", "namespace", "name", "isvc_uid", "policy_name", "mode", "phase", "step_index",
     "canary_revision", "stable_revision", "state", "created_at", "updated_at",
-    "next_check_at", "active", "version",
+    "next_check_at", "active", "version", "canary_storage_uri", "stable_storage_uri",
 )  # fmt: skip
 APPROVAL_COLUMNS: Final = (
     "id", "rollout_id", "revision", "step_index", "gate", "change_number", "change_sys_id",
@@ -1071,13 +1078,49 @@ class Prepared:
     generated: Generated
     cached: bool
     directory: Path
+    migrated: bool = False  # this run migrated the cached database
+
+
+def _migrate(
+    database: RoleDatabase, generated: Generated, ready: Path, say: Callable[[str], None]
+) -> bool:
+    """Bring a cached database whose schema is older than the migrations' head to the head,
+    as its owner role (what ``canary db upgrade`` does in production) on the running
+    (durable) server, then ``VACUUM (ANALYZE) rollouts`` as a DBA would after 0009 (its
+    backfill leaves the old version of each rollout's row behind). What it took goes into
+    ``generated.migrations`` and ``ready.json``, for the report. False when the schema is
+    at the head already."""
+    with AuditStore.from_url(database.owner_url) as store:
+        found = store.check_schema()  # refuses a schema newer than these migrations
+    head = ScriptDirectory.from_config(alembic_config(database.owner_url)).get_current_head()
+    if found == head:
+        return False
+    say(f"the cached database's schema is at revision {found}: migrating it to {head} as the "
+        f"owner role {database.owner}")  # fmt: skip
+    load = os.getloadavg()[0]
+    mark = time.monotonic()
+    upgrade_to_head(database.owner_url)
+    seconds = {"migration": time.monotonic() - mark}
+    say(f"migrated in {seconds['migration']:.0f} s; VACUUM (ANALYZE) rollouts")
+    mark = time.monotonic()
+    with psycopg.connect(database.admin_conninfo, autocommit=True) as admin:
+        admin.execute("VACUUM (ANALYZE) rollouts")
+    seconds["vacuum and analyze"] = time.monotonic() - mark
+    generated.migrations.append({
+        "from": found, "to": head, "seconds": seconds, "load_average": load,
+        "on": datetime.now(UTC).isoformat(timespec="seconds"),
+        "schema_in_sync": not schema_differences(database.admin_url),
+    })  # fmt: skip
+    ready.write_text(json.dumps(generated.__dict__, indent=2), encoding="utf-8")
+    return True
 
 
 def prepare(
     cache: Path, *, records: int, services: int, seed: int, workers: int, fresh: bool,
     say: Callable[[str], None],
 ) -> Prepared:  # fmt: skip
-    """The data set's database, generated or found in the cache, on a running server."""
+    """The data set's database, generated or found in the cache (and then migrated to the
+    head if its schema is older), on a running server."""
     major = find_postgres_bin().parent.name
     directory = cache / f"audit-n{records}-s{services}-seed{seed}-g{GENERATOR_VERSION}-pg{major}"
     ready = directory / "ready.json"
@@ -1110,7 +1153,13 @@ def prepare(
         ready.write_text(json.dumps(generated.__dict__, indent=2), encoding="utf-8")
     server = PostgresServer(directory / "pgdata", settings=MEASURE_SETTINGS)
     server.start()
-    return Prepared(server, _roles(server), generated, cached, directory)
+    database = _roles(server)
+    try:
+        migrated = cached and _migrate(database, generated, ready, say)
+    except BaseException:
+        server.stop()
+        raise
+    return Prepared(server, database, generated, cached, directory, migrated)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1227,7 +1276,7 @@ def _sample(database: RoleDatabase, count: int, seed: int) -> list[Sampled]:
     with psycopg.connect(database.admin_conninfo) as conn:
         rows = conn.execute(
             "SELECT id, namespace, name, created_at, updated_at, canary_revision, "
-            "state::jsonb #>> '{machine,canary,storage_uri}' FROM rollouts "
+            "canary_storage_uri FROM rollouts "
             "WHERE namespace <> %s ORDER BY md5(id || %s) LIMIT %s",
             [WRITERS_NAMESPACE, str(seed), count],
         ).fetchall()
@@ -1566,6 +1615,20 @@ def _met(value: float, target: float) -> str:
     return "met" if value >= target else "**missed**"
 
 
+def _migration_row(migration: Mapping[str, Any], *, this_run: bool) -> str:
+    """A data-set table row: the cached database migrated (see :func:`_migrate`)."""
+    seconds = migration["seconds"]
+    when = "by this run" if this_run else "by an earlier run"
+    in_sync = "no difference" if migration["schema_in_sync"] else "**differences found**"
+    return (
+        f"| schema migrated | {migration['from']} to {migration['to']} as the owner role, "
+        f"{when} on {migration['on']}: {seconds['migration']:.0f} s (load average "
+        f"{migration['load_average']:.1f} when it began), then `VACUUM (ANALYZE) rollouts` "
+        f"{seconds['vacuum and analyze']:.0f} s; schema compared with the models "
+        f"afterwards: {in_sync} |"
+    )
+
+
 SECTIONS: Final = (
     "## Machine",
     "## Data set",
@@ -1630,6 +1693,9 @@ def report(
         f"| measurements (rows in `measurements`) | {g.measurements:,} |",
         f"| time span | {g.first_at} to {g.last_at} |",
     ]
+    for i, migration in enumerate(g.migrations, 1):  # this run's, if any, is the last
+        this_run = prepared.migrated and i == len(g.migrations)
+        lines.append(_migration_row(migration, this_run=this_run))
     for label, value in measured.sizes.items():
         lines.append(f"| size: {label} | {_size(value)} |")
     lines += [

@@ -1,16 +1,15 @@
 """The auditor's queries: rollout history, one rollout's timeline, point-in-time answers.
 
-Read-only, and every query is bounded (a page, or :data:`MAX_WINDOW`). The point-in-time
-and timeline queries are served by the existing indexes; ``find_rollouts`` needs the two
-``rollouts`` indexes of :data:`MIGRATION_NOTE` (without them it sorts the table), and the
-model filter needs its columns. ``tests/integration/test_point_in_time.py`` checks the
-PostgreSQL plans. What each query reads:
+Read-only, and every query is bounded (a page, or :data:`MAX_WINDOW`). Each is served by
+indexes: those of the first migration and those migration 0009 added for these queries
+(:data:`MIGRATION_NOTE`); ``tests/integration/test_point_in_time.py`` checks the PostgreSQL
+plans. What each query reads:
 
 * :meth:`AuditHistory.find_rollouts`: the ``rollouts`` table, newest first, filtered, in
   pages with an opaque keyset cursor (no OFFSET: a page never repeats or skips a rollout
   while new ones are started). ``model`` matches the canary's or the stable revision's
-  name or storageUri; the storageUris are inside the ``state`` document (JSON), so that
-  filter reads every row that passes the others until a migration adds them as columns.
+  name or storageUri: four indexed columns (the storageUris are copies of the ``state``
+  document's, written with it).
 * :meth:`AuditHistory.rollout_records`: one rollout's records in chain order, by page.
 * :meth:`AuditHistory.records_for_service`: the records the point-in-time logic needs for
   one InferenceService up to T, and no more (see its docstring).
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.sql import ColumnElement, Select
 
 from canary.audit.chain import _stored_measurement, decoded_records
@@ -84,18 +83,20 @@ OUTCOMES: Final = frozenset({p.value for p in Phase} | {"active", "finished"})
 """What ``find_rollouts(outcome=...)`` accepts: a phase, or ``active`` / ``finished``."""
 
 MIGRATION_NOTE: Final = """\
-Indexes and columns a migration should add for these queries at 10 million records
-(PostgreSQL; each query below is written so that they apply as they are):
-  rollouts (created_at DESC, id DESC)                      find_rollouts, unfiltered
+What migration 0009 added for these queries at 10 million records (before it, the model
+filter read the JSON state document of every rollout, and find_rollouts sorted the table):
+  rollouts (created_at DESC, id DESC)                      find_rollouts, unfiltered, and
+      its keyset pages
   rollouts (namespace, name, created_at DESC, id DESC)     find_rollouts by service
-  rollouts.canary_storage_uri, rollouts.stable_storage_uri (filled from the state document)
-      with indexes on each, and on canary_revision and stable_revision, for the model filter
-      and point_in_time_by_model, which read the JSON document of every row today
-  audit_log (rollout_id, seq)                              rollout_records (today: the
-      rollout_id index, then a sort of that rollout's records)
-  audit_log (namespace, name, action, recorded_at)         the window's start and the stable
-      revision's promotion (today: the (namespace, name, recorded_at) index, filtering action)
+  rollouts.canary_storage_uri, rollouts.stable_storage_uri (the state document's, written
+      with it and filled from existing rows), indexed, and canary_revision and
+      stable_revision indexed: the model filter of find_rollouts and point_in_time_by_model
+  audit_log (rollout_id, seq)                              rollout_records, in seq order
+      (it replaced the index on rollout_id alone)
+  audit_log (namespace, name, action, recorded_at)         a service's last record of an
+      action by T: the window's start and the stable revision's promotion
 """
+"""Kept as the record of what each index is for (the README points here)."""
 
 _ANALYSIS = "analysis.evaluated"
 _STARTS: Final = ("rollout.started", "shadow.challenger_detected")
@@ -289,13 +290,14 @@ _RECORD_COLUMNS: Final = (AuditLog.seq, AuditLog.prev_hash, AuditLog.record_hash
 
 
 def _model_matches(model: str) -> ColumnElement[bool]:
-    """Rollouts whose canary or stable revision has this name or storageUri."""
-    state = RolloutModel.state
+    """Rollouts whose canary or stable revision has this name or storageUri (the storageUri
+    columns hold the state document's, :func:`canary.audit.rollouts.storage_uris`): an OR of
+    four indexed columns."""
     return or_(
         RolloutModel.canary_revision == model,
         RolloutModel.stable_revision == model,
-        state[("machine", "canary", "storage_uri")].as_string() == model,
-        state[("machine", "stable", "storage_uri")].as_string() == model,
+        RolloutModel.canary_storage_uri == model,
+        RolloutModel.stable_storage_uri == model,
     )
 
 
@@ -366,11 +368,11 @@ class AuditHistory:
             query = query.where(_model_matches(model))
         if cursor is not None:
             after, after_id = decode_cursor(cursor)
+            # (created_at, id) < (after, after_id), written so that the bound on created_at
+            # is an index condition: the scan starts at the cursor, not at the newest rollout
             query = query.where(
-                or_(
-                    table.created_at < after,
-                    and_(table.created_at == after, table.id < after_id),
-                )
+                table.created_at <= after,
+                or_(table.created_at < after, table.id < after_id),
             )
         query = query.order_by(table.created_at.desc(), table.id.desc()).limit(size + 1)
         with self._tx(write=False) as conn:

@@ -19,10 +19,25 @@ from canary.audit.errors import ActiveRolloutExists, StaleRollout
 from canary.audit.records import RolloutRow
 from canary.audit.schema import RolloutModel
 
-__all__ = ["RolloutBook"]
+__all__ = ["RolloutBook", "storage_uris"]
+
+
+def storage_uris(state: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The canary's and the stable revision's storageUri in a rollout's state document
+    (``machine.canary.storage_uri``, ``machine.stable.storage_uri``; None where that is not
+    a string): the ``rollouts`` columns ``canary_storage_uri`` and ``stable_storage_uri``.
+    Migration 0009 filled them from existing rows with the same rule, in SQL."""
+    machine = state.get("machine")
+    found: list[str | None] = []
+    for side in ("canary", "stable"):
+        ref = machine.get(side) if isinstance(machine, Mapping) else None
+        uri = ref.get("storage_uri") if isinstance(ref, Mapping) else None
+        found.append(uri if isinstance(uri, str) else None)
+    return found[0], found[1]
 
 
 def _rollout_values(row: RolloutRow) -> dict[str, Any]:
+    canary_uri, stable_uri = storage_uris(row.state)
     return {
         "id": row.id,
         "namespace": row.namespace,
@@ -34,6 +49,8 @@ def _rollout_values(row: RolloutRow) -> dict[str, Any]:
         "step_index": row.step_index,
         "canary_revision": row.canary_revision,
         "stable_revision": row.stable_revision,
+        "canary_storage_uri": canary_uri,
+        "stable_storage_uri": stable_uri,
         "state": dict(row.state),
         "created_at": row.created_at,
         "updated_at": row.updated_at,

@@ -156,7 +156,8 @@ class AuditLog(Base):
     __table_args__ = (
         CheckConstraint("seq >= 1", name="seq_positive"),
         Index("ix_audit_log_target_time", "namespace", "name", "recorded_at"),
-        Index("ix_audit_log_rollout_id", "rollout_id"),
+        Index("ix_audit_log_target_action_time", "namespace", "name", "action", "recorded_at"),
+        Index("ix_audit_log_rollout_id_seq", "rollout_id", "seq"),
         Index("ix_audit_log_action", "action"),
         Index("ix_audit_log_recorded_at", "recorded_at"),
     )
@@ -208,7 +209,12 @@ class WebhookDeliveryRow(Base):
 
 
 class RolloutModel(Base):
-    """The controller's live state for one rollout (mutable, optimistic ``version``)."""
+    """The controller's live state for one rollout (mutable, optimistic ``version``).
+
+    ``canary_storage_uri`` and ``stable_storage_uri`` are projections of the ``state``
+    document (``machine.canary.storage_uri``, ``machine.stable.storage_uri``), written with
+    it (:func:`canary.audit.rollouts.storage_uris`) so that the model filter of the history
+    queries reads indexed columns, not every row's document."""
 
     __tablename__ = "rollouts"
 
@@ -228,11 +234,17 @@ class RolloutModel(Base):
     next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     active: Mapped[bool] = mapped_column(Boolean)
     version: Mapped[int] = mapped_column(Integer)
+    canary_storage_uri: Mapped[str | None] = mapped_column(Text)
+    stable_storage_uri: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("mode IN ('knative', 'standard')", name="mode"),
         CheckConstraint("version >= 1", name="version_positive"),
         Index("ix_rollouts_next_check_at", "next_check_at"),
+        Index("ix_rollouts_canary_revision", "canary_revision"),
+        Index("ix_rollouts_stable_revision", "stable_revision"),
+        Index("ix_rollouts_canary_storage_uri", "canary_storage_uri"),
+        Index("ix_rollouts_stable_storage_uri", "stable_storage_uri"),
         Index(
             "uq_rollouts_active_target",
             "namespace",
@@ -242,6 +254,17 @@ class RolloutModel(Base):
             sqlite_where=text("active"),
         ),
     )
+
+
+# Newest first, the history queries' order: DESC needs the columns, so declared after the class.
+Index("ix_rollouts_created_at_id", RolloutModel.created_at.desc(), RolloutModel.id.desc())
+Index(
+    "ix_rollouts_target_created_at_id",
+    RolloutModel.namespace,
+    RolloutModel.name,
+    RolloutModel.created_at.desc(),
+    RolloutModel.id.desc(),
+)
 
 
 class ApprovalModel(Base):

@@ -501,6 +501,34 @@ def test_rollout_insert_and_optimistic_update(store: AuditStore) -> None:
     assert store.active_rollouts() == [updated]
 
 
+def _with_models(row: RolloutRow, canary: str | None, stable: str | None) -> RolloutRow:
+    machine = {"canary": {"name": row.canary_revision, "storage_uri": canary},
+               "stable": {"name": row.stable_revision, "storage_uri": stable}}  # fmt: skip
+    return dataclasses.replace(row, state={**row.state, "machine": machine})
+
+
+def test_a_rollouts_storage_uris_are_written_from_its_state_on_insert_and_update(
+    store: AuditStore, db: Database
+) -> None:
+    def stored() -> list[tuple[Any, ...]]:
+        return db.query(
+            "SELECT canary_storage_uri, stable_storage_uri FROM rollouts WHERE id = 'ro-1'"
+        )
+
+    first = _with_models(rollout(), "s3://models/scorer/v2", None)
+    store.commit([entry(1, action="rollout.started")], rollout=first)
+    assert stored() == [("s3://models/scorer/v2", None)]
+    assert [r.id for r in store.find_rollouts(model="s3://models/scorer/v2").rollouts] == ["ro-1"]
+
+    # an update writes them again from its document: a new value, and one gone
+    later = _with_models(rollout(step=1), None, "s3://models/scorer/v1")
+    store.commit([entry(2, action="traffic.shifted")], rollout=later, expected_version=1)
+    assert stored() == [(None, "s3://models/scorer/v1")]
+    assert store.find_rollouts(model="s3://models/scorer/v2").rollouts == ()
+    assert [r.id for r in store.find_rollouts(model="s3://models/scorer/v1").rollouts] == ["ro-1"]
+    assert store.get_rollout("ro-1") == dataclasses.replace(later, version=2)
+
+
 def test_a_stale_rollout_update_writes_nothing(store: AuditStore) -> None:
     store.commit([entry(1)], rollout=rollout())
     store.commit([entry(2)], rollout=rollout(step=1), expected_version=1)

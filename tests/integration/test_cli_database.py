@@ -27,7 +27,7 @@ COMMANDS = [
     pytest.param(("db", "upgrade"), id="db-upgrade"),
     pytest.param(("db", "grant", "--app-role", "ksc_app"), id="db-grant"),
 ]
-NEWER = "the database schema is at revision 0099, newer than this kserve-canary knows (head 0008)"
+NEWER = "the database schema is at revision 0099, newer than this kserve-canary knows (head 0009)"
 
 
 def run(

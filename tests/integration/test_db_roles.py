@@ -197,7 +197,7 @@ def command_row(command_id: str, command: str = "pause") -> CommandRow:
 
 def do_the_controller_s_work(store: AuditStore) -> None:
     """Every kind of write the controller, its API and its workers make, and the reads."""
-    assert store.check_schema() == "0008"
+    assert store.check_schema() == "0009"
     fence = Fence("kserve-canary-leader", "pod-0", 1)
     assert store.claim_epoch(fence.lease_name, fence.holder, fence.epoch, T0)
     assert not store.claim_epoch(fence.lease_name, fence.holder, fence.epoch, T0)  # seen
@@ -603,7 +603,7 @@ def test_the_controller_is_quiet_about_the_application_role(granted: RoleDatabas
     assert components["database_role"] == {
         "ok": True,
         "detail": f"role {granted.app}: reads and appends the audit history, updates only the "
-        "controller's state (schema revision 0008)",
+        "controller's state (schema revision 0009)",
     }
 
 
@@ -616,7 +616,7 @@ def test_the_controller_refuses_a_schema_newer_than_it_knows(granted: RoleDataba
             SchemaTooNew,
             match=re.escape(
                 "the database schema is at revision 0099, newer than this kserve-canary knows "
-                "(head 0008): upgrade kserve-canary"
+                "(head 0009): upgrade kserve-canary"
             ),
         ),
     ):

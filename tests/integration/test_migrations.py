@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -20,8 +22,10 @@ from canary.audit import (
     upgrade_to_head,
 )
 from canary.audit.retention import PurgeRow
+from canary.audit.rollouts import storage_uris
 from tests.conftest import Database
 from tests.tampering import PURGE_COLUMNS, purge_row_values
+from tests.unit.test_rollout_columns import STORAGE_URI_CASES
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +67,7 @@ def test_upgrade_from_empty_creates_every_table_and_trigger(empty_db: Database) 
     upgrade_to_head(empty_db.url)
     assert empty_db.tables() == TABLES | {"alembic_version"}
     assert empty_db.triggers() == expected_triggers(empty_db.kind)
-    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0008",)]
+    assert empty_db.query("SELECT version_num FROM alembic_version") == [("0009",)]
     if empty_db.kind == "postgresql":
         assert reject_function_exists(empty_db)
 
@@ -177,7 +181,7 @@ def test_alembic_command_line_takes_the_url_from_x_or_the_environment(
 
     current = _alembic("current", env_url=empty_db.url)
     assert current.returncode == 0, current.stderr
-    assert "0008 (head)" in current.stdout
+    assert "0009 (head)" in current.stdout
 
 
 def test_alembic_command_line_without_a_url_explains_how_to_give_one() -> None:
@@ -210,11 +214,56 @@ def test_a_purged_database_is_not_downgraded_below_the_purges(db: Database) -> N
         f"INSERT INTO audit_purges ({', '.join(PURGE_COLUMNS)}) VALUES ({marks})",
         purge_row_values(db, row),
     )
+    command.downgrade(alembic_config(db.url), "0008")  # (SQLite's DDL is not rolled back)
     with pytest.raises(RuntimeError, match=r"cannot downgrade below 0008: the audit trail was "
                        r"purged \(audit_purges has 1 rows\)"):  # fmt: skip
         command.downgrade(alembic_config(db.url), "0007")
     assert "audit_purges" in db.tables()
     assert db.query("SELECT version_num FROM alembic_version") == [("0008",)]
+
+
+@pytest.mark.parametrize(("state", "expected"), STORAGE_URI_CASES)
+def test_0009_fills_the_storage_uri_columns_of_existing_rollouts_as_the_store_writes_them(
+    empty_db: Database, state: dict[str, Any], expected: tuple[str | None, str | None]
+) -> None:
+    command.upgrade(alembic_config(empty_db.url), "0008")
+    document = "CAST(? AS json)" if empty_db.kind == "postgresql" else "?"
+    empty_db.script(
+        [
+            (
+                "INSERT INTO rollouts (id, namespace, name, policy_name, mode, phase, "
+                "step_index, canary_revision, stable_revision, state, created_at, updated_at, "
+                f"active, version) VALUES (?, 'fraud', ?, 'default', 'knative', 'Succeeded', 0, "
+                f"'r2', 'r1', {document}, ?, ?, ?, 1)",
+                (rollout_id, name, json.dumps(doc), _t0(), _t0(), False),
+            )
+            for rollout_id, name, doc in (("ro-1", "scorer", state), ("ro-2", "other", {}))
+        ]
+        + [
+            (
+                "INSERT INTO approvals (id, rollout_id, revision, step_index, gate, "
+                "requested_by, requested_at, state) "
+                "VALUES ('ap-1', 'ro-1', 'r2', 1, 'webhook', 'controller', ?, 'approved')",
+                (_t0(),),
+            )
+        ]
+    )
+    columns = "SELECT id, canary_storage_uri, stable_storage_uri FROM rollouts ORDER BY id"
+    filled = [("ro-1", *expected), ("ro-2", None, None)]
+
+    upgrade_to_head(empty_db.url)
+
+    assert empty_db.query(columns) == filled
+    assert storage_uris(state) == expected  # what the store's writer would have written
+    with AuditStore.from_url(empty_db.url) as store:
+        for uri in {u for u in expected if u}:
+            assert [r.id for r in store.find_rollouts(model=uri).rollouts] == ["ro-1"]
+    # down and up again: the rows (and the approval that refers to one) are kept
+    command.downgrade(alembic_config(empty_db.url), "0008")
+    assert empty_db.query("SELECT id, rollout_id FROM approvals") == [("ap-1", "ro-1")]
+    upgrade_to_head(empty_db.url)
+    assert empty_db.query(columns) == filled
+    assert schema_differences(empty_db.url) == []
 
 
 def _t0() -> datetime:

@@ -12,17 +12,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 
 from bench import audit
 from canary.audit import (
     GENESIS_HASH,
     AuditRecord,
+    alembic_config,
     canonical_json,
     compute_record_hash,
     decode_body,
     entry_body,
 )
 from canary.evidence import pointintime as pit
+from testbed.postgres import PostgresServer
 
 SERVICE = 3
 
@@ -122,7 +125,18 @@ def cache() -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_a_smoke_run_reports_every_section_and_a_second_run_reuses_the_database(
+def _downgrade_cached(cache: Path, revision: str) -> None:
+    """Take the cached database back to an older schema, as its owner."""
+    (directory,) = cache.glob("audit-*")
+    server = PostgresServer(directory / "pgdata")
+    server.start()
+    try:
+        command.downgrade(alembic_config(audit._roles(server).owner_url), revision)
+    finally:
+        server.stop()
+
+
+def test_a_smoke_run_reports_every_section_and_later_runs_reuse_and_migrate_the_database(
     cache: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "audit.md"
@@ -142,10 +156,20 @@ def test_a_smoke_run_reports_every_section_and_a_second_run_reuses_the_database(
         assert f"| durable | {writers} |" in text
         assert f"| durability off | {writers} |" in text
     assert "kept in `" in text
-    assert "using ix_audit_log_target_time on audit_log" in text
+    assert "using ix_audit_log_target_time" in text
+    assert "| schema migrated |" not in text
 
+    # a database cached at an older schema is migrated, by its owner, before the measurements
+    _downgrade_cached(cache, "0008")
     assert audit.main(args) == 0
     again = out.read_text(encoding="utf-8")
     assert "this run reused the database generated on" in again
     assert "| audit records | 20,000 generated, " in again
+    assert "| schema migrated | 0008 to 0009 as the owner role, by this run on " in again
+    assert "schema compared with the models afterwards: no difference |" in again
     assert again.count("| chain verified: ok |") == 2
+    assert "Bitmap Index Scan using ix_rollouts_canary_storage_uri" in again
+
+    assert audit.main(args) == 0  # at the head: nothing to migrate, the earlier one shown
+    third = out.read_text(encoding="utf-8")
+    assert "| schema migrated | 0008 to 0009 as the owner role, by an earlier run on " in third

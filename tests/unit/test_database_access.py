@@ -89,7 +89,7 @@ def test_a_read_only_store_reads_and_cannot_write(tmp_path: Path) -> None:
     with AuditStore.from_url(url, read_only=True) as store:
         assert store.url.startswith(f"sqlite:///{tmp_path}/odd")  # as given, not the URI
         assert store.head()[0] == 0
-        assert store.check_schema() == "0008"
+        assert store.check_schema() == "0009"
         with pytest.raises(AuditError, match="attempt to write a readonly database"):
             store.claim_epoch("lease", "pod", 1, datetime.now(UTC))
 
@@ -203,7 +203,7 @@ def test_the_controller_refuses_a_schema_from_a_newer_kserve_canary(tmp_path: Pa
         pytest.raises(
             SchemaTooNew,
             match=r"^the database schema is at revision 0042abc, newer than this kserve-canary "
-            r"knows \(head 0008\): upgrade kserve-canary$",
+            r"knows \(head 0009\): upgrade kserve-canary$",
         ),
     ):
         check_database(store, Health())

@@ -265,6 +265,12 @@ Index(
     RolloutModel.created_at.desc(),
     RolloutModel.id.desc(),
 )
+Index(
+    "ix_rollouts_namespace_created_at_id",
+    RolloutModel.namespace,
+    RolloutModel.created_at.desc(),
+    RolloutModel.id.desc(),
+)
 
 
 class ApprovalModel(Base):

@@ -12,6 +12,9 @@ row's document. The indexes, each for the queries named:
   and its keyset pages;
 * ``rollouts (namespace, name, created_at DESC, id DESC)``: ``find_rollouts`` of a service,
   and the controller's last rollout of a service;
+* ``rollouts (namespace, created_at DESC, id DESC)``: ``find_rollouts`` of a namespace
+  (without it, the namespace's rollouts are read and sorted: about 7,200 of them per
+  namespace in the 10-million-record benchmark);
 * ``rollouts`` ``canary_revision``, ``stable_revision``, ``canary_storage_uri``,
   ``stable_storage_uri`` (one each): the model filter, an OR of the four;
 * ``audit_log (rollout_id, seq)``: a rollout's timeline in chain order (``rollout_records``)
@@ -31,7 +34,7 @@ until the commit. In order:
 3. the backfill: a new version of every row whose document has a storageUri, so
    ``rollouts`` grows to up to twice its size (the old versions' room is reused once a
    VACUUM has reclaimed it; the file does not shrink);
-4. the six ``rollouts`` indexes and ``ANALYZE rollouts`` (statistics of the new columns for
+4. the seven ``rollouts`` indexes and ``ANALYZE rollouts`` (statistics of the new columns for
    the planner);
 5. the DROP of ``ix_audit_log_rollout_id``: an ACCESS EXCLUSIVE lock on ``audit_log``, taken
    last so that reading records is blocked only from there to the commit.
@@ -56,7 +59,7 @@ columns.
 
 Revision ID: 0009
 Revises: 0008
-Created: 2026-12-09
+Created: 2026-12-06
 """
 
 from collections.abc import Sequence
@@ -77,6 +80,7 @@ AUDIT_LOG_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
 ROLLOUT_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ix_rollouts_created_at_id", ("created_at DESC", "id DESC")),
     ("ix_rollouts_target_created_at_id", ("namespace", "name", "created_at DESC", "id DESC")),
+    ("ix_rollouts_namespace_created_at_id", ("namespace", "created_at DESC", "id DESC")),
     ("ix_rollouts_canary_revision", ("canary_revision",)),
     ("ix_rollouts_stable_revision", ("stable_revision",)),
     ("ix_rollouts_canary_storage_uri", ("canary_storage_uri",)),

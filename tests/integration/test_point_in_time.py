@@ -709,6 +709,7 @@ def test_every_history_query_is_served_by_an_index_on_postgresql(pg_database: Da
             "rollout_records": lambda: store.rollout_records(story.ids["ro-1"], limit=5),
             "find_rollouts": lambda: store.find_rollouts(limit=20),
             "find_rollouts_service": lambda: store.find_rollouts(namespace=NS, name=NAME),
+            "find_rollouts_namespace": lambda: store.find_rollouts(namespace=NS),
             "find_rollouts_next_page": lambda: store.find_rollouts(
                 cursor=encode_cursor(T0, "filler-9"), limit=20
             ),
@@ -733,6 +734,7 @@ def test_every_history_query_is_served_by_an_index_on_postgresql(pg_database: Da
     assert used["rollout_records"] == {"ix_audit_log_rollout_id_seq"}
     assert used["find_rollouts"] == {"ix_rollouts_created_at_id"}
     assert used["find_rollouts_service"] == {"ix_rollouts_target_created_at_id"}
+    assert used["find_rollouts_namespace"] == {"ix_rollouts_namespace_created_at_id"}
     assert used["find_rollouts_next_page"] == {"ix_rollouts_created_at_id"}
     (next_page,) = plans["find_rollouts_next_page"]  # starts at the cursor, reads no newer
     assert any("created_at <=" in bound for bound in next_page.bounds), next_page.bounds

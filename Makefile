@@ -124,7 +124,7 @@ bench-judgement: venv
 # /var/tmp/kserve-canary-bench (KSC_BENCH_CACHE): the first run generates it, later runs measure.
 .PHONY: bench-audit
 bench-audit: venv system-deps
-	$(BIN)/python -m bench.audit --records 10000000 --services 1000
+	$(BIN)/python -m bench.audit --records 10000000 --services 1000 --queries 500 --budget 40
 
 .PHONY: sandbox-up
 sandbox-up: deps

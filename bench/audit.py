@@ -1,7 +1,9 @@
 """The audit trail at scale: appends, point-in-time answers, history pages and verification
 against a PostgreSQL database of millions of chained records.
 
-    make bench-audit     # or: .venv/bin/python -m bench.audit --records 10000000 --services 1000
+    make bench-audit
+    # which runs: .venv/bin/python -m bench.audit --records 10000000 --services 1000
+    #                 --queries 500 --budget 40
 
 Run it as a module from the repository root (it uses the test bed's private PostgreSQL,
 ``testbed.postgres``, which is not installed with the product). Results go to

@@ -199,7 +199,7 @@ class ChainVerifier:
             and compute_record_hash(prev_hash, body) == record_hash
         ):
             try:
-                data = from_json(body, allow_inf_nan=False)
+                data = from_json(body, allow_inf_nan=False, cache_strings="keys")
             except ValueError:  # not JSON as this parser reads it: the full check words it
                 data = None
             if data is not None and quick.proves(seq, data, row[4:], measurements):

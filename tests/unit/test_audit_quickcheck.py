@@ -30,7 +30,7 @@ from canary.audit.chain import (
     measurement_rows,
     projection,
 )
-from canary.audit.quickcheck import QuickCheck
+from canary.audit.quickcheck import QuickCheck, _canonical_detail
 from canary.audit.records import (
     Actor,
     AuditEntry,
@@ -514,3 +514,26 @@ def test_random_edits_are_never_proven_unless_sound(
     stored = stored or restored(body, original)
     if quick_proves(stored):
         assert full_check_passes(stored), body
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES)
+def test_a_detail_is_written_as_canonical_json_writes_it(value: Any) -> None:
+    try:
+        expected = canonical_json(value)
+    except ValueError:  # text UTF-8 cannot hold: canonical_json refuses it
+        return
+    assert _canonical_detail(value) == expected
+
+
+def test_a_detail_with_an_infinite_number_is_refused() -> None:
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        _canonical_detail({"x": [1, -math.inf]})

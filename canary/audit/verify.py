@@ -23,10 +23,20 @@ from canary.audit.schema import AuditLog, MeasurementRow
 from canary.audit.verifier import LOG_COLUMNS, ChainVerifier
 from canary.audit.verify_postgres import Source, check_copied, prove_in_parallel
 
-__all__ = ["MAX_WORKERS", "ChainCheck"]
+__all__ = ["MAX_WORKERS", "ChainCheck", "default_workers"]
 
 MAX_WORKERS: Final = 4
 """At most this many worker processes by default (and no more than the CPUs)."""
+
+
+def default_workers() -> int:
+    """The worker processes :meth:`ChainCheck.verify` uses unless told: one per CPU this
+    process may run on, at most :data:`MAX_WORKERS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
 
 
 class ChainCheck:
@@ -72,7 +82,7 @@ class ChainCheck:
         ``workers``: on PostgreSQL, with no call deadline, and for at least
         :data:`~canary.audit.verify_postgres.PARALLEL_MINIMUM` records, this many processes
         check ranges of the chain at the same time, on the same snapshot; the report is the
-        one a single process gives. None: one per CPU, at most :data:`MAX_WORKERS`; 1: none.
+        one a single process gives. None: :func:`default_workers`; 1: none.
 
         Not detectable from the database alone: records removed from the *end* of the chain,
         or a chain rewritten from some point on with recomputed hashes. Both need the head
@@ -81,7 +91,7 @@ class ChainCheck:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if workers is None:
-            workers = min(os.cpu_count() or 1, MAX_WORKERS)
+            workers = default_workers()
         if workers < 1:
             raise ValueError("workers must be >= 1")
         verifier = ChainVerifier()

@@ -27,7 +27,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Final, cast
 
 import psycopg
@@ -244,12 +243,9 @@ def _worker_command() -> list[str]:
 
 
 def _worker_environment() -> dict[str, str]:
-    """The caller's environment, with this ``canary`` package first on the path: the workers
-    run the same code as the caller, however it was put on ``sys.path``."""
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
+    """The caller's environment, with its module search path (in its order): the workers
+    import the same code as the caller, however that was put on ``sys.path``."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
 
 
 def prove_in_parallel(
@@ -274,8 +270,9 @@ def prove_in_parallel(
         "first": verifier.first,
     }
     processes: list[subprocess.Popen[str]] = []
+    started = min(workers, len(ranges))  # range i goes to worker i % started
     try:
-        for index in range(min(workers, len(ranges))):
+        for index in range(started):
             process = subprocess.Popen(
                 _worker_command(),
                 stdin=subprocess.PIPE,
@@ -288,13 +285,13 @@ def prove_in_parallel(
             mine = [
                 [first, end, verifier.prev_hash if at == 0 else None]
                 for at, (first, end) in enumerate(ranges)
-                if at % workers == index
+                if at % started == index
             ]
             assert process.stdin is not None
             process.stdin.write(json.dumps({**setup, "ranges": mine}) + "\n")
             process.stdin.close()
         for at in range(len(ranges)):
-            stdout = processes[at % len(processes)].stdout
+            stdout = processes[at % started].stdout
             assert stdout is not None
             answer = json.loads(stdout.readline() or "null")
             if not isinstance(answer, dict) or "error" in answer:

@@ -227,7 +227,7 @@ def pg_chain(
 def own_start(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Where the calling process's own check started, each time verify() ran."""
     starts: list[int] = []
-    checked = canary.audit.verify.check_copied
+    checked = canary.audit.verify_postgres.check_copied
 
     def spy(conn: Any, verifier: ChainVerifier, batch_size: int) -> ChainReport | None:
         starts.append(verifier.expected)

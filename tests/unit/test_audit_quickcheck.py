@@ -367,7 +367,7 @@ def _row(position: int, name: str, value: Any) -> Callable[[Stored], None]:
     return edit
 
 
-def _rows(change: Callable[[list[tuple[Any, ...]]], None]) -> Callable[[Stored], None]:
+def _rows(change: Callable[[list[tuple[Any, ...]]], object]) -> Callable[[Stored], None]:
     def edit(stored: Stored) -> None:
         change(stored.rows)
 

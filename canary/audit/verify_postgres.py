@@ -1,8 +1,9 @@
 """Reading the chain for verification on PostgreSQL: fast, and in parallel when it pays.
 
 :func:`check_copied` reads the records and their measurement rows in batches straight from
-the driver (psycopg) as plain tuples, in the caller's transaction: a batch's measurement rows
-by a binary ``SELECT``, then its records streamed by ``COPY ... TO STDOUT (FORMAT BINARY)``.
+the driver (psycopg, reached through SQLAlchemy's connection, so that this module imports it
+nowhere) as plain tuples, in the caller's transaction: a batch's measurement rows by a binary
+``SELECT``, then its records streamed by ``COPY ... TO STDOUT (FORMAT BINARY)``.
 Each record goes through :meth:`ChainVerifier.check_stored
 <canary.audit.verifier.ChainVerifier.check_stored>`. The hash is computed here, never by the
 server.
@@ -29,8 +30,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, cast
 
-import psycopg
-from psycopg import sql
 from sqlalchemy import (
     CHAR,
     BigInteger,
@@ -39,6 +38,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Text,
+    bindparam,
     create_engine,
     func,
     pool,
@@ -91,35 +91,25 @@ def _pg_types(table: Any, names: Sequence[str]) -> tuple[str, ...]:
 _LOG_TYPES: Final = _pg_types(AuditLog, LOG_COLUMNS)
 
 
-def _names(names: Sequence[str]) -> sql.Composable:
-    return sql.SQL(", ").join(sql.Identifier(name) for name in names)
+_LAST_SEQ: Final = 2**63 - 1  # the largest bigint: no end
 
-
-def _records_copy(first: int, end: int | None, count: int) -> sql.Composed:
-    """The first ``count`` records from seq ``first`` on (below ``end``), in order."""
-    return sql.SQL(
-        "COPY (SELECT {columns} FROM {table} WHERE seq >= {first}{below} ORDER BY seq "
-        "LIMIT {count}) TO STDOUT (FORMAT BINARY)"
-    ).format(
-        columns=_names(LOG_COLUMNS),
-        table=sql.Identifier(AuditLog.__tablename__),
-        first=sql.Literal(first),
-        below=sql.SQL("") if end is None else sql.SQL(" AND seq < {}").format(sql.Literal(end)),
-        count=sql.Literal(count),
+# The records from seq :first to :last (any that exist), at most :count, in order; and the
+# measurement rows of records :first to :last. Run on the driver (its own parameter binding,
+# client-side for COPY), so compiled for PostgreSQL with named parameters.
+_RECORDS: Final = (
+    select(*(getattr(AuditLog, name) for name in LOG_COLUMNS))
+    .where(AuditLog.seq >= bindparam("first"), AuditLog.seq <= bindparam("last"))
+    .order_by(AuditLog.seq)
+    .limit(bindparam("count"))
+)
+_MEASUREMENTS: Final = (
+    select(*(getattr(MeasurementRow, name) for name in MEASUREMENT_COLUMNS))
+    .where(
+        MeasurementRow.audit_seq >= bindparam("first"),
+        MeasurementRow.audit_seq <= bindparam("last"),
     )
-
-
-def _measurements_select(first: int, end: int) -> sql.Composed:
-    """The measurement rows of records ``first`` to ``end - 1``, by record and position."""
-    return sql.SQL(
-        "SELECT {columns} FROM {table} WHERE audit_seq >= {first} AND audit_seq < {end} "
-        "ORDER BY audit_seq, position"
-    ).format(
-        columns=_names(MEASUREMENT_COLUMNS),
-        table=sql.Identifier(MeasurementRow.__tablename__),
-        first=sql.Literal(first),
-        end=sql.Literal(end),
-    )
+    .order_by(MeasurementRow.audit_seq, MeasurementRow.position)
+)
 
 
 class _Stored:
@@ -166,21 +156,24 @@ def check_copied(
     batch with fewer records ends the chain (or the range); rows it leaves over lie beyond
     the last record, where the caller's look for stray rows finds them.
     """
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
+    driver: Any = conn.connection.driver_connection  # a psycopg connection
+    records = f"COPY ({_RECORDS.compile(dialect=conn.dialect)}) TO STDOUT (FORMAT BINARY)"
+    measurements = str(_MEASUREMENTS.compile(dialect=conn.dialect))
     stored = _Stored(conn)
     quick = QuickCheck()
-    statement: sql.Composed | None = None
+    statement = measurements
     try:
         with driver.cursor(binary=True) as cursor:
             while end is None or verifier.expected < end:
                 first = verifier.expected
                 size = batch_size if end is None else min(batch_size, end - first)
-                statement = _measurements_select(first, first + size)
-                measured: list[tuple[Any, ...]] = cursor.execute(statement).fetchall()
+                last = _LAST_SEQ if end is None else end - 1
+                statement = measurements
+                bounds = {"first": first, "last": first + size - 1}
+                measured: list[tuple[Any, ...]] = cursor.execute(statement, bounds).fetchall()
                 at, count = 0, 0
-                statement = _records_copy(first, end, size)
-                with cursor.copy(statement) as copy:
+                statement = records
+                with cursor.copy(statement, {"first": first, "last": last, "count": size}) as copy:
                     copy.set_types(_LOG_TYPES)
                     while (row := copy.read_row()) is not None:
                         count += 1
@@ -198,17 +191,16 @@ def check_copied(
                 if count < size:
                     return None
             return None
-    except psycopg.Error as exc:  # as SQLAlchemy would have raised it, for the store to say
-        shown = None if statement is None else statement.as_string(driver)
+    except conn.dialect.loaded_dbapi.Error as exc:  # as SQLAlchemy raises it, for the store
         # The dialect's DBAPI error protocol is psycopg's errors, but mypy cannot tell.
         invalidated = conn.dialect.is_disconnect(cast(Any, exc), conn.connection, None)
         if invalidated:
             conn.invalidate()
         raise DBAPIError.instance(
-            shown,
+            statement,
             None,
             exc,
-            psycopg.Error,
+            conn.dialect.loaded_dbapi.Error,
             connection_invalidated=invalidated,
             dialect=conn.dialect,
         ) from exc

@@ -1,24 +1,26 @@
 """A quick proof that a stored record's body, query columns and measurement rows agree.
 
 :meth:`ChainCheck.verify <canary.audit.verify.ChainCheck.verify>` checks every record's body
-against the record and its derived rows (``_ChainVerifier.check``: decode the body, derive the
-query columns and the measurement rows, compare each value). Doing that for every one of
-millions of records costs more in Python than reading and hashing them. :class:`QuickCheck`
-proves the same outcome with less work for the records that are as the controller writes them:
-it accepts a record only when every value has the plain type the controller writes, every rule
-that decoding the body enforces holds, and the stored values equal the derived ones. Anything
-else (an unusual type, a rule broken, a value that differs, or an exception on the way) makes
-it decline, and the caller runs the full check, which finds and words the problem, or accepts
-what the quick check would not prove (a NaN measurement, say).
+against the record and its derived rows (:meth:`ChainVerifier.check
+<canary.audit.verifier.ChainVerifier.check>`: decode the body, derive the query columns and
+the measurement rows, compare each value). Done for each of millions of records, that costs
+more than reading and hashing them. :class:`QuickCheck` reaches the same outcome with less
+work for records as the controller writes them: it accepts a record only when every value
+has the plain type the controller writes, every rule that decoding the body enforces holds,
+and the stored values equal the derived ones. Anything else (an unusual type, a rule
+broken, a value that differs, an exception on the way) makes it decline, and the caller
+runs the full check, which finds and words the problem, or accepts what the quick check
+could not prove (a NaN measurement, say).
 
 So it must never accept what the full check rejects; it may decline what the full check
-accepts. Why comparing tuples is enough: the stored values come from PostgreSQL's typed
-columns (text columns as ``str`` or None, ``bigint`` as ``int``, ``double precision`` as
-``float``, ``boolean`` as ``bool``, ``timestamptz`` as an aware ``datetime``), and ``==`` on
-them differs from ``_same`` only for NaN (``==`` says unequal: declined) and for a ``bool``
-against a number (``True == 1``), which is excluded by requiring ``int`` or None for the
-sample counts and ``bool`` for ``dry_run``. The rows of other databases (SQLite's dynamic
-typing) are not for this check.
+accepts (``tests/unit/test_audit_quickcheck.py`` holds the two against each other). Why
+comparing tuples is enough: the stored values come from PostgreSQL's typed columns (text as
+``str`` or None, ``bigint`` as ``int``, ``double precision`` as ``float``, ``boolean`` as
+``bool``, ``timestamptz`` as an aware ``datetime``), and ``==`` on them differs from
+:func:`~canary.audit.verifier.same` only for NaN (``==`` says unequal: declined) and for a
+``bool`` against a number (``True == 1``), which requiring ``int`` or None for the sample
+counts and ``bool`` for ``dry_run`` excludes. SQLite's rows (dynamic typing) are not for
+this check.
 """
 
 from __future__ import annotations

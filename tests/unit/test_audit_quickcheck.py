@@ -537,3 +537,78 @@ def test_a_detail_is_written_as_canonical_json_writes_it(value: Any) -> None:
 def test_a_detail_with_an_infinite_number_is_refused() -> None:
     with pytest.raises(ValueError, match="not JSON compliant"):
         _canonical_detail({"x": [1, -math.inf]})
+
+
+# --------------------------------------------------------------------------------------------
+# the parser verify uses
+# --------------------------------------------------------------------------------------------
+
+
+def _same_json(left: Any, right: Any) -> bool:
+    """Equal, type for type (Python's == takes 1, 1.0 and True for one another)."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return list(left) == list(right) and all(_same_json(left[k], right[k]) for k in left)
+    if isinstance(left, list):
+        return len(left) == len(right) and all(map(_same_json, left, right))
+    if isinstance(left, float) and math.isnan(left):
+        return math.isnan(right)
+    return bool(left == right)
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _fast(text: str) -> Any:
+    return from_json(text, allow_inf_nan=False, cache_strings="keys")
+
+
+def _standard(text: str) -> Any:
+    return json.loads(text, parse_constant=_refuse)
+
+
+def _both(text: str) -> tuple[Any, Any]:
+    """What verify's parser and the standard library make of ``text`` (None: refused)."""
+    results: list[Any] = []
+    for parse in (_fast, _standard):
+        try:
+            results.append(("ok", parse(text)))
+        except ValueError:
+            results.append(None)
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1,"a":2}', '{"a":1e999}', '{"a":-1e999}', '{"a":1e-400}', '{"a":NaN}',
+        '{"a":Infinity}', '{"a":-0.0}', '{"a":-0}', '{"a":1E5}', '{"a":1.0}',
+        '{"a":123456789012345678901234567890}', '{"a":9007199254740993.0}',
+        '{"a":2.2250738585072014e-308}', '{"a":4.9e-324}', '{"a":0.30000000000000004}',
+        '{"a":"\\ud800"}', '{"a":"\\ud83d\\ude00"}', '{"a":"\\u0000"}', '{"a":"\\/"}',
+        '{"a":"\x01"}', '{"a":01}', '{"a":1.}', '{"a":.5}', '{"a":[1,]}', '{"a":1,}', '{} x',
+        ' {}\n', '\ufeff{}', '{\x0b"a":1}', '{"a":"x\x7f"}', '[1]', '"x"', "null",
+        '{"a":' + "1" * 5000 + "}", "[" * 300 + "]" * 300,
+    ],
+)  # fmt: skip
+def test_verify_s_parser_reads_a_text_as_the_standard_library_does_or_refuses_it(
+    text: str,
+) -> None:
+    fast, standard = _both(text)
+    if fast is not None:
+        assert standard is not None, text
+        assert _same_json(fast[1], standard[1]), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES, ascii_only=st.booleans(), indent=st.sampled_from([None, 0, 2]))
+def test_verify_s_parser_reads_json_as_the_standard_library_does(
+    value: Any, ascii_only: bool, indent: int | None
+) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
+    fast, standard = _both(text)
+    assert standard is not None
+    if fast is not None:
+        assert _same_json(fast[1], standard[1]), text

@@ -1,21 +1,23 @@
 """Reading the chain for verification on PostgreSQL: fast, and in parallel when it pays.
 
 :func:`check_copied` reads the records and their measurement rows in batches straight from
-the driver (psycopg, reached through SQLAlchemy's connection, so that this module imports it
-nowhere) as plain tuples, in the caller's transaction: a batch's measurement rows by a binary
-``SELECT``, then its records streamed by ``COPY ... TO STDOUT (FORMAT BINARY)``.
-Each record goes through :meth:`ChainVerifier.check_stored
-<canary.audit.verifier.ChainVerifier.check_stored>`. The hash is computed here, never by the
-server.
+the driver as plain tuples, in the caller's transaction: a batch's measurement rows by a
+binary ``SELECT``, then its records streamed by ``COPY ... TO STDOUT (FORMAT BINARY)``. The
+driver (psycopg) is reached through SQLAlchemy's connection and never imported here, so an
+installation for SQLite alone need not have it. Each record goes through
+:meth:`ChainVerifier.check_stored <canary.audit.verifier.ChainVerifier.check_stored>`. The
+hash is computed here, never by the server.
 
-:func:`prove_in_parallel` lets worker processes check ranges of the chain at the same time,
-each in a transaction that imports the caller's snapshot (``pg_export_snapshot()``, ``SET
-TRANSACTION SNAPSHOT``), so all see the same rows. A range counts only when its worker found
-every record in it sound, starting from the stored hash of the record before it, and that
-hash is the one the ranges before it ended on: the caller's state is then moved past it,
-exactly as checking those records one by one would have moved it. At the first range not so
-proven (a problem, a worker that failed, anything unexpected), the caller goes on from
-there by itself, so every problem is found and worded as a check in one process would.
+:func:`prove_in_parallel` lets worker processes (``python -m canary.audit.verify_worker``,
+given their work as JSON lines on a pipe: not ``multiprocessing``, whose workers import the
+caller's main module again) check ranges of the chain at the same time, each in a read-only
+transaction that imports the caller's snapshot (``pg_export_snapshot()``, ``SET TRANSACTION
+SNAPSHOT``), so all see the same rows. A range counts only when its worker found every
+record in it sound, starting from the stored hash of the record before it, and that hash is
+the one the ranges before it ended on: the caller's state is then moved past it, exactly as
+checking those records one by one would have moved it. At the first range not so proven (a
+problem, a worker that failed, anything unexpected), the caller goes on from there by
+itself, so every problem is found and worded as a check in one process would.
 """
 
 from __future__ import annotations

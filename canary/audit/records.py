@@ -387,8 +387,10 @@ def _reject_constant(name: str) -> Any:
 
 
 def _ts(value: Any) -> datetime | None:
-    if value is None:
-        return None
+    return None if value is None else _required_ts(value)
+
+
+def _required_ts(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError(f"expected a timestamp string, got {value!r}")
     return parse_timestamp(value)
@@ -415,8 +417,7 @@ def _model(value: Any) -> ModelRef | None:
 
 
 def _measurement(value: Mapping[str, Any]) -> Measurement:
-    evaluated_at = _ts(value["evaluated_at"])
-    assert evaluated_at is not None
+    evaluated_at = _required_ts(value["evaluated_at"])
     return Measurement(
         check=value["check"],
         evaluated_at=evaluated_at,
@@ -456,8 +457,7 @@ def decode_body(body: str | Mapping[str, Any]) -> AuditEntry:
     unknown = set(data) - set(_ENTRY_FIELDS) - {"v", "seq"}
     if unknown:
         raise ValueError(f"unknown fields in audit body: {sorted(unknown)}")
-    at = _ts(data["at"])
-    assert at is not None
+    at = _required_ts(data["at"])
     obj = data["obj"]
     actor = data["actor"]
     return AuditEntry(

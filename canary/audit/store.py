@@ -20,10 +20,11 @@ and :mod:`canary.audit.purges` (purges beyond the retention).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import (
@@ -73,6 +74,7 @@ from canary.audit.purges import PurgeBook
 from canary.audit.retention import PurgeDone, PurgePlan, purge_entry
 from canary.audit.rollouts import RolloutBook
 from canary.audit.verify import ChainCheck
+from canary.audit.verify_postgres import Source
 
 __all__ = [
     "ActiveRolloutExists",
@@ -119,13 +121,19 @@ class AuditStore(
     """
 
     def __init__(
-        self, engine: Engine, *, deadline: CallDeadline | None = None, where: str | None = None
+        self,
+        engine: Engine,
+        *,
+        deadline: CallDeadline | None = None,
+        where: str | None = None,
+        connect_args: Mapping[str, Any] | None = None,
     ) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._where = where or masked(engine.url)
         self._deadline = deadline
         self._start_grouping()
+        self._connect_args = dict(connect_args or {})  # what the engine connects with
 
     @classmethod
     def from_url(
@@ -155,6 +163,7 @@ class AuditStore(
         if read_only:
             check_sqlite_file(parsed, must_exist=True)
         deadline: CallDeadline | None = None
+        arguments: dict[str, Any] = {}
         try:
             if parsed.get_backend_name() == "sqlite":
                 opened = read_only_url(parsed) if read_only else parsed
@@ -163,21 +172,16 @@ class AuditStore(
                     engine, file_backed=bool(parsed.database), read_only=opened is not parsed
                 )
             elif timeout is None:
-                engine = create_engine(
-                    parsed,
-                    pool_pre_ping=True,
-                    connect_args=connect_args(parsed, connect_timeout),
-                )
+                arguments = connect_args(parsed, connect_timeout)
+                engine = create_engine(parsed, pool_pre_ping=True, connect_args=arguments)
             else:
                 millis = max(int(timeout * 1000), 1)
+                arguments = {
+                    **connect_args(parsed, connect_timeout or timeout),
+                    "options": f"-c statement_timeout={millis}",
+                }
                 engine = create_engine(
-                    parsed,
-                    pool_pre_ping=True,
-                    pool_timeout=timeout,
-                    connect_args={
-                        **connect_args(parsed, connect_timeout or timeout),
-                        "options": f"-c statement_timeout={millis}",
-                    },
+                    parsed, pool_pre_ping=True, pool_timeout=timeout, connect_args=arguments
                 )
                 deadline = CallDeadline(engine, timeout)
         except (ArgumentError, NoSuchModuleError) as exc:
@@ -186,7 +190,7 @@ class AuditStore(
             raise DatabaseUrlError(
                 f"cannot open database {masked(parsed)}: its driver is not installed ({exc})"
             ) from None
-        return cls(engine, deadline=deadline, where=masked(parsed))
+        return cls(engine, deadline=deadline, where=masked(parsed), connect_args=arguments)
 
     @property
     def url(self) -> str:
@@ -230,6 +234,15 @@ class AuditStore(
                     yield conn
         except SQLAlchemyError as exc:
             raise translate(exc, self._where) from exc
+
+    def _worker_source(self) -> Source | None:
+        """How :meth:`verify`'s worker processes connect: the engine's URL and connection
+        arguments. None on SQLite, and with a call deadline (``timeout``), which bounds this
+        process's calls only."""
+        if self._dialect != "postgresql" or self._deadline is not None:
+            return None
+        url = self._engine.url.render_as_string(hide_password=False)
+        return Source(url=url, connect_args=self._connect_args)
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the database answers."""

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 from psycopg.conninfo import make_conninfo
 
+import canary.audit.verify_postgres
 from canary.audit import Actor, AuditEntry, AuditStore, Measurement, ObjectRef, upgrade_to_head
 from canary.audit.checkpoint import (
     Checkpoint,
@@ -593,3 +594,27 @@ def test_a_deleted_purge_row_leaves_the_records_missing(trail: Trail) -> None:
     result = trail.verify()
     assert result.exit_code == 1, result.output
     assert "audit chain BROKEN at record 1: record 6: seq 1 is missing" in result.output
+
+
+PURGE_ATTACKS: dict[str, list[tuple[str, tuple[Any, ...]]]] = {
+    "none": [],
+    "purge-record-deleted": [("DELETE FROM audit_log WHERE seq = 13", ())],
+    "purge-record-edited": [("UPDATE audit_log SET action = 'x.y' WHERE seq = 13", ())],
+    "first-kept-record-deleted": [
+        ("DELETE FROM measurements WHERE audit_seq = 6", ()),
+        ("DELETE FROM audit_log WHERE seq = 6", ()),
+    ],
+}
+
+
+@pytest.mark.parametrize("attack", PURGE_ATTACKS)
+def test_workers_verify_a_purged_chain_as_one_process_does(
+    pg_trail: Trail, attack: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _purged(pg_trail)  # records 6 to 12 kept, record 13 the audit.purged record
+    untriggered(pg_trail.db, PURGE_ATTACKS[attack])
+    monkeypatch.setattr(canary.audit.verify_postgres, "PARALLEL_MINIMUM", 1)
+    with AuditStore.from_url(pg_trail.app_url) as store:
+        alone = store.verify(batch_size=2, workers=1)
+        assert alone.ok is (attack == "none"), alone
+        assert store.verify(batch_size=2, workers=2) == alone

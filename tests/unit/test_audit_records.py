@@ -240,6 +240,7 @@ def test_decoded_measurement_keeps_non_finite_values() -> None:
     [
         pytest.param({"v": 4}, "unsupported audit body format", id="future-version"),
         pytest.param({"extra": 1}, "unknown fields", id="unknown-field"),
+        pytest.param({"at": None}, "expected a timestamp string, got None", id="no-time"),
     ],
 )
 def test_decode_rejects_unknown_layouts(change: dict[str, Any], message: str) -> None:

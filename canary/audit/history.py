@@ -16,7 +16,10 @@ plans. What each query reads:
 * :meth:`AuditHistory.point_in_time` and :meth:`AuditHistory.point_in_time_by_model`: the
   answer of :mod:`canary.evidence.pointintime`, with the approvals of the rollouts involved
   and their evidence, read from the ``measurements`` rows (the latest per check and a
-  count, without decoding every ``analysis.evaluated`` body).
+  count, without decoding every ``analysis.evaluated`` body, in one query for all the
+  rollouts). Each answer is a fixed handful of round trips whatever the service's
+  history: the window's start is found by one backward index scan per action, stopping at
+  the first row, never by reading and sorting the service's older records.
 
 :class:`AuditHistory` is a part of :class:`canary.audit.AuditStore`, which provides the
 transactions.
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, func, or_, select, union_all
 from sqlalchemy.sql import ColumnElement, Select
 
 from canary.audit.chain import _stored_measurement, decoded_records
@@ -484,29 +487,46 @@ class AuditHistory:
         ).all():
             approval = _approval(row._mapping)
             approvals.setdefault(approval.rollout_id, []).append(approval)
-        evidence = {rid: self._evidence(conn, rid, at) for rid in rollouts}
+        evidence = self._evidence(conn, rollouts, at)
         return pit.with_support(answer, approvals, evidence)
 
-    def _last(self, conn: Connection, *conditions: ColumnElement[bool]) -> tuple[int, datetime]:
-        row = conn.execute(
+    @staticmethod
+    def _last(
+        conn: Connection, actions: Sequence[str], *conditions: ColumnElement[bool]
+    ) -> tuple[int, datetime]:
+        """The seq and time of the newest record (by time, then seq) with one of ``actions``
+        that meets ``conditions``; ``(0, _NO_RECORD)`` when there is none.
+
+        One LIMIT 1 per action, sent together as a UNION ALL: each walks the (namespace,
+        name, action, recorded_at) index backwards from the bound and stops at its first
+        row, where ``action IN (...)`` would have read and sorted every such record of the
+        service (thousands, for a service with a long history)."""
+        branches = [
             select(AuditLog.seq, AuditLog.recorded_at)
-            .where(*conditions)
+            .where(*conditions, AuditLog.action == action)
             .order_by(AuditLog.recorded_at.desc(), AuditLog.seq.desc())
             .limit(1)
-        ).first()
-        return (0, _NO_RECORD) if row is None else (row.seq, row.recorded_at)
+            .subquery()
+            for action in actions
+        ]
+        query = union_all(*(select(b.c.seq, b.c.recorded_at) for b in branches))
+        rows = conn.execute(query).all()
+        if not rows:
+            return (0, _NO_RECORD)
+        newest = max(rows, key=lambda row: (row.recorded_at, row.seq))
+        return (int(newest.seq), newest.recorded_at)
 
     def _window(
         self, conn: Connection, namespace: str, name: str, until: datetime
     ) -> list[AuditRecord]:
         service = (AuditLog.namespace == namespace, AuditLog.name == name)
         started_seq, started_at = self._last(
-            conn, *service, AuditLog.action == "rollout.started", AuditLog.recorded_at <= until
+            conn, ("rollout.started",), *service, AuditLog.recorded_at <= until
         )
         bound = [AuditLog.recorded_at <= (started_at if started_seq else until)]
         if started_seq:
             bound.append(AuditLog.seq < started_seq)
-        base_seq, base_at = self._last(conn, *service, AuditLog.action.in_(SPLIT_ACTIONS), *bound)
+        base_seq, base_at = self._last(conn, SPLIT_ACTIONS, *service, *bound)
         start_seq, start_at = (base_seq, base_at) if base_seq else (started_seq, started_at)
         if not start_seq:
             return []
@@ -585,32 +605,39 @@ class AuditHistory:
         ).all()
         return decoded_records(sorted(rows, key=lambda row: int(row.seq))[:1])
 
-    def _evidence(self, conn: Connection, rollout_id: str, at: datetime) -> pit.Evidence:
-        """The rollout's measurements evaluated at or before ``at``, in records written at
-        or before it: per check the latest and a count."""
+    @staticmethod
+    def _evidence(
+        conn: Connection, rollout_ids: Sequence[str], at: datetime
+    ) -> dict[str, pit.Evidence]:
+        """Per rollout, its measurements evaluated at or before ``at``, in records written at
+        or before it: per check the latest and a count. One query for all the rollouts (a
+        window over each rollout's checks), not one per check."""
         m = MeasurementRow
-        scope = (m.rollout_id == rollout_id, m.evaluated_at <= at, AuditLog.recorded_at <= at)
-        recorded = AuditLog.seq == m.audit_seq
-        counts = conn.execute(
-            select(m.check_name, func.count())
-            .select_from(m)
-            .join(AuditLog, recorded)
-            .where(*scope)
-            .group_by(m.check_name)
-        ).all()
-        checks = []
-        for check, count in sorted(counts):
-            row = conn.execute(
-                select(m.__table__)
-                .join(AuditLog, recorded)
-                .where(*scope, m.check_name == check)
-                .order_by(m.evaluated_at.desc(), m.audit_seq.desc(), m.position.desc())
-                .limit(1)
-            ).first()
-            assert row is not None
+        check = (m.rollout_id, m.check_name)
+        newest_first = (m.evaluated_at.desc(), m.audit_seq.desc(), m.position.desc())
+        ranked = (
+            select(
+                m.__table__,
+                func.row_number().over(partition_by=check, order_by=newest_first).label("pick"),
+                func.count().over(partition_by=check).label("evaluations"),
+            )
+            .join(AuditLog, AuditLog.seq == m.audit_seq)
+            .where(m.rollout_id.in_(rollout_ids), m.evaluated_at <= at, AuditLog.recorded_at <= at)
+            .subquery()
+        )
+        rows = conn.execute(select(ranked).where(ranked.c.pick == 1)).all()
+        checks: dict[str, list[pit.CheckEvidence]] = {rid: [] for rid in rollout_ids}
+        for row in sorted(rows, key=lambda row: (row.rollout_id, row.check_name)):
             stored = _stored_measurement(row._mapping)
-            checks.append(pit.CheckEvidence(check, int(count), stored.measurement, row.audit_seq))
-        return pit.Evidence(rollout_id, sum(c.evaluations for c in checks), tuple(checks))
+            checks[row.rollout_id].append(
+                pit.CheckEvidence(
+                    row.check_name, int(row.evaluations), stored.measurement, row.audit_seq
+                )
+            )
+        return {
+            rid: pit.Evidence(rid, sum(c.evaluations for c in found), tuple(found))
+            for rid, found in checks.items()
+        }
 
 
 def _serves(revision: pit.RevisionAt, model: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Final
 
 from sqlalchemy import Connection, func, insert, select
@@ -21,12 +22,16 @@ from canary.audit.records import (
     AuditRecord,
     Measurement,
     StoredMeasurement,
-    canonical_text,
     compute_record_hash,
     decode_body,
-    decode_float,
-    entry_body,
-    parse_timestamp,
+)
+from canary.audit.rows import (
+    MEASUREMENT_COLUMNS,
+    PROJECTION_COLUMNS,
+    PreparedEntry,
+    measurement_rows,
+    prepare_entry,
+    projection,
 )
 from canary.audit.schema import (
     AuditLog,
@@ -48,92 +53,8 @@ HEAD_LOCK_KEY: Final = 0x6B73635F61756474
 
 
 # --------------------------------------------------------------------------------------------
-# row <-> value conversions
+# row <-> value conversions (those derived from a body are in canary.audit.rows)
 # --------------------------------------------------------------------------------------------
-
-
-def projection(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``audit_log`` query columns, derived from a body (at write and at verify time)."""
-    obj = body["obj"] or {}
-    canary = body["canary"] or {}
-    stable = body["stable"] or {}
-    return {
-        "recorded_at": parse_timestamp(body["at"]),
-        "action": body["action"],
-        "actor_kind": body["actor"]["kind"],
-        "actor_id": body["actor"]["id"],
-        "rollout_id": body["rollout_id"],
-        "namespace": obj.get("namespace"),
-        "name": obj.get("name"),
-        "canary_revision": canary.get("revision"),
-        "stable_revision": stable.get("revision"),
-        "change_number": body["change_number"],
-        "correlation_id": body["correlation_id"],
-    }
-
-
-PROJECTION_COLUMNS: Final = (
-    "recorded_at",
-    "action",
-    "actor_kind",
-    "actor_id",
-    "rollout_id",
-    "namespace",
-    "name",
-    "canary_revision",
-    "stable_revision",
-    "change_number",
-    "correlation_id",
-)
-
-
-def measurement_rows(seq: int, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The ``measurements`` rows of a record, derived from its body."""
-    rows = []
-    for position, m in enumerate(body["measurements"]):
-        rows.append(
-            {
-                "audit_seq": seq,
-                "position": position,
-                "rollout_id": body["rollout_id"],
-                "check_name": m["check"],
-                "evaluated_at": parse_timestamp(m["evaluated_at"]),
-                "query": m["query"],
-                "prometheus_url": m["prometheus_url"],
-                "response_digest": m["response_digest"],
-                "canary_value": decode_float(m["canary_value"]),
-                "baseline_value": decode_float(m["baseline_value"]),
-                "canary_samples": m["canary_samples"],
-                "baseline_samples": m["baseline_samples"],
-                "statistic": decode_float(m["statistic"]),
-                "threshold": decode_float(m["threshold"]),
-                "verdict": m["verdict"],
-                "dry_run": m["dry_run"],
-                "detail": canonical_text(m["detail"]),
-            }
-        )
-    return rows
-
-
-MEASUREMENT_COLUMNS: Final = (
-    "audit_seq",
-    "position",
-    "rollout_id",
-    "check_name",
-    "evaluated_at",
-    "query",
-    "prometheus_url",
-    "response_digest",
-    "canary_value",
-    "baseline_value",
-    "canary_samples",
-    "baseline_samples",
-    "statistic",
-    "threshold",
-    "verdict",
-    "dry_run",
-    "detail",
-)
 
 
 def _stored_measurement(m: Mapping[Any, Any]) -> StoredMeasurement:
@@ -175,6 +96,22 @@ def decoded_records(rows: Sequence[Any]) -> list[AuditRecord]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A record just appended: its chain fields and body, and the entry it was made of."""
+
+    seq: int
+    prev_hash: str
+    record_hash: str
+    body: str
+    prepared: PreparedEntry
+
+    def record(self) -> AuditRecord:
+        """The record as a reader gets it: its entry decoded from its body."""
+        entry = decode_body(self.prepared.body_data(self.seq))
+        return AuditRecord(self.seq, self.prev_hash, self.record_hash, self.body, entry)
+
+
 class ChainLog:
     """Append to and read the hash chain (mixed into the audit store)."""
 
@@ -196,16 +133,25 @@ class ChainLog:
         return (0, GENESIS_HASH) if row is None else (row.seq, row.record_hash)
 
     def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append ``entries`` (the head lock held); the records, their entries decoded."""
+        return [written.record() for written in self._append_prepared(conn, entries)]
+
+    def _append_prepared(
+        self, conn: Connection, entries: Sequence[AuditEntry | PreparedEntry]
+    ) -> list[Written]:
+        """Append ``entries`` (the head lock held), those not yet prepared prepared here;
+        what was written, in order. Under the lock only each record's number, its body text
+        and its hash are worked out (:mod:`canary.audit.rows`)."""
         if not entries:
             return []
+        prepared = [e if isinstance(e, PreparedEntry) else prepare_entry(e) for e in entries]
         seq, prev_hash = self._read_head(conn)
-        records: list[AuditRecord] = []
+        written: list[Written] = []
         log_rows: list[dict[str, Any]] = []
         m_rows: list[dict[str, Any]] = []
-        for entry in entries:
+        for item in prepared:
             seq += 1
-            data = entry_body(seq, entry)
-            body = canonical_text(data)
+            body = item.body(seq)
             record_hash = compute_record_hash(prev_hash, body)
             log_rows.append(
                 {
@@ -213,17 +159,18 @@ class ChainLog:
                     "prev_hash": prev_hash,
                     "record_hash": record_hash,
                     "body": body,
-                    **projection(data),
+                    **item.columns,
                 }
             )
-            m_rows.extend(measurement_rows(seq, data))
-            records.append(AuditRecord(seq, prev_hash, record_hash, body, decode_body(data)))
+            if item.measurements:
+                m_rows.extend(item.measurement_rows(seq))
+            written.append(Written(seq, prev_hash, record_hash, body, item))
             prev_hash = record_hash
         # Core inserts (not the ORM's bulk path), sent by psycopg as one pipeline
         conn.execute(insert(AuditLog.__table__), log_rows)  # type: ignore[arg-type]
         if m_rows:
             conn.execute(insert(MeasurementRow.__table__), m_rows)  # type: ignore[arg-type]
-        return records
+        return written
 
     def head(self) -> tuple[int, str]:
         """(seq, record_hash) of the last record; ``(0, GENESIS_HASH)`` when empty."""

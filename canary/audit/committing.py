@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
+from canary.audit.chain import Written
 from canary.audit.commands import writer
 from canary.audit.errors import StoreUnavailable
 from canary.audit.grouping import CommitGroup, Outcome
@@ -37,6 +38,7 @@ from canary.audit.records import (
     Fence,
     RolloutRow,
 )
+from canary.audit.rows import PreparedEntry, prepare_entry
 
 __all__ = ["CommitRequest", "Committing"]
 
@@ -52,7 +54,7 @@ class _Regroup(Exception):
 class CommitRequest:
     """One caller's :meth:`Committing.commit`."""
 
-    entries: tuple[AuditEntry, ...]
+    entries: tuple[PreparedEntry, ...]
     fence: Fence | None = None
     rollout: RolloutRow | None = None
     expected_version: int | None = None
@@ -63,7 +65,7 @@ class CommitRequest:
 class Committing:
     """Commit audit records and controller state (mixed into the audit store)."""
 
-    _group: CommitGroup[CommitRequest, list[AuditRecord]]
+    _group: CommitGroup[CommitRequest, list[Written]]
 
     if TYPE_CHECKING:  # provided by the store and its other parts
 
@@ -105,7 +107,9 @@ class Committing:
         ) -> AuditEntry:
             raise NotImplementedError
 
-        def _append(self, conn: Connection, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        def _append_prepared(
+            self, conn: Connection, entries: Sequence[AuditEntry | PreparedEntry]
+        ) -> list[Written]:
             raise NotImplementedError
 
         @staticmethod
@@ -148,13 +152,23 @@ class Committing:
         or nothing, and fails only for its own reasons.
 
         Returns the records appended: ``entries`` first, in order, then any the store added.
+
+        The entries are serialised here, in the caller's thread, before the commit is queued
+        (:func:`~canary.audit.rows.prepare_entry`; one that cannot be raises here and nothing
+        is written), and the records returned are decoded here once it is committed: the
+        transaction, which commits run one at a time, only numbers and hashes them.
         """
         if rollout is None and expected_version is not None:
             raise ValueError("expected_version given without a rollout")
         request = CommitRequest(
-            tuple(entries), fence, rollout, expected_version, command, tuple(approvals)
+            tuple(prepare_entry(entry) for entry in entries),
+            fence,
+            rollout,
+            expected_version,
+            command,
+            tuple(approvals),
         )
-        return self._group.submit(request)
+        return [written.record() for written in self._group.submit(request)]
 
     def append(
         self, entries: Sequence[AuditEntry], fence: Fence | None = None
@@ -164,7 +178,7 @@ class Committing:
 
     # ---------------------------------------------------------------------------- groups
 
-    def _commit_group(self, requests: Sequence[CommitRequest]) -> list[Outcome[list[AuditRecord]]]:
+    def _commit_group(self, requests: Sequence[CommitRequest]) -> list[Outcome[list[Written]]]:
         if len(requests) > 1:
             try:
                 return [Outcome(records) for records in self._commit_together(requests)]
@@ -174,13 +188,13 @@ class Committing:
                 pass
         return [self._commit_alone(request) for request in requests]
 
-    def _commit_alone(self, request: CommitRequest) -> Outcome[list[AuditRecord]]:
+    def _commit_alone(self, request: CommitRequest) -> Outcome[list[Written]]:
         try:
             return Outcome(self._commit_together([request])[0])
         except Exception as exc:
             return Outcome(error=exc)
 
-    def _commit_together(self, requests: Sequence[CommitRequest]) -> list[list[AuditRecord]]:
+    def _commit_together(self, requests: Sequence[CommitRequest]) -> list[list[Written]]:
         """Carry out ``requests`` in one transaction: every fence checked, the head locked,
         each request's rows written, then all their records appended in request order."""
         with self._tx(write=True) as conn:
@@ -204,8 +218,10 @@ class Committing:
                 ],
             ):
                 raise _Regroup
-            records = self._append(conn, [entry for entries in staged for entry in entries])
-        out: list[list[AuditRecord]] = []
+            records = self._append_prepared(
+                conn, [entry for entries in staged for entry in entries]
+            )
+        out: list[list[Written]] = []
         start = 0
         for entries in staged:
             out.append(records[start : start + len(entries)])
@@ -214,21 +230,26 @@ class Committing:
 
     def _stage(
         self, conn: Connection, request: CommitRequest, *, update: bool = True
-    ) -> list[AuditEntry]:
+    ) -> list[AuditEntry | PreparedEntry]:
         """Write ``request``'s rows (the head lock held); the entries it appends. With
         ``update=False`` a rollout update is left to the caller (a new rollout is not)."""
-        items = list(request.entries)
+        items: list[AuditEntry | PreparedEntry] = list(request.entries)
         rollout, fence = request.rollout, request.fence
         if rollout is not None and (update or request.expected_version is None):
             self._write_rollout(conn, rollout, request.expected_version)
         added: list[AuditEntry] = []
         if request.approvals:
-            items, extra = self._write_approvals(conn, request.approvals, items, fence)
+            # The entries may take the approval rows as stored: prepared again when appended.
+            entries = [prepared.entry for prepared in request.entries]
+            changed, extra = self._write_approvals(conn, request.approvals, entries, fence)
+            items = list(changed)
             added.extend(extra)
         if request.command is not None:
             rollout_id = rollout.id if rollout is not None else None
             if rollout_id is None:
-                rollout_id = next((e.rollout_id for e in items if e.rollout_id), None)
+                rollout_id = next(
+                    (p.entry.rollout_id for p in request.entries if p.entry.rollout_id), None
+                )
             added.append(
                 self._settle_command(
                     conn,

@@ -399,14 +399,14 @@ def test_a_group_whose_database_fails_is_not_retried(
     for i in range(3):
         store.commit([decision(i, 0)], rollout=service_rollout(i))
     held = HeldOpen(store, monkeypatch)
-    append = store._append
+    append = store._append_prepared
 
     def failing(conn: Any, entries: Any) -> Any:
         if len(entries) > 1:
             raise StoreUnavailable("database test unavailable: connection lost")
         return append(conn, entries)
 
-    monkeypatch.setattr(store, "_append", failing)
+    monkeypatch.setattr(store, "_append_prepared", failing)
     results = held.run(
         lambda: store.append([entry(100, rollout_id="other")]),
         {f"ro-{i}": step_up(store, i) for i in range(3)},

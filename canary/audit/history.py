@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import Connection, func, or_, select, union_all
+from sqlalchemy import Connection, bindparam, func, or_, select, union_all
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.elements import BindParameter
 
 from canary.audit.chain import _stored_measurement, decoded_records
 from canary.audit.errors import AuditError
@@ -292,6 +293,91 @@ def _approval(mapping: Mapping[Any, Any]) -> ApprovalRow:
 _RECORD_COLUMNS: Final = (AuditLog.seq, AuditLog.prev_hash, AuditLog.record_hash, AuditLog.body)
 
 
+# The point-in-time statements, built once with bound parameters (SQLAlchemy then compiles
+# each once): an answer is a handful of round trips whatever the service's history.
+_NO_SEQ_BOUND: Final = 2**63 - 1  # the largest bigint: no bound on seq
+
+
+def _newest(actions: Sequence[str], *conditions: ColumnElement[bool]) -> Select[Any]:
+    """The newest record (seq, time) of each of ``actions`` meeting ``conditions``: one
+    LIMIT 1 per action, sent together as a UNION ALL. Each walks the (namespace, name,
+    action, recorded_at) index backwards from the bound and stops at its first row, where
+    ``action IN (...)`` reads and sorts every such record of the service (thousands, for a
+    service with a long history)."""
+    branches = [
+        select(AuditLog.seq, AuditLog.recorded_at)
+        .where(*conditions, AuditLog.action == action)
+        .order_by(AuditLog.recorded_at.desc(), AuditLog.seq.desc())
+        .limit(1)
+        .subquery()
+        for action in actions
+    ]
+    if len(branches) == 1:
+        return select(branches[0].c.seq, branches[0].c.recorded_at)
+    union = union_all(*(select(b.c.seq, b.c.recorded_at) for b in branches)).subquery()
+    return select(union.c.seq, union.c.recorded_at)
+
+
+_SERVICE: Final = (
+    AuditLog.namespace == bindparam("namespace"),
+    AuditLog.name == bindparam("name"),
+)
+_LAST_STARTED: Final = _newest(
+    ("rollout.started",), *_SERVICE, AuditLog.recorded_at <= bindparam("until")
+)
+"""The service's last rollout start at or before ``until``."""
+_LAST_SPLIT: Final = _newest(
+    SPLIT_ACTIONS,
+    *_SERVICE,
+    AuditLog.recorded_at <= bindparam("until"),
+    AuditLog.seq < bindparam("before_seq"),
+)
+"""The service's last record that sets its split on its own, at or before ``until`` and
+before seq ``before_seq``."""
+_WINDOW: Final = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        *_SERVICE,
+        AuditLog.recorded_at >= bindparam("start_at"),
+        AuditLog.recorded_at <= bindparam("until"),
+        AuditLog.seq >= bindparam("start_seq"),
+        AuditLog.action != _ANALYSIS,
+    )
+    .order_by(AuditLog.seq)
+    .limit(MAX_WINDOW + 1)
+)
+"""The service's records from the window's start to ``until`` (no analyses: the evidence
+is read from the measurement rows)."""
+
+
+def _evidence_statement() -> Select[Any]:
+    m = MeasurementRow
+    check = (m.rollout_id, m.check_name)
+    newest_first = (m.evaluated_at.desc(), m.audit_seq.desc(), m.position.desc())
+    at: BindParameter[Any] = bindparam("at")
+    ranked = (
+        select(
+            m.__table__,
+            func.row_number().over(partition_by=check, order_by=newest_first).label("pick"),
+            func.count().over(partition_by=check).label("evaluations"),
+        )
+        .join(AuditLog, AuditLog.seq == m.audit_seq)
+        .where(
+            m.rollout_id.in_(bindparam("rollouts", expanding=True)),
+            m.evaluated_at <= at,
+            AuditLog.recorded_at <= at,
+        )
+        .subquery()
+    )
+    return select(ranked).where(ranked.c.pick == 1)
+
+
+_EVIDENCE: Final = _evidence_statement()
+"""Per rollout of ``rollouts`` and check, its newest measurement evaluated at or before
+``at`` in a record written at or before it, and how many there are: one query for all the
+rollouts (a window over each rollout's checks), not one per check."""
+
+
 def _model_matches(model: str) -> ColumnElement[bool]:
     """Rollouts whose canary or stable revision has this name or storageUri (the storageUri
     columns hold the state document's, :func:`canary.audit.rollouts.storage_uris`): an OR of
@@ -491,26 +577,10 @@ class AuditHistory:
         return pit.with_support(answer, approvals, evidence)
 
     @staticmethod
-    def _last(
-        conn: Connection, actions: Sequence[str], *conditions: ColumnElement[bool]
-    ) -> tuple[int, datetime]:
-        """The seq and time of the newest record (by time, then seq) with one of ``actions``
-        that meets ``conditions``; ``(0, _NO_RECORD)`` when there is none.
-
-        One LIMIT 1 per action, sent together as a UNION ALL: each walks the (namespace,
-        name, action, recorded_at) index backwards from the bound and stops at its first
-        row, where ``action IN (...)`` would have read and sorted every such record of the
-        service (thousands, for a service with a long history)."""
-        branches = [
-            select(AuditLog.seq, AuditLog.recorded_at)
-            .where(*conditions, AuditLog.action == action)
-            .order_by(AuditLog.recorded_at.desc(), AuditLog.seq.desc())
-            .limit(1)
-            .subquery()
-            for action in actions
-        ]
-        query = union_all(*(select(b.c.seq, b.c.recorded_at) for b in branches))
-        rows = conn.execute(query).all()
+    def _last(conn: Connection, statement: Select[Any], **bounds: Any) -> tuple[int, datetime]:
+        """The seq and time of the newest record (by time, then seq) ``statement`` finds
+        (:data:`_LAST_STARTED`, :data:`_LAST_SPLIT`); ``(0, _NO_RECORD)`` when none."""
+        rows = conn.execute(statement, bounds).all()
         if not rows:
             return (0, _NO_RECORD)
         newest = max(rows, key=lambda row: (row.recorded_at, row.seq))
@@ -519,28 +589,20 @@ class AuditHistory:
     def _window(
         self, conn: Connection, namespace: str, name: str, until: datetime
     ) -> list[AuditRecord]:
-        service = (AuditLog.namespace == namespace, AuditLog.name == name)
-        started_seq, started_at = self._last(
-            conn, ("rollout.started",), *service, AuditLog.recorded_at <= until
+        service = {"namespace": namespace, "name": name}
+        started_seq, started_at = self._last(conn, _LAST_STARTED, **service, until=until)
+        base_seq, base_at = self._last(
+            conn,
+            _LAST_SPLIT,
+            **service,
+            until=started_at if started_seq else until,
+            before_seq=started_seq if started_seq else _NO_SEQ_BOUND,
         )
-        bound = [AuditLog.recorded_at <= (started_at if started_seq else until)]
-        if started_seq:
-            bound.append(AuditLog.seq < started_seq)
-        base_seq, base_at = self._last(conn, SPLIT_ACTIONS, *service, *bound)
         start_seq, start_at = (base_seq, base_at) if base_seq else (started_seq, started_at)
         if not start_seq:
             return []
         rows = conn.execute(
-            select(*_RECORD_COLUMNS)
-            .where(
-                *service,
-                AuditLog.recorded_at >= start_at,
-                AuditLog.recorded_at <= until,
-                AuditLog.seq >= start_seq,
-                AuditLog.action != _ANALYSIS,
-            )
-            .order_by(AuditLog.seq)
-            .limit(MAX_WINDOW + 1)
+            _WINDOW, {**service, "start_at": start_at, "until": until, "start_seq": start_seq}
         ).all()
         if len(rows) > MAX_WINDOW:
             raise AuditError(
@@ -610,22 +672,8 @@ class AuditHistory:
         conn: Connection, rollout_ids: Sequence[str], at: datetime
     ) -> dict[str, pit.Evidence]:
         """Per rollout, its measurements evaluated at or before ``at``, in records written at
-        or before it: per check the latest and a count. One query for all the rollouts (a
-        window over each rollout's checks), not one per check."""
-        m = MeasurementRow
-        check = (m.rollout_id, m.check_name)
-        newest_first = (m.evaluated_at.desc(), m.audit_seq.desc(), m.position.desc())
-        ranked = (
-            select(
-                m.__table__,
-                func.row_number().over(partition_by=check, order_by=newest_first).label("pick"),
-                func.count().over(partition_by=check).label("evaluations"),
-            )
-            .join(AuditLog, AuditLog.seq == m.audit_seq)
-            .where(m.rollout_id.in_(rollout_ids), m.evaluated_at <= at, AuditLog.recorded_at <= at)
-            .subquery()
-        )
-        rows = conn.execute(select(ranked).where(ranked.c.pick == 1)).all()
+        or before it: per check the latest and a count (:data:`_EVIDENCE`)."""
+        rows = conn.execute(_EVIDENCE, {"rollouts": list(rollout_ids), "at": at}).all()
         checks: dict[str, list[pit.CheckEvidence]] = {rid: [] for rid in rollout_ids}
         for row in sorted(rows, key=lambda row: (row.rollout_id, row.check_name)):
             stored = _stored_measurement(row._mapping)

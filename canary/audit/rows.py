@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from canary.audit.records import (
-    FORMAT_VERSION,
     JSON,
     AuditEntry,
     canonical_json,
     canonical_text,
     decode_float,
-    normalise,
+    entry_body,
     parse_timestamp,
 )
 
@@ -177,11 +176,8 @@ class PreparedEntry:
 def prepare_entry(entry: AuditEntry) -> PreparedEntry:
     """Serialise ``entry`` for appending, all but its sequence number. Raises what
     ``entry_body`` and ``canonical_json`` raise for data an audit record cannot hold."""
-    normalised = normalise(entry)
-    assert isinstance(normalised, dict)
-    data: dict[str, JSON] = {"v": FORMAT_VERSION, **normalised}
-    if _SEQ in data:  # an entry has no such field; a body's seq is the store's alone
-        raise ValueError("an audit entry must not carry a seq")
+    data = entry_body(1, entry)  # the body's layout is entry_body's alone
+    del data[_SEQ]
     before = canonical_text({k: v for k, v in data.items() if k < _SEQ})
     after = canonical_text({k: v for k, v in data.items() if k > _SEQ})
     head = "{" if before == "{}" else before[:-1] + ","

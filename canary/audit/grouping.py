@@ -88,11 +88,33 @@ class CommitGroup(Generic[R, T]):
                 self._busy = True
                 mine.lead = True
         if not mine.lead:
-            mine.wake.wait()
+            try:
+                mine.wake.wait()
+            except BaseException:  # interrupted (KeyboardInterrupt in the main thread)
+                self._abandon(mine)
+                raise
         if mine.outcome is None:  # handed the flusher's role: first in the queue
             self._flush(mine)
         assert mine.outcome is not None
         return mine.outcome.unwrap()
+
+    def _abandon(self, mine: _Waiting[R, T]) -> None:
+        """A caller that stopped waiting: its request leaves the queue if no batch took it
+        yet (one that did may still be carried out), and a flusher's role handed to it
+        goes on to the next caller, or is given up: never lost with the caller."""
+        following = None
+        with self._cond:
+            if mine in self._queue:
+                self._queue.remove(mine)
+            if mine.lead and mine.outcome is None:
+                mine.lead = False
+                following = self._queue[0] if self._queue else None
+                if following is None:
+                    self._busy = False
+                else:
+                    following.lead = True
+        if following is not None:
+            following.wake.set()
 
     def _flush(self, mine: _Waiting[R, T]) -> None:
         """As the flusher: run the first ``max_batch`` queued requests (``mine`` first),

@@ -149,7 +149,7 @@ def test_a_caller_interrupted_while_waiting_never_strands_the_others(
         def __init__(self, request: str) -> None:
             super().__init__(request)
             if request == "x":
-                self.wake = _Raising()  # type: ignore[assignment]
+                self.wake = _Raising()
 
     class _Raising(threading.Event):
         def wait(self, timeout: float | None = None) -> bool:

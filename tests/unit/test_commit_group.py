@@ -135,3 +135,43 @@ def test_a_run_that_miscounts_fails_every_caller_instead_of_hanging() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         CommitGroup(lambda requests: [], max_batch=0)
+
+
+def test_a_caller_interrupted_while_waiting_never_strands_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller whose wait is interrupted (a KeyboardInterrupt in the main thread) leaves
+    the queue; had the flusher's role been handed to it, nobody would run the next batch
+    and every later caller would wait for ever."""
+    from canary.audit import grouping
+
+    class Interrupted(grouping._Waiting[str, str]):
+        def __init__(self, request: str) -> None:
+            super().__init__(request)
+            if request == "x":
+                self.wake = _Raising()
+
+    class _Raising(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            until(lambda: queued(group) == 1)  # queued behind the running batch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(grouping, "_Waiting", Interrupted)
+    gate = Gate()
+    gate.release.clear()
+    group: CommitGroup[str, str] = CommitGroup(gate)
+    results: dict[str, object] = {}
+    threads = [start(group, "first", results)]
+    assert gate.entered.wait(10)
+    threads.append(start(group, "x", results))
+    until(lambda: "x" in results)
+    assert isinstance(results["x"], KeyboardInterrupt)
+    threads.append(start(group, "y", results))
+    until(lambda: queued(group) == 1)
+    gate.release.set()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive(), "a caller was left waiting"
+    assert results["first"] == "done:first"
+    assert results["y"] == "done:y"
+    assert gate.batches == [["first"], ["y"]]

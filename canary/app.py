@@ -45,8 +45,9 @@ from canary.checkpointer import Checkpointer
 from canary.controller import Controller
 from canary.engine import Engine
 from canary.entries import admitted_entry
-from canary.k8s.client import CONTROLLER_MANAGER, KubeClient, KubeError
+from canary.k8s.client import CONTROLLER_MANAGER, INFERENCE_SERVICE, KubeClient, KubeError
 from canary.k8s.events import EventRecorder
+from canary.k8s.informer import ObjectCache
 from canary.k8s.lease import LeaseElector
 from canary.log import get_logger
 from canary.metrics import ControllerMetrics
@@ -209,6 +210,9 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         agent=f"{CONTROLLER_MANAGER}/{__version__}",
     )
     kube.count_write_retries(metrics.record_kube_write_retry)
+    # The controller's watch fills it; reconciles read their InferenceService from it.
+    watched = ObjectCache()
+    kube.read_through(INFERENCE_SERVICE, watched)
     store = AuditStore.from_url(
         settings.database_url.get_secret_value(), timeout=settings.database_timeout_seconds
     )
@@ -314,6 +318,8 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         analysis=runner,
         health_expiry=settings.health_expiry_seconds,
         stall_timeout=settings.stall_timeout_seconds,
+        workers=settings.workers,
+        cache=watched,
     )
     rules = TemplateRules.with_extra(
         settings.kserve_annotation_disallowed,

@@ -18,12 +18,18 @@ Threads, each with one job:
   configured namespace, each on its own thread) and queues those that carry a
   ``kserve-canary.io/`` annotation, had one, or have an active rollout. A watch that
   expires (410 Gone) or breaks (apiserver restart) is followed by a fresh list, with
-  backoff; every ``resync_seconds`` the list is redone anyway.
+  backoff; every ``resync_seconds`` the list is redone anyway. What it lists and watches
+  also fills the watch cache (:mod:`canary.k8s.informer`) the reconciles read their
+  InferenceService from, so a reconcile costs the apiserver no request; while a watch is
+  broken, its namespace is read from the apiserver again.
 * **scheduler** (APScheduler) queues a rollout when its timer fires.
 * **commands** polls the database for queued manual commands while leading.
-* **worker** takes one item at a time from the de-duplicating queue and calls the engine,
-  so rollout logic never runs concurrently inside a replica. Manual commands go before
-  rollouts. Looks at Prometheus do not run here but on the analysis runner's threads
+* **workers** (``workers`` of them, 4 by default) take items from the de-duplicating queue
+  and call the engine. Two items of one InferenceService never run at once (a command
+  waits for its service's reconcile, and the other way round), so rollout logic never
+  runs concurrently *for one service*, while a slow rollout (a slow apiserver answer, a
+  large commit) holds one worker only. Manual commands go before rollouts. Looks at
+  Prometheus do not run here but on the analysis runner's threads
   (:mod:`canary.analysis_worker`), so a hung Prometheus never holds a command up.
 
 Every replica serves HTTP (health, metrics, the admission webhook); only the leader acts,
@@ -36,7 +42,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
@@ -45,6 +51,7 @@ from canary.analysis_worker import AnalysisRunner
 from canary.audit import AuditStore, Fence, FencedOut, StaleRollout, StoreUnavailable
 from canary.engine import Engine, NotLeader
 from canary.k8s.client import INFERENCE_SERVICE, Gone, KubeClient, KubeError, ResourceKind
+from canary.k8s.informer import ObjectCache
 from canary.k8s.lease import Leadership, LeaseElector
 from canary.log import get_logger
 from canary.model import ACTIVE_PHASES
@@ -81,10 +88,36 @@ class ControllerMetrics(Protocol):
 class _Item:
     kind: str  # "rollout" | "command" | "relist" | "sweep"
     key: tuple[str, str]  # (namespace, name) or ("", command id)
+    # The InferenceService the item acts on (a command's names it): two items of one
+    # service never run at once. None: the item's own key (a rollout's is its service).
+    service: tuple[str, str] | None = field(default=None, compare=False)
+
+    @property
+    def scope(self) -> tuple[str, str] | None:
+        """What the item holds while it runs: its service; nothing for a relist (it only
+        reads and queues); everything for a sweep (:data:`_EVERYTHING`)."""
+        if self.kind == "sweep":
+            return _EVERYTHING
+        if self.kind == "relist":
+            return None
+        if self.kind == "command":
+            return self.service
+        return self.key
+
+
+# A sweep deletes mirror objects that no active rollout owns: it runs alone, so that no
+# rollout creates its mirror while the sweep decides the mirror is nobody's.
+_EVERYTHING: tuple[str, str] = ("", "*")
 
 
 class WorkQueue:
-    """A FIFO of work items in which an item waiting to run is never queued twice."""
+    """A FIFO of work items in which an item waiting to run is never queued twice, and
+    two items of one InferenceService never run at once.
+
+    :meth:`get` hands an item out and holds its scope (:attr:`_Item.scope`) until
+    :meth:`done`: an item of a held service waits in its place while the items behind it
+    go to other workers. A sweep waits until nothing runs, and nothing starts after it
+    until it is done (it is a barrier, so it cannot starve)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -92,6 +125,7 @@ class WorkQueue:
         self._queued: set[_Item] = set()
         self._not_before: dict[_Item, float] = {}
         self._first: set[_Item] = set()
+        self._busy: dict[tuple[str, str], int] = {}  # held scopes (and how many hold them)
 
     def add(self, item: _Item, *, delay: float = 0.0, first: bool = False) -> None:
         """Queue ``item`` (at the front with ``first``: it goes before everything queued
@@ -110,21 +144,58 @@ class WorkQueue:
             self._cond.notify()
 
     def get(self, timeout: float) -> _Item | None:
+        """The first item that may run now, held until :meth:`done` (None after
+        ``timeout`` seconds without one)."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
                 now = time.monotonic()
-                for index, item in enumerate(self._order):
-                    if self._not_before.get(item, 0.0) <= now:
-                        del self._order[index]
-                        self._queued.discard(item)
-                        self._first.discard(item)
-                        self._not_before.pop(item, None)
-                        return item
+                item = self._runnable(now)
+                if item is not None:
+                    return item
                 if now >= deadline:
                     return None
                 waits = [t - now for t in self._not_before.values() if t > now]
                 self._cond.wait(min([deadline - now, *waits]))
+
+    def _runnable(self, now: float) -> _Item | None:
+        if _EVERYTHING in self._busy:
+            return None
+        for index, item in enumerate(self._order):
+            if self._not_before.get(item, 0.0) > now:
+                continue
+            scope = item.scope
+            if scope == _EVERYTHING:
+                if self._busy:
+                    return None  # a barrier: nothing overtakes it
+            elif scope is not None and scope in self._busy:
+                continue
+            del self._order[index]
+            self._queued.discard(item)
+            self._first.discard(item)
+            self._not_before.pop(item, None)
+            if scope is not None:
+                self._busy[scope] = self._busy.get(scope, 0) + 1
+            return item
+        return None
+
+    def done(self, item: _Item) -> None:
+        """``item`` has run: its scope is free again."""
+        scope = item.scope
+        if scope is None:
+            return
+        with self._cond:
+            count = self._busy.get(scope, 0) - 1
+            if count > 0:
+                self._busy[scope] = count
+            else:
+                self._busy.pop(scope, None)
+            self._cond.notify_all()
+
+    def running(self) -> int:
+        """How many held scopes (items running now, relists aside)."""
+        with self._cond:
+            return len(self._busy)
 
     def __len__(self) -> int:
         with self._cond:
@@ -147,7 +218,11 @@ class Controller:
         analysis: AnalysisRunner | None = None,
         health_expiry: float = 5.0,
         stall_timeout: float = 60.0,
+        workers: int = 4,
+        cache: ObjectCache | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"a controller needs at least one worker, not {workers}")
         self._kube = kube
         self._store = store
         self._elector = elector
@@ -176,6 +251,9 @@ class Controller:
         self._unusable_since: float | None = None  # Lease held, but not acting on it
         self.engine = engine_factory(self.fence)
         self._threads: list[threading.Thread] = []
+        self._workers = workers
+        self._failures: dict[_Item, int] = {}  # consecutive failures of an item, for backoff
+        self._cache = cache
         # Only the leader writes to the cluster; the Lease itself is exempt.
         gate = getattr(kube, "gate_writes", None)
         if gate is not None:
@@ -320,6 +398,9 @@ class Controller:
             self._scheduler.clear()
             if self._analysis is not None:
                 self._analysis.clear()
+            forget = getattr(self.engine, "stop_leading", None)
+            if forget is not None:
+                forget()
             if self._metrics is not None:
                 self._metrics.set_leader(False)
 
@@ -360,7 +441,17 @@ class Controller:
         return f"watch:{namespace}" if len(self._namespaces) > 1 else "watch"
 
     def _list_and_watch(self, namespace: str | None) -> None:
+        try:
+            self._list_and_follow(namespace)
+        except BaseException:
+            if self._cache is not None:  # served again after the next list
+                self._cache.unsync(namespace)
+            raise
+
+    def _list_and_follow(self, namespace: str | None) -> None:
         items, version = self._kube.list(INFERENCE_SERVICE, namespace)
+        if self._cache is not None:
+            self._cache.replace(namespace, items, version)
         for item in items:
             self._consider(item)
         for namespace_, name, _ in self._active_safely():
@@ -380,6 +471,8 @@ class Controller:
             ):
                 version = event.resource_version or version
                 if event.type in ("ADDED", "MODIFIED", "DELETED"):
+                    if self._cache is not None:  # before queuing: the reconcile reads it
+                        self._cache.apply(event.type, event.object)
                     self._consider(event.object, deleted=event.type == "DELETED")
                 if self._stop.is_set():
                     return
@@ -429,44 +522,55 @@ class Controller:
             try:
                 for command in self._store.pending_commands():
                     # Commands go before rollouts: an abort must not wait for a queue.
-                    self._queue.add(_Item("command", ("", command.id)), first=True)
+                    item = _Item("command", ("", command.id), (command.namespace, command.name))
+                    self._queue.add(item, first=True)
                 self._set_ready("database", True, "reachable")
             except StoreUnavailable as exc:
                 self._set_ready("database", False, str(exc))
 
     # ------------------------------------------------------------------ the worker
 
-    def _work_loop(self) -> None:
-        failures: dict[_Item, int] = {}
+    def _work_loop(self, index: int = 0) -> None:
+        loop = f"worker-{index}"
         while not self._stop.is_set():
-            self._beat("worker")
+            self._beat(loop)
             item = self._queue.get(timeout=0.5)
             if item is None:
                 continue
-            if not self.leading:
-                continue  # the leader-to-be rebuilds its work from the database
             try:
-                self._process(item)
-                failures.pop(item, None)
-            except (NotLeader, FencedOut) as exc:
-                self._step_down(f"fenced out: {exc}")
-            except StaleRollout:
-                self._queue.add(item)  # someone wrote in between: read again
-            except (StoreUnavailable, KubeError) as exc:
-                count = failures.get(item, 0) + 1
-                failures[item] = count
-                delay = min(0.5 * 2**count, _BACKOFF_MAX)
-                if isinstance(exc, StoreUnavailable):
-                    self._set_ready("database", False, str(exc))
-                log.warning(
-                    "rollout.retry", item=item.key, error=str(exc), attempt=count, retry_in=delay
-                )
-                self._queue.add(item, delay=delay)
-            except Exception as exc:
-                count = failures.get(item, 0) + 1
-                failures[item] = count
-                log.exception("rollout.reconcile_crashed", item=item.key, error=str(exc))
-                self._queue.add(item, delay=min(2.0 * count, _BACKOFF_MAX))
+                if self.leading:  # else the leader-to-be rebuilds its work from the database
+                    self._work(item)
+            finally:
+                self._queue.done(item)
+
+    def _work(self, item: _Item) -> None:
+        try:
+            self._process(item)
+            with self._lock:
+                self._failures.pop(item, None)
+        except (NotLeader, FencedOut) as exc:
+            self._step_down(f"fenced out: {exc}")
+        except StaleRollout:
+            self._queue.add(item)  # someone wrote in between: read again
+        except (StoreUnavailable, KubeError) as exc:
+            count = self._failed(item)
+            delay = min(0.5 * 2**count, _BACKOFF_MAX)
+            if isinstance(exc, StoreUnavailable):
+                self._set_ready("database", False, str(exc))
+            log.warning(
+                "rollout.retry", item=item.key, error=str(exc), attempt=count, retry_in=delay
+            )
+            self._queue.add(item, delay=delay)
+        except Exception as exc:
+            count = self._failed(item)
+            log.exception("rollout.reconcile_crashed", item=item.key, error=str(exc))
+            self._queue.add(item, delay=min(2.0 * count, _BACKOFF_MAX))
+
+    def _failed(self, item: _Item) -> int:
+        with self._lock:
+            count = self._failures.get(item, 0) + 1
+            self._failures[item] = count
+            return count
 
     def _process(self, item: _Item) -> None:
         if item.kind == "relist":
@@ -572,8 +676,8 @@ class Controller:
             (self._elect_loop, "elector"),
             (self._probe_loop, "probe"),
             (self._command_loop, "commands"),
-            (self._work_loop, "worker"),
         ]
+        loops += [(partial(self._work_loop, i), f"worker-{i}") for i in range(self._workers)]
         # One watch per configured namespace, or one over the whole cluster.
         for namespace in self._namespaces or (None,):
             loops.append((partial(self._watch_loop, namespace), f"watcher-{namespace or 'all'}"))

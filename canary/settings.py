@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         description="This replica's name in the leader Lease and the audit trail "
         "(default: hostname-pid; in a pod, set it to the pod name).",
     )
+    workers: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Reconciles that run at once. Two of one InferenceService never do; a "
+        "slow one (a slow apiserver or database answer) holds one worker, not every rollout.",
+    )
     resync_seconds: int = Field(
         default=300, ge=10, description="Full relist of InferenceServices, whatever the watch says."
     )

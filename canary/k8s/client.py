@@ -29,6 +29,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from canary.k8s.informer import ObjectCache
 from canary.log import get_logger
 
 __all__ = [
@@ -368,6 +369,25 @@ class KubeClient:
         self._gate: WriteGate | None = None
         self._token: _TokenFile | None = None  # in-cluster: the ServiceAccount token's file
         self._write_retried: Callable[[], None] | None = None
+        self._caches: dict[str, ObjectCache] = {}  # a kind's path prefix -> its watch cache
+
+    def read_through(self, kind: ResourceKind, cache: ObjectCache | None) -> None:
+        """Serve :meth:`get` of ``kind`` from ``cache`` when it can answer (the apiserver
+        otherwise), and offer it what this client's writes of ``kind`` return (``None``
+        removes the cache). The cache is filled by whoever lists and watches ``kind``."""
+        if cache is None:
+            self._caches.pop(kind.path(None), None)
+        else:
+            self._caches[kind.path(None)] = cache
+
+    def _cache_for(self, kind: ResourceKind) -> ObjectCache | None:
+        return self._caches.get(kind.path(None)) if self._caches else None
+
+    def _written(self, kind: ResourceKind, result: JsonObject) -> JsonObject:
+        cache = self._cache_for(kind)
+        if cache is not None and isinstance(result, dict):
+            cache.offer(result)
+        return result
 
     def count_write_retries(self, counter: Callable[[], None] | None) -> None:
         """Call ``counter()`` each time this client sends a write again by itself (today:
@@ -559,6 +579,16 @@ class KubeClient:
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, kind: ResourceKind, namespace: str | None, name: str) -> JsonObject:
+        cache = self._cache_for(kind)
+        if cache is not None and namespace is not None:
+            cached = cache.get(namespace, name)
+            if cached is not None:
+                return cached
+        result: JsonObject = self._request("GET", kind.path(namespace, name))
+        return result
+
+    def get_fresh(self, kind: ResourceKind, namespace: str | None, name: str) -> JsonObject:
+        """:meth:`get` from the apiserver itself, never from a watch cache."""
         result: JsonObject = self._request("GET", kind.path(namespace, name))
         return result
 
@@ -630,7 +660,7 @@ class KubeClient:
     ) -> JsonObject:
         self._check_write(kind)
         result: JsonObject = self._request("POST", kind.path(namespace), body=dict(body))
-        return result
+        return self._written(kind, result)
 
     def replace(
         self, kind: ResourceKind, namespace: str | None, name: str, body: Mapping[str, Any]
@@ -638,7 +668,7 @@ class KubeClient:
         """PUT the whole object; its metadata.resourceVersion makes it conditional."""
         self._check_write(kind)
         result: JsonObject = self._request("PUT", kind.path(namespace, name), body=dict(body))
-        return result
+        return self._written(kind, result)
 
     def replace_status(
         self, kind: ResourceKind, namespace: str | None, name: str, body: Mapping[str, Any]
@@ -647,7 +677,7 @@ class KubeClient:
         self._check_write(kind)
         path = kind.path(namespace, name) + "/status"
         result: JsonObject = self._request("PUT", path, body=dict(body))
-        return result
+        return self._written(kind, result)
 
     def patch(
         self,
@@ -684,7 +714,7 @@ class KubeClient:
                 *([("fieldManager", field_manager)] if field_manager else []),
             ],
         )
-        return result
+        return result if dry_run else self._written(kind, result)
 
     def apply(
         self,
@@ -711,7 +741,7 @@ class KubeClient:
             # else (routes, webhook configurations) has the client's own bound.
             timeout=max(self.timeout, 120.0) if kind == CRD else None,
         )
-        return result
+        return self._written(kind, result)
 
     def delete(self, kind: ResourceKind, namespace: str | None, name: str) -> None:
         self._check_write(kind)

@@ -58,6 +58,7 @@ class NoRollouts:
 def queued(ctl: Controller) -> set[tuple[str, str]]:
     keys = set()
     while (item := ctl._queue.get(timeout=0)) is not None:
+        ctl._queue.done(item)
         keys.add(item.key)
     return keys
 

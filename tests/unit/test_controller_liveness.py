@@ -185,6 +185,7 @@ class Rig:
     def queued(self) -> list[_Item]:
         items = []
         while (item := self.controller._queue.get(timeout=0)) is not None:
+            self.controller._queue.done(item)
             items.append(item)
         return items
 
@@ -427,6 +428,7 @@ def test_commands_go_before_queued_rollouts_in_the_order_they_came() -> None:
     queue.add(_Item("rollout", (NS, "svc-3")))
     order = []
     while (item := queue.get(timeout=0)) is not None:
+        queue.done(item)
         order.append(item.key[1])
     assert order == ["abort-1", "pause-2", "svc-0", "svc-1", "svc-2", "svc-3"]
 

@@ -64,6 +64,7 @@ def controller(kube: FakeKube) -> Controller:
 def drain(queue: WorkQueue) -> set[tuple[str, str]]:
     keys = set()
     while (item := queue.get(timeout=0)) is not None:
+        queue.done(item)
         keys.add(item.key)
     return keys
 

@@ -1,0 +1,214 @@
+"""Several workers: one slow rollout never holds the others up, two items of one
+InferenceService never run at once, and a sweep runs alone."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+
+from canary.audit import AuditStore, Fence
+from canary.controller import Controller, WorkQueue, _Item
+from canary.engine import Engine
+from canary.k8s.client import KubeClient
+from canary.k8s.lease import LeaseElector
+
+NS = "fraud"
+
+
+def rollout(name: str) -> _Item:
+    return _Item("rollout", (NS, name))
+
+
+def command(cid: str, service: str) -> _Item:
+    return _Item("command", ("", cid), (NS, service))
+
+
+def take(queue: WorkQueue) -> list[str]:
+    """Everything runnable now, held (not done)."""
+    names = []
+    while (item := queue.get(timeout=0)) is not None:
+        names.append(item.key[1])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("held", "queued", "runnable"),
+    [
+        # a service's second item waits; the items behind it are not held up
+        ([rollout("a")], [rollout("a"), rollout("b")], ["b"]),
+        # a command waits for its service's reconcile, and goes first when free
+        ([rollout("a")], [command("abort-1", "a"), rollout("c")], ["c"]),
+        ([command("abort-1", "a")], [rollout("a"), rollout("b")], ["b"]),
+        # a command of another service runs alongside
+        ([rollout("a")], [command("pause-2", "b")], ["pause-2"]),
+        # a relist holds nothing
+        ([_Item("relist", ("", "relist"))], [_Item("relist", ("", "relist")), rollout("a")],
+         ["relist", "a"]),
+        # a sweep waits for everything running, and nothing overtakes it
+        ([rollout("a")], [_Item("sweep", ("", "sweep")), rollout("b")], []),
+        # while a sweep runs, nothing else starts
+        ([_Item("sweep", ("", "sweep"))], [rollout("a"), command("c-1", "b")], []),
+    ],
+    ids=["same-service", "command-waits", "rollout-waits", "other-service", "relist",
+         "sweep-barrier", "sweep-alone"],
+)  # fmt: skip
+def test_what_may_run_beside_what_runs(
+    held: list[_Item], queued: list[_Item], runnable: list[str]
+) -> None:
+    queue = WorkQueue()
+    for item in held:
+        queue.add(item)
+        assert queue.get(timeout=0) == item
+    for item in queued:
+        queue.add(item, first=item.kind == "command")
+    assert take(queue) == runnable
+
+
+def test_a_held_service_runs_again_once_done_and_in_its_turn() -> None:
+    queue = WorkQueue()
+    queue.add(rollout("a"))
+    first = queue.get(timeout=0)
+    assert first is not None
+    queue.add(rollout("a"))  # changed again while it runs
+    queue.add(rollout("b"))
+    assert take(queue) == ["b"]
+    queue.done(first)
+    assert take(queue) == ["a"]
+
+
+def test_a_sweep_runs_once_the_running_items_are_done() -> None:
+    queue = WorkQueue()
+    queue.add(rollout("a"))
+    running = queue.get(timeout=0)
+    assert running is not None
+    queue.add(_Item("sweep", ("", "sweep")))
+    queue.add(rollout("b"))
+    assert take(queue) == []
+    queue.done(running)
+    sweep = queue.get(timeout=0)
+    assert sweep is not None
+    assert sweep.kind == "sweep"
+    assert take(queue) == []
+    queue.done(sweep)
+    assert take(queue) == ["b"]
+
+
+def test_a_waiting_worker_wakes_when_a_service_is_freed() -> None:
+    queue = WorkQueue()
+    queue.add(rollout("a"))
+    running = queue.get(timeout=0)
+    assert running is not None
+    queue.add(rollout("a"))
+    got: list[_Item | None] = []
+    waiter = threading.Thread(target=lambda: got.append(queue.get(timeout=30)))
+    waiter.start()
+    queue.done(running)
+    waiter.join(timeout=30)
+    assert got == [rollout("a")]
+
+
+# ---------------------------------------------------------------------------------------
+# the controller's workers
+# ---------------------------------------------------------------------------------------
+
+
+class SlowEngine:
+    """``slow`` blocks until released; every reconcile is recorded, with how many of one
+    service ran at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        self.done: list[str] = []
+        self.inside: dict[str, int] = {}
+        self.overlap = False
+        self.all_done = threading.Event()
+        self.expect = 0
+
+    def active_keys(self) -> list[tuple[str, str, datetime | None]]:
+        return []
+
+    def reconcile(self, namespace: str, name: str) -> datetime | None:
+        with self.lock:
+            self.inside[name] = self.inside.get(name, 0) + 1
+            self.overlap |= self.inside[name] > 1
+        try:
+            if name == "slow":
+                assert self.release.wait(30)
+        finally:
+            with self.lock:
+                self.inside[name] -= 1
+                self.done.append(name)
+                if len(self.done) >= self.expect:
+                    self.all_done.set()
+        return None
+
+
+class Scheduler:
+    def schedule(self, key: Any, wake: Any) -> None: ...
+    def start(self) -> None: ...
+    def shutdown(self) -> None: ...
+    def clear(self) -> None: ...
+
+
+def running_controller(engine: SlowEngine, workers: int) -> Controller:
+    ctl = Controller(
+        kube=cast(KubeClient, object()),
+        store=cast(AuditStore, object()),
+        engine_factory=lambda _: cast(Engine, engine),
+        elector=cast(LeaseElector, object()),
+        clock=lambda: datetime.now(UTC),
+        workers=workers,
+        resync=timedelta(seconds=30),
+    )
+    ctl._fence = Fence("lease", "me", 1)
+    ctl._valid_until = datetime.now(UTC) + timedelta(hours=1)
+    ctl._scheduler = cast(Any, Scheduler())
+    for i in range(workers):
+        threading.Thread(target=ctl._work_loop, args=(i,), daemon=True).start()
+    return ctl
+
+
+def test_one_slow_reconcile_does_not_hold_the_other_rollouts_up() -> None:
+    engine = SlowEngine()
+    engine.expect = 20
+    ctl = running_controller(engine, workers=4)
+    try:
+        ctl.enqueue(NS, "slow")
+        for n in range(20):
+            ctl.enqueue(NS, f"svc-{n}")
+        assert engine.all_done.wait(30), engine.done
+        assert "slow" not in engine.done  # still stuck, yet the twenty others were served
+        ctl.enqueue(NS, "slow")  # changed again while it runs: waits, never alongside
+        engine.expect = 22
+        engine.all_done.clear()
+        engine.release.set()
+        assert engine.all_done.wait(30), engine.done
+        assert engine.done.count("slow") == 2
+        assert not engine.overlap
+    finally:
+        engine.release.set()
+        ctl._stop.set()
+
+
+def test_one_service_changing_all_the_time_never_runs_twice_at_once() -> None:
+    engine = SlowEngine()
+    engine.expect = 50
+    ctl = running_controller(engine, workers=4)
+    try:
+        while not engine.all_done.is_set():
+            ctl.enqueue(NS, "busy")
+            ctl.enqueue(NS, "other")
+    finally:
+        ctl._stop.set()
+    assert "busy" in engine.done
+    assert "other" in engine.done
+    assert not engine.overlap
+
+
+def test_a_controller_needs_a_worker() -> None:
+    with pytest.raises(ValueError, match="at least one worker"):
+        running_controller(SlowEngine(), workers=0)

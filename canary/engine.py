@@ -24,12 +24,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from analysis import CheckMemory, Outcome, Subject
-from analysis.looks import LookSource
 from approvals.gate import Outcome as ApprovalOutcome
 from approvals.gate import kubernetes_decision
 from canary import aftercare, machine
-from canary.analysis_worker import AnalysisRequest, AnalysisRunner, Analyzes, analysis_ticket
+from canary.analysis_worker import AnalysisRunner
 from canary.annotations import AnnotationError, OptIn, parse_annotations
 from canary.approval_flow import (
     close_row,
@@ -53,14 +51,13 @@ from canary.audit import (
     CommandRow,
     CommandState,
     Fence,
-    Measurement,
     ModelRef,
     ObjectRef,
 )
 from canary.challengers import challenger_problem, challenger_view, passed_shadow
-from canary.checks import ceiling_breach, check_definitions, shadow_checks
 from canary.document import DOCUMENT_VERSION, RolloutDocument, mode_of
 from canary.entries import Entries, model_ref, object_ref
+from canary.evaluation import AnalysisAdapter, KeptLooks, Looked, RolloutAnalyzer
 from canary.execution import Pending, carry_out
 from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
 from canary.k8s.events import EventSink, ObjectReference
@@ -68,7 +65,6 @@ from canary.log import get_logger
 from canary.mirroring import MirrorKeeper, mirroring
 from canary.model import (
     Action,
-    AnalysisVerdict,
     ApprovalDecision,
     ChallengerGone,
     CloseChange,
@@ -87,7 +83,6 @@ from canary.model import (
     ServiceObserved,
     SetMirror,
     SetTraffic,
-    Verdict,
     WriteRejected,
 )
 from canary.policy import (
@@ -114,22 +109,9 @@ __all__ = [
 
 log = get_logger("canary.engine")
 
-_ANALYSED_PHASES = frozenset({Phase.PROGRESSING, Phase.AWAITING_APPROVAL})
-_MIN_WINDOW = timedelta(seconds=10)
-_MAX_WINDOW = timedelta(minutes=5)
-
 
 class NotLeader(Exception):
     """This replica is not (or no longer) the leader: it must not act."""
-
-
-class RolloutAnalyzer(Analyzes, Protocol):
-    """``analysis.runner.Analyzer`` or a test double: an evaluation round, and the looks."""
-
-    @property
-    def looks(self) -> LookSource | None:
-        """The grouped looks of the fast path, if the analyzer reads them."""
-        ...
 
 
 class Metrics(Protocol):
@@ -141,14 +123,6 @@ class Metrics(Protocol):
     def record_rollback(self, kind: str) -> None: ...
     def observe_step_duration(self, seconds: float) -> None: ...
     def record_kube_write_retry(self) -> None: ...
-
-
-_VERDICTS: Mapping[Outcome, Verdict] = {
-    Outcome.SUCCESSFUL: Verdict.SUCCESSFUL,
-    Outcome.FAILED: Verdict.FAILED,
-    Outcome.INCONCLUSIVE: Verdict.INCONCLUSIVE,
-    Outcome.ERROR: Verdict.ERROR,
-}
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,8 +169,6 @@ class Engine:
     ) -> None:
         self._store = store
         self._mirrors = MirrorKeeper(mirror, namespaces=tuple(mirror_namespaces))
-        # With a runner, looks run off the command path (canary.analysis_worker).
-        self._runner = analysis_runner
         self._kube = kube
         self._routers = routers
         self._policies = policies
@@ -204,15 +176,21 @@ class Engine:
         self._clock = clock
         self._instance = instance
         self._entries = Entries(instance, leadership)
-        self._analyzer = analyzer
         self._events = events
         self._metrics = metrics
-        self._prometheus_url = prometheus_url
         self._default_profiles = {
             "knative": default_metric_profile,
             "standard": standard_metric_profile,
         }
-        self._metrics_delay = metrics_delay
+        self._analysis = AnalysisAdapter(
+            analyzer,
+            runner=analysis_runner,
+            entries=self._entries,
+            metrics=metrics,
+            prometheus_url=prometheus_url,
+            metrics_delay=metrics_delay,
+        )
+        self._kept = KeptLooks()  # looks' evidence not yet written (canary.evaluation)
         # Problems already reported per object, so a bad annotation is reported once per
         # (uid, generation), not on every resync. Lost on restart: then reported once more.
         self._reported: dict[tuple[str, str], str] = {}
@@ -225,7 +203,7 @@ class Engine:
         row = self._store.rollout_for(namespace, name)
         isvc = self._get(namespace, name)
         if row is not None:
-            doc = RolloutDocument.from_row(row)
+            doc = self._kept.overlay(row.id, RolloutDocument.from_row(row))
             doc = self._advance(fence, row.id, doc, isvc)
             if not doc.state.terminal or doc.pending:
                 return doc.wake_at()
@@ -243,6 +221,11 @@ class Engine:
             return watched.wake_at()
         started = self._maybe_start(fence, isvc)
         return started.wake_at() if started is not None else None
+
+    def stop_leading(self) -> None:
+        """This replica no longer leads: what it kept in memory of the rollouts' looks is
+        another leader's to read again (from the rows and Prometheus)."""
+        self._kept.clear()
 
     def run_command(self, command: CommandRow) -> tuple[CommandState, str]:
         """Carry out a queued manual command and settle it; returns (state, result)."""
@@ -264,7 +247,7 @@ class Engine:
                 f" (the last one ended {last.phase})" if last is not None else ""
             )
             return self._refuse_command(fence, command, why, now)
-        doc = RolloutDocument.from_row(row)
+        doc = self._kept.overlay(row.id, RolloutDocument.from_row(row))
         isvc = self._get(command.namespace, command.name)
         observed = self._observe(doc.mode, isvc) if isvc is not None else None
         obs: Observation = ManualCommand(kind, command.actor, command.reason)
@@ -442,7 +425,7 @@ class Engine:
             seen = self._challenger_observation(doc, isvc, observed)
         doc, work = self._step(doc, seen, now)
         doc = self._commit_and_act(fence, rollout_id, doc, work, observed, now)
-        due = self._analysis_due(doc, now)
+        due = self._analysis.due(doc, now)
         if due is not None:
             doc = self._analyse(fence, rollout_id, doc, observed, now, fast=due == "look")
         return self._keep_mirror(fence, rollout_id, doc, isvc, observed)
@@ -500,28 +483,6 @@ class Engine:
         doc = replace(doc, state=state)
         return self._commit_and_act(fence, last.id, doc, work, observed, now)
 
-    def _analysis_due(self, doc: RolloutDocument, now: datetime) -> Literal["full", "look"] | None:
-        """``full`` at the analysis interval (every check, an audit record, a verdict);
-        ``look`` when only a new grouped look is due (the fast path: the look-based checks,
-        recorded and acted on only when they fail)."""
-        if self._analyzer is None or doc.pending or doc.evidence_since() is None:
-            return None
-        if doc.next_analysis_at is None or now >= doc.next_analysis_at:
-            return "full"
-        if self._analyzer.looks is not None and (
-            doc.next_look_at is None or now >= doc.next_look_at
-        ):
-            return "look"
-        return None
-
-    def _next_look(self, now: datetime) -> datetime | None:
-        looks = self._analyzer.looks if self._analyzer is not None else None
-        if looks is None:
-            return None
-        due = looks.due(None, now)
-        last = due[-1] if due else now
-        return last + looks.period + looks.lag
-
     def _analyse(
         self,
         fence: Fence,
@@ -532,122 +493,18 @@ class Engine:
         *,
         fast: bool = False,
     ) -> RolloutDocument:
-        assert self._analyzer is not None
-        state = doc.state
-        reached = doc.evidence_since()
-        assert reached is not None
-        assert state.stable is not None
-        policy = doc.policy
-        shadow = state.phase is Phase.SHADOWING
-        step = machine.SHADOW_STEP if shadow else state.step_index
-        window = min(max(now - reached, _MIN_WINDOW), _MAX_WINDOW)
-        subject = Subject(
-            namespace=state.namespace,
-            isvc=state.name,
-            mode=doc.mode,
-            canary_revision=state.canary.name,
-            baseline_revision=state.stable.name,
-            metric_profile=doc.metric_profile,
-            window=timedelta(seconds=int(window.total_seconds())),
-            # The output comparison counts from `reached` (step below), not over `window`.
-            challenger_isvc=state.challenger if shadow else None,
-        )
-        checks = shadow_checks(policy, state.challenger) if shadow else check_definitions(policy)
-        # Missing data counts only once the hold is over and Prometheus has had time to
-        # discover and scrape the new revision's pods.
-        grace = now - reached < max(policy.step_hold, self._metrics_delay)
-        request = AnalysisRequest(
-            subject, tuple(checks), doc.memory, now, grace, fast, step=(step, reached)
-        )
-        if self._runner is None:
-            result = request.run(self._analyzer)
-        else:
-            ticket = analysis_ticket(
-                rollout_id, state.canary.name, step, reached, fast,
-                doc.next_analysis_at, doc.next_look_at, doc.memory,
-            )  # fmt: skip
-            answer = self._runner.obtain((state.namespace, state.name), ticket, request)
-            if answer is None:
-                return doc  # the look runs on its own thread; its answer queues us again
-            request, result = answer
-        # The evidence is the look's: taken at its time, over its window.
-        at, grace, window = request.at, request.grace, request.subject.window
-        ceiling = ceiling_breach(policy, result.evaluations) if shadow else None
-        if fast and result.verdict is not Outcome.FAILED and ceiling is None:
-            # Between analysis intervals only the accumulated evidence is kept: counters,
-            # records and verdicts belong to the interval's evaluation.
-            kept = {
-                name: replace(
-                    doc.memory.get(name, CheckMemory()), sequential=m.sequential, through=m.through
-                )
-                for name, m in result.memory.items()
-            }
-            doc = replace(doc, memory=kept, next_look_at=self._next_look(now))
-            return self._save(fence, rollout_id, doc, now)
-        verdict = AnalysisVerdict(
-            verdict=_VERDICTS[result.verdict],
-            revision=state.canary.name,
-            step_index=step,
-            evaluated_at=at,
-            sufficient_data=result.sufficient_data,
-            summary=result.summary,
-            fast_fail=result.fast_fail,
-            ceiling=ceiling,
-        )
-        if self._metrics is not None:
-            for evaluation in result.evaluations:
-                self._metrics.record_analysis(evaluation.check, evaluation.outcome.value)
-        evaluated = self._entries.entry(
-            doc,
-            now,
-            action="analysis.evaluated",
-            reason=result.summary or f"analysis {result.verdict.value}",
-            observed=observed,
-            evidence={
-                "verdict": result.verdict.value,
-                "sufficient_data": result.sufficient_data,
-                "fast_fail": result.fast_fail,
-                "step": step,
-                "shadow": shadow,
-                "ceiling": ceiling,
-                "grace": grace,
-                "fast_path": fast,
-                "window_seconds": int(window.total_seconds()),
-                "metric_profile": doc.metric_profile,
-            },
-            measurements=tuple(
-                Measurement(
-                    check=e.check,
-                    evaluated_at=e.evaluated_at,
-                    query=e.query,
-                    prometheus_url=e.prometheus_url or self._prometheus_url,
-                    response_digest=e.response_digest,
-                    canary_value=e.canary_value,
-                    baseline_value=e.baseline_value,
-                    canary_samples=e.canary_samples,
-                    baseline_samples=e.baseline_samples,
-                    statistic=e.statistic,
-                    threshold=e.threshold,
-                    verdict=e.outcome.value,
-                    dry_run=e.dry_run,
-                    detail={
-                        "gating_outcome": e.gating_outcome.value,
-                        "sufficient": e.sufficient,
-                        "message": e.message,
-                        **dict(e.detail),
-                    },
-                )
-                for e in result.evaluations
-            ),
-        )
-        doc = replace(
-            doc,
-            memory=dict(result.memory),
-            next_analysis_at=at + policy.analysis_interval,
-            next_look_at=self._next_look(now),
-        )
-        doc, work = self._step(doc, verdict, now)
-        work.entries.insert(0, evaluated)
+        outcome = self._analysis.run(rollout_id, doc, observed, now, fast=fast)
+        if outcome is None:
+            return doc  # the look runs on its own thread; its answer queues us again
+        if isinstance(outcome, Looked):
+            if outcome.material:
+                return self._save(fence, rollout_id, outcome.doc, now)
+            # Nothing decided: the look's evidence is kept in memory, and written with the
+            # rollout's next commit (canary.evaluation).
+            self._kept.keep(rollout_id, outcome.doc)
+            return outcome.doc
+        doc, work = self._step(outcome.doc, outcome.verdict, now)
+        work.entries.insert(0, outcome.entry)
         return self._commit_and_act(fence, rollout_id, doc, work, observed, now)
 
     # ------------------------------------------------------------------ starting rollouts
@@ -1152,6 +1009,7 @@ class Engine:
         self._store.commit(
             [], fence=fence, rollout=doc.row(rollout_id, now), expected_version=doc.version
         )
+        self._kept.drop(rollout_id)
         return replace(doc, version=doc.version + 1)
 
     def _commit_and_act(
@@ -1185,6 +1043,7 @@ class Engine:
                 approvals=work.approvals,
             )
             doc = replace(doc, version=1 if new else doc.version + 1)
+            self._kept.drop(rollout_id)  # the looks' evidence went with it
         for event in work.events:
             self._emit(_reference(doc, observed), event)
         self._observe_metrics(doc)

@@ -1069,21 +1069,66 @@ def test_a_failing_look_between_intervals_rolls_back_at_once(lite_store: AuditSt
     assert rig.router.written[-1] == SetTraffic(R2, 0, "rollback")
 
 
-def test_quiet_looks_keep_the_evidence_without_audit_records(lite_store: AuditStore) -> None:
+def test_quiet_looks_keep_the_evidence_without_writing(lite_store: AuditStore) -> None:
     prometheus = FakePrometheus(
         {(NS, R2): Served(requests=600, errors=6), (NS, R1): Served(requests=5400, errors=54)},
         origin=T0,
     )
     rig = looks_rig(lite_store, prometheus)
     rig.to_first_step()  # the step is reached and the first (full) evaluation runs
-    run_until(rig, 29)  # the next full one is due 30 s later
+    run_until(rig, 7)  # the first look that counts: where the evidence starts, written
+    written = rig.last_rollout()
+    memory = RolloutDocument.from_row(written).memory["error-rate"]
+    assert memory.sequential is not None
+    assert memory.sequential.looks == 1
+    run_until(rig, 22)  # the next full one is due 30 s after the first
     assert len(rig.records("analysis.evaluated")) == 1  # the fast looks are not records
-    doc = RolloutDocument.from_row(rig.last_rollout())
-    memory = doc.memory["error-rate"]
+    row = rig.last_rollout()
+    assert (row.version, row.updated_at) == (written.version, written.updated_at)  # nor rows
+    held = rig.engine._kept.overlay(row.id, RolloutDocument.from_row(row))
+    memory = held.memory["error-rate"]
     assert memory.sequential is not None
     assert memory.sequential.looks >= 5  # one per 5 s look since the step was reached
     assert memory.through is not None
     assert rig.clock() - memory.through < timedelta(seconds=8)
+    # the next full evaluation writes them, with its record
+    run_until(rig, 5)
+    assert len(rig.records("analysis.evaluated")) == 2
+    stored = RolloutDocument.from_row(rig.last_rollout()).memory["error-rate"]
+    assert stored.sequential is not None
+    assert stored.sequential.looks >= memory.sequential.looks
+    assert len(rig.engine._kept) == 0
+
+
+def test_looks_lost_with_a_restart_are_read_again_to_the_same_evidence(
+    lite_store: AuditStore,
+) -> None:
+    """A controller that restarts between two evaluations has lost the quiet looks it kept
+    in memory; the next one reads the same looks again and holds the same evidence."""
+    prometheus = FakePrometheus(
+        {(NS, R2): Served(requests=600, errors=6), (NS, R1): Served(requests=5400, errors=54)},
+        origin=T0,
+    )
+    rig = looks_rig(lite_store, prometheus)
+    rig.to_first_step()
+    run_until(rig, 20)
+    row = rig.last_rollout()
+    before = rig.engine._kept.overlay(row.id, RolloutDocument.from_row(row))
+    rig.engine.stop_leading()  # as a restart or a failover would
+    assert len(rig.engine._kept) == 0
+    rig.engine.reconcile(NS, NAME)  # at the same time: the lost looks are read again
+    row = rig.last_rollout()
+    after = rig.engine._kept.overlay(row.id, RolloutDocument.from_row(row))
+    for check in ("error-rate",):
+        was, now = before.memory[check], after.memory[check]
+        assert was.sequential is not None
+        assert now.sequential is not None
+        assert (now.sequential.looks, now.through) == (was.sequential.looks, was.through), (
+            rig.clock(),
+            was.through,
+            now.through,
+        )
+        assert now.sequential == was.sequential
 
 
 # ---------------------------------------------------------------------------------------
@@ -1213,7 +1258,7 @@ def _runner_rig(store: AuditStore, prometheus: HungPrometheus) -> tuple[Rig, Ana
         deadline=timedelta(seconds=20),
         clock=rig.clock,
     )
-    rig.engine._runner = runner
+    rig.engine._analysis._runner = runner
     return rig, runner
 
 
@@ -1290,7 +1335,7 @@ def aftercare_rig(store: AuditStore, policy: dict[str, Any] | None = None) -> tu
         leadership=lambda: rig.fence,
         clock=rig.clock,
         instance="pod-a",
-        analyzer=rig.engine._analyzer,
+        analyzer=rig.engine._analysis._analyzer,
         events=events,
     )
     return rig, events
@@ -1403,7 +1448,7 @@ def test_a_hand_rollback_after_a_promotion_is_recorded_with_its_field_manager(
     lite_store: AuditStore,
 ) -> None:
     rig, events = aftercare_rig(lite_store)
-    rig.engine._analyzer = None
+    rig.engine._analysis._analyzer = None
     rig.to_first_step()
     assert rig.engine.run_command(rig.command("promote"))[0] == "accepted"
     rig.clock.advance(2)
@@ -1434,7 +1479,7 @@ def test_opting_out_mid_rollout_ends_it_and_stops_managing(
     lite_store: AuditStore, annotations: dict[str, str], on_opt_out: str
 ) -> None:
     rig, events = aftercare_rig(lite_store, {"onOptOut": on_opt_out})
-    rig.engine._analyzer = None
+    rig.engine._analysis._analyzer = None
     rig.to_first_step()
     mark = rig.store.head()[0]
     rig.cluster.annotations = dict(annotations)
@@ -1482,7 +1527,7 @@ def test_an_opt_outs_return_to_stable_survives_a_conflict_and_a_minted_revision(
     """Knative without the annotation on KServe's disallowed list: the opt-out mints R3,
     which inherits the canary's percent; the first write conflicts, the retry sets 0."""
     rig, _ = aftercare_rig(lite_store)
-    rig.engine._analyzer = None
+    rig.engine._analysis._analyzer = None
     rig.to_first_step()
     rig.cluster.annotations = {"kserve-canary.io/enabled": "false"}
     rig.router.failures.append(Conflict(409, "Conflict", "the object has been modified"))

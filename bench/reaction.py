@@ -217,13 +217,21 @@ def last_at_or_before(instant: float, times: Sequence[float]) -> float | None:
     return max(earlier) if earlier else None
 
 
-def significance_look(look_at: float, looks_read: int, period: float) -> float:
+def significance_look(
+    look_at: float, looks_read: int, period: float, not_before: float | None = None
+) -> float:
     """The time of the look that made the evidence significant, at the earliest: the
     evaluation that failed read ``looks_read`` looks ending with the one at ``look_at``,
-    one ``period`` apart, and the regression was proven at one of them."""
+    one ``period`` apart, and the regression was proven at one of them, but not at one
+    before ``not_before`` (the first bad scrape), which read no bad data."""
     if period <= 0:
         raise ValueError("the look period must be positive")
-    return look_at - max(looks_read - 1, 0) * period
+    candidates = [look_at - i * period for i in range(max(looks_read, 1))]
+    if not_before is not None:
+        # a look at t reads the last scrape at or before t: none before the first bad scrape
+        # holds bad data, so none of those can have proven the regression
+        candidates = [t for t in candidates if t >= not_before] or [look_at]
+    return min(candidates)
 
 
 def in_intervals(seconds: float, interval: float) -> float:
@@ -282,6 +290,8 @@ class TrialResult:
     first_bad_scrape: float | None = None
     significant_scrape: float | None = None  # ours: the scrape that made it significant
     significant_look: float | None = None  # ours: the grid time of the look that read it
+    last_look: float | None = None  # ours: the last look the failing pass read (look_at)
+    last_look_scrape: float | None = None  # the scrape that last look read
     decided: float | None = None  # the rollback's traffic.intent record (the decision)
     write_sent: float | None = None  # its traffic.applied record (before the write)
     patch_seen: float | None = None  # the watch saw canaryTrafficPercent 0
@@ -318,9 +328,18 @@ class TrialResult:
 
     @property
     def after_significance(self) -> float | None:
+        """From the scrape that made the evidence significant, taking the earliest look the
+        failing pass read (an upper bound when it read several)."""
         if self.patch_seen is None or self.significant_scrape is None:
             return None
         return self.patch_seen - self.significant_scrape
+
+    @property
+    def after_last_look(self) -> float | None:
+        """The same from the scrape of the last look that pass read (a lower bound)."""
+        if self.patch_seen is None or self.last_look_scrape is None:
+            return None
+        return self.patch_seen - self.last_look_scrape
 
 
 def _values(
@@ -346,8 +365,11 @@ def targets(
     ours_to_patch: Spread,
     flagger_to_patch: Spread,
     scrape_interval: float,
+    ours_after_last_look: Spread | None = None,
 ) -> list[TargetResult]:
-    """Issue #16's two reaction targets, met or missed, with the measured figure."""
+    """Issue #16's two reaction targets, met or missed, with the measured figure. The first
+    is judged on ``ours_after_significance`` (from the earliest look the failing pass read);
+    ``ours_after_last_look`` (from its last look) is shown beside it."""
     limit = scrape_interval + TARGET_EXTRA_SECONDS
     first: TargetResult
     if ours_after_significance.median is None:
@@ -357,7 +379,12 @@ def targets(
         first = TargetResult(
             f"ours: median ≤ {limit:g} s (1 scrape interval + {TARGET_EXTRA_SECONDS:g} s) "
             "after the evidence became significant",
-            f"{value:.2f} s ({in_intervals(value, scrape_interval):.1f} scrape intervals)",
+            f"{value:.2f} s ({in_intervals(value, scrape_interval):.1f} scrape intervals)"
+            + (
+                f"; {ours_after_last_look.median:.2f} s from the last look the pass read"
+                if ours_after_last_look is not None and ours_after_last_look.median is not None
+                else ""
+            ),
             value <= limit,
         )
     second: TargetResult
@@ -447,6 +474,7 @@ def explanation(
     ours_after_significance: Spread,
     flagger_to_patch: Spread,
     patch_to_zero: Spread,
+    ours_trials: Sequence[TrialResult] = (),
 ) -> str:
     """Two to four sentences on what the figures mean, every number from the data."""
     sentences: list[str] = []
@@ -465,6 +493,9 @@ def explanation(
             f"needed a median {ours_accumulating.median:.1f} s of bad data before the "
             f"20 % errors were proven against the baseline's 1 %{tail}."
         )
+    late = behind_text(ours_trials, ctx.scrape_interval)
+    if late:
+        sentences.append(late)
     if flagger_to_patch.median is not None:
         floor = (ctx.threshold - 1) * ctx.interval
         sentences.append(
@@ -490,6 +521,30 @@ def shares_text(trials: Sequence[TrialResult]) -> str:
             counts[t.share_at_t0] = counts.get(t.share_at_t0, 0) + 1
     parts = [f"{share} % ({n} trial{'s' if n != 1 else ''})" for share, n in sorted(counts.items())]
     return ", ".join(parts) if parts else "–"
+
+
+def behind_text(trials: Sequence[TrialResult], period: float) -> str:
+    """A sentence on the trials whose rolling-back pass read several looks at once (the
+    controller behind its looks), with the delays of those and of the others."""
+    done = [t for t in trials if t.complete and t.looks_read is not None]
+    late = [t for t in done if (t.looks_read or 0) > 1]
+    on_time = [t for t in done if t.looks_read == 1]
+    upper = spread(_values(late, lambda t: t.after_significance))
+    lower = spread(_values(late, lambda t: t.after_last_look))
+    timely = spread(_values(on_time, lambda t: t.after_significance))
+    if not late or upper.median is None or lower.median is None:
+        return ""
+    compared = (
+        f", against {timely.median:.1f} s in the {len(on_time)} where it read one"
+        if timely.median is not None
+        else ""
+    )
+    return (
+        f"In {len(late)} of {len(done)} trials the pass that rolled back read more than one "
+        f"look at once (the controller was behind its {period:g} s looks): the write came "
+        f"{upper.median:.1f} s (median) after the scrape of the earliest of them, "
+        f"{lower.median:.1f} s after that of the last{compared}."
+    )
 
 
 def readme_block(
@@ -546,8 +601,8 @@ def trials_table(trials: Sequence[TrialResult]) -> str:
     lines = [
         "| configuration | service | T0 after step shown s | canary % at T0 | "
         "T0 → first bad scrape s | to patch s | to 0 % s | significance → patch s | check | "
-        "fast path | write tries | failed scrapes | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "looks read | fast path | write tries | failed scrapes | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         offset = None if t.t0 is None or t.step_seen is None else t.t0 - t.step_seen
@@ -557,7 +612,8 @@ def trials_table(trials: Sequence[TrialResult]) -> str:
             f"| {t.config} | {t.service} | {_cell(offset, 1)} | {t.share_at_t0 or '–'} | "
             f"{_cell(lag)} | "
             f"{_cell(t.to_patch)} | {_cell(t.to_zero)} | {_cell(t.after_significance)} | "
-            f"{t.failed_check or '–'} | {fast} | {t.write_attempts or '–'} | "
+            f"{t.failed_check or '–'} | {t.looks_read or '–'} | {fast} | "
+            f"{t.write_attempts or '–'} | "
             f"{'–' if t.failed_scrapes is None else t.failed_scrapes} | "
             f"{t.problem or ''} |"
         )
@@ -858,7 +914,7 @@ def complete_from_records(
             )
     failed = [r.entry for r in records if r.entry.action == "analysis.evaluated"
               and dict(r.entry.evidence).get("verdict") == "Failed"]  # fmt: skip
-    look: float | None = None
+    last_look: float | None = None
     if failed:
         decisive = failed[0]
         gating = [m for m in decisive.measurements if m.verdict == "Failed" and not m.dry_run]
@@ -872,10 +928,8 @@ def complete_from_records(
             fast_path=bool(dict(decisive.evidence).get("fast_path")),
             looks_read=int(looks_read) if isinstance(looks_read, int) else None,
         )
-        if isinstance(look_at, str) and isinstance(looks_read, int):
-            look = significance_look(
-                _stamp(datetime.fromisoformat(look_at)), looks_read, look_period
-            )
+        if isinstance(look_at, str):
+            last_look = _stamp(datetime.fromisoformat(look_at))
     if result.t0 is None or result.canary_revision is None:
         return result
     end = result.zero_seen or result.patch_seen or time.time()
@@ -887,9 +941,16 @@ def complete_from_records(
         first_bad_scrape=first_after(result.t0, times),
         failed_scrapes=sum(1 for _, ok in found if not ok),
     )
-    if look is not None:
+    if last_look is not None:
+        look = significance_look(
+            last_look, result.looks_read or 1, look_period, not_before=result.first_bad_scrape
+        )
         result = _with(
-            result, significant_look=look, significant_scrape=last_at_or_before(look, times)
+            result,
+            significant_look=look,
+            significant_scrape=last_at_or_before(look, times),
+            last_look=last_look,
+            last_look_scrape=last_at_or_before(last_look, times),
         )
     return result
 
@@ -1173,9 +1234,10 @@ def report(
             ),
         )
     )
-    results = targets(ours_after, ours_patch, flagger_patch, ctx.scrape_interval)
+    ours_last = spread(_values(ours_trials, lambda t: t.after_last_look))
+    results = targets(ours_after, ours_patch, flagger_patch, ctx.scrape_interval, ours_last)
     explained = explanation(ctx, ours_patch, accumulating, ours_after, flagger_patch,
-                            patch_to_zero)  # fmt: skip
+                            patch_to_zero, ours_trials)  # fmt: skip
     block = readme_block(ctx, rows, results, explained, trials)
     stages = _stages(by_config, configs)
     markdown = "\n".join(
@@ -1213,6 +1275,7 @@ def report(
             for row in rows
         },
         "ours_after_significance": asdict(ours_after),
+        "ours_after_last_look": asdict(ours_last),
         "ours_evidence_accumulating": asdict(accumulating),
         "patch_to_zero": asdict(patch_to_zero),
         "targets": [asdict(r) for r in results],
@@ -1224,8 +1287,9 @@ def report(
 def _stages(
     by_config: Mapping[str, Sequence[TrialResult]], configs: Sequence[Configuration]
 ) -> str:
-    """Median time of each stage: first bad scrape → significant scrape (ours) → decision
-    (the rollback's intent) → write sent → patch seen → 0 % seen."""
+    """Median time of each stage: first bad scrape → significant scrape (ours) → its look's
+    grid time → decision (the rollback's intent) → write sent → patch seen → 0 % seen; ours
+    also split by how many looks the pass that rolled back read."""
 
     def median(values: Iterator[float | None]) -> str:
         kept = [v for v in values if v is not None]
@@ -1234,15 +1298,21 @@ def _stages(
     def gap(start: float | None, end: float | None) -> float | None:
         return None if start is None or end is None else end - start
 
-    lines = [
-        "| configuration | first bad scrape → evidence significant (its scrape) | → the "
-        "look's grid time | → rollback decided (its intent record; Flagger-style: from the "
-        "first bad scrape) | → write sent (`traffic.applied`) | → patch seen by the watch | "
-        "→ 0 % in status |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    groups: list[tuple[str, list[TrialResult]]] = []
     for config in configs:
         done = [t for t in by_config[config.key] if t.complete]
+        groups.append((config.label, done))
+        if config.key == "ours":
+            groups.append(("… its pass read one look", [t for t in done if t.looks_read == 1]))
+            groups.append(("… its pass read several", [t for t in done if (t.looks_read or 0) > 1]))
+    lines = [
+        "| trials | n | first bad scrape → evidence significant (its scrape; the earliest look "
+        "the pass read) | → that look's grid time | → rollback decided (its intent record; "
+        "Flagger-style: from the first bad scrape) | → write sent (`traffic.applied`) | → "
+        "patch seen by the watch | → 0 % in status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, done in groups:
         significant = median(gap(t.first_bad_scrape, t.significant_scrape) for t in done)
         look = median(gap(t.significant_scrape, t.significant_look) for t in done)
         decided = median(
@@ -1251,7 +1321,7 @@ def _stages(
             for t in done
         )  # fmt: skip
         lines.append(
-            f"| {config.label} | {significant} | {look} | {decided} | "
+            f"| {label} | {len(done)} | {significant} | {look} | {decided} | "
             f"{median(gap(t.decided, t.write_sent) for t in done)} | "
             f"{median(gap(t.write_sent, t.patch_seen) for t in done)} | "
             f"{median(gap(t.patch_seen, t.zero_seen) for t in done)} |"

@@ -18,6 +18,7 @@ from bench.reaction import (
     Row,
     Spread,
     TrialResult,
+    behind_text,
     configurations,
     first_after,
     in_intervals,
@@ -66,6 +67,21 @@ def test_the_significant_look_is_the_earliest_the_failing_pass_read(
     look_at: float, looks_read: int, period: float, expected: float
 ) -> None:
     assert significance_look(look_at, looks_read, period) == expected
+
+
+@pytest.mark.parametrize(
+    ("looks_read", "first_bad_scrape", "expected"),
+    [
+        (10, 96.4, 97.0),  # looks at 91..96 read no bad data: 97 is the first that could
+        (10, 97.0, 97.0),  # a look at the scrape's own time reads it
+        (3, 90.0, 98.0),  # the bound is below every look read: the earliest stays
+        (3, 100.5, 100.0),  # no look read bad data (cannot happen): the last one
+    ],
+)
+def test_no_look_before_the_first_bad_scrape_can_have_proven_the_regression(
+    looks_read: int, first_bad_scrape: float, expected: float
+) -> None:
+    assert significance_look(100.0, looks_read, 1.0, not_before=first_bad_scrape) == expected
 
 
 @pytest.mark.parametrize(
@@ -147,6 +163,8 @@ def _trial(config: str, index: int, to_patch: float, **changes: object) -> Trial
         share_at_t0=10,
         first_bad_scrape=bad,
         significant_scrape=bad + 3 if config == "ours" else None,
+        last_look_scrape=bad + 3 if config == "ours" else None,
+        looks_read=1 if config == "ours" else None,
         decided=bad + to_patch - 0.05,
         write_sent=bad + to_patch - 0.02,
         patch_seen=bad + to_patch,
@@ -180,7 +198,9 @@ def test_the_report_counts_only_completed_trials_and_says_why_one_did_not() -> N
     assert f"| {ours.label} | 3 | 6.00 / 7.00 |" in block
     assert f"| {flagger.label} | 2 of 3 | 135.00 / 140.00 |" in block
     # after significance: patch at +5/+6/+7 s, significant scrape at +3 s: median 3.0 s
-    assert "| 3.00 s (3.0 scrape intervals) | met |" in block
+    assert "| 3.00 s (3.0 scrape intervals); 3.00 s from the last look the pass read | met |" in (
+        block
+    )
     assert "| 22.5× (135.0 s against 6.0 s) | met |" in block
     assert "10 % (4 trials), 25 % (1 trial)" in block
     assert "make bench-reaction" in block
@@ -250,3 +270,20 @@ def test_the_flagger_style_checks_roll_back_at_the_threshold_th_failure_in_a_row
 def test_configurations_refuse_a_zero_interval_or_threshold(interval: int, threshold: int) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         configurations(interval, threshold)
+
+
+def test_passes_that_read_several_looks_at_once_are_told_apart_from_timely_ones() -> None:
+    # each trial's first bad scrape is at 1000 + 100 * index
+    trials = [
+        _trial("ours", 1, 5.0),  # one look read: the patch 2 s after its scrape (+3)
+        _trial("ours", 2, 7.0, looks_read=3, significant_scrape=1201.0, last_look_scrape=1203.0),
+        _trial("ours", 3, 8.0, looks_read=2, significant_scrape=1302.0, last_look_scrape=1304.0),
+        _trial("ours", 4, 0.0, looks_read=5, patch_seen=None, problem="no rollback"),
+    ]
+    assert behind_text(trials, 1.0) == (
+        "In 2 of 3 trials the pass that rolled back read more than one look at once (the "
+        "controller was behind its 1 s looks): the write came 6.0 s (median) after the "
+        "scrape of the earliest of them, 4.0 s after that of the last, against 2.0 s in the "
+        "1 where it read one."
+    )
+    assert behind_text(trials[:1], 1.0) == ""  # none behind: nothing to say

@@ -40,6 +40,8 @@ help:
 	@echo "make bench-sandbox   time the test bed's start and stop"
 	@echo "make bench-judgement   decision quality of ours vs Flagger- and Kayenta-style judges"
 	@echo "make bench-audit   the audit trail at 10 million records: appends, queries, verify"
+	@echo "make bench-reaction   how fast a canary that turns bad is rolled back, ours vs Flagger-style"
+	@echo "make bench   every benchmark whose block is in the README's Scale and reaction time section"
 	@echo "make lock   re-resolve requirements-runtime.lock and requirements-dev.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -125,6 +127,16 @@ bench-judgement: venv
 .PHONY: bench-audit
 bench-audit: venv system-deps
 	$(BIN)/python -m bench.audit --records 10000000 --services 1000 --queries 500 --budget 40
+
+# The test bed with one controller: canaries that turn bad at a known instant, rolled back by
+# our default configuration and by a Flagger-style one of the same controller (20 each; about
+# 10 minutes). `python -m bench.reaction --quick` is a smoke check that writes nothing.
+.PHONY: bench-reaction
+bench-reaction: deps
+	$(BIN)/python -m bench.reaction --runs 20
+
+.PHONY: bench
+bench: bench-reaction
 
 .PHONY: sandbox-up
 sandbox-up: deps

@@ -4,15 +4,17 @@ never laid over a row that moved on or a rollout that ended."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import pytest
 
 from analysis import CheckMemory
 from canary.document import RolloutDocument
-from canary.evaluation import KeptLooks
+from canary.entries import Entries
+from canary.evaluation import AnalysisAdapter, KeptLooks, RolloutAnalyzer
 from canary.model import Phase
-from tests.unit.rollout_driver import progressing
+from tests.unit.rollout_driver import make_policy, progressing
 
 AT = datetime(2026, 11, 23, 10, 0, 30, tzinfo=UTC)
 LOOKED = {"error-rate": CheckMemory(through=AT)}
@@ -70,3 +72,62 @@ def test_another_rollout_and_a_lost_leadership_take_nothing() -> None:
     kept.keep("r-1", looked(row_doc(3)))
     kept.drop("r-1")  # committed with the rollout's next write
     assert len(kept) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# when a look is due
+# ---------------------------------------------------------------------------------------
+
+CUSTOM = {
+    "name": "error-ratio",
+    "query": 'sum(rate(errors{revision="${revision}"}[30s]))',
+    "direction": "lowerIsBetter",
+    "absoluteLimit": 0.05,
+}
+
+
+class WithLooks:
+    looks = object()  # any LookSource will do: only its presence matters here
+
+
+def adapter() -> AnalysisAdapter:
+    return AnalysisAdapter(
+        cast(RolloutAnalyzer, WithLooks()),
+        runner=None,
+        entries=cast(Entries, None),
+        metrics=None,
+        prometheus_url="",
+        metrics_delay=timedelta(seconds=60),
+    )
+
+
+@pytest.mark.parametrize(
+    ("checks", "interval_due", "look_due", "due"),
+    [
+        (None, False, True, "look"),  # the default built-in checks are read on every look
+        (None, False, False, None),  # the next look is not due yet
+        (None, True, True, "full"),  # the interval's evaluation goes first
+        ([CUSTOM], False, True, None),  # custom queries only: nothing to read on a look
+        ([CUSTOM], True, True, "full"),
+        ([CUSTOM, {"name": "errors", "builtin": "error-rate", "relativeTolerance": 0.5}],
+         False, True, "look"),
+    ],
+    ids=["builtin", "not-yet", "interval", "custom-only", "custom-interval", "mixed"],
+)  # fmt: skip
+def test_a_look_is_due_only_for_a_rollout_that_reads_looks(
+    checks: list[dict[str, Any]] | None, interval_due: bool, look_due: bool, due: str | None
+) -> None:
+    policy = make_policy() if checks is None else make_policy(checks=checks)
+    d = progressing(policy)
+    assert d.state is not None
+    reached = d.state.step_reached_at
+    assert reached is not None
+    now = reached + timedelta(seconds=40)
+    second = timedelta(seconds=1)
+    doc = RolloutDocument(
+        state=d.state, policy=policy, mode="knative", uid="uid-1",
+        metric_profile="knative-otel",
+        next_analysis_at=now if interval_due else now + 20 * second,
+        next_look_at=now - second if look_due else now + second,
+    )  # fmt: skip
+    assert adapter().due(doc, now) == due

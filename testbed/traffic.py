@@ -872,6 +872,7 @@ class TrafficSimulator:
             mirrored[key] = (name, copy_to)
         wanted.update(mirrored)
         self._services = services
+        moved = False  # whether a target appeared or went: only then is the file rewritten
         for key in list(self._endpoints):
             current = self._endpoints[key]
             spec = wanted.get(key)
@@ -881,10 +882,12 @@ class TrafficSimulator:
                 current.mode,
             ):
                 del self._endpoints[key]  # the pod goes away (or is replaced)
+                moved = True
         for key, (name, target) in wanted.items():
             if key not in self._endpoints:
                 self._endpoints[key] = self._new_endpoint(key[0], name, target)
-        if self._server is not None:
+                moved = True
+        if self._server is not None and moved:
             self._write_sd_file()
 
     def _new_endpoint(self, namespace: str, isvc: str, target: Target) -> _Endpoint:

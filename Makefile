@@ -40,6 +40,8 @@ help:
 	@echo "make bench-sandbox   time the test bed's start and stop"
 	@echo "make bench-judgement   decision quality of ours vs Flagger- and Kayenta-style judges"
 	@echo "make bench-audit   the audit trail at 10 million records: appends, queries, verify"
+	@echo "make bench-scale   one controller replica at 10, 100 and 1,000 rollouts (issue #16)"
+	@echo "make bench   every benchmark that writes a README block (bench-scale, ...)"
 	@echo "make lock   re-resolve requirements-runtime.lock and requirements-dev.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -125,6 +127,20 @@ bench-judgement: venv
 .PHONY: bench-audit
 bench-audit: venv system-deps
 	$(BIN)/python -m bench.audit --records 10000000 --services 1000 --queries 500 --budget 40
+
+# One controller process with 10, 100 and 1,000 rollouts in progress, each size on a fresh
+# test bed (aggregate traffic): tick lag, CPU, RSS, Prometheus and apiserver requests per
+# analysis interval, audit records, a restart, and queries with batching off. Writes
+# bench/results/scale.* and the README's bench:scale block. PY_SPY=<path to py-spy> also
+# samples the controller for 30 s after each window (its top frames go into the results).
+.PHONY: bench-scale
+bench-scale: deps
+	$(BIN)/python -m bench.scale --sizes 10,100,1000 $(if $(PY_SPY),--py-spy $(PY_SPY))
+
+# `make bench` runs every benchmark below that writes a README block; each adds itself as a
+# prerequisite on a line of its own (make merges the prerequisites of repeated rules).
+.PHONY: bench
+bench: bench-scale
 
 .PHONY: sandbox-up
 sandbox-up: deps

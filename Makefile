@@ -41,7 +41,8 @@ help:
 	@echo "make bench-judgement   decision quality of ours vs Flagger- and Kayenta-style judges"
 	@echo "make bench-audit   the audit trail at 10 million records: appends, queries, verify"
 	@echo "make bench-reaction   how fast a canary that turns bad is rolled back, ours vs Flagger-style"
-	@echo "make bench   every benchmark whose block is in the README's Scale and reaction time section"
+	@echo "make bench-scale   one controller replica at 10, 100 and 1,000 rollouts (issue #16)"
+	@echo "make bench   every benchmark that writes a README block (bench-reaction, bench-scale)"
 	@echo "make lock   re-resolve requirements-runtime.lock and requirements-dev.lock from pyproject.toml"
 
 # --- installation ---------------------------------------------------------------------------
@@ -135,8 +136,20 @@ bench-audit: venv system-deps
 bench-reaction: deps
 	$(BIN)/python -m bench.reaction --runs 20
 
+# One controller process with 10, 100 and 1,000 rollouts in progress, each size on a fresh
+# test bed (aggregate traffic): tick lag, CPU, RSS, Prometheus and apiserver requests per
+# analysis interval, audit records, a restart, and queries with batching off. Writes
+# bench/results/scale.* and the README's bench:scale block. PY_SPY=<path to py-spy> also
+# samples the controller for 30 s after each window (its top frames go into the results).
+.PHONY: bench-scale
+bench-scale: deps
+	$(BIN)/python -m bench.scale --sizes 10,100,1000 $(if $(PY_SPY),--py-spy $(PY_SPY))
+
+# `make bench` runs every benchmark below that writes a README block; each adds itself as a
+# prerequisite on a line of its own (make merges the prerequisites of repeated rules).
 .PHONY: bench
 bench: bench-reaction
+bench: bench-scale
 
 .PHONY: sandbox-up
 sandbox-up: deps

@@ -35,9 +35,12 @@ sends a fixed set of instant queries, whatever the number of rollouts:
 
 The queries select every revision some rollout asked about recently (one regex matcher per
 label), so a rollout that joins later causes one more round for the same time, and the
-next grid time serves everyone again. Snapshots are cached per group and time, so every
-rollout of the group reads the same numbers, and a rollout that missed some looks (a
-restart, a slow tick) reads them later at their own times.
+next grid time serves everyone again. With ``batch=False`` (the ``batch_looks`` setting
+off) every rollout is a group of its own: the same queries per look, selecting only its
+two revisions, so Prometheus gets them once per rollout (for a Prometheus that cannot
+answer the grouped queries, and to measure what grouping saves). Snapshots are cached
+per group and time, so every rollout of the group reads the same numbers, and a rollout
+that missed some looks (a restart, a slow tick) reads them later at their own times.
 
 This module does no I/O of its own: it calls the injected
 :class:`~analysis.providers.base.MetricProvider`.
@@ -135,10 +138,12 @@ def grid_times(
 
 @dataclass(frozen=True)
 class GroupKey:
-    """Rollouts whose looks share queries."""
+    """Rollouts whose looks share queries; ``service`` (namespace, InferenceService) only
+    when looks are not batched, each rollout then a group of its own."""
 
     profile: str
     mode: str
+    service: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +275,8 @@ class LookSource:
     was asked for (default: one period plus the lag); ``max_sample_age`` how old the last
     sample of a raw counter may be at a grid time (a few scrape intervals; older, its value
     is frozen); ``reset_ratio`` is the fraction of its previous total a series must fall
-    to for a decrease to read as a counter reset."""
+    to for a decrease to read as a counter reset. ``batch`` (default True) groups every
+    rollout of a metric profile and mode; False makes each rollout its own group."""
 
     def __init__(
         self,
@@ -285,6 +291,7 @@ class LookSource:
         reset_ratio: float = DEFAULT_RESET_RATIO,
         max_sample_age: timedelta = DEFAULT_MAX_SAMPLE_AGE,
         burst: timedelta | None = None,
+        batch: bool = True,
     ) -> None:
         if period <= timedelta(0) or lag < timedelta(0) or window < period:
             raise ValueError("look period must be > 0, lag >= 0 and window >= period")
@@ -297,6 +304,7 @@ class LookSource:
         if not 0 <= reset_ratio < 1:
             raise ValueError(f"reset_ratio must be in [0, 1), got {reset_ratio}")
         self._provider = provider
+        self.batch = batch
         self.period = period
         self.lag = lag
         self.window = window
@@ -325,7 +333,11 @@ class LookSource:
         """The canary's and the baseline's look ending at grid time ``at``. Failed queries
         and invalid series are not raised: they are the ``problems`` of the parts they
         spoil (:attr:`SideLook.problems`), and such a look is asked again next time."""
-        key = GroupKey(subject.metric_profile, subject.mode)
+        key = GroupKey(
+            subject.metric_profile,
+            subject.mode,
+            None if self.batch else (subject.namespace, subject.isvc),
+        )
         canary = (subject.namespace, identity(subject, subject.canary_revision))
         baseline = (subject.namespace, identity(subject, subject.baseline_revision))
         with self._lock:

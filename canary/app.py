@@ -256,6 +256,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
             burst=None
             if settings.burst_seconds is None
             else timedelta(seconds=settings.burst_seconds),
+            batch=settings.batch_looks,
         )
 
     looks = look_source(guarded)

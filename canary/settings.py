@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         "every rollout): the sequential tests' look and the fast-fail path. Aligned to a grid "
         "of multiples of it, so every replica reads the same looks.",
     )
+    batch_looks: bool = Field(
+        default=True,
+        description="Whether the built-in checks' looks of every rollout of one metric profile "
+        "share their queries (five per look, whatever the number of rollouts). False sends "
+        "each rollout's own queries (five per look per rollout): for a Prometheus that cannot "
+        "answer the grouped queries, and to measure what the grouping saves.",
+    )
     burst_seconds: float | None = Field(
         default=None,
         gt=0,

@@ -159,7 +159,17 @@ def _http_get(
 class Cluster:
     """etcd + kube-apiserver on loopback, owned by this object (see the module docstring)."""
 
-    def __init__(self, work_dir: Path | str, binaries: Binaries, *, detach: bool = False) -> None:
+    def __init__(
+        self,
+        work_dir: Path | str,
+        binaries: Binaries,
+        *,
+        detach: bool = False,
+        audit_users: Sequence[str] = (),
+    ) -> None:
+        # the users whose requests the apiserver writes to its audit log (``audit_log_path``,
+        # JSON lines, one per request at the Metadata level); none: no audit log
+        self._audit_users = tuple(audit_users)
         self._dir = Path(work_dir).resolve()
         self._binaries = binaries
         self._detach = detach
@@ -186,6 +196,12 @@ class Cluster:
     @property
     def kubeconfig_path(self) -> Path:
         return self._dir / "kubeconfig"
+
+    @property
+    def audit_log_path(self) -> Path:
+        """The apiserver's audit log (only with ``audit_users``): one JSON event per
+        request of those users, written when the request completes."""
+        return self._dir / "audit.log"
 
     @property
     def server(self) -> str:
@@ -431,6 +447,29 @@ class Cluster:
             # No controller-manager mints service-account tokens here; without this plugin
             # pods need not wait for them. Every other default plugin (webhooks included) stays.
             "--disable-admission-plugins=ServiceAccount",
+            *self._audit_flags(),
+        ]
+
+    def _audit_flags(self) -> list[str]:
+        if not self._audit_users:
+            return []
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            # one event per request, when it completes (a watch's too)
+            "omitStages": ["RequestReceived", "ResponseStarted"],
+            "rules": [
+                {"level": "Metadata", "users": list(self._audit_users)},
+                {"level": "None"},
+            ],
+        }
+        path = self._dir / "audit-policy.yaml"
+        path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+        return [
+            f"--audit-policy-file={path}",
+            f"--audit-log-path={self.audit_log_path}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=4096",  # MB: no rotation during a benchmark
         ]
 
     def _spawn(self, name: str, command: list[str]) -> _Process:

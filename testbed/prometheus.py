@@ -3,7 +3,8 @@
 ``PrometheusServer`` runs Debian's ``/usr/bin/prometheus`` (override with
 ``KSC_PROMETHEUS_BIN``) with a generated configuration: one job, ``simulated-models``, that
 discovers its targets from the traffic simulator's ``file_sd`` file, and a 1 s scrape and
-evaluation interval, so tests see new data within seconds.
+evaluation interval, so tests see new data within seconds (``scrape_interval`` sets
+another, e.g. for thousands of targets).
 
     with PrometheusServer(work_dir, sd_file) as prometheus:
         prometheus.query('up')
@@ -74,7 +75,11 @@ class PrometheusServer:
         binary: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         static_targets: Mapping[str, str] | None = None,
+        scrape_interval: float = 1.0,
     ) -> None:
+        if not 0.1 <= scrape_interval <= 300:
+            raise ValueError(f"the scrape interval must be 0.1..300 s, got {scrape_interval}")
+        self.scrape_interval = scrape_interval
         self.work_dir = Path(work_dir)
         self.sd_file = Path(sd_file)
         # job name -> host:port scraped as is (e.g. the shadow collector)
@@ -122,9 +127,9 @@ class PrometheusServer:
     def config(self) -> dict[str, Any]:
         return {
             "global": {
-                "scrape_interval": "1s",
-                "scrape_timeout": "900ms",
-                "evaluation_interval": "1s",
+                "scrape_interval": _duration(self.scrape_interval),
+                "scrape_timeout": _duration(min(self.scrape_interval * 0.9, 10.0)),
+                "evaluation_interval": _duration(self.scrape_interval),
             },
             "scrape_configs": [
                 {
@@ -291,6 +296,12 @@ class PrometheusServer:
         terminate(int(state["pid"]), state["start_time"], signals=_signals(grace),
                   name="prometheus")  # fmt: skip
         return True
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as a Prometheus duration (``1s``, ``900ms``)."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
 
 
 def _signals(grace: float) -> tuple[tuple[signal.Signals, float], ...]:

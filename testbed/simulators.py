@@ -30,7 +30,7 @@ from testbed.gateway import GatewaySimulator
 from testbed.kserve.controller import KServeSimulator, SplitTarget
 from testbed.kserve.standard import StandardWorld
 from testbed.mirror import MirrorSimulator
-from testbed.traffic import Target, TrafficSimulator
+from testbed.traffic import MODES, PROFILES, Target, TrafficSimulator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--logger-url", default=None, help="where payload-logger events go (default: none)"
     )
+    parser.add_argument(
+        "--traffic-mode", choices=MODES, default="per-request",
+        help="draw each request, or each target's counts per tick (thousands of services)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tick-interval", type=float, default=0.2, help="seconds between traffic ticks"
+    )
+    parser.add_argument(
+        "--profiles", default=None,
+        help=f"series groups each target exposes, comma-separated (default: {','.join(PROFILES)})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     configure_logging("production", "info")
@@ -52,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     traffic = TrafficSimulator(
-        BehaviourWatcher(args.behaviour), sd_file=args.sd_file, logger_url=args.logger_url
+        BehaviourWatcher(args.behaviour),
+        sd_file=args.sd_file,
+        logger_url=args.logger_url,
+        mode=args.traffic_mode,
+        tick_interval=args.tick_interval,
+        profiles=args.profiles.split(",") if args.profiles else None,
     )
     kube = KubeClient.from_kubeconfig(args.kubeconfig)
 

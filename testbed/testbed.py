@@ -34,8 +34,9 @@ from testbed.cluster import Cluster
 from testbed.crds import ensure_crds
 from testbed.processes import alive, start_time, tail, terminate
 from testbed.prometheus import PrometheusServer
+from testbed.traffic import TrafficMode
 
-__all__ = ["Testbed", "TestbedError", "default_sandbox_dir"]
+__all__ = ["AUDITED_USER", "Scale", "Testbed", "TestbedError", "default_sandbox_dir"]
 
 # The checkout this package lives in: the test bed is not installed with the product, so
 # the simulator process finds it (and the product beside it) through PYTHONPATH.
@@ -43,6 +44,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIELD_MANAGER = "kserve-canary-sandbox"
 NAMESPACES = ("kserve-canary", "models")
 SIMULATORS_MODULE = "testbed.simulators"
+# The apiserver writes this user's requests, and only these, to its audit log
+# (cluster/audit.log): a benchmark gives the controller a client certificate of this user
+# (Cluster.issue_client_certificate) to count the controller's requests by verb.
+AUDITED_USER = "kserve-canary-audited"
 COLLECTOR_JOB = "shadow-collector"
 CRD_FILES = (
     "serving.kserve.io_inferenceservices.yaml",
@@ -78,6 +83,22 @@ def _load_yaml(path: Path) -> Any:
 
 
 @dataclass(frozen=True)
+class Scale:
+    """How the test bed is set up for many InferenceServices (the defaults are the test
+    suite's): the traffic simulator's ``traffic_mode``, ``tick_interval`` and exposed
+    ``profiles`` (:mod:`testbed.traffic`), Prometheus' ``scrape_interval`` (seconds), and
+    the users whose apiserver requests are written to the apiserver's audit log
+    (``audit_users``, :attr:`testbed.cluster.Cluster.audit_log_path`; by default
+    :data:`AUDITED_USER`, whom nothing uses unless a benchmark does)."""
+
+    traffic_mode: TrafficMode = "per-request"
+    tick_interval: float = 0.2
+    profiles: tuple[str, ...] | None = None
+    scrape_interval: float = 1.0
+    audit_users: tuple[str, ...] = (AUDITED_USER,)
+
+
+@dataclass(frozen=True)
 class Timings:
     binaries: float
     cluster: float
@@ -104,6 +125,7 @@ class Testbed:
         standard_routing: Literal["v0.20", "weighted"] = "v0.20",
         logger_url: str | None = None,
         log: Callable[[str], None] = lambda _: None,
+        scale: Scale | None = None,
     ) -> None:
         # absolute: the processes started here (Prometheus's --config.file, the kubeconfig
         # they are handed) run with other working directories
@@ -116,6 +138,7 @@ class Testbed:
         # (a shadow collector's URL); None: it sends none
         self.logger_url = logger_url
         self.crd_dir = crd_dir  # None: fetched from the pinned Go modules when starting
+        self.scale = scale or Scale()
         self._log = log
         self.cluster: Cluster | None = None
         self.prometheus: PrometheusServer | None = None
@@ -180,7 +203,10 @@ class Testbed:
         binaries = ensure_built(log=self._log)
         t1 = time.monotonic()
         self._log("starting etcd and kube-apiserver")
-        self.cluster = Cluster(self.work_dir / "cluster", binaries, detach=self.detach)
+        self.cluster = Cluster(
+            self.work_dir / "cluster", binaries, detach=self.detach,
+            audit_users=self.scale.audit_users,
+        )  # fmt: skip
         self.cluster.start()
         t2 = time.monotonic()
         self._log("installing CRDs and namespaces")
@@ -199,6 +225,7 @@ class Testbed:
         self.prometheus = PrometheusServer(
             self.work_dir / "prometheus", self.sd_file, detach=self.detach,
             static_targets={COLLECTOR_JOB: f"127.0.0.1:{self.collector_port}"},
+            scrape_interval=self.scale.scrape_interval,
         )  # fmt: skip
         self.prometheus.start()
         t5 = time.monotonic()
@@ -269,6 +296,9 @@ class Testbed:
             "--ready-file", str(ready),
             "--standard-routing", self.standard_routing,
             *(["--logger-url", self.logger_url] if self.logger_url else []),
+            "--traffic-mode", self.scale.traffic_mode,
+            "--tick-interval", str(self.scale.tick_interval),
+            *(["--profiles", ",".join(self.scale.profiles)] if self.scale.profiles else []),
         ]  # fmt: skip
         self._simulators = subprocess.Popen(
             command,
@@ -311,6 +341,15 @@ class Testbed:
             "collector_port": self.collector_port,
         }
         self.state_path.write_text(json.dumps(state, indent=2))
+
+    @property
+    def simulators_pid(self) -> int | None:
+        """The simulators' process (KServe, traffic, Gateway, mirrors), while up."""
+        return self._simulators.pid if self._simulators is not None else None
+
+    @property
+    def collector_pid(self) -> int | None:
+        return self._collector.pid if self._collector is not None else None
 
     def down(self) -> None:
         if self._kube is not None:

@@ -71,18 +71,18 @@ import tempfile
 import threading
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from itertools import accumulate
+from itertools import accumulate, repeat
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -92,12 +92,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from canary.log import get_logger
+from testbed.aggregate import Categorical, binomial, clipped_normal_buckets, lognormal_buckets
 from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
 from testbed.payload_logger import EventSender, LoggerEvent
 
 __all__ = [
     "FRAUD_SCORE_BUCKETS",
     "LATENCY_BUCKETS_SECONDS",
+    "MODES",
+    "PROFILES",
     "RequestCounts",
     "Target",
     "TrafficSimulator",
@@ -144,6 +147,30 @@ _SCORE_OUTCOMES = ("true_positive", "false_negative", "false_positive", "true_ne
 # A standard normal from a uniform in (0, 1): a C function behind a thin method, several times
 # faster than random.gauss (Box-Muller in Python), which dominated the hot loop.
 _NORMAL_FROM_UNIFORM = NormalDist().inv_cdf
+
+PROFILES = ("knative-otel", "knative-opencensus", "istio", "kserve-model-server", "business")
+"""The groups of series a target can expose (the module doc's table); all by default."""
+
+MODES = ("per-request", "aggregate")
+"""How requests are generated: each one drawn (latency, status, decision), or each
+target's counts per tick drawn in aggregate (:mod:`testbed.aggregate`; mirrored requests
+are still drawn one by one, as the copies share their draws)."""
+
+TrafficMode = Literal["per-request", "aggregate"]
+
+# HELP texts, shared by the collector and the fast renderer (the scrape is the same text)
+_HELP = {
+    "target_info": "Target metadata",
+    "kn_serving_invocation_duration_seconds": "The duration of task execution.",
+    "http_server_request_duration_seconds": "Duration of HTTP server requests.",
+    "revision_request_count": "The number of requests",
+    "revision_request_latencies": "The response latencies",
+    "istio_requests": "Total requests.",
+    "istio_request_duration_milliseconds": "Request duration.",
+    "request_predict_seconds": "predict request latency",
+    "fraud_decisions": "Fraud decisions by true outcome.",
+    "fraud_score": "Fraud score of each decision.",
+}
 
 
 @dataclass(frozen=True)
@@ -203,7 +230,11 @@ class _Endpoint:
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
     score_counts: list[int] = field(default_factory=lambda: [0] * (len(FRAUD_SCORE_BUCKETS) + 1))
     score_sum: float = 0.0
+    profiles: frozenset[str] = frozenset(PROFILES)
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    version: int = 0  # bumped by every change of the counters (the scrape's cache key)
+    rendered: tuple[int, bytes] | None = None  # the last scrape text, and its version
+    renderer: _Renderer | None = None
 
     @cached_property
     def pod(self) -> str:
@@ -275,12 +306,18 @@ class _EndpointCollector(Collector):
             (str(code), counts, sums[code], _cumulative(counts, _LE_SECONDS))
             for code, counts in latency.items()
         ]
+        exposed = ep.profiles
         if ep.mode == "knative":
-            yield from self._knative_otel(per_code)
-            yield from self._knative_opencensus(latency, sums)
-        yield from self._istio(latency, sums)
-        yield from self._model_server(latency, sums)
-        yield from self._business(decisions, scores, score_sum)
+            if "knative-otel" in exposed:
+                yield from self._knative_otel(per_code)
+            if "knative-opencensus" in exposed:
+                yield from self._knative_opencensus(latency, sums)
+        if "istio" in exposed:
+            yield from self._istio(latency, sums)
+        if "kserve-model-server" in exposed:
+            yield from self._model_server(latency, sums)
+        if "business" in exposed:
+            yield from self._business(decisions, scores, score_sum)
 
     def _knative_otel(
         self, per_code: list[tuple[str, list[int], float, list[tuple[str, float]]]]
@@ -288,7 +325,7 @@ class _EndpointCollector(Collector):
         ep = self._ep
         info = GaugeMetricFamily(
             "target_info",
-            "Target metadata",
+            _HELP["target_info"],
             labels=[
                 "k8s_namespace_name",
                 "k8s_pod_name",
@@ -301,12 +338,12 @@ class _EndpointCollector(Collector):
         yield info
         invocation = HistogramMetricFamily(
             "kn_serving_invocation_duration_seconds",
-            "The duration of task execution.",
+            _HELP["kn_serving_invocation_duration_seconds"],
             labels=["http_response_status_code"],
         )
         server = HistogramMetricFamily(
             "http_server_request_duration_seconds",
-            "Duration of HTTP server requests.",
+            _HELP["http_server_request_duration_seconds"],
             labels=["http_request_method", "http_response_status_code"],
         )
         for code, _counts, total, buckets in per_code:
@@ -328,9 +365,9 @@ class _EndpointCollector(Collector):
         ]
         # OpenCensus' exporter names this counter without ``_total``; prometheus_client's
         # counter family would add the suffix, so it is exposed untyped under its real name.
-        count = Metric("revision_request_count", "The number of requests", "unknown")
+        count = Metric("revision_request_count", _HELP["revision_request_count"], "unknown")
         latencies = HistogramMetricFamily(
-            "revision_request_latencies", "The response latencies", labels=names
+            "revision_request_latencies", _HELP["revision_request_latencies"], labels=names
         )
         for code, counts in latency.items():
             values = [ep.namespace, ep.configuration, ep.name, str(code), f"{code // 100}xx"]
@@ -348,9 +385,11 @@ class _EndpointCollector(Collector):
             "destination_workload_namespace",
             "response_code",
         ]
-        total = CounterMetricFamily("istio_requests", "Total requests.", labels=names)
+        total = CounterMetricFamily("istio_requests", _HELP["istio_requests"], labels=names)
         duration = HistogramMetricFamily(
-            "istio_request_duration_milliseconds", "Request duration.", labels=names
+            "istio_request_duration_milliseconds",
+            _HELP["istio_request_duration_milliseconds"],
+            labels=names,
         )
         for code, counts in latency.items():
             values = ["destination", ep.workload, ep.namespace, str(code)]
@@ -363,7 +402,7 @@ class _EndpointCollector(Collector):
         self, latency: dict[int, list[int]], sums: dict[int, float]
     ) -> Iterator[Metric]:
         predict = HistogramMetricFamily(
-            "request_predict_seconds", "predict request latency", labels=["model_name"]
+            "request_predict_seconds", _HELP["request_predict_seconds"], labels=["model_name"]
         )
         if latency:
             merged = [sum(column) for column in zip(*latency.values(), strict=True)]
@@ -378,15 +417,198 @@ class _EndpointCollector(Collector):
         self, decisions: dict[tuple[str, str], int], scores: list[int], score_sum: float
     ) -> Iterator[Metric]:
         family = CounterMetricFamily(
-            "fraud_decisions", "Fraud decisions by true outcome.", labels=["decision", "outcome"]
+            "fraud_decisions", _HELP["fraud_decisions"], labels=["decision", "outcome"]
         )
         for (decision, outcome), count in decisions.items():
             family.add_metric([decision, outcome], float(count))
         yield family
-        score = HistogramMetricFamily("fraud_score", "Fraud score of each decision.")
+        score = HistogramMetricFamily("fraud_score", _HELP["fraud_score"])
         if decisions:
             score.add_metric([], _cumulative(scores, _LE_SCORE), score_sum)
         yield score
+
+
+def _float_text(value: float) -> str:
+    """A sample value as ``generate_latest`` prints it (prometheus_client's
+    ``floatToGoString``: Python's repr, but Go's exponent form from a million on)."""
+    value = float(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(value)
+    dot = text.find(".")
+    if value > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+def _count_text(value: int) -> str:
+    """A count as :func:`_float_text` prints it, fast for the usual case (a whole number
+    below a million prints as ``123.0``)."""
+    return f"{value}.0" if 0 <= value < 1_000_000 else _float_text(value)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _label_text(labels: Sequence[tuple[str, str]]) -> str:
+    """Labels sorted by name and escaped as ``generate_latest`` writes them."""
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in sorted(labels))
+
+
+class _Renderer:
+    """One endpoint's scrape, written as text directly: byte for byte what
+    ``generate_latest`` makes of its :class:`_EndpointCollector` (a unit test compares
+    them), at a fraction of the cost. The label text of every series is built once; a
+    scrape then joins those with the current counts."""
+
+    def __init__(self, ep: _Endpoint) -> None:
+        self._ep = ep
+        self._series: dict[tuple[str, int], list[str]] = {}  # (family, code) -> line heads
+
+    def _histogram_heads(
+        self, name: str, labels: Sequence[tuple[str, str]], les: Sequence[str]
+    ) -> list[str]:
+        """The heads (everything before the value) of a histogram series' bucket lines,
+        then of its ``_count`` and ``_sum``."""
+        inner = _label_text(labels)
+        heads = [f"{name}_bucket{{{_label_text([*labels, ('le', le)])}}} " for le in les]
+        braces = f"{{{inner}}}" if inner else ""
+        heads.append(f"{name}_count{braces} ")
+        heads.append(f"{name}_sum{braces} ")
+        return heads
+
+    def _heads(self, family: str, code: int) -> list[str]:
+        found = self._series.get((family, code))
+        if found is None:
+            found = self._series[(family, code)] = self._build(family, code)
+        return found
+
+    def _build(self, family: str, code: int) -> list[str]:
+        ep = self._ep
+        status = str(code)
+        if family == "kn_serving_invocation_duration_seconds":
+            return self._histogram_heads(family, [("http_response_status_code", status)],
+                                         _LE_SECONDS)  # fmt: skip
+        if family == "http_server_request_duration_seconds":
+            labels = [("http_request_method", "POST"), ("http_response_status_code", status)]
+            return self._histogram_heads(family, labels, _LE_SECONDS)
+        opencensus = [
+            ("namespace_name", ep.namespace),
+            ("configuration_name", ep.configuration),
+            ("revision_name", ep.name),
+            ("response_code", status),
+            ("response_code_class", f"{code // 100}xx"),
+        ]
+        if family == "revision_request_count":
+            return [f"revision_request_count{{{_label_text(opencensus)}}} "]
+        if family == "revision_request_latencies":
+            return self._histogram_heads(family, opencensus, _LE_MS)
+        istio = [
+            ("reporter", "destination"),
+            ("destination_workload", ep.workload),
+            ("destination_workload_namespace", ep.namespace),
+            ("response_code", status),
+        ]
+        if family == "istio_requests_total":
+            return [f"istio_requests_total{{{_label_text(istio)}}} "]
+        if family == "istio_request_duration_milliseconds":
+            return self._histogram_heads(family, istio, _LE_MS)
+        if family == "request_predict_seconds":
+            return self._histogram_heads(family, [("model_name", ep.isvc)], _LE_SECONDS)
+        if family == "fraud_score":
+            return self._histogram_heads(family, [], _LE_SCORE)
+        raise AssertionError(f"no series heads for {family}")  # pragma: no cover
+
+    @staticmethod
+    def _preamble(out: list[str], name: str, kind: str) -> None:
+        out.append(f"# HELP {name} {_HELP[name.removesuffix('_total')]}\n# TYPE {name} {kind}\n")
+
+    @staticmethod
+    def _histogram(out: list[str], heads: list[str], counts: list[str], total: str) -> None:
+        out.extend(map("".join, zip(heads, counts, repeat("\n"))))  # buckets, then _count
+        out.append(f"{heads[-1]}{total}\n")
+
+    def render(self) -> bytes:
+        ep = self._ep
+        with ep.lock:
+            version = ep.version
+            if ep.rendered is not None and ep.rendered[0] == version:
+                return ep.rendered[1]
+            latency = {code: list(counts) for code, counts in sorted(ep.latency_counts.items())}
+            sums = dict(ep.latency_sums)
+            decisions = dict(sorted(ep.decisions.items()))
+            scores = list(ep.score_counts)
+            score_sum = ep.score_sum
+        exposed = ep.profiles
+        # cumulative counts as text, once per status code; the last is the _count
+        cumulative = {
+            code: [*map(_count_text, accumulate(counts))] for code, counts in latency.items()
+        }
+        for texts in cumulative.values():
+            texts.append(texts[-1])
+        out: list[str] = []
+        histogram = self._histogram
+        if ep.mode == "knative" and "knative-otel" in exposed:
+            self._preamble(out, "target_info", "gauge")
+            labels = _label_text([
+                ("k8s_namespace_name", ep.namespace), ("k8s_pod_name", ep.pod),
+                ("kn_configuration_name", ep.configuration), ("kn_revision_name", ep.name),
+                ("kn_service_name", ep.configuration),
+            ])  # fmt: skip
+            out.append(f"target_info{{{labels}}} 1.0\n")
+            for family in (
+                "kn_serving_invocation_duration_seconds",
+                "http_server_request_duration_seconds",
+            ):
+                self._preamble(out, family, "histogram")
+                for code in latency:
+                    histogram(out, self._heads(family, code), cumulative[code],
+                              _float_text(sums[code]))  # fmt: skip
+        if ep.mode == "knative" and "knative-opencensus" in exposed:
+            self._preamble(out, "revision_request_count", "untyped")
+            for code in latency:
+                out.append(f"{self._heads('revision_request_count', code)[0]}"
+                           f"{cumulative[code][-1]}\n")  # fmt: skip
+            self._preamble(out, "revision_request_latencies", "histogram")
+            for code in latency:
+                histogram(out, self._heads("revision_request_latencies", code),
+                          cumulative[code], _float_text(sums[code] * 1000.0))  # fmt: skip
+        if "istio" in exposed:
+            self._preamble(out, "istio_requests_total", "counter")
+            for code in latency:
+                out.append(f"{self._heads('istio_requests_total', code)[0]}"
+                           f"{cumulative[code][-1]}\n")  # fmt: skip
+            self._preamble(out, "istio_request_duration_milliseconds", "histogram")
+            for code in latency:
+                histogram(out, self._heads("istio_request_duration_milliseconds", code),
+                          cumulative[code], _float_text(sums[code] * 1000.0))  # fmt: skip
+        if "kserve-model-server" in exposed:
+            self._preamble(out, "request_predict_seconds", "histogram")
+            if latency:
+                merged = [sum(column) for column in zip(*latency.values(), strict=True)]
+                texts = [*map(_count_text, accumulate(merged))]
+                texts.append(texts[-1])
+                histogram(out, self._heads("request_predict_seconds", 0), texts,
+                          _float_text(sum(sums.values())))  # fmt: skip
+        if "business" in exposed:
+            self._preamble(out, "fraud_decisions_total", "counter")
+            for (decision, outcome), count in decisions.items():
+                labels = _label_text([("decision", decision), ("outcome", outcome)])
+                out.append(f"fraud_decisions_total{{{labels}}} {_count_text(count)}\n")
+            self._preamble(out, "fraud_score", "histogram")
+            if decisions:
+                texts = [*map(_count_text, accumulate(scores))]
+                texts.append(texts[-1])
+                histogram(out, self._heads("fraud_score", 0), texts, _float_text(score_sum))
+        body = "".join(out).encode()
+        with ep.lock:
+            if ep.version == version:
+                ep.rendered = (version, body)
+        return body
 
 
 @dataclass(frozen=True)
@@ -423,7 +645,11 @@ class TrafficSimulator:
     seconds of traffic; ``start()`` does that from a background thread every
     ``tick_interval`` seconds and serves the metrics. Inject ``rng`` for reproducible runs.
     ``logger_url`` (or :meth:`set_logger_url`): where the payload-logger events of mirrored
-    requests go (module doc); ``None`` sends none.
+    requests go (module doc); ``None`` sends none. ``mode`` (:data:`MODES`): each request
+    drawn (the default), or each target's counts per tick drawn in aggregate, for
+    thousands of InferenceServices (the same series, labels and counter semantics).
+    ``profiles`` (:data:`PROFILES`; default all): the groups of series each target exposes,
+    fewer for a Prometheus that must hold thousands of targets.
     """
 
     def __init__(
@@ -436,7 +662,19 @@ class TrafficSimulator:
         tick_interval: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         logger_url: str | None = None,
+        mode: TrafficMode = "per-request",
+        profiles: Collection[str] | None = None,
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown traffic mode {mode!r}; allowed: {', '.join(MODES)}")
+        unknown = sorted(set(profiles or ()) - set(PROFILES))
+        if unknown or (profiles is not None and not profiles):
+            raise ValueError(
+                f"unknown or no profiles {unknown or []}; allowed: {', '.join(PROFILES)}"
+            )
+        self.mode: TrafficMode = mode
+        self.profiles = frozenset(PROFILES if profiles is None else profiles)
+        self._sd_written: list[dict[str, Any]] | None = None
         if isinstance(behaviour, BehaviourBook):
             book = behaviour
             self._behaviour: Callable[[], BehaviourBook] = lambda: book
@@ -634,6 +872,7 @@ class TrafficSimulator:
             mirrored[key] = (name, copy_to)
         wanted.update(mirrored)
         self._services = services
+        moved = False  # whether a target appeared or went: only then is the file rewritten
         for key in list(self._endpoints):
             current = self._endpoints[key]
             spec = wanted.get(key)
@@ -643,29 +882,39 @@ class TrafficSimulator:
                 current.mode,
             ):
                 del self._endpoints[key]  # the pod goes away (or is replaced)
+                moved = True
         for key, (name, target) in wanted.items():
             if key not in self._endpoints:
                 self._endpoints[key] = self._new_endpoint(key[0], name, target)
-        if self._server is not None:
+                moved = True
+        if self._server is not None and moved:
             self._write_sd_file()
 
     def _new_endpoint(self, namespace: str, isvc: str, target: Target) -> _Endpoint:
         self._next_ip += 1
         ip = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 2}"
         endpoint = _Endpoint(
-            namespace, isvc, target.revision, target.storage_uri, target.mode, ip, threading.Lock()
-        )
+            namespace, isvc, target.revision, target.storage_uri, target.mode, ip, threading.Lock(),
+            profiles=self.profiles,
+        )  # fmt: skip
         endpoint.registry.register(_EndpointCollector(endpoint))
+        endpoint.renderer = _Renderer(endpoint)
         return endpoint
 
     def _write_sd_file(self) -> None:
-        """Replace the service-discovery file atomically (Prometheus never reads half)."""
+        """Replace the service-discovery file atomically (Prometheus never reads half);
+        not when its entries are those last written (a new split moves no target)."""
         entries = self.scrape_targets()
+        if entries == self._sd_written and self._sd_file.exists():
+            return
+        self._sd_written = entries
         self._sd_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._sd_file.parent, prefix=".targets-", suffix=".json")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(entries, handle, indent=2, sort_keys=True)
+                # one entry a line: readable, and the C encoder (indent= would not use it)
+                handle.write("[\n" + ",\n".join(json.dumps(e, sort_keys=True) for e in entries))
+                handle.write("\n]\n")
             os.chmod(tmp, 0o644)  # Prometheus may run as another user
             os.replace(tmp, self._sd_file)
         except BaseException:
@@ -710,7 +959,11 @@ class TrafficSimulator:
         routed = [t for t in service.targets if t.percent > 0]
         if live == 0 or not routed:
             return 0
-        shares = self._split(live, [t.percent for t in routed])
+        shares = (
+            self._split(live, [t.percent for t in routed])
+            if self.mode == "per-request"
+            else _shares(self._rng, live, [t.percent for t in routed])
+        )
         mirror: _Endpoint | None = None
         mirror_behaviour = book.default
         share, paired = 0.0, False
@@ -728,7 +981,10 @@ class TrafficSimulator:
             behaviour = book.for_model(target.storage_uri)
             mirrored = self._binomial(count, share) if mirror is not None else 0
             if mirror is None or not mirrored:
-                self._serve(endpoint, behaviour, count)
+                if self.mode == "aggregate":
+                    self._serve_aggregate(endpoint, behaviour, count)
+                else:
+                    self._serve(endpoint, behaviour, count)
                 continue
             copies += mirrored
             # the first `mirrored` of the `count` live requests are copied (all are alike)
@@ -765,6 +1021,8 @@ class TrafficSimulator:
     def _binomial(self, n: int, p: float) -> int:
         if p >= 1:
             return n
+        if self.mode == "aggregate":
+            return binomial(self._rng, n, p)
         rnd = self._rng.random
         return sum(1 for _ in range(n) if rnd() < p)
 
@@ -887,21 +1145,76 @@ class TrafficSimulator:
             score_sum += score
             if answers is not None and i < shared:
                 answers.append((decline, score))
+        self._record(ep, n, errors, mirrored, (_sparse(ok_counts), ok_sum),
+                     (_sparse(error_counts), error_sum), outcomes, _sparse(scores),
+                     score_sum)  # fmt: skip
+
+    def _serve_aggregate(
+        self, ep: _Endpoint, behaviour: ModelBehaviour, n: int, *, mirrored: bool = False
+    ) -> None:
+        """Serve ``n`` requests on ``ep`` in aggregate (:mod:`testbed.aggregate`): the
+        5xx, each status' latency buckets, the decisions and the score buckets drawn as
+        counts; each histogram's sum is its buckets' counts times the means within them."""
+        rng = self._rng
+        latency, seconds = lognormal_buckets(
+            behaviour.latency.mu, behaviour.latency.sigma, LATENCY_BUCKETS_SECONDS
+        )
+        errors = binomial(rng, n, behaviour.error_rate)
+        ok = n - errors
+        ok_counts = latency.sample(rng, ok)
+        error_counts = latency.sample(rng, errors)
+        biz = behaviour.business
+        frauds = binomial(rng, ok, biz.fraud_rate)
+        caught = binomial(rng, frauds, biz.detection_rate)
+        flagged = binomial(rng, ok - frauds, biz.false_positive_rate)
+        # indexes into _SCORE_OUTCOMES: true/false positives decline, the others approve
+        outcomes = [caught, frauds - caught, flagged, ok - frauds - flagged]
+        declined, decline_means = clipped_normal_buckets(
+            biz.decline_score_mean, biz.score_stddev, FRAUD_SCORE_BUCKETS
+        )
+        approved, approve_means = clipped_normal_buckets(
+            biz.approve_score_mean, biz.score_stddev, FRAUD_SCORE_BUCKETS
+        )
+        declines = declined.sample(rng, outcomes[0] + outcomes[2])
+        approves = approved.sample(rng, outcomes[1] + outcomes[3])
+        scores = dict(declines)
+        for index, count in approves.items():
+            scores[index] = scores.get(index, 0) + count
+        score_sum = _weighted(declines, decline_means) + _weighted(approves, approve_means)
+        self._record(
+            ep, n, errors, mirrored,
+            (ok_counts, _weighted(ok_counts, seconds)),
+            (error_counts, _weighted(error_counts, seconds)),
+            outcomes, scores, score_sum,
+        )  # fmt: skip
+
+    @staticmethod
+    def _record(
+        ep: _Endpoint,
+        n: int,
+        errors: int,
+        mirrored: bool,
+        ok: tuple[Mapping[int, int], float],
+        error: tuple[Mapping[int, int], float],
+        outcomes: list[int],
+        scores: Mapping[int, int],
+        score_sum: float,
+    ) -> None:
+        """Add what ``n`` requests did to the endpoint's counters (one lock); bucket
+        counts are ``{bucket: count}`` of the buckets that got any."""
         with ep.lock:
+            ep.version += 1
             ep.requests += n
             ep.errors += errors
             if mirrored:
                 ep.mirrored += n
-            for code, counts, total in (
-                (_STATUS_OK, ok_counts, ok_sum),
-                (_STATUS_ERROR, error_counts, error_sum),
-            ):
-                if not any(counts):
+            for code, (counts, total) in ((_STATUS_OK, ok), (_STATUS_ERROR, error)):
+                if not counts:
                     continue
+                size = len(LATENCY_BUCKETS_SECONDS) + 1
                 target = ep.latency_counts.setdefault(code, [0] * size)
-                for i, count in enumerate(counts):
-                    if count:
-                        target[i] += count
+                for i, count in counts.items():
+                    target[i] += count
                 ep.latency_sums[code] = ep.latency_sums.get(code, 0.0) + total
             if n > errors:
                 for i, outcome in enumerate(_SCORE_OUTCOMES):
@@ -909,7 +1222,7 @@ class TrafficSimulator:
                         decision = "decline" if i in (0, 2) else "approve"
                         key = (decision, outcome)
                         ep.decisions[key] = ep.decisions.get(key, 0) + outcomes[i]
-                for i, count in enumerate(scores):
+                for i, count in scores.items():
                     ep.score_counts[i] += count
                 ep.score_sum += score_sum
 
@@ -998,7 +1311,26 @@ class TrafficSimulator:
             endpoint = self._endpoints.get((parts[1], parts[2]))
         if endpoint is None:
             return None
-        return generate_latest(endpoint.registry)
+        assert endpoint.renderer is not None
+        return endpoint.renderer.render()
+
+
+def _weighted(counts: Mapping[int, int], means: Sequence[float]) -> float:
+    """Σ count × mean: the sum of a histogram's observations from its buckets' means."""
+    return math.fsum(count * means[index] for index, count in counts.items())
+
+
+def _sparse(counts: Sequence[int]) -> dict[int, int]:
+    return {index: count for index, count in enumerate(counts) if count}
+
+
+def _shares(rng: random.Random, n: int, percents: Sequence[int]) -> list[int]:
+    """``n`` requests over targets weighted by ``percents``, drawn in aggregate."""
+    if len(percents) == 1:
+        return [n]
+    total = sum(percents)
+    drawn = Categorical([p / total for p in percents]).sample(rng, n)
+    return [drawn.get(index, 0) for index in range(len(percents))]
 
 
 class _MetricsServer(ThreadingHTTPServer):

@@ -8,6 +8,7 @@ Prometheus gets as rollouts are added, and what each rollout reads.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from analysis.types import (
     Unreachable,
     UnreadableSample,
 )
+from canary.settings import load_settings
 
 AT = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -208,6 +210,36 @@ def test_query_count_does_not_grow_with_the_number_of_rollouts() -> None:
     for s in subjects:  # the same look again is served from the cache
         looks.look(s, AT + SECOND * 5)
     assert len(prometheus.sent) - sent_before == 5
+
+
+def test_without_batching_each_rollout_sends_its_own_queries() -> None:
+    revisions = {("ns", f"m{i}-0000{v}"): Revision(requests=100.0 + i, errors=float(i))
+                 for i in range(6) for v in (1, 2)}  # fmt: skip
+    grouped, alone = FakePrometheus(revisions), FakePrometheus(revisions)
+    batched = source(grouped)
+    unbatched = LookSource(alone, period=SECOND * 5, lag=SECOND * 2, window=SECOND * 60,
+                           batch=False)  # fmt: skip
+    subjects = [subject("ns", f"m{i}-00002", f"m{i}-00001") for i in range(6)]
+    for looks in (batched, unbatched):
+        for s in subjects:
+            looks.look(s, AT)
+    sent = len(alone.sent)
+    for s in subjects:
+        looks_of = (batched.look(s, AT + SECOND * 5), unbatched.look(s, AT + SECOND * 5))
+        # the same numbers either way
+        assert looks_of[0].canary == looks_of[1].canary
+        assert looks_of[0].baseline == looks_of[1].baseline
+    assert len(alone.sent) - sent == 5 * len(subjects)  # five per look per rollout
+    for promql in alone.sent:  # each selects one rollout's two revisions only
+        assert re.search(r'revision=~"m(\d)-00002\|m\1-00001"|revision=~"m(\d)-00001\|m\2-00002"',
+                         promql), promql  # fmt: skip
+    assert unbatched.queries_sent == len(alone.sent)
+
+
+def test_the_setting_turns_batching_off() -> None:
+    assert load_settings().batch_looks is True
+    settings = load_settings(None, batch_looks=False)
+    assert settings.batch_looks is False
 
 
 def test_each_rollout_reads_its_own_canary_and_baseline() -> None:

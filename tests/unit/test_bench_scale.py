@@ -1,0 +1,109 @@
+"""The scale benchmark's own parts (bench/scale.py): reading metrics text, the tick-lag
+quantiles from histogram buckets, the profile summary, and the met/missed verdicts. No
+timing is asserted: the figures are the benchmark's to report."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.scale import (
+    Options,
+    SizeResult,
+    histogram_quantile,
+    render,
+    samples,
+    summarise_profile,
+    total,
+    verdicts,
+)
+
+TEXT = """\
+# HELP prometheus_http_requests_total Counter of HTTP requests.
+# TYPE prometheus_http_requests_total counter
+prometheus_http_requests_total{code="200",handler="/api/v1/query"} 120
+prometheus_http_requests_total{code="400",handler="/api/v1/query"} 3
+prometheus_http_requests_total{code="200",handler="/metrics"} 9
+prometheus_http_requests_total_created{code="200",handler="/metrics"} 1.7e+09
+kserve_canary_tick_lag_seconds_bucket{le="0.5"} 4.0
+kserve_canary_tick_lag_seconds_count 4.0
+"""
+
+
+def test_samples_and_totals_read_the_text_format() -> None:
+    assert total(TEXT, "prometheus_http_requests_total", handler="/api/v1/query") == 123
+    assert total(TEXT, "prometheus_http_requests_total") == 132  # not the _created series
+    assert list(samples(TEXT, "kserve_canary_tick_lag_seconds_bucket")) == [({"le": "0.5"}, 4.0)]
+    assert total(TEXT, "no_such_metric") == 0
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [(0.1, 50.0), (1.0, 100.0), (math.inf, 100.0)], 0.1),
+        (0.75, [(0.1, 50.0), (1.0, 100.0), (math.inf, 100.0)], 0.55),
+        (0.99, [(0.01, 99.0), (0.05, 100.0), (math.inf, 100.0)], 0.01),
+        (0.99, [(1.0, 10.0), (60.0, 10.0), (math.inf, 100.0)], 60.0),  # above every bound
+        (0.5, [(1.0, 0.0), (math.inf, 0.0)], None),  # nothing observed
+    ],
+)
+def test_histogram_quantile_interpolates_as_prometheus_does(
+    q: float, buckets: list[tuple[float, float]], expected: float | None
+) -> None:
+    found = histogram_quantile(q, buckets)
+    if expected is None:
+        assert found is None
+    else:
+        assert found == pytest.approx(expected)
+
+
+def test_the_profile_summary_counts_each_frame_once_per_sample() -> None:
+    raw = (
+        "Thread._bootstrap (threading.py:1);work (a.py:1);parse (b.py:2) 6\n"
+        "Thread._bootstrap (threading.py:1);work (a.py:1);work (a.py:1) 2\n"
+        "Thread._bootstrap (threading.py:1);wait (c.py:3) 2\n"
+    )
+    on_stack, on_top = summarise_profile(raw)
+    assert on_stack[0] == ("work (a.py:1)", 0.8)  # recursion counted once
+    assert ("parse (b.py:2)", 0.6) in on_stack
+    assert all(not frame.startswith("Thread._bootstrap") for frame, _ in on_stack)
+    assert on_top[0] == ("parse (b.py:2)", 0.6)
+
+
+def _result(n: int, **figures: object) -> SizeResult:
+    result = SizeResult(n)
+    for name, value in figures.items():
+        setattr(result, name, value)
+    return result
+
+
+def test_the_verdicts_judge_the_largest_size_and_the_worst_restart() -> None:
+    small = _result(10, tick_lag_p99=0.1, controller_cpu_cores=0.1, controller_rss_peak_mib=150,
+                    restart_all_evaluated_seconds=12.0, prometheus_queries_per_interval=10,
+                    unbatched_queries_per_interval=100,
+                    apiserver_by_resource={"get inferenceservices": 20.0,
+                                           "create events": 2.0})  # fmt: skip
+    large = _result(1000, tick_lag_p99=4.0, controller_cpu_cores=0.9, controller_rss_peak_mib=480,
+                    restart_all_evaluated_seconds=None, prometheus_queries_per_interval=12,
+                    unbatched_queries_per_interval=9000,
+                    apiserver_by_resource={"get inferenceservices": 2000.0,
+                                           "patch inferenceservices": 50.0})  # fmt: skip
+    judged = {v.target.split(" ")[0]: v for v in verdicts([small, large])}
+    assert judged["tick"].ok is False
+    assert judged["controller"].ok is True
+    assert judged["peak"].ok is False  # 480 MiB is 503 MB
+    assert judged["after"].ok is False  # not every rollout evaluated again at 1,000
+    assert judged["apiserver"].ok is False  # 22 → 2,000 (the step writes left out)
+    assert "×90.9" in judged["apiserver"].figure
+    assert judged["Prometheus"].ok is True
+    assert "×750" in judged["Prometheus"].figure
+
+
+def test_render_writes_every_row_even_without_figures() -> None:
+    markdown, block = render([_result(10), _result(100)], Options(sizes=(10, 100)), elapsed=60.0,
+                             load=("load average 1", "load average 2"))  # fmt: skip
+    assert "| tick lag p50 / p99 | – / – | – / – |" in block
+    assert "load average 1" in block
+    assert markdown.startswith("# Many rollouts on one replica")
+    assert "## How each figure is measured" in markdown

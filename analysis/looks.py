@@ -432,9 +432,7 @@ class LookSource:
         asked for together, as after a restart, are read by the same rounds instead of
         each widening them once. Sends no query and never waits for one."""
         key, canary, baseline = _idents(subject)
-        with self._wanted_lock:
-            wanted = self._wanted.setdefault(key, {})
-            wanted[canary] = wanted[baseline] = at
+        self._want(key, (canary, baseline), at)
 
     def reads(
         self, subject: Subject, after: datetime | None, now: datetime, *, limit: int = 120

@@ -22,9 +22,11 @@ sites of what is still held, and how much of it the looks (the analyzer, its
 **Restart** (``--restart R:k``): ``R`` rollouts read looks up to a time, the controller
 "restarts" (a new analyzer, an empty cache) ``k`` looks later, and every rollout is asked
 for through the controller's :class:`~canary.analysis_worker.AnalysisRunner` (four
-threads), as the engine asks after becoming leader. Reported: the query rounds (one round
+threads, which announce each look to the analyzer when it is asked for), as the engine
+asks after becoming leader. Reported: the query rounds (one round
 is one grouped raw-counter query) and the queries sent until every rollout was evaluated,
-and how long that took.
+how long that took, and the CPU time of the controller's side (the fake Prometheus' own
+time, making and parsing its answers, left out).
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ from itertools import accumulate
 from pathlib import Path
 from statistics import NormalDist
 
-from analysis.looks import GroupKey, LookSource
-from analysis.profiles import identity
+from analysis.looks import LookSource
 from analysis.runner import Analyzer
 from analysis.types import (
     CheckDefinition,
@@ -168,6 +169,7 @@ class FakePrometheus:
     sent: list[tuple[str, datetime]] = field(default_factory=list)
     delay: float = 0.0  # seconds each query takes (the server's time)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    cpu: float = 0.0  # CPU seconds spent making and parsing answers (Prometheus' share)
 
     def __post_init__(self) -> None:
         self._per_look = {name: rev.per_look() for name, rev in self.bed.revisions.items()}
@@ -178,6 +180,14 @@ class FakePrometheus:
         return sum(1 for q, _ in self.sent if kind_of(q) == "requests")
 
     def query(self, promql: str, at: datetime) -> QueryResult:
+        began = time.thread_time()
+        try:
+            return self._answer(promql, at)
+        finally:
+            with self.lock:
+                self.cpu += time.thread_time() - began
+
+    def _answer(self, promql: str, at: datetime) -> QueryResult:
         with self.lock:
             self.sent.append((promql, at))
         if self.delay:
@@ -275,13 +285,11 @@ def kind_of(promql: str) -> str:
 
 
 def known(source: LookSource, subjects: Sequence[Subject], at: datetime) -> None:
-    """Every rollout is known to the looks before the first is read (as after they have
-    all been read once): rollouts that join one by one each widen the queries once, which
-    costs a round per rollout at the first look and is not what is measured here."""
+    """Every rollout is known to the looks before the first is read (as the analysis
+    runner tells them when each asks): rollouts that join one by one each widen the
+    queries once, which is not what is measured here."""
     for subject in subjects:
-        wanted = source._wanted.setdefault(GroupKey(subject.metric_profile, subject.mode), {})
-        for revision in (subject.canary_revision, subject.baseline_revision):
-            wanted[(subject.namespace, identity(subject, revision))] = at
+        source.expect(subject, at)
 
 
 def checks() -> tuple[CheckDefinition, ...]:
@@ -337,6 +345,8 @@ class SteadyResult:
     queries: int
     seconds: float
     top: list[tuple[str, int, int]]  # (site, bytes, blocks)
+    snapshots: int  # kept by the looks at the end
+    peak: int  # the most traced at any moment (a round's parsed answers are transient)
 
 
 def steady(revisions: int, looks: int, pods: int, interval: int, top: int) -> SteadyResult:
@@ -367,7 +377,9 @@ def steady(revisions: int, looks: int, pods: int, interval: int, top: int) -> St
         memory_json.append(memory_bytes(memories[0]))
         per_look.append(traced() - start_bytes)
     seconds = time.perf_counter() - began
+    peak = tracemalloc.get_traced_memory()[1] - start_bytes
     snapshot = tracemalloc.take_snapshot()
+    kept_snapshots = source.held()
     with_all = traced()
     del analyzer, source
     looks_bytes = with_all - traced()
@@ -397,6 +409,8 @@ def steady(revisions: int, looks: int, pods: int, interval: int, top: int) -> St
         queries=len(prometheus.sent),
         seconds=seconds,
         top=sites,
+        snapshots=kept_snapshots,
+        peak=peak,
     )
 
 
@@ -413,7 +427,8 @@ def report_steady(r: SteadyResult) -> str:
         f"- growth per look over the second half: {mb(growth)} "
         f"({mb(growth / rollouts)} per rollout)",
         f"- held by the looks (analyzer and cache) at the end: {mb(r.looks_bytes)} "
-        f"({mb(r.looks_bytes / rollouts)} per rollout)",
+        f"({mb(r.looks_bytes / rollouts)} per rollout; {r.snapshots} snapshots)",
+        f"- peak while running (a round's parsed answers, transient): {mb(r.peak)}",
         f"- held by the rollouts' memories at the end: {mb(r.memories_bytes)} "
         f"({r.memories_bytes / rollouts:,.0f} B per rollout)",
         f"- one rollout's memory as JSON after the first / last look: {r.memory_json[0]:,} / "
@@ -441,6 +456,7 @@ class RestartResult:
     queries: int
     seconds: float
     looks_read: list[int]
+    cpu: float  # CPU seconds of the controller's side (the fake Prometheus' excluded)
 
 
 def restart(rollouts: int, missed: int, pods: int, workers: int) -> RestartResult:
@@ -474,7 +490,8 @@ def restart(rollouts: int, missed: int, pods: int, workers: int) -> RestartResul
     )
     runner.bind(lambda _key: done.release())
     now = T0 + PERIOD * (1 + missed) + LAG
-    began = time.perf_counter()
+    prometheus.cpu = 0.0
+    began, cpu = time.perf_counter(), time.process_time()
     tickets = []
     for subject, memory in zip(bed.subjects, memories, strict=True):  # the engine's pass
         key = (subject.namespace, subject.isvc)
@@ -486,6 +503,7 @@ def restart(rollouts: int, missed: int, pods: int, workers: int) -> RestartResul
     for _ in tickets:
         done.acquire()
     seconds = time.perf_counter() - began
+    ours = time.process_time() - cpu - prometheus.cpu
     looks_read = []
     for key, ticket, request in tickets:
         answer = runner.obtain(key, ticket, request)
@@ -494,13 +512,14 @@ def restart(rollouts: int, missed: int, pods: int, workers: int) -> RestartResul
         looks_read.append(int(str(detail.get("looks_read", 0))))
     runner.shutdown()
     return RestartResult(rollouts, missed, prometheus.rounds, len(prometheus.sent), seconds,
-                         looks_read)  # fmt: skip
+                         looks_read, ours)  # fmt: skip
 
 
 def report_restart(r: RestartResult) -> str:
     return (
         f"- restart: {r.rollouts} rollouts, {r.missed} missed looks: {r.rounds} query rounds, "
-        f"{r.queries} queries, every rollout evaluated after {r.seconds:.2f} s "
+        f"{r.queries} queries, every rollout evaluated after {r.seconds:.2f} s, "
+        f"{r.cpu:.1f} CPU s on the controller's side "
         f"(looks read per rollout: {min(r.looks_read)}-{max(r.looks_read)})\n"
     )
 

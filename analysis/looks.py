@@ -21,11 +21,11 @@ Errors are kept per revision and per *part* of a look (``requests``: the raw req
 5xx counters; ``latency``: the raw histogram; ``window_requests``, ``window_errors``,
 ``p99``: the window values), so a bad series fails only its own revision's part, and a
 check fails only on the parts it reads (:data:`PARTS`). Answers with ``warnings``
-(partial) are marked per part too. A snapshot that failed, was partial or had a problem
-for a revision is not reused for that revision: the look is asked again next time.
+(partial) are marked per part too. A revision whose raw series at a grid time failed, were
+partial or had a problem is not reused: it is asked again next time.
 
 For each group (metric profile and deployment mode) and each grid time, :class:`LookSource`
-sends a fixed set of instant queries, whatever the number of rollouts:
+sends a fixed set of instant queries (a *round*), whatever the number of rollouts:
 
 * the raw request counters (the 5xx ones are picked out of the same answer, so a look's
   errors and requests come from the same scrapes) and the raw latency histogram buckets
@@ -33,14 +33,36 @@ sends a fixed set of instant queries, whatever the number of rollouts:
 * grouped by namespace and revision over the analysis window: requests, 5xx and the p99
   (the values shown to people and judged against absolute and hard limits).
 
-The queries select every revision some rollout asked about recently (one regex matcher per
-label), so a rollout that joins later causes one more round for the same time, and the
-next grid time serves everyone again. With ``batch=False`` (the ``batch_looks`` setting
-off) every rollout is a group of its own: the same queries per look, selecting only its
-two revisions, so Prometheus gets them once per rollout (for a Prometheus that cannot
-answer the grouped queries, and to measure what grouping saves). Snapshots are cached
-per group and time, so every rollout of the group reads the same numbers, and a rollout
-that missed some looks (a restart, a slow tick) reads them later at their own times.
+The queries select every revision some rollout asked about recently, or is about to ask
+about (:meth:`LookSource.expect`; one regex matcher per label). A rollout that joins after
+a grid time's round causes one more round for that time, for the revisions the round
+lacked only, and the next grid time serves everyone again. With ``batch=False`` (the
+``batch_looks`` setting off) every rollout is a group of its own: the same queries per
+look, selecting only its two revisions, so Prometheus gets them once per rollout (for a
+Prometheus that cannot answer the grouped queries, and to measure what grouping saves).
+
+**Catching up.** A rollout that has not read for several periods (a restart, a failover)
+reads them as ONE look, the difference between the grid time it last read and the latest
+(:meth:`LookSource.reads`): differences tile, so its counts are exactly the sum of the
+periods' counts, and it costs two snapshots, not one per period. (A rollout only a period
+or two late, whose snapshots are still cached, reads them one by one: that costs nothing.)
+A difference over a long span would hide a counter that restarted inside it (a pod that
+restarted and counted past its old total reads as an ordinary increase), so such a span is
+read only once one more query (``resets()`` over the span, for the raw request counters and
+the histogram's ``_count``) shows that no process of the rollout's revisions restarted in
+it; otherwise, or when Prometheus cannot tell, the span is read period by period as before.
+The sequential tests take the joined look as one look spanning that many periods
+(:func:`analysis.sequential_check.advance`); ``analysis/README.md`` explains why their
+guarantees hold, and what it costs.
+
+**Memory.** A snapshot keeps, per revision, only what the looks take differences of: each
+raw counter's value and each histogram's cumulative counts as an array of floats, with the
+series' label sets, names and bucket bounds held once however many snapshots refer to them
+(interned). Snapshots are kept per group only for the newest grid times
+(:data:`RECENT_LOOKS`) and, for the starts of catch-up reads, a few older ones
+(:data:`OLDER_KEPT`), each only while rollouts keep reading it (:data:`IDLE_LOOKS`). So
+what the looks hold is proportional to the revisions asked about, and independent of how
+long anything has run.
 
 This module does no I/O of its own: it calls the injected
 :class:`~analysis.providers.base.MetricProvider`.
@@ -52,12 +74,16 @@ import hashlib
 import math
 import re
 import threading
+import weakref
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 from analysis.profiles import (
+    ProfileSeries,
     identity,
     label_matcher,
     promql_duration,
@@ -80,6 +106,7 @@ from analysis.types import (
 from analysis.validate import (
     DEFAULT_MAX_SAMPLE_AGE,
     DEFAULT_RESET_RATIO,
+    SAMPLE_LABEL,
     Origin,
     answer_problems,
     count_problem,
@@ -92,7 +119,10 @@ from analysis.validate import (
 )
 
 __all__ = [
+    "IDLE_LOOKS",
+    "OLDER_KEPT",
     "PARTS",
+    "RECENT_LOOKS",
     "GroupKey",
     "LookSource",
     "SideLook",
@@ -102,6 +132,23 @@ __all__ = [
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+RECENT_LOOKS = 3
+"""Snapshots at a group's newest this many grid times are always kept: rollouts read
+every period (the look ending at the newest grid time needs the one before it), or a
+period or two late."""
+
+OLDER_KEPT = 4
+"""Older snapshots kept per group: the starts of catch-up reads (rollouts back from a
+restart read from the grid time each last read, which many of them share). The least
+recently read goes first, and any not read while the group's newest grid time moved on by
+:data:`IDLE_LOOKS` periods goes at once."""
+
+IDLE_LOOKS = 2
+"""An older snapshot nobody read while the newest grid time moved on by this many periods
+is dropped: the rollouts that catch up from it all do so within seconds."""
+
+_RESETS_KEPT = 64  # answers to the restart check, per (group, span); each a few idents
+_BOUND_SETS_KEPT = 64  # distinct sets of bucket bounds held once (exporters share a few)
 
 PARTS: Mapping[str, tuple[str, ...]] = {
     "error-rate": ("requests", "window_requests", "window_errors"),
@@ -117,6 +164,7 @@ _PART_OF_QUERY = {
     "window_errors": "window_errors",
     "p99": "p99",
 }
+_WINDOW_PARTS = ("window_requests", "window_errors", "p99")
 
 
 def grid_times(
@@ -168,9 +216,11 @@ class SideLook:
 class SubjectLook:
     """One look for one rollout: the canary and the baseline, and the evidence.
 
-    ``warnings`` maps a part to the warnings of its partial answers; ``attempts`` is how
-    many requests the look's answers took, ``failures`` what went wrong in the failed
-    ones."""
+    ``since`` is where the look begins (``at`` less one period, or for a look that joins
+    several periods, the grid time the rollout last read); ``looks`` is how many periods
+    it spans. ``warnings`` maps a part to the warnings of its partial answers; ``attempts``
+    is how many requests the look's answers took, ``failures`` what went wrong in the
+    failed ones."""
 
     at: datetime
     canary: SideLook
@@ -181,6 +231,8 @@ class SubjectLook:
     warnings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     attempts: int = 0
     failures: tuple[str, ...] = ()
+    since: datetime | None = None
+    looks: int = 1
 
     def problem(self, parts: Iterable[str]) -> MetricError | None:
         """The first error among ``parts``, the canary's before the baseline's."""
@@ -204,64 +256,106 @@ SeriesKey = frozenset[tuple[str, str]]
 Ident = tuple[str, str]
 
 
-@dataclass(frozen=True)
-class _Counter:
-    """One raw request counter series; ``group`` is its labels without the status code
-    (the counters that reset together)."""
+class _CounterInfo:
+    """What one raw request counter series is: its label set, its ``group`` (the labels
+    without the status code: the counters that reset together), its name for messages,
+    and whether it counts 5xx. Interned: every snapshot holding the series refers to one."""
 
-    ident: Ident
-    group: SeriesKey
-    name: str
-    value: float
+    __slots__ = ("__weakref__", "error", "group", "key", "name")
 
-
-@dataclass(frozen=True)
-class _Histogram:
-    """One raw histogram series: cumulative ``le -> count`` in the exporter's unit."""
-
-    ident: Ident
-    name: str
-    buckets: Mapping[float, float]
+    def __init__(self, key: SeriesKey, group: SeriesKey, name: str, error: bool) -> None:
+        self.key = key
+        self.group = group
+        self.name = name
+        self.error = error
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    """A group's raw answers at one grid time, validated. ``failed`` holds the parts whose
-    query failed (for every revision), ``problems`` each revision's invalid parts."""
+class _HistogramInfo:
+    """What one raw histogram series is: its label set (without ``le``), its name, and its
+    bucket bounds in the exporter's unit, ``+Inf`` last (interned, like the counters)."""
+
+    __slots__ = ("__weakref__", "bounds", "key", "name")
+
+    def __init__(self, key: SeriesKey, name: str, bounds: tuple[float, ...]) -> None:
+        self.key = key
+        self.name = name
+        self.bounds = bounds
+
+
+@dataclass(frozen=True, eq=False)
+class _Round:
+    """One round of queries at one grid time: what every revision read from it shares.
+    ``failed`` holds the parts whose query failed (for every revision of the round)."""
 
     at: datetime
-    covered: frozenset[Ident]
-    requests: Mapping[SeriesKey, _Counter]
-    histograms: Mapping[SeriesKey, _Histogram]
-    window: Mapping[Ident, Mapping[str, float]]
-    failed: Mapping[str, MetricError]
-    problems: Mapping[Ident, Mapping[str, MetricError]]
-    warnings: Mapping[str, tuple[str, ...]]
-    origins: Mapping[str, Origin]
     queries: tuple[str, ...]
     digest: str
     url: str
+    failed: Mapping[str, MetricError]
+    warnings: Mapping[str, tuple[str, ...]]
+    origins: Mapping[str, Origin]
+    attempts: int
+    failures: tuple[str, ...]
     errors_matcher: str | None
     histogram: str
     scale: float
-    attempts: int
-    failures: tuple[str, ...]
 
-    def reusable_for(self, needed: set[Ident]) -> bool:
-        return (
-            needed <= self.covered
-            and not self.failed
-            and not self.warnings
-            and not any(ident in self.problems for ident in needed)
-        )
+
+_NO_PROBLEMS: Mapping[str, MetricError] = MappingProxyType({})
+_NO_WINDOW: tuple[float | None, float | None, float | None] = (None, None, None)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class _Raw:
+    """One revision's raw series at one grid time, validated: each counter's value, each
+    histogram's cumulative counts (in the order of its bounds), the window values
+    (requests, 5xx, p99; None: no series), the time of its oldest raw sample, and the
+    parts its own series made unusable."""
+
+    round: _Round
+    counters: tuple[tuple[_CounterInfo, float], ...]
+    histograms: tuple[tuple[_HistogramInfo, array[float]], ...]
+    window: tuple[float | None, float | None, float | None]
+    oldest: float | None
+    problems: Mapping[str, MetricError]
+
+    def usable(self) -> bool:
+        return not self.round.failed and not self.round.warnings and not self.problems
+
+
+@dataclass(eq=False)
+class _Snapshot:
+    """A group's revisions at one grid time (several rounds may have filled it in);
+    ``used`` is the group's newest grid time when it was last read."""
+
+    at: datetime
+    revisions: dict[Ident, _Raw]
+    used: datetime
 
 
 def _code_label(matcher: str | None) -> str | None:
     """The status-code label of an errors matcher (``response_code=~"5.."``)."""
     if matcher is None:
         return None
-    found = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)", matcher)
+    found = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*", matcher)
     return found.group(1) if found else None
+
+
+def _idents(subject: Subject, batch: bool) -> tuple[GroupKey, Ident, Ident]:
+    key = GroupKey(
+        subject.metric_profile, subject.mode, None if batch else (subject.namespace, subject.isvc)
+    )
+    canary = (subject.namespace, identity(subject, subject.canary_revision))
+    baseline = (subject.namespace, identity(subject, subject.baseline_revision))
+    return key, canary, baseline
+
+
+def _digest(rounds: Iterable[_Round]) -> str:
+    """The digest of the answers ``rounds`` read: a round's own, or several joined."""
+    digests = [r.digest for r in rounds]
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 class LookSource:
@@ -269,14 +363,15 @@ class LookSource:
 
     ``period`` is the grid step; ``lag`` how long after a grid time its data are taken as
     complete (a scrape interval and the ingestion delay); ``window`` the range of the
-    window values (at least two scrape intervals). ``cache`` bounds how many (group, time)
-    snapshots are kept; ``forget_after`` how long an identity nobody asks about stays in
-    the queries. ``skew`` bounds how far a sample's timestamp may be from the grid time it
-    was asked for (default: one period plus the lag); ``max_sample_age`` how old the last
-    sample of a raw counter may be at a grid time (a few scrape intervals; older, its value
-    is frozen); ``reset_ratio`` is the fraction of its previous total a series must fall
-    to for a decrease to read as a counter reset. ``batch`` (default True) groups every
-    rollout of a metric profile and mode; False makes each rollout its own group."""
+    window values (at least two scrape intervals). ``forget_after`` is how long an identity
+    nobody asks about stays in the queries. ``skew`` bounds how far a sample's timestamp
+    may be from the grid time it was asked for (default: one period plus the lag);
+    ``max_sample_age`` how old the last sample of a raw counter may be at a grid time (a
+    few scrape intervals; older, its value is frozen); ``reset_ratio`` is the fraction of
+    its previous total a series must fall to for a decrease to read as a counter reset.
+    How many snapshots are kept is not a setting: see :data:`RECENT_LOOKS` and
+    :data:`OLDER_KEPT`. ``batch`` (default True) groups every rollout of a metric profile
+    and mode; False makes each rollout its own group."""
 
     def __init__(
         self,
@@ -285,7 +380,6 @@ class LookSource:
         period: timedelta,
         lag: timedelta,
         window: timedelta,
-        cache: int = 256,
         forget_after: timedelta = timedelta(minutes=15),
         skew: timedelta | None = None,
         reset_ratio: float = DEFAULT_RESET_RATIO,
@@ -314,11 +408,24 @@ class LookSource:
         # Consecutive looks that share one draw of the over-dispersion: a burst (a noisy
         # node, a bursty client) moves the rate of every look it spans. None: one look.
         self.block_looks = 1 if burst is None else max(1, round(burst / period))
-        self._cache_size = cache
         self._forget_after = forget_after
         self._cache: OrderedDict[tuple[GroupKey, datetime], _Snapshot] = OrderedDict()
+        self._newest: dict[GroupKey, datetime] = {}
+        self._restarts: OrderedDict[
+            tuple[GroupKey, datetime, datetime], tuple[frozenset[Ident], frozenset[Ident]]
+        ] = OrderedDict()
+        self._lock = threading.Lock()  # the cache, and one round at a time
         self._wanted: dict[GroupKey, dict[Ident, datetime]] = {}
-        self._lock = threading.Lock()
+        self._wanted_lock = threading.Lock()  # never held while a query runs
+        self._counter_infos: weakref.WeakValueDictionary[
+            tuple[GroupKey, SeriesKey], _CounterInfo
+        ] = weakref.WeakValueDictionary()
+        self._histogram_infos: weakref.WeakValueDictionary[
+            tuple[GroupKey, SeriesKey, tuple[float, ...]], _HistogramInfo
+        ] = weakref.WeakValueDictionary()
+        self._texts: dict[GroupKey, tuple[frozenset[Ident], dict[str, str]]] = {}
+        self._bounds: dict[tuple[float, ...], tuple[float, ...]] = {}
+        self._matchers: dict[GroupKey, Callable[[Mapping[str, str]], bool]] = {}
         self.queries_sent = 0
 
     @property
@@ -329,46 +436,136 @@ class LookSource:
         """The grid times a rollout has not read yet whose data are complete at ``now``."""
         return grid_times(after, now - self.lag, self.period, limit=limit)
 
-    def look(self, subject: Subject, at: datetime) -> SubjectLook:
-        """The canary's and the baseline's look ending at grid time ``at``. Failed queries
-        and invalid series are not raised: they are the ``problems`` of the parts they
-        spoil (:attr:`SideLook.problems`), and such a look is asked again next time."""
-        key = GroupKey(
-            subject.metric_profile,
-            subject.mode,
-            None if self.batch else (subject.namespace, subject.isvc),
-        )
-        canary = (subject.namespace, identity(subject, subject.canary_revision))
-        baseline = (subject.namespace, identity(subject, subject.baseline_revision))
+    def expect(self, subject: Subject, at: datetime) -> None:
+        """Include the subject's revisions in the next round of its group, before it asks
+        for a look (what the analysis runner does when a rollout asks for one): rollouts
+        asked for together, as after a restart, are read by the same rounds instead of
+        each widening them once. Sends no query and never waits for one."""
+        key, canary, baseline = _idents(subject, self.batch)
+        self._want(key, (canary, baseline), at)
+
+    def reads(
+        self, subject: Subject, after: datetime | None, now: datetime, *, limit: int = 120
+    ) -> list[tuple[datetime, datetime]]:
+        """The looks a rollout that has read through ``after`` reads at ``now``, as
+        ``(since, until)`` spans in time order: the periods :meth:`due` gives, one look
+        each while their snapshots are at hand (every grid time but the newest is cached:
+        a rollout a period or two late costs no round), else joined into one look, unless
+        a raw counter of the canary or the baseline restarted within them (or Prometheus
+        cannot tell): then one per period. May send the queries of the joined look's first
+        snapshot, and the restart check."""
+        due = self.due(after, now, limit=limit)
+        spans = [(t - self.period, t) for t in due]
+        if len(spans) <= 1:
+            return spans
+        since, until = spans[0][0], spans[-1][1]
+        key, canary, baseline = _idents(subject, self.batch)
+        needed = {canary, baseline}
+        self._want(key, needed, now)
         with self._lock:
-            wanted = self._wanted.setdefault(key, {})
-            wanted[canary] = wanted[baseline] = at
-            before = self._snapshot(key, at - self.period, {canary, baseline})
+            if all(self._at_hand(key, start, needed) for start, _ in spans):
+                return spans
+            self._reach(key, until)
+            first = self._snapshot(key, since, needed)
+            if not all(first[ident].usable() for ident in needed):
+                return spans  # the first period fails as it would on its own
+            restarted = self._restarted(key, since, until, frozenset(needed))
+        if restarted is None or restarted:
+            return spans
+        return [(since, until)]
+
+    def look(self, subject: Subject, at: datetime, since: datetime | None = None) -> SubjectLook:
+        """The canary's and the baseline's look ending at grid time ``at`` and beginning at
+        grid time ``since`` (default: one period before; see :meth:`reads` for longer
+        looks). Failed queries and invalid series are not raised: they are the
+        ``problems`` of the parts they spoil (:attr:`SideLook.problems`), and such a look
+        is asked again next time."""
+        start = at - self.period if since is None else since
+        if not start < at:
+            raise ValueError(f"a look must begin before it ends: {start} .. {at}")
+        key, canary, baseline = _idents(subject, self.batch)
+        needed = {canary, baseline}
+        self._want(key, needed, at)
+        with self._lock:
+            self._reach(key, at)  # the look's start counts as read at its end
+            before = self._snapshot(key, start, needed)
             # a Prometheus that does not answer is not asked again for the same look
-            down = next((e for e in before.failed.values() if isinstance(e, Unreachable)), None)
-            now = self._snapshot(key, at, {canary, baseline}, unreachable=down)
-            sides = [_side(ident, before, now, self.reset_ratio) for ident in (canary, baseline)]
-            if any(side.problems for side in sides):
-                # not cached: the next evaluation reads both instants again
-                for t in (at - self.period, at):
-                    self._cache.pop((key, t), None)
+            down = next(
+                (
+                    e
+                    for raw in before.values()
+                    for e in raw.round.failed.values()
+                    if isinstance(e, Unreachable)
+                ),
+                None,
+            )
+            now = self._snapshot(key, at, needed, unreachable=down)
+            sides = [
+                _side(ident, before[ident], now[ident], self.reset_ratio)
+                for ident in (canary, baseline)
+            ]
+            for ident, side in zip((canary, baseline), sides, strict=True):
+                if side.problems:
+                    # not kept: the next evaluation reads both instants again
+                    for t in (start, at):
+                        entry = self._cache.get((key, t))
+                        if entry is not None:
+                            entry.revisions.pop(ident, None)
+        rounds_before = tuple(dict.fromkeys(before[i].round for i in (canary, baseline)))
+        rounds_now = tuple(dict.fromkeys(now[i].round for i in (canary, baseline)))
         warnings: dict[str, tuple[str, ...]] = {}
-        for snap in (before, now):
-            for part, notes in snap.warnings.items():
+        for r in (*rounds_before, *rounds_now):
+            for part, notes in r.warnings.items():
                 warnings[part] = (*warnings.get(part, ()), *notes)
         return SubjectLook(
             at=at,
             canary=sides[0],
             baseline=sides[1],
-            queries=now.queries,
-            digest=hashlib.sha256(f"{before.digest}\n{now.digest}".encode()).hexdigest(),
-            url=now.url,
+            queries=tuple(dict.fromkeys(q for r in rounds_now for q in r.queries)),
+            digest=hashlib.sha256(
+                f"{_digest(rounds_before)}\n{_digest(rounds_now)}".encode()
+            ).hexdigest(),
+            url=rounds_now[0].url,
             warnings=warnings,
-            attempts=before.attempts + now.attempts,
-            failures=(*before.failures, *now.failures),
+            attempts=sum(r.attempts for r in (*rounds_before, *rounds_now)),
+            failures=tuple(f for r in (*rounds_before, *rounds_now) for f in r.failures),
+            since=start,
+            looks=max(1, round((at - start) / self.period)),
         )
 
+    def held(self) -> int:
+        """How many snapshots are kept (for tests and the benchmark)."""
+        with self._lock:
+            return len(self._cache)
+
     # ------------------------------------------------------------------ internals
+
+    def _want(self, key: GroupKey, idents: Iterable[Ident], at: datetime) -> None:
+        with self._wanted_lock:
+            wanted = self._wanted.setdefault(key, {})
+            for ident in idents:
+                wanted[ident] = at
+
+    def _reach(self, key: GroupKey, at: datetime) -> None:
+        """The group's newest grid time is at least ``at``."""
+        self._newest[key] = max(self._newest.get(key, at), at)
+
+    def _at_hand(self, key: GroupKey, at: datetime, needed: set[Ident]) -> bool:
+        """Whether every needed revision at ``at`` is cached and usable."""
+        entry = self._cache.get((key, at))
+        if entry is None:
+            return False
+        return all(i in entry.revisions and entry.revisions[i].usable() for i in needed)
+
+    def _wanted_now(self, key: GroupKey, at: datetime, needed: set[Ident]) -> set[Ident]:
+        """Every identity the group's rounds select at ``at``: the needed ones, and those
+        asked about within ``forget_after`` (the others are forgotten)."""
+        with self._wanted_lock:
+            wanted = self._wanted.setdefault(key, {})
+            for ident, last in list(wanted.items()):
+                if abs(at - last) > self._forget_after and ident not in needed:
+                    del wanted[ident]
+            return set(wanted) | needed
 
     def _snapshot(
         self,
@@ -377,43 +574,153 @@ class LookSource:
         needed: set[Ident],
         *,
         unreachable: MetricError | None = None,
-    ) -> _Snapshot:
-        cached = self._cache.get((key, at))
-        if cached is not None and cached.reusable_for(needed):
+    ) -> dict[Ident, _Raw]:
+        """Each needed revision at ``at``: from the cache, or from one more round that also
+        asks for every wanted revision the cached snapshot lacks (or cannot reuse)."""
+        self._reach(key, at)
+        newest = self._newest[key]
+        entry = self._cache.get((key, at))
+        have = entry.revisions if entry is not None else {}
+        if all(ident in have and have[ident].usable() for ident in needed):
+            assert entry is not None
+            entry.used = newest
             self._cache.move_to_end((key, at))
-            return cached
-        wanted = self._wanted[key]
-        for ident, last in list(wanted.items()):
-            if abs(at - last) > self._forget_after and ident not in needed:
-                del wanted[ident]
-        found = self._ask(key, at, frozenset(wanted) | frozenset(needed), unreachable)
+            return {ident: have[ident] for ident in needed}
+        missing = {
+            ident
+            for ident in self._wanted_now(key, at, needed)
+            if not (ident in have and have[ident].usable())
+        }
+        found = self._ask(key, at, frozenset(missing), unreachable)
         if unreachable is not None:
-            return found  # nothing was asked: nothing to keep
-        self._cache[(key, at)] = found
+            # nothing was asked: nothing to keep
+            return {ident: found[ident] if ident in found else have[ident] for ident in needed}
+        if entry is None:
+            entry = _Snapshot(at, {}, newest)
+            self._cache[(key, at)] = entry
+        entry.revisions.update(found)
+        entry.used = newest
         self._cache.move_to_end((key, at))
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return found
+        self._evict(key)
+        return {ident: entry.revisions[ident] for ident in needed}
 
-    def _ask(
+    def _evict(self, key: GroupKey) -> None:
+        """Keep the group's snapshots at its newest :data:`RECENT_LOOKS` grid times, and
+        at most :data:`OLDER_KEPT` older ones, each only while it is read."""
+        newest = self._newest[key]
+        recent = newest - (RECENT_LOOKS - 1) * self.period
+        idle = IDLE_LOOKS * self.period
+        older = [(k, t) for k, t in self._cache if k == key and t < recent]  # LRU first
+        fresh = []
+        for entry in older:
+            if newest - self._cache[entry].used >= idle:
+                del self._cache[entry]
+            else:
+                fresh.append(entry)
+        for entry in fresh[: max(len(fresh) - OLDER_KEPT, 0)]:
+            del self._cache[entry]
+
+    def _restarted(
+        self, key: GroupKey, since: datetime, until: datetime, idents: frozenset[Ident]
+    ) -> frozenset[Ident] | None:
+        """Which of ``idents`` had a raw request counter or histogram count restart
+        between the samples read at ``since`` and those read at ``until`` (its snapshot
+        at ``since`` is cached); None when Prometheus could not tell. One query for every
+        wanted revision of the group, kept per span."""
+        span = (key, since, until)
+        covered, restarted = self._restarts.get(span, (frozenset[Ident](), frozenset[Ident]()))
+        if idents <= covered:
+            self._restarts.move_to_end(span)
+            return restarted & idents
+        ask = frozenset(self._wanted_now(key, until, set(idents))) - covered
+        entry = self._cache.get((key, since))
+        oldest = [
+            raw.oldest
+            for raw in (entry.revisions.values() if entry is not None else ())
+            if raw.oldest is not None
+        ]
+        # From the oldest sample an instant query at `since` returned, so that a fall
+        # between it and the next sample is in the range.
+        first = min([*oldest, (since - self.period).timestamp()])
+        seconds = max(math.ceil(until.timestamp() - first) + 1, 1)
+        promql = _resets_query(series_of(key.profile, key.mode), ask, seconds)
+        self.queries_sent += 1
+        found: set[Ident] = set()
+        try:
+            result = self._provider.query(promql, until)
+        except NoData:
+            result = None
+        except Exception:  # unreachable, refused, a provider bug: it cannot tell
+            return None
+        if result is not None:
+            if result.warnings:
+                return None  # partial: a restart may be missing from it
+            series = series_of(key.profile, key.mode)
+            for s in result.series:
+                found.add(
+                    (
+                        _label_value(s.labels, series.namespace_label),
+                        _label_value(s.labels, series.identity_label),
+                    )
+                )
+        covered, restarted = covered | ask, restarted | (frozenset(found) & ask)
+        self._restarts[span] = (covered, restarted)
+        self._restarts.move_to_end(span)
+        while len(self._restarts) > _RESETS_KEPT:
+            self._restarts.popitem(last=False)
+        return restarted & idents
+
+    def _counter_info(
         self,
         key: GroupKey,
-        at: datetime,
-        idents: frozenset[Ident],
-        unreachable: MetricError | None = None,
-    ) -> _Snapshot:
-        """The group's snapshot at ``at``. Once a query finds Prometheus unreachable (or
-        ``unreachable`` is given), the remaining queries are not sent: they fail with that
-        error, so a Prometheus that does not answer costs one query's timeouts, not five."""
+        labels: Mapping[str, str],
+        code_label: str | None,
+        is_error: Callable[[Mapping[str, str]], bool] | None,
+    ) -> _CounterInfo:
+        series_key = frozenset(labels.items())
+        info = self._counter_infos.get((key, series_key))
+        if info is None:
+            group = frozenset((k, v) for k, v in labels.items() if k != code_label)
+            error = is_error is not None and is_error(labels)
+            info = _CounterInfo(series_key, group, series_name(labels), error)
+            self._counter_infos[(key, series_key)] = info
+        return info
+
+    def _is_error(
+        self, key: GroupKey, series: ProfileSeries
+    ) -> Callable[[Mapping[str, str]], bool] | None:
+        """Whether a raw request counter counts 5xx (the profile's matcher, built once)."""
+        if series.errors is None:
+            return None
+        if key not in self._matchers:
+            self._matchers[key] = label_matcher(series.errors)
+        return self._matchers[key]
+
+    def _bound_set(self, bounds: tuple[float, ...]) -> tuple[float, ...]:
+        """One tuple for every histogram with these bucket bounds (exporters share a few)."""
+        if len(self._bounds) >= _BOUND_SETS_KEPT and bounds not in self._bounds:
+            self._bounds.clear()
+        return self._bounds.setdefault(bounds, bounds)
+
+    def _histogram_info(
+        self, key: GroupKey, hist_key: SeriesKey, bounds: tuple[float, ...], name: str
+    ) -> _HistogramInfo:
+        info = self._histogram_infos.get((key, hist_key, bounds))
+        if info is None:
+            info = _HistogramInfo(hist_key, name, bounds)
+            self._histogram_infos[(key, hist_key, bounds)] = info
+        return info
+
+    def _queries(self, key: GroupKey, idents: frozenset[Ident]) -> dict[str, str]:
+        """The round's PromQL for ``idents`` (the last set built is reused: its text is as
+        long as the list of revisions)."""
+        last = self._texts.get(key)
+        if last is not None and last[0] == idents:
+            return last[1]
         series = series_of(key.profile, key.mode)
-        namespaces = sorted({ns for ns, _ in idents})
-        names = sorted({name for _, name in idents})
-        ns_label, id_label = series.namespace_label, series.identity_label
-        selected = (
-            f"{ns_label}=~{string_literal('|'.join(map(regex_escape, namespaces)))}",
-            f"{id_label}=~{string_literal('|'.join(map(regex_escape, names)))}",
-        )
+        selected = _selected(series, idents)
         window = promql_duration(self.window)
+        ns_label, id_label = series.namespace_label, series.identity_label
         by = f"{ns_label}, {id_label}"
 
         def selector(matchers: Iterable[str]) -> str:
@@ -445,6 +752,23 @@ class LookSource:
             queries["window_errors"] = (
                 f"sum by ({by}) (increase({series.requests}{errors_sel}[{window}]))"
             )
+        self._texts[key] = (idents, queries)
+        return queries
+
+    def _ask(
+        self,
+        key: GroupKey,
+        at: datetime,
+        idents: frozenset[Ident],
+        unreachable: MetricError | None = None,
+    ) -> dict[Ident, _Raw]:
+        """One round at ``at`` for ``idents``: each one's raw series. Once a query finds
+        Prometheus unreachable (or ``unreachable`` is given), the remaining queries are not
+        sent: they fail with that error, so a Prometheus that does not answer costs one
+        query's timeouts, not five."""
+        series = series_of(key.profile, key.mode)
+        ns_label, id_label = series.namespace_label, series.identity_label
+        queries = self._queries(key, idents)
 
         def ident_of(labels: Mapping[str, str]) -> Ident:
             return (_label_value(labels, ns_label), _label_value(labels, id_label))
@@ -454,6 +778,7 @@ class LookSource:
         problems: dict[Ident, dict[str, MetricError]] = {}
         warnings: dict[str, tuple[str, ...]] = {}
         origins: dict[str, Origin] = {}
+        oldest: dict[Ident, float] = {}
         digests: list[str] = []
         failures: list[str] = []
         attempts = 0
@@ -527,6 +852,10 @@ class LookSource:
                     group=process_of,
                 )
                 bad += old
+                for s in result.series:
+                    if s.labels.get(SAMPLE_LABEL) == "time" and math.isfinite(s.value):
+                        ident = ident_of(s.labels)
+                        oldest[ident] = min(oldest.get(ident, s.value), s.value)
             for s, invalid in bad:
                 spoil(ident_of(s.labels), part, invalid)
             dropped = {id(s) for s, _ in bad}
@@ -535,18 +864,18 @@ class LookSource:
             )
 
         # raw request counters (and the 5xx among them)
-        counters: dict[SeriesKey, _Counter] = {}
+        is_error = self._is_error(key, series)
+        counters: dict[Ident, list[tuple[_CounterInfo, float]]] = {}
         raw = answers.get("requests")
         for s in raw.series if raw is not None else ():
             ident = ident_of(s.labels)
-            name = series_name(s.labels)
-            problem = count_problem(s.value, series=name, what="the counter",
+            info = self._counter_info(key, s.labels, code_label, is_error)
+            problem = count_problem(s.value, series=info.name, what="the counter",
                                     origin=origins["requests"])  # fmt: skip
             if problem is not None:
                 spoil(ident, "requests", problem)
                 continue
-            group = frozenset((k, v) for k, v in s.labels.items() if k != code_label)
-            counters[frozenset(s.labels.items())] = _Counter(ident, group, name, s.value)
+            counters.setdefault(ident, []).append((info, s.value))
 
         # raw histogram: buckets and _count per series
         origin = origins["latency"]
@@ -557,34 +886,43 @@ class LookSource:
             labels = {k: v for k, v in s.labels.items() if k not in {"le", "__name__"}}
             hist_key = frozenset(labels.items())
             entry = gathered.setdefault(hist_key, (ident, {}, []))
-            le_text = s.labels.get("le")
-            if le_text is None:
+            text = s.labels.get("le")
+            if text is None:
                 entry[2].append(s.value)  # the series' _count
                 continue
             try:
-                le = float(le_text)
+                le = float(text)
             except ValueError:
                 le = math.nan
             if math.isnan(le):
                 spoil(ident, "latency", origin.error(
-                    InvalidHistogram, f'a bucket has le="{le_text}", not a number',
+                    InvalidHistogram, f'a bucket has le="{text}", not a number',
                     series=series_name(s.labels), rule="le"))  # fmt: skip
                 continue
             entry[1][le] = s.value
-        histograms: dict[SeriesKey, _Histogram] = {}
+        histograms: dict[Ident, list[tuple[_HistogramInfo, array[float]]]] = {}
         for hist_key, (ident, buckets, counts) in gathered.items():
-            name = series_name({"__name__": series.histogram, **dict(hist_key)})
+            bounds = self._bound_set(tuple(sorted(buckets)))
+            known = self._histogram_infos.get((key, hist_key, bounds))
+            name = (
+                known.name
+                if known is not None
+                else series_name({"__name__": series.histogram, **dict(hist_key)})
+            )
             problem = histogram_problem(
                 buckets, counts[0] if counts else None, series=name, origin=origin
             )
             if problem is not None:
                 spoil(ident, "latency", problem)
                 continue
-            histograms[hist_key] = _Histogram(ident, name, buckets)
+            kind_of = known or self._histogram_info(key, hist_key, bounds, name)
+            histograms.setdefault(ident, []).append(
+                (kind_of, array("d", [buckets[le] for le in bounds]))
+            )
 
         # window values, grouped by revision
         window_values: dict[Ident, dict[str, float]] = {}
-        for kind in ("window_requests", "window_errors", "p99"):
+        for kind in _WINDOW_PARTS:
             grouped = answers.get(kind)
             if grouped is None:
                 continue
@@ -612,39 +950,75 @@ class LookSource:
                         continue
                 values[kind] = s.value
 
-        return _Snapshot(
+        round_ = _Round(
             at=at,
-            covered=idents,
-            requests=counters,
-            histograms=histograms,
-            window=window_values,
-            failed=failed,
-            problems=problems,
-            warnings=warnings,
-            origins=origins,
             queries=tuple(queries.values()),
             digest=hashlib.sha256("\n".join(digests).encode()).hexdigest(),
             url=url or self.url,
+            failed=failed,
+            warnings=warnings,
+            origins=origins,
             errors_matcher=series.errors,
             histogram=series.histogram,
             scale=1000.0 if series.milliseconds else 1.0,
             attempts=attempts,
             failures=tuple(failures),
         )
+        found: dict[Ident, _Raw] = {}
+        for ident in idents:
+            window = window_values.get(ident)
+            found[ident] = _Raw(
+                round_,
+                tuple(counters.get(ident, ())),
+                tuple(histograms.get(ident, ())),
+                _NO_WINDOW
+                if window is None
+                else (
+                    window.get("window_requests"),
+                    window.get("window_errors"),
+                    window.get("p99"),
+                ),
+                oldest.get(ident),
+                problems.get(ident) or _NO_PROBLEMS,
+            )
+        return found
 
 
-def _counts(
-    ident: Ident, before: _Snapshot, now: _Snapshot, reset_ratio: float
-) -> tuple[float, float | None]:
+def _selected(series: ProfileSeries, idents: Iterable[Ident]) -> tuple[str, str]:
+    """The namespace and identity matchers that select ``idents``."""
+    namespaces = sorted({ns for ns, _ in idents})
+    names = sorted({name for _, name in idents})
+    return (
+        f"{series.namespace_label}=~{string_literal('|'.join(map(regex_escape, namespaces)))}",
+        f"{series.identity_label}=~{string_literal('|'.join(map(regex_escape, names)))}",
+    )
+
+
+def _resets_query(series: ProfileSeries, idents: Iterable[Ident], seconds: int) -> str:
+    """The raw request counters and histogram counts of ``idents`` that went down within
+    the last ``seconds`` (a process that restarted): empty when none did."""
+    selected = _selected(series, idents)
+    span = promql_duration(timedelta(seconds=seconds))
+
+    def selector(matchers: Iterable[str]) -> str:
+        return "{" + ",".join((*matchers, *selected)) + "}"
+
+    counters = f"{series.requests}{selector(series.request_matchers)}"
+    counts = f"{series.histogram}_count{selector(series.latency_matchers)}"
+    return f"resets({counters}[{span}]) > 0 or resets({counts}[{span}]) > 0"
+
+
+def _counts(before: _Raw, now: _Raw, reset_ratio: float) -> tuple[float, float | None]:
     """The revision's requests and 5xx in the look, reset by reset (raises InvalidAnswer)."""
     groups: dict[SeriesKey, tuple[dict[SeriesKey, float], dict[SeriesKey, float]]] = {}
     names: dict[SeriesKey, str] = {}
-    for snap, slot in ((before, 0), (now, 1)):
-        for key, counter in snap.requests.items():
-            if counter.ident == ident:
-                groups.setdefault(counter.group, ({}, {}))[slot][key] = counter.value
-                names[key] = counter.name
-    is_error = label_matcher(now.errors_matcher) if now.errors_matcher is not None else None
+    errors_of: dict[SeriesKey, bool] = {}
+    for raw, slot in ((before, 0), (now, 1)):
+        for info, value in raw.counters:
+            groups.setdefault(info.group, ({}, {}))[slot][info.key] = value
+            names[info.key] = info.name
+            errors_of[info.key] = info.error
+    counted = now.round.errors_matcher is not None
     requests, errors = 0.0, 0.0
     for old, new in groups.values():
         increases = group_increase(
@@ -653,69 +1027,68 @@ def _counts(
             total=lambda values: sum(values.values()),
             name=names.__getitem__,
             what="the process' request counters",
-            origin=now.origins["requests"],
+            origin=now.round.origins["requests"],
             reset_ratio=reset_ratio,
         )
         for key, increase in increases.items():
             requests += increase
-            if is_error is not None and is_error(dict(key)):
+            if counted and errors_of[key]:
                 errors += increase
-    return requests, errors if is_error is not None else None
+    return requests, errors if counted else None
 
 
 def _buckets(
-    ident: Ident, before: _Snapshot, now: _Snapshot, reset_ratio: float
+    ident: Ident, before: _Raw, now: _Raw, reset_ratio: float
 ) -> tuple[tuple[float, float], ...]:
     """The revision's cumulative buckets in the look, in seconds (raises InvalidAnswer)."""
     per_le: dict[float, float] = {}
-    name = ""
-    for key, histogram in now.histograms.items():
-        if histogram.ident != ident:
-            continue
-        name = name or histogram.name
-        old = before.histograms.get(key)
+    earlier = {info.key: (info.bounds, values) for info, values in before.histograms}
+    for info, values in now.histograms:
+        old = earlier.get(info.key)
 
-        def label(le: float, of: str = histogram.name) -> str:
+        def label(le: float, of: str = info.name) -> str:
             sep = "" if of.endswith("{}") else ","
             return f'{of[:-1]}{sep}le="{le_text(le)}"}}'
 
         increases = group_increase(
-            old.buckets if old is not None else {},
-            histogram.buckets,
-            total=lambda values: values.get(math.inf, 0.0),
+            dict(zip(old[0], old[1], strict=True)) if old is not None else {},
+            dict(zip(info.bounds, values, strict=True)),
+            total=lambda counts: counts.get(math.inf, 0.0),
             name=label,
             what="the histogram's buckets and count",
-            origin=now.origins["latency"],
+            origin=now.round.origins["latency"],
             reset_ratio=reset_ratio,
         )
         for le, increase in increases.items():
             per_le[le] = per_le.get(le, 0.0) + increase
     if not per_le:
         return ()
-    where = f"{now.histogram}{{{ident[1]} in {ident[0]}}}"
-    problem = histogram_problem(per_le, None, series=where, origin=now.origins["latency"])
+    where = f"{now.round.histogram}{{{ident[1]} in {ident[0]}}}"
+    problem = histogram_problem(per_le, None, series=where, origin=now.round.origins["latency"])
     if problem is not None:  # each instant valid, but their difference is not a histogram
         raise problem
+    scale = now.round.scale
     return tuple(
-        sorted((le if math.isinf(le) else le / now.scale, count) for le, count in per_le.items())
+        sorted((le if math.isinf(le) else le / scale, count) for le, count in per_le.items())
     )
 
 
-def _side(ident: Ident, before: _Snapshot, now: _Snapshot, reset_ratio: float) -> SideLook:
+def _side(ident: Ident, before: _Raw, now: _Raw, reset_ratio: float) -> SideLook:
     problems: dict[str, MetricError] = {}
     for part in ("requests", "latency"):  # raw counters: both instants count
-        for snap in (before, now):
-            found = snap.failed.get(part) or snap.problems.get(ident, {}).get(part)
+        for raw in (before, now):
+            found = raw.round.failed.get(part) or raw.problems.get(part)
             if found is not None:
                 problems.setdefault(part, found)
-    for part in ("window_requests", "window_errors", "p99"):  # window values: now only
-        found = now.failed.get(part) or now.problems.get(ident, {}).get(part)
+    for part in _WINDOW_PARTS:  # window values: now only
+        found = now.round.failed.get(part) or now.problems.get(part)
         if found is not None:
             problems[part] = found
-    requests, errors = 0.0, (0.0 if now.errors_matcher is not None else None)
+    counted = now.round.errors_matcher is not None
+    requests, errors = 0.0, (0.0 if counted else None)
     if "requests" not in problems:
         try:
-            requests, errors = _counts(ident, before, now, reset_ratio)
+            requests, errors = _counts(before, now, reset_ratio)
         except InvalidAnswer as error:
             problems["requests"] = error
     buckets: tuple[tuple[float, float], ...] = ()
@@ -724,14 +1097,13 @@ def _side(ident: Ident, before: _Snapshot, now: _Snapshot, reset_ratio: float) -
             buckets = _buckets(ident, before, now, reset_ratio)
         except InvalidAnswer as error:
             problems["latency"] = error
-    values = now.window.get(ident, {})
-    p99 = values.get("p99")
+    window_requests, window_errors, p99 = now.window
     return SideLook(
         requests=requests,
         errors=errors,
         buckets=buckets,
-        window_requests=values.get("window_requests", 0.0),
-        window_errors=values.get("window_errors", 0.0) if now.errors_matcher is not None else None,
-        p99=None if p99 is None else p99 / now.scale,
+        window_requests=0.0 if window_requests is None else window_requests,
+        window_errors=(0.0 if window_errors is None else window_errors) if counted else None,
+        p99=None if p99 is None else p99 / now.round.scale,
         problems=problems,
     )

@@ -130,6 +130,14 @@ class Analyzer:
     def looks(self) -> LookSource | None:
         return self._looks
 
+    def expect(self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime) -> None:
+        """Say that ``subject`` is about to be evaluated with ``checks`` at ``at`` (before
+        it is): its revisions join the next grouped looks' queries, so that rollouts asked
+        for together share rounds (:meth:`analysis.looks.LookSource.expect`). Sends no
+        query and never waits for one."""
+        if self._looks is not None and any(self._look_based(check) for check in checks):
+            self._looks.expect(subject, at)
+
     def analyze(
         self,
         subject: Subject,
@@ -160,7 +168,7 @@ class Analyzer:
             raise ValueError(f"check names must be unique; repeated: {', '.join(duplicates)}")
         answers: dict[str, QueryResult | MetricError] = {}
         shadow_answers: dict[str, QueryResult | MetricError] = {}
-        seen: dict[datetime, SubjectLook | MetricError] = {}
+        seen: dict[tuple[datetime, datetime], SubjectLook | MetricError] = {}
         evaluations: list[CheckEvaluation] = []
         new_memory: dict[str, CheckMemory] = {}
         for check in checks:
@@ -198,15 +206,19 @@ class Analyzer:
         return self._looks is not None and check.builtin in BUILTIN_CHECKS
 
     def _look(
-        self, subject: Subject, at: datetime, seen: dict[datetime, SubjectLook | MetricError]
+        self,
+        subject: Subject,
+        since: datetime,
+        at: datetime,
+        seen: dict[tuple[datetime, datetime], SubjectLook | MetricError],
     ) -> SubjectLook | MetricError:
         assert self._looks is not None
-        if at not in seen:
+        if (since, at) not in seen:
             try:
-                seen[at] = self._looks.look(subject, at)
+                seen[(since, at)] = self._looks.look(subject, at, since)
             except MetricError as error:
-                seen[at] = error
-        return seen[at]
+                seen[(since, at)] = error
+        return seen[(since, at)]
 
     def _from_looks(
         self,
@@ -215,10 +227,15 @@ class Analyzer:
         previous: CheckMemory,
         at: datetime,
         grace: bool,
-        seen: dict[datetime, SubjectLook | MetricError],
+        seen: dict[tuple[datetime, datetime], SubjectLook | MetricError],
         step: tuple[int, datetime] | None,
     ) -> tuple[CheckEvaluation, CheckMemory]:
         """A built-in check from the grouped looks (sequential when it has a tolerance).
+
+        The periods due since the check last read are read as one look when their
+        snapshots are not at hand (:meth:`analysis.looks.LookSource.reads`: a rollout
+        catching up costs two snapshots, not one per period); ``looks_read`` counts the
+        periods read, ``joined_looks`` those read as one look.
 
         Only the parts of a look the check reads (:data:`analysis.looks.PARTS`) can fail
         it; a look that fails stops the check's reading there, and is read again at the
@@ -241,9 +258,9 @@ class Analyzer:
         partial: tuple[str, ...] = ()
         digests: list[str] = []
         attempts, failures = 0, list[str]()
-        read = uncounted = 0
-        for t in source.due(through, at):
-            look = self._look(subject, t, seen)
+        read = uncounted = joined = 0
+        for since, t in source.reads(subject, through, at):
+            look = self._look(subject, since, t, seen)
             if isinstance(look, MetricError):
                 error = look
                 attempts, failures = attempts + look.attempts, [*failures, *look.failures]
@@ -255,7 +272,7 @@ class Analyzer:
             look = _for_check(check, look)
             if state is not None:
                 try:
-                    fresh = step is None or t - source.period >= step[1]
+                    fresh = step is None or since >= step[1]
                     state = sequential_check.advance(check, state, look, fresh=fresh,
                                                      block_looks=source.block_looks)  # fmt: skip
                 except ValueError as exc:
@@ -264,21 +281,22 @@ class Analyzer:
             if not partial and through is None:
                 # Nothing read before: should this look be partial, the next evaluation
                 # starts from it rather than from whichever look is latest then.
-                complete = (complete[0], t - source.period)
+                complete = (complete[0], since)
             through, latest = t, look
             digests.append(look.digest)
-            read += 1
+            read += look.looks
+            joined += look.looks if look.looks > 1 else 0
             warned = look.partial(parts)
             if warned:
                 # Read on, as if counted: consecutive partial looks together may prove a
                 # regression; if they do not, the evidence reverts to before the first.
                 partial = tuple(dict.fromkeys((*partial, *warned)))
             if partial:
-                uncounted += 1
+                uncounted += look.looks
             else:
                 complete = (state, through)
         if latest is None and error is None and through is not None:
-            again = self._look(subject, through, seen)  # no new look: show the last one
+            again = self._look(subject, through - source.period, through, seen)  # show the last
             if isinstance(again, SubjectLook) and again.problem(parts) is None:
                 latest = _for_check(check, again)
         window_seconds = source.window.total_seconds()
@@ -321,6 +339,8 @@ class Analyzer:
             read -= uncounted
         detail = dict(assessment.detail)
         detail["looks_read"] = read
+        if joined and not partial:
+            detail["joined_looks"] = joined  # read as one look (a rollout catching up)
         if latest is not None:
             detail["look_at"] = latest.at.isoformat()
         if through is not None:

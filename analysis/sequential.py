@@ -537,6 +537,18 @@ def _blocked(
     return replace(state, block=(), dispersion=_dispersed(state, Counts(n_c, k_c, n_b, k_b)))
 
 
+def _unpaired(state: SequentialState) -> SequentialState:
+    """After a joined look (see :func:`_accumulate`): the over-dispersion estimate keeps
+    its sums, but the half-built block is dropped and the next block pairs with none."""
+    if not state.dispersion and not state.block:
+        return state
+    dispersion = state.dispersion
+    if dispersion:
+        _y, _w, precision, weighted, count = dispersion
+        dispersion = (0.0, 0.0, precision, weighted, count)
+    return replace(state, dispersion=dispersion, block=())
+
+
 def _dispersed(state: SequentialState, look: Counts) -> tuple[float, ...]:
     """The dispersion sums after one more block (its joined looks added up). Each block
     gives the log-ratio
@@ -642,8 +654,8 @@ and it keeps one extreme look (a burst far beyond the estimated over-dispersion)
 deciding alone; a real regression still gains up to this much per look."""
 
 
-def _tempered(log_lrs: Sequence[float], factor: float) -> tuple[float, ...]:
-    return tuple(min(v / factor, LOOK_CAP) for v in log_lrs)
+def _tempered(log_lrs: Sequence[float], factor: float, cap: float) -> tuple[float, ...]:
+    return tuple(min(v / factor, cap) for v in log_lrs)
 
 
 def _plus(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
@@ -658,12 +670,14 @@ def _accumulate(
     *,
     fresh: bool = True,
     block_looks: int = 1,
+    looks: int = 1,
 ) -> SequentialState:
     """One more look: both tests updated with their counts, the totals added up. (The
     two count sets share their requests; only the events differ.) ``fresh``: the look lies
     wholly after the current step's split showed, so its canary requests count for it.
     ``block_looks``: how many consecutive looks share one draw of the over-dispersion (a
-    burst lasts that long; see :func:`_dispersion_factor`).
+    burst lasts that long; see :func:`_dispersion_factor`). ``looks``: how many periods
+    the counts span (see *Joined looks* below).
 
     Each look's log-likelihood ratios are divided by its dispersion factor (see
     :func:`_dispersion_factor`), estimated from earlier looks only: a tempered likelihood
@@ -677,16 +691,55 @@ def _accumulate(
     throw its events away: instead its counts are held back and given to the tests with
     the next look in which the other side has served too, for at most
     :data:`MAX_HELD_LOOKS` looks. Whether a look is held back or dropped depends only on
-    the request counts, never on the events, so the tests' guarantees are unchanged."""
+    the request counts, never on the events, so the tests' guarantees are unchanged.
+
+    *Joined looks.* A rollout that missed several periods (a restart, a failover, a slow
+    tick) reads them as one look whose counts are their sum (``looks`` > 1: the raw
+    counters' difference between the last grid time read and now). The statistics stay
+    valid, because nothing here is tied to the number or the timing of looks: each look
+    multiplies the mixtures by a (tempered, capped) likelihood ratio whose conditional
+    expectation under the null is at most 1, so the statistics are test supermartingales
+    at whatever times they are updated, and Ville's inequality bounds the chance that they
+    *ever* cross ``1/alpha`` by ``alpha``, over any number of looks, taken at any times
+    chosen without looking at the counts. (An alpha-spending design, whose thresholds
+    depend on how many looks there will be, would not allow this.) The joined look is one
+    such factor, the likelihood ratio of the summed counts, as for counts held back
+    (above); with a constant split it equals the product of the periods' ratios. How each
+    part of a look is made predictable is kept conservative:
+
+    * its dispersion factor treats it as one draw of the over-dispersion whatever its
+      length (``1 + v h`` with ``h`` the joined look's information; the periods' draws
+      average out over a long look, so its true extra variance is at most ``v``): a too
+      large factor only lowers the expectation;
+    * it may add up to ``LOOK_CAP`` per period it spans (any cap keeps the expectation
+      at most that of the ratio, so this costs nothing; one capped at ``LOOK_CAP`` alone
+      would throw away the evidence of a long catch-up);
+    * it updates no over-dispersion estimate (a sum of many periods varies less than one
+      period, so its pair estimates would understate ``v``): the estimate keeps what it
+      had, its half-built block is dropped, and the next block pairs with none before it;
+    * its canary requests count for the step only when it lies wholly after the step's
+      split showed (``fresh``), and the harm detector restarts at most once for it.
+
+    Whether a look is joined depends only on when the rollout is read, never on the
+    counts, so joining is a choice of stopping times the guarantees already cover; the
+    price is power (a catch-up look is tempered as one draw), never the error rates."""
     live = state.pending if state.pending and state.pending[-1] < MAX_HELD_LOOKS else ()
     held = live[-1] if live else 0.0
     joint_harm, joint_safe = _with_pending(live, harm, safe)
     restarts, since, step_safe = state.restarts, state.since_restart, state.step_safe
+    if looks < 1:
+        raise ValueError(f"a look spans at least one period, got {looks}")
+    spans = held + looks
+    cap = LOOK_CAP * looks
     if joint_harm.canary_requests > 0 and joint_harm.baseline_requests > 0:
-        harm_factor = _dispersion_factor(state, joint_harm, block_looks, held + 1)
-        safe_factor = _dispersion_factor(state, joint_safe, block_looks, held + 1)
-        look_harm = _tempered(_log_lrs(joint_harm, pair.harm.null, pair.harm.side), harm_factor)
-        look_safe = _tempered(_log_lrs(joint_safe, pair.safe.null, pair.safe.side), safe_factor)
+        harm_factor = _dispersion_factor(state, joint_harm, block_looks, spans)
+        safe_factor = _dispersion_factor(state, joint_safe, block_looks, spans)
+        look_harm = _tempered(
+            _log_lrs(joint_harm, pair.harm.null, pair.harm.side), harm_factor, cap
+        )
+        look_safe = _tempered(
+            _log_lrs(joint_safe, pair.safe.null, pair.safe.side), safe_factor, cap
+        )
         harm_lrs = _plus(state.harm, look_harm)
         safe_lrs = _plus(state.safe, look_safe)
         restarts = tuple((n, _plus(lrs, look_harm)) for n, lrs in state.restarts)
@@ -703,11 +756,11 @@ def _accumulate(
             joint_harm.baseline_requests,
             joint_harm.baseline_events,
             joint_safe.baseline_events,
-            held + 1,
+            spans,
         )
     else:  # nobody served: nothing new to hold (stray events without requests are dropped)
         harm_lrs, safe_lrs = state.harm, state.safe
-        pending = (*live[:-1], held + 1) if live else ()
+        pending = (*live[:-1], spans) if live else ()
     updated = replace(
         state,
         harm=harm_lrs,
@@ -722,11 +775,13 @@ def _accumulate(
         baseline_harm_events=state.baseline_harm_events + harm.baseline_events,
         canary_safe_events=state.canary_safe_events + safe.canary_events,
         baseline_safe_events=state.baseline_safe_events + safe.baseline_events,
-        looks=state.looks + 1,
+        looks=state.looks + looks,
         step_canary_requests=state.step_canary_requests + (harm.canary_requests if fresh else 0.0),
     )
-    if not pending:
-        updated = _blocked(updated, joint_harm, held + 1, block_looks)
+    if not pending and looks > 1:
+        updated = _unpaired(updated)
+    elif not pending:
+        updated = _blocked(updated, joint_harm, spans, block_looks)
     if since >= RESTART_EVENTS:
         updated = _restart(updated)
     return _mark(updated, pair)
@@ -776,10 +831,12 @@ class ErrorRateTest:
         )
 
     def update(
-        self, state: SequentialState, counts: Counts, *, fresh: bool = True
+        self, state: SequentialState, counts: Counts, *, fresh: bool = True, looks: int = 1
     ) -> SequentialState:
+        """Add one look's counts; ``looks``: how many periods they span (see
+        :func:`_accumulate`)."""
         return _accumulate(state, self._pair, counts, counts, fresh=fresh,
-                           block_looks=self.block_looks)  # fmt: skip
+                           block_looks=self.block_looks, looks=looks)  # fmt: skip
 
     def decide(self, state: SequentialState) -> Decision:
         canary = _rate(state.canary_harm_events, state.canary_requests)
@@ -904,10 +961,17 @@ class LatencyTest:
         )
 
     def update(
-        self, state: SequentialState, canary: Buckets, baseline: Buckets, *, fresh: bool = True
+        self,
+        state: SequentialState,
+        canary: Buckets,
+        baseline: Buckets,
+        *,
+        fresh: bool = True,
+        looks: int = 1,
     ) -> SequentialState:
-        """Add one look's bucket increments (cumulative per bound, per side). The looks
-        that fix the threshold are not evidence, and their requests count for no step."""
+        """Add one look's bucket increments (cumulative per bound, per side), spanning
+        ``looks`` periods (see :func:`_accumulate`). The looks that fix the threshold are
+        not evidence, and their requests count for no step."""
         canary_pairs, baseline_pairs = _checked(canary), _checked(baseline)
         if state.reference is None:
             calibration = _merge(state.calibration, baseline_pairs)
@@ -935,7 +999,7 @@ class LatencyTest:
             baseline_slow,
         )
         return _accumulate(state, self._pair, harm, safe, fresh=fresh,
-                           block_looks=self.block_looks)  # fmt: skip
+                           block_looks=self.block_looks, looks=looks)  # fmt: skip
 
     def decide(self, state: SequentialState) -> Decision:
         if state.reference is None:

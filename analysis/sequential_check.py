@@ -73,8 +73,11 @@ def advance(
 ) -> SequentialState:
     """The evidence after one more look. ``fresh``: the look lies wholly after the current
     step's split showed in status, so its canary requests count for the step;
-    ``block_looks``: see :func:`test_for`. Raises ValueError for a look the test cannot use
-    (an error-rate check on a profile without status codes)."""
+    ``block_looks``: see :func:`test_for`. A look that joins several periods (a rollout
+    catching up, :meth:`analysis.looks.LookSource.reads`) is one look spanning
+    ``look.looks`` periods (see ``analysis.sequential._accumulate`` for why the tests stay
+    valid). Raises ValueError for a look the test cannot use (an error-rate check on a
+    profile without status codes)."""
     test = test_for(check, block_looks=block_looks)
     if isinstance(test, ErrorRateTest):
         canary, baseline = look.canary, look.baseline
@@ -89,9 +92,11 @@ def advance(
                 min(baseline.errors, baseline.requests),
             ),
             fresh=fresh,
+            looks=look.looks,
         )
     return test.update(state, look.canary.buckets or _NO_BUCKETS,
-                       look.baseline.buckets or _NO_BUCKETS, fresh=fresh)  # fmt: skip
+                       look.baseline.buckets or _NO_BUCKETS, fresh=fresh,
+                       looks=look.looks)  # fmt: skip
 
 
 def _window_value(

@@ -133,18 +133,17 @@ def answer_problems(
     seen: set[frozenset[tuple[str, str]]] = set()
     asked = at.timestamp()
     bound = skew.total_seconds()
-    for s in result.series:
+    for s in result.series:  # (a series' name is written only for an error: answers are big)
         key = frozenset(s.labels.items())
-        name = series_name(s.labels)
         if s.unreadable is not None:
             problems.append((s, origin.error(
                 UnreadableSample, f"the sample cannot be read: {s.unreadable}",
-                series=name, rule="unreadable")))  # fmt: skip
+                series=series_name(s.labels), rule="unreadable")))  # fmt: skip
             continue
         if key in seen:
             problems.append((s, origin.error(
                 DuplicateSeries, "several series with this label set in one answer",
-                series=name, rule="duplicate")))  # fmt: skip
+                series=series_name(s.labels), rule="duplicate")))  # fmt: skip
             continue
         seen.add(key)
         if s.timestamp is not None and not abs(s.timestamp - asked) <= bound:
@@ -154,7 +153,7 @@ def answer_problems(
                 StaleSample,
                 f"the sample is {abs(off):.3f} s {when} the time asked for "
                 f"({at.isoformat()}); at most {bound:g} s allowed",
-                series=name, rule="timestamp")))  # fmt: skip
+                series=series_name(s.labels), rule="timestamp")))  # fmt: skip
     return problems
 
 
@@ -199,15 +198,14 @@ def sample_age_problems(
     def stamp_of(s: Series) -> float | None:
         return times.get(frozenset((k, v) for k, v in s.labels.items() if k != "__name__"))
 
+    stamps = [stamp_of(s) for s in values]  # once each: answers are big
     fresh: set[Hashable] = set()
     if group is not None:
-        for s in values:
-            stamp = stamp_of(s)
+        for s, stamp in zip(values, stamps, strict=True):
             if stamp is not None and math.isfinite(stamp) and asked - stamp <= limit:
                 fresh.add(group(s.labels))
     problems: list[tuple[Series, InvalidAnswer]] = []
-    for s in values:
-        stamp = stamp_of(s)
+    for s, stamp in zip(values, stamps, strict=True):
         if stamp is None:
             continue
         age = asked - stamp

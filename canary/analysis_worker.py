@@ -19,6 +19,11 @@ where it was when the look was asked for: same rollout, step, split and evidence
   (no thread waits on Prometheus); then queries go through again (half-open): the first
   answer closes the circuit, the first failure opens it for another ``cooldown``.
 
+* **Announced looks.** A look is announced to the analyzer (``expect``) when it is asked
+  for, before it waits for a thread: the grouped looks then include its rollout's
+  revisions in their next queries, so rollouts asked for together (every one, after a
+  restart or a failover) share the same query rounds instead of each widening them once.
+
 Nothing here decides anything: the verdicts are the analysis package's, applied by the
 engine through the state machine.
 """
@@ -32,7 +37,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from analysis import CheckDefinition, CheckMemory, StepAnalysis, Subject
 from analysis.providers.base import MetricProvider
@@ -44,6 +49,7 @@ __all__ = [
     "AnalysisRunner",
     "Analyzes",
     "CircuitBreaker",
+    "Expects",
     "GuardedProvider",
     "Unanswered",
     "analysis_ticket",
@@ -53,6 +59,15 @@ log = get_logger("canary.analysis_worker")
 
 Key = tuple[str, str]  # (namespace, name)
 BreakerState = Literal["closed", "open", "half-open"]
+
+
+@runtime_checkable
+class Expects(Protocol):
+    """An analyzer told which rollouts are about to be evaluated, before they are
+    (``analysis.runner.Analyzer``): rollouts asked for together then share the grouped
+    looks' query rounds instead of each widening them once."""
+
+    def expect(self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime) -> None: ...
 
 
 class Analyzes(Protocol):
@@ -320,6 +335,10 @@ class AnalysisRunner:
         fresh = _Job(ticket, request)
         with self._lock:
             self._jobs[key] = fresh
+        if isinstance(self._analyzer, Expects):
+            # Before it runs: the looks already running or waiting then ask for this
+            # rollout's revisions too (after a restart, every rollout is asked for at once).
+            self._analyzer.expect(request.subject, request.checks, request.at)
         self._pool.submit(self._run, key, fresh)
         return None
 

@@ -88,6 +88,8 @@ class FakePrometheus:
         self.sent.append(promql)
         if self.down:
             raise Unreachable("connection refused", query=promql)
+        if promql.startswith("resets("):
+            return self.resets(promql, at)
         raw = "sum by" not in promql and "histogram_quantile" not in promql
         k = self.looks_since_start(at) if raw else 1.0
         series: list[Series] = []
@@ -139,6 +141,22 @@ class FakePrometheus:
             url=self.url,
             warnings=self.warnings.get(kind, ()),
         )
+
+    def resets(self, promql: str, at: datetime) -> QueryResult:
+        """The restart check of a joined look: the selected revisions whose counters
+        restarted within its range (every one, when ``restart_at`` falls in it)."""
+        found = re.search(r"\[(\d+)s\]", promql)
+        assert found is not None, promql
+        since = at - SECOND * int(found.group(1))
+        series = []
+        if self.restart_at is not None and since < self.restart_at - SECOND <= at:
+            for ns, name in self.revisions:
+                if f'"{name}' in promql or f"|{name}" in promql:
+                    labels = {self.namespace_label: ns, self.identity_label: name}
+                    series.append(Series({**labels, "pod": f"{name}-pod"}, 1.0, at.timestamp()))
+        if not series:
+            raise NoData("empty", query=promql, raw_digest="e" * 64)
+        return QueryResult(tuple(series), raw_digest=f"{len(self.sent):064x}", url=self.url)
 
 
 KINDS = ("requests", "buckets", "window_requests", "window_errors", "p99")

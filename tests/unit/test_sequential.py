@@ -632,3 +632,139 @@ def test_an_open_block_survives_a_restart_and_a_bad_one_is_refused() -> None:
         SequentialState.from_json({**state.to_json(), "block": [1.0]})
     old = {k: v for k, v in state.to_json().items() if k != "block"}
     assert SequentialState.from_json(old).block == ()  # written before blocks: none open
+
+
+# --- joined looks (a rollout catching up after a restart) ---------------------------------
+
+
+def joined(looks: list[Counts]) -> Counts:
+    """Several looks read as one: the raw counters' difference across them, their sum."""
+    return Counts(
+        sum(c.canary_requests for c in looks),
+        sum(c.canary_events for c in looks),
+        sum(c.baseline_requests for c in looks),
+        sum(c.baseline_events for c in looks),
+    )
+
+
+def share_deciding_joined(test: ErrorRateTest, kind: str, seed: int, error: float, cv: float,
+                          rollouts: int = 200, periods: int = 60) -> float:  # fmt: skip
+    """As ``share_deciding`` (1,000 req/s, over-dispersed), but the periods are read in
+    runs of 1 to 12 joined into one look, the lengths drawn apart from the counts (when a
+    controller is down does not depend on what the canary serves)."""
+    rng, when = random.Random(seed), random.Random(seed + 1000)
+    decided = 0
+    for _ in range(rollouts):
+        state, read = SequentialState(), 0
+        while read < periods:
+            length = min(when.randint(1, 12), periods - read)
+            counts = [dispersed_look(rng, 1000, error, cv) for _ in range(length)]
+            state = test.update(state, joined(counts), looks=length)
+            read += length
+            if test.decide(state).kind == kind:
+                decided += 1
+                break
+    return decided / rollouts
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        pytest.param(0.0125, "regression", id="at-the-harm-null-rarely-rolled-back"),
+        pytest.param(0.02, "non-inferior", id="twice-the-tolerance-rarely-promoted"),
+    ],
+)
+def test_joined_looks_keep_both_error_bounds(error: float, kind: str) -> None:
+    """alpha 5 %, 200 rollouts of 60 over-dispersed periods (CV 0.3 per side), read in
+    joined runs of random length: a canary at x1.25 (the harm test's null, the hardest
+    case) is rarely rolled back, and one at x2 (beyond the +50 % tolerance) rarely
+    promoted: the guarantees do not depend on when, or how many, looks are taken."""
+    test = ErrorRateTest(0.5, alpha_fail=0.05, alpha_pass=0.05)
+    assert share_deciding_joined(test, kind, 51, error, 0.3) <= 0.08
+
+
+def test_a_joined_look_counts_what_its_periods_counted_and_learns_no_dispersion() -> None:
+    test = ErrorRateTest(0.5)
+    state = SequentialState()
+    for _ in range(10):
+        state = test.update(state, Counts(1000, 10, 9000, 90))
+    learnt = state.dispersion
+    after = test.update(state, Counts(120_000, 1_200, 1_080_000, 10_800), looks=120)
+    assert after.looks == 130
+    assert (after.canary_requests, after.baseline_requests) == (130_000, 1_170_000)
+    assert after.canary_harm_events == 1_300
+    # The estimate keeps its sums, but no pair straddles the joined look.
+    assert after.dispersion[2:] == learnt[2:]
+    assert after.dispersion[:2] == (0.0, 0.0)
+    later = test.update(after, Counts(1000, 10, 9000, 90))
+    assert later.dispersion[4] == learnt[4]  # the next look only starts a pair
+    with pytest.raises(ValueError, match="at least one period"):
+        test.update(state, Counts(1000, 10, 9000, 90), looks=0)
+
+
+@pytest.mark.parametrize("periods", [12, 120])
+def test_a_clear_regression_begun_while_away_is_caught_when_catching_up(periods: int) -> None:
+    """Five times the baseline's 5xx, begun while the controller was away (after 12
+    healthy looks), read as one look when it catches up: 20 rollouts, every one rolled
+    back by that look or within two looks after it, most by that look. (It is tempered as
+    one draw of the over-dispersion, so it weighs less than the periods read one by one
+    would: the price of joining, paid in speed, never in false rollbacks.)"""
+    test = ErrorRateTest(0.5, alpha_fail=0.01)
+    after: list[int] = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        state = SequentialState()
+        for _ in range(12):
+            state = test.update(state, look(rng, 200, 0.01))
+        assert test.decide(state).kind != "regression"
+        caught_up = joined([look(rng, 200, 0.05) for _ in range(periods)])
+        state = test.update(state, caught_up, looks=periods)
+        more = 0
+        while test.decide(state).kind != "regression" and more < 10:
+            state, more = test.update(state, look(rng, 200, 0.05)), more + 1
+        after.append(more)
+    assert max(after) <= 2
+    assert after.count(0) >= 14
+
+
+def share_rolled_back_when_joined_runs_serve_in_one_period(seed: int) -> float:
+    """Healthy canaries at x1.25 (the harm test's null), 1,000 req/s, CV 0.3 per side,
+    alpha 5 %: ten periods read one by one, then runs of 2 to 12 periods read as one look
+    whose traffic all came in one of its periods (a burst of traffic after a lull)."""
+    test = ErrorRateTest(0.5, alpha_fail=0.05)
+    rng, when = random.Random(seed), random.Random(seed + 1000)
+    rolled = 0
+    for _ in range(200):
+        state, read = SequentialState(), 0
+        while read < 60 and test.decide(state).kind != "regression":
+            length = 1 if read < 10 else min(when.randint(2, 12), 60 - read)
+            served = dispersed_look(rng, 1000, 0.0125, 0.3)
+            state = test.update(state, joined([served] + [Counts(0, 0, 0, 0)] * (length - 1)),
+                                looks=length)  # fmt: skip
+            read += length
+        rolled += test.decide(state).kind == "regression"
+    return rolled / 200
+
+
+def test_a_joined_look_is_tempered_as_one_draw_whatever_its_traffic() -> None:
+    """What the periods of a joined look served is not known, only their sum: tempered as
+    one draw of the over-dispersion, the false-rollback bound holds even when one period
+    served it all."""
+    assert share_rolled_back_when_joined_runs_serve_in_one_period(61) <= 0.08
+
+
+def test_tempered_as_if_its_periods_had_served_alike_it_would_not_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same streams with a joined look tempered as the sum of its periods would be if
+    they had served alike (the extra variance divided by the periods it spans): a burst of
+    traffic in one period then counts as many independent pieces of evidence."""
+    factor = sequential._dispersion_factor
+
+    def as_if_alike(
+        state: SequentialState, counts: Counts, block_looks: int = 1, spans: float = 1.0
+    ) -> float:
+        return 1 + (factor(state, counts, block_looks, spans) - 1) * block_looks / max(spans, 1)
+
+    monkeypatch.setattr(sequential, "_dispersion_factor", as_if_alike)
+    assert share_rolled_back_when_joined_runs_serve_in_one_period(61) > 0.15

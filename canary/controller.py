@@ -82,6 +82,8 @@ class ControllerMetrics(Protocol):
     def observe_tick_lag(self, seconds: float) -> None: ...
     def set_phase_counts(self, counts: Mapping[str, int]) -> None: ...
     def record_kube_write_retry(self) -> None: ...
+    def record_reconcile(self) -> None: ...
+    def record_wake_held_back(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,9 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._workers = workers
         self._failures: dict[_Item, int] = {}  # consecutive failures of an item, for backoff
+        # Rollouts whose reconcile returned a wake-up already past, and how often in a row
+        # for that same time (see _held_back).
+        self._past_wakes: dict[Key, tuple[datetime, int]] = {}
         self._cache = cache
         # Only the leader writes to the cluster; the Lease itself is exempt.
         gate = getattr(kube, "gate_writes", None)
@@ -396,6 +401,8 @@ class Controller:
         if was:
             log.warning("leader.lost", reason=why)
             self._scheduler.clear()
+            with self._lock:
+                self._past_wakes.clear()
             if self._analysis is not None:
                 self._analysis.clear()
             forget = getattr(self.engine, "stop_leading", None)
@@ -605,14 +612,46 @@ class Controller:
             lag = (self._clock() - scheduled).total_seconds()
             self._metrics.observe_tick_lag(max(lag, 0.0))
         wake = self.engine.reconcile(*key)
+        if self._metrics is not None:
+            self._metrics.record_reconcile()
         if self._analysis is not None and wake is not None and wake <= self._clock():
             # A look is due and runs off this thread: its end queues the rollout again;
             # the timer is the look's deadline, when it is given up.
             deadline = self._analysis.deadline(key)
             if deadline is not None:
                 wake = deadline
-        self._scheduler.schedule(key, wake)
+        self._scheduler.schedule(key, self._held_back(key, wake))
         self._set_ready("database", True, "reachable")
+
+    def _held_back(self, key: Key, wake: datetime | None) -> datetime | None:
+        """``wake``, unless the rollout's reconciles keep returning one same time already
+        past: then nothing they do moves it on, and left alone it would run in a loop at
+        full speed (a state naming a time that nothing advances; an analysis that cannot
+        start). The first such return runs at once, as a past time means; from the second
+        in a row for the same time it waits 1 s, doubling up to the backoff ceiling, and
+        says so once. A watch event or a command still queues the rollout at once."""
+        now = self._clock()
+        with self._lock:
+            if wake is None or wake > now:
+                self._past_wakes.pop(key, None)
+                return wake
+            last = self._past_wakes.get(key)
+            repeats = last[1] + 1 if last is not None and last[0] == wake else 0
+            self._past_wakes[key] = (wake, repeats)
+        if repeats == 0:
+            return wake
+        delay = min(2.0 ** (repeats - 1), _BACKOFF_MAX)
+        if self._metrics is not None:
+            self._metrics.record_wake_held_back()
+        if repeats == 1:
+            log.warning(
+                "rollout.wake_not_advanced",
+                namespace=key[0],
+                name=key[1],
+                wake=wake.isoformat(),
+                retry_in=delay,
+            )
+        return now + timedelta(seconds=delay)
 
     def _relist(self) -> None:
         """Queue every InferenceService that concerns us (leadership was just gained)."""

@@ -13,6 +13,10 @@ Series:
 * ``kserve_canary_rollbacks_total{reason_kind}``: rollbacks by kind of reason;
 * ``kserve_canary_leader``: 1 while this replica holds the leader Lease, else 0;
 * ``kserve_canary_tick_lag_seconds``: how late a scheduled rollout check ran;
+* ``kserve_canary_reconciles_total``: rollout reconciles run (a rate far above the rollouts'
+  look and check rates is a rollout woken again and again);
+* ``kserve_canary_wakes_held_back_total``: reconciles delayed because a rollout kept asking
+  to run again at one same past time (a state nothing moves on; see the controller);
 * ``kserve_canary_kube_write_retries_total``: Kubernetes writes retried;
 * ``kserve_canary_admission_reviews_total{result}``: admission answers (allowed, patched,
   denied, error);
@@ -105,6 +109,14 @@ class ControllerMetrics:
             "kserve_canary_tick_lag_seconds",
             "How late a scheduled rollout check ran compared with its due time.",
             buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self._reconciles = Counter(
+            "kserve_canary_reconciles", "Rollout reconciles run.", registry=r
+        )
+        self._held_back = Counter(
+            "kserve_canary_wakes_held_back",
+            "Reconciles delayed because a rollout kept asking to run again at one past time.",
             registry=r,
         )
         self._kube_retries = Counter(
@@ -250,6 +262,12 @@ class ControllerMetrics:
 
     def observe_tick_lag(self, seconds: float) -> None:
         self._tick_lag.observe(max(seconds, 0.0))
+
+    def record_reconcile(self) -> None:
+        self._reconciles.inc()
+
+    def record_wake_held_back(self) -> None:
+        self._held_back.inc()
 
     def record_kube_write_retry(self) -> None:
         self._kube_retries.inc()

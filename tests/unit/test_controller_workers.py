@@ -212,3 +212,59 @@ def test_one_service_changing_all_the_time_never_runs_twice_at_once() -> None:
 def test_a_controller_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         running_controller(SlowEngine(), workers=0)
+
+
+class PastWakeEngine:
+    """Each reconcile returns ``wake``, whatever the time (a state naming a time nothing
+    advances)."""
+
+    def __init__(self, wake: datetime) -> None:
+        self.wake: datetime | None = wake
+        self.calls = 0
+
+    def active_keys(self) -> list[tuple[str, str, datetime | None]]:
+        return []
+
+    def reconcile(self, namespace: str, name: str) -> datetime | None:
+        self.calls += 1
+        return self.wake
+
+
+class RecordingScheduler(Scheduler):
+    def __init__(self) -> None:
+        self.timers: list[datetime | None] = []
+
+    def schedule(self, key: Any, wake: Any) -> None:
+        self.timers.append(wake)
+
+
+NOW = datetime(2026, 12, 6, 16, 0, tzinfo=UTC)
+PAST = NOW - timedelta(seconds=30)
+
+
+def test_a_wake_up_that_never_moves_on_backs_off_instead_of_spinning() -> None:
+    engine = PastWakeEngine(PAST)
+    clock = [NOW]
+    ctl = Controller(
+        kube=cast(KubeClient, object()), store=cast(AuditStore, object()),
+        engine_factory=lambda _: cast(Engine, engine), elector=cast(LeaseElector, object()),
+        clock=lambda: clock[0], resync=timedelta(seconds=30),
+    )  # fmt: skip
+    scheduler = RecordingScheduler()
+    ctl._scheduler = cast(Any, scheduler)
+    second = timedelta(seconds=1)
+    for _ in range(8):
+        ctl._process(rollout("stuck"))
+    # the first past time runs at once; then 1, 2, 4 ... s, never more than the ceiling
+    assert scheduler.timers == [PAST] + [NOW + n * second for n in (1, 2, 4, 8, 16, 30, 30)]
+    engine.wake = PAST + second  # moved on, though still past: runs at once again
+    ctl._process(rollout("stuck"))
+    assert scheduler.timers[-1] == PAST + second
+    engine.wake = NOW + 5 * second  # a time to come is kept as it is, and forgets the past
+    ctl._process(rollout("stuck"))
+    engine.wake = PAST + second
+    ctl._process(rollout("stuck"))
+    assert scheduler.timers[-2:] == [NOW + 5 * second, PAST + second]
+    engine.wake = None
+    ctl._process(rollout("stuck"))
+    assert scheduler.timers[-1] is None

@@ -11,7 +11,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from analysis import CheckMemory
+from analysis.types import BUILTIN_CHECKS
 from canary.audit import RolloutRow
+from canary.checks import check_definitions, shadow_checks
 from canary.execution import Pending
 from canary.model import Phase, RolloutState
 from canary.policy import RolloutPolicy
@@ -116,8 +118,21 @@ class RolloutDocument:
             return self.mirror_applied_at
         return None
 
+    @property
+    def reads_looks(self) -> bool:
+        """Whether any of the rollout's checks is read on looks (a built-in one): a policy
+        of custom queries only is evaluated at its analysis interval, and a look would
+        read nothing for it."""
+        if self.state.phase is Phase.SHADOWING:
+            checks = shadow_checks(self.policy, self.state.challenger)
+        else:
+            checks = check_definitions(self.policy)
+        return any(check.builtin in BUILTIN_CHECKS for check in checks)
+
     def wake_at(self) -> datetime | None:
-        """When the scheduler must call the engine again for this rollout."""
+        """When the scheduler must call the engine again for this rollout. A look's time
+        counts only for a rollout that reads looks: nothing else moves it on, so for any
+        other it would be a wake-up in the past, again after every call."""
         if self.state.terminal:
             # a finished rollout's last traffic write (an opt-out's or a drift's revert)
             # is retried like any other until it is carried out
@@ -128,7 +143,8 @@ class RolloutDocument:
             # Never analysed at this step yet: due as soon as its split (or, while
             # shadowing, the mirror) is in force.
             candidates.append(self.next_analysis_at or since)
-            candidates.append(self.next_look_at)
+            if self.reads_looks:
+                candidates.append(self.next_look_at)
         if self.pending:
             candidates.append(self.retry_at or self.state.phase_entered_at)
         present = [c for c in candidates if c is not None]

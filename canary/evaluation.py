@@ -31,7 +31,6 @@ from typing import Literal, Protocol
 
 from analysis import CheckMemory, Outcome, Subject
 from analysis.looks import LookSource
-from analysis.types import BUILTIN_CHECKS
 from canary import machine
 from canary.analysis_worker import AnalysisRequest, AnalysisRunner, Analyzes, analysis_ticket
 from canary.audit import AuditEntry, Measurement
@@ -59,18 +58,6 @@ _VERDICTS: Mapping[Outcome, Verdict] = {
     Outcome.INCONCLUSIVE: Verdict.INCONCLUSIVE,
     Outcome.ERROR: Verdict.ERROR,
 }
-
-
-def _reads_looks(doc: RolloutDocument) -> bool:
-    """Whether any of the rollout's checks is read on looks (a built-in one): a policy of
-    custom queries only is evaluated at its analysis interval, and a look would read
-    nothing for it."""
-    policy = doc.policy
-    if doc.state.phase is Phase.SHADOWING:
-        checks = shadow_checks(policy, doc.state.challenger)
-    else:
-        checks = check_definitions(policy)
-    return any(check.builtin in BUILTIN_CHECKS for check in checks)
 
 
 class RolloutAnalyzer(Analyzes, Protocol):
@@ -180,7 +167,7 @@ class AnalysisAdapter:
         if (
             self._analyzer.looks is not None
             and (doc.next_look_at is None or now >= doc.next_look_at)
-            and _reads_looks(doc)
+            and doc.reads_looks
         ):
             return "look"
         return None
@@ -319,6 +306,6 @@ class AnalysisAdapter:
             doc,
             memory=dict(result.memory),
             next_analysis_at=at + policy.analysis_interval,
-            next_look_at=self.next_look(now),
+            next_look_at=self.next_look(now) if doc.reads_looks else None,
         )
         return Evaluated(doc, verdict, evaluated)

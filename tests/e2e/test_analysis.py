@@ -185,3 +185,52 @@ def test_a_prometheus_that_cannot_be_trusted_holds_the_canary(
     evaluations = _evaluations(records, doc.state.rollout_id)
     assert evaluations
     assert not any(r.entry.evidence.get("sufficient_data") for r in evaluations)
+
+
+CUSTOM_ONLY_POLICY = """
+name: custom-only
+steps: [10, 100]
+stepHold: 1h
+analysisInterval: 3s
+revisionReadyTimeout: 15s
+maxStepDuration: 2h
+checks:
+  - name: error-ratio
+    query: >-
+      (sum(rate(http_server_request_duration_seconds_count{namespace="${namespace}",
+      revision="${revision}",http_response_status_code=~"5.."}[10s])) or vector(0))
+      / sum(rate(http_server_request_duration_seconds_count{namespace="${namespace}",
+      revision="${revision}"}[10s]))
+    direction: lowerIsBetter
+    absoluteLimit: 0.05
+"""
+
+
+def test_a_policy_of_custom_queries_only_is_checked_at_its_interval_not_in_a_loop(
+    knative_env: Env,
+) -> None:
+    """Nothing reads looks for such a policy, so nothing moves its look time on: the
+    controller once woke it again and again, a worker at full speed per rollout."""
+    env = knative_env
+    (env.policy_dir / "custom-only.yaml").write_text(CUSTOM_ONLY_POLICY, encoding="utf-8")
+    v1, v2 = env.model("v1"), env.model("v2")
+    env.create(v1, policy="custom-only")
+    app = env.start_controller()
+    assert env.command("start", "a custom-only policy", storage_uri=v2).state == "accepted"
+
+    def evaluated() -> int:
+        return sum(1 for r in env.records() if r.entry.action == "analysis.evaluated")
+
+    env.wait("the first analysis at the first step", lambda: evaluated() >= 1)
+    registry = app.metrics.registry
+    before = registry.get_sample_value("kserve_canary_reconciles_total") or 0.0
+    began, count = time.monotonic(), evaluated()
+    env.wait("three more analyses", lambda: evaluated() >= count + 3)
+    seconds = time.monotonic() - began
+    reconciles = (registry.get_sample_value("kserve_canary_reconciles_total") or 0.0) - before
+    # An analysis every 3 s takes a few reconciles (asked, answered, status seen); a
+    # rollout woken in a loop takes hundreds a second.
+    assert reconciles < 10 * seconds, f"{reconciles:.0f} reconciles in {seconds:.1f} s"
+    assert registry.get_sample_value("kserve_canary_wakes_held_back_total") == 0.0
+    doc = env.wait_phase(Phase.PROGRESSING)
+    assert doc.state.step_index == 0

@@ -131,3 +131,35 @@ def test_a_look_is_due_only_for_a_rollout_that_reads_looks(
         next_look_at=now - second if look_due else now + second,
     )  # fmt: skip
     assert adapter().due(doc, now) == due
+
+
+@pytest.mark.parametrize(
+    ("checks", "wakes_for_the_look"),
+    [
+        (None, True),
+        ([CUSTOM], False),  # nothing advances its look time: it would be past for ever
+        ([CUSTOM, {"name": "errors", "builtin": "error-rate", "relativeTolerance": 0.5}], True),
+    ],
+    ids=["builtin", "custom-only", "mixed"],
+)
+def test_a_look_time_wakes_only_a_rollout_that_reads_looks(
+    checks: list[dict[str, Any]] | None, wakes_for_the_look: bool
+) -> None:
+    policy = make_policy() if checks is None else make_policy(checks=checks)
+    d = progressing(policy)
+    assert d.state is not None
+    reached = d.state.step_reached_at
+    assert reached is not None
+    now = reached + timedelta(seconds=40)
+    interval = now + timedelta(seconds=20)
+    look = now - timedelta(seconds=9)  # a look time from before (an older controller's row)
+    doc = RolloutDocument(
+        state=d.state, policy=policy, mode="knative", uid="uid-1",
+        metric_profile="knative-otel", next_analysis_at=interval, next_look_at=look,
+    )  # fmt: skip
+    assert doc.reads_looks is wakes_for_the_look
+    wake = doc.wake_at()
+    assert wake is not None
+    assert wake == (
+        look if wakes_for_the_look else min(interval, d.state.next_check_at or interval)
+    )

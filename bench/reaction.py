@@ -76,7 +76,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +124,7 @@ ERROR_LIMIT = 0.05  # the Flagger-style 5xx ratio threshold
 P99_LIMIT_SECONDS = 0.1  # the Flagger-style p99 threshold (the healthy p99 is 0.04 s)
 MIN_OFFSET_SECONDS = 10.0  # the canary's series are in Prometheus by then (discovery ~6 s)
 START_SPACING_SECONDS = 1.5  # between two trials' first writes, so they do not all bunch up
+CONTROLLER_CHECK_SECONDS = 2.0  # how often the trials check that the controller still runs
 TARGET_EXTRA_SECONDS = 2.0  # our target: one scrape interval + 2 s after significance
 TARGET_RATIO = 10.0  # and at least 10 x faster than the Flagger-style configuration
 
@@ -1062,6 +1063,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         return _main(options, arguments, work)
+    except ControllerExited as exc:
+        _say(f"error: {exc}")
+        log_file = work / "logs" / "bench-reaction.log"
+        if log_file.exists():  # its end, before a work directory of our own is removed
+            _say("".join(log_file.read_text(errors="replace").splitlines(True)[-30:]))
+        return 2
     finally:
         if owned:
             shutil.rmtree(work, ignore_errors=True)
@@ -1114,7 +1121,8 @@ def _main(options: Options, argv: Sequence[str], work: Path) -> int:
         )
         cpu_start = _cpu_seconds(replica.process.pid)
         trials_began = time.monotonic()
-        trials = _run_trials(run, (ours, flagger), options)
+        trials = _run_trials(run, (ours, flagger), options, replica.process.poll,
+                             work / "logs" / "bench-reaction.log")  # fmt: skip
         trials_seconds = time.monotonic() - trials_began
         cpu_end = _cpu_seconds(replica.process.pid)
         if cpu_start is not None and cpu_end is not None:
@@ -1155,21 +1163,46 @@ def _main(options: Options, argv: Sequence[str], work: Path) -> int:
     return 1 if incomplete else 0
 
 
-def _run_trials(run: Run, configs: Sequence[Configuration], options: Options) -> list[TrialResult]:
+class ControllerExited(RuntimeError):
+    """The controller under test stopped during the trials: no trial after that measures
+    anything, so the run ends at once instead of each waiting out its deadlines."""
+
+
+def _run_trials(
+    run: Run,
+    configs: Sequence[Configuration],
+    options: Options,
+    exit_code: Callable[[], int | None] = lambda: None,
+    controller_log: Path | None = None,
+) -> list[TrialResult]:
     """Every configuration's trials side by side: at most ``parallel`` at a time in all,
-    started in turn (one of each configuration, then the next of each)."""
-    with ThreadPoolExecutor(options.parallel, thread_name_prefix="trial") as pool:
-        futures = [
-            pool.submit(run.trial, config, index)
-            for index in range(1, options.runs + 1)
-            for config in configs
-        ]
-        results: list[TrialResult] = []
-        for future in futures:
-            result = future.result()
-            results.append(result)
-            _say(f"  {result.config} {result.service}: {_brief(result)}")
-        return results
+    started in turn (one of each configuration, then the next of each). ``exit_code`` is
+    the controller's (None while it runs): once it has one, the trials not begun are
+    cancelled and :class:`ControllerExited` is raised."""
+    pool = ThreadPoolExecutor(options.parallel, thread_name_prefix="trial")
+    futures = [
+        pool.submit(run.trial, config, index)
+        for index in range(1, options.runs + 1)
+        for config in configs
+    ]
+    results: list[TrialResult] = []
+    for future in futures:
+        while not future.done():
+            wait([future], timeout=CONTROLLER_CHECK_SECONDS, return_when=FIRST_COMPLETED)
+            code = exit_code()
+            if code is not None:
+                # Not waiting for the trials under way: they end as the test bed stops.
+                pool.shutdown(wait=False, cancel_futures=True)
+                where = f"; its log: {controller_log}" if controller_log else ""
+                raise ControllerExited(
+                    f"the controller exited with code {code} during the trials "
+                    f"({len(results)} of {len(futures)} reported){where}"
+                )
+        result = future.result()
+        results.append(result)
+        _say(f"  {result.config} {result.service}: {_brief(result)}")
+    pool.shutdown()
+    return results
 
 
 def _brief(result: TrialResult) -> str:

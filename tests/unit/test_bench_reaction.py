@@ -3,8 +3,11 @@ tables it writes, and that its two configurations are what they claim to be."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
+from typing import cast
 
 import pytest
 import yaml
@@ -13,16 +16,21 @@ from analysis.assess import assess
 from analysis.looks import LookSource
 from analysis.runner import Analyzer
 from analysis.types import CheckMemory, Outcome, Reading, Subject
+from bench import reaction
 from bench.reaction import (
     Context,
+    ControllerExited,
     Row,
+    Run,
     Spread,
     TrialResult,
+    _run_trials,
     behind_text,
     configurations,
     first_after,
     in_intervals,
     last_at_or_before,
+    parse_args,
     report,
     significance_look,
     spread,
@@ -287,3 +295,34 @@ def test_passes_that_read_several_looks_at_once_are_told_apart_from_timely_ones(
         "1 where it read one."
     )
     assert behind_text(trials[:1], 1.0) == ""  # none behind: nothing to say
+
+
+class _Trials:
+    """Stands in for the run: each trial blocks until released, as a trial waiting for a
+    controller that no longer answers would (until its own deadlines)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.begun = 0
+
+    def trial(self, config: object, index: int) -> TrialResult:
+        self.begun += 1
+        self.release.wait(30)
+        return TrialResult("ours", f"ours-{index:02d}")
+
+
+def test_a_controller_that_exits_ends_the_run_at_once_and_names_its_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(reaction, "CONTROLLER_CHECK_SECONDS", 0.01)
+    trials = _Trials()
+    exits = iter([None, None, 1])
+    options = parse_args(["--runs", "20", "--parallel", "2"])
+    ours, flagger = configurations(30, 5)
+    try:
+        with pytest.raises(ControllerExited, match=r"exited with code 1 .*0 of 40 reported"):
+            _run_trials(cast(Run, trials), (ours, flagger), options,
+                        lambda: next(exits, 1), tmp_path / "controller.log")  # fmt: skip
+    finally:
+        trials.release.set()
+    assert trials.begun <= 2  # the trials not begun were cancelled, not waited out

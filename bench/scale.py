@@ -103,6 +103,28 @@ checks:
     minSamples: 200
 """
 
+# Imported by the controller's interpreter (a directory of it first on PYTHONPATH) when
+# --tracemalloc is given: traces allocations, and on SIGUSR2 writes the largest by line.
+_TRACEMALLOC_HOOK = """\
+import os, signal, tracemalloc
+
+_out = os.environ.get("KSC_BENCH_TRACEMALLOC")
+if _out:
+    tracemalloc.start(1)
+
+    def _dump(signum, frame):
+        snapshot = tracemalloc.take_snapshot()
+        stats = snapshot.statistics("lineno")
+        with open(_out + ".tmp", "w") as out:
+            out.write(f"total {sum(s.size for s in stats)}\\n")
+            for stat in stats[:40]:
+                where = stat.traceback[0]
+                out.write(f"{stat.size} {stat.count} {where.filename}:{where.lineno}\\n")
+        os.replace(_out + ".tmp", _out)
+
+    signal.signal(signal.SIGUSR2, _dump)
+"""
+
 # targets of issue #16 §2, shown as met or missed
 TARGET_TICK_LAG_P99 = 1.0  # seconds
 TARGET_CPU = 1.0  # cores, at the largest size
@@ -132,6 +154,10 @@ class Options:
     work_dir: Path | None = None
     py_spy: Path | None = None  # with it, the controller's CPU is sampled after the window
     profile_seconds: float = 30.0
+    # the first controller runs under tracemalloc and reports its largest allocations after
+    # the window: a profiling run (tracemalloc slows every allocation; its figures are not
+    # the benchmark's)
+    tracemalloc: bool = False
 
     @property
     def look_lag(self) -> float:
@@ -154,6 +180,10 @@ class Options:
             "rate",
             "tick",
             "lease_seconds",
+            "create_deadline",
+            "progress_deadline",
+            "restart_deadline",
+            "unbatched_deadline",
         ):
             if getattr(self, name) != getattr(defaults, name):
                 parts.append(f"--{name.replace('_', '-')} {getattr(self, name):g}")
@@ -167,9 +197,11 @@ class SizeResult:
     n: int
     created_seconds: float | None = None
     started_seconds: float | None = None
+    started_evaluated: int | None = None  # rollouts progressing and evaluated by the deadline
     in_progress: int | None = None  # active rollouts when the window began
     evaluated_before_window: int | None = None
     window_seconds: float | None = None
+    interval_seconds: float | None = None  # the policy's analysisInterval
     ticks: int | None = None
     tick_lag_p50: float | None = None
     tick_lag_p99: float | None = None
@@ -200,6 +232,8 @@ class SizeResult:
     phases_after: dict[str, int] | None = None
     profile_top: list[tuple[str, float]] | None = None  # (frame, share of samples)
     profile_self: list[tuple[str, float]] | None = None
+    memory_top: list[tuple[str, float, int]] | None = None  # (where, MiB, blocks)
+    memory_traced_mib: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -221,6 +255,24 @@ class SizeResult:
         )
 
     @property
+    def checks_per_interval(self) -> float | None:
+        """Rollout checks (ticks of the controller's timers) per analysis interval."""
+        if self.ticks is None or not self.window_seconds or not self.interval_seconds:
+            return None
+        return self.ticks / (self.window_seconds / self.interval_seconds)
+
+    @property
+    def checks_per_rollout_interval(self) -> float | None:
+        checks = self.checks_per_interval
+        return None if checks is None or not self.in_progress else checks / self.in_progress
+
+    @property
+    def apiserver_per_check(self) -> float | None:
+        """The controller's apiserver requests (step writes aside) per rollout check."""
+        checks, requests = self.checks_per_interval, self.apiserver_non_step_per_interval
+        return None if not checks or requests is None else requests / checks
+
+    @property
     def query_ratio(self) -> float | None:
         if not self.unbatched_queries_per_interval or not self.prometheus_queries_per_interval:
             return None
@@ -230,7 +282,7 @@ class SizeResult:
         """The figures this size did not produce."""
         required = (
             "created_seconds",
-            "started_seconds",
+            "started_evaluated",  # every rollout, or how many by the deadline
             "in_progress",
             "tick_lag_p50",
             "tick_lag_p99",
@@ -699,7 +751,18 @@ def measure_size(
             stack.callback(shutil.rmtree, directory, True)
         log(f"N = {n}: starting the test bed in {directory}")
         bed = stack.enter_context(_bed(n, options, postgres, directory, log, testbed))
-        replica = bed.spawn("replica-a")  # it starts while the services are made
+        traced: dict[str, str] = {}
+        if options.tracemalloc:
+            hook = directory / "tracemalloc-hook"
+            hook.mkdir(exist_ok=True)
+            (hook / "sitecustomize.py").write_text(_TRACEMALLOC_HOOK)
+            traced = {
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(hook), os.environ.get("PYTHONPATH")])
+                ),
+                "KSC_BENCH_TRACEMALLOC": str(directory / "tracemalloc.txt"),
+            }
+        replica = bed.spawn("replica-a", **traced)  # it starts while the services are made
         log(f"  controller pid {replica.process.pid}, logs in {bed.logs}")
         _create(bed, result, log)
         if not _wait(
@@ -712,6 +775,8 @@ def measure_size(
         _measure_window(bed, replica, result, log)
         if options.py_spy is not None:
             _profile(bed, replica, result, log)
+        if options.tracemalloc:
+            _memory(replica, Path(traced["KSC_BENCH_TRACEMALLOC"]), result, log)
         replica = _restart(bed, replica, result, log)
         _measure_unbatched(bed, replica, result, log)
         result.phases_after = bed.phases()
@@ -781,8 +846,9 @@ def _start_rollouts(bed: Bed, result: SizeResult, log: Callable[[str], None]) ->
     ):
         result.started_seconds = time.monotonic() - started
         log(f"  {n} rollouts in progress and evaluated in {result.started_seconds:.0f} s")
-    else:
-        progressing, evaluated = in_progress()
+    progressing, evaluated = in_progress()
+    result.started_evaluated = min(progressing, evaluated)
+    if result.started_seconds is None:
         result.notes.append(
             f"after {bed.options.progress_deadline:.0f} s only {progressing} of {n} rollouts "
             f"were progressing and {evaluated} evaluated; measured as they were"
@@ -804,6 +870,7 @@ def _measure_window(
     after = bed.snapshot(replica)
     seconds = after.at - before.at
     result.window_seconds = seconds
+    result.interval_seconds = o.interval
 
     # tick lag
     def buckets(text: str) -> dict[float, float]:
@@ -1036,6 +1103,30 @@ def _profile(bed: Bed, replica: Replica, result: SizeResult, log: Callable[[str]
         shutil.copy(out, o.work_dir / out.name)
 
 
+def _memory(replica: Replica, path: Path, result: SizeResult, log: Callable[[str], None]) -> None:
+    """Ask the controller (under tracemalloc) for its largest allocations by line."""
+    log("  asking the controller for its allocations (tracemalloc)")
+    os.kill(replica.process.pid, signal.SIGUSR2)
+    if not _wait("the allocation report", path.exists, 300, log, every=1.0):
+        result.notes.append("tracemalloc: no allocation report within 300 s")
+        return
+    lines = path.read_text().splitlines()
+    result.memory_traced_mib = int(lines[0].split()[1]) / 2**20
+    top = []
+    for line in lines[1:]:
+        size, count, where = line.split(" ", 2)
+        top.append((_short(where), int(size) / 2**20, int(count)))
+    result.memory_top = top
+
+
+def _short(where: str) -> str:
+    """A file path from the site-packages or the checkout on."""
+    for marker in ("site-packages/", "python3.11/", "/wt-scale/", "/main/"):
+        if marker in where:
+            return where.split(marker, 1)[1]
+    return where
+
+
 def summarise_profile(
     raw: str, *, top: int = 25
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -1162,12 +1253,32 @@ def verdicts(results: Sequence[SizeResult]) -> list[Verdict]:
         )
     )
     low, high = smallest.apiserver_non_step_per_interval, largest.apiserver_non_step_per_interval
+    figure = f"{_num(low, 1)} at {smallest.n:,} → {_num(high, 1)} at {largest.n:,}"
+    # A controller that falls behind checks each rollout less often, and so asks the
+    # apiserver less per interval than it would: judged then on what it asks per check, at
+    # the smaller size's checks per rollout.
+    small_rate = smallest.checks_per_rollout_interval
+    large_rate = largest.checks_per_rollout_interval
+    per_check = largest.apiserver_per_check
+    if (
+        high is not None
+        and small_rate is not None
+        and large_rate is not None
+        and per_check is not None
+        and large_rate < small_rate / 2
+        and largest.in_progress
+    ):
+        high = per_check * small_rate * largest.in_progress
+        figure += (
+            f" measured, the controller checking each rollout {large_rate:.2f} times per "
+            f"interval against {small_rate:.2f} at {smallest.n:,}; at that rate, with "
+            f"{per_check:.1f} requests per check: {high:,.0f}"
+        )
     growth = None if low is None or high is None or len(results) < 2 else high / max(low, 1.0)
     out.append(
         Verdict(
             "apiserver requests per interval not growing with rollouts (step writes aside)",
-            f"{_num(low, 1)} at {smallest.n:,} → {_num(high, 1)} at {largest.n:,}"
-            + (f" (×{growth:.1f})" if growth is not None else ""),
+            figure + (f" (×{growth:.1f})" if growth is not None else ""),
             None if growth is None else growth <= TARGET_APISERVER_GROWTH,
         )
     )
@@ -1192,7 +1303,14 @@ def _table(results: Sequence[SizeResult]) -> list[str]:
         rows.append(f"| {label} | " + " | ".join(render(r) for r in results) + " |")
 
     row("InferenceServices created and Ready", lambda r: _secs(r.created_seconds))
-    row("rollouts started, in progress and evaluated", lambda r: _secs(r.started_seconds))
+    row(
+        "rollouts started, in progress and evaluated",
+        lambda r: (
+            _secs(r.started_seconds)
+            if r.started_seconds is not None
+            else f"{_num(r.started_evaluated, 0)} of {r.n:,} in time"
+        ),
+    )
     row("rollouts in progress in the window", lambda r: _num(r.in_progress, 0))
     row("tick lag p50 / p99", lambda r: f"{_secs(r.tick_lag_p50)} / {_secs(r.tick_lag_p99)}")
     row(
@@ -1215,6 +1333,14 @@ def _table(results: Sequence[SizeResult]) -> list[str]:
     row(
         "… of them not InferenceService writes",
         lambda r: _num(r.apiserver_non_step_per_interval, 1),
+    )
+    row(
+        "rollout checks per interval (per rollout)",
+        lambda r: f"{_num(r.checks_per_interval, 1)} ({_num(r.checks_per_rollout_interval, 2)})",
+    )
+    row(
+        "apiserver requests per rollout check (step writes aside)",
+        lambda r: _num(r.apiserver_per_check, 2),
     )
     row("audit records per second", lambda r: _num(r.audit_records_per_second, 1))
     row("analyses per second (`analysis.evaluated`)", lambda r: _num(r.evaluations_per_second, 1))
@@ -1377,6 +1503,16 @@ def _details(r: SizeResult) -> list[str]:
             *(f"| {share:.0%} | `{frame}` |" for frame, share in r.profile_top),
             "",
         ]
+    if r.memory_top:
+        lines += [
+            "Controller allocations alive at the window's end (tracemalloc, by line; "
+            f"{_num(r.memory_traced_mib, 0)} MiB traced in all):",
+            "",
+            "| MiB | blocks | where |",
+            "|---|---|---|",
+            *(f"| {mib:.1f} | {n:,} | `{where}` |" for where, mib, n in r.memory_top[:25]),
+            "",
+        ]
     if r.profile_self:
         lines += [
             "Frames on top of the stack:",
@@ -1413,12 +1549,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
         )
     parser.add_argument("--lease-seconds", type=int, default=defaults.lease_seconds)
+    for name in ("create", "progress", "restart", "unbatched"):
+        parser.add_argument(
+            f"--{name}-deadline",
+            type=float,
+            default=getattr(defaults, f"{name}_deadline"),
+            help="seconds",
+        )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument(
         "--py-spy",
         type=Path,
         default=None,
         help="sample the controller with this py-spy after each window",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="a profiling run: the first controller traces its allocations (slower)",
     )
     parser.add_argument(
         "--no-readme", action="store_true", help="write bench/results only, not the README block"
@@ -1438,8 +1586,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
         tick=args.tick,
         lease_seconds=args.lease_seconds,
+        create_deadline=args.create_deadline,
+        progress_deadline=args.progress_deadline,
+        restart_deadline=args.restart_deadline,
+        unbatched_deadline=args.unbatched_deadline,
         work_dir=args.work_dir,
         py_spy=args.py_spy,
+        tracemalloc=args.tracemalloc,
     )
     load_before = _uptime()
     started = time.monotonic()

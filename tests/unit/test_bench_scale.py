@@ -107,3 +107,18 @@ def test_render_writes_every_row_even_without_figures() -> None:
     assert "load average 1" in block
     assert markdown.startswith("# Many rollouts on one replica")
     assert "## How each figure is measured" in markdown
+
+
+def test_a_controller_that_falls_behind_is_judged_at_the_smaller_sizes_check_rate() -> None:
+    common = {"window_seconds": 120.0, "interval_seconds": 10.0}
+    # 25 checks an interval at 10: 2.5 per rollout, 2 requests a check
+    small = _result(10, ticks=300, in_progress=10, apiserver_by_resource={"get leases": 50.0},
+                    **common)  # fmt: skip
+    # 50 checks an interval at 1,000: 0.05 per rollout, 3 requests a check
+    large = _result(1000, ticks=600, in_progress=1000,
+                    apiserver_by_resource={"get leases": 150.0}, **common)  # fmt: skip
+    (judged,) = [v for v in verdicts([small, large]) if v.target.startswith("apiserver")]
+    assert judged.ok is False
+    assert "0.05 times per interval against 2.50" in judged.figure
+    assert "3.0 requests per check: 7,500" in judged.figure  # 3 × 2.5 × 1,000
+    assert "(×150.0)" in judged.figure

@@ -59,7 +59,7 @@ from canary.document import DOCUMENT_VERSION, RolloutDocument, mode_of
 from canary.entries import Entries, model_ref, object_ref
 from canary.evaluation import AnalysisAdapter, KeptLooks, Looked, RolloutAnalyzer
 from canary.execution import Pending, carry_out
-from canary.k8s.client import INFERENCE_SERVICE, KubeClient, NotFound
+from canary.k8s.client import INFERENCE_SERVICE, Conflict, KubeClient, NotFound
 from canary.k8s.events import EventSink, ObjectReference
 from canary.log import get_logger
 from canary.mirroring import MirrorKeeper, mirroring
@@ -886,6 +886,15 @@ class Engine:
                 percent,
                 resource_version=observed.resource_version,
             )
+        except Conflict as exc:
+            # The InferenceService changed since it was read (KServe writes its status all
+            # the time): recorded, and the command stays pending; the controller runs it
+            # again shortly, from a fresh read (the client dropped its cached copy).
+            why = f"the InferenceService changed since it was read; read again: {exc}"
+            conflicted = replace(intent, at=self._clock(), action="traffic.failed", reason=why,
+                                 traffic_before=None)  # fmt: skip
+            self._store.commit([conflicted], fence=fence)
+            raise
         except Exception as exc:  # every failure is recorded, then reported to the caller
             why = f"the write was refused: {exc}"
             outcome = replace(

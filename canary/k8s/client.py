@@ -389,6 +389,20 @@ class KubeClient:
             cache.offer(result)
         return result
 
+    def _conditional(
+        self, kind: ResourceKind, namespace: str | None, name: str, send: Callable[[], JsonObject]
+    ) -> JsonObject:
+        """``send()``, a write that may be refused with :class:`Conflict` because the object
+        changed since it was read: then the cached copy it was read from is dropped, so
+        that whoever reads it next, to try again, gets the apiserver's."""
+        try:
+            return send()
+        except Conflict:
+            cache = self._cache_for(kind)
+            if cache is not None and namespace is not None:
+                cache.refused(namespace, name)
+            raise
+
     def count_write_retries(self, counter: Callable[[], None] | None) -> None:
         """Call ``counter()`` each time this client sends a write again by itself (today:
         a write refused with 401 while the token file rotated under it)."""
@@ -667,7 +681,10 @@ class KubeClient:
     ) -> JsonObject:
         """PUT the whole object; its metadata.resourceVersion makes it conditional."""
         self._check_write(kind)
-        result: JsonObject = self._request("PUT", kind.path(namespace, name), body=dict(body))
+        path = kind.path(namespace, name)
+        result = self._conditional(
+            kind, namespace, name, lambda: self._request("PUT", path, body=dict(body))
+        )
         return self._written(kind, result)
 
     def replace_status(
@@ -676,7 +693,9 @@ class KubeClient:
         """PUT the status subresource (spec changes in ``body`` are ignored by the server)."""
         self._check_write(kind)
         path = kind.path(namespace, name) + "/status"
-        result: JsonObject = self._request("PUT", path, body=dict(body))
+        result = self._conditional(
+            kind, namespace, name, lambda: self._request("PUT", path, body=dict(body))
+        )
         return self._written(kind, result)
 
     def patch(
@@ -704,15 +723,20 @@ class KubeClient:
             patch = {**patch, "metadata": {**patch.get("metadata", {}),
                                            "resourceVersion": resource_version}}  # fmt: skip
         path = kind.path(namespace, name) + (f"/{subresource}" if subresource else "")
-        result: JsonObject = self._request(
-            "PATCH",
-            path,
-            body=patch,
-            content_type=_PATCH_CONTENT[patch_type],
-            query=[
-                *([("dryRun", "All")] if dry_run else []),
-                *([("fieldManager", field_manager)] if field_manager else []),
-            ],
+        result = self._conditional(
+            kind,
+            namespace,
+            name,
+            lambda: self._request(
+                "PATCH",
+                path,
+                body=patch,
+                content_type=_PATCH_CONTENT[patch_type],
+                query=[
+                    *([("dryRun", "All")] if dry_run else []),
+                    *([("fieldManager", field_manager)] if field_manager else []),
+                ],
+            ),
         )
         return result if dry_run else self._written(kind, result)
 

@@ -117,6 +117,13 @@ class ObjectCache:
         copy: the writer keeps its own.)"""
         self.apply("MODIFIED", copy.deepcopy(dict(obj)))
 
+    def refused(self, namespace: str, name: str) -> None:
+        """A write of the object was refused with a Conflict: it changed since it was read,
+        maybe since the version held here. Not served again until the watch or a write
+        brings a version (a read meanwhile goes to the apiserver)."""
+        with self._lock:
+            self._objects.pop((namespace, name), None)
+
     # --- readers ----------------------------------------------------------------------------
 
     def synced(self, namespace: str) -> bool:

@@ -213,6 +213,8 @@ class FakeRouter:
     def start(
         self, namespace: str, name: str, storage_uri: str, percent: int, *, resource_version: str
     ) -> Observed:
+        if self.failures:
+            raise self.failures.pop(0)
         self.starts.append((storage_uri, percent))
         return self.observe(namespace, name)
 
@@ -984,6 +986,34 @@ def test_a_command_for_a_service_without_a_rollout_is_rejected_by_name(
     rejected = rig.records("manual.rejected")[-1]
     assert (rejected.actor, rejected.reason) == (ALICE, result)
     assert rig.router.attempts == writes_before
+
+
+def test_a_start_whose_write_conflicts_stays_pending_and_is_carried_out_when_run_again(
+    lite_store: AuditStore,
+) -> None:
+    """KServe writes the InferenceService's status all the time, so the version a start
+    command read may be gone when it writes: that is no reason to fail the command."""
+    rig = make_rig(lite_store)
+    queued = rig.command("start", storage_uri=URI2)
+    rig.router.failures = [Conflict(409, "Conflict", "the object has been modified")]
+
+    with pytest.raises(Conflict):  # the controller runs the command again after a backoff
+        rig.engine.run_command(queued)
+
+    pending = rig.store.get_command(queued.id)
+    assert pending is not None
+    assert pending.state == "pending"
+    assert rig.router.starts == []
+    (conflicted,) = rig.records("traffic.failed")
+    assert "changed since it was read" in (conflicted.reason or "")
+    state, _ = rig.engine.run_command(pending)
+    assert state == "accepted"
+    assert rig.router.starts == [(URI2, 10)]
+    settled = rig.store.get_command(queued.id)
+    assert settled is not None
+    assert settled.state == "accepted"
+    ours = [a for a in rig.actions() if a.startswith("traffic.")]
+    assert ours == ["traffic.intent", "traffic.failed", "traffic.intent", "traffic.applied"]
 
 
 def test_rollout_start_for_a_service_not_opted_in_is_rejected_and_writes_nothing(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from canary.k8s.client import INFERENCE_SERVICE, LEASE, KubeClient
+from canary.k8s.client import INFERENCE_SERVICE, LEASE, Conflict, KubeClient
 from canary.k8s.informer import ObjectCache
 
 
@@ -171,3 +171,35 @@ def test_the_clients_own_writes_are_read_back(
     sent.answer = obj("a", "30")
     kube.patch(INFERENCE_SERVICE, "fraud", "a", {"spec": {}}, dry_run=True)  # stores nothing
     assert kube.get(INFERENCE_SERVICE, "fraud", "a")["metadata"]["resourceVersion"] == "25"
+
+
+@pytest.mark.parametrize("write", ["patch", "replace", "replace_status"])
+def test_a_write_refused_with_a_conflict_makes_the_next_read_go_to_the_apiserver(
+    client: tuple[KubeClient, Recorder, ObjectCache], write: str
+) -> None:
+    """The cached copy was stale (KServe wrote status since): whoever reads it again, to
+    try again, must not get the same stale copy and conflict for ever."""
+    kube, sent, cache = client
+    cache.replace(None, [obj("a", "21"), obj("b", "21")], "21")
+
+    def refuse(method: str, path: str, **_: Any) -> dict[str, Any]:
+        sent.sent.append((method, path))
+        raise Conflict(409, "Conflict", "the object has been modified")
+
+    kube._request = refuse  # type: ignore[method-assign]
+    if write == "patch":
+        with pytest.raises(Conflict):
+            kube.patch(INFERENCE_SERVICE, "fraud", "a", {"spec": {}}, resource_version="21")
+    else:
+        with pytest.raises(Conflict):
+            getattr(kube, write)(INFERENCE_SERVICE, "fraud", "a", obj("a", "21"))
+    kube._request = sent  # type: ignore[method-assign]
+    sent.answer = obj("a", "24")
+    before = len(sent.sent)
+    assert kube.get(INFERENCE_SERVICE, "fraud", "a")["metadata"]["resourceVersion"] == "24"
+    assert len(sent.sent) == before + 1  # asked the apiserver
+    assert kube.get(INFERENCE_SERVICE, "fraud", "b")["metadata"]["resourceVersion"] == "21"
+    assert len(sent.sent) == before + 1  # the others are still served from the cache
+    cache.apply("MODIFIED", obj("a", "25"))  # the watch brings it again: served again
+    assert kube.get(INFERENCE_SERVICE, "fraud", "a")["metadata"]["resourceVersion"] == "25"
+    assert len(sent.sent) == before + 1

@@ -35,6 +35,8 @@ def test_every_series_is_there_from_the_start() -> None:
             assert value(metrics, deliveries, source=source, outcome=outcome) == 0
     assert value(metrics, "kserve_canary_leader") == 0
     assert value(metrics, "kserve_canary_kube_write_retries_total") == 0
+    assert value(metrics, "kserve_canary_reconciles_total") == 0
+    assert value(metrics, "kserve_canary_wakes_held_back_total") == 0
     assert value(metrics, "kserve_canary_tick_lag_seconds_count") == 0
     assert value(metrics, "kserve_canary_step_duration_seconds_count") == 0
 

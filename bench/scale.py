@@ -33,7 +33,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1255,24 +1255,30 @@ def verdicts(results: Sequence[SizeResult]) -> list[Verdict]:
     low, high = smallest.apiserver_non_step_per_interval, largest.apiserver_non_step_per_interval
     figure = f"{_num(low, 1)} at {smallest.n:,} → {_num(high, 1)} at {largest.n:,}"
     # A controller that falls behind checks each rollout less often, and so asks the
-    # apiserver less per interval than it would: judged then on what it asks per check, at
-    # the smaller size's checks per rollout.
+    # apiserver less per interval than it would: judged then at the smaller size's checks
+    # per rollout. Only what grows with the checks is scaled up (the marginal requests per
+    # check between the two sizes); what does not (the Lease's renewals, the watch) is not.
     small_rate = smallest.checks_per_rollout_interval
     large_rate = largest.checks_per_rollout_interval
-    per_check = largest.apiserver_per_check
+    small_checks, large_checks = smallest.checks_per_interval, largest.checks_per_interval
     if (
-        high is not None
+        low is not None
+        and high is not None
         and small_rate is not None
         and large_rate is not None
-        and per_check is not None
+        and small_checks is not None
+        and large_checks is not None
+        and large_checks > small_checks
         and large_rate < small_rate / 2
         and largest.in_progress
     ):
-        high = per_check * small_rate * largest.in_progress
+        marginal = max(high - low, 0.0) / (large_checks - small_checks)
+        wanted = small_rate * largest.in_progress
+        high = high + marginal * (wanted - large_checks)
         figure += (
             f" measured, the controller checking each rollout {large_rate:.2f} times per "
             f"interval against {small_rate:.2f} at {smallest.n:,}; at that rate, with "
-            f"{per_check:.1f} requests per check: {high:,.0f}"
+            f"{marginal:.4f} more requests per more check: {high:,.1f}"
         )
     growth = None if low is None or high is None or len(results) < 2 else high / max(low, 1.0)
     out.append(
@@ -1407,10 +1413,15 @@ def _explanation(results: Sequence[SizeResult], options: Options) -> list[str]:
 
 
 def render(
-    results: Sequence[SizeResult], options: Options, *, elapsed: float, load: tuple[str, str]
+    results: Sequence[SizeResult],
+    options: Options,
+    *,
+    elapsed: float,
+    load: tuple[str, str],
+    when: str | None = None,
 ) -> tuple[str, str]:
-    """The results file and the README block."""
-    when = datetime.now(UTC).strftime("%Y-%m-%d")
+    """The results file and the README block (``when``: the day measured, default today)."""
+    when = when or datetime.now(UTC).strftime("%Y-%m-%d")
     machine = report.machine().describe()
     setup = (
         f"Each size on a fresh test bed: the traffic simulator in aggregate mode "
@@ -1572,9 +1583,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-readme", action="store_true", help="write bench/results only, not the README block"
     )
     parser.add_argument(
+        "--rerender",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: write the results and the README block again from the figures "
+        "of an earlier run's JSON (after a change to how they are judged or shown)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="results directory (default bench/results)"
     )
     args = parser.parse_args(argv)
+    if args.rerender is not None:
+        return _rerender(args.rerender, readme=not args.no_readme, out=args.out)
     options = replace(
         defaults,
         sizes=tuple(int(s) for s in args.sizes.split(",")),
@@ -1598,10 +1619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     results = run(options, log=lambda line: print(line, flush=True))
     elapsed = time.monotonic() - started
-    markdown, block = render(results, options, elapsed=elapsed, load=(load_before, _uptime()))
+    load = (load_before, _uptime())
+    markdown, block = render(results, options, elapsed=elapsed, load=load)
     data = {
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "elapsed_seconds": elapsed,
+        "load": list(load),
         "sizes": [asdict(r) for r in results],
     }
     kwargs: dict[str, Any] = {} if args.out is None else {"results": args.out}
@@ -1611,6 +1634,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {path}")
     print(block)
     return 0 if all(not r.missing() for r in results) else 1
+
+
+def _rerender(path: Path, *, readme: bool, out: Path | None) -> int:
+    """The results and the README block again from ``path`` (a run's JSON): the figures
+    are the run's, its date and load too; only how they are judged and shown is today's."""
+    data = json.loads(path.read_text())
+    known = {f.name for f in fields(Options)}
+    raw = {k: v for k, v in data["options"].items() if k in known}
+    raw["sizes"] = tuple(raw["sizes"])
+    for name in ("work_dir", "py_spy"):
+        raw[name] = None if raw.get(name) in (None, "None") else Path(raw[name])
+    options = Options(**raw)
+    results = [SizeResult(**size) for size in data["sizes"]]
+    load = data.get("load")
+    if load is None:  # a run from before the load was kept: read it from its Markdown
+        found = re.search(r"before: (.*?); after: (.*?)\.\n", path.with_suffix(".md").read_text())
+        load = [found.group(1), found.group(2)] if found else ["not recorded", "not recorded"]
+    markdown, block = render(
+        results,
+        options,
+        elapsed=float(data["elapsed_seconds"]),
+        load=(load[0], load[1]),
+        when=str(data["measured_at"])[:10],
+    )
+    kept = {k: v for k, v in data.items() if k != "machine"}
+    kept["load"] = list(load)
+    kwargs: dict[str, Any] = {} if out is None else {"results": out}
+    written = report.write_results(
+        "scale", markdown, kept, readme_block=block if readme else None, **kwargs
+    )
+    print(f"wrote {written}")
+    print(block)
+    return 0
 
 
 if __name__ == "__main__":

@@ -101,6 +101,29 @@ def adapter() -> AnalysisAdapter:
     )
 
 
+MIXED = {"name": "errors", "builtin": "error-rate", "relativeTolerance": 0.5}
+
+
+def at_step(
+    checks: list[dict[str, Any]] | None, analysis_in: float, look_in: float
+) -> tuple[RolloutDocument, datetime]:
+    """A rollout 40 s into its first step, its next analysis and look ``analysis_in`` and
+    ``look_in`` seconds from then (negative: past); and that moment."""
+    policy = make_policy() if checks is None else make_policy(checks=checks)
+    d = progressing(policy)
+    assert d.state is not None
+    reached = d.state.step_reached_at
+    assert reached is not None
+    now = reached + timedelta(seconds=40)
+    doc = RolloutDocument(
+        state=d.state, policy=policy, mode="knative", uid="uid-1",
+        metric_profile="knative-otel",
+        next_analysis_at=now + timedelta(seconds=analysis_in),
+        next_look_at=now + timedelta(seconds=look_in),
+    )  # fmt: skip
+    return doc, now
+
+
 @pytest.mark.parametrize(
     ("checks", "interval_due", "look_due", "due"),
     [
@@ -109,27 +132,14 @@ def adapter() -> AnalysisAdapter:
         (None, True, True, "full"),  # the interval's evaluation goes first
         ([CUSTOM], False, True, None),  # custom queries only: nothing to read on a look
         ([CUSTOM], True, True, "full"),
-        ([CUSTOM, {"name": "errors", "builtin": "error-rate", "relativeTolerance": 0.5}],
-         False, True, "look"),
+        ([CUSTOM, MIXED], False, True, "look"),
     ],
     ids=["builtin", "not-yet", "interval", "custom-only", "custom-interval", "mixed"],
 )  # fmt: skip
 def test_a_look_is_due_only_for_a_rollout_that_reads_looks(
     checks: list[dict[str, Any]] | None, interval_due: bool, look_due: bool, due: str | None
 ) -> None:
-    policy = make_policy() if checks is None else make_policy(checks=checks)
-    d = progressing(policy)
-    assert d.state is not None
-    reached = d.state.step_reached_at
-    assert reached is not None
-    now = reached + timedelta(seconds=40)
-    second = timedelta(seconds=1)
-    doc = RolloutDocument(
-        state=d.state, policy=policy, mode="knative", uid="uid-1",
-        metric_profile="knative-otel",
-        next_analysis_at=now if interval_due else now + 20 * second,
-        next_look_at=now - second if look_due else now + second,
-    )  # fmt: skip
+    doc, now = at_step(checks, 0 if interval_due else 20, -1 if look_due else 1)
     assert adapter().due(doc, now) == due
 
 
@@ -138,28 +148,18 @@ def test_a_look_is_due_only_for_a_rollout_that_reads_looks(
     [
         (None, True),
         ([CUSTOM], False),  # nothing advances its look time: it would be past for ever
-        ([CUSTOM, {"name": "errors", "builtin": "error-rate", "relativeTolerance": 0.5}], True),
+        ([CUSTOM, MIXED], True),
     ],
     ids=["builtin", "custom-only", "mixed"],
 )
 def test_a_look_time_wakes_only_a_rollout_that_reads_looks(
     checks: list[dict[str, Any]] | None, wakes_for_the_look: bool
 ) -> None:
-    policy = make_policy() if checks is None else make_policy(checks=checks)
-    d = progressing(policy)
-    assert d.state is not None
-    reached = d.state.step_reached_at
-    assert reached is not None
-    now = reached + timedelta(seconds=40)
-    interval = now + timedelta(seconds=20)
-    look = now - timedelta(seconds=9)  # a look time from before (an older controller's row)
-    doc = RolloutDocument(
-        state=d.state, policy=policy, mode="knative", uid="uid-1",
-        metric_profile="knative-otel", next_analysis_at=interval, next_look_at=look,
-    )  # fmt: skip
+    # a look time from before (an older controller's row)
+    doc, _now = at_step(checks, 20, -9)
     assert doc.reads_looks is wakes_for_the_look
-    wake = doc.wake_at()
-    assert wake is not None
-    assert wake == (
-        look if wakes_for_the_look else min(interval, d.state.next_check_at or interval)
-    )
+    interval, look = doc.next_analysis_at, doc.next_look_at
+    assert interval is not None
+    assert look is not None
+    check = doc.state.next_check_at or interval
+    assert doc.wake_at() == (look if wakes_for_the_look else min(interval, check))

@@ -171,23 +171,27 @@ class Options:
     def command(self) -> str:
         parts = ["python -m bench.scale", f"--sizes {','.join(map(str, self.sizes))}"]
         defaults = Options()
-        for name in (
-            "window",
-            "unbatched_window",
-            "interval",
-            "look_period",
-            "scrape_interval",
-            "rate",
-            "tick",
-            "lease_seconds",
-            "create_deadline",
-            "progress_deadline",
-            "restart_deadline",
-            "unbatched_deadline",
-        ):
+        for name in NUMBER_OPTIONS:
             if getattr(self, name) != getattr(defaults, name):
                 parts.append(f"--{name.replace('_', '-')} {getattr(self, name):g}")
         return " ".join(parts)
+
+
+# The options given as numbers on the command line (``--look-period 5``), in their order.
+NUMBER_OPTIONS = (
+    "window",
+    "unbatched_window",
+    "interval",
+    "look_period",
+    "scrape_interval",
+    "rate",
+    "tick",
+    "lease_seconds",
+    "create_deadline",
+    "progress_deadline",
+    "restart_deadline",
+    "unbatched_deadline",
+)
 
 
 @dataclass
@@ -1547,25 +1551,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     defaults = Options()
     parser.add_argument("--sizes", default=",".join(map(str, defaults.sizes)))
-    for name in (
-        "window",
-        "unbatched_window",
-        "interval",
-        "look_period",
-        "scrape_interval",
-        "rate",
-        "tick",
-    ):
+    for name in NUMBER_OPTIONS:
         parser.add_argument(
-            f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name)
-        )
-    parser.add_argument("--lease-seconds", type=int, default=defaults.lease_seconds)
-    for name in ("create", "progress", "restart", "unbatched"):
-        parser.add_argument(
-            f"--{name}-deadline",
-            type=float,
-            default=getattr(defaults, f"{name}_deadline"),
-            help="seconds",
+            f"--{name.replace('_', '-')}",
+            type=int if name == "lease_seconds" else float,
+            default=getattr(defaults, name),
+            help="seconds" if name.endswith("_deadline") else None,
         )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument(
@@ -1599,18 +1590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = replace(
         defaults,
         sizes=tuple(int(s) for s in args.sizes.split(",")),
-        window=args.window,
-        unbatched_window=args.unbatched_window,
-        interval=args.interval,
-        look_period=args.look_period,
-        scrape_interval=args.scrape_interval,
-        rate=args.rate,
-        tick=args.tick,
-        lease_seconds=args.lease_seconds,
-        create_deadline=args.create_deadline,
-        progress_deadline=args.progress_deadline,
-        restart_deadline=args.restart_deadline,
-        unbatched_deadline=args.unbatched_deadline,
+        **{name: getattr(args, name) for name in NUMBER_OPTIONS},
         work_dir=args.work_dir,
         py_spy=args.py_spy,
         tracemalloc=args.tracemalloc,

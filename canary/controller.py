@@ -194,11 +194,6 @@ class WorkQueue:
                 self._busy.pop(scope, None)
             self._cond.notify_all()
 
-    def running(self) -> int:
-        """How many held scopes (items running now, relists aside)."""
-        with self._cond:
-            return len(self._busy)
-
     def __len__(self) -> int:
         with self._cond:
             return len(self._order)

@@ -102,24 +102,23 @@ class KeptLooks:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._kept: dict[str, tuple[int, RolloutDocument]] = {}
+        self._kept: dict[str, RolloutDocument] = {}
 
     def keep(self, rollout_id: str, doc: RolloutDocument) -> None:
         with self._lock:
-            self._kept[rollout_id] = (doc.version, doc)
+            self._kept[rollout_id] = doc
 
     def overlay(self, rollout_id: str, doc: RolloutDocument) -> RolloutDocument:
         """``doc`` (as read from its row) with the looks kept on top of that same version;
         ``doc`` unchanged if none are, or the row has moved on since (then they are
         dropped: whoever wrote it decided from the row's evidence)."""
         with self._lock:
-            held = self._kept.get(rollout_id)
-            if held is None:
+            kept = self._kept.get(rollout_id)
+            if kept is None:
                 return doc
-            if held[0] != doc.version or doc.state.terminal:
+            if kept.version != doc.version or doc.state.terminal:
                 del self._kept[rollout_id]
                 return doc
-        kept = held[1]
         return replace(doc, memory=kept.memory, next_look_at=kept.next_look_at)
 
     def drop(self, rollout_id: str) -> None:

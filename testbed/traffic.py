@@ -568,24 +568,25 @@ class _Renderer:
                 for code in latency:
                     histogram(out, self._heads(family, code), cumulative[code],
                               _float_text(sums[code]))  # fmt: skip
+
+        def count_and_milliseconds(counter: str, counter_kind: str, latencies: str) -> None:
+            """A request counter per status code, and a latency histogram in milliseconds."""
+            self._preamble(out, counter, counter_kind)
+            for code in latency:
+                out.append(f"{self._heads(counter, code)[0]}{cumulative[code][-1]}\n")
+            self._preamble(out, latencies, "histogram")
+            for code in latency:
+                histogram(out, self._heads(latencies, code), cumulative[code],
+                          _float_text(sums[code] * 1000.0))  # fmt: skip
+
         if ep.mode == "knative" and "knative-opencensus" in exposed:
-            self._preamble(out, "revision_request_count", "untyped")
-            for code in latency:
-                out.append(f"{self._heads('revision_request_count', code)[0]}"
-                           f"{cumulative[code][-1]}\n")  # fmt: skip
-            self._preamble(out, "revision_request_latencies", "histogram")
-            for code in latency:
-                histogram(out, self._heads("revision_request_latencies", code),
-                          cumulative[code], _float_text(sums[code] * 1000.0))  # fmt: skip
+            count_and_milliseconds(
+                "revision_request_count", "untyped", "revision_request_latencies"
+            )
         if "istio" in exposed:
-            self._preamble(out, "istio_requests_total", "counter")
-            for code in latency:
-                out.append(f"{self._heads('istio_requests_total', code)[0]}"
-                           f"{cumulative[code][-1]}\n")  # fmt: skip
-            self._preamble(out, "istio_request_duration_milliseconds", "histogram")
-            for code in latency:
-                histogram(out, self._heads("istio_request_duration_milliseconds", code),
-                          cumulative[code], _float_text(sums[code] * 1000.0))  # fmt: skip
+            count_and_milliseconds(
+                "istio_requests_total", "counter", "istio_request_duration_milliseconds"
+            )
         if "kserve-model-server" in exposed:
             self._preamble(out, "request_predict_seconds", "histogram")
             if latency:

@@ -108,13 +108,19 @@ class CommitGroup(Generic[R, T]):
                 self._queue.remove(mine)
             if mine.lead and mine.outcome is None:
                 mine.lead = False
-                following = self._queue[0] if self._queue else None
-                if following is None:
-                    self._busy = False
-                else:
-                    following.lead = True
+                following = self._hand_on()
         if following is not None:
             following.wake.set()
+
+    def _hand_on(self) -> _Waiting[R, T] | None:
+        """Under the lock: the flusher's role to the first caller still queued (returned, to
+        be woken once the lock is released), or given up when nobody is."""
+        following = self._queue[0] if self._queue else None
+        if following is None:
+            self._busy = False
+        else:
+            following.lead = True
+        return following
 
     def _flush(self, mine: _Waiting[R, T]) -> None:
         """As the flusher: run the first ``max_batch`` queued requests (``mine`` first),
@@ -136,11 +142,7 @@ class CommitGroup(Generic[R, T]):
                     waiting.outcome = outcome
                 self.batches += 1
                 self.requests += len(batch)
-                following = self._queue[0] if self._queue else None
-                if following is None:
-                    self._busy = False
-                else:
-                    following.lead = True
+                following = self._hand_on()
             for waiting in batch[1:]:
                 waiting.wake.set()
             if following is not None:

@@ -390,18 +390,26 @@ class KubeClient:
         return result
 
     def _conditional(
-        self, kind: ResourceKind, namespace: str | None, name: str, send: Callable[[], JsonObject]
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        send: Callable[[], JsonObject],
+        *,
+        keep: bool = True,
     ) -> JsonObject:
         """``send()``, a write that may be refused with :class:`Conflict` because the object
         changed since it was read: then the cached copy it was read from is dropped, so
-        that whoever reads it next, to try again, gets the apiserver's."""
+        that whoever reads it next, to try again, gets the apiserver's. Its answer goes to
+        the cache (:meth:`_written`) unless ``keep`` is false (a dry run)."""
         try:
-            return send()
+            result = send()
         except Conflict:
             cache = self._cache_for(kind)
             if cache is not None and namespace is not None:
                 cache.refused(namespace, name)
             raise
+        return self._written(kind, result) if keep else result
 
     def count_write_retries(self, counter: Callable[[], None] | None) -> None:
         """Call ``counter()`` each time this client sends a write again by itself (today:
@@ -682,10 +690,9 @@ class KubeClient:
         """PUT the whole object; its metadata.resourceVersion makes it conditional."""
         self._check_write(kind)
         path = kind.path(namespace, name)
-        result = self._conditional(
+        return self._conditional(
             kind, namespace, name, lambda: self._request("PUT", path, body=dict(body))
         )
-        return self._written(kind, result)
 
     def replace_status(
         self, kind: ResourceKind, namespace: str | None, name: str, body: Mapping[str, Any]
@@ -693,10 +700,9 @@ class KubeClient:
         """PUT the status subresource (spec changes in ``body`` are ignored by the server)."""
         self._check_write(kind)
         path = kind.path(namespace, name) + "/status"
-        result = self._conditional(
+        return self._conditional(
             kind, namespace, name, lambda: self._request("PUT", path, body=dict(body))
         )
-        return self._written(kind, result)
 
     def patch(
         self,
@@ -723,7 +729,7 @@ class KubeClient:
             patch = {**patch, "metadata": {**patch.get("metadata", {}),
                                            "resourceVersion": resource_version}}  # fmt: skip
         path = kind.path(namespace, name) + (f"/{subresource}" if subresource else "")
-        result = self._conditional(
+        return self._conditional(
             kind,
             namespace,
             name,
@@ -737,8 +743,8 @@ class KubeClient:
                     *([("fieldManager", field_manager)] if field_manager else []),
                 ],
             ),
+            keep=not dry_run,
         )
-        return result if dry_run else self._written(kind, result)
 
     def apply(
         self,

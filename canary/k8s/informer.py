@@ -61,8 +61,6 @@ class ObjectCache:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
         self._synced: set[str | None] = set()  # None: the whole cluster
-        self.hits = 0
-        self.misses = 0
 
     # --- the watcher's side -----------------------------------------------------------------
 
@@ -136,11 +134,7 @@ class ObjectCache:
         with self._lock:
             synced = _ALL in self._synced or namespace in self._synced
             held = self._objects.get((namespace, name)) if synced else None
-            if held is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-        return copy.deepcopy(held)
+        return None if held is None else copy.deepcopy(held)
 
     def __len__(self) -> int:
         with self._lock:

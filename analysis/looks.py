@@ -24,8 +24,9 @@ check fails only on the parts it reads (:data:`PARTS`). Answers with ``warnings`
 (partial) are marked per part too. A revision whose raw series at a grid time failed, were
 partial or had a problem is not reused: it is asked again next time.
 
-For each group (metric profile and deployment mode) and each grid time, :class:`LookSource`
-sends a fixed set of instant queries (a *round*), whatever the number of rollouts:
+For each group (metric profile and deployment mode, at most ``group_size`` services) and each
+grid time, :class:`LookSource` sends a fixed set of instant queries (a *round*), whatever the
+number of rollouts in the group:
 
 * the raw request counters (the 5xx ones are picked out of the same answer, so a look's
   errors and requests come from the same scrapes) and the raw latency histogram buckets
@@ -40,6 +41,16 @@ lacked only, and the next grid time serves everyone again. With ``batch=False`` 
 ``batch_looks`` setting off) every rollout is a group of its own: the same queries per
 look, selecting only its two revisions, so Prometheus gets them once per rollout (for a
 Prometheus that cannot answer the grouped queries, and to measure what grouping saves).
+
+**Group size.** One round's answers grow with its services (every revision's raw series), and
+a round is slow when Prometheus is loaded. So a group holds at most ``group_size`` services:
+a service joins the first group of its profile and mode with room, and keeps its place while
+it is asked about (its place is freed once nobody asked about it for ``forget_after``). Each
+group has its own lock, so rounds of different groups run at once: one slow round holds back
+only the rollouts of its own group, and the queries per look grow with the number of groups
+(``ceil(services / group_size)`` per profile and mode), not with the rollouts. Which group a
+service is in changes which queries are sent, never the counts: a look's counts are
+differences of each revision's own raw series.
 
 **Catching up.** A rollout that has not read for several periods (a restart, a failover)
 reads them as ONE look, the difference between the grid time it last read and the latest
@@ -119,6 +130,7 @@ from analysis.validate import (
 )
 
 __all__ = [
+    "DEFAULT_GROUP_SIZE",
     "IDLE_LOOKS",
     "OLDER_KEPT",
     "PARTS",
@@ -147,7 +159,11 @@ IDLE_LOOKS = 2
 """An older snapshot nobody read while the newest grid time moved on by this many periods
 is dropped: the rollouts that catch up from it all do so within seconds."""
 
-_RESETS_KEPT = 64  # answers to the restart check, per (group, span); each a few idents
+DEFAULT_GROUP_SIZE = 200
+"""Services per look group (see the module doc): at 1,000 services, five rounds per look
+that run at once, each answer a fifth of one group's."""
+
+_RESETS_KEPT = 16  # answers to the restart check per group, by span; each a few idents
 _BOUND_SETS_KEPT = 64  # distinct sets of bucket bounds held once (exporters share a few)
 
 PARTS: Mapping[str, tuple[str, ...]] = {
@@ -186,12 +202,68 @@ def grid_times(
 
 @dataclass(frozen=True)
 class GroupKey:
-    """Rollouts whose looks share queries; ``service`` (namespace, InferenceService) only
-    when looks are not batched, each rollout then a group of its own."""
+    """Rollouts whose looks share queries: the ``shard``-th group of a metric profile and
+    mode (see the module doc); ``service`` (namespace, InferenceService) only when looks are
+    not batched, each rollout then a group of its own."""
 
     profile: str
     mode: str
     service: tuple[str, str] | None = None
+    shard: int = 0
+
+
+@dataclass(slots=True)
+class _Place:
+    shard: int
+    last: datetime  # when the service was last asked about
+
+
+class _Shards:
+    """Which group of its profile and mode each service is in: the first with fewer than
+    ``size`` services (None: one group), kept while the service is asked about. Not
+    thread-safe: the caller holds a lock."""
+
+    def __init__(self, size: int | None, forget_after: timedelta) -> None:
+        if size is not None and size < 1:
+            raise ValueError(f"a look group holds at least one service, got {size}")
+        self.size = size
+        self.forget_after = forget_after
+        self._places: dict[tuple[str, str], dict[tuple[str, str], _Place]] = {}
+        self._members: dict[tuple[str, str], list[int]] = {}
+        self._latest: dict[tuple[str, str], datetime] = {}
+
+    def place(self, family: tuple[str, str], service: tuple[str, str], at: datetime) -> int:
+        """The group of ``service``, asked about at ``at``, among its ``family``'s."""
+        if self.size is None:
+            self._members.setdefault(family, [1])  # one group, whoever is in it
+            return 0
+        places = self._places.setdefault(family, {})
+        latest = max(self._latest.get(family, at), at)
+        self._latest[family] = latest
+        found = places.get(service)
+        if found is not None:
+            found.last = max(found.last, at)
+            return found.shard
+        members = self._members.setdefault(family, [])
+        if all(count >= self.size for count in members):
+            self._forget(family, latest)  # free the places of services nobody asks about
+        shard = next((i for i, count in enumerate(members) if count < self.size), len(members))
+        if shard == len(members):
+            members.append(0)
+        members[shard] += 1
+        places[service] = _Place(shard, at)
+        return shard
+
+    def groups(self, family: tuple[str, str]) -> int:
+        """How many groups the family's services are in (for tests and the benchmark)."""
+        return sum(1 for count in self._members.get(family, ()) if count > 0)
+
+    def _forget(self, family: tuple[str, str], latest: datetime) -> None:
+        places, members = self._places[family], self._members[family]
+        for service, place in list(places.items()):
+            if latest - place.last > self.forget_after:
+                del places[service]
+                members[place.shard] -= 1
 
 
 @dataclass(frozen=True)
@@ -341,10 +413,11 @@ def _code_label(matcher: str | None) -> str | None:
     return found.group(1) if found else None
 
 
-def _idents(subject: Subject, batch: bool) -> tuple[GroupKey, Ident, Ident]:
-    key = GroupKey(
-        subject.metric_profile, subject.mode, None if batch else (subject.namespace, subject.isvc)
-    )
+def _idents(subject: Subject, batch: bool, shard: int = 0) -> tuple[GroupKey, Ident, Ident]:
+    if batch:
+        key = GroupKey(subject.metric_profile, subject.mode, shard=shard)
+    else:
+        key = GroupKey(subject.metric_profile, subject.mode, (subject.namespace, subject.isvc))
     canary = (subject.namespace, identity(subject, subject.canary_revision))
     baseline = (subject.namespace, identity(subject, subject.baseline_revision))
     return key, canary, baseline
@@ -370,8 +443,11 @@ class LookSource:
     few scrape intervals; older, its value is frozen); ``reset_ratio`` is the fraction of
     its previous total a series must fall to for a decrease to read as a counter reset.
     How many snapshots are kept is not a setting: see :data:`RECENT_LOOKS` and
-    :data:`OLDER_KEPT`. ``batch`` (default True) groups every rollout of a metric profile
-    and mode; False makes each rollout its own group."""
+    :data:`OLDER_KEPT`. ``batch`` (default True) groups the rollouts of a metric profile
+    and mode, at most ``group_size`` services to a group (None: all of them); False makes
+    each rollout its own group.
+
+    Thread-safe: a group's rounds run one at a time (its lock), different groups' at once."""
 
     def __init__(
         self,
@@ -386,6 +462,7 @@ class LookSource:
         max_sample_age: timedelta = DEFAULT_MAX_SAMPLE_AGE,
         burst: timedelta | None = None,
         batch: bool = True,
+        group_size: int | None = DEFAULT_GROUP_SIZE,
     ) -> None:
         if period <= timedelta(0) or lag < timedelta(0) or window < period:
             raise ValueError("look period must be > 0, lag >= 0 and window >= period")
@@ -409,12 +486,16 @@ class LookSource:
         # node, a bursty client) moves the rate of every look it spans. None: one look.
         self.block_looks = 1 if burst is None else max(1, round(burst / period))
         self._forget_after = forget_after
-        self._cache: OrderedDict[tuple[GroupKey, datetime], _Snapshot] = OrderedDict()
+        self._shards = _Shards(group_size if batch else None, forget_after)
+        # per group, each guarded by the group's lock: its snapshots by grid time (least
+        # recently read first), its newest grid time, its restart checks by span
+        self._cache: dict[GroupKey, OrderedDict[datetime, _Snapshot]] = {}
         self._newest: dict[GroupKey, datetime] = {}
-        self._restarts: OrderedDict[
-            tuple[GroupKey, datetime, datetime], tuple[frozenset[Ident], frozenset[Ident]]
-        ] = OrderedDict()
-        self._lock = threading.Lock()  # the cache, and one round at a time
+        self._restarts: dict[
+            GroupKey,
+            OrderedDict[tuple[datetime, datetime], tuple[frozenset[Ident], frozenset[Ident]]],
+        ] = {}
+        self._locks: dict[GroupKey, threading.Lock] = {}  # one round of a group at a time
         self._wanted: dict[GroupKey, dict[Ident, datetime]] = {}
         self._wanted_lock = threading.Lock()  # never held while a query runs
         self._counter_infos: weakref.WeakValueDictionary[
@@ -426,7 +507,18 @@ class LookSource:
         self._texts: dict[GroupKey, tuple[frozenset[Ident], dict[str, str]]] = {}
         self._bounds: dict[tuple[float, ...], tuple[float, ...]] = {}
         self._matchers: dict[GroupKey, Callable[[Mapping[str, str]], bool]] = {}
-        self.queries_sent = 0
+        self._sent = 0
+
+    @property
+    def queries_sent(self) -> int:
+        """How many queries the looks have sent (for tests and the benchmark)."""
+        with self._wanted_lock:
+            return self._sent
+
+    def groups(self, profile: str, mode: str) -> int:
+        """How many groups the services of a metric profile and mode are in (batched)."""
+        with self._wanted_lock:
+            return self._shards.groups((profile, mode))
 
     @property
     def url(self) -> str:
@@ -441,8 +533,14 @@ class LookSource:
         for a look (what the analysis runner does when a rollout asks for one): rollouts
         asked for together, as after a restart, are read by the same rounds instead of
         each widening them once. Sends no query and never waits for one."""
-        key, canary, baseline = _idents(subject, self.batch)
+        key, canary, baseline = self._idents(subject, at)
         self._want(key, (canary, baseline), at)
+
+    def group(self, subject: Subject, at: datetime) -> GroupKey:
+        """The group whose rounds the subject's looks are read in (its place kept as asked
+        about at ``at``): looks of one group wait for each other's rounds, looks of
+        different groups do not."""
+        return self._idents(subject, at)[0]
 
     def reads(
         self, subject: Subject, after: datetime | None, now: datetime, *, limit: int = 120
@@ -459,10 +557,10 @@ class LookSource:
         if len(spans) <= 1:
             return spans
         since, until = spans[0][0], spans[-1][1]
-        key, canary, baseline = _idents(subject, self.batch)
+        key, canary, baseline = self._idents(subject, now)
         needed = {canary, baseline}
         self._want(key, needed, now)
-        with self._lock:
+        with self._lock(key):
             if all(self._at_hand(key, start, needed) for start, _ in spans):
                 return spans
             self._reach(key, until)
@@ -483,10 +581,10 @@ class LookSource:
         start = at - self.period if since is None else since
         if not start < at:
             raise ValueError(f"a look must begin before it ends: {start} .. {at}")
-        key, canary, baseline = _idents(subject, self.batch)
+        key, canary, baseline = self._idents(subject, at)
         needed = {canary, baseline}
         self._want(key, needed, at)
-        with self._lock:
+        with self._lock(key):
             self._reach(key, at)  # the look's start counts as read at its end
             before = self._snapshot(key, start, needed)
             # a Prometheus that does not answer is not asked again for the same look
@@ -508,7 +606,7 @@ class LookSource:
                 if side.problems:
                     # not kept: the next evaluation reads both instants again
                     for t in (start, at):
-                        entry = self._cache.get((key, t))
+                        entry = self._cache[key].get(t)
                         if entry is not None:
                             entry.revisions.pop(ident, None)
         rounds_before = tuple(dict.fromkeys(before[i].round for i in (canary, baseline)))
@@ -535,10 +633,33 @@ class LookSource:
 
     def held(self) -> int:
         """How many snapshots are kept (for tests and the benchmark)."""
-        with self._lock:
-            return len(self._cache)
+        return sum(len(kept) for kept in list(self._cache.values()))
 
     # ------------------------------------------------------------------ internals
+
+    def _idents(self, subject: Subject, at: datetime) -> tuple[GroupKey, Ident, Ident]:
+        """The subject's group (its place kept as asked about at ``at``) and revisions."""
+        shard = 0
+        if self.batch:
+            with self._wanted_lock:
+                shard = self._shards.place(
+                    (subject.metric_profile, subject.mode), (subject.namespace, subject.isvc), at
+                )
+        return _idents(subject, self.batch, shard)
+
+    def _lock(self, key: GroupKey) -> threading.Lock:
+        """The group's lock (its cache, and one round at a time)."""
+        with self._wanted_lock:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.Lock()
+                self._cache[key] = OrderedDict()
+                self._restarts[key] = OrderedDict()
+            return lock
+
+    def _count_query(self) -> None:
+        with self._wanted_lock:
+            self._sent += 1
 
     def _want(self, key: GroupKey, idents: Iterable[Ident], at: datetime) -> None:
         with self._wanted_lock:
@@ -552,7 +673,7 @@ class LookSource:
 
     def _at_hand(self, key: GroupKey, at: datetime, needed: set[Ident]) -> bool:
         """Whether every needed revision at ``at`` is cached and usable."""
-        entry = self._cache.get((key, at))
+        entry = self._cache[key].get(at)
         if entry is None:
             return False
         return all(i in entry.revisions and entry.revisions[i].usable() for i in needed)
@@ -579,12 +700,13 @@ class LookSource:
         asks for every wanted revision the cached snapshot lacks (or cannot reuse)."""
         self._reach(key, at)
         newest = self._newest[key]
-        entry = self._cache.get((key, at))
+        kept = self._cache[key]
+        entry = kept.get(at)
         have = entry.revisions if entry is not None else {}
         if all(ident in have and have[ident].usable() for ident in needed):
             assert entry is not None
             entry.used = newest
-            self._cache.move_to_end((key, at))
+            kept.move_to_end(at)
             return {ident: have[ident] for ident in needed}
         missing = {
             ident
@@ -597,10 +719,10 @@ class LookSource:
             return {ident: found[ident] if ident in found else have[ident] for ident in needed}
         if entry is None:
             entry = _Snapshot(at, {}, newest)
-            self._cache[(key, at)] = entry
+            kept[at] = entry
         entry.revisions.update(found)
         entry.used = newest
-        self._cache.move_to_end((key, at))
+        kept.move_to_end(at)
         self._evict(key)
         return {ident: entry.revisions[ident] for ident in needed}
 
@@ -610,15 +732,16 @@ class LookSource:
         newest = self._newest[key]
         recent = newest - (RECENT_LOOKS - 1) * self.period
         idle = IDLE_LOOKS * self.period
-        older = [(k, t) for k, t in self._cache if k == key and t < recent]  # LRU first
+        kept = self._cache[key]
+        older = [t for t in kept if t < recent]  # least recently read first
         fresh = []
-        for entry in older:
-            if newest - self._cache[entry].used >= idle:
-                del self._cache[entry]
+        for t in older:
+            if newest - kept[t].used >= idle:
+                del kept[t]
             else:
-                fresh.append(entry)
-        for entry in fresh[: max(len(fresh) - OLDER_KEPT, 0)]:
-            del self._cache[entry]
+                fresh.append(t)
+        for t in fresh[: max(len(fresh) - OLDER_KEPT, 0)]:
+            del kept[t]
 
     def _restarted(
         self, key: GroupKey, since: datetime, until: datetime, idents: frozenset[Ident]
@@ -627,13 +750,14 @@ class LookSource:
         between the samples read at ``since`` and those read at ``until`` (its snapshot
         at ``since`` is cached); None when Prometheus could not tell. One query for every
         wanted revision of the group, kept per span."""
-        span = (key, since, until)
-        covered, restarted = self._restarts.get(span, (frozenset[Ident](), frozenset[Ident]()))
+        checks = self._restarts[key]
+        span = (since, until)
+        covered, restarted = checks.get(span, (frozenset[Ident](), frozenset[Ident]()))
         if idents <= covered:
-            self._restarts.move_to_end(span)
+            checks.move_to_end(span)
             return restarted & idents
         ask = frozenset(self._wanted_now(key, until, set(idents))) - covered
-        entry = self._cache.get((key, since))
+        entry = self._cache[key].get(since)
         oldest = [
             raw.oldest
             for raw in (entry.revisions.values() if entry is not None else ())
@@ -644,7 +768,7 @@ class LookSource:
         first = min([*oldest, (since - self.period).timestamp()])
         seconds = max(math.ceil(until.timestamp() - first) + 1, 1)
         promql = _resets_query(series_of(key.profile, key.mode), ask, seconds)
-        self.queries_sent += 1
+        self._count_query()
         found: set[Ident] = set()
         try:
             result = self._provider.query(promql, until)
@@ -664,10 +788,10 @@ class LookSource:
                     )
                 )
         covered, restarted = covered | ask, restarted | (frozenset(found) & ask)
-        self._restarts[span] = (covered, restarted)
-        self._restarts.move_to_end(span)
-        while len(self._restarts) > _RESETS_KEPT:
-            self._restarts.popitem(last=False)
+        checks[span] = (covered, restarted)
+        checks.move_to_end(span)
+        while len(checks) > _RESETS_KEPT:
+            checks.popitem(last=False)
         return restarted & idents
 
     def _counter_info(
@@ -801,7 +925,7 @@ class LookSource:
                 failed[part] = unreachable
                 digests.append("")
                 continue
-            self.queries_sent += 1
+            self._count_query()
             try:
                 result = self._provider.query(promql, at)
             except NoData as empty:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -137,6 +137,16 @@ class Analyzer:
         query and never waits for one."""
         if self._looks is not None and any(self._look_based(check) for check in checks):
             self._looks.expect(subject, at)
+
+    def lane(
+        self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime
+    ) -> Hashable | None:
+        """What the evaluation waits on besides its own queries: the group of looks it reads
+        (evaluations of one group wait for each other's query rounds), or None (it reads no
+        looks, so it waits on nothing shared)."""
+        if self._looks is not None and any(self._look_based(check) for check in checks):
+            return self._looks.group(subject, at)
+        return None
 
     def analyze(
         self,

@@ -24,6 +24,14 @@ where it was when the look was asked for: same rollout, step, split and evidence
   revisions in their next queries, so rollouts asked for together (every one, after a
   restart or a failover) share the same query rounds instead of each widening them once.
 
+* **Lanes.** Evaluations that read the same group of looks wait for each other's query
+  rounds (:meth:`analysis.looks.LookSource.group`); so they run one at a time, in a lane of
+  their own (``lane`` of the analyzer), and a look waiting for its lane holds no thread. A
+  slow round (a loaded Prometheus, a large group) then holds one thread and its own group's
+  rollouts, never every thread (nor does a look's deadline run while it waits: it starts
+  when the look does). The next look of a lane goes to the back of the threads' queue, so
+  lanes take turns.
+
 Nothing here decides anything: the verdicts are the analysis package's, applied by the
 engine through the state machine.
 """
@@ -33,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +60,7 @@ __all__ = [
     "CircuitBreaker",
     "Expects",
     "GuardedProvider",
+    "Lanes",
     "Unanswered",
     "analysis_ticket",
 ]
@@ -68,6 +78,17 @@ class Expects(Protocol):
     looks' query rounds instead of each widening them once."""
 
     def expect(self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime) -> None: ...
+
+
+@runtime_checkable
+class Lanes(Protocol):
+    """An analyzer that says what an evaluation waits on besides its own queries (the
+    group of looks it reads; ``analysis.runner.Analyzer``): evaluations of one lane run
+    one at a time. None: the evaluation shares nothing."""
+
+    def lane(
+        self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime
+    ) -> Hashable | None: ...
 
 
 class Analyzes(Protocol):
@@ -294,6 +315,9 @@ class AnalysisRunner:
         self._clock = clock
         self._lock = threading.Lock()
         self._jobs: dict[Key, _Job] = {}
+        # a lane is here while one of its looks is running or queued for a thread; the
+        # looks behind it wait in its deque
+        self._lanes: dict[Hashable, deque[tuple[Key, _Job]]] = {}
         self._notify: Callable[[Key], None] = lambda _key: None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ksc-analysis")
 
@@ -339,7 +363,19 @@ class AnalysisRunner:
             # Before it runs: the looks already running or waiting then ask for this
             # rollout's revisions too (after a restart, every rollout is asked for at once).
             self._analyzer.expect(request.subject, request.checks, request.at)
-        self._pool.submit(self._run, key, fresh)
+        lane = None
+        if isinstance(self._analyzer, Lanes):
+            lane = self._analyzer.lane(request.subject, request.checks, request.at)
+        if lane is None:
+            self._pool.submit(self._run, key, fresh)
+            return None
+        with self._lock:
+            waiting = self._lanes.get(lane)
+            if waiting is not None:
+                waiting.append((key, fresh))  # after the lane's running look
+                return None
+            self._lanes[lane] = deque()
+            self._pool.submit(self._run_in_lane, lane, key, fresh)
         return None
 
     def deadline(self, key: Key) -> datetime | None:
@@ -360,10 +396,31 @@ class AnalysisRunner:
         dropped."""
         with self._lock:
             self._jobs.clear()
+            for waiting in self._lanes.values():
+                waiting.clear()
+
+    def waiting(self) -> int:
+        """How many looks wait for their lane (for tests and metrics)."""
+        with self._lock:
+            return sum(len(waiting) for waiting in self._lanes.values())
 
     def shutdown(self) -> None:
         self.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run_in_lane(self, lane: Hashable, key: Key, job: _Job) -> None:
+        try:
+            self._run(key, job)
+        finally:
+            with self._lock:
+                waiting = self._lanes[lane]
+                while waiting:
+                    key, job = waiting.popleft()
+                    if self._jobs.get(key) is job:  # not dropped while it waited
+                        self._pool.submit(self._run_in_lane, lane, key, job)
+                        break
+                else:
+                    del self._lanes[lane]
 
     def _run(self, key: Key, job: _Job) -> None:
         with self._lock:

@@ -257,6 +257,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
             if settings.burst_seconds is None
             else timedelta(seconds=settings.burst_seconds),
             batch=settings.batch_looks,
+            group_size=settings.look_group_size,
         )
 
     looks = look_source(guarded)

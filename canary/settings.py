@@ -32,6 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from analysis.looks import DEFAULT_GROUP_SIZE
 from approvals.signatures import InvalidSecret, parse_secret
 
 __all__ = ["RouteParentRef", "Settings", "SettingsError", "load_settings"]
@@ -123,6 +124,15 @@ class Settings(BaseSettings):
         "share their queries (five per look, whatever the number of rollouts). False sends "
         "each rollout's own queries (five per look per rollout): for a Prometheus that cannot "
         "answer the grouped queries, and to measure what the grouping saves.",
+    )
+    look_group_size: int = Field(
+        default=DEFAULT_GROUP_SIZE,
+        ge=1,
+        le=100_000,
+        description="At most this many InferenceServices share one group of look queries "
+        "(with batch_looks on). One group's answers grow with its services; groups are read "
+        "at once, so a slow answer holds back only its own group's rollouts. Queries per look: "
+        "five per group.",
     )
     burst_seconds: float | None = Field(
         default=None,

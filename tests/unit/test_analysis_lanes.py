@@ -1,0 +1,176 @@
+"""Lanes (canary.analysis_worker): evaluations that read one group of looks run one at a
+time, waiting without a thread, so a slow query round holds back its own group only.
+
+The analyzer double answers each rollout when the test releases it, and says which lane
+each rollout is in; the clock is the test's."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+import pytest
+
+from analysis.looks import LookSource
+from analysis.runner import Analyzer
+from analysis.types import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from canary.analysis_worker import AnalysisRequest, AnalysisRunner
+from tests.unit.test_controller_analysis import (
+    CHECK,
+    SUBJECT,
+    WAIT,
+    Clock,
+    _until,
+    passing,
+    runner,
+)
+from tests.unit.test_looks import FakePrometheus
+
+Key = tuple[str, str]
+
+
+def key(lane: str, name: str) -> Key:
+    return (lane, name)
+
+
+def ask(name: Key, clock: Clock) -> AnalysisRequest:
+    """A look for the rollout ``name``: its lane is its namespace ("-" for none)."""
+    subject = Subject(name[0], name[1], "knative", f"{name[1]}-00002", f"{name[1]}-00001",
+                      "knative-otel", timedelta(seconds=60))  # fmt: skip
+    return AnalysisRequest(subject, (CHECK,), {}, clock(), False, False)
+
+
+class Lanes:
+    """An analyzer whose looks each wait until the test releases their rollout."""
+
+    def __init__(self) -> None:
+        self.release: dict[Key, threading.Event] = {}
+        self.started: list[Key] = []
+        self.crash: set[Key] = set()
+        self._lock = threading.Lock()
+
+    def lane(
+        self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime
+    ) -> Hashable | None:
+        return None if subject.namespace == "-" else subject.namespace
+
+    def gate(self, name: Key) -> threading.Event:
+        with self._lock:
+            return self.release.setdefault(name, threading.Event())
+
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+        looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
+    ) -> StepAnalysis:
+        name = (subject.namespace, subject.isvc)
+        with self._lock:
+            self.started.append(name)
+        assert self.gate(name).wait(WAIT), f"{name} was never released"
+        if name in self.crash:
+            raise RuntimeError("a bug in the analysis")
+        return passing(at)
+
+
+def answered(run: AnalysisRunner, name: Key, clock: Clock) -> StepAnalysis:
+    found = run.obtain(name, ("t", name), ask(name, clock))
+    assert found is not None, f"{name} has no answer yet"
+    return found[1]
+
+
+@pytest.fixture
+def lanes() -> Lanes:
+    return Lanes()
+
+
+def test_a_lane_runs_one_look_at_a_time_and_its_waiting_looks_hold_no_thread(
+    lanes: Lanes,
+) -> None:
+    clock = Clock()
+    run, breaker, notified = runner(lanes, clock, workers=2)
+    a1, a2, a3, b1 = key("a", "1"), key("a", "2"), key("a", "3"), key("b", "1")
+    for name in (a1, a2, a3, b1):
+        assert run.obtain(name, ("t", name), ask(name, clock)) is None
+    # a1 holds a thread; a2 and a3 wait in lane a without one, so b1 has the other thread
+    _until(lambda: set(lanes.started) == {a1, b1})
+    assert run.waiting() == 2
+    lanes.gate(b1).set()
+    _until(lambda: b1 in notified.keys)
+    assert answered(run, b1, clock).verdict is Outcome.SUCCESSFUL
+    assert lanes.started.count(a2) == 0  # still behind a1
+    clock.advance(60)  # far past the deadline: a look waiting for its lane is not given up
+    assert run.obtain(a2, ("t", a2), ask(a2, clock)) is None
+    assert run.deadline(a2) == clock() + timedelta(seconds=10)
+    for name in (a1, a2, a3):
+        lanes.gate(name).set()
+    _until(lambda: {a2, a3} <= set(notified.keys))
+    assert lanes.started in ([a1, b1, a2, a3], [b1, a1, a2, a3])
+    assert answered(run, a3, clock).verdict is Outcome.SUCCESSFUL
+    assert breaker.state == "closed"
+    assert run.waiting() == 0
+    run.shutdown()
+
+
+def test_looks_in_no_lane_run_side_by_side(lanes: Lanes) -> None:
+    clock = Clock()
+    run, _, notified = runner(lanes, clock, workers=2)
+    first, second = key("-", "1"), key("-", "2")
+    for name in (first, second):
+        assert run.obtain(name, ("t", name), ask(name, clock)) is None
+    _until(lambda: set(lanes.started) == {first, second})  # neither waits for the other
+    for name in (first, second):
+        lanes.gate(name).set()
+    _until(lambda: {first, second} <= set(notified.keys))
+    run.shutdown()
+
+
+@pytest.mark.parametrize("how", ["crash", "leadership lost"])
+def test_a_lane_is_free_again_after_a_crash_or_losing_leadership(lanes: Lanes, how: str) -> None:
+    clock = Clock()
+    run, _, notified = runner(lanes, clock, workers=1)
+    a1, a2, later = key("a", "1"), key("a", "2"), key("a", "3")
+    for name in (a1, a2):
+        assert run.obtain(name, ("t", name), ask(name, clock)) is None
+    _until(lambda: lanes.started == [a1])
+    if how == "crash":
+        lanes.crash.add(a1)
+    else:
+        run.clear()  # the waiting a2 is dropped with every other look
+    lanes.gate(a1).set()
+    lanes.gate(a2).set()
+    lanes.gate(later).set()
+    if how == "crash":
+        _until(lambda: a2 in notified.keys)  # the crash answered with an error, a2 ran
+        crashed = answered(run, a1, clock).evaluation("error-rate")
+        assert crashed.outcome is Outcome.ERROR
+        assert "a bug in the analysis" in crashed.message
+    assert run.obtain(later, ("t", later), ask(later, clock)) is None
+    _until(lambda: later in notified.keys)  # the lane is not stuck behind a1
+    assert (a2 in lanes.started) is (how == "crash")
+    run.shutdown()
+
+
+def test_the_analyzer_puts_rollouts_of_one_look_group_in_one_lane() -> None:
+    def analyzer(size: int) -> Analyzer:
+        prometheus = FakePrometheus({})
+        looks = LookSource(prometheus, period=timedelta(seconds=5), lag=timedelta(seconds=2),
+                           window=timedelta(seconds=60), group_size=size)  # fmt: skip
+        return Analyzer(prometheus, looks=looks)
+
+    other = Subject("fraud", "other", "knative", "other-00002", "other-00001", "knative-otel",
+                    timedelta(seconds=60))  # fmt: skip
+    custom = CheckDefinition(name="fpr", builtin=None, query="sum(fpr)",
+                             direction="lowerIsBetter", absolute_limit=0.1)  # fmt: skip
+    at = Clock()()
+    shared = analyzer(2)
+    assert shared.lane(SUBJECT, (CHECK,), at) == shared.lane(other, (CHECK,), at)
+    alone = analyzer(1)
+    assert alone.lane(SUBJECT, (CHECK,), at) != alone.lane(other, (CHECK,), at)
+    assert shared.lane(SUBJECT, (custom,), at) is None  # reads no looks: waits on nothing

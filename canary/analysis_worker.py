@@ -305,6 +305,7 @@ class AnalysisRunner:
         deadline: timedelta,
         workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_deadline: Callable[[], None] = lambda: None,
     ) -> None:
         if deadline <= timedelta(0):
             raise ValueError(f"deadline must be positive, got {deadline}")
@@ -313,6 +314,7 @@ class AnalysisRunner:
         self.breaker = breaker
         self._deadline = deadline
         self._clock = clock
+        self._on_deadline = on_deadline
         self._lock = threading.Lock()
         self._jobs: dict[Key, _Job] = {}
         # a lane is here while one of its looks is running or queued for a thread; the
@@ -350,6 +352,7 @@ class AnalysisRunner:
             seconds = self._deadline.total_seconds()
             why = f"the look did not finish within {seconds:g} s"
             self.breaker.record(False, why)
+            self._on_deadline()
             log.warning("analysis.deadline_passed", namespace=key[0], name=key[1], deadline=seconds)
             if given_up.ticket == ticket:
                 return given_up.request, given_up.request.run(self._fallback(why))
@@ -400,9 +403,10 @@ class AnalysisRunner:
                 waiting.clear()
 
     def waiting(self) -> int:
-        """How many looks wait for their lane (for tests and metrics)."""
+        """How many looks are asked for and not started: waiting for a thread, or for
+        their lane."""
         with self._lock:
-            return sum(len(waiting) for waiting in self._lanes.values())
+            return sum(1 for job in self._jobs.values() if job.deadline is None)
 
     def shutdown(self) -> None:
         self.clear()

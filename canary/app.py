@@ -274,7 +274,9 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         breaker=breaker,
         deadline=timedelta(seconds=settings.analysis_deadline_seconds),
         clock=now,
+        on_deadline=metrics.record_analysis_deadline,
     )
+    metrics.watch_analyses(runner.waiting)
 
     mirrors = mirror_router(settings, kube)
 

@@ -17,6 +17,11 @@ Series:
   look and check rates is a rollout woken again and again);
 * ``kserve_canary_wakes_held_back_total``: reconciles delayed because a rollout kept asking
   to run again at one same past time (a state nothing moves on; see the controller);
+* ``kserve_canary_analyses_waiting``: analyses asked for and not started yet (waiting for a
+  thread, or behind their look group's running analysis: a number that stays high is a
+  Prometheus slower than the look period);
+* ``kserve_canary_analysis_deadlines_total``: analyses given up at their deadline (each
+  counts as an error for its checks);
 * ``kserve_canary_kube_write_retries_total``: Kubernetes writes retried;
 * ``kserve_canary_admission_reviews_total{result}``: admission answers (allowed, patched,
   denied, error);
@@ -43,7 +48,7 @@ Series:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -204,6 +209,17 @@ class ControllerMetrics:
             ["gate", "operation"],
             registry=r,
         )
+        self._analyses_waiting = Gauge(
+            "kserve_canary_analyses_waiting",
+            "Analyses asked for and not started yet (waiting for a thread or their look "
+            "group's turn).",
+            registry=r,
+        )
+        self._analysis_deadlines = Counter(
+            "kserve_canary_analysis_deadlines",
+            "Analyses given up at their deadline; each counts as an error for its checks.",
+            registry=r,
+        )
         self._phases_seen: set[str] = {phase.value for phase in Phase}
         for phase in self._phases_seen:
             self._rollouts.labels(phase=phase).set(0)
@@ -268,6 +284,13 @@ class ControllerMetrics:
 
     def record_wake_held_back(self) -> None:
         self._held_back.inc()
+
+    def watch_analyses(self, waiting: Callable[[], int]) -> None:
+        """Read ``kserve_canary_analyses_waiting`` from ``waiting`` at every scrape."""
+        self._analyses_waiting.set_function(waiting)
+
+    def record_analysis_deadline(self) -> None:
+        self._analysis_deadlines.inc()
 
     def record_kube_write_retry(self) -> None:
         self._kube_retries.inc()

@@ -122,7 +122,13 @@ class Notified:
 
 
 def runner(
-    analyzer: Any, clock: Clock, *, failures: int = 3, deadline: float = 10.0, workers: int = 4
+    analyzer: Any,
+    clock: Clock,
+    *,
+    failures: int = 3,
+    deadline: float = 10.0,
+    workers: int = 4,
+    on_deadline: Any = lambda: None,
 ) -> tuple[AnalysisRunner, CircuitBreaker, Notified]:
     breaker = CircuitBreaker(failures=failures, cooldown=timedelta(seconds=30), clock=clock)
     built = AnalysisRunner(
@@ -132,6 +138,7 @@ def runner(
         deadline=timedelta(seconds=deadline),
         clock=clock,
         workers=workers,
+        on_deadline=on_deadline,
     )
     notified = Notified()
     built.bind(notified)
@@ -284,12 +291,16 @@ def test_a_look_runs_on_its_own_thread_and_its_answer_is_applied_once() -> None:
 def test_a_look_past_its_deadline_is_an_error_for_each_check_and_its_late_answer_dropped() -> None:
     clock = Clock()
     held = Held()
-    run, breaker, notified = runner(held, clock)
+    given_up: list[None] = []
+    run, breaker, notified = runner(held, clock, on_deadline=lambda: given_up.append(None))
     ticket = ("rollout-1", 0)
     memory = {"error-rate": CheckMemory(consecutive_errors=2)}
     assert run.obtain(KEY, ticket, request(memory=memory)) is None
     assert held.entered.wait(WAIT)
-    clock.advance(10)
+    clock.advance(9)
+    assert run.obtain(KEY, ticket, request(clock(), memory=memory)) is None  # not yet
+    assert not given_up
+    clock.advance(1)
     answer = run.obtain(KEY, ticket, request(clock(), memory=memory))
     assert answer is not None
     asked, result = answer
@@ -301,6 +312,7 @@ def test_a_look_past_its_deadline_is_an_error_for_each_check_and_its_late_answer
     # counted like any error, so the check's own error limit applies
     assert result.memory["error-rate"].consecutive_errors == 3
     assert breaker.state == "closed"  # one strike
+    assert len(given_up) == 1  # counted once (kserve_canary_analysis_deadlines_total)
     held.release.set()  # the hung look answers at last: dropped, nobody is queued
     clock.advance(1)
     assert not notified.event.wait(0.5)

@@ -37,6 +37,8 @@ def test_every_series_is_there_from_the_start() -> None:
     assert value(metrics, "kserve_canary_kube_write_retries_total") == 0
     assert value(metrics, "kserve_canary_reconciles_total") == 0
     assert value(metrics, "kserve_canary_wakes_held_back_total") == 0
+    assert value(metrics, "kserve_canary_analysis_deadlines_total") == 0
+    assert value(metrics, "kserve_canary_analyses_waiting") == 0
     assert value(metrics, "kserve_canary_tick_lag_seconds_count") == 0
     assert value(metrics, "kserve_canary_step_duration_seconds_count") == 0
 
@@ -151,3 +153,15 @@ def test_render_is_the_classic_text_format() -> None:
     assert "# TYPE kserve_canary_rollouts gauge" in text
     assert "# TYPE kserve_canary_admission_reviews_total counter" in text
     assert metrics.content_type.startswith("text/plain; version=0.0.4")
+
+
+def test_waiting_analyses_are_read_at_each_scrape_and_deadlines_counted() -> None:
+    metrics = ControllerMetrics()
+    waiting = [3]
+    metrics.watch_analyses(lambda: waiting[0])
+    assert value(metrics, "kserve_canary_analyses_waiting") == 3
+    waiting[0] = 0
+    assert value(metrics, "kserve_canary_analyses_waiting") == 0
+    metrics.record_analysis_deadline()
+    metrics.record_analysis_deadline()
+    assert value(metrics, "kserve_canary_analysis_deadlines_total") == 2

@@ -10,6 +10,8 @@ is tested is the controller's real client, its errors and its decisions. Faults:
 ``inf``      every sample value becomes +Inf
 ``several``  every series is returned twice
 ``empty``    every result is empty
+
+With ``only`` set, the fault hits only the queries whose text contains it (the others pass).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -31,6 +34,7 @@ class FaultyPrometheus:
         self.upstream = upstream.rstrip("/")
         self.fault: Fault = "pass"
         self.delay = delay
+        self.only: str | None = None
         self.requests = 0
         proxy = self
 
@@ -62,6 +66,10 @@ class FaultyPrometheus:
     def handle(self, request: BaseHTTPRequestHandler, body: bytes | None) -> None:
         self.requests += 1
         fault = self.fault
+        if self.only is not None:
+            text = urllib.parse.unquote_plus(request.path + "?" + (body or b"").decode("latin-1"))
+            if self.only not in text:
+                fault = "pass"
         if fault == "down":
             request.close_connection = True
             request.connection.close()

@@ -7,6 +7,8 @@
   reconciles that service within a bounded time (it relists every service when it takes
   over, not only those with a rollout row).
 * A Prometheus that hangs holds up neither a manual abort nor its rollback.
+* A Prometheus that hangs on one look group's queries holds back that group only: the other
+  groups' rollouts are evaluated on time.
 * A leader frozen past its Lease creates no Kubernetes Events once it resumes.
 """
 
@@ -292,6 +294,57 @@ def test_a_hung_prometheus_holds_up_neither_an_abort_nor_its_rollback(
         proxy.close()
         for each in others:
             each.stop()
+
+
+def test_a_prometheus_hung_on_one_look_group_holds_back_only_that_group(
+    knative_env: Env,
+) -> None:
+    """Two services in look groups of one: Prometheus hangs on every query of the first
+    one's group; the second is evaluated every interval all the same, and the first one's
+    looks are given up at their deadline (counted) instead of waiting for ever."""
+    env = knative_env
+    other = Env(env.testbed, env.mode, env.namespace, env.database_url, env.policy_dir,
+                token=env.token, name=f"{env.name}-1")  # fmt: skip
+    proxy = FaultyPrometheus(env.testbed.prometheus_url, delay=30.0)
+    try:
+        for each in (env, other):
+            v1 = each.model("v1")
+            each.model("v2")
+            each.create(v1, policy="slow")
+        app = _start_with(env, proxy.url, prometheus_timeout_seconds=30,
+                          analysis_deadline_seconds=4, look_group_size=1)  # fmt: skip
+        for each in (env, other):
+            started = each.command("start", "one group hung", storage_uri=each.uri("v2"))
+            assert started.state == "accepted"
+        for each in (env, other):
+            each.wait("the first step", partial(_at_first_step, each))
+
+        def evaluated(each: Env) -> int:
+            doc = each.latest()
+            assert doc is not None
+            return sum(1 for entry in _mine(each, doc.state.rollout_id)
+                       if entry.action == "analysis.evaluated")  # fmt: skip
+
+        env.wait("both evaluated", lambda: evaluated(env) >= 1 and evaluated(other) >= 1)
+        proxy.only = f'"{env.name}-predictor-'  # the first service's group's queries only
+        proxy.fault = "slow"
+        began, count = time.monotonic(), evaluated(other)
+        registry = app.metrics.registry
+        # "slow" analyses every second: at least a few while the first group hangs
+        other.wait("the other group evaluated on", lambda: evaluated(other) >= count + 5,
+                   deadline=20)  # fmt: skip
+        env.wait("the hung group's looks given up at their deadline", lambda: (
+            registry.get_sample_value("kserve_canary_analysis_deadlines_total") or 0) >= 1,
+            deadline=20)  # fmt: skip
+        _report(f"one group hung: the other evaluated {evaluated(other) - count} times in "
+                f"{time.monotonic() - began:.1f} s")  # fmt: skip
+        for each in (env, other):  # a slow Prometheus is no verdict on either model
+            doc = each.latest()
+            assert doc is not None
+            assert doc.state.phase is Phase.PROGRESSING
+    finally:
+        proxy.close()
+        other.stop()
 
 
 # ---------------------------------------------------------------------------------------

@@ -70,6 +70,11 @@ MEASURES = """\
   `inferenceservices` (every client's, the KServe simulator's too) is in the details;
 - **audit records per second**: the audit chain's last `seq` over the window; and the
   `analysis.evaluated` records per second;
+- **the controller's own counts**: the increase of `kserve_canary_reconciles_total` and
+  `kserve_canary_analysis_deadlines_total` (analyses given up at their deadline) per
+  interval, and `kserve_canary_analyses_waiting` (asked for, not started) at the window's
+  end; **Prometheus' time per query**: the increase of
+  `prometheus_http_request_duration_seconds` sum over count for `/api/v1/query`;
 - **restart**: SIGKILL, a new controller started at once under another identity; the time
   until it holds the Lease, and until every rollout that was in progress has a new
   `analysis.evaluated` record;
@@ -224,6 +229,10 @@ class SizeResult:
     apiserver_isvc_all_clients: dict[str, float] | None = None  # verb -> requests
     audit_records_per_second: float | None = None
     evaluations_per_second: float | None = None
+    reconciles_per_interval: float | None = None  # kserve_canary_reconciles_total
+    analysis_deadlines_per_interval: float | None = None  # looks given up at their deadline
+    analyses_waiting: float | None = None  # asked for and not started, at the window's end
+    prometheus_query_seconds: float | None = None  # mean instant query, Prometheus' own timing
     restart_leader_seconds: float | None = None
     restart_all_evaluated_seconds: float | None = None
     restart_evaluated: int | None = None  # rollouts evaluated again within the deadline
@@ -269,6 +278,11 @@ class SizeResult:
     def checks_per_rollout_interval(self) -> float | None:
         checks = self.checks_per_interval
         return None if checks is None or not self.in_progress else checks / self.in_progress
+
+    @property
+    def reconciles_per_rollout_interval(self) -> float | None:
+        reconciles = self.reconciles_per_interval
+        return None if reconciles is None or not self.in_progress else reconciles / self.in_progress
 
     @property
     def apiserver_per_check(self) -> float | None:
@@ -905,6 +919,21 @@ def _measure_window(
     result.prometheus_queries_per_interval = _per_interval(queries[0], seconds, o.interval)
     result.prometheus_engine_queries_per_interval = _per_interval(queries[1], seconds, o.interval)
     result.prometheus_series = round(total(after.prometheus_text, "prometheus_tsdb_head_series"))
+    result.prometheus_query_seconds = _mean_query_seconds(
+        before.prometheus_text, after.prometheus_text
+    )
+
+    # the controller's own counts
+    def counted(name: str) -> float:
+        return total(after.controller_text, name) - total(before.controller_text, name)
+
+    result.reconciles_per_interval = _per_interval(
+        counted("kserve_canary_reconciles_total"), seconds, o.interval
+    )
+    result.analysis_deadlines_per_interval = _per_interval(
+        counted("kserve_canary_analysis_deadlines_total"), seconds, o.interval
+    )
+    result.analyses_waiting = total(after.controller_text, "kserve_canary_analyses_waiting")
 
     # the apiserver
     events = bed.audit_events(before.audit_offset, after.audit_offset)
@@ -955,6 +984,18 @@ def _query_counts(before: str, after: str) -> tuple[float, float]:
         after, "prometheus_engine_query_duration_seconds_count", slice="inner_eval"
     ) - total(before, "prometheus_engine_query_duration_seconds_count", slice="inner_eval")
     return http, engine
+
+
+def _mean_query_seconds(before: str, after: str) -> float | None:
+    """The mean time Prometheus took per instant query in the window (its own timing)."""
+
+    def grown(name: str) -> float:
+        return total(after, name, handler="/api/v1/query") - total(
+            before, name, handler="/api/v1/query"
+        )
+
+    count = grown("prometheus_http_request_duration_seconds_count")
+    return grown("prometheus_http_request_duration_seconds_sum") / count if count else None
 
 
 def _isvc_requests(before: str, after: str, seconds: float, interval: float) -> dict[str, float]:
@@ -1352,8 +1393,19 @@ def _table(results: Sequence[SizeResult]) -> list[str]:
         "apiserver requests per rollout check (step writes aside)",
         lambda r: _num(r.apiserver_per_check, 2),
     )
+    row(
+        "reconciles per interval (per rollout)",
+        lambda r: (
+            f"{_num(r.reconciles_per_interval, 1)} ({_num(r.reconciles_per_rollout_interval, 2)})"
+        ),
+    )
     row("audit records per second", lambda r: _num(r.audit_records_per_second, 1))
     row("analyses per second (`analysis.evaluated`)", lambda r: _num(r.evaluations_per_second, 1))
+    row(
+        "analyses given up at their deadline per interval / waiting at the end",
+        lambda r: f"{_num(r.analysis_deadlines_per_interval, 1)} / {_num(r.analyses_waiting, 0)}",
+    )
+    row("Prometheus: mean time per instant query", lambda r: _secs(r.prometheus_query_seconds))
     row(
         "restart: new leader / every rollout evaluated",
         lambda r: (

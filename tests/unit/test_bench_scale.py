@@ -11,6 +11,7 @@ import pytest
 from bench.scale import (
     Options,
     SizeResult,
+    _mean_query_seconds,
     histogram_quantile,
     render,
     samples,
@@ -36,6 +37,20 @@ def test_samples_and_totals_read_the_text_format() -> None:
     assert total(TEXT, "prometheus_http_requests_total") == 132  # not the _created series
     assert list(samples(TEXT, "kserve_canary_tick_lag_seconds_bucket")) == [({"le": "0.5"}, 4.0)]
     assert total(TEXT, "no_such_metric") == 0
+
+
+def test_prometheus_time_per_query_is_the_windows_sum_over_its_count() -> None:
+    def text(seconds: float, count: float) -> str:
+        return (
+            "prometheus_http_request_duration_seconds_sum"
+            f'{{handler="/api/v1/query"}} {seconds}\n'
+            f'prometheus_http_request_duration_seconds_count{{handler="/api/v1/query"}} {count}\n'
+            'prometheus_http_request_duration_seconds_sum{handler="/metrics"} 99\n'
+            'prometheus_http_request_duration_seconds_count{handler="/metrics"} 1\n'
+        )
+
+    assert _mean_query_seconds(text(10.0, 100), text(40.0, 110)) == pytest.approx(3.0)
+    assert _mean_query_seconds(text(10.0, 100), text(10.0, 100)) is None  # no query
 
 
 @pytest.mark.parametrize(
@@ -104,6 +119,7 @@ def test_render_writes_every_row_even_without_figures() -> None:
     markdown, block = render([_result(10), _result(100)], Options(sizes=(10, 100)), elapsed=60.0,
                              load=("load average 1", "load average 2"))  # fmt: skip
     assert "| tick lag p50 / p99 | – / – | – / – |" in block
+    assert "| reconciles per interval (per rollout) | – (–) | – (–) |" in block
     assert "load average 1" in block
     assert markdown.startswith("# Many rollouts on one replica")
     assert "## How each figure is measured" in markdown

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -158,6 +158,7 @@ class Analyzer:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         """Evaluate ``checks`` on ``subject`` at ``at``. ``memory`` is the previous
         round's :attr:`StepAnalysis.memory` (missing checks start from zero); ``grace`` is
@@ -167,7 +168,11 @@ class Analyzer:
         is sufficient only with ``min_samples`` canary requests counted after that time
         (None: the whole rollout counts as one step). A shadow output check
         (:data:`~analysis.types.SHADOW_BUILTINS`) counts everything since that time, which
-        for the shadow phase is when mirroring began: it needs ``step``."""
+        for the shadow phase is when mirroring began: it needs ``step``.
+
+        The look-based checks are evaluated first, then ``looks_read`` is called (the
+        analysis runner lets the next analysis of the same look group start), then the
+        checks with queries of their own; the evaluations keep the checks' order."""
         if step is not None and step[1].tzinfo is None:
             raise ValueError("the step's start must be timezone-aware")
         if at.tzinfo is None:
@@ -179,38 +184,44 @@ class Analyzer:
         answers: dict[str, QueryResult | MetricError] = {}
         shadow_answers: dict[str, QueryResult | MetricError] = {}
         seen: dict[tuple[datetime, datetime], SubjectLook | MetricError] = {}
-        evaluations: list[CheckEvaluation] = []
+        evaluated: dict[str, CheckEvaluation] = {}
         new_memory: dict[str, CheckMemory] = {}
+        from_looks = [
+            c for c in checks if self._look_based(c) and not (c.shadow_output and not looks_only)
+        ]
+        for check in from_looks:
+            previous = memory.get(check.name, CheckMemory())
+            evaluated[check.name], new_memory[check.name] = self._from_looks(
+                check, subject, previous, at, grace, seen, step
+            )
+        if looks_read is not None:
+            looks_read()
         for check in checks:
+            if check.name in evaluated:  # read from the looks above
+                continue
             previous = memory.get(check.name, CheckMemory())
             if check.shadow_output and not looks_only:
-                done, new_memory[check.name] = self._compare_outputs(
+                evaluated[check.name], new_memory[check.name] = self._compare_outputs(
                     check, subject, previous, at, grace, step, shadow_answers
                 )
-                evaluations.append(done)
-                continue
-            if self._look_based(check):
-                done, new_memory[check.name] = self._from_looks(
-                    check, subject, previous, at, grace, seen, step
-                )
-                evaluations.append(done)
                 continue
             if looks_only:
                 new_memory[check.name] = previous
                 continue
             if check.counted:
-                done, new_memory[check.name] = self._from_counters(
+                evaluated[check.name], new_memory[check.name] = self._from_counters(
                     check, subject, previous, at, grace, step
                 )
-                evaluations.append(done)
                 continue
             reading, evidence = self._read(check, subject, at, answers)
             assessment = assess(check, reading, previous, grace=grace, judge=self._judge)
             done = evaluation(check, reading, assessment, evaluated_at=at, evidence=evidence)
             read = [answers[q] for q in evidence.queries if q in answers]
-            evaluations.append(_with_answers_detail(done, reading.error, read))
+            evaluated[check.name] = _with_answers_detail(done, reading.error, read)
             new_memory[check.name] = assessment.memory
-        return combine(evaluations, new_memory, evaluated_at=at)
+        evaluations = [evaluated[c.name] for c in checks if c.name in evaluated]
+        ordered = {c.name: new_memory[c.name] for c in checks if c.name in new_memory}
+        return combine(evaluations, ordered, evaluated_at=at)
 
     def _look_based(self, check: CheckDefinition) -> bool:
         return self._looks is not None and check.builtin in BUILTIN_CHECKS

@@ -25,12 +25,13 @@ where it was when the look was asked for: same rollout, step, split and evidence
   restart or a failover) share the same query rounds instead of each widening them once.
 
 * **Lanes.** Evaluations that read the same group of looks wait for each other's query
-  rounds (:meth:`analysis.looks.LookSource.group`); so they run one at a time, in a lane of
-  their own (``lane`` of the analyzer), and a look waiting for its lane holds no thread. A
-  slow round (a loaded Prometheus, a large group) then holds one thread and its own group's
-  rollouts, never every thread (nor does a look's deadline run while it waits: it starts
-  when the look does). The next look of a lane goes to the back of the threads' queue, so
-  lanes take turns.
+  rounds (:meth:`analysis.looks.LookSource.group`); so they read their looks one at a time,
+  in a lane of their own (``lane`` of the analyzer), and a look waiting for its lane holds
+  no thread. A slow round (a loaded Prometheus, a large group) then holds one thread and its
+  own group's rollouts, never every thread (nor does a look's deadline run while it waits:
+  it starts when the look does). An evaluation leaves its lane once its looks are read
+  (``looks_read``): its checks with queries of their own run beside the lane's next one.
+  The next look of a lane goes to the back of the threads' queue, so lanes take turns.
 
 Nothing here decides anything: the verdicts are the analysis package's, applied by the
 engine through the state machine.
@@ -89,6 +90,19 @@ class Lanes(Protocol):
     def lane(
         self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime
     ) -> Hashable | None: ...
+
+    def analyze(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        memory: Mapping[str, CheckMemory],
+        at: datetime,
+        *,
+        grace: bool,
+        looks_only: bool = False,
+        step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
+    ) -> StepAnalysis: ...
 
 
 class Analyzes(Protocol):
@@ -240,7 +254,20 @@ class AnalysisRequest:
     # after that moment can make the step's evidence sufficient.
     step: tuple[int, datetime] | None = None
 
-    def run(self, analyzer: Analyzes) -> StepAnalysis:
+    def run(self, analyzer: Analyzes, looks_read: Callable[[], None] | None = None) -> StepAnalysis:
+        """The analysis; ``looks_read`` (an analyzer with lanes only) is called once its
+        looks are read."""
+        if looks_read is not None and isinstance(analyzer, Lanes):
+            return analyzer.analyze(
+                self.subject,
+                self.checks,
+                self.memory,
+                self.at,
+                grace=self.grace,
+                looks_only=self.looks_only,
+                step=self.step,
+                looks_read=looks_read,
+            )
         return analyzer.analyze(
             self.subject,
             self.checks,
@@ -413,26 +440,34 @@ class AnalysisRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run_in_lane(self, lane: Hashable, key: Key, job: _Job) -> None:
-        try:
-            self._run(key, job)
-        finally:
+        left = threading.Event()
+
+        def leave() -> None:
+            """Start the lane's next look (once: when the looks are read, or at the end)."""
             with self._lock:
+                if left.is_set():
+                    return
+                left.set()
                 waiting = self._lanes[lane]
                 while waiting:
-                    key, job = waiting.popleft()
-                    if self._jobs.get(key) is job:  # not dropped while it waited
-                        self._pool.submit(self._run_in_lane, lane, key, job)
-                        break
-                else:
-                    del self._lanes[lane]
+                    after, next_job = waiting.popleft()
+                    if self._jobs.get(after) is next_job:  # not dropped while it waited
+                        self._pool.submit(self._run_in_lane, lane, after, next_job)
+                        return
+                del self._lanes[lane]
 
-    def _run(self, key: Key, job: _Job) -> None:
+        try:
+            self._run(key, job, leave)
+        finally:
+            leave()
+
+    def _run(self, key: Key, job: _Job, looks_read: Callable[[], None] | None = None) -> None:
         with self._lock:
             if self._jobs.get(key) is not job:
                 return  # dropped while it waited (leadership lost, or the rollout moved on)
             job.deadline = self._clock() + self._deadline
         try:
-            result = job.request.run(self._analyzer)
+            result = job.request.run(self._analyzer, looks_read)
         except Exception as exc:  # an analysis bug must not lose the rollout's timer
             log.exception("analysis.crashed", namespace=key[0], name=key[1], error=str(exc))
             result = job.request.run(self._fallback(f"the analysis failed: {exc}"))

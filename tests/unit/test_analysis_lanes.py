@@ -7,14 +7,14 @@ each rollout is in; the clock is the test's."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import pytest
 
 from analysis.looks import LookSource
 from analysis.runner import Analyzer
-from analysis.types import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
+from analysis.types import CheckDefinition, CheckMemory, Outcome, QueryResult, StepAnalysis, Subject
 from canary.analysis_worker import AnalysisRequest, AnalysisRunner
 from tests.unit.test_controller_analysis import (
     CHECK,
@@ -42,9 +42,11 @@ def ask(name: Key, clock: Clock) -> AnalysisRequest:
 
 
 class Lanes:
-    """An analyzer whose looks each wait until the test releases their rollout."""
+    """An analyzer whose looks each wait until the test releases their rollout: while
+    reading its looks, or with ``custom`` after (running queries of its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, custom: bool = False) -> None:
+        self.custom = custom
         self.release: dict[Key, threading.Event] = {}
         self.started: list[Key] = []
         self.crash: set[Key] = set()
@@ -69,11 +71,16 @@ class Lanes:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         name = (subject.namespace, subject.isvc)
         with self._lock:
             self.started.append(name)
+        if self.custom and looks_read is not None:
+            looks_read()
         assert self.gate(name).wait(WAIT), f"{name} was never released"
+        if looks_read is not None:
+            looks_read()
         if name in self.crash:
             raise RuntimeError("a bug in the analysis")
         return passing(at)
@@ -114,6 +121,23 @@ def test_a_lane_runs_one_look_at_a_time_and_its_waiting_looks_hold_no_thread(
     assert lanes.started in ([a1, b1, a2, a3], [b1, a1, a2, a3])
     assert answered(run, a3, clock).verdict is Outcome.SUCCESSFUL
     assert breaker.state == "closed"
+    assert run.waiting() == 0
+    run.shutdown()
+
+
+def test_an_analysis_leaves_its_lane_once_its_looks_are_read() -> None:
+    """Its checks with queries of their own then run beside the lane's next analysis."""
+    custom = Lanes(custom=True)
+    clock = Clock()
+    run, _, notified = runner(custom, clock, workers=2)
+    a1, a2 = key("a", "1"), key("a", "2")
+    for name in (a1, a2):
+        assert run.obtain(name, ("t", name), ask(name, clock)) is None
+    _until(lambda: set(custom.started) == {a1, a2})  # a1 still runs its own queries
+    assert not notified.keys
+    for name in (a1, a2):
+        custom.gate(name).set()
+    _until(lambda: {a1, a2} <= set(notified.keys))
     assert run.waiting() == 0
     run.shutdown()
 
@@ -174,3 +198,25 @@ def test_the_analyzer_puts_rollouts_of_one_look_group_in_one_lane() -> None:
     alone = analyzer(1)
     assert alone.lane(SUBJECT, (CHECK,), at) != alone.lane(other, (CHECK,), at)
     assert shared.lane(SUBJECT, (custom,), at) is None  # reads no looks: waits on nothing
+
+
+def test_the_analyzer_reads_its_looks_first_and_keeps_the_checks_order() -> None:
+    events: list[str] = []
+
+    class Recorded(FakePrometheus):
+        def query(self, promql: str, at: datetime) -> QueryResult:
+            events.append(promql)
+            return super().query(promql, at)
+
+    prometheus = Recorded({})
+    looks = LookSource(prometheus, period=timedelta(seconds=5), lag=timedelta(seconds=2),
+                       window=timedelta(seconds=60))  # fmt: skip
+    analyzer = Analyzer(prometheus, looks=looks)
+    custom = CheckDefinition(name="fpr", builtin=None, query="sum(fpr)",
+                             direction="lowerIsBetter", absolute_limit=0.1)  # fmt: skip
+    done = analyzer.analyze(SUBJECT, (custom, CHECK), {}, Clock()(), grace=False,
+                            looks_read=lambda: events.append("looks read"))  # fmt: skip
+    # every query of the looks before, the custom check's own after
+    assert events.index("looks read") == looks.queries_sent
+    assert "sum(fpr)" in events[events.index("looks read") :]
+    assert [e.check for e in done.evaluations] == ["fpr", "error-rate"]

@@ -74,7 +74,9 @@ MEASURES = """\
   `kserve_canary_analysis_deadlines_total` (analyses given up at their deadline) per
   interval, and `kserve_canary_analyses_waiting` (asked for, not started) at the window's
   end; **Prometheus' time per query**: the increase of
-  `prometheus_http_request_duration_seconds` sum over count for `/api/v1/query`;
+  `prometheus_http_request_duration_seconds` sum over count for `/api/v1/query`; the
+  controller's **warnings**: the warning and error events its JSON log wrote in the window,
+  by event name;
 - **restart**: SIGKILL, a new controller started at once under another identity; the time
   until it holds the Lease, and until every rollout that was in progress has a new
   `analysis.evaluated` record;
@@ -229,6 +231,7 @@ class SizeResult:
     apiserver_isvc_all_clients: dict[str, float] | None = None  # verb -> requests
     audit_records_per_second: float | None = None
     evaluations_per_second: float | None = None
+    log_warnings: dict[str, int] | None = None  # the controller's warnings in the window
     reconciles_per_interval: float | None = None  # kserve_canary_reconciles_total
     analysis_deadlines_per_interval: float | None = None  # looks given up at their deadline
     analyses_waiting: float | None = None  # asked for and not started, at the window's end
@@ -438,6 +441,7 @@ class Snapshot:
     evaluations: int
     cpu: Mapping[str, float | None]
     machine: float
+    log_offset: int = 0  # the controller's log file
 
 
 @dataclass
@@ -535,7 +539,16 @@ class Bed:
             evaluations=self.evaluations(),
             cpu=cpu,
             machine=machine_busy_seconds(),
+            log_offset=_size(self.logs / f"{replica.identity}.log"),
         )
+
+    def log_warnings(self, replica: Replica, start: int, end: int) -> dict[str, int]:
+        """The controller's warnings and errors between two offsets of its log (JSON
+        lines), counted by event name, most frequent first."""
+        with (self.logs / f"{replica.identity}.log").open("rb") as log:
+            log.seek(start)
+            text = log.read(max(end - start, 0))
+        return warning_events(text)
 
     def audit_events(self, start: int, end: int) -> list[dict[str, Any]]:
         """The controller's apiserver requests logged between two offsets of the log."""
@@ -934,6 +947,7 @@ def _measure_window(
         counted("kserve_canary_analysis_deadlines_total"), seconds, o.interval
     )
     result.analyses_waiting = total(after.controller_text, "kserve_canary_analyses_waiting")
+    result.log_warnings = bed.log_warnings(replica, before.log_offset, after.log_offset)
 
     # the apiserver
     events = bed.audit_events(before.audit_offset, after.audit_offset)
@@ -984,6 +998,20 @@ def _query_counts(before: str, after: str) -> tuple[float, float]:
         after, "prometheus_engine_query_duration_seconds_count", slice="inner_eval"
     ) - total(before, "prometheus_engine_query_duration_seconds_count", slice="inner_eval")
     return http, engine
+
+
+def warning_events(text: bytes) -> dict[str, int]:
+    """Warning, error and critical log events in JSON lines, by event name, most frequent
+    first (lines that are not JSON objects are skipped: a traceback's continuation)."""
+    found: Counter[str] = Counter()
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in {"warning", "error", "critical"}:
+            found[str(entry.get("event"))] += 1
+    return dict(found.most_common())
 
 
 def _mean_query_seconds(before: str, after: str) -> float | None:
@@ -1235,6 +1263,16 @@ def _num(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _events(counts: Mapping[str, int] | None) -> str:
+    if counts is None:
+        return "–"
+    if not counts:
+        return "none"
+    shown = [f"`{event}` {count:,}" for event, count in list(counts.items())[:4]]
+    rest = sum(list(counts.values())[4:])
+    return ", ".join(shown) + (f", {rest:,} others" if rest else "")
+
+
 def _verbs(counts: Mapping[str, float] | None) -> str:
     if not counts:
         return "–"
@@ -1406,6 +1444,7 @@ def _table(results: Sequence[SizeResult]) -> list[str]:
         lambda r: f"{_num(r.analysis_deadlines_per_interval, 1)} / {_num(r.analyses_waiting, 0)}",
     )
     row("Prometheus: mean time per instant query", lambda r: _secs(r.prometheus_query_seconds))
+    row("controller warnings in the window, by event", lambda r: _events(r.log_warnings))
     row(
         "restart: new leader / every rollout evaluated",
         lambda r: (

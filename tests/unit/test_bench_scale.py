@@ -18,6 +18,7 @@ from bench.scale import (
     summarise_profile,
     total,
     verdicts,
+    warning_events,
 )
 
 TEXT = """\
@@ -51,6 +52,19 @@ def test_prometheus_time_per_query_is_the_windows_sum_over_its_count() -> None:
 
     assert _mean_query_seconds(text(10.0, 100), text(40.0, 110)) == pytest.approx(3.0)
     assert _mean_query_seconds(text(10.0, 100), text(10.0, 100)) is None  # no query
+
+
+def test_the_controllers_warnings_are_counted_by_event_from_its_json_log() -> None:
+    lines = [
+        '{"event": "rollout.retry", "level": "warning", "item": ["ns", "a"]}',
+        '{"event": "rollout.retry", "level": "warning", "item": ["ns", "b"]}',
+        '{"event": "rollout.step_advanced", "level": "info"}',
+        '{"event": "analysis.crashed", "level": "error"}',
+        "Traceback (most recent call last):",  # a traceback's continuation: skipped
+        '["not", "an", "object"]',
+    ]
+    assert warning_events("\n".join(lines).encode()) == {"rollout.retry": 2, "analysis.crashed": 1}
+    assert warning_events(b"") == {}
 
 
 @pytest.mark.parametrize(
@@ -120,6 +134,7 @@ def test_render_writes_every_row_even_without_figures() -> None:
                              load=("load average 1", "load average 2"))  # fmt: skip
     assert "| tick lag p50 / p99 | – / – | – / – |" in block
     assert "| reconciles per interval (per rollout) | – (–) | – (–) |" in block
+    assert "| controller warnings in the window, by event | – | – |" in block
     assert "load average 1" in block
     assert markdown.startswith("# Many rollouts on one replica")
     assert "## How each figure is measured" in markdown

@@ -91,19 +91,6 @@ class Lanes(Protocol):
         self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime
     ) -> Hashable | None: ...
 
-    def analyze(
-        self,
-        subject: Subject,
-        checks: Sequence[CheckDefinition],
-        memory: Mapping[str, CheckMemory],
-        at: datetime,
-        *,
-        grace: bool,
-        looks_only: bool = False,
-        step: tuple[int, datetime] | None = None,
-        looks_read: Callable[[], None] | None = None,
-    ) -> StepAnalysis: ...
-
 
 class Analyzes(Protocol):
     """What runs one evaluation round: ``analysis.runner.Analyzer`` or a test double."""
@@ -118,6 +105,7 @@ class Analyzes(Protocol):
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis: ...
 
 
@@ -255,19 +243,7 @@ class AnalysisRequest:
     step: tuple[int, datetime] | None = None
 
     def run(self, analyzer: Analyzes, looks_read: Callable[[], None] | None = None) -> StepAnalysis:
-        """The analysis; ``looks_read`` (an analyzer with lanes only) is called once its
-        looks are read."""
-        if looks_read is not None and isinstance(analyzer, Lanes):
-            return analyzer.analyze(
-                self.subject,
-                self.checks,
-                self.memory,
-                self.at,
-                grace=self.grace,
-                looks_only=self.looks_only,
-                step=self.step,
-                looks_read=looks_read,
-            )
+        """The analysis; ``looks_read`` is called once its looks are read."""
         return analyzer.analyze(
             self.subject,
             self.checks,
@@ -276,6 +252,7 @@ class AnalysisRequest:
             grace=self.grace,
             looks_only=self.looks_only,
             step=self.step,
+            looks_read=looks_read,
         )
 
 

@@ -252,6 +252,7 @@ class FailingAnalyzer:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         self.calls += 1
         return StepAnalysis(
@@ -1184,6 +1185,7 @@ class Collecting:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         self.asked.append(at)
         return StepAnalysis(at, (), Outcome.SUCCESSFUL, False, False, "too few samples", {})
@@ -1273,6 +1275,7 @@ class HungPrometheus:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         self.entered.set()
         self.release.wait(30)
@@ -1779,6 +1782,7 @@ class Passing(Collecting):
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         self.asked.append(at)
         return StepAnalysis(at, (), Outcome.SUCCESSFUL, True, False, "all checks pass", {})

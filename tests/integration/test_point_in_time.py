@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -95,6 +95,7 @@ class Passing:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         seconds = (at - T0).total_seconds()
         evaluations = tuple(

@@ -5,7 +5,7 @@ test lets them."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,6 +104,7 @@ class Held:
         grace: bool,
         looks_only: bool = False,
         step: tuple[int, datetime] | None = None,
+        looks_read: Callable[[], None] | None = None,
     ) -> StepAnalysis:
         self.calls += 1
         self.entered.set()

@@ -658,16 +658,14 @@ class Controller:
         log.info("leader.relisted", queued=count)
 
     def _refresh_phase_counts(self) -> None:
-        """Every few seconds, not per reconcile: listing every rollout is O(n)."""
+        """Every few seconds, not per reconcile: the count is O(n) in the database."""
         if self._metrics is None or not self.leading:
             return
         counts = {phase.value: 0 for phase in ACTIVE_PHASES}
         try:
-            rows = self._store.active_rollouts()
+            counts.update(self._store.active_phase_counts())
         except StoreUnavailable:
             return
-        for row in rows:
-            counts[row.phase] = counts.get(row.phase, 0) + 1
         self._metrics.set_phase_counts(counts)
 
     # ------------------------------------------------------------------ lifecycle

@@ -394,7 +394,7 @@ class Engine:
 
     def active_keys(self) -> list[tuple[str, str, datetime | None]]:
         """Every active rollout and when it wants to be looked at (for the scheduler)."""
-        return [(r.namespace, r.name, r.next_check_at) for r in self._store.active_rollouts()]
+        return self._store.active_schedule()
 
     # ------------------------------------------------------------------ rollouts in flight
 

@@ -182,7 +182,14 @@ class PrometheusProvider:
     def _keep_response(
         self, response: requests.Response, *args: Any, **kwargs: Any
     ) -> requests.Response:
+        """Keep the response, and decode its body once: the client library decodes it again
+        in ``custom_query`` otherwise (half the look rounds' CPU with large answers), so its
+        ``json`` is given the payload decoded here."""
+        payload = _json(response.content)
         self._local.response = response
+        self._local.payload = payload
+        if payload is not None:
+            response.__dict__["json"] = lambda **_: payload
         return response
 
     # --- querying ----------------------------------------------------------------------
@@ -216,7 +223,7 @@ class PrometheusProvider:
         self, promql: str, params: dict[str, str]
     ) -> QueryResult | tuple[MetricError, bool]:
         """One request: a result, or an error and whether it is worth retrying."""
-        self._local.response = None
+        self._local.response = self._local.payload = None
         try:
             # (connect, read): the read allows for Prometheus' own timeout answer to arrive
             self._client.custom_query(
@@ -236,19 +243,19 @@ class PrometheusProvider:
         except (PrometheusApiClientException, KeyError, TypeError):
             pass  # not a success: the kept response tells why
         response: requests.Response | None = self._local.response
-        self._local.response = None
+        payload: Any = self._local.payload
+        self._local.response = self._local.payload = None
         if response is None:
             return Unreachable(f"no response from Prometheus at {self._public_url}",
                                query=promql), True  # fmt: skip
-        return self._interpret(response, promql)
+        return self._interpret(response, payload, promql)
 
     def _interpret(
-        self, response: requests.Response, promql: str
+        self, response: requests.Response, payload: Any, promql: str
     ) -> QueryResult | tuple[MetricError, bool]:
         body = response.content
         digest = hashlib.sha256(body).hexdigest()
         status = response.status_code
-        payload = _json(body)
         if status == 200:
             return self._result(payload, promql, digest, body)
         problem, code = _snippet(body), f"HTTP {status}"

@@ -199,6 +199,31 @@ class RolloutBook:
             ).all()
         return [_rollout_from(row._mapping) for row in rows]
 
+    def active_phase_counts(self) -> dict[str, int]:
+        """How many active rollouts are in each phase, counted by the database: the
+        ``kserve_canary_rollouts`` gauge reads this every few seconds, and loading every
+        active rollout's state document for it cost a third of the controller's CPU with
+        1,000 rollouts."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(RolloutModel.phase, func.count())
+                .where(RolloutModel.active.is_(True))
+                .group_by(RolloutModel.phase)
+            ).all()
+        return {str(phase): int(count) for phase, count in rows}
+
+    def active_schedule(self) -> list[tuple[str, str, datetime | None]]:
+        """Every active rollout's namespace, name and ``next_check_at``, ordered by namespace
+        and name: what the scheduler needs after gaining leadership, without the state
+        documents."""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(
+                select(RolloutModel.namespace, RolloutModel.name, RolloutModel.next_check_at)
+                .where(RolloutModel.active.is_(True))
+                .order_by(RolloutModel.namespace, RolloutModel.name)
+            ).all()
+        return [(str(ns), str(name), at) for ns, name, at in rows]
+
     def rollout_for(self, namespace: str, name: str) -> RolloutRow | None:
         """The active rollout of an InferenceService, if any."""
         with self._tx(write=False) as conn:

@@ -560,6 +560,29 @@ def test_only_one_active_rollout_per_inference_service(store: AuditStore) -> Non
     assert [r.id for r in store.active_rollouts()] == ["ro-2"]
 
 
+def test_phase_counts_and_schedule_cover_active_rollouts_only(store: AuditStore) -> None:
+    """What the phase gauge and the scheduler after a failover read: every active rollout,
+    none that finished."""
+    for i, (name, phase, active) in enumerate(
+        [
+            ("b", "progressing", True),
+            ("a", "progressing", True),
+            ("c", "paused", True),
+            ("d", "succeeded", False),
+            ("e", "rolled_back", False),
+        ]
+    ):
+        row = dataclasses.replace(rollout(f"ro-{i}", active=active, phase=phase, step=i),
+                                  name=name)  # fmt: skip
+        store.commit([], rollout=row)
+    assert store.active_phase_counts() == {"progressing": 2, "paused": 1}
+    assert store.active_schedule() == [
+        ("fraud", "a", T0 + timedelta(minutes=2)),
+        ("fraud", "b", T0 + timedelta(minutes=1)),
+        ("fraud", "c", T0 + timedelta(minutes=3)),
+    ]
+
+
 def test_the_database_itself_refuses_a_second_active_rollout(
     store: AuditStore, db: Database
 ) -> None:

@@ -11,6 +11,7 @@ number of quick retries.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import socket
@@ -301,6 +302,22 @@ def test_real_samples_carry_the_evaluation_time(prometheus: PrometheusProvider) 
     assert [s.timestamp for s in result.series] == [round(at.timestamp(), 3)] * 2
     assert result.warnings == ()
     assert (result.attempts, result.failures) == (1, ())
+
+
+def test_each_answer_is_decoded_once(serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look answer is megabytes at scale: the client library must not decode it again."""
+    decoded: list[int] = []
+    loads = json.loads
+
+    def counting(text: str | bytes, **kwargs: Any) -> Any:
+        decoded.append(len(text))
+        return loads(text, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    provider = PrometheusProvider(serve(Script((200, VECTOR, 0))))
+    result = provider.query("up", datetime.now(UTC))
+    assert result.series[0].value == 2.0
+    assert decoded == [len(VECTOR)]
 
 
 def _vector(*items: str, warnings: str | None = None) -> bytes:

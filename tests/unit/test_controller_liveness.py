@@ -139,8 +139,8 @@ class FakeStore:
     def pending_commands(self) -> list[Any]:
         return []
 
-    def active_rollouts(self) -> list[Any]:
-        return []
+    def active_phase_counts(self) -> dict[str, int]:
+        return {}
 
 
 class FakeEngine:

@@ -71,8 +71,10 @@ raw counter's value and each histogram's cumulative counts as an array of floats
 series' label sets, names and bucket bounds held once however many snapshots refer to them
 (interned). Snapshots are kept per group only for the newest grid times
 (:data:`RECENT_LOOKS`) and, for the starts of catch-up reads, a few older ones
-(:data:`OLDER_KEPT`), each only while rollouts keep reading it (:data:`IDLE_LOOKS`). So
-what the looks hold is proportional to the revisions asked about, and independent of how
+(:data:`OLDER_KEPT`), each only while rollouts keep reading it (:data:`IDLE_LOOKS`), and
+those where a rollout left behind will begin its next look (:data:`WAITED_KEPT`). So what
+the looks hold is proportional to the revisions asked about (at most
+``RECENT_LOOKS + OLDER_KEPT + WAITED_KEPT`` snapshots per group), and independent of how
 long anything has run.
 
 This module does no I/O of its own: it calls the injected
@@ -135,6 +137,7 @@ __all__ = [
     "OLDER_KEPT",
     "PARTS",
     "RECENT_LOOKS",
+    "WAITED_KEPT",
     "GroupKey",
     "LookSource",
     "SideLook",
@@ -158,6 +161,13 @@ recently read goes first, and any not read while the group's newest grid time mo
 IDLE_LOOKS = 2
 """An older snapshot nobody read while the newest grid time moved on by this many periods
 is dropped: the rollouts that catch up from it all do so within seconds."""
+
+WAITED_KEPT = 8
+"""Older snapshots kept per group because a rollout's next look begins there (the grid time
+its last look ended at), however long ago they were read: a rollout the group's rounds left
+behind (a loaded Prometheus, a long queue) then reads what it missed as one look from a
+snapshot at hand, instead of a round at its old grid time that puts every other rollout
+further behind. The oldest go first beyond this many."""
 
 DEFAULT_GROUP_SIZE = 200
 """Services per look group (see the module doc): at 1,000 services, five rounds per look
@@ -442,10 +452,10 @@ class LookSource:
     ``max_sample_age`` how old the last sample of a raw counter may be at a grid time (a
     few scrape intervals; older, its value is frozen); ``reset_ratio`` is the fraction of
     its previous total a series must fall to for a decrease to read as a counter reset.
-    How many snapshots are kept is not a setting: see :data:`RECENT_LOOKS` and
-    :data:`OLDER_KEPT`. ``batch`` (default True) groups the rollouts of a metric profile
-    and mode, at most ``group_size`` services to a group (None: all of them); False makes
-    each rollout its own group.
+    How many snapshots are kept is not a setting: see :data:`RECENT_LOOKS`,
+    :data:`OLDER_KEPT` and :data:`WAITED_KEPT`. ``batch`` (default True) groups the
+    rollouts of a metric profile and mode, at most ``group_size`` services to a group
+    (None: all of them); False makes each rollout its own group.
 
     Thread-safe: a group's rounds run one at a time (its lock), different groups' at once."""
 
@@ -491,6 +501,8 @@ class LookSource:
         # recently read first), its newest grid time, its restart checks by span
         self._cache: dict[GroupKey, OrderedDict[datetime, _Snapshot]] = {}
         self._newest: dict[GroupKey, datetime] = {}
+        # the grid time each revision's last look ended at: where its next one begins
+        self._through: dict[GroupKey, dict[Ident, datetime]] = {}
         self._restarts: dict[
             GroupKey,
             OrderedDict[tuple[datetime, datetime], tuple[frozenset[Ident], frozenset[Ident]]],
@@ -602,8 +614,11 @@ class LookSource:
                 _side(ident, before[ident], now[ident], self.reset_ratio)
                 for ident in (canary, baseline)
             ]
+            through = self._through.setdefault(key, {})
             for ident, side in zip((canary, baseline), sides, strict=True):
+                through[ident] = at
                 if side.problems:
+                    through[ident] = start  # read again from there
                     # not kept: the next evaluation reads both instants again
                     for t in (start, at):
                         entry = self._cache[key].get(t)
@@ -726,21 +741,40 @@ class LookSource:
         self._evict(key)
         return {ident: entry.revisions[ident] for ident in needed}
 
+    def _waited(self, key: GroupKey) -> set[datetime]:
+        """The grid times where the next look of a revision still asked about begins (the
+        others' are forgotten)."""
+        through = self._through.get(key)
+        if not through:
+            return set()
+        with self._wanted_lock:
+            wanted = self._wanted.get(key, {})
+            for ident in [i for i in through if i not in wanted]:
+                del through[ident]
+        return set(through.values())
+
     def _evict(self, key: GroupKey) -> None:
-        """Keep the group's snapshots at its newest :data:`RECENT_LOOKS` grid times, and
-        at most :data:`OLDER_KEPT` older ones, each only while it is read."""
+        """Keep the group's snapshots at its newest :data:`RECENT_LOOKS` grid times; older
+        ones where a rollout's next look begins, at most :data:`WAITED_KEPT` (the newest);
+        and at most :data:`OLDER_KEPT` other older ones, each only while it is read."""
         newest = self._newest[key]
         recent = newest - (RECENT_LOOKS - 1) * self.period
         idle = IDLE_LOOKS * self.period
         kept = self._cache[key]
+        waited = self._waited(key)
         older = [t for t in kept if t < recent]  # least recently read first
         fresh = []
         for t in older:
+            if t in waited:
+                continue
             if newest - kept[t].used >= idle:
                 del kept[t]
             else:
                 fresh.append(t)
         for t in fresh[: max(len(fresh) - OLDER_KEPT, 0)]:
+            del kept[t]
+        held = sorted(t for t in older if t in waited)
+        for t in held[: max(len(held) - WAITED_KEPT, 0)]:
             del kept[t]
 
     def _restarted(

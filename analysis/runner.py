@@ -186,9 +186,7 @@ class Analyzer:
         seen: dict[tuple[datetime, datetime], SubjectLook | MetricError] = {}
         evaluated: dict[str, CheckEvaluation] = {}
         new_memory: dict[str, CheckMemory] = {}
-        from_looks = [
-            c for c in checks if self._look_based(c) and not (c.shadow_output and not looks_only)
-        ]
+        from_looks = [c for c in checks if self._look_based(c)]  # no shadow check reads looks
         for check in from_looks:
             previous = memory.get(check.name, CheckMemory())
             evaluated[check.name], new_memory[check.name] = self._from_looks(

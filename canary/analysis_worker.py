@@ -417,14 +417,15 @@ class AnalysisRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run_in_lane(self, lane: Hashable, key: Key, job: _Job) -> None:
-        left = threading.Event()
+        left = False  # read and set under the runner's lock
 
         def leave() -> None:
             """Start the lane's next look (once: when the looks are read, or at the end)."""
+            nonlocal left
             with self._lock:
-                if left.is_set():
+                if left:
                     return
-                left.set()
+                left = True
                 waiting = self._lanes[lane]
                 while waiting:
                     after, next_job = waiting.popleft()

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from analysis.looks import OLDER_KEPT, RECENT_LOOKS, LookSource
+from analysis.looks import IDLE_LOOKS, OLDER_KEPT, RECENT_LOOKS, WAITED_KEPT, LookSource
 from analysis.runner import Analyzer
 from analysis.types import (
     BadQuery,
@@ -352,6 +352,45 @@ def test_a_rollout_a_look_or_two_late_reads_them_one_by_one_at_no_cost() -> None
     detail = result.evaluation("error-rate").detail
     assert detail["looks_read"] == 2
     assert "joined_looks" not in detail
+
+
+@pytest.mark.parametrize("behind", [RECENT_LOOKS + IDLE_LOOKS + 1, 12, 40])
+def test_a_rollout_left_behind_costs_no_round_at_the_time_it_last_read(behind: int) -> None:
+    """A loaded Prometheus: one rollout's look waits while the group's rounds move on
+    ``behind`` grid times. When it runs, it reads what it missed as one look from the
+    snapshot where its last look ended, still at hand, not from a round of its own at that
+    old time (which would hold every other rollout of the group back by one more round)."""
+    prometheus, (late, punctual) = fleet(2)
+    analyzer = Analyzer(prometheus, looks=source(prometheus))
+    memories: list[Mapping[str, CheckMemory]] = [{}, {}]
+    for look in range(2):
+        for i, s in enumerate((late, punctual)):
+            memories[i] = evaluate(analyzer, s, memories[i], look).memory
+    for look in range(2, 2 + behind):
+        memories[1] = evaluate(analyzer, punctual, memories[1], look).memory
+    sent = rounds(prometheus)
+    result = evaluate(analyzer, late, memories[0], 1 + behind)
+    assert rounds(prometheus) == sent
+    detail = result.evaluation("error-rate").detail
+    assert detail["joined_looks"] == behind
+    assert result.evaluation("error-rate").outcome is not Outcome.ERROR
+
+
+def test_snapshots_kept_for_rollouts_left_behind_are_bounded() -> None:
+    """Twenty rollouts each left behind at a grid time of its own: the group keeps the
+    snapshots of the newest few of those times only (the others cost a round when their
+    rollouts come back), so a long queue cannot grow the looks' memory without bound."""
+    prometheus, subjects = fleet(21)
+    looks_source = source(prometheus)
+    for s in subjects:
+        looks_source.expect(s, AT)
+    punctual, others = subjects[0], subjects[1:]
+    for look in range(len(others) + 10):
+        looks_source.look(punctual, AT + PERIOD * look)
+        if look < len(others):
+            looks_source.look(others[look], AT + PERIOD * look)  # its last look
+    assert looks_source.held() <= RECENT_LOOKS + OLDER_KEPT + WAITED_KEPT
+    assert looks_source.held() >= RECENT_LOOKS + WAITED_KEPT
 
 
 # --- what the looks keep in memory -----------------------------------------------------------

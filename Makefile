@@ -141,9 +141,12 @@ bench-reaction: deps
 # analysis interval, audit records, a restart, and queries with batching off. Writes
 # bench/results/scale.* and the README's bench:scale block. PY_SPY=<path to py-spy> also
 # samples the controller for 30 s after each window (its top frames go into the results).
+# The simulated exporters' latency histograms have real exporters' 15 buckets;
+# LATENCY_BUCKETS=fine gives them the test suite's 98 (six times the bucket series).
 .PHONY: bench-scale
 bench-scale: deps
-	$(BIN)/python -m bench.scale --sizes 10,100,1000 $(if $(PY_SPY),--py-spy $(PY_SPY))
+	$(BIN)/python -m bench.scale --sizes 10,100,1000 $(if $(PY_SPY),--py-spy $(PY_SPY)) \
+		$(if $(LATENCY_BUCKETS),--latency-buckets $(LATENCY_BUCKETS))
 
 # `make bench` runs every benchmark below that writes a README block; each adds itself as a
 # prerequisite on a line of its own (make merges the prerequisites of repeated rules).

@@ -47,6 +47,7 @@ from canary.k8s.client import INFERENCE_SERVICE, KubeError
 from canary.ops import submit_command
 from testbed.postgres import PostgresServer, RoleDatabase, provision_audit_database
 from testbed.testbed import AUDITED_USER, Scale, Testbed
+from testbed.traffic import LATENCY_LAYOUTS, LatencyLayout
 from tests.e2e.harness import Env, Replica
 
 __all__ = ["Options", "SizeResult", "main", "measure_size", "run"]
@@ -153,6 +154,10 @@ class Options:
     scrape_interval: float = 5.0
     rate: float = 100.0  # requests per second per InferenceService
     tick: float = 1.0  # the traffic simulator's tick
+    # the latency histograms' bounds (testbed.traffic.LATENCY_LAYOUTS): "coarse" (15
+    # buckets, what real exporters send) or "fine" (98, the test suite's, for accurate
+    # quantiles: six times the bucket series for Prometheus to hold and the looks to read)
+    latency_buckets: LatencyLayout = "coarse"
     lease_seconds: int = 15  # the production default
     create_deadline: float = 900.0
     progress_deadline: float = 1200.0
@@ -181,6 +186,8 @@ class Options:
         for name in NUMBER_OPTIONS:
             if getattr(self, name) != getattr(defaults, name):
                 parts.append(f"--{name.replace('_', '-')} {getattr(self, name):g}")
+        if self.latency_buckets != defaults.latency_buckets:
+            parts.append(f"--latency-buckets {self.latency_buckets}")
         return " ".join(parts)
 
 
@@ -710,6 +717,7 @@ def _bed(
                 traffic_mode="aggregate",
                 tick_interval=options.tick,
                 profiles=(PROFILE,),
+                latency_buckets=options.latency_buckets,
                 scrape_interval=options.scrape_interval,
                 audit_users=(CONTROLLER_USER,),
             ))  # fmt: skip
@@ -1521,7 +1529,10 @@ def render(
     setup = (
         f"Each size on a fresh test bed: the traffic simulator in aggregate mode "
         f"({options.rate:g} requests/s per InferenceService, {options.tick:g} s ticks, the "
-        f"`{PROFILE}` series only), Prometheus scraping every {options.scrape_interval:g} s, "
+        f"`{PROFILE}` series only, latency histograms of "
+        f"{len(LATENCY_LAYOUTS[options.latency_buckets][0]) + 1} buckets: the "
+        f"`{options.latency_buckets}` layout), Prometheus scraping every "
+        f"{options.scrape_interval:g} s, "
         f"Knative-mode InferenceServices, policy steps [10, 50, 100] held 2 h (healthy "
         f"canaries: every rollout stays at 10 %), analysisInterval {options.interval:g} s, "
         f"look period {options.look_period:g} s, Lease {options.lease_seconds} s; one "
@@ -1649,6 +1660,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=getattr(defaults, name),
             help="seconds" if name.endswith("_deadline") else None,
         )
+    parser.add_argument(
+        "--latency-buckets",
+        choices=sorted(LATENCY_LAYOUTS),
+        default=defaults.latency_buckets,
+        help="the latency histograms' bounds: fine (the test suite's) or coarse (what real "
+        "exporters send)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument(
         "--py-spy",
@@ -1683,6 +1701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes=tuple(int(s) for s in args.sizes.split(",")),
         **{name: getattr(args, name) for name in NUMBER_OPTIONS},
         work_dir=args.work_dir,
+        latency_buckets=args.latency_buckets,
         py_spy=args.py_spy,
         tracemalloc=args.tracemalloc,
     )
@@ -1714,6 +1733,7 @@ def _rerender(path: Path, *, readme: bool, out: Path | None) -> int:
     known = {f.name for f in fields(Options)}
     raw = {k: v for k, v in data["options"].items() if k in known}
     raw["sizes"] = tuple(raw["sizes"])
+    raw.setdefault("latency_buckets", "fine")  # every run before the option had 98 buckets
     for name in ("work_dir", "py_spy"):
         raw[name] = None if raw.get(name) in (None, "None") else Path(raw[name])
     options = Options(**raw)

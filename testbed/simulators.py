@@ -30,7 +30,7 @@ from testbed.gateway import GatewaySimulator
 from testbed.kserve.controller import KServeSimulator, SplitTarget
 from testbed.kserve.standard import StandardWorld
 from testbed.mirror import MirrorSimulator
-from testbed.traffic import MODES, PROFILES, Target, TrafficSimulator
+from testbed.traffic import LATENCY_LAYOUTS, MODES, PROFILES, Target, TrafficSimulator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         "--profiles", default=None,
         help=f"series groups each target exposes, comma-separated (default: {','.join(PROFILES)})",
     )  # fmt: skip
+    parser.add_argument(
+        "--latency-buckets", choices=sorted(LATENCY_LAYOUTS), default="fine",
+        help="the latency histograms' bounds: fine (accurate quantiles) or coarse (what real "
+        "exporters send)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     configure_logging("production", "info")
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.traffic_mode,
         tick_interval=args.tick_interval,
         profiles=args.profiles.split(",") if args.profiles else None,
+        latency_buckets=args.latency_buckets,
     )
     kube = KubeClient.from_kubeconfig(args.kubeconfig)
 

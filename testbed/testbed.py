@@ -34,7 +34,7 @@ from testbed.cluster import Cluster
 from testbed.crds import ensure_crds
 from testbed.processes import alive, start_time, tail, terminate
 from testbed.prometheus import PrometheusServer
-from testbed.traffic import TrafficMode
+from testbed.traffic import LatencyLayout, TrafficMode
 
 __all__ = ["AUDITED_USER", "Scale", "Testbed", "TestbedError", "default_sandbox_dir"]
 
@@ -85,15 +85,17 @@ def _load_yaml(path: Path) -> Any:
 @dataclass(frozen=True)
 class Scale:
     """How the test bed is set up for many InferenceServices (the defaults are the test
-    suite's): the traffic simulator's ``traffic_mode``, ``tick_interval`` and exposed
-    ``profiles`` (:mod:`testbed.traffic`), Prometheus' ``scrape_interval`` (seconds), and
-    the users whose apiserver requests are written to the apiserver's audit log
+    suite's): the traffic simulator's ``traffic_mode``, ``tick_interval``, exposed
+    ``profiles`` and ``latency_buckets`` layout (:mod:`testbed.traffic`), Prometheus'
+    ``scrape_interval`` (seconds), and the users whose apiserver requests are written to
+    the apiserver's audit log
     (``audit_users``, :attr:`testbed.cluster.Cluster.audit_log_path`; by default
     :data:`AUDITED_USER`, whom nothing uses unless a benchmark does)."""
 
     traffic_mode: TrafficMode = "per-request"
     tick_interval: float = 0.2
     profiles: tuple[str, ...] | None = None
+    latency_buckets: LatencyLayout = "fine"
     scrape_interval: float = 1.0
     audit_users: tuple[str, ...] = (AUDITED_USER,)
 
@@ -299,6 +301,7 @@ class Testbed:
             "--traffic-mode", self.scale.traffic_mode,
             "--tick-interval", str(self.scale.tick_interval),
             *(["--profiles", ",".join(self.scale.profiles)] if self.scale.profiles else []),
+            "--latency-buckets", self.scale.latency_buckets,
         ]  # fmt: skip
         self._simulators = subprocess.Popen(
             command,

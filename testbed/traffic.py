@@ -97,10 +97,13 @@ from testbed.behaviour import BehaviourBook, BehaviourWatcher, ModelBehaviour
 from testbed.payload_logger import EventSender, LoggerEvent
 
 __all__ = [
+    "COARSE_LATENCY_BUCKETS_SECONDS",
     "FRAUD_SCORE_BUCKETS",
     "LATENCY_BUCKETS_SECONDS",
+    "LATENCY_LAYOUTS",
     "MODES",
     "PROFILES",
+    "LatencyLayout",
     "RequestCounts",
     "Target",
     "TrafficSimulator",
@@ -134,6 +137,28 @@ interpolation error of ``histogram_quantile(0.99, ...)`` over a lognormal is at 
 p99 between 5 ms and 2 s when the median is at most 0.6 × p99 (4 % at 0.7 ×, 6 % at 0.8 ×,
 9 % at 0.9 ×), which leaves room for sampling error in a 10 % tolerance. Like Knative's, the
 bounds stop at 10 s."""
+
+COARSE_LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+"""The ``coarse`` layout: OpenTelemetry's recommended ``http.server.request.duration``
+bounds, which are also the Prometheus Python client's default ones (the KServe model
+server's histograms); the millisecond histograms use them ×1000. 15 buckets where the
+``fine`` layout has 98: a benchmark of many InferenceServices uses it so that Prometheus
+holds, and the controller reads, as many bucket series as a real deployment's exporters
+give, not six times as many."""
+
+LATENCY_LAYOUTS: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fine": (LATENCY_BUCKETS_SECONDS, LATENCY_BUCKETS_MS),
+    "coarse": (
+        COARSE_LATENCY_BUCKETS_SECONDS,
+        tuple(round(b * 1000.0, 6) for b in COARSE_LATENCY_BUCKETS_SECONDS),
+    ),
+}
+"""The latency histograms' bounds in seconds and in milliseconds, by layout name
+(``fine``: the default)."""
+
+LatencyLayout = Literal["fine", "coarse"]
 
 FRAUD_SCORE_BUCKETS: tuple[float, ...] = tuple(i / 20 for i in range(1, 21))
 """Upper bounds of the ``fraud_score`` histogram: 0.05, 0.10, ..., 1.0."""
@@ -231,10 +256,22 @@ class _Endpoint:
     score_counts: list[int] = field(default_factory=lambda: [0] * (len(FRAUD_SCORE_BUCKETS) + 1))
     score_sum: float = 0.0
     profiles: frozenset[str] = frozenset(PROFILES)
+    latency_bounds: tuple[float, ...] = LATENCY_BUCKETS_SECONDS  # seconds, +Inf not included
+    latency_bounds_ms: tuple[float, ...] = LATENCY_BUCKETS_MS
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     version: int = 0  # bumped by every change of the counters (the scrape's cache key)
     rendered: tuple[int, bytes] | None = None  # the last scrape text, and its version
     renderer: _Renderer | None = None
+
+    @cached_property
+    def le_seconds(self) -> tuple[str, ...]:
+        """The ``le`` texts of the latency histograms in seconds, ``+Inf`` last."""
+        return (*map(_go_float, self.latency_bounds), "+Inf")
+
+    @cached_property
+    def le_ms(self) -> tuple[str, ...]:
+        """The same bounds in milliseconds (OpenCensus and Istio)."""
+        return (*map(_go_float, self.latency_bounds_ms), "+Inf")
 
     @cached_property
     def pod(self) -> str:
@@ -278,8 +315,6 @@ def _go_float(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-_LE_SECONDS = (*map(_go_float, LATENCY_BUCKETS_SECONDS), "+Inf")
-_LE_MS = (*map(_go_float, LATENCY_BUCKETS_MS), "+Inf")
 _LE_SCORE = (*map(_go_float, FRAUD_SCORE_BUCKETS), "+Inf")
 
 
@@ -303,7 +338,7 @@ class _EndpointCollector(Collector):
             scores = list(ep.score_counts)
             score_sum = ep.score_sum
         per_code = [
-            (str(code), counts, sums[code], _cumulative(counts, _LE_SECONDS))
+            (str(code), counts, sums[code], _cumulative(counts, ep.le_seconds))
             for code, counts in latency.items()
         ]
         exposed = ep.profiles
@@ -373,7 +408,7 @@ class _EndpointCollector(Collector):
             values = [ep.namespace, ep.configuration, ep.name, str(code), f"{code // 100}xx"]
             count.add_sample("revision_request_count", dict(zip(names, values, strict=True)),
                              float(sum(counts)))  # fmt: skip
-            latencies.add_metric(values, _cumulative(counts, _LE_MS), sums[code] * 1000.0)
+            latencies.add_metric(values, _cumulative(counts, ep.le_ms), sums[code] * 1000.0)
         yield count
         yield latencies
 
@@ -394,7 +429,7 @@ class _EndpointCollector(Collector):
         for code, counts in latency.items():
             values = ["destination", ep.workload, ep.namespace, str(code)]
             total.add_metric(values, float(sum(counts)))
-            duration.add_metric(values, _cumulative(counts, _LE_MS), sums[code] * 1000.0)
+            duration.add_metric(values, _cumulative(counts, ep.le_ms), sums[code] * 1000.0)
         yield total
         yield duration
 
@@ -408,7 +443,7 @@ class _EndpointCollector(Collector):
             merged = [sum(column) for column in zip(*latency.values(), strict=True)]
             predict.add_metric(
                 [self._ep.isvc],
-                _cumulative(merged, _LE_SECONDS),
+                _cumulative(merged, self._ep.le_seconds),
                 sum(sums.values()),
             )
         yield predict
@@ -492,10 +527,10 @@ class _Renderer:
         status = str(code)
         if family == "kn_serving_invocation_duration_seconds":
             return self._histogram_heads(family, [("http_response_status_code", status)],
-                                         _LE_SECONDS)  # fmt: skip
+                                         ep.le_seconds)  # fmt: skip
         if family == "http_server_request_duration_seconds":
             labels = [("http_request_method", "POST"), ("http_response_status_code", status)]
-            return self._histogram_heads(family, labels, _LE_SECONDS)
+            return self._histogram_heads(family, labels, ep.le_seconds)
         opencensus = [
             ("namespace_name", ep.namespace),
             ("configuration_name", ep.configuration),
@@ -506,7 +541,7 @@ class _Renderer:
         if family == "revision_request_count":
             return [f"revision_request_count{{{_label_text(opencensus)}}} "]
         if family == "revision_request_latencies":
-            return self._histogram_heads(family, opencensus, _LE_MS)
+            return self._histogram_heads(family, opencensus, ep.le_ms)
         istio = [
             ("reporter", "destination"),
             ("destination_workload", ep.workload),
@@ -516,9 +551,9 @@ class _Renderer:
         if family == "istio_requests_total":
             return [f"istio_requests_total{{{_label_text(istio)}}} "]
         if family == "istio_request_duration_milliseconds":
-            return self._histogram_heads(family, istio, _LE_MS)
+            return self._histogram_heads(family, istio, ep.le_ms)
         if family == "request_predict_seconds":
-            return self._histogram_heads(family, [("model_name", ep.isvc)], _LE_SECONDS)
+            return self._histogram_heads(family, [("model_name", ep.isvc)], ep.le_seconds)
         if family == "fraud_score":
             return self._histogram_heads(family, [], _LE_SCORE)
         raise AssertionError(f"no series heads for {family}")  # pragma: no cover
@@ -650,7 +685,9 @@ class TrafficSimulator:
     drawn (the default), or each target's counts per tick drawn in aggregate, for
     thousands of InferenceServices (the same series, labels and counter semantics).
     ``profiles`` (:data:`PROFILES`; default all): the groups of series each target exposes,
-    fewer for a Prometheus that must hold thousands of targets.
+    fewer for a Prometheus that must hold thousands of targets. ``latency_buckets``
+    (:data:`LATENCY_LAYOUTS`): the latency histograms' bounds, ``fine`` (the default, for
+    accurate quantiles) or ``coarse`` (what real exporters send).
     """
 
     def __init__(
@@ -665,9 +702,17 @@ class TrafficSimulator:
         logger_url: str | None = None,
         mode: TrafficMode = "per-request",
         profiles: Collection[str] | None = None,
+        latency_buckets: LatencyLayout = "fine",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown traffic mode {mode!r}; allowed: {', '.join(MODES)}")
+        if latency_buckets not in LATENCY_LAYOUTS:
+            raise ValueError(
+                f"unknown latency bucket layout {latency_buckets!r}; allowed: "
+                f"{', '.join(LATENCY_LAYOUTS)}"
+            )
+        self.latency_buckets: LatencyLayout = latency_buckets
+        self._bounds = LATENCY_LAYOUTS[latency_buckets]
         unknown = sorted(set(profiles or ()) - set(PROFILES))
         if unknown or (profiles is not None and not profiles):
             raise ValueError(
@@ -896,7 +941,8 @@ class TrafficSimulator:
         ip = f"10.244.{self._next_ip // 250}.{self._next_ip % 250 + 2}"
         endpoint = _Endpoint(
             namespace, isvc, target.revision, target.storage_uri, target.mode, ip, threading.Lock(),
-            profiles=self.profiles,
+            profiles=self.profiles, latency_bounds=self._bounds[0],
+            latency_bounds_ms=self._bounds[1],
         )  # fmt: skip
         endpoint.registry.register(_EndpointCollector(endpoint))
         endpoint.renderer = _Renderer(endpoint)
@@ -1107,7 +1153,7 @@ class TrafficSimulator:
         else:
             frauds, uniforms, normals = [], [], []
         shared = len(frauds)
-        bounds, score_bounds = LATENCY_BUCKETS_SECONDS, FRAUD_SCORE_BUCKETS
+        bounds, score_bounds = ep.latency_bounds, FRAUD_SCORE_BUCKETS
         size = len(bounds) + 1
         ok_counts, error_counts = [0] * size, [0] * size
         ok_sum = error_sum = score_sum = 0.0
@@ -1158,7 +1204,7 @@ class TrafficSimulator:
         counts; each histogram's sum is its buckets' counts times the means within them."""
         rng = self._rng
         latency, seconds = lognormal_buckets(
-            behaviour.latency.mu, behaviour.latency.sigma, LATENCY_BUCKETS_SECONDS
+            behaviour.latency.mu, behaviour.latency.sigma, ep.latency_bounds
         )
         errors = binomial(rng, n, behaviour.error_rate)
         ok = n - errors
@@ -1212,7 +1258,7 @@ class TrafficSimulator:
             for code, (counts, total) in ((_STATUS_OK, ok), (_STATUS_ERROR, error)):
                 if not counts:
                     continue
-                size = len(LATENCY_BUCKETS_SECONDS) + 1
+                size = len(ep.latency_bounds) + 1
                 target = ep.latency_counts.setdefault(code, [0] * size)
                 for i, count in counts.items():
                     target[i] += count

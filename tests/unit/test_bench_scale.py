@@ -138,6 +138,16 @@ def test_render_writes_every_row_even_without_figures() -> None:
     assert "load average 1" in block
     assert markdown.startswith("# Many rollouts on one replica")
     assert "## How each figure is measured" in markdown
+    assert "latency histograms of 15 buckets: the `coarse` layout" in block
+
+
+def test_the_bucket_layout_is_in_the_command_and_the_setup() -> None:
+    """A run with the test suite's fine bounds says so, and how to reproduce it."""
+    options = Options(sizes=(10,), latency_buckets="fine")
+    assert options.command() == "python -m bench.scale --sizes 10 --latency-buckets fine"
+    assert Options(sizes=(10,)).command() == "python -m bench.scale --sizes 10"
+    _, block = render([_result(10)], options, elapsed=60.0, load=("1", "2"))
+    assert "latency histograms of 98 buckets: the `fine` layout" in block
 
 
 @pytest.mark.parametrize(

@@ -27,9 +27,11 @@ from testbed.aggregate import (
 )
 from testbed.behaviour import BehaviourBook, BusinessProfile, LatencyProfile, ModelBehaviour
 from testbed.traffic import (
+    COARSE_LATENCY_BUCKETS_SECONDS,
     FRAUD_SCORE_BUCKETS,
     LATENCY_BUCKETS_SECONDS,
     PROFILES,
+    LatencyLayout,
     Target,
     TrafficSimulator,
 )
@@ -56,6 +58,7 @@ def simulator(
     mode: str = "aggregate",
     seed: int = 11,
     profiles: tuple[str, ...] | None = None,
+    latency_buckets: LatencyLayout = "fine",
 ) -> TrafficSimulator:
     book = BehaviourBook(default_rate=rate)
     for uri, behaviour in models.items():
@@ -66,6 +69,7 @@ def simulator(
         rng=random.Random(seed),
         mode=mode,  # type: ignore[arg-type]
         profiles=profiles,
+        latency_buckets=latency_buckets,
     )
 
 
@@ -353,6 +357,49 @@ def test_the_served_text_is_what_generate_latest_writes(
         for name in ("scorer-predictor", "scorer-canary"):
             served = sim.exposition(f"/metrics/{NS}/{name}")
             assert served == generate_latest(sim.registry(NS, name)), (ticks, name)
+
+
+@pytest.mark.parametrize("mode", ["per-request", "aggregate"])
+def test_the_coarse_layout_exposes_the_exporters_bounds_in_every_histogram(
+    tmp_path: Path, mode: str
+) -> None:
+    """What a benchmark of many services asks for: every latency histogram with the 14
+    bounds real exporters use (seconds, or ×1000 in milliseconds) and +Inf, counting the
+    same requests, scraped exactly as ``generate_latest`` writes it."""
+    sim = simulator(tmp_path, 800.0, {STABLE: model(0.02, 0.04, 0.05)}, mode=mode,
+                    latency_buckets="coarse")  # fmt: skip
+    sim.set_routes(NS, "scorer", [Target("scorer-predictor", 100, STABLE)])
+    for _ in range(5):
+        sim.tick(1.0)
+    rows = scrape(sim, "scorer-predictor")
+    seconds = [*COARSE_LATENCY_BUCKETS_SECONDS, math.inf]
+    for family, scale in [
+        ("kn_serving_invocation_duration_seconds", 1.0),
+        ("http_server_request_duration_seconds", 1.0),
+        ("request_predict_seconds", 1.0),
+        ("revision_request_latencies", 1000.0),
+        ("istio_request_duration_milliseconds", 1000.0),
+    ]:
+        by_series: dict[frozenset[tuple[str, str]], list[tuple[float, float]]] = {}
+        for labels, value in rows[f"{family}_bucket"]:
+            key = frozenset((k, v) for k, v in labels.items() if k != "le")
+            by_series.setdefault(key, []).append((float(labels["le"]), value))
+        counts = {frozenset(labels.items()): value for labels, value in rows[f"{family}_count"]}
+        assert by_series, family
+        for key, buckets in by_series.items():
+            assert [le for le, _ in buckets] == [b * scale for b in seconds], family
+            assert buckets[-1][1] == counts[key] > 0, family
+    assert sum(v for _, v in rows["request_predict_seconds_count"]) == 4000
+    served = sim.exposition(f"/metrics/{NS}/scorer-predictor")
+    assert served == generate_latest(sim.registry(NS, "scorer-predictor"))
+    assert served is not None
+    assert b'le="2.5"' in served  # as Go writes the bounds
+    assert b'le="7500"' in served
+
+
+def test_an_unknown_bucket_layout_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown latency bucket layout 'medium'"):
+        simulator(tmp_path, 1.0, {}, latency_buckets="medium")  # type: ignore[arg-type]
 
 
 def test_a_count_of_millions_is_written_as_go_writes_it(tmp_path: Path) -> None:

@@ -529,6 +529,10 @@ class Engine:
         mode = mode_of(isvc)
         observed = self._observe(mode, isvc)
         view = observed.view
+        if not view.latest.name:
+            # KServe has not named the newest revision yet (its status comes after the
+            # spec): the status update that names it is the next observation.
+            return None
         if view.stable is None or _same(mode, view.latest, view.stable):
             if opt_in.challenger is not None and view.stable is not None:
                 return self._maybe_shadow(fence, isvc, opt_in, policy, mode, observed)
@@ -661,6 +665,11 @@ class Engine:
             self._invalid(fence, isvc, problem or f"challenger {challenger} not found")
             return None
         theirs = self._observe(mode, other)
+        if not theirs.view.latest.name:
+            # A challenger KServe has not reconciled yet: comparing it now would name no
+            # revision, and the one its status names next would supersede that rollout.
+            # That status update wakes the champion (the controller maps challengers).
+            return None
         view = challenger_view(observed.view, theirs.view, mode)
         if view is observed.view:
             return None  # the champion is not stable: its own canary comes first

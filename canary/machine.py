@@ -70,6 +70,16 @@ def _check_now(now: datetime) -> None:
         raise ValueError("the state machine needs a timezone-aware 'now'")
 
 
+def _check_named(view: TrafficView) -> None:
+    """A canary is a revision KServe has named: a nameless one would be superseded by the
+    name its status gives it next, a rollout begun and ended for nothing."""
+    if not view.latest.name:
+        raise ValueError(
+            "the new revision has no name yet (KServe's status does not name it): a rollout "
+            "waits for it"
+        )
+
+
 def _audit(action: str, reason: str, actor: str = "controller", **details: object) -> RecordAudit:
     return _audit_with(action, reason, actor, details)
 
@@ -113,6 +123,7 @@ def start(
             "no stable revision: a first deployment has nothing to compare against, so it is "
             "not a canary"
         )
+    _check_named(view)
     shadow_first = policy.shadow.enabled and shadowed_by is None
     target = 0 if shadow_first else policy.first_step
     state = RolloutState(
@@ -174,6 +185,7 @@ def start_challenger(
     _check_now(now)
     if view.stable is None:
         raise ValueError("the champion has no stable revision to compare against")
+    _check_named(view)
     if not policy.shadow.enabled:
         raise ValueError(f"policy {policy.name!r} has no shadow phase")
     state = RolloutState(

@@ -4,6 +4,7 @@ audit records, and the reason a command was refused."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from canary.model import (
     SetMirror,
     SetTraffic,
     Tick,
+    TrafficView,
     Verdict,
 )
 from tests.unit.rollout_driver import (
@@ -94,6 +96,28 @@ def test_a_rollout_needs_a_stable_revision() -> None:
     no_stable = first.__class__(**{**first.__dict__, "stable": None})
     with pytest.raises(ValueError, match="first deployment"):
         machine.start("x", "ns", "m", no_stable, make_policy(), T0)
+
+
+@pytest.mark.parametrize(
+    "begin",
+    [
+        pytest.param(lambda v: machine.start("x", "ns", "m", v, make_policy(), T0), id="own-model"),
+        pytest.param(
+            lambda v: machine.start_challenger(
+                "x", "ns", "m", "m-next", v, make_policy(shadow={"enabled": True}), T0
+            ),
+            id="challenger",
+        ),
+    ],
+)
+def test_a_revision_kserve_has_not_named_is_never_a_canary(
+    begin: Callable[[TrafficView], object],
+) -> None:
+    """Knative names a revision in the status after the spec changes: a rollout of the
+    nameless one would be superseded by its own name a moment later."""
+    nameless = replace(view(0, ready=False), latest=Revision("", "s3://models/r2"))
+    with pytest.raises(ValueError, match="no name yet"):
+        begin(nameless)
 
 
 def test_naive_clock_is_refused() -> None:

@@ -124,7 +124,8 @@ if _out:
         snapshot = tracemalloc.take_snapshot()
         stats = snapshot.statistics("lineno")
         with open(_out + ".tmp", "w") as out:
-            out.write(f"total {sum(s.size for s in stats)}\\n")
+            peak = tracemalloc.get_traced_memory()[1]
+            out.write(f"total {sum(s.size for s in stats)} peak {peak}\\n")
             for stat in stats[:40]:
                 where = stat.traceback[0]
                 out.write(f"{stat.size} {stat.count} {where.filename}:{where.lineno}\\n")
@@ -257,6 +258,7 @@ class SizeResult:
     profile_self: list[tuple[str, float]] | None = None
     memory_top: list[tuple[str, float, int]] | None = None  # (where, MiB, blocks)
     memory_traced_mib: float | None = None
+    memory_traced_peak_mib: float | None = None  # the most traced at once since the start
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -1192,7 +1194,10 @@ def _memory(replica: Replica, path: Path, result: SizeResult, log: Callable[[str
         result.notes.append("tracemalloc: no allocation report within 300 s")
         return
     lines = path.read_text().splitlines()
-    result.memory_traced_mib = int(lines[0].split()[1]) / 2**20
+    head = lines[0].split()
+    result.memory_traced_mib = int(head[1]) / 2**20
+    if len(head) >= 4:
+        result.memory_traced_peak_mib = int(head[3]) / 2**20
     top = []
     for line in lines[1:]:
         size, count, where = line.split(" ", 2)
@@ -1623,7 +1628,9 @@ def _details(r: SizeResult) -> list[str]:
     if r.memory_top:
         lines += [
             "Controller allocations alive at the window's end (tracemalloc, by line; "
-            f"{_num(r.memory_traced_mib, 0)} MiB traced in all):",
+            f"{_num(r.memory_traced_mib, 0)} MiB traced in all; at most "
+            f"{_num(r.memory_traced_peak_mib, 0)} MiB at once since the start, against a "
+            f"peak RSS of {_num(r.controller_rss_peak_mib, 0)} MiB):",
             "",
             "| MiB | blocks | where |",
             "|---|---|---|",

@@ -627,6 +627,8 @@ class ChainReport:
     ``head_seq`` is the seq of the last record that passed (after an incremental check it
     counts from where the check started). ``purged_through``: the last record a purge
     removed (0 when none was); the chain was checked from the record after it.
+    ``complete``: the check reached the chain's end (False after a check limited to a
+    number of records stopped short of it; ``head_seq`` is then where it stopped).
     """
 
     ok: bool
@@ -636,6 +638,7 @@ class ChainReport:
     problem: str | None
     head_seq: int = 0
     purged_through: int = 0
+    complete: bool = True
 
 
 CommandState = Literal["pending", "accepted", "rejected", "failed"]

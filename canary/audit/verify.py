@@ -57,6 +57,7 @@ class ChainCheck:
         *,
         after: tuple[int, str] | None = None,
         workers: int | None = None,
+        limit: int | None = None,
     ) -> ChainReport:
         """Check the whole chain, reading ``batch_size`` records at a time.
 
@@ -84,6 +85,11 @@ class ChainCheck:
         check ranges of the chain at the same time, on the same snapshot; the report is the
         one a single process gives. None: :func:`default_workers`; 1: none.
 
+        ``limit``: check at most this many records (from where the check starts), no
+        workers; the report's ``complete`` says whether the chain's end was reached. A
+        caller with a deadline per call verifies a long chain in such slices, each from the
+        last one's ``(head_seq, head_hash)`` as ``after``.
+
         Not detectable from the database alone: records removed from the *end* of the chain,
         or a chain rewritten from some point on with recomputed hashes. Both need the head
         anchored outside the database: signed checkpoints (:mod:`canary.audit.checkpoint`).
@@ -94,6 +100,8 @@ class ChainCheck:
             workers = default_workers()
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        if limit is not None and limit < 1:
+            raise ValueError("limit must be >= 1")
         verifier = ChainVerifier()
         with self._tx(write=False, snapshot=True) as conn:
             try:
@@ -103,15 +111,18 @@ class ChainCheck:
             started = self._start(conn, verifier, purges, after)
             if started is not None:
                 return started
+            end = None if limit is None else verifier.expected + limit
             if self._dialect == "postgresql":
-                source = self._worker_source() if workers > 1 else None
+                source = self._worker_source() if workers > 1 and end is None else None
                 if source is not None:
                     prove_in_parallel(conn, verifier, batch_size, source, workers)
-                problem = check_copied(conn, verifier, batch_size)
+                problem = check_copied(conn, verifier, batch_size, end)
             else:
-                problem = _select_and_check(conn, verifier, batch_size)
+                problem = _select_and_check(conn, verifier, batch_size, end)
             if problem is not None:
                 return problem
+            if end is not None and verifier.expected >= end:
+                return verifier.finish(complete=False)  # stopped at the limit
             last = verifier.expected - 1
             stray = conn.execute(
                 select(func.min(MeasurementRow.audit_seq)).where(MeasurementRow.audit_seq > last)
@@ -189,15 +200,16 @@ class ChainCheck:
 
 
 def _select_and_check(
-    conn: Connection, verifier: ChainVerifier, batch_size: int
+    conn: Connection, verifier: ChainVerifier, batch_size: int, end: int | None = None
 ) -> ChainReport | None:
-    """Check the records from ``verifier.expected`` on, ``batch_size`` per query, through
-    SQLAlchemy (any database); a report at the first problem."""
+    """Check the records from ``verifier.expected`` on (up to ``end - 1``), ``batch_size``
+    per query, through SQLAlchemy (any database); a report at the first problem."""
     log_cols = tuple(getattr(AuditLog, c) for c in LOG_COLUMNS)
     m_cols = tuple(getattr(MeasurementRow, c) for c in MEASUREMENT_COLUMNS)
     last = verifier.expected - 1
-    while True:
-        stmt = select(*log_cols).where(AuditLog.seq > last).order_by(AuditLog.seq).limit(batch_size)
+    while end is None or last < end - 1:
+        size = batch_size if end is None else min(batch_size, end - 1 - last)
+        stmt = select(*log_cols).where(AuditLog.seq > last).order_by(AuditLog.seq).limit(size)
         try:
             rows = conn.execute(stmt).all()
         except (ValueError, TypeError) as exc:  # unreadable column values
@@ -224,5 +236,6 @@ def _select_and_check(
         # Every record of the batch passed, so they are contiguous from `last + 1` to `top`
         # and each measurement row read (seq in that range) was compared with its record's.
         last = top
-        if len(rows) < batch_size:
+        if len(rows) < size:
             return None
+    return None

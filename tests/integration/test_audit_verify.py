@@ -107,6 +107,46 @@ def test_an_intact_chain_verifies_in_any_batch_size(
     assert report == ChainReport(True, RECORDS, _hash_of(db, RECORDS), None, None, RECORDS)
 
 
+def _sliced(store: AuditStore, limit: int, batch_size: int = 4) -> list[ChainReport]:
+    """The chain verified ``limit`` records per call, each from where the last stopped."""
+    reports: list[ChainReport] = []
+    after: tuple[int, str] | None = None
+    while len(reports) <= RECORDS + 1:
+        report = store.verify(batch_size=batch_size, after=after, limit=limit)
+        reports.append(report)
+        if not report.ok or report.complete:
+            return reports
+        after = (report.head_seq, report.head_hash)
+    raise AssertionError(f"no end after {len(reports)} slices: {reports}")
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+@pytest.mark.parametrize("limit", [1, 3, 4, 5, 11, 12, 13])
+def test_a_chain_verified_in_slices_ends_where_a_whole_check_ends(
+    chain: tuple[Database, AuditStore], limit: int, batch_size: int
+) -> None:
+    db, store = chain
+    reports = _sliced(store, limit, batch_size)
+    assert all(r.ok for r in reports)
+    assert [r.complete for r in reports] == [False] * (len(reports) - 1) + [True]
+    assert (reports[-1].head_seq, reports[-1].head_hash) == (RECORDS, _hash_of(db, RECORDS))
+    assert [r.records_checked for r in reports[:-1]] == [limit] * (len(reports) - 1)
+    assert sum(r.records_checked for r in reports) == RECORDS
+
+
+@pytest.mark.parametrize("deleted", [1, 4, 5, 8, 9, 12])
+def test_a_deleted_record_is_found_by_the_slice_that_reaches_it(
+    chain: tuple[Database, AuditStore], deleted: int
+) -> None:
+    """Also the last record, whose measurement rows only the slice that reaches the
+    chain's end can find stray."""
+    db, store = chain
+    untriggered(db, [("DELETE FROM audit_log WHERE seq = ?", (deleted,))])
+    *passed, failed = _sliced(store, 4, batch_size=3)
+    assert all(r.ok and not r.complete for r in passed)
+    assert (failed.ok, failed.first_bad_seq) == (False, deleted)
+
+
 @pytest.mark.parametrize("deleted", [3, 4, 5, 8, 9, 11])
 def test_a_deleted_record_is_found_wherever_the_batches_end(
     chain: tuple[Database, AuditStore], deleted: int

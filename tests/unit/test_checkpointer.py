@@ -17,6 +17,7 @@ from canary.audit import (
     Fence,
     ObjectRef,
     RolloutRow,
+    StoreUnavailable,
     upgrade_to_head,
 )
 from canary.audit.checkpoint import (
@@ -26,9 +27,9 @@ from canary.audit.checkpoint import (
     TrustedKeys,
     generate_private_key_pem,
 )
-from canary.audit.records import format_timestamp
+from canary.audit.records import ChainReport, format_timestamp
 from canary.audit.retention import PurgeRow, plan_purge, retention_cutoff
-from canary.checkpointer import Checkpointer
+from canary.checkpointer import VERIFY_SLICE, Checkpointer
 from canary.k8s.events import ObjectReference
 from canary.model import EventReason
 from canary.witness import FileWitness, WitnessError
@@ -104,6 +105,7 @@ class World:
     now: datetime = T0
     leading: bool = True
     appended: int = 0
+    verify_slice: int = VERIFY_SLICE
 
     def checkpointer(
         self, *witnesses: object, retired: tuple[CheckpointSigner, ...] = ()
@@ -120,6 +122,7 @@ class World:
             events=self.events,
             alarm_target=TARGET,
             retired_keys=[signer.public_key for signer in retired],
+            verify_slice=self.verify_slice,
         )
 
     def append(self, count: int) -> None:
@@ -142,8 +145,14 @@ class World:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture
-def world(sqlite_database: Database) -> Iterator[World]:
+@pytest.fixture(
+    params=[
+        pytest.param(VERIFY_SLICE, id="whole"),
+        # every case again with the chain verified two records per database call
+        pytest.param(2, id="sliced"),
+    ]
+)
+def world(sqlite_database: Database, request: pytest.FixtureRequest) -> Iterator[World]:
     upgrade_to_head(sqlite_database.url)
     with AuditStore.from_url(sqlite_database.url) as store:
         yield World(
@@ -153,6 +162,7 @@ def world(sqlite_database: Database) -> Iterator[World]:
             MemoryWitness(),
             Metrics(),
             Events(),
+            verify_slice=request.param,
         )
 
 
@@ -427,3 +437,121 @@ def _rollout(at: datetime, *, active: bool) -> RolloutRow:
         next_check_at=None,
         active=active,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# a long unanchored stretch: verified in slices, each a database call within the deadline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Calls:
+    """Every ``verify`` call the checkpointer makes: (after, limit); ``fail_at`` makes that
+    call (1-based) fail as a call past the database deadline does."""
+
+    made: list[tuple[tuple[int, str] | None, int | None]] = field(default_factory=list)
+    fail_at: int | None = None
+
+
+@pytest.fixture
+def calls(world: World, monkeypatch: pytest.MonkeyPatch) -> Calls:
+    seen = Calls()
+    verify = world.store.verify
+
+    def recorded(
+        batch_size: int = 5000,
+        *,
+        after: tuple[int, str] | None = None,
+        workers: int | None = None,
+        limit: int | None = None,
+    ) -> ChainReport:
+        seen.made.append((after, limit))
+        if seen.fail_at == len(seen.made):
+            raise StoreUnavailable("database audit.db: the call took longer than 5 s")
+        return verify(batch_size, after=after, workers=workers, limit=limit)
+
+    monkeypatch.setattr(world.store, "verify", recorded)
+    return seen
+
+
+def _behind_an_anchor(world: World, checkpoints: Checkpointer) -> int:
+    world.append(3)
+    assert checkpoints.run_once().outcome == "signed"
+    world.later(600)
+    return 3
+
+
+def _a_new_key(world: World, checkpoints: Checkpointer) -> int:
+    old = CheckpointSigner.from_pem(generate_private_key_pem())
+    world.append(3)
+    world.witness.kept.append(old.sign(_checkpoint_of(world, old)))
+    return 0  # the new key vouches for nothing yet: from record 1
+
+
+@pytest.mark.parametrize(
+    ("situation", "records"),
+    [
+        pytest.param(lambda world, checkpoints: 0, 23, id="first-checkpoint"),
+        pytest.param(_a_new_key, 20, id="rotated-key"),
+        pytest.param(_behind_an_anchor, 20, id="leader-behind"),
+    ],
+)
+def test_a_long_unanchored_stretch_is_verified_in_bounded_calls_and_the_head_signed(
+    world: World, calls: Calls, situation: object, records: int
+) -> None:
+    checkpoints = world.checkpointer()
+    anchored = situation(world, checkpoints)  # type: ignore[operator]
+    calls.made.clear()
+    world.append(records)
+    result = checkpoints.run_once()
+    assert result.outcome == "signed", result.detail
+    assert result.signed is not None
+    assert (result.signed.seq, result.signed.record_hash) == world.store.head()
+    assert [limit for _, limit in calls.made] == [world.verify_slice] * len(calls.made)
+    stretch = world.store.head()[0] - anchored
+    assert len(calls.made) >= -(-stretch // world.verify_slice), "no call verified more"
+    # each call goes on from the record the one before stopped at
+    starts = [after[0] if after else 0 for after, _ in calls.made]
+    assert starts == [anchored + i * world.verify_slice for i in range(len(calls.made))]
+
+
+def test_a_pass_cut_short_goes_on_where_it_stopped_not_from_the_anchor(
+    world: World, calls: Calls
+) -> None:
+    checkpoints = world.checkpointer()
+    world.append(30)
+    sliced = world.verify_slice < 30
+    calls.fail_at = 2 if sliced else 1  # the second slice, or the one call
+    failed = checkpoints.run_once()
+    assert failed.outcome == "failed"
+    assert "longer than 5 s" in failed.detail
+    assert world.witness.kept == []
+    calls.made.clear()
+    calls.fail_at = None
+    signed = checkpoints.run_once()
+    assert signed.outcome == "signed", signed.detail
+    assert signed.signed is not None
+    assert signed.signed.seq == 30
+    first_after = calls.made[0][0]
+    expected = world.verify_slice if sliced else None
+    assert (first_after[0] if first_after else None) == expected, "not from record 1 again"
+
+
+@pytest.mark.parametrize("edited", [1, 2, 3, 8, 13, 14])
+def test_a_record_rewritten_in_any_slice_is_refused_and_stays_refused(
+    world: World, edited: int
+) -> None:
+    checkpoints = world.checkpointer()
+    world.append(14)
+    world.db.script([("DROP TRIGGER audit_log_no_update", ())])
+    world.db.query(
+        "UPDATE audit_log SET body = replace(body, ?, ?) WHERE seq = ?",
+        (f"look {edited}", f"look {edited}x", edited),
+    )
+    refused = checkpoints.run_once()
+    assert refused.outcome == "refused"
+    assert f"the chain is broken at record {edited}" in refused.detail
+    world.later(600)
+    world.append(1)
+    assert checkpoints.run_once().outcome == "refused", "what was verified before is no excuse"
+    assert world.witness.kept == []

@@ -711,7 +711,6 @@ class TrafficSimulator:
                 f"unknown latency bucket layout {latency_buckets!r}; allowed: "
                 f"{', '.join(LATENCY_LAYOUTS)}"
             )
-        self.latency_buckets: LatencyLayout = latency_buckets
         self._bounds = LATENCY_LAYOUTS[latency_buckets]
         unknown = sorted(set(profiles or ()) - set(PROFILES))
         if unknown or (profiles is not None and not profiles):

@@ -5,10 +5,13 @@ timing is asserted: the figures are the benchmark's to report."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 
 from bench.scale import (
+    MALLOC_ARENA_MAX,
     Options,
     SizeResult,
     _mean_query_seconds,
@@ -176,3 +179,10 @@ def test_a_controller_that_falls_behind_is_judged_at_the_smaller_sizes_check_rat
     assert "0.05 times per interval against 2.50" in judged.figure
     for figure in figures:
         assert figure in judged.figure
+
+
+def test_the_controller_is_measured_with_the_image_s_allocator_setting() -> None:
+    """What the benchmark measures is what the image runs: the same malloc arenas."""
+    dockerfile = Path(__file__).parents[2] / "deploy" / "Dockerfile"
+    (value,) = re.findall(r"MALLOC_ARENA_MAX=(\d+)", dockerfile.read_text(encoding="utf-8"))
+    assert value == MALLOC_ARENA_MAX

@@ -29,7 +29,7 @@ from canary.audit.checkpoint import (
 )
 from canary.audit.records import ChainReport, format_timestamp
 from canary.audit.retention import PurgeRow, plan_purge, retention_cutoff
-from canary.checkpointer import VERIFY_SLICE, Checkpointer
+from canary.checkpointer import SMALLEST_SLICE, VERIFY_SLICE, Checkpointer
 from canary.k8s.events import ObjectReference
 from canary.model import EventReason
 from canary.witness import FileWitness, WitnessError
@@ -532,9 +532,16 @@ def test_a_pass_cut_short_goes_on_where_it_stopped_not_from_the_anchor(
     assert signed.outcome == "signed", signed.detail
     assert signed.signed is not None
     assert signed.signed.seq == 30
-    first_after = calls.made[0][0]
+    first_after, smaller = calls.made[0]
     expected = world.verify_slice if sliced else None
     assert (first_after[0] if first_after else None) == expected, "not from record 1 again"
+    assert smaller == max(min(SMALLEST_SLICE, world.verify_slice), world.verify_slice // 2)
+    # once a checkpoint is signed, calls are as large as configured again
+    calls.made.clear()
+    world.later(600)
+    world.append(3)
+    assert checkpoints.run_once().outcome == "signed"
+    assert {limit for _, limit in calls.made} == {world.verify_slice}
 
 
 @pytest.mark.parametrize("edited", [1, 2, 3, 8, 13, 14])

@@ -133,6 +133,7 @@ def test_the_final_stage_entrypoint_and_port(stages: list[Stage]) -> None:
     env = " ".join(final.all("ENV"))
     assert "PYTHONDONTWRITEBYTECODE=1" in env
     assert "PYTHONUNBUFFERED=1" in env
+    assert "MALLOC_ARENA_MAX=2" in env, "two allocator arenas: the resident memory stays close"
     labels = " ".join(final.all("LABEL"))
     for key in ("title", "description", "version", "revision", "licenses"):
         assert f"org.opencontainers.image.{key}=" in labels

@@ -269,9 +269,11 @@ def own_start(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     starts: list[int] = []
     checked = canary.audit.verify_postgres.check_copied
 
-    def spy(conn: Any, verifier: ChainVerifier, batch_size: int) -> ChainReport | None:
+    def spy(
+        conn: Any, verifier: ChainVerifier, batch_size: int, end: int | None = None
+    ) -> ChainReport | None:
         starts.append(verifier.expected)
-        return checked(conn, verifier, batch_size)
+        return checked(conn, verifier, batch_size, end)
 
     monkeypatch.setattr(canary.audit.verify, "check_copied", spy)
     return starts

@@ -62,6 +62,13 @@ restarted and counted past its old total reads as an ordinary increase), so such
 read only once one more query (``resets()`` over the span, for the raw request counters and
 the histogram's ``_count``) shows that no process of the rollout's revisions restarted in
 it; otherwise, or when Prometheus cannot tell, the span is read period by period as before.
+A round at a grid time older than the group's newest :data:`RECENT_LOOKS` (and the restart
+check of a span beginning there) selects only the revisions whose next look begins at that
+time (announced with their evidence, :meth:`LookSource.expect`, or known from the looks
+they read), never the whole group: after a restart the rollouts that last read the same
+grid time share one such round, and a rollout left behind at a time of its own costs a
+small round for its own revisions, not one as large as a new grid time's (a group whose
+every straggler cost a full round would fall further behind with each, and never catch up).
 The sequential tests take the joined look as one look spanning that many periods
 (:func:`analysis.sequential_check.advance`); ``analysis/README.md`` explains why their
 guarantees hold, and what it costs.
@@ -136,6 +143,7 @@ __all__ = [
     "IDLE_LOOKS",
     "OLDER_KEPT",
     "PARTS",
+    "QUERY_KINDS",
     "RECENT_LOOKS",
     "WAITED_KEPT",
     "GroupKey",
@@ -166,12 +174,19 @@ WAITED_KEPT = 8
 """Older snapshots kept per group because a rollout's next look begins there (the grid time
 its last look ended at), however long ago they were read: a rollout the group's rounds left
 behind (a loaded Prometheus, a long queue) then reads what it missed as one look from a
-snapshot at hand, instead of a round at its old grid time that puts every other rollout
-further behind. The oldest go first beyond this many."""
+snapshot at hand, instead of a round at its old grid time. The least recently read go first
+beyond this many (a rollout whose snapshot went costs a round of its own revisions only:
+see :meth:`LookSource._beginning_at`)."""
 
 DEFAULT_GROUP_SIZE = 200
 """Services per look group (see the module doc): at 1,000 services, five rounds per look
 that run at once, each answer a fifth of one group's."""
+
+QUERY_KINDS = ("round", "older", "restart_check")
+"""What the looks' queries are for: a round at one of a group's newest
+:data:`RECENT_LOOKS` grid times (``round``), a round at an older one for the rollouts whose
+next look begins there (``older``), and the check for restarted counters that guards a
+joined look (``restart_check``)."""
 
 _RESETS_KEPT = 16  # answers to the restart check per group, by span; each a few idents
 _BOUND_SETS_KEPT = 64  # distinct sets of bucket bounds held once (exporters share a few)
@@ -501,7 +516,9 @@ class LookSource:
         # recently read first), its newest grid time, its restart checks by span
         self._cache: dict[GroupKey, OrderedDict[datetime, _Snapshot]] = {}
         self._newest: dict[GroupKey, datetime] = {}
-        # the grid time each revision's last look ended at: where its next one begins
+        # the grid time each revision's last look ended at, or where a rollout announced
+        # with its evidence will begin reading (expect): where its next look begins.
+        # Guarded by the wanted lock (expect writes it without waiting for a round).
         self._through: dict[GroupKey, dict[Ident, datetime]] = {}
         self._restarts: dict[
             GroupKey,
@@ -519,13 +536,18 @@ class LookSource:
         self._texts: dict[GroupKey, tuple[frozenset[Ident], dict[str, str]]] = {}
         self._bounds: dict[tuple[float, ...], tuple[float, ...]] = {}
         self._matchers: dict[GroupKey, Callable[[Mapping[str, str]], bool]] = {}
-        self._sent = 0
+        self._sent: dict[str, int] = dict.fromkeys(QUERY_KINDS, 0)
 
     @property
     def queries_sent(self) -> int:
         """How many queries the looks have sent (for tests and the benchmark)."""
         with self._wanted_lock:
-            return self._sent
+            return sum(self._sent.values())
+
+    def queries_by_kind(self) -> dict[str, int]:
+        """The queries sent so far by :data:`QUERY_KINDS` (the controller's /metrics)."""
+        with self._wanted_lock:
+            return dict(self._sent)
 
     def groups(self, profile: str, mode: str) -> int:
         """How many groups the services of a metric profile and mode are in (batched)."""
@@ -540,13 +562,21 @@ class LookSource:
         """The grid times a rollout has not read yet whose data are complete at ``now``."""
         return grid_times(after, now - self.lag, self.period, limit=limit)
 
-    def expect(self, subject: Subject, at: datetime) -> None:
+    def expect(self, subject: Subject, at: datetime, since: datetime | None = None) -> None:
         """Include the subject's revisions in the next round of its group, before it asks
         for a look (what the analysis runner does when a rollout asks for one): rollouts
         asked for together, as after a restart, are read by the same rounds instead of
-        each widening them once. Sends no query and never waits for one."""
+        each widening them once. ``since`` is the grid time the rollout's evidence runs
+        through (where its next look begins), if known: an older round at that time then
+        asks for its revisions too, and its snapshot is kept for it. Sends no query and
+        never waits for one."""
         key, canary, baseline = self._idents(subject, at)
         self._want(key, (canary, baseline), at)
+        if since is not None:
+            with self._wanted_lock:
+                through = self._through.setdefault(key, {})
+                for ident in (canary, baseline):
+                    through[ident] = since  # its evidence, not the last look read, decides
 
     def group(self, subject: Subject, at: datetime) -> GroupKey:
         """The group whose rounds the subject's looks are read in (its place kept as asked
@@ -614,11 +644,11 @@ class LookSource:
                 _side(ident, before[ident], now[ident], self.reset_ratio)
                 for ident in (canary, baseline)
             ]
-            through = self._through.setdefault(key, {})
             for ident, side in zip((canary, baseline), sides, strict=True):
-                through[ident] = at
+                with self._wanted_lock:
+                    # read again from the start when the look has problems
+                    self._through.setdefault(key, {})[ident] = start if side.problems else at
                 if side.problems:
-                    through[ident] = start  # read again from there
                     # not kept: the next evaluation reads both instants again
                     for t in (start, at):
                         entry = self._cache[key].get(t)
@@ -672,9 +702,9 @@ class LookSource:
                 self._restarts[key] = OrderedDict()
             return lock
 
-    def _count_query(self) -> None:
+    def _count_query(self, kind: str) -> None:
         with self._wanted_lock:
-            self._sent += 1
+            self._sent[kind] += 1
 
     def _want(self, key: GroupKey, idents: Iterable[Ident], at: datetime) -> None:
         with self._wanted_lock:
@@ -703,6 +733,19 @@ class LookSource:
                     del wanted[ident]
             return set(wanted) | needed
 
+    def _older(self, key: GroupKey, at: datetime) -> bool:
+        """Whether ``at`` is before the group's newest :data:`RECENT_LOOKS` grid times."""
+        return at < self._newest[key] - (RECENT_LOOKS - 1) * self.period
+
+    def _beginning_at(self, key: GroupKey, at: datetime, needed: set[Ident]) -> set[Ident]:
+        """Who a round (or a restart check) at an older grid time is for: the needed
+        revisions, and the wanted ones whose next look begins at ``at`` (nobody else reads
+        it: everyone else's next look begins elsewhere and ends at a recent grid time)."""
+        with self._wanted_lock:
+            wanted = self._wanted.get(key, {})
+            through = self._through.get(key, {})
+            return needed | {i for i, t in through.items() if t == at and i in wanted}
+
     def _snapshot(
         self,
         key: GroupKey,
@@ -723,12 +766,13 @@ class LookSource:
             entry.used = newest
             kept.move_to_end(at)
             return {ident: have[ident] for ident in needed}
-        missing = {
-            ident
-            for ident in self._wanted_now(key, at, needed)
-            if not (ident in have and have[ident].usable())
-        }
-        found = self._ask(key, at, frozenset(missing), unreachable)
+        older = self._older(key, at)
+        # At an older grid time only the rollouts whose next look begins there read it: a
+        # round for the whole group there would cost what a new grid time's round costs,
+        # once per rollout left behind, and put the others further behind.
+        chosen = self._beginning_at(key, at, needed) if older else self._wanted_now(key, at, needed)
+        missing = {ident for ident in chosen if not (ident in have and have[ident].usable())}
+        found = self._ask(key, at, frozenset(missing), unreachable, "older" if older else "round")
         if unreachable is not None:
             # nothing was asked: nothing to keep
             return {ident: found[ident] if ident in found else have[ident] for ident in needed}
@@ -738,25 +782,28 @@ class LookSource:
         entry.revisions.update(found)
         entry.used = newest
         kept.move_to_end(at)
-        self._evict(key)
+        self._evict(key, at)
         return {ident: entry.revisions[ident] for ident in needed}
 
     def _waited(self, key: GroupKey) -> set[datetime]:
         """The grid times where the next look of a revision still asked about begins (the
         others' are forgotten)."""
-        through = self._through.get(key)
-        if not through:
-            return set()
         with self._wanted_lock:
+            through = self._through.get(key)
+            if not through:
+                return set()
             wanted = self._wanted.get(key, {})
             for ident in [i for i in through if i not in wanted]:
                 del through[ident]
-        return set(through.values())
+            return set(through.values())
 
-    def _evict(self, key: GroupKey) -> None:
+    def _evict(self, key: GroupKey, reading: datetime) -> None:
         """Keep the group's snapshots at its newest :data:`RECENT_LOOKS` grid times; older
-        ones where a rollout's next look begins, at most :data:`WAITED_KEPT` (the newest);
-        and at most :data:`OLDER_KEPT` other older ones, each only while it is read."""
+        ones where a rollout's next look begins, at most :data:`WAITED_KEPT` (the most
+        recently read) besides the one at ``reading`` (just asked for, and about to be read
+        again by the same evaluation: dropping it would cost its reader the same round
+        again); and at most :data:`OLDER_KEPT` other
+        older ones, each only while it is read."""
         newest = self._newest[key]
         recent = newest - (RECENT_LOOKS - 1) * self.period
         idle = IDLE_LOOKS * self.period
@@ -765,7 +812,7 @@ class LookSource:
         older = [t for t in kept if t < recent]  # least recently read first
         fresh = []
         for t in older:
-            if t in waited:
+            if t in waited or t == reading:
                 continue
             if newest - kept[t].used >= idle:
                 del kept[t]
@@ -773,7 +820,7 @@ class LookSource:
                 fresh.append(t)
         for t in fresh[: max(len(fresh) - OLDER_KEPT, 0)]:
             del kept[t]
-        held = sorted(t for t in older if t in waited)
+        held = [t for t in older if t in waited and t != reading]  # least recently read first
         for t in held[: max(len(held) - WAITED_KEPT, 0)]:
             del kept[t]
 
@@ -790,7 +837,7 @@ class LookSource:
         if idents <= covered:
             checks.move_to_end(span)
             return restarted & idents
-        ask = frozenset(self._wanted_now(key, until, set(idents))) - covered
+        ask = frozenset(self._beginning_at(key, since, set(idents))) - covered
         entry = self._cache[key].get(since)
         oldest = [
             raw.oldest
@@ -802,7 +849,7 @@ class LookSource:
         first = min([*oldest, (since - self.period).timestamp()])
         seconds = max(math.ceil(until.timestamp() - first) + 1, 1)
         promql = _resets_query(series_of(key.profile, key.mode), ask, seconds)
-        self._count_query()
+        self._count_query("restart_check")
         found: set[Ident] = set()
         try:
             result = self._provider.query(promql, until)
@@ -919,11 +966,13 @@ class LookSource:
         at: datetime,
         idents: frozenset[Ident],
         unreachable: MetricError | None = None,
+        purpose: str = "round",
     ) -> dict[Ident, _Raw]:
         """One round at ``at`` for ``idents``: each one's raw series. Once a query finds
         Prometheus unreachable (or ``unreachable`` is given), the remaining queries are not
         sent: they fail with that error, so a Prometheus that does not answer costs one
-        query's timeouts, not five."""
+        query's timeouts, not five. ``purpose`` is what the queries are counted as
+        (:data:`QUERY_KINDS`)."""
         series = series_of(key.profile, key.mode)
         ns_label, id_label = series.namespace_label, series.identity_label
         queries = self._queries(key, idents)
@@ -959,7 +1008,7 @@ class LookSource:
                 failed[part] = unreachable
                 digests.append("")
                 continue
-            self._count_query()
+            self._count_query(purpose)
             try:
                 result = self._provider.query(promql, at)
             except NoData as empty:

@@ -130,13 +130,26 @@ class Analyzer:
     def looks(self) -> LookSource | None:
         return self._looks
 
-    def expect(self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime) -> None:
+    def expect(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        at: datetime,
+        memory: Mapping[str, CheckMemory] | None = None,
+    ) -> None:
         """Say that ``subject`` is about to be evaluated with ``checks`` at ``at`` (before
-        it is): its revisions join the next grouped looks' queries, so that rollouts asked
-        for together share rounds (:meth:`analysis.looks.LookSource.expect`). Sends no
-        query and never waits for one."""
-        if self._looks is not None and any(self._look_based(check) for check in checks):
-            self._looks.expect(subject, at)
+        it is), from the evidence in ``memory``: its revisions join the next grouped looks'
+        queries, so that rollouts asked for together share rounds, and a round at the grid
+        time its evidence runs through (where it will begin reading) asks for it too
+        (:meth:`analysis.looks.LookSource.expect`). Sends no query and never waits for
+        one."""
+        if self._looks is None:
+            return
+        based = [check for check in checks if self._look_based(check)]
+        if not based:
+            return
+        known = [m.through for c in based if (m := (memory or {}).get(c.name)) and m.through]
+        self._looks.expect(subject, at, min(known) if known else None)
 
     def lane(
         self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime

@@ -74,7 +74,10 @@ MEASURES = """\
 - **the controller's own counts**: the increase of `kserve_canary_reconciles_total` and
   `kserve_canary_analysis_deadlines_total` (analyses given up at their deadline) per
   interval, and `kserve_canary_analyses_waiting` (asked for, not started) at the window's
-  end; **Prometheus' time per query**: the increase of
+  end; **the looks' queries** by kind, the increase of `kserve_canary_look_queries_total`
+  per interval: rounds at a look group's newest grid times, rounds at older ones (for
+  rollouts left behind there), and the restart checks that guard a look joined over
+  several periods; **Prometheus' time per query**: the increase of
   `prometheus_http_request_duration_seconds` sum over count for `/api/v1/query`; the
   controller's **warnings**: the warning and error events its JSON log wrote in the window,
   by event name;
@@ -245,6 +248,8 @@ class SizeResult:
     reconciles_per_interval: float | None = None  # kserve_canary_reconciles_total
     analysis_deadlines_per_interval: float | None = None  # looks given up at their deadline
     analyses_waiting: float | None = None  # asked for and not started, at the window's end
+    # kserve_canary_look_queries_total by kind (round, older, restart_check), per interval
+    look_queries_per_interval: dict[str, float] | None = None
     prometheus_query_seconds: float | None = None  # mean instant query, Prometheus' own timing
     restart_leader_seconds: float | None = None
     restart_all_evaluated_seconds: float | None = None
@@ -961,6 +966,17 @@ def _measure_window(
         counted("kserve_canary_analysis_deadlines_total"), seconds, o.interval
     )
     result.analyses_waiting = total(after.controller_text, "kserve_canary_analyses_waiting")
+    kinds = sorted({labels["kind"] for labels, _ in samples(after.controller_text,
+                    "kserve_canary_look_queries_total") if "kind" in labels})  # fmt: skip
+    result.look_queries_per_interval = {
+        kind: _per_interval(
+            total(after.controller_text, "kserve_canary_look_queries_total", kind=kind)
+            - total(before.controller_text, "kserve_canary_look_queries_total", kind=kind),
+            seconds,
+            o.interval,
+        )
+        for kind in kinds
+    }
     result.log_warnings = bed.log_warnings(replica, before.log_offset, after.log_offset)
 
     # the apiserver
@@ -1459,6 +1475,13 @@ def _table(results: Sequence[SizeResult]) -> list[str]:
     row(
         "analyses given up at their deadline per interval / waiting at the end",
         lambda r: f"{_num(r.analysis_deadlines_per_interval, 1)} / {_num(r.analyses_waiting, 0)}",
+    )
+    row(
+        "the looks' queries per interval: rounds / older rounds / restart checks",
+        lambda r: " / ".join(
+            _num((r.look_queries_per_interval or {}).get(kind), 1)
+            for kind in ("round", "older", "restart_check")
+        ),
     )
     row("Prometheus: mean time per instant query", lambda r: _secs(r.prometheus_query_seconds))
     row("controller warnings in the window, by event", lambda r: _events(r.log_warnings))

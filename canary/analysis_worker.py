@@ -78,7 +78,13 @@ class Expects(Protocol):
     (``analysis.runner.Analyzer``): rollouts asked for together then share the grouped
     looks' query rounds instead of each widening them once."""
 
-    def expect(self, subject: Subject, checks: Sequence[CheckDefinition], at: datetime) -> None: ...
+    def expect(
+        self,
+        subject: Subject,
+        checks: Sequence[CheckDefinition],
+        at: datetime,
+        memory: Mapping[str, CheckMemory] | None = None,
+    ) -> None: ...
 
 
 @runtime_checkable
@@ -369,7 +375,7 @@ class AnalysisRunner:
         if isinstance(self._analyzer, Expects):
             # Before it runs: the looks already running or waiting then ask for this
             # rollout's revisions too (after a restart, every rollout is asked for at once).
-            self._analyzer.expect(request.subject, request.checks, request.at)
+            self._analyzer.expect(request.subject, request.checks, request.at, request.memory)
         lane = None
         if isinstance(self._analyzer, Lanes):
             lane = self._analyzer.lane(request.subject, request.checks, request.at)

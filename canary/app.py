@@ -277,6 +277,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         on_deadline=metrics.record_analysis_deadline,
     )
     metrics.watch_analyses(runner.waiting)
+    metrics.watch_looks(looks.queries_by_kind)
 
     mirrors = mirror_router(settings, kube)
 

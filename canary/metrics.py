@@ -22,6 +22,11 @@ Series:
   Prometheus slower than the look period);
 * ``kserve_canary_analysis_deadlines_total``: analyses given up at their deadline (each
   counts as an error for its checks);
+* ``kserve_canary_look_queries_total{kind}``: the grouped looks' Prometheus queries by what
+  they are for (``round``: a look group's round at one of its newest grid times; ``older``:
+  a round at an older grid time for the rollouts left behind there; ``restart_check``: the
+  check that guards a look joined over several periods): ``older`` and ``restart_check``
+  growing with the rollouts is a Prometheus slower than the look period;
 * ``kserve_canary_kube_write_retries_total``: Kubernetes writes retried;
 * ``kserve_canary_admission_reviews_total{result}``: admission answers (allowed, patched,
   denied, error);
@@ -48,10 +53,12 @@ Series:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
 
 from canary.model import Phase
 
@@ -289,6 +296,16 @@ class ControllerMetrics:
         """Read ``kserve_canary_analyses_waiting`` from ``waiting`` at every scrape."""
         self._analyses_waiting.set_function(waiting)
 
+    def watch_looks(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Read ``kserve_canary_look_queries_total{kind}`` from ``counts`` (queries sent so
+        far, by kind) at every scrape."""
+        self.registry.register(_CountsByLabel(
+            "kserve_canary_look_queries",
+            "Prometheus queries the grouped looks sent, by what they were for.",
+            "kind",
+            counts,
+        ))  # fmt: skip
+
     def record_analysis_deadline(self) -> None:
         self._analysis_deadlines.inc()
 
@@ -353,3 +370,21 @@ class ControllerMetrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class _CountsByLabel(Collector):
+    """A counter whose values another object keeps (read at every scrape)."""
+
+    def __init__(
+        self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in sorted(self._counts().items()):
+            family.add_metric([value], count)
+        yield family

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from analysis.looks import QUERY_KINDS, LookSource
 from canary.metrics import ADMISSION_RESULTS, WEBHOOK_OUTCOMES, WEBHOOK_SOURCES, ControllerMetrics
 from canary.model import Phase
+from tests.unit.test_looks import AT, FakePrometheus, subject
 
 
 def samples(metrics: ControllerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -165,3 +169,18 @@ def test_waiting_analyses_are_read_at_each_scrape_and_deadlines_counted() -> Non
     metrics.record_analysis_deadline()
     metrics.record_analysis_deadline()
     assert value(metrics, "kserve_canary_analysis_deadlines_total") == 2
+
+
+def test_the_looks_queries_are_read_by_kind_at_each_scrape() -> None:
+    """The counts the looks keep, read at each scrape: an operator sees rounds at old grid
+    times grow when Prometheus falls behind the look period."""
+    metrics = ControllerMetrics()
+    looks = LookSource(FakePrometheus({}), period=timedelta(seconds=5),
+                       lag=timedelta(seconds=2), window=timedelta(seconds=60))  # fmt: skip
+    metrics.watch_looks(looks.queries_by_kind)
+    for kind in QUERY_KINDS:
+        assert value(metrics, "kserve_canary_look_queries_total", kind=kind) == 0
+    s = subject("team", "m-00002", "m-00001")
+    looks.look(s, AT)
+    assert value(metrics, "kserve_canary_look_queries_total", kind="round") == 2 * 5
+    assert value(metrics, "kserve_canary_look_queries_total", kind="older") == 0

@@ -15,7 +15,7 @@ import json
 import threading
 import tracemalloc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -114,15 +114,16 @@ def test_a_restart_costs_two_rounds_per_group_whatever_was_missed_by_how_many(
     rollouts: int, missed: int
 ) -> None:
     """Back from a restart, every rollout is asked for (the analysis runner tells the
-    looks before it runs them), and each reads the ``missed`` looks at once: one round at
-    the grid time they last read, one at the latest, and one restart check, whatever the
-    number of rollouts or of looks missed. Each rollout still reads every missed look."""
+    looks before it runs them, with the evidence each starts from), and each reads the
+    ``missed`` looks at once: one round at the grid time they last read, one at the latest,
+    and one restart check, whatever the number of rollouts or of looks missed. Each rollout
+    still reads every missed look."""
     prometheus, subjects = fleet(rollouts)
     memories = before_the_crash(prometheus, subjects)
     analyzer = Analyzer(prometheus, looks=source(prometheus))  # a new process
     last = 1 + missed
-    for s in subjects:
-        analyzer.expect(s, CHECKS, AT + PERIOD * last)
+    for s, m in zip(subjects, memories, strict=True):
+        analyzer.expect(s, CHECKS, AT + PERIOD * last, m)
     results = [evaluate(analyzer, s, m, last) for s, m in zip(subjects, memories, strict=True)]
     assert rounds(prometheus) == 2
     assert restart_checks(prometheus) == (1 if missed > 1 else 0)
@@ -391,6 +392,103 @@ def test_snapshots_kept_for_rollouts_left_behind_are_bounded() -> None:
             looks_source.look(others[look], AT + PERIOD * look)  # its last look
     assert looks_source.held() <= RECENT_LOOKS + OLDER_KEPT + WAITED_KEPT
     assert looks_source.held() >= RECENT_LOOKS + WAITED_KEPT
+
+
+@dataclass
+class TimedPrometheus(FakePrometheus):
+    """Also records the time each query was asked at."""
+
+    asked: list[tuple[str, datetime]] = field(default_factory=list)
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        self.asked.append((promql, at))
+        return super().query(promql, at)
+
+
+def selected(promql: str, subjects: Sequence[Subject]) -> set[str]:
+    """The namespaces of the ``subjects`` whose canary a query selects."""
+    names = {s.namespace: s.canary_revision for s in subjects}
+    return {ns for ns, name in names.items() if f'"{name}' in promql or f"|{name}" in promql}
+
+
+def test_rollouts_left_behind_at_times_of_their_own_each_cost_a_round_of_their_own_only() -> None:
+    """A loaded Prometheus has left rollouts behind, each at a grid time of its own, more
+    of them than the group keeps snapshots for. When each comes back, the round at its old
+    grid time and its restart check select its own revisions only, not every revision of
+    the group: a round for the whole group at an old time costs what a new grid time's
+    round costs, once per rollout left behind, which puts the others further behind (the
+    group then never catches up). Each still reads every look it missed, as one look."""
+    prometheus, subjects = fleet(WAITED_KEPT + 6, cls=TimedPrometheus)
+    assert isinstance(prometheus, TimedPrometheus)
+    analyzer = Analyzer(prometheus, looks=source(prometheus))
+    looks = analyzer.looks
+    assert looks is not None
+    punctual, late = subjects[0], subjects[1:]
+    memories: list[Mapping[str, CheckMemory]] = [{} for _ in subjects]
+    last = len(late) + 12
+    for look in range(last):
+        memories[0] = evaluate(analyzer, punctual, memories[0], look).memory
+        for i, s in enumerate(late):
+            if look <= i + 1:  # late[i] last reads the look ending at grid time i + 1
+                memories[i + 1] = evaluate(analyzer, s, memories[i + 1], look).memory
+    for s, memory in zip(late, memories[1:], strict=True):
+        analyzer.expect(s, CHECKS, AT + PERIOD * last, memory)  # the runner announces each
+    before = looks.queries_by_kind()
+    older_rounds = sent = 0
+    for i, s in enumerate(late):
+        prometheus.asked.clear()
+        result = evaluate(analyzer, s, memories[i + 1], last)
+        detail = result.evaluation("error-rate").detail
+        assert detail.get("joined_looks") == last - (i + 1)
+        assert result.verdict is not Outcome.ERROR
+        sent += len(prometheus.asked)
+        recent = AT + PERIOD * (last - RECENT_LOOKS)
+        old = [promql for promql, at in prometheus.asked if at < recent]
+        # at most one round, at its own old time, however many checks read the look
+        assert len(old) <= 5
+        assert {at for _, at in prometheus.asked if at < recent} <= {AT + PERIOD * (i + 1)}
+        checks = [promql for promql, _ in prometheus.asked if _kind(promql) == "restart-check"]
+        for promql in [*old, *checks]:
+            assert selected(promql, subjects) == {s.namespace}
+        older_rounds += len(old) // 5
+    after = looks.queries_by_kind()
+    assert after["restart_check"] - before["restart_check"] == len(late)
+    assert after["older"] - before["older"] == 5 * older_rounds
+    # the snapshots kept for WAITED_KEPT of those times cost no round
+    assert older_rounds <= len(late) - WAITED_KEPT + 1
+    assert sum(after.values()) - sum(before.values()) == sent
+    assert sum(after.values()) == looks.queries_sent
+
+
+def test_rollouts_back_from_a_restart_share_the_round_at_the_time_they_last_read() -> None:
+    """After a restart, half the rollouts last read one grid time and half the next one:
+    announced with their evidence, each half shares one round at its time (and one restart
+    check), which selects that half's revisions only."""
+    prometheus, subjects = fleet(10, cls=TimedPrometheus)
+    assert isinstance(prometheus, TimedPrometheus)
+    first, second = subjects[:5], subjects[5:]
+    memories = before_the_crash(prometheus, first, looks=2)
+    memories += before_the_crash(prometheus, second, looks=3)
+    analyzer = Analyzer(prometheus, looks=source(prometheus))  # a new process
+    last = 20
+    for s, m in zip(subjects, memories, strict=True):
+        analyzer.expect(s, CHECKS, AT + PERIOD * last, m)
+    prometheus.sent.clear()
+    prometheus.asked.clear()
+    for s, m in zip(subjects, memories, strict=True):
+        result = evaluate(analyzer, s, m, last)
+        assert result.verdict is not Outcome.ERROR
+    assert rounds(prometheus) == 3  # one at each half's time, one at the latest
+    assert restart_checks(prometheus) == 2
+    halves = {AT + PERIOD: first, AT + PERIOD * 2: second}
+    checked = 0
+    for promql, at in prometheus.asked:
+        if _kind(promql) == "restart-check":
+            assert selected(promql, subjects) in ({x.namespace for x in h} for h in halves.values())
+        elif at in halves:
+            assert selected(promql, subjects) == {x.namespace for x in halves[at]}
+            checked += 1
+    assert checked == 2 * 5  # both halves' rounds, five queries each
 
 
 # --- what the looks keep in memory -----------------------------------------------------------

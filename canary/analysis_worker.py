@@ -33,6 +33,12 @@ where it was when the look was asked for: same rollout, step, split and evidence
   (``looks_read``): its checks with queries of their own run beside the lane's next one.
   The next look of a lane goes to the back of the threads' queue, so lanes take turns.
 
+* **Evaluated when started.** In the controller a look is evaluated at the time its thread
+  starts it, not the time it was asked for (``at_start``): a look that waited in its lane
+  reads the grid times its lane's last round fetched, so a lane that fell behind costs one
+  round per grid time however long its queue, and the rollout's next analysis is due an
+  interval after the evaluation it got, not after the one it asked for.
+
 Nothing here decides anything: the verdicts are the analysis package's, applied by the
 engine through the state machine.
 """
@@ -45,7 +51,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
@@ -247,6 +253,18 @@ class AnalysisRequest:
     # The step being judged and when its split showed: only canary requests observed
     # after that moment can make the step's evidence sufficient.
     step: tuple[int, datetime] | None = None
+    # Until when missing data are forgiven (``grace`` is ``at < grace_until``): known, a
+    # request evaluated later than asked (:meth:`started_at`) has its grace judged then.
+    grace_until: datetime | None = None
+
+    def started_at(self, now: datetime) -> AnalysisRequest:
+        """This request evaluated at ``now``, when it starts, if that is later than it was
+        asked for: on the data at hand then, its grace judged at that time (the window's
+        length stays the one asked for)."""
+        if now <= self.at:
+            return self
+        grace = self.grace if self.grace_until is None else now < self.grace_until
+        return replace(self, at=now, grace=grace)
 
     def run(self, analyzer: Analyzes, looks_read: Callable[[], None] | None = None) -> StepAnalysis:
         """The analysis; ``looks_read`` is called once its looks are read."""
@@ -304,6 +322,15 @@ class AnalysisRunner:
     ``reason`` (an analyzer over :class:`Unanswered`, with looks of its own).
     ``notify(key)`` is called when a look is done (the controller queues the rollout);
     :meth:`bind` sets it.
+
+    ``at_start`` evaluates each look at the time a thread starts it, not the time it was
+    asked for (:meth:`AnalysisRequest.started_at`; the request answered is that one). A
+    look that waited behind its lane then reads the grid times its lane's last round
+    fetched, instead of the older ones due when it was asked: a lane that fell behind
+    costs one round per grid time, whatever its queue, and catches up; with the time it
+    was asked for, every look of a long queue would ask for a grid time of its own, each a
+    round, and the queue would never shrink. The controller sets it; without it (tests
+    with fixed evaluation times) a look is evaluated at the time it was asked for.
     """
 
     def __init__(
@@ -316,6 +343,7 @@ class AnalysisRunner:
         workers: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         on_deadline: Callable[[], None] = lambda: None,
+        at_start: bool = False,
     ) -> None:
         if deadline <= timedelta(0):
             raise ValueError(f"deadline must be positive, got {deadline}")
@@ -325,6 +353,7 @@ class AnalysisRunner:
         self._deadline = deadline
         self._clock = clock
         self._on_deadline = on_deadline
+        self._at_start = at_start
         self._lock = threading.Lock()
         self._jobs: dict[Key, _Job] = {}
         # a lane is here while one of its looks is running or queued for a thread; the
@@ -449,7 +478,10 @@ class AnalysisRunner:
         with self._lock:
             if self._jobs.get(key) is not job:
                 return  # dropped while it waited (leadership lost, or the rollout moved on)
-            job.deadline = self._clock() + self._deadline
+            now = self._clock()
+            if self._at_start:
+                job.request = job.request.started_at(now)
+            job.deadline = now + self._deadline
         try:
             result = job.request.run(self._analyzer, looks_read)
         except Exception as exc:  # an analysis bug must not lose the rollout's timer

@@ -275,6 +275,7 @@ def build(settings: Settings, *, clock: Callable[[], datetime] | None = None) ->
         deadline=timedelta(seconds=settings.analysis_deadline_seconds),
         clock=now,
         on_deadline=metrics.record_analysis_deadline,
+        at_start=True,
     )
     metrics.watch_analyses(runner.waiting)
     metrics.watch_looks(looks.queries_by_kind)

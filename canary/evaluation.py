@@ -213,10 +213,11 @@ class AnalysisAdapter:
         checks = shadow_checks(policy, state.challenger) if shadow else check_definitions(policy)
         # Missing data counts only once the hold is over and Prometheus has had time to
         # discover and scrape the new revision's pods.
-        grace = now - reached < max(policy.step_hold, self._metrics_delay)
+        grace_until = reached + max(policy.step_hold, self._metrics_delay)
         request = AnalysisRequest(
-            subject, tuple(checks), doc.memory, now, grace, fast, step=(step, reached)
-        )
+            subject, tuple(checks), doc.memory, now, now < grace_until, fast,
+            step=(step, reached), grace_until=grace_until,
+        )  # fmt: skip
         if self._runner is None:
             result = request.run(self._analyzer)
         else:

@@ -209,6 +209,96 @@ def test_through_the_analysis_runner_a_restart_costs_at_most_two_generations_of_
     assert restart_checks(prometheus) <= 2
 
 
+@dataclass
+class HeldPrometheus(FakePrometheus):
+    """Holds every query until ``gate`` opens, and says when the first one arrived."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    def query(self, promql: str, at: datetime) -> QueryResult:
+        self.arrived.set()
+        assert self.gate.wait(WAIT)
+        return super().query(promql, at)
+
+
+@pytest.mark.parametrize("at_start", [True, False])
+def test_a_lane_that_fell_behind_costs_a_round_per_grid_time_not_one_per_look(
+    at_start: bool,
+) -> None:
+    """A loaded Prometheus holds one look of a group while the group's other rollouts ask
+    for theirs, each a grid time later than the one before, and they queue in the group's
+    lane. Evaluated when they start (the controller's setting), they read the grid time at
+    hand then: one round for the whole queue, and each rollout's evidence reaches the time
+    it was evaluated at. Evaluated at the times they were asked for, each costs a round of
+    its own grid time (a queue as long as a round is slow would never shrink)."""
+    prometheus, subjects = fleet(12, cls=HeldPrometheus)
+    assert isinstance(prometheus, HeldPrometheus)
+    prometheus.gate.set()
+    memories = before_the_crash(prometheus, subjects)  # through look 1
+    prometheus.gate.clear()
+    prometheus.arrived.clear()
+    clock = [AT + PERIOD * 2 + SECOND * 2]
+    runner = AnalysisRunner(
+        Analyzer(prometheus, looks=source(prometheus)),
+        fallback=lambda why: Analyzer(Unanswered(why)),
+        breaker=CircuitBreaker(failures=1000, cooldown=timedelta(seconds=30)),
+        deadline=timedelta(minutes=10),
+        workers=4,
+        clock=lambda: clock[0],
+        at_start=at_start,
+    )
+    done = threading.Semaphore(0)
+    runner.bind(lambda _key: done.release())
+    asked = []
+    try:
+        for i, (s, memory) in enumerate(zip(subjects, memories, strict=True)):
+            clock[0] = AT + PERIOD * (2 + i) + SECOND * 2  # look 2 + i is due
+            key, ticket = (s.namespace, s.isvc), ("ticket", s.namespace)
+            request = AnalysisRequest(s, CHECKS, memory, clock[0], False, False)
+            assert runner.obtain(key, ticket, request) is None
+            asked.append((key, ticket, request))
+            if i == 0:
+                assert prometheus.arrived.wait(WAIT)  # the first look runs, and is held
+        assert runner.waiting() == len(subjects) - 1  # the others wait in the group's lane
+        clock[0] += PERIOD * 3  # Prometheus answers a while later
+        evaluated_at = clock[0]
+        sent = len(prometheus.sent)
+        prometheus.gate.set()
+        for _ in asked:
+            assert done.acquire(timeout=WAIT)
+        for n, (key, ticket, request) in enumerate(asked):
+            answer = runner.obtain(key, ticket, request)
+            assert answer is not None
+            started, result = answer
+            assert result.verdict is not Outcome.ERROR
+            if at_start and n > 0:
+                assert started.at == evaluated_at
+                assert result.evaluation("error-rate").detail["looks_read"] == len(subjects) + 3
+            else:
+                assert started == request
+    finally:
+        runner.shutdown()
+    queued = [q for q in prometheus.sent[sent:] if _kind(q) == "round"]
+    if at_start:
+        # the held look's two, then one at the queue's start and one at the latest
+        assert rounds(prometheus) <= 4
+    else:
+        assert len(queued) >= len(subjects) - 1
+
+
+def test_a_request_started_later_is_evaluated_then_its_grace_judged_then() -> None:
+    s = subject("team", "m-00002", "m-00001")
+    asked = AT + SECOND * 2
+    request = AnalysisRequest(s, CHECKS, {}, asked, True, False, grace_until=asked + SECOND * 10)
+    assert request.started_at(asked - SECOND) is request  # never earlier than asked
+    assert request.started_at(asked + SECOND * 5) == replace(request, at=asked + SECOND * 5)
+    later = request.started_at(asked + SECOND * 10)
+    assert (later.at, later.grace) == (asked + SECOND * 10, False)
+    unknown = replace(request, grace_until=None).started_at(asked + SECOND * 60)
+    assert (unknown.at, unknown.grace) == (asked + SECOND * 60, True)
+
+
 # --- what the rollouts conclude --------------------------------------------------------------
 
 

@@ -33,11 +33,13 @@ where it was when the look was asked for: same rollout, step, split and evidence
   (``looks_read``): its checks with queries of their own run beside the lane's next one.
   The next look of a lane goes to the back of the threads' queue, so lanes take turns.
 
-* **Evaluated when started.** In the controller a look is evaluated at the time its thread
-  starts it, not the time it was asked for (``at_start``): a look that waited in its lane
-  reads the grid times its lane's last round fetched, so a lane that fell behind costs one
-  round per grid time however long its queue, and the rollout's next analysis is due an
-  interval after the evaluation it got, not after the one it asked for.
+* **Generations.** In the controller a look that waited for its lane is evaluated later
+  than it was asked for (``at_start``): at the time of the lane's last look that started
+  afresh, if it was asked for before that one started (it then reads what that look's
+  round fetched), else when it starts. A lane whose rounds are slower than the look period
+  then costs one round per generation of looks, however long its queue, and a rollout's
+  next analysis is due an interval after the evaluation it got, not after the one it
+  asked for.
 
 Nothing here decides anything: the verdicts are the analysis package's, applied by the
 engine through the state machine.
@@ -323,14 +325,17 @@ class AnalysisRunner:
     ``notify(key)`` is called when a look is done (the controller queues the rollout);
     :meth:`bind` sets it.
 
-    ``at_start`` evaluates each look at the time a thread starts it, not the time it was
-    asked for (:meth:`AnalysisRequest.started_at`; the request answered is that one). A
-    look that waited behind its lane then reads the grid times its lane's last round
-    fetched, instead of the older ones due when it was asked: a lane that fell behind
-    costs one round per grid time, whatever its queue, and catches up; with the time it
-    was asked for, every look of a long queue would ask for a grid time of its own, each a
-    round, and the queue would never shrink. The controller sets it; without it (tests
-    with fixed evaluation times) a look is evaluated at the time it was asked for.
+    ``at_start`` evaluates a look later than it was asked for when it waited for its lane
+    (:meth:`AnalysisRequest.started_at`; the request answered is that one): a look asked
+    for before the lane's last *leading* look started is evaluated at that look's time,
+    and reads what its round fetched; any other look leads, evaluated when it starts. So
+    a lane costs one round per generation of looks (those asked for while the previous
+    round ran), however long its queue and however slow its rounds. Evaluated at the
+    times they were asked for, the looks of a long queue would each ask for a grid time of
+    their own, each a round; evaluated each when it starts, every look after a round
+    longer than the look period would find a newer grid time due, and cost a round again.
+    The controller sets it; without it (tests with fixed evaluation times) a look is
+    evaluated at the time it was asked for.
     """
 
     def __init__(
@@ -359,6 +364,8 @@ class AnalysisRunner:
         # a lane is here while one of its looks is running or queued for a thread; the
         # looks behind it wait in its deque
         self._lanes: dict[Hashable, deque[tuple[Key, _Job]]] = {}
+        # each lane's last leading look's evaluation time (at_start)
+        self._led: dict[Hashable, datetime] = {}
         self._notify: Callable[[Key], None] = lambda _key: None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ksc-analysis")
 
@@ -440,6 +447,7 @@ class AnalysisRunner:
             self._jobs.clear()
             for waiting in self._lanes.values():
                 waiting.clear()
+            self._led.clear()
 
     def waiting(self) -> int:
         """How many looks are asked for and not started: waiting for a thread, or for
@@ -468,19 +476,32 @@ class AnalysisRunner:
                         self._pool.submit(self._run_in_lane, lane, after, next_job)
                         return
                 del self._lanes[lane]
+                self._led.pop(lane, None)
 
         try:
-            self._run(key, job, leave)
+            self._run(key, job, leave, lane)
         finally:
             leave()
 
-    def _run(self, key: Key, job: _Job, looks_read: Callable[[], None] | None = None) -> None:
+    def _run(
+        self,
+        key: Key,
+        job: _Job,
+        looks_read: Callable[[], None] | None = None,
+        lane: Hashable | None = None,
+    ) -> None:
         with self._lock:
             if self._jobs.get(key) is not job:
                 return  # dropped while it waited (leadership lost, or the rollout moved on)
             now = self._clock()
             if self._at_start:
-                job.request = job.request.started_at(now)
+                at = now
+                led = self._led.get(lane) if lane is not None else None
+                if led is not None and job.request.at <= led:
+                    at = led  # it waited while the lane's last round was asked for: share it
+                elif lane is not None:
+                    self._led[lane] = now  # it leads: its round serves those asked meanwhile
+                job.request = job.request.started_at(at)
             job.deadline = now + self._deadline
         try:
             result = job.request.run(self._analyzer, looks_read)

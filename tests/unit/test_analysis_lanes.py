@@ -49,6 +49,7 @@ class Lanes:
         self.custom = custom
         self.release: dict[Key, threading.Event] = {}
         self.started: list[Key] = []
+        self.evaluated_at: dict[Key, datetime] = {}
         self.crash: set[Key] = set()
         self._lock = threading.Lock()
 
@@ -76,6 +77,7 @@ class Lanes:
         name = (subject.namespace, subject.isvc)
         with self._lock:
             self.started.append(name)
+            self.evaluated_at[name] = at
         if self.custom and looks_read is not None:
             looks_read()
         assert self.gate(name).wait(WAIT), f"{name} was never released"
@@ -220,3 +222,45 @@ def test_the_analyzer_reads_its_looks_first_and_keeps_the_checks_order() -> None
     assert events.index("looks read") == looks.queries_sent
     assert "sum(fpr)" in events[events.index("looks read") :]
     assert [e.check for e in done.evaluations] == ["fpr", "error-rate"]
+
+
+def test_looks_that_waited_for_their_lane_share_its_leading_looks_time(lanes: Lanes) -> None:
+    """The controller's setting (``at_start``): a look asked for before its lane's last
+    leading look started is evaluated at that look's time (its round fetched what it
+    reads); a look asked for later leads, evaluated when it starts. So a lane whose rounds
+    are slower than the look period costs one round per generation of looks, not one per
+    look; and no look is evaluated earlier than it was asked for."""
+    clock = Clock()
+    run, _, notified = runner(lanes, clock, workers=2, at_start=True)
+    t0 = clock()
+    a1, a2, a3, a4, a5 = (key("a", str(i)) for i in range(1, 6))
+    assert run.obtain(a1, ("t", a1), ask(a1, clock)) is None  # leads at once
+    _until(lambda: a1 in lanes.started)
+    for name in (a2, a3):  # asked while a1's round runs
+        clock.advance(1)
+        assert run.obtain(name, ("t", name), ask(name, clock)) is None
+    clock.advance(20)  # a1's round is slow
+    second = clock()
+    lanes.gate(a1).set()
+    _until(lambda: a2 in lanes.started)  # a2 leads the next generation, now
+    clock.advance(1)
+    assert run.obtain(a4, ("t", a4), ask(a4, clock)) is None  # asked while a2's round runs
+    clock.advance(20)
+    third = clock()
+    for name in (a2, a3):
+        lanes.gate(name).set()
+    _until(lambda: a4 in lanes.started)
+    lanes.gate(a4).set()
+    _until(lambda: {a1, a2, a3, a4} <= set(notified.keys))
+    assert lanes.evaluated_at == {a1: t0, a2: second, a3: second, a4: third}
+    for name in (a1, a2, a3, a4):
+        found = run.obtain(name, ("t", name), ask(name, clock))
+        assert found is not None
+        assert found[0].at == lanes.evaluated_at[name]  # the request answered says so
+    # the lane empty, a new look leads again, at its own time
+    clock.advance(5)
+    assert run.obtain(a5, ("t", a5), ask(a5, clock)) is None
+    lanes.gate(a5).set()
+    _until(lambda: a5 in notified.keys)
+    assert lanes.evaluated_at[a5] == clock()
+    run.shutdown()

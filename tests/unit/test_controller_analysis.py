@@ -130,6 +130,7 @@ def runner(
     deadline: float = 10.0,
     workers: int = 4,
     on_deadline: Any = lambda: None,
+    at_start: bool = False,
 ) -> tuple[AnalysisRunner, CircuitBreaker, Notified]:
     breaker = CircuitBreaker(failures=failures, cooldown=timedelta(seconds=30), clock=clock)
     built = AnalysisRunner(
@@ -140,6 +141,7 @@ def runner(
         clock=clock,
         workers=workers,
         on_deadline=on_deadline,
+        at_start=at_start,
     )
     notified = Notified()
     built.bind(notified)

@@ -488,7 +488,7 @@ def restart(rollouts: int, missed: int, pods: int, workers: int) -> RestartResul
         deadline=timedelta(hours=1),
         workers=workers,
     )
-    runner.bind(lambda _key: done.release())
+    runner.bind(lambda _key, _failed: done.release())
     now = T0 + PERIOD * (1 + missed) + LAG
     prometheus.cpu = 0.0
     began, cpu = time.perf_counter(), time.process_time()

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
-from analysis import CheckDefinition, CheckMemory, StepAnalysis, Subject
+from analysis import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
 from analysis.providers.base import MetricProvider
 from analysis.types import MetricError, QueryResult, Unreachable
 from canary.log import get_logger
@@ -322,7 +322,8 @@ class AnalysisRunner:
 
     ``fallback(reason)`` builds an analyzer that does no I/O and fails every query with
     ``reason`` (an analyzer over :class:`Unanswered`, with looks of its own).
-    ``notify(key)`` is called when a look is done (the controller queues the rollout);
+    ``notify(key, failed)`` is called when a look is done, ``failed`` when its verdict is
+    Failed (the controller queues the rollout, a failed one ahead of the others);
     :meth:`bind` sets it.
 
     ``at_start`` evaluates a look later than it was asked for when it waited for its lane
@@ -366,10 +367,10 @@ class AnalysisRunner:
         self._lanes: dict[Hashable, deque[tuple[Key, _Job]]] = {}
         # each lane's last leading look's evaluation time (at_start)
         self._led: dict[Hashable, datetime] = {}
-        self._notify: Callable[[Key], None] = lambda _key: None
+        self._notify: Callable[[Key, bool], None] = lambda _key, _failed: None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ksc-analysis")
 
-    def bind(self, notify: Callable[[Key], None]) -> None:
+    def bind(self, notify: Callable[[Key, bool], None]) -> None:
         self._notify = notify
 
     def obtain(
@@ -513,4 +514,4 @@ class AnalysisRunner:
             job.result = result
             job.done.set()
         if current:
-            self._notify(key)
+            self._notify(key, result.verdict is Outcome.FAILED)

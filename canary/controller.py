@@ -28,9 +28,11 @@ Threads, each with one job:
   and call the engine. Two items of one InferenceService never run at once (a command
   waits for its service's reconcile, and the other way round), so rollout logic never
   runs concurrently *for one service*, while a slow rollout (a slow apiserver answer, a
-  large commit) holds one worker only. Manual commands go before rollouts. Looks at
-  Prometheus do not run here but on the analysis runner's threads
-  (:mod:`canary.analysis_worker`), so a hung Prometheus never holds a command up.
+  large commit) holds one worker only. Manual commands go before rollouts, and a rollout
+  whose look just failed goes before the other rollouts waiting (under load a generation
+  of looks ends together and wakes hundreds of rollouts at once: the rollback does not
+  wait for them). Looks at Prometheus do not run here but on the analysis runner's
+  threads (:mod:`canary.analysis_worker`), so a hung Prometheus never holds a command up.
 
 Every replica serves HTTP (health, metrics, the admission webhook); only the leader acts,
 and only the leader writes to the cluster: every write the Kubernetes client sends (traffic,
@@ -112,9 +114,19 @@ class _Item:
 _EVERYTHING: tuple[str, str] = ("", "*")
 
 
+# Where an item goes in the queue (:meth:`WorkQueue.add`): each class after the ones
+# before it, in the order added within a class.
+FIRST = 0  # operators' commands, and the relist of a new leader
+URGENT = 1  # a rollout whose look just failed: its rollback waits for nothing else
+NORMAL = 2  # everything else: watch events, timers, looks that did not fail
+
+
 class WorkQueue:
-    """A FIFO of work items in which an item waiting to run is never queued twice, and
-    two items of one InferenceService never run at once.
+    """A queue of work items in which an item waiting to run is never queued twice, and
+    two items of one InferenceService never run at once. Items go in by class
+    (:data:`FIRST`, :data:`URGENT`, :data:`NORMAL`), first in first out within one; an
+    item queued again in an earlier class moves up to it (a timer's check, then a failed
+    look, of one rollout: the rollout is urgent).
 
     :meth:`get` hands an item out and holds its scope (:attr:`_Item.scope`) until
     :meth:`done`: an item of a held service waits in its place while the items behind it
@@ -126,23 +138,30 @@ class WorkQueue:
         self._order: list[_Item] = []
         self._queued: set[_Item] = set()
         self._not_before: dict[_Item, float] = {}
-        self._first: set[_Item] = set()
+        self._class: dict[_Item, int] = {}  # the class of each queued item but NORMAL
         self._busy: dict[tuple[str, str], int] = {}  # held scopes (and how many hold them)
 
-    def add(self, item: _Item, *, delay: float = 0.0, first: bool = False) -> None:
-        """Queue ``item`` (at the front with ``first``: it goes before everything queued
-        without it)."""
+    def add(
+        self, item: _Item, *, delay: float = 0.0, first: bool = False, urgent: bool = False
+    ) -> None:
+        """Queue ``item``: :data:`FIRST` with ``first`` (before everything queued without
+        it), :data:`URGENT` with ``urgent``, else :data:`NORMAL`."""
+        rank = FIRST if first else URGENT if urgent else NORMAL
         with self._cond:
             if delay > 0:
                 self._not_before[item] = time.monotonic() + delay
-            if item not in self._queued:
-                self._queued.add(item)
-                if first:
-                    ahead = sum(1 for queued in self._order if queued in self._first)
-                    self._order.insert(ahead, item)
-                    self._first.add(item)
-                else:
-                    self._order.append(item)
+            if item in self._queued:
+                if rank >= self._class.get(item, NORMAL):
+                    self._cond.notify()
+                    return
+                self._order.remove(item)  # queued again in an earlier class: moves up
+            self._queued.add(item)
+            if rank == NORMAL:
+                self._order.append(item)
+            else:
+                self._class[item] = rank
+                ahead = sum(1 for queued in self._order if self._class.get(queued, NORMAL) <= rank)
+                self._order.insert(ahead, item)
             self._cond.notify()
 
     def get(self, timeout: float) -> _Item | None:
@@ -174,7 +193,7 @@ class WorkQueue:
                 continue
             del self._order[index]
             self._queued.discard(item)
-            self._first.discard(item)
+            self._class.pop(item, None)
             self._not_before.pop(item, None)
             if scope is not None:
                 self._busy[scope] = self._busy.get(scope, 0) + 1
@@ -242,7 +261,7 @@ class Controller:
         self._scheduler = RolloutScheduler(self._timer_fired, clock=clock)
         self._analysis = analysis
         if analysis is not None:
-            analysis.bind(lambda key: self.enqueue(*key))
+            analysis.bind(self._look_done)
         self._expiry = health_expiry
         self._stall = stall_timeout
         self._unusable_since: float | None = None  # Lease held, but not acting on it
@@ -415,6 +434,12 @@ class Controller:
 
     def enqueue(self, namespace: str, name: str) -> None:
         self._queue.add(_Item("rollout", (namespace, name)))
+
+    def _look_done(self, key: Key, failed: bool) -> None:
+        """A look ended: its rollout is queued, ahead of every other rollout when the look
+        failed (under load, a generation of looks ends together and wakes hundreds of
+        rollouts at once; the one to roll back does not wait for them)."""
+        self._queue.add(_Item("rollout", key), urgent=failed)
 
     def _watch_loop(self, namespace: str | None = None) -> None:
         """List and watch one namespace (None: the whole cluster) until stopped: a watch

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -89,10 +90,11 @@ def failing_analyzer(reason: str) -> Analyzer:
 class Held:
     """An analyzer that answers only when the test releases it (a hung Prometheus)."""
 
-    def __init__(self) -> None:
+    def __init__(self, verdict: Outcome = Outcome.SUCCESSFUL) -> None:
         self.release = threading.Event()
         self.entered = threading.Event()
         self.calls = 0
+        self.verdict = verdict
 
     def analyze(
         self,
@@ -109,16 +111,18 @@ class Held:
         self.calls += 1
         self.entered.set()
         self.release.wait(WAIT)
-        return passing(at)
+        return replace(passing(at), verdict=self.verdict)
 
 
 class Notified:
     def __init__(self) -> None:
         self.keys: list[tuple[str, str]] = []
+        self.failed: list[bool] = []
         self.event = threading.Event()
 
-    def __call__(self, key: tuple[str, str]) -> None:
+    def __call__(self, key: tuple[str, str], failed: bool) -> None:
         self.keys.append(key)
+        self.failed.append(failed)
         self.event.set()
 
 
@@ -289,6 +293,26 @@ def test_a_look_runs_on_its_own_thread_and_its_answer_is_applied_once() -> None:
     assert asked.at == T0  # the look's own time, not the time it was collected
     assert result.verdict is Outcome.SUCCESSFUL
     assert run.deadline(KEY) is None
+
+
+@pytest.mark.parametrize(
+    ("verdict", "failed"),
+    [
+        (Outcome.FAILED, True),
+        (Outcome.SUCCESSFUL, False),
+        (Outcome.INCONCLUSIVE, False),
+        (Outcome.ERROR, False),  # pauses: nothing moves while it waits its turn
+    ],
+    ids=str,
+)
+def test_the_end_of_a_failed_look_says_so_to_the_controller(verdict: Outcome, failed: bool) -> None:
+    """The controller queues a rollout whose look failed ahead of the others."""
+    held = Held(verdict)
+    run, _, notified = runner(held, Clock())
+    assert run.obtain(KEY, ("rollout-1", 0), request()) is None
+    held.release.set()
+    assert notified.event.wait(WAIT)
+    assert (notified.keys, notified.failed) == ([KEY], [failed])
 
 
 def test_a_look_past_its_deadline_is_an_error_for_each_check_and_its_late_answer_dropped() -> None:

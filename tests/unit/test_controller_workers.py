@@ -67,6 +67,51 @@ def test_what_may_run_beside_what_runs(
     assert take(queue) == runnable
 
 
+def urgent(name: str) -> tuple[_Item, str]:
+    return rollout(name), "urgent"
+
+
+def normal(name: str) -> tuple[_Item, str]:
+    return rollout(name), "normal"
+
+
+def first(item: _Item) -> tuple[_Item, str]:
+    return item, "first"
+
+
+@pytest.mark.parametrize(
+    ("added", "order"),
+    [
+        # a failed look's rollout goes ahead of the rollouts queued before it
+        ([normal("a"), normal("b"), urgent("bad")], ["bad", "a", "b"]),
+        # urgent ones keep their order among themselves, behind commands
+        ([normal("a"), urgent("bad-1"), first(command("abort-1", "x")), urgent("bad-2")],
+         ["abort-1", "bad-1", "bad-2", "a"]),
+        # a rollout already queued by its timer moves up when its look fails
+        ([normal("a"), normal("bad"), normal("b"), urgent("bad")], ["bad", "a", "b"]),
+        # ... and is not moved back down by a later timer or watch event
+        ([urgent("bad"), normal("a"), normal("bad")], ["bad", "a"]),
+        # a relist of a new leader stays ahead of them
+        ([urgent("bad"), first(_Item("relist", ("", "relist")))], ["relist", "bad"]),
+        # a failed look goes before a queued sweep: the sweep still waits for it to end
+        ([normal("a"), (_Item("sweep", ("", "sweep")), "normal"), urgent("bad")],
+         ["bad", "a", "sweep"]),
+    ],
+    ids=["ahead", "behind-commands", "moves-up", "not-down", "relist", "sweep"],
+)  # fmt: skip
+def test_a_rollout_whose_look_failed_runs_before_the_others_waiting(
+    added: list[tuple[_Item, str]], order: list[str]
+) -> None:
+    queue = WorkQueue()
+    for item, rank in added:
+        queue.add(item, first=rank == "first", urgent=rank == "urgent")
+    ran = []
+    while (got := queue.get(timeout=0)) is not None:
+        ran.append(got.key[1])
+        queue.done(got)
+    assert ran == order
+
+
 def test_a_held_service_runs_again_once_done_and_in_its_turn() -> None:
     queue = WorkQueue()
     queue.add(rollout("a"))
@@ -126,6 +171,7 @@ class SlowEngine:
         self.inside: dict[str, int] = {}
         self.overlap = False
         self.all_done = threading.Event()
+        self.entered = threading.Event()  # ``slow`` is running
         self.expect = 0
 
     def active_keys(self) -> list[tuple[str, str, datetime | None]]:
@@ -137,6 +183,7 @@ class SlowEngine:
             self.overlap |= self.inside[name] > 1
         try:
             if name == "slow":
+                self.entered.set()
                 assert self.release.wait(30)
         finally:
             with self.lock:
@@ -154,8 +201,19 @@ class Scheduler:
     def clear(self) -> None: ...
 
 
-def running_controller(engine: SlowEngine, workers: int) -> Controller:
+class Looks:
+    """The analysis runner's side the controller binds: ``done(key, failed)`` ends a look."""
+
+    def __init__(self) -> None:
+        self.done: Any = None
+
+    def bind(self, notify: Any) -> None:
+        self.done = notify
+
+
+def running_controller(engine: SlowEngine, workers: int, looks: Looks | None = None) -> Controller:
     ctl = Controller(
+        analysis=cast(Any, looks),
         kube=cast(KubeClient, object()),
         store=cast(AuditStore, object()),
         engine_factory=lambda _: cast(Engine, engine),
@@ -192,6 +250,30 @@ def test_one_slow_reconcile_does_not_hold_the_other_rollouts_up() -> None:
     finally:
         engine.release.set()
         ctl._stop.set()
+
+
+def test_a_rollout_whose_look_failed_is_reconciled_before_hundreds_of_others_waiting() -> None:
+    """A generation of looks ends together and wakes its rollouts at once: the one whose
+    look failed (its rollback) is not queued behind the rest."""
+    engine = SlowEngine()
+    engine.expect = 202
+    looks = Looks()
+    ctl = running_controller(engine, workers=1, looks=looks)
+    try:
+        ctl.enqueue(NS, "slow")  # the worker is busy with it while the looks end
+        assert engine.entered.wait(30)
+        for n in range(100):
+            looks.done((NS, f"passed-{n}"), False)
+            ctl.enqueue(NS, f"timer-{n}")
+        looks.done((NS, "failed"), True)
+        looks.done((NS, "passed-7"), False)  # its wake again: stays where it was
+        engine.release.set()
+        assert engine.all_done.wait(30), engine.done
+    finally:
+        engine.release.set()
+        ctl._stop.set()
+    assert engine.done[:3] == ["slow", "failed", "passed-0"]
+    assert len(engine.done) == 202
 
 
 def test_one_service_changing_all_the_time_never_runs_twice_at_once() -> None:

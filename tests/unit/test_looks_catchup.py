@@ -187,7 +187,7 @@ def test_through_the_analysis_runner_a_restart_costs_at_most_two_generations_of_
         workers=2,
     )
     done = threading.Semaphore(0)
-    runner.bind(lambda _key: done.release())
+    runner.bind(lambda _key, _failed: done.release())
     now = AT + PERIOD * (1 + missed) + SECOND * 2
     asked = []
     try:
@@ -249,7 +249,7 @@ def test_a_lane_that_fell_behind_costs_a_round_per_grid_time_not_one_per_look(
         at_start=at_start,
     )
     done = threading.Semaphore(0)
-    runner.bind(lambda _key: done.release())
+    runner.bind(lambda _key, _failed: done.release())
     asked = []
     try:
         for i, (s, memory) in enumerate(zip(subjects, memories, strict=True)):

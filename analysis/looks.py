@@ -996,7 +996,10 @@ class LookSource:
 
         def process_of(labels: Mapping[str, str]) -> SeriesKey:
             """The series one process writes together (all codes, buckets and count)."""
-            return frozenset((k, v) for k, v in labels.items() if k not in apart)
+            cut = dict(labels)  # copied and cut, not filtered label by label: answers are big
+            for name in apart:
+                cut.pop(name, None)
+            return frozenset(cut.items())
 
         def spoil(ident: Ident, part: str, error: MetricError) -> None:
             problems.setdefault(ident, {}).setdefault(part, error)
@@ -1090,7 +1093,9 @@ class LookSource:
         raw = answers.get("buckets")
         for s in raw.series if raw is not None else ():
             ident = ident_of(s.labels)
-            labels = {k: v for k, v in s.labels.items() if k not in {"le", "__name__"}}
+            labels = dict(s.labels)
+            labels.pop("le", None)
+            labels.pop("__name__", None)
             hist_key = frozenset(labels.items())
             entry = gathered.setdefault(hist_key, (ident, {}, []))
             text = s.labels.get("le")

@@ -186,17 +186,21 @@ def sample_age_problems(
     origin = Origin.of(result, query=query, at=at)
     times: dict[frozenset[tuple[str, str]], float] = {}
     values: list[Series] = []
+    # (the label sets are copied and cut, not filtered label by label: answers are big)
     for s in result.series:
         if s.labels.get(SAMPLE_LABEL) == "time":
-            key = frozenset((k, v) for k, v in s.labels.items() if k != SAMPLE_LABEL)
-            times[key] = s.value
+            cut = dict(s.labels)
+            del cut[SAMPLE_LABEL]
+            times[frozenset(cut.items())] = s.value
         else:
             values.append(s)
     asked = at.timestamp()
     limit = max_age.total_seconds()
 
     def stamp_of(s: Series) -> float | None:
-        return times.get(frozenset((k, v) for k, v in s.labels.items() if k != "__name__"))
+        cut = dict(s.labels)
+        cut.pop("__name__", None)
+        return times.get(frozenset(cut.items()))
 
     stamps = [stamp_of(s) for s in values]  # once each: answers are big
     fresh: set[Hashable] = set()

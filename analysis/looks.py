@@ -992,7 +992,7 @@ class LookSource:
         url = ""
 
         code_label = _code_label(series.errors)
-        apart = {"__name__", "le", code_label}
+        apart = {"__name__", "le"} | ({code_label} if code_label is not None else set())
 
         def process_of(labels: Mapping[str, str]) -> SeriesKey:
             """The series one process writes together (all codes, buckets and count)."""

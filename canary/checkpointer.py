@@ -67,8 +67,9 @@ __all__ = [
 
 VERIFY_SLICE: Final = 1000
 """Records verified per database call, each within the database deadline (5 s by default):
-with 1,000 rollouts on a 2-core machine, a checkpoint of 10,699 records went through in such
-calls with no timeout (bench/results/scale-1000-check.md). A call that fails anyway halves
+with 1,000 rollouts on a 2-core machine no such call timed out (`make bench-scale`, its
+controller warnings in bench/results/scale.md), where verifying a whole checkpoint's span in
+one call had timed out on every pass. A call that fails anyway halves
 the slice for the calls after it, down to :data:`SMALLEST_SLICE`; a signed checkpoint
 restores it."""
 

@@ -341,17 +341,22 @@ class SizeResult:
 # --- reading /proc and /metrics ---------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process (every thread), in seconds."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float | None:
+    """utime + stime of a process (every thread), in seconds; with ``reaped``, and the
+    cutime + cstime of its children that ended and were waited for."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    own = int(fields[11]) + int(fields[12])
+    return (own + (int(fields[13]) + int(fields[14]) if reaped else 0)) / _CLOCK_TICKS
 
 
 def tree_cpu_seconds(root: int) -> float | None:
-    """CPU seconds of ``root`` and every descendant alive now (PostgreSQL's backends)."""
+    """CPU seconds of ``root`` and every descendant, those alive now and those that ended
+    (PostgreSQL's backends come and go): each live process's own time and its reaped
+    children's, so a backend that ends in a window moves its time to its parent's count
+    instead of taking it away."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -367,7 +372,7 @@ def tree_cpu_seconds(root: int) -> float | None:
         if pid in seen:
             continue
         seen.add(pid)
-        value = cpu_seconds(pid)
+        value = cpu_seconds(pid, reaped=True)
         if value is None and pid == root:
             return None
         total += value or 0.0

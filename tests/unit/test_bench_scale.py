@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,13 @@ from bench.scale import (
     Options,
     SizeResult,
     _mean_query_seconds,
+    cpu_seconds,
     histogram_quantile,
     render,
     samples,
     summarise_profile,
     total,
+    tree_cpu_seconds,
     verdicts,
     warning_events,
 )
@@ -186,3 +190,25 @@ def test_the_controller_is_measured_with_the_image_s_allocator_setting() -> None
     dockerfile = Path(__file__).parents[2] / "deploy" / "Dockerfile"
     (value,) = re.findall(r"MALLOC_ARENA_MAX=(\d+)", dockerfile.read_text(encoding="utf-8"))
     assert value == MALLOC_ARENA_MAX
+
+
+def test_a_process_trees_cpu_keeps_the_time_of_children_that_ended() -> None:
+    """PostgreSQL's backends end during a window: their CPU stays in the tree's count
+    (it had gone with them, and the window's difference came out below zero)."""
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    with subprocess.Popen(
+        [sys.executable, "-c",
+         f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}]); "
+         "print('done', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as parent:  # fmt: skip
+        try:
+            assert parent.stdout is not None
+            assert parent.stdout.readline().strip() == "done"  # its child burned 0.3 s, ended
+            own = cpu_seconds(parent.pid)
+            total = tree_cpu_seconds(parent.pid)
+            assert own is not None
+            assert total is not None
+            assert total - own >= 0.25
+        finally:
+            parent.kill()

@@ -941,9 +941,15 @@ class LookSource:
                 *series.latency_matchers,
             )
         )
+
+        def raw(selector: str) -> str:
+            return with_sample_times(
+                selector, by=(ns_label, id_label), max_age=self.max_sample_age, skew=self.skew
+            )
+
         queries: dict[str, str] = {
-            "requests": with_sample_times(f"{series.requests}{requests_sel}"),
-            "buckets": with_sample_times(histogram_sel),
+            "requests": raw(f"{series.requests}{requests_sel}"),
+            "buckets": raw(histogram_sel),
             "window_requests": f"sum by ({by}) (increase({series.requests}{requests_sel}"
             f"[{window}]))",
             "p99": f"histogram_quantile(0.99, sum by ({by}, le) (rate({series.histogram}_bucket"
@@ -1062,8 +1068,8 @@ class LookSource:
                     group=process_of,
                 )
                 bad += old
-                for s in result.series:
-                    if s.labels.get(SAMPLE_LABEL) == "time" and math.isfinite(s.value):
+                for s in result.series:  # (each revision's oldest, and any time that is off)
+                    if SAMPLE_LABEL in s.labels and math.isfinite(s.value):
                         ident = ident_of(s.labels)
                         oldest[ident] = min(oldest.get(ident, s.value), s.value)
             for s, invalid in bad:

@@ -75,7 +75,8 @@ DEFAULT_MAX_SAMPLE_AGE = timedelta(minutes=2)
 intervals (Prometheus itself answers with samples up to 5 minutes old)."""
 
 SAMPLE_LABEL = "ksc_sample"
-"""The label that marks, in a raw answer, the series that carry each series' sample time."""
+"""The label that marks, in a raw answer, the series that carry sample times rather than
+values (see :func:`with_sample_times`)."""
 
 K = TypeVar("K", bound=Hashable)
 
@@ -157,12 +158,31 @@ def answer_problems(
     return problems
 
 
-def with_sample_times(selector: str) -> str:
-    """PromQL for the raw series of ``selector`` *and* the time of each one's last sample,
-    in one answer (one set of scrapes): the times are the series labelled
-    ``ksc_sample="time"`` (an instant query stamps every value with the time asked for, so
-    only ``timestamp()`` tells how old a sample is)."""
-    return f'{selector} or label_replace(timestamp({selector}), "{SAMPLE_LABEL}", "time", "", "")'
+def with_sample_times(
+    selector: str, *, by: Iterable[str], max_age: timedelta, skew: timedelta
+) -> str:
+    """PromQL for the raw series of ``selector`` and, in the same answer (one set of
+    scrapes), two kinds of series labelled :data:`SAMPLE_LABEL`:
+
+    - ``"time"``: the time of the last sample of each series whose sample is more than
+      ``max_age`` old or more than ``skew`` ahead of the time asked for. An instant query
+      stamps every value with the time asked for, so only ``timestamp()`` tells how old a
+      sample is; Prometheus filters the times, so a current series costs no second series
+      in the answer (none at all in the normal case);
+    - ``"oldest"``: per group of the ``by`` labels, the time of the oldest last sample.
+    """
+    stamps = f"timestamp({selector})"
+    off = f"{stamps} < time() - {_seconds(max_age)} or {stamps} > time() + {_seconds(skew)}"
+    oldest = f"min by ({', '.join(by)}) ({stamps})"
+    return (
+        f'{selector} or label_replace({off}, "{SAMPLE_LABEL}", "time", "", "")'
+        f' or label_replace({oldest}, "{SAMPLE_LABEL}", "oldest", "", "")'
+    )
+
+
+def _seconds(span: timedelta) -> str:
+    """``span`` as a PromQL number of seconds."""
+    return repr(span.total_seconds())
 
 
 def sample_age_problems(
@@ -176,24 +196,29 @@ def sample_age_problems(
 ) -> tuple[list[Series], list[tuple[Series, InvalidAnswer]]]:
     """The value series of an answer to :func:`with_sample_times`, and those whose last
     sample is older than ``max_age`` at ``at`` or later than ``at`` (beyond ``skew``),
-    each with its error. A series whose time is missing is not judged here.
+    each with its error. A value series with no time in the answer is current: the query
+    asks only for the times of the others. A time is judged again here, whatever the
+    answer's reason to include it.
 
     With ``group`` (the series one process writes together), an old sample is an error
-    only when another series of its group is fresh: a value frozen while its siblings move
-    (a 5xx counter stuck while the 2xx one counts) looks like good news, whereas a process
-    whose every series stopped (a pod gone while Prometheus was down) only stops counting.
-    A sample after ``at`` is always an error."""
+    only when another series of its group is current: a value frozen while its siblings
+    move (a 5xx counter stuck while the 2xx one counts) looks like good news, whereas a
+    process whose every series stopped (a pod gone while Prometheus was down) only stops
+    counting. A sample after ``at`` is always an error."""
     origin = Origin.of(result, query=query, at=at)
     times: dict[frozenset[tuple[str, str]], float] = {}
     values: list[Series] = []
     # (the label sets are copied and cut, not filtered label by label: answers are big)
     for s in result.series:
-        if s.labels.get(SAMPLE_LABEL) == "time":
+        kind = s.labels.get(SAMPLE_LABEL)
+        if kind == "time":
             cut = dict(s.labels)
             del cut[SAMPLE_LABEL]
             times[frozenset(cut.items())] = s.value
-        else:
+        elif kind != "oldest":
             values.append(s)
+    if not times:
+        return values, []  # every sample is current: the normal case costs nothing more
     asked = at.timestamp()
     limit = max_age.total_seconds()
 
@@ -203,17 +228,17 @@ def sample_age_problems(
         return times.get(frozenset(cut.items()))
 
     stamps = [stamp_of(s) for s in values]  # once each: answers are big
-    fresh: set[Hashable] = set()
+    current: set[Hashable] = set()
     if group is not None:
         for s, stamp in zip(values, stamps, strict=True):
-            if stamp is not None and math.isfinite(stamp) and asked - stamp <= limit:
-                fresh.add(group(s.labels))
+            if stamp is None or (math.isfinite(stamp) and asked - stamp <= limit):
+                current.add(group(s.labels))
     problems: list[tuple[Series, InvalidAnswer]] = []
     for s, stamp in zip(values, stamps, strict=True):
         if stamp is None:
             continue
         age = asked - stamp
-        if group is not None and age > limit and group(s.labels) not in fresh:
+        if group is not None and age > limit and group(s.labels) not in current:
             continue  # the whole process stopped: its counters no longer move
         if not math.isfinite(stamp):
             shown = "NaN" if math.isnan(stamp) else ("+Inf" if stamp > 0 else "-Inf")

@@ -123,12 +123,8 @@ class FakePrometheus:
                 if (ns, name) == self.duplicate and not raw:
                     series.append(Series(labels, value))
         kind = kind_of(promql)
-        if raw and "timestamp(" in promql:  # each raw series' last sample time, labelled
-            for one in list(series):
-                ident = (one.labels[self.namespace_label], one.labels[self.identity_label])
-                age = self.ages.get(ident, 1.0) if self.frozen(one.labels) else 1.0
-                when = at.timestamp() - age
-                series.append(Series({**one.labels, "ksc_sample": "time"}, when))
+        if raw and "timestamp(" in promql:
+            series += self.sample_times(promql, at, series)
         if self.stamp:
             series = [replace(s, timestamp=at.timestamp()) for s in series]
         if self.mutate is not None:
@@ -142,6 +138,27 @@ class FakePrometheus:
             warnings=self.warnings.get(kind, ()),
         )
 
+    def sample_times(self, promql: str, at: datetime, values: list[Series]) -> list[Series]:
+        """As Prometheus answers the sample times of a raw query: labelled "time", the
+        last sample time of each series more than the query's bound old or ahead;
+        labelled "oldest", each revision's oldest."""
+        bounds = re.search(r"time\(\) - ([0-9.e+]+) or .* > time\(\) \+ ([0-9.e+]+)", promql)
+        assert bounds is not None, promql
+        limit, skew = float(bounds.group(1)), float(bounds.group(2))
+        out: list[Series] = []
+        oldest: dict[tuple[str, str], float] = {}
+        for one in values:
+            ident = (one.labels[self.namespace_label], one.labels[self.identity_label])
+            age = self.ages.get(ident, 1.0) if self.frozen(one.labels) else 1.0
+            when = at.timestamp() - age
+            oldest[ident] = min(oldest.get(ident, when), when)
+            if age > limit or -age > skew or math.isnan(age):
+                out.append(Series({**one.labels, "ksc_sample": "time"}, when))
+        for (ns, name), when in oldest.items():
+            labels = {self.namespace_label: ns, self.identity_label: name, "ksc_sample": "oldest"}
+            out.append(Series(labels, when))
+        return out
+
     def resets(self, promql: str, at: datetime) -> QueryResult:
         """The restart check of a joined look: the selected revisions whose counters
         restarted within its range (every one, when ``restart_at`` falls in it)."""
@@ -149,11 +166,17 @@ class FakePrometheus:
         assert found is not None, promql
         since = at - SECOND * int(found.group(1))
         series = []
-        if self.restart_at is not None and since < self.restart_at - SECOND <= at:
-            for ns, name in self.revisions:
-                if f'"{name}' in promql or f"|{name}" in promql:
-                    labels = {self.namespace_label: ns, self.identity_label: name}
-                    series.append(Series({**labels, "pod": f"{name}-pod"}, 1.0, at.timestamp()))
+        for ns, name in self.revisions if self.restart_at is not None else ():
+            if f'"{name}' not in promql and f"|{name}" not in promql:
+                continue
+            # the fall is between the last sample before the restart (as old as the
+            # revision's samples are) and the first after it: both must be in the range
+            assert self.restart_at is not None
+            fell = self.restart_at - SECOND
+            last_before = fell - SECOND * self.ages.get((ns, name), 1.0)
+            if since <= last_before and fell <= at:
+                labels = {self.namespace_label: ns, self.identity_label: name}
+                series.append(Series({**labels, "pod": f"{name}-pod"}, 1.0, at.timestamp()))
         if not series:
             raise NoData("empty", query=promql, raw_digest="e" * 64)
         return QueryResult(tuple(series), raw_digest=f"{len(self.sent):064x}", url=self.url)

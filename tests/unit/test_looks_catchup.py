@@ -406,6 +406,24 @@ def test_a_counter_restart_inside_the_missed_looks_is_read_look_by_look() -> Non
     assert state.canary_requests == 14 * 600  # 2 looks before, 12 after, none lost
 
 
+@pytest.mark.parametrize("age", [1.0, 8.0, 110.0])
+def test_a_restart_just_after_an_old_sample_at_the_joins_start_is_still_seen(age: float) -> None:
+    """The value read at the start of a joined look may be a sample older than a period
+    (a slow scrape, a lagging remote store): a pod that restarted just after the start
+    fell between that sample and the next, so the restart check's range reaches back to
+    the oldest sample of the revision, which the round's answer gives."""
+    prometheus, subjects = fleet(1)
+    (memory,) = before_the_crash(prometheus, subjects)
+    prometheus.ages = dict.fromkeys(prometheus.revisions, age)
+    prometheus.restart_at = AT + PERIOD + SECOND * 1.5  # just after the last look read
+    analyzer = Analyzer(prometheus, looks=source(prometheus))
+    result = evaluate(analyzer, subjects[0], memory, 13, [errors()])
+    detail = result.evaluation("error-rate").detail
+    assert restart_checks(prometheus) == 1
+    assert "joined_looks" not in detail  # read look by look
+    assert detail["looks_read"] == 12
+
+
 @dataclass
 class NoResetsPrometheus(FakePrometheus):
     """A Prometheus that refuses the restart check."""

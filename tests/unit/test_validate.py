@@ -403,9 +403,13 @@ def test_a_valid_answer_after_retries_records_them() -> None:
     assert "HTTP 503: busy | timed out" in str(evaluation.detail["failures"])
 
 
-def test_raw_queries_ask_for_each_series_sample_time_in_the_same_answer() -> None:
-    assert with_sample_times('m{a="1"}') == (
-        'm{a="1"} or label_replace(timestamp(m{a="1"}), "ksc_sample", "time", "", "")'
+def test_raw_queries_ask_for_the_sample_times_that_are_off_and_the_oldest_in_one_answer() -> None:
+    got = with_sample_times('m{a="1"}', by=("ns", "rev"), max_age=MAX_AGE, skew=SKEW)
+    stamps = 'timestamp(m{a="1"})'
+    assert got == (
+        f'm{{a="1"}} or label_replace({stamps} < time() - 120.0 or {stamps} > time() + '
+        f'{SKEW.total_seconds()!r}, "ksc_sample", "time", "", "") '
+        f'or label_replace(min by (ns, rev) ({stamps}), "ksc_sample", "oldest", "", "")'
     )
 
 
@@ -427,7 +431,7 @@ def timed(age: float | None, pod: str = "p1") -> list[Series]:
         pytest.param(timed(30.0), [], id="a-scrape-interval-old"),
         pytest.param(timed(120.0), [], id="at-the-bound"),
         pytest.param(timed(-7.0), [], id="within-the-skew-ahead"),
-        pytest.param(timed(None), [], id="no-time-in-the-answer"),
+        pytest.param(timed(None), [], id="no-time-in-the-answer-is-current"),
         pytest.param(timed(120.5), ["p1"], id="just-too-old"),
         pytest.param(timed(600.0), ["p1"], id="frozen-ten-minutes"),
         pytest.param(timed(86400.0), ["p1"], id="a-day-old"),
@@ -452,6 +456,17 @@ def test_a_raw_series_last_sample_must_be_recent(series: list[Series], stale: li
         assert_carries_origin(found)
 
 
+def test_the_oldest_sample_time_is_not_a_value_and_not_judged() -> None:
+    """Each revision's oldest sample time rides in the answer for the restart check: it is
+    no counter, and an old one says nothing about a series."""
+    oldest = Series({"pod": "p1", "ksc_sample": "oldest"}, T - 86400.0, T)
+    values, problems = sample_age_problems(
+        answer(*timed(None), oldest), query=QUERY, at=AT, max_age=MAX_AGE, skew=SKEW
+    )
+    assert [v.labels for v in values] == [{"__name__": "requests_total", "pod": "p1"}]
+    assert problems == []
+
+
 def pod_of(labels: Mapping[str, str]) -> str:
     return labels["pod"].split("/")[0]  # "p1/200", "p1/500": one process, two codes
 
@@ -466,10 +481,14 @@ def pod_of(labels: Mapping[str, str]) -> str:
         pytest.param({"p1/200": -60.0, "p1/500": -60.0}, ["p1/200", "p1/500"],
                      id="the-future-is-always-wrong"),
         pytest.param({"p1/200": 1.0, "p1/500": math.nan}, ["p1/500"], id="nan-time"),
+        # as Prometheus answers: no time for a current series
+        pytest.param({"p1/200": None, "p1/500": 600.0}, ["p1/500"], id="5xx-frozen-2xx-current"),
+        pytest.param({"p1/200": 600.0, "p1/500": None}, ["p1/200"], id="2xx-frozen-5xx-current"),
+        pytest.param({"p1/200": None, "p2/500": 600.0}, [], id="only-another-process-current"),
     ],
 )  # fmt: skip
 def test_an_old_sample_is_an_error_when_its_process_moves_on(
-    ages: Mapping[str, float], stale: list[str]
+    ages: Mapping[str, float | None], stale: list[str]
 ) -> None:
     series = [one for pod, age in ages.items() for one in timed(age, pod)]
     _values, problems = sample_age_problems(

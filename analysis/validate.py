@@ -131,11 +131,26 @@ def answer_problems(
     error. Warnings are not a series' problem: see :func:`check_answer`."""
     origin = Origin.of(result, query=query, at=at)
     problems: list[tuple[Series, InvalidAnswer]] = []
-    seen: set[frozenset[tuple[str, str]]] = set()
+    # A label set's key: its names in order and its values in that order. Prometheus
+    # writes the names sorted, and an answer has a few name lists: each list's order is
+    # found once, and a list in another order is put in it, so that no reordering hides a
+    # duplicate. (Names are shared by the JSON decoder, values are not: this hashes each
+    # value once and builds no set per series; answers are big.)
+    orders: dict[tuple[str, ...], tuple[tuple[str, ...], bool]] = {}
+    seen: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     asked = at.timestamp()
     bound = skew.total_seconds()
     for s in result.series:  # (a series' name is written only for an error: answers are big)
-        key = frozenset(s.labels.items())
+        names = tuple(s.labels)
+        known = orders.get(names)
+        if known is None:
+            ranked = tuple(sorted(names))
+            known = orders[names] = (ranked, ranked == names)
+        order, in_order = known
+        key = (
+            order,
+            tuple(s.labels.values()) if in_order else tuple(s.labels[n] for n in order),
+        )
         if s.unreadable is not None:
             problems.append((s, origin.error(
                 UnreadableSample, f"the sample cannot be read: {s.unreadable}",
@@ -287,7 +302,10 @@ def histogram_problem(
 ) -> InvalidAnswer | None:
     """The error for one histogram series (its cumulative ``le -> count`` buckets and its
     ``_count``, None when the answer has none), else None."""
-    for le, value in sorted(buckets.items()):
+    ordered = sorted(buckets.items())
+    for le, value in ordered:
+        if 0.0 <= value < math.inf:
+            continue  # (the message is written only for an error: histograms are many)
         problem = count_problem(value, series=series, what=f'the bucket le="{le_text(le)}"',
                                 origin=origin)  # fmt: skip
         if problem is not None:
@@ -300,7 +318,7 @@ def histogram_problem(
         return origin.error(InvalidHistogram, "the histogram has no le=\"+Inf\" bucket",
                             series=series, rule="no-inf-bucket")  # fmt: skip
     previous: tuple[float, float] | None = None
-    for le, value in sorted(buckets.items()):
+    for le, value in ordered:
         if previous is not None and value < previous[1]:
             return origin.error(
                 InvalidHistogram,

@@ -406,8 +406,9 @@ _NO_WINDOW: tuple[float | None, float | None, float | None] = (None, None, None)
 class _Raw:
     """One revision's raw series at one grid time, validated: each counter's value, each
     histogram's cumulative counts (in the order of its bounds), the window values
-    (requests, 5xx, p99; None: no series), the time of its oldest raw sample, and the
-    parts its own series made unusable."""
+    (requests, 5xx, p99; None: no series), the time of its oldest raw sample when one is
+    older than the maximum sample age (None: every sample is younger), and the parts its
+    own series made unusable."""
 
     round: _Round
     counters: tuple[tuple[_CounterInfo, float], ...]
@@ -845,8 +846,12 @@ class LookSource:
             if raw.oldest is not None
         ]
         # From the oldest sample an instant query at `since` returned, so that a fall
-        # between it and the next sample is in the range.
-        first = min([*oldest, (since - self.period).timestamp()])
+        # between it and the next sample is in the range: the answer at `since` has the
+        # times of the samples older than the maximum sample age, and the others are
+        # younger. (A range that reaches back before a sample can only find a restart
+        # that is not in the span: the look is then read period by period, never wrong.)
+        floor = since - max(self.period, self.max_sample_age)
+        first = min([*oldest, floor.timestamp()])
         seconds = max(math.ceil(until.timestamp() - first) + 1, 1)
         promql = _resets_query(series_of(key.profile, key.mode), ask, seconds)
         self._count_query("restart_check")
@@ -943,9 +948,7 @@ class LookSource:
         )
 
         def raw(selector: str) -> str:
-            return with_sample_times(
-                selector, by=(ns_label, id_label), max_age=self.max_sample_age, skew=self.skew
-            )
+            return with_sample_times(selector, max_age=self.max_sample_age)
 
         queries: dict[str, str] = {
             "requests": raw(f"{series.requests}{requests_sel}"),
@@ -1068,8 +1071,8 @@ class LookSource:
                     group=process_of,
                 )
                 bad += old
-                for s in result.series:  # (each revision's oldest, and any time that is off)
-                    if SAMPLE_LABEL in s.labels and math.isfinite(s.value):
+                for s in result.series:  # (the times of samples older than the bound)
+                    if s.labels.get(SAMPLE_LABEL) == "time" and math.isfinite(s.value):
                         ident = ident_of(s.labels)
                         oldest[ident] = min(oldest.get(ident, s.value), s.value)
             for s, invalid in bad:

@@ -173,31 +173,18 @@ def answer_problems(
     return problems
 
 
-def with_sample_times(
-    selector: str, *, by: Iterable[str], max_age: timedelta, skew: timedelta
-) -> str:
+def with_sample_times(selector: str, *, max_age: timedelta) -> str:
     """PromQL for the raw series of ``selector`` and, in the same answer (one set of
-    scrapes), two kinds of series labelled :data:`SAMPLE_LABEL`:
-
-    - ``"time"``: the time of the last sample of each series whose sample is more than
-      ``max_age`` old or more than ``skew`` ahead of the time asked for. An instant query
-      stamps every value with the time asked for, so only ``timestamp()`` tells how old a
-      sample is; Prometheus filters the times, so a current series costs no second series
-      in the answer (none at all in the normal case);
-    - ``"oldest"``: per group of the ``by`` labels, the time of the oldest last sample.
-    """
-    stamps = f"timestamp({selector})"
-    off = f"{stamps} < time() - {_seconds(max_age)} or {stamps} > time() + {_seconds(skew)}"
-    oldest = f"min by ({', '.join(by)}) ({stamps})"
-    return (
-        f'{selector} or label_replace({off}, "{SAMPLE_LABEL}", "time", "", "")'
-        f' or label_replace({oldest}, "{SAMPLE_LABEL}", "oldest", "", "")'
-    )
-
-
-def _seconds(span: timedelta) -> str:
-    """``span`` as a PromQL number of seconds."""
-    return repr(span.total_seconds())
+    scrapes), labelled ``ksc_sample="time"``, the time of the last sample of each series
+    whose sample is more than ``max_age`` old at the time asked for. An instant query
+    stamps every value with the time asked for, so only ``timestamp()`` tells how old a
+    sample is; Prometheus keeps only the old ones, so the normal answer has no second
+    series per series (every series' time would double what Prometheus encodes and the
+    controller decodes). A sample later than the time asked for is not asked about: an
+    instant query selects only samples at or before its time, so only a store that lies
+    answers one, and a time in the answer is judged whatever the query asked."""
+    old = f"timestamp({selector}) < time() - {max_age.total_seconds()!r}"
+    return f'{selector} or label_replace({old}, "{SAMPLE_LABEL}", "time", "", "")'
 
 
 def sample_age_problems(
@@ -225,12 +212,11 @@ def sample_age_problems(
     values: list[Series] = []
     # (the label sets are copied and cut, not filtered label by label: answers are big)
     for s in result.series:
-        kind = s.labels.get(SAMPLE_LABEL)
-        if kind == "time":
+        if s.labels.get(SAMPLE_LABEL) == "time":
             cut = dict(s.labels)
             del cut[SAMPLE_LABEL]
             times[frozenset(cut.items())] = s.value
-        elif kind != "oldest":
+        else:
             values.append(s)
     if not times:
         return values, []  # every sample is current: the normal case costs nothing more

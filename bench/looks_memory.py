@@ -9,9 +9,8 @@ rollouts of one metric profile (``knative-otel``) each in a namespace of its own
 Prometheus answers the looks' queries the way the test bed's does (:mod:`testbed.traffic`):
 per revision ``--pods`` pods, each with its raw request counters per status code (200 and
 500) and the ``kn_serving_invocation_duration_seconds`` histogram per status code with the
-test bed's 97 E24 bounds from 1 ms to 10 s plus ``+Inf`` and its ``_count``, and each
-revision's oldest sample time (every sample is current, so no series' own time); the window
-values one series per revision. Every answer is
+test bed's 97 E24 bounds from 1 ms to 10 s plus ``+Inf`` and its ``_count`` (every sample
+is current, so no sample time); the window values one series per revision. Every answer is
 rendered as Prometheus' JSON and parsed back (as the real provider does), so no string is
 shared between answers. The controller's path is driven as the engine drives it: every
 rollout is evaluated at every 5 s look (``looks_only``, the fast path, keeping only the
@@ -235,11 +234,7 @@ class FakePrometheus:
             return
         if kind == "resets":
             return  # no counter restarted
-        # every sample is a second old: current, so the answer has no time of a series,
-        # only the revision's oldest
-        oldest = _labels_json({"namespace": rev.namespace, "revision": rev.name,
-                               "ksc_sample": "oldest"})  # fmt: skip
-        yield f'{{"metric":{oldest},"value":[{ts},"{at.timestamp() - 1.0:.3f}"]}}'
+        # (every sample is a second old: current, so the answer has no sample time)
         for pod in range(rev.pods):
             base = {
                 "namespace": rev.namespace,

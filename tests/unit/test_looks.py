@@ -140,23 +140,18 @@ class FakePrometheus:
 
     def sample_times(self, promql: str, at: datetime, values: list[Series]) -> list[Series]:
         """As Prometheus answers the sample times of a raw query: labelled "time", the
-        last sample time of each series more than the query's bound old or ahead;
-        labelled "oldest", each revision's oldest."""
-        bounds = re.search(r"time\(\) - ([0-9.e+]+) or .* > time\(\) \+ ([0-9.e+]+)", promql)
-        assert bounds is not None, promql
-        limit, skew = float(bounds.group(1)), float(bounds.group(2))
+        last sample time of each series older than the query's bound. A negative age is a
+        store that lies (an instant query never selects a sample after its time): its
+        times are in the answer whatever was asked."""
+        bound = re.search(r"< time\(\) - ([0-9.e+]+)", promql)
+        assert bound is not None, promql
+        limit = float(bound.group(1))
         out: list[Series] = []
-        oldest: dict[tuple[str, str], float] = {}
         for one in values:
             ident = (one.labels[self.namespace_label], one.labels[self.identity_label])
             age = self.ages.get(ident, 1.0) if self.frozen(one.labels) else 1.0
-            when = at.timestamp() - age
-            oldest[ident] = min(oldest.get(ident, when), when)
-            if age > limit or -age > skew or math.isnan(age):
-                out.append(Series({**one.labels, "ksc_sample": "time"}, when))
-        for (ns, name), when in oldest.items():
-            labels = {self.namespace_label: ns, self.identity_label: name, "ksc_sample": "oldest"}
-            out.append(Series(labels, when))
+            if age > limit or age < 0 or math.isnan(age):
+                out.append(Series({**one.labels, "ksc_sample": "time"}, at.timestamp() - age))
         return out
 
     def resets(self, promql: str, at: datetime) -> QueryResult:

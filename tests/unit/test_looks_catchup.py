@@ -406,12 +406,13 @@ def test_a_counter_restart_inside_the_missed_looks_is_read_look_by_look() -> Non
     assert state.canary_requests == 14 * 600  # 2 looks before, 12 after, none lost
 
 
-@pytest.mark.parametrize("age", [1.0, 8.0, 110.0])
+@pytest.mark.parametrize("age", [1.0, 8.0, 110.0, 300.0])
 def test_a_restart_just_after_an_old_sample_at_the_joins_start_is_still_seen(age: float) -> None:
     """The value read at the start of a joined look may be a sample older than a period
     (a slow scrape, a lagging remote store): a pod that restarted just after the start
-    fell between that sample and the next, so the restart check's range reaches back to
-    the oldest sample of the revision, which the round's answer gives."""
+    fell between that sample and the next, so the restart check's range reaches back as
+    far as a sample read may be old: the maximum sample age, or further when the answer
+    gives the time of an older one."""
     prometheus, subjects = fleet(1)
     (memory,) = before_the_crash(prometheus, subjects)
     prometheus.ages = dict.fromkeys(prometheus.revisions, age)

@@ -422,13 +422,10 @@ def test_a_valid_answer_after_retries_records_them() -> None:
     assert "HTTP 503: busy | timed out" in str(evaluation.detail["failures"])
 
 
-def test_raw_queries_ask_for_the_sample_times_that_are_off_and_the_oldest_in_one_answer() -> None:
-    got = with_sample_times('m{a="1"}', by=("ns", "rev"), max_age=MAX_AGE, skew=SKEW)
-    stamps = 'timestamp(m{a="1"})'
-    assert got == (
-        f'm{{a="1"}} or label_replace({stamps} < time() - 120.0 or {stamps} > time() + '
-        f'{SKEW.total_seconds()!r}, "ksc_sample", "time", "", "") '
-        f'or label_replace(min by (ns, rev) ({stamps}), "ksc_sample", "oldest", "", "")'
+def test_raw_queries_ask_for_the_times_of_old_samples_in_the_same_answer() -> None:
+    assert with_sample_times('m{a="1"}', max_age=MAX_AGE) == (
+        'm{a="1"} or label_replace(timestamp(m{a="1"}) < time() - 120.0, "ksc_sample", "time", '
+        '"", "")'
     )
 
 
@@ -473,17 +470,6 @@ def test_a_raw_series_last_sample_must_be_recent(series: list[Series], stale: li
         assert found.rule == "sample-age"
         assert found.series == series_name(found_series.labels)
         assert_carries_origin(found)
-
-
-def test_the_oldest_sample_time_is_not_a_value_and_not_judged() -> None:
-    """Each revision's oldest sample time rides in the answer for the restart check: it is
-    no counter, and an old one says nothing about a series."""
-    oldest = Series({"pod": "p1", "ksc_sample": "oldest"}, T - 86400.0, T)
-    values, problems = sample_age_problems(
-        answer(*timed(None), oldest), query=QUERY, at=AT, max_age=MAX_AGE, skew=SKEW
-    )
-    assert [v.labels for v in values] == [{"__name__": "requests_total", "pod": "p1"}]
-    assert problems == []
 
 
 def pod_of(labels: Mapping[str, str]) -> str:

@@ -1150,6 +1150,9 @@ class LookSource:
             for s in grouped.series:
                 ident = ident_of(s.labels)
                 values = window_values.setdefault(ident, {})
+                if kind not in values and 0.0 <= s.value < math.inf:
+                    values[kind] = s.value  # (the name below is written only when needed)
+                    continue
                 name = f"{kind}{series_name(s.labels)}"
                 if kind in values:
                     spoil(ident, kind, origins[kind].error(

@@ -306,7 +306,13 @@ class PrometheusProvider:
         series: list[Series] = []
         try:
             for item in result:
-                labels = {str(k): str(v) for k, v in item["metric"].items()}
+                metric = item["metric"]
+                # JSON names are text; a value that is not is made text. The decoded
+                # mapping is kept as it is when every value is text (answers are big).
+                if type(metric) is dict and all(type(v) is str for v in metric.values()):
+                    labels = metric
+                else:
+                    labels = {str(k): str(v) for k, v in metric.items()}
                 series.append(_sample(labels, item.get("value")))
         except (KeyError, TypeError, AttributeError):  # not a vector of {metric, value}
             return junk("a malformed vector")

@@ -272,8 +272,20 @@ def test_a_stalled_server_is_unreachable_within_the_timeout(serve: Any) -> None:
             b'{"status":"success","data":{"resultType":"vector","result":[{"value":1}]}}',
             "malformed vector",
         ),
+        (
+            200,
+            b'{"status":"success","data":{"resultType":"vector","result":'
+            b'[{"metric":["a","b"],"value":[1,"1"]}]}}',
+            "malformed vector",
+        ),
+        (
+            200,
+            b'{"status":"success","data":{"resultType":"vector","result":'
+            b'[{"metric":null,"value":[1,"1"]}]}}',
+            "malformed vector",
+        ),
     ],
-    ids=["401", "404", "html", "malformed"],
+    ids=["401", "404", "html", "malformed", "labels-a-list", "labels-null"],
 )
 def test_other_answers_are_provider_errors_not_retried(
     serve: Any, status: int, body: bytes, says: str
@@ -283,6 +295,20 @@ def test_other_answers_are_provider_errors_not_retried(
     with pytest.raises(ProviderError, match=re.escape(says)):
         provider.query("up", datetime.now(UTC))
     assert len(script.requests) == 1
+
+
+def test_label_values_that_are_not_text_are_read_as_text(serve: Any) -> None:
+    body = (
+        b'{"status":"success","data":{"resultType":"vector","result":['
+        b'{"metric":{"pod":"p1","shard":3,"canary":true,"zone":null},"value":[1,"2"]},'
+        b'{"metric":{"pod":"p2"},"value":[1,"3"]}]}}'
+    )
+    result = PrometheusProvider(serve(Script((200, body, 0)))).query("up", datetime.now(UTC))
+    assert isinstance(result, QueryResult)
+    assert [dict(s.labels) for s in result.series] == [
+        {"pod": "p1", "shard": "3", "canary": "True", "zone": "None"},
+        {"pod": "p2"},
+    ]
 
 
 def test_credentials_in_the_url_are_not_recorded_as_evidence(serve: Any) -> None:

@@ -132,6 +132,7 @@ from analysis.validate import (
     count_problem,
     group_increase,
     histogram_problem,
+    is_count,
     le_text,
     sample_age_problems,
     series_name,
@@ -1071,7 +1072,8 @@ class LookSource:
                     group=process_of,
                 )
                 bad += old
-                for s in result.series:  # (the times of samples older than the bound)
+                timed = () if len(kept) == len(result.series) else result.series
+                for s in timed:  # the times of samples older than the bound, if any
                     if s.labels.get(SAMPLE_LABEL) == "time" and math.isfinite(s.value):
                         ident = ident_of(s.labels)
                         oldest[ident] = min(oldest.get(ident, s.value), s.value)
@@ -1150,8 +1152,8 @@ class LookSource:
             for s in grouped.series:
                 ident = ident_of(s.labels)
                 values = window_values.setdefault(ident, {})
-                if kind not in values and 0.0 <= s.value < math.inf:
-                    values[kind] = s.value  # (the name below is written only when needed)
+                if kind not in values and is_count(s.value):
+                    values[kind] = s.value  # valid for every kind: no name to write
                     continue
                 name = f"{kind}{series_name(s.labels)}"
                 if kind in values:

@@ -61,6 +61,7 @@ __all__ = [
     "count_problem",
     "group_increase",
     "histogram_problem",
+    "is_count",
     "le_text",
     "sample_age_problems",
     "series_name",
@@ -271,8 +272,16 @@ def check_answer(result: QueryResult, *, query: str, at: datetime, skew: timedel
         raise problem
 
 
+def is_count(value: float) -> bool:
+    """Whether ``value`` is a finite number >= 0 (checked before any message is written:
+    answers are big)."""
+    return 0.0 <= value < math.inf
+
+
 def count_problem(value: float, *, series: str, what: str, origin: Origin) -> InvalidAnswer | None:
     """The error for a count that is not a finite number >= 0, else None."""
+    if is_count(value):
+        return None
     if math.isnan(value) or math.isinf(value):
         shown = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
         return origin.error(InvalidCounter, f"{what} is {shown}; a count must be finite",
@@ -290,8 +299,8 @@ def histogram_problem(
     ``_count``, None when the answer has none), else None."""
     ordered = sorted(buckets.items())
     for le, value in ordered:
-        if 0.0 <= value < math.inf:
-            continue  # (the message is written only for an error: histograms are many)
+        if is_count(value):
+            continue
         problem = count_problem(value, series=series, what=f'the bucket le="{le_text(le)}"',
                                 origin=origin)  # fmt: skip
         if problem is not None:

@@ -161,17 +161,16 @@ class FakePrometheus:
         assert found is not None, promql
         since = at - SECOND * int(found.group(1))
         series = []
-        for ns, name in self.revisions if self.restart_at is not None else ():
-            if f'"{name}' not in promql and f"|{name}" not in promql:
-                continue
-            # the fall is between the last sample before the restart (as old as the
-            # revision's samples are) and the first after it: both must be in the range
-            assert self.restart_at is not None
+        selected = [(ns, n) for ns, n in self.revisions if f'"{n}' in promql or f"|{n}" in promql]
+        if self.restart_at is not None:
             fell = self.restart_at - SECOND
-            last_before = fell - SECOND * self.ages.get((ns, name), 1.0)
-            if since <= last_before and fell <= at:
-                labels = {self.namespace_label: ns, self.identity_label: name}
-                series.append(Series({**labels, "pod": f"{name}-pod"}, 1.0, at.timestamp()))
+            for ns, name in selected:
+                # the fall is between the last sample before the restart (as old as the
+                # revision's samples are) and the first after it: both must be in the range
+                last_before = fell - SECOND * self.ages.get((ns, name), 1.0)
+                if since <= last_before and fell <= at:
+                    labels = {self.namespace_label: ns, self.identity_label: name}
+                    series.append(Series({**labels, "pod": f"{name}-pod"}, 1.0, at.timestamp()))
         if not series:
             raise NoData("empty", query=promql, raw_digest="e" * 64)
         return QueryResult(tuple(series), raw_digest=f"{len(self.sent):064x}", url=self.url)

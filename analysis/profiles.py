@@ -53,6 +53,7 @@ __all__ = [
     "regex_escape",
     "render_template",
     "request_count_query",
+    "requests_since_query",
     "series_of",
     "string_literal",
     "template_variables",
@@ -327,6 +328,20 @@ class _Builder:
         s = self.series
         return self._sum("increase", f"{s.histogram}_count", self._selector(s.latency_matchers))
 
+    def requests_since(self) -> str:
+        s = self.series
+        counter = f"{s.requests}{self._selector(s.request_matchers)}"
+        counted = f"increase({counter}[{self.window}])"
+        # The canary's series with no sample at the window's start began within it, from
+        # zero: add its first value, which increase() leaves out.
+        canary = f"{s.identity_label}={string_literal(self.canary_id)}"
+        born = "{" + ",".join((*s.request_matchers, canary)) + "}"
+        began = (
+            f"(min_over_time({s.requests}{born}[{self.window}]) "
+            f"unless {s.requests}{born} offset {self.window})"
+        )
+        return f"sum by ({s.identity_label}) (({counted} + {began}) or {counted} or {began})"
+
     def variables(self, revision: str) -> dict[str, str]:
         return template_variables(self.subject, revision)
 
@@ -339,6 +354,29 @@ def request_count_query(subject: Subject) -> tuple[str, str]:
     used in the subject's mode."""
     build = _Builder(subject)
     return build.request_count(), build.series.identity_label
+
+
+def requests_since_query(subject: Subject) -> tuple[str, str]:
+    """The requests the canary and the baseline served since the start of the subject's
+    window, the canary's counted whole even when its series began within the window: the
+    bound for a count of what the canary answered (a shadow's pairs). Returns the query and
+    the label that tells the sides apart, as :func:`request_count_query` does.
+
+    ``increase()`` alone reads a series born within the window without its first value. A
+    challenger with no traffic of its own gets its request counter's series at its first
+    mirrored request, and the requests it served before Prometheus' first scrape of that
+    series (one scrape interval's traffic; several when scrapes fail) would be missing:
+    early in a shadow phase, a large share of the window. So a canary series with no
+    sample at the window's start (none within Prometheus' lookback before it) is counted
+    from zero: ``increase()`` plus its lowest value in the window (its first, unless its
+    process restarted), or that one value when it has a single sample. This can read more
+    than was served by what ``increase()`` extrapolates towards the window's start (about
+    half a scrape interval's traffic), and by everything the canary served before the
+    window if Prometheus had lost its series for the whole lookback before it. The
+    baseline's count is ``increase()``'s. A ValueError when the profile cannot be used in
+    the subject's mode."""
+    build = _Builder(subject)
+    return build.requests_since(), build.series.identity_label
 
 
 def template_variables(subject: Subject, revision: str) -> dict[str, str]:

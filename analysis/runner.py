@@ -34,7 +34,7 @@ from analysis.profiles import (
     counter_query,
     identity,
     plan,
-    request_count_query,
+    requests_since_query,
 )
 from analysis.providers.base import MetricProvider
 from analysis.sequential import Counts, ErrorRateTest, SequentialState, at_step
@@ -578,7 +578,7 @@ class Analyzer:
         window = timedelta(seconds=seconds)
         champion = subject.isvc
         try:
-            requests_query, label = request_count_query(replace(subject, window=window))
+            requests_query, label = requests_since_query(replace(subject, window=window))
             if check.builtin == "decision-agreement":
                 queries: tuple[str, ...] = (
                     pairs_query(subject.namespace, challenger, champion, window),

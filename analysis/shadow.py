@@ -701,7 +701,11 @@ def most_pairs(requests: float, per_request: int = 1) -> float:
     rate is close to exact and otherwise moves a count by about one scrape interval's
     traffic at each edge, a small share of a window that spans the whole shadow phase;
     the requests served in the second before the window's start (the window is whole
-    seconds, rounded down) are missed. Pairs lag the requests they pair (a pair is counted
+    seconds, rounded down) are missed. The requests are read with
+    :func:`analysis.profiles.requests_since_query`, which counts a challenger series born
+    within the window from zero (``increase()`` alone would leave out its first value, a
+    scrape interval's traffic or more, while the pairs may have been seen from their
+    start). Pairs lag the requests they pair (a pair is counted
     once both responses reached the collector), which only lowers them. More pairs than
     this were not all answered by the challenger: forged or replayed collector events, or
     several collectors writing one series (which ``increase()`` reads as resets and

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from analysis.runner import Analyzer
 from analysis.types import CheckDefinition, CheckMemory, Outcome, StepAnalysis, Subject
 from analysis.validate import with_sample_times
 from testbed.prometheus import PrometheusServer, PrometheusUnavailable
+from tests.exporter import Serving, exporter
 
 pytestmark = pytest.mark.integration
 
@@ -116,42 +116,6 @@ def _exposition(started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Serving:
-    """A thread serving ``handler`` on a loopback port."""
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"{host!s}:{port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-
-
-def exporter(started: float) -> _Serving:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = _exposition(started).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    return _Serving(Handler)
-
-
 @dataclass
 class Rewrites:
     """What the fault proxy does to Prometheus' answers."""
@@ -184,7 +148,7 @@ class Rewrites:
         return payload
 
 
-def proxy(upstream: str, rewrites: Rewrites) -> _Serving:
+def proxy(upstream: str, rewrites: Rewrites) -> Serving:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             params = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
@@ -201,7 +165,7 @@ def proxy(upstream: str, rewrites: Rewrites) -> _Serving:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    return _Serving(Handler)
+    return Serving(Handler)
 
 
 @dataclass
@@ -216,7 +180,7 @@ class Bed:
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     work: Path = tmp_path_factory.mktemp("invalid-answers")
     started = time.time()
-    metrics = exporter(started)
+    metrics = exporter(lambda: _exposition(started))
     sd_file = work / "targets.json"
     sd_file.write_text(json.dumps([{"targets": [metrics.address]}]))
     prometheus = PrometheusServer(work / "prometheus", sd_file)

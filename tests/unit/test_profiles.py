@@ -23,6 +23,8 @@ from analysis.profiles import (
     promql_duration,
     regex_escape,
     render_template,
+    request_count_query,
+    requests_since_query,
     series_of,
     string_literal,
 )
@@ -160,6 +162,39 @@ def test_identity_label_and_values_match_the_simulators_scrape_labels(
         baseline_id,
     )
     assert f"sum by ({label}, le)" in (queries.value or "")
+
+
+@pytest.mark.parametrize(
+    ("profile", "mode"),
+    [
+        ("knative-otel", "knative"),
+        ("knative-opencensus", "knative"),
+        ("istio", "knative"),
+        ("istio", "standard"),
+        ("kserve-model-server", "knative"),
+        ("kserve-model-server", "standard"),
+    ],
+)
+def test_requests_since_count_a_canary_series_born_in_the_window_from_zero(
+    profile: str, mode: str
+) -> None:
+    """Both sides' increase(), plus the first value of a canary series that had no sample
+    at the window's start; never the baseline's (it would count its whole life)."""
+    s = subject(profile, mode)
+    query, label = requests_since_query(s)
+    plain, plain_label = request_count_query(s)
+    assert label == plain_label
+    counted = plain.removeprefix(f"sum by ({label}) (").removesuffix(")")
+    canary = f"{label}={string_literal(identity(s, s.canary_revision))}"
+    baseline = identity(s, s.baseline_revision)
+    assert query.startswith(f"sum by ({label}) (({counted} + (min_over_time(")
+    assert query.count(counted) == 2
+    assert query.count("[2m]) unless ") == 2
+    assert query.count(" offset 2m)") == 2
+    born = query.removeprefix(f"sum by ({label}) (({counted} + ")
+    assert canary in born
+    assert baseline not in born.replace(counted, "")  # the plain increase() names both
+    assert query.count("(") == query.count(")")
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from analysis.profiles import request_count_query
+from analysis.profiles import requests_since_query
 from analysis.runner import Analyzer, combined_digest
 from analysis.shadow import most_pairs, pairs_query, score_buckets_query
 from analysis.types import (
@@ -123,7 +123,7 @@ class ShadowPrometheus:
             pairs_query(NS, CHALLENGER, CHAMPION, window): "pairs",
             score_buckets_query(NS, CHAMPION, CHALLENGER, window): CHAMPION,
             score_buckets_query(NS, CHALLENGER, CHAMPION, window): CHALLENGER,
-            request_count_query(replace(SUBJECT, window=window))[0]: "requests",
+            requests_since_query(replace(SUBJECT, window=window))[0]: "requests",
         }
         kind = expected.get(promql)
         assert kind is not None, f"unexpected query (or window) at {at}: {promql}"
@@ -239,7 +239,7 @@ def test_a_passing_agreement_records_its_evidence() -> None:
     window = timedelta(seconds=598)  # since mirroring began, to the reading at AT - 2 s
     assert found.query.split("\n") == [
         pairs_query(NS, CHALLENGER, CHAMPION, window),
-        request_count_query(replace(SUBJECT, window=window))[0],
+        requests_since_query(replace(SUBJECT, window=window))[0],
     ]
     assert found.response_digest == combined_digest(["p" * 64, "r" * 64])
     assert found.prometheus_url == prometheus.url

@@ -287,8 +287,12 @@ class _Builder:
         both = f"{regex_escape(self.canary_id)}|{regex_escape(self.baseline_id)}"
         self.identity_matcher = f"{self.series.identity_label}=~{string_literal(both)}"
 
-    def _selector(self, matchers: tuple[str, ...], *extra: str) -> str:
-        return "{" + ",".join((*matchers, self.identity_matcher, *extra)) + "}"
+    def _selector(self, matchers: tuple[str, ...], *extra: str, only: str | None = None) -> str:
+        """Both revisions' series, or only the one whose identity is ``only``."""
+        identity = self.identity_matcher
+        if only is not None:
+            identity = f"{self.series.identity_label}={string_literal(only)}"
+        return "{" + ",".join((*matchers, identity, *extra)) + "}"
 
     def _sum(self, function: str, metric: str, selector: str, by: str = "") -> str:
         labels = self.series.identity_label + by
@@ -334,12 +338,8 @@ class _Builder:
         counted = f"increase({counter}[{self.window}])"
         # The canary's series with no sample at the window's start began within it, from
         # zero: add its first value, which increase() leaves out.
-        canary = f"{s.identity_label}={string_literal(self.canary_id)}"
-        born = "{" + ",".join((*s.request_matchers, canary)) + "}"
-        began = (
-            f"(min_over_time({s.requests}{born}[{self.window}]) "
-            f"unless {s.requests}{born} offset {self.window})"
-        )
+        canary = f"{s.requests}{self._selector(s.request_matchers, only=self.canary_id)}"
+        began = f"(min_over_time({canary}[{self.window}]) unless {canary} offset {self.window})"
         return f"sum by ({s.identity_label}) (({counted} + {began}) or {counted} or {began})"
 
     def variables(self, revision: str) -> dict[str, str]:

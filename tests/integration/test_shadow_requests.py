@@ -26,7 +26,7 @@ import pytest
 from analysis.profiles import request_count_query, requests_since_query
 from analysis.providers.prometheus import PrometheusProvider
 from analysis.runner import Analyzer
-from analysis.types import CheckDefinition, NoData, Outcome, Subject
+from analysis.types import CheckDefinition, Outcome, Subject
 from testbed.prometheus import PrometheusServer, PrometheusUnavailable
 from tests.exporter import exporter
 
@@ -103,16 +103,10 @@ class Bed:
 
 
 def _wait_for_the_first_scrape(prometheus: PrometheusServer) -> None:
-    provider = PrometheusProvider(prometheus.url, timeout=5)
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            provider.query("http_server_request_duration_seconds_count", datetime.now(UTC))
-            return
-        except NoData:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    while not prometheus.query("http_server_request_duration_seconds_count"):
+        assert time.monotonic() < deadline, "Prometheus never scraped the exporter"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,7 @@ from canary.ops import submit_command
 from canary.settings import load_settings
 from canary.witness import ConfigMapWitness
 from testbed.behaviour import ModelBehaviour
+from testbed.prometheus import PrometheusUnavailable
 from testbed.testbed import Testbed
 
 FAST_POLICY = """
@@ -413,9 +414,37 @@ class Env:
                     f"timed out after {deadline:.0f}s waiting for {what}; rollout: "
                     f"{doc.state.phase if doc else None} "
                     f"{doc.state.waiting_for if doc else ''} "
-                    f"{doc.state.outcome if doc else ''}; audit: {self.actions()[-12:]}"
+                    f"{doc.state.outcome if doc else ''}; audit: {self.actions()[-12:]}; "
+                    f"{self.scrape_health()}"
                 )
             time.sleep(0.2)
+
+    def scrape_health(self) -> str:
+        """How Prometheus' scrapes of this test's targets fared, and the machine's load: a
+        starved simulator or a failing scrape is the usual reason evidence came late."""
+        prometheus = self.testbed.prometheus
+        if prometheus is None:
+            return "Prometheus: not running"
+        ns = f'namespace="{self.namespace}"'
+        try:
+            up = prometheus.query(f"up{{{ns}}}")
+            slow = prometheus.query(f"topk(3, scrape_duration_seconds{{{ns}}})")
+            age = prometheus.query(f"max(time() - timestamp(up{{{ns}}}))")
+            slowest = prometheus.query("max(scrape_duration_seconds)")
+        except (PrometheusUnavailable, OSError) as exc:
+            return f"Prometheus: no answer ({exc})"
+        down = [r["metric"].get("pod", "?") for r in up if r["value"][1] != "1"]
+        durations = ", ".join(
+            f"{r['metric'].get('pod', '?')} {float(r['value'][1]):.2f} s" for r in slow
+        )
+        last = f"last scraped {float(age[0]['value'][1]):.1f} s ago" if age else "no scrape yet"
+        anywhere = f"{float(slowest[0]['value'][1]):.2f} s" if slowest else "none"
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        return (
+            f"Prometheus: {len(up)} targets of this test, {len(down)} down {down}, "
+            f"slowest scrapes {durations or 'none'} (any target's: {anywhere}), "
+            f"the stalest {last}; load average {load}"
+        )
 
     def wait_phase(
         self, *phases: Phase, count: int = 1, deadline: float = DEADLINE

